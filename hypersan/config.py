@@ -1,0 +1,215 @@
+"""Experiment configuration: TOML files read into dataclasses with strict keys and types."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config file or override is malformed: unknown key, wrong type or bad value."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "fashion_mnist"  # fashion_mnist | cifar10 | cifar100
+    data_dir: str = ""  # empty: $HYPERSAN_DATA, then the system location
+    train_limit: int = 0  # >0: use only the first N training images (smoke runs)
+    test_limit: int = 0
+    crop_padding: int = 2
+    hflip: bool = True
+    basic_subtasks: str = "classes"  # classes | groups (named groups become the basic subtasks)
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "resnet"  # resnet | vgg
+    widths: list[int] = field(default_factory=lambda: [16, 32, 64])
+    blocks: list[int] = field(default_factory=lambda: [1, 1, 1])  # resnet: blocks per stage; vgg: convs per stage
+
+
+@dataclass
+class GeneratorConfig:
+    kind: str = "hypernet"  # hypernet | pertask
+    conditioning: str = "multihot"  # multihot
+    hidden: int = 256
+    layers: int = 2
+    sigma: float = 1.0  # utility init ~ N(0, sigma)
+    threshold: float = 0.1  # a channel is kept where |utility| > threshold
+    surrogate_temp: float = 0.1  # width of the sigmoid surrogate gradient around the threshold
+    min_keep: int = 1  # every site keeps at least this many channels (the top ones by utility)
+
+
+@dataclass
+class LossConfig:
+    beta: float = 4.0  # BCE weight on the classes of the sample's subtask
+    gamma: float = 0.05  # weight of the L1 sparsity term on utilities
+
+
+@dataclass
+class SubtaskConfig:
+    size_weights: list[float] = field(default_factory=lambda: [1.0] * 10)  # P(size=k) for k = 1..len
+    include_own: float = 0.8  # probability that a sample's subtask contains its own class
+    dense_share: float = 0.2  # share of batches trained without masks (the dense path)
+    holdout: list[list[str]] = field(default_factory=list)  # explicit combinations never sampled
+    holdout_fraction: float = 0.0  # plus a seeded fraction of all combinations of size 2..K-1
+    holdout_seed: int = 0
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.1
+    generator_lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 0.5
+    eval_every: int = 1  # epochs between evaluations (0: only at the end)
+    eval_subtasks: int = 8  # random subtasks checked at each periodic evaluation
+    threads: int = 0  # torch threads; 0 leaves the default
+    device: str = "auto"
+    progress: bool = True
+
+
+@dataclass
+class CalibConfig:
+    batches: int = 20
+    batch_size: int = 256
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    subtasks: SubtaskConfig = field(default_factory=SubtaskConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    calib: CalibConfig = field(default_factory=CalibConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain JSON-able data."""
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def _check_type(value: Any, tp: Any, where: str) -> Any:
+    """Return value coerced to tp, or raise ConfigError naming the key."""
+    origin = typing.get_origin(tp)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        (inner,) = typing.get_args(tp)
+        return [_check_type(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp in (str, bool):
+        if not isinstance(value, tp):
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {tp}")  # pragma: no cover
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a table, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(repr(where + '.' + k if where else k) for k in unknown)}; "
+                          f"allowed in [{where or 'top level'}]: {', '.join(names)}")
+    kwargs = {}
+    for name in names:
+        if name not in data:
+            continue
+        tp = hints[name]
+        sub = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, data[name], sub)
+        else:
+            kwargs[name] = _check_type(data[name], tp, sub)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Build a Config from nested dicts, rejecting unknown keys and wrong types."""
+    cfg = _build(Config, data, "")
+    validate(cfg)
+    return cfg
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # bare strings need no quotes on the command line
+    return key.strip().split("."), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a TOML config (or defaults when path is None) and apply `section.key=value` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} not found")
+        try:
+            data = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{p}: invalid TOML: {e}") from None
+    for ov in overrides or []:
+        keys, value = _parse_override(ov)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {ov!r}: {k!r} is not a section")
+        node[keys[-1]] = value
+    return config_from_dict(data)
+
+
+def validate(cfg: Config) -> None:
+    """Check value ranges and choices that types alone do not catch."""
+    def choice(value: str, allowed: tuple[str, ...], where: str) -> None:
+        if value not in allowed:
+            raise ConfigError(f"{where} = {value!r}; choose one of {', '.join(allowed)}")
+
+    choice(cfg.data.dataset, ("fashion_mnist", "cifar10", "cifar100"), "data.dataset")
+    choice(cfg.data.basic_subtasks, ("classes", "groups"), "data.basic_subtasks")
+    choice(cfg.model.arch, ("resnet", "vgg"), "model.arch")
+    choice(cfg.generator.kind, ("hypernet", "pertask"), "generator.kind")
+    choice(cfg.generator.conditioning, ("multihot",), "generator.conditioning")
+    choice(cfg.train.optimizer, ("sgd", "adamw"), "train.optimizer")
+    if len(cfg.model.widths) != len(cfg.model.blocks) or not cfg.model.widths:
+        raise ConfigError("model.widths and model.blocks must be non-empty lists of the same length")
+    if any(w < 1 for w in cfg.model.widths) or any(b < 1 for b in cfg.model.blocks):
+        raise ConfigError("model.widths and model.blocks must be positive")
+    if not cfg.subtasks.size_weights or any(w < 0 for w in cfg.subtasks.size_weights) or sum(cfg.subtasks.size_weights) <= 0:
+        raise ConfigError("subtasks.size_weights must be non-negative with a positive sum")
+    for name in ("include_own", "dense_share", "holdout_fraction"):
+        v = getattr(cfg.subtasks, name)
+        if not 0.0 <= v <= 1.0:
+            raise ConfigError(f"subtasks.{name} = {v} must lie in [0, 1]")
+    if cfg.generator.min_keep < 1:
+        raise ConfigError("generator.min_keep must be >= 1: no layer may lose all its channels")
+    if cfg.train.epochs < 1 or cfg.train.batch_size < 1:
+        raise ConfigError("train.epochs and train.batch_size must be >= 1")

@@ -1,0 +1,85 @@
+"""Mask generators: `generator(condition) -> {site_name: tensor}`.
+
+Both generators return raw per-sample values: non-negative utilities (|u|) on utility sites and
+signed scalings on scaling sites. `to_masks` turns them into channel multipliers.
+"""
+from __future__ import annotations
+
+from typing import Dict, List
+
+import torch
+from torch import Tensor, nn
+
+from .backbones import Site
+from .masks import binarize, combine_max, combine_maxabs
+
+
+def to_masks(raw: Dict[str, Tensor], sites: List[Site], threshold: float, temp: float, min_keep: int) -> Dict[str, Tensor]:
+    """Channel multipliers: binarized utilities on utility sites (keep rule applied), scalings as they are."""
+    out = {}
+    for s in sites:
+        out[s.name] = binarize(raw[s.name], threshold, temp, min_keep) if s.kind == "utility" else raw[s.name]
+    return out
+
+
+def mean_utility(raw: Dict[str, Tensor], sites: List[Site]) -> Tensor:
+    """Mean utility over every utility channel and sample: the L1 sparsity term."""
+    total = sum(raw[s.name].sum() for s in sites if s.kind == "utility")
+    count = sum(raw[s.name].numel() for s in sites if s.kind == "utility")
+    return total / count
+
+
+class PerTaskMasks(nn.Module):
+    """Learned utility and scaling vectors per basic subtask, combined with max / MaxAbs."""
+
+    def __init__(self, sites: List[Site], num_basic: int, sigma: float = 1.0):
+        super().__init__()
+        self.sites = list(sites)
+        self.num_basic = num_basic
+        self.values = nn.ParameterList()
+        for s in self.sites:
+            init = torch.randn(num_basic, s.size) * sigma if s.kind == "utility" else torch.ones(num_basic, s.size)
+            self.values.append(nn.Parameter(init))
+
+    def forward(self, condition: Tensor) -> Dict[str, Tensor]:
+        select = condition > 0.5  # (B, K) multi-hot over basic subtasks
+        if condition.shape[-1] != self.num_basic:
+            raise ValueError(f"condition has {condition.shape[-1]} entries, expected {self.num_basic} basic subtasks")
+        if not bool(select.any(dim=1).all()):
+            raise ValueError("every condition must select at least one basic subtask")
+        out = {}
+        for s, v in zip(self.sites, self.values):
+            out[s.name] = combine_max(v.abs(), select) if s.kind == "utility" else combine_maxabs(v, select)
+        return out
+
+
+class HyperNetwork(nn.Module):
+    """MLP from a condition vector (multi-hot or text embedding) to utilities and scalings of every site."""
+
+    def __init__(self, sites: List[Site], cond_dim: int, hidden: int = 256, layers: int = 2, sigma: float = 1.0):
+        super().__init__()
+        self.sites = list(sites)
+        self.cond_dim = cond_dim
+        trunk: List[nn.Module] = []
+        d = cond_dim
+        for _ in range(layers):
+            trunk += [nn.Linear(d, hidden), nn.ReLU()]
+            d = hidden
+        self.trunk = nn.Sequential(*trunk)
+        self.heads = nn.ModuleList(nn.Linear(d, s.size) for s in self.sites)
+        for s, h in zip(self.sites, self.heads):
+            nn.init.normal_(h.weight, std=0.01)
+            if s.kind == "utility":
+                nn.init.normal_(h.bias, std=sigma)  # utility ~ N(0, sigma)
+            else:
+                nn.init.ones_(h.bias)  # scaling ~ 1
+
+    def forward(self, condition: Tensor) -> Dict[str, Tensor]:
+        if condition.shape[-1] != self.cond_dim:
+            raise ValueError(f"condition has {condition.shape[-1]} entries, expected {self.cond_dim}")
+        h = self.trunk(condition)  # (B, hidden)
+        out = {}
+        for s, head in zip(self.sites, self.heads):
+            v = head(h)  # (B, C)
+            out[s.name] = v.abs() if s.kind == "utility" else v
+        return out

@@ -1,0 +1,18 @@
+"""Subtask-weighted BCE and the utility sparsity term."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def subtask_weighted_bce(logits: Tensor, labels: Tensor, in_task: Tensor, beta: float) -> Tensor:
+    """Mean over samples of the class-summed BCE with weight beta on the sample's subtask classes and 1
+    elsewhere, divided by alpha = (|C| + (beta - 1)|T|) / |C|, so it keeps the scale of the unweighted sum.
+    logits, in_task: (B, C); labels: (B,)."""
+    num_classes = logits.shape[1]
+    target = F.one_hot(labels, num_classes).to(logits.dtype)
+    per = F.binary_cross_entropy_with_logits(logits, target, reduction="none")  # (B, C)
+    w = 1.0 + (beta - 1.0) * in_task.to(logits.dtype)
+    alpha = (num_classes + (beta - 1.0) * in_task.sum(dim=1).to(logits.dtype)) / num_classes  # (B,)
+    return ((w * per).sum(dim=1) / alpha).mean()

@@ -1,0 +1,202 @@
+"""Joint training of backbone and mask generator, with atomic checkpoints and exact resume."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .config import Config, ConfigError
+from .data import augment, load_dataset, to_float
+from .evaluate import evaluate
+from .generators import mean_utility
+from .io import ArtifactError, load_tensors, read_json
+from .losses import subtask_weighted_bce
+from .model import SubtaskAdaptiveNet
+from .subtasks import SubtaskSampler, enumerate_size
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available; use 'cpu' or 'auto'")
+    return torch.device(name)
+
+
+def make_optimizers(model: SubtaskAdaptiveNet, cfg: Config) -> list[torch.optim.Optimizer]:
+    """One optimizer for the backbone (SGD or AdamW) and an Adam for the generator."""
+    t = cfg.train
+    bb = list(model.backbone.parameters())
+    if t.optimizer == "sgd":
+        opt = torch.optim.SGD(bb, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=True)
+    else:
+        opt = torch.optim.AdamW(bb, lr=t.lr, weight_decay=t.weight_decay)
+    return [opt, torch.optim.Adam(model.generator.parameters(), lr=t.generator_lr)]
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to zero."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def _opt_state(opts: list[torch.optim.Optimizer]) -> tuple[dict, dict]:
+    """Optimizer states split into tensors (safetensors) and plain data (JSON)."""
+    tensors, plain = {}, []
+    for j, o in enumerate(opts):
+        sd = o.state_dict()
+        st = {}
+        for pid, entry in sd["state"].items():
+            st[str(pid)] = {}
+            for k, v in entry.items():
+                if torch.is_tensor(v):
+                    tensors[f"{j}.{pid}.{k}"] = v
+                else:
+                    st[str(pid)][k] = v
+        plain.append({"param_groups": sd["param_groups"], "state": st})
+    return tensors, {"optimizers": plain}
+
+
+def _load_opt_state(opts: list[torch.optim.Optimizer], tensors: dict, plain: dict) -> None:
+    for j, o in enumerate(opts):
+        entry = plain["optimizers"][j]
+        state: dict = {int(pid): dict(v) for pid, v in entry["state"].items()}
+        for key, v in tensors.items():
+            oj, pid, k = key.split(".", 2)
+            if int(oj) == j:
+                state.setdefault(int(pid), {})[k] = v
+        o.load_state_dict({"state": state, "param_groups": entry["param_groups"]})
+
+
+def _batches(n: int, bs: int) -> int:
+    return (n + bs - 1) // bs
+
+
+def train(cfg: Config, out: str | Path, resume: bool = False, log: Callable[[str], None] = print,
+          stop_after_epoch: int | None = None) -> SubtaskAdaptiveNet:
+    """Train a SubtaskAdaptiveNet as the config says; checkpoint to `out` after every epoch.
+
+    With resume=True, training continues from the checkpoint in `out` and gives the same weights as an
+    uninterrupted run (every epoch reseeds its own generator). stop_after_epoch stops early (for tests).
+    """
+    out = Path(out)
+    t, d, s = cfg.train, cfg.data, cfg.subtasks
+    device = resolve_device(t.device)
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    train_x, train_y, info = load_dataset(d.dataset, "train", d.data_dir or None)
+    test_x, test_y, _ = load_dataset(d.dataset, "test", d.data_dir or None)
+    if d.train_limit:
+        train_x, train_y = train_x[:d.train_limit], train_y[:d.train_limit]
+    if d.test_limit:
+        test_x, test_y = test_x[:d.test_limit], test_y[:d.test_limit]
+
+    torch.manual_seed(t.seed)
+    model = SubtaskAdaptiveNet(cfg, info).to(device)
+    opts = make_optimizers(model, cfg)
+    base_lrs = [[g["lr"] for g in o.param_groups] for o in opts]
+    start_epoch, history = 0, []
+    if resume:
+        if not (out / "train_state.json").exists():
+            raise ArtifactError(f"--resume: no training state in {out}; start without --resume")
+        saved_cfg = read_json(out / "config.json")
+        if {k: v for k, v in saved_cfg.items() if k != "train"} != {k: v for k, v in cfg.to_dict().items() if k != "train"}:
+            raise ConfigError(f"--resume: the config differs from the one the run in {out} started with")
+        loaded = SubtaskAdaptiveNet.from_pretrained(out, map_location=device)
+        model.load_state_dict(loaded.state_dict())
+        state = read_json(out / "train_state.json")
+        _load_opt_state(opts, load_tensors(out / "optimizer.safetensors"), state)
+        start_epoch, history = state["epoch"], state["history"]
+        log(f"resuming {out} after epoch {start_epoch}")
+
+    sampler = SubtaskSampler(len(model.basic), model.class_to_basic, s.size_weights, s.include_own, model.holdout)
+    basic_to_class = torch.zeros(len(model.basic), len(info.classes))
+    for k, b in enumerate(model.basic):
+        basic_to_class[k, list(b)] = 1.0
+    basic_to_class = basic_to_class.to(device)
+    n = len(train_x)
+    steps = _batches(n, t.batch_size)
+    total, warmup = t.epochs * steps, int(t.warmup_epochs * steps)
+    for epoch in range(start_epoch, t.epochs):
+        t0 = time.perf_counter()
+        gen = torch.Generator().manual_seed(t.seed * 1_000_003 + epoch)
+        perm = torch.randperm(n, generator=gen)
+        model.train()
+        sums = {"loss": 0.0, "sparsity": 0.0, "kept": 0.0, "masked_batches": 0}
+        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{t.epochs}", disable=not t.progress, leave=False)
+        for i in bar:
+            idx = perm[i * t.batch_size:(i + 1) * t.batch_size]
+            x = augment(to_float(train_x[idx]), d.crop_padding, d.hflip, gen).to(device)
+            y = train_y[idx].to(device)
+            f = lr_factor(epoch * steps + i, total, warmup)
+            for o, lrs in zip(opts, base_lrs):
+                for g, lr in zip(o.param_groups, lrs):
+                    g["lr"] = lr * f
+            dense = torch.rand((), generator=gen).item() < s.dense_share
+            select = sampler.sample(train_y[idx], gen)
+            if dense:
+                logits = model.backbone(x)
+                target = F.one_hot(y, len(info.classes)).float()
+                loss = F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / len(y)
+            else:
+                masks, raw = model.generate(select)
+                logits = model.backbone(x, masks)
+                in_task = (select.to(device).float() @ basic_to_class) > 0
+                sparsity = mean_utility(raw, model.sites)
+                loss = subtask_weighted_bce(logits, y, in_task, cfg.loss.beta) + cfg.loss.gamma * sparsity
+                with torch.no_grad():
+                    kept = sum(masks[x_.name].sum() for x_ in model.sites if x_.kind == "utility")
+                    sums["kept"] += (kept / sum(x_.size for x_ in model.sites if x_.kind == "utility") / len(y)).item()
+                    sums["sparsity"] += sparsity.item()
+                    sums["masked_batches"] += 1
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}, step {i}; lower train.lr")
+            for o in opts:
+                o.zero_grad(set_to_none=True)
+            loss.backward()
+            for o in opts:
+                o.step()
+            sums["loss"] += loss.item()
+            if i % 20 == 0:
+                bar.set_postfix(loss=f"{sums['loss'] / (i + 1):.4f}",
+                                kept=f"{sums['kept'] / max(1, sums['masked_batches']):.2f}")
+        mb = max(1, sums["masked_batches"])
+        rec = {"epoch": epoch + 1, "loss": sums["loss"] / steps, "sparsity": sums["sparsity"] / mb,
+               "kept_fraction": sums["kept"] / mb, "seconds": time.perf_counter() - t0}
+        last = epoch + 1 == t.epochs
+        if (t.eval_every and (epoch + 1) % t.eval_every == 0) or last:
+            rec.update(_quick_eval(model, cfg, test_x, test_y, train_x, epoch))
+        history.append(rec)
+        log(json.dumps(rec))
+        tensors, plain = _opt_state(opts)
+        plain.update({"epoch": epoch + 1, "history": history})
+        model.meta = {"history": history, "epoch": epoch + 1}
+        model.save_pretrained(out, extra_files={"train_state.json": plain},
+                              extra_tensors={"optimizer.safetensors": tensors})
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+            break
+    return model
+
+
+def _quick_eval(model: SubtaskAdaptiveNet, cfg: Config, test_x, test_y, train_x, epoch: int) -> dict:
+    """Dense accuracy and a few random subtasks on up to 2000 test images (BN statistics restored after)."""
+    k = len(model.basic)
+    subtasks = []
+    for size in sorted({2, min(k, 5)}):
+        subtasks += [model.classes_of(b) for b in enumerate_size(k, size, max(1, cfg.train.eval_subtasks // 2), epoch)]
+    r = evaluate(model, test_x[:2000], test_y[:2000], train_x, subtasks, progress=False, seed=epoch)
+    model.bn_cache.clear()  # weights keep changing: cached statistics would be stale
+    model.train()
+    sub = r["subtasks"]
+    return {"dense_acc": r["dense"]["acc"],
+            "sub_acc": sum(x["acc"] for x in sub) / len(sub),
+            "sub_dense_acc": sum(x["dense_acc"] for x in sub) / len(sub),
+            "sub_mac_ratio": sum(x["mac_ratio"] for x in sub) / len(sub)}
