@@ -48,6 +48,7 @@ class GeneratorConfig:
 class LossConfig:
     beta: float = 4.0  # BCE weight on the classes of the sample's subtask
     gamma: float = 0.05  # weight of the L1 sparsity term on utilities
+    gamma_size: str = "constant"  # constant | linear: per-sample gamma * (|C| - |T|) / (|C| - 1)
 
 
 @dataclass
@@ -198,6 +199,7 @@ def validate(cfg: Config) -> None:
     choice(cfg.model.arch, ("resnet", "vgg"), "model.arch")
     choice(cfg.generator.kind, ("hypernet", "pertask"), "generator.kind")
     choice(cfg.generator.conditioning, ("multihot",), "generator.conditioning")
+    choice(cfg.loss.gamma_size, ("constant", "linear"), "loss.gamma_size")
     choice(cfg.train.optimizer, ("sgd", "adamw"), "train.optimizer")
     if len(cfg.model.widths) != len(cfg.model.blocks) or not cfg.model.widths:
         raise ConfigError("model.widths and model.blocks must be non-empty lists of the same length")

@@ -23,9 +23,9 @@ def to_masks(raw: Dict[str, Tensor], sites: List[Site], threshold: float, temp: 
 
 
 def mean_utility(raw: Dict[str, Tensor], sites: List[Site]) -> Tensor:
-    """Mean utility over every utility channel and sample: the L1 sparsity term."""
-    total = sum(raw[s.name].sum() for s in sites if s.kind == "utility")
-    count = sum(raw[s.name].numel() for s in sites if s.kind == "utility")
+    """Mean utility over every utility channel, per sample (B,): the L1 sparsity term."""
+    total = sum(raw[s.name].sum(dim=1) for s in sites if s.kind == "utility")
+    count = sum(s.size for s in sites if s.kind == "utility")
     return total / count
 
 

@@ -16,3 +16,11 @@ def subtask_weighted_bce(logits: Tensor, labels: Tensor, in_task: Tensor, beta: 
     w = 1.0 + (beta - 1.0) * in_task.to(logits.dtype)
     alpha = (num_classes + (beta - 1.0) * in_task.sum(dim=1).to(logits.dtype)) / num_classes  # (B,)
     return ((w * per).sum(dim=1) / alpha).mean()
+
+
+def sparsity_weights(task_sizes: Tensor, num_classes: int, gamma: float, mode: str) -> Tensor:
+    """Per-sample weight of the utility L1 term: gamma, or (mode "linear") gamma * (|C| - |T|) / (|C| - 1),
+    so that larger subtasks are pushed less hard towards small networks."""
+    if mode == "constant" or num_classes == 1:
+        return torch.full_like(task_sizes, gamma, dtype=torch.float32)
+    return gamma * (num_classes - task_sizes.float()) / (num_classes - 1)

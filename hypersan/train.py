@@ -16,7 +16,7 @@ from .data import augment, load_dataset, to_float
 from .evaluate import evaluate
 from .generators import mean_utility
 from .io import ArtifactError, load_tensors, read_json
-from .losses import subtask_weighted_bce
+from .losses import sparsity_weights, subtask_weighted_bce
 from .model import SubtaskAdaptiveNet
 from .subtasks import SubtaskSampler, enumerate_size
 
@@ -150,8 +150,10 @@ def train(cfg: Config, out: str | Path, resume: bool = False, log: Callable[[str
                 masks, raw = model.generate(select)
                 logits = model.backbone(x, masks)
                 in_task = (select.to(device).float() @ basic_to_class) > 0
-                sparsity = mean_utility(raw, model.sites)
-                loss = subtask_weighted_bce(logits, y, in_task, cfg.loss.beta) + cfg.loss.gamma * sparsity
+                per_sample = mean_utility(raw, model.sites)  # (B,)
+                gammas = sparsity_weights(in_task.sum(dim=1), len(info.classes), cfg.loss.gamma, cfg.loss.gamma_size)
+                sparsity = per_sample.mean()
+                loss = subtask_weighted_bce(logits, y, in_task, cfg.loss.beta) + (gammas * per_sample).mean()
                 with torch.no_grad():
                     kept = sum(masks[x_.name].sum() for x_ in model.sites if x_.kind == "utility")
                     sums["kept"] += (kept / sum(x_.size for x_ in model.sites if x_.kind == "utility") / len(y)).item()

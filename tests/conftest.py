@@ -1,0 +1,26 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from hypersan.config import load_config
+from hypersan.data import SYSTEM_FMNIST_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+HAVE_FMNIST = any(Path(d, "train-images-idx3-ubyte.gz").exists()
+                  for d in (os.environ.get("HYPERSAN_DATA", ""), SYSTEM_FMNIST_DIR) if d)
+
+needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not installed: "
+                                  "`apt-get install dataset-fashion-mnist` (CI installs it)")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+
+
+@pytest.fixture
+def tiny_config():
+    return load_config(ROOT / "configs" / "tiny.toml")

@@ -1,0 +1,75 @@
+import json
+
+import pytest
+import torch
+
+from hypersan.cli import main
+from hypersan.config import load_config
+from hypersan.io import ArtifactError
+from hypersan.model import SubtaskAdaptiveNet
+from hypersan.train import train
+
+from .conftest import ROOT, needs_fmnist
+
+pytestmark = needs_fmnist
+
+TINY = ["data.train_limit=512", "data.test_limit=256", "train.epochs=3", "train.batch_size=128",
+        "train.eval_every=0", "train.eval_subtasks=2"]
+
+
+def _cfg(*extra):
+    return load_config(ROOT / "configs" / "tiny.toml", TINY + list(extra))
+
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+    full = train(_cfg(), tmp_path / "full", log=lambda m: None)
+    train(_cfg(), tmp_path / "part", log=lambda m: None, stop_after_epoch=1)
+    resumed = train(_cfg(), tmp_path / "part", resume=True, log=lambda m: None)
+    a, b = full.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert json.loads((tmp_path / "part" / "train_state.json").read_text())["epoch"] == 3
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    train(_cfg(), tmp_path / "run", log=lambda m: None, stop_after_epoch=1)
+    with pytest.raises(Exception, match="config differs"):
+        train(_cfg("loss.beta=2.0"), tmp_path / "run", resume=True, log=lambda m: None)
+
+
+def test_checkpoint_roundtrip_and_corruption(tmp_path):
+    model = train(_cfg("train.epochs=1"), tmp_path / "ck", log=lambda m: None)
+    loaded = SubtaskAdaptiveNet.from_pretrained(tmp_path / "ck")
+    model.eval(), loaded.eval()
+    x = torch.rand(2, 1, 28, 28)
+    sel = model.select([(1, 7), (0, 2, 5)])
+    assert torch.equal(model(x, sel), loaded(x, sel))
+    assert loaded.meta["holdout"] == model.holdout.to_dict()
+    assert not list(tmp_path.glob(".ck*")), "temporary folders left behind"
+    f = tmp_path / "ck" / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:1000])
+    with pytest.raises(ArtifactError, match="truncated or corrupt"):
+        SubtaskAdaptiveNet.from_pretrained(tmp_path / "ck")
+
+
+def test_cli_train_and_eval_smoke(tmp_path, capsys):
+    out = tmp_path / "smoke"
+    assert main(["train", "--config", str(ROOT / "configs" / "tiny.toml"), "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out), "--subtasks", "Sneaker,Bag", "size=3,n=2", "--json",
+                 "--limit", "500"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert 0 <= r["dense"]["acc"] <= 1 and len(r["subtasks"]) == 3
+    s = r["subtasks"][0]
+    assert s["classes"] == ["Sneaker", "Bag"]
+    for key in ("seen", "acc", "dense_acc", "map", "dense_map", "mac_ratio", "param_ratio"):
+        assert key in s
+    assert 0 < s["mac_ratio"] <= 1 and 0 < s["param_ratio"] <= 1
+
+
+def test_cli_reports_bad_config_clearly(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model]\nwidth = [8]\n")
+    assert main(["train", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "unknown key" in capsys.readouterr().err
