@@ -123,6 +123,12 @@ class SubtaskAdaptiveNet(nn.Module):
         """Masks (1, C) of one subtask, in inference mode."""
         return self.generate(self.select([subtask]))[0]
 
+    def subnet(self, classes: Iterable[int | str], **kwargs) -> nn.Module:
+        """The physically pruned plain network of a subtask (see surgery.prune for the keyword options)."""
+        from .surgery import prune
+
+        return prune(self, classes, **kwargs)
+
     def _device(self) -> torch.device:
         return next(self.backbone.parameters()).device
 

@@ -1,0 +1,153 @@
+"""Plain (mask-free) ResNet / VGG built from per-layer widths: what surgery produces and artifacts rebuild.
+
+A plain net takes the same architecture dict as `backbones.build_backbone` (its `site_widths` give the
+width of every utility site) and has the same state-dict keys, but its forward has no mask code, so it
+scripts with TorchScript and exports to ONNX. It also carries the names of the classes it recognizes.
+With `bn_folded=True` every conv carries a bias and there is no BatchNorm (the inference form).
+"""
+
+import copy
+from typing import Dict, List, Optional
+
+import torch
+from torch import Tensor, nn
+
+from .backbones import ConvBN, Normalize
+from .io import load_checked
+
+
+def _conv(cin: int, cout: int, k: int, stride: int, bn_folded: bool) -> nn.Sequential:
+    if bn_folded:  # same key prefix as ConvBN ("<name>.0.weight"), BN folded into the bias
+        return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, bias=True))
+    return ConvBN(cin, cout, k, stride)
+
+
+class PlainBlock(nn.Module):
+    """ResNet basic block without masks."""
+
+    def __init__(self, cin: int, mid: int, cout: int, stride: int, has_proj: bool, bn_folded: bool):
+        super().__init__()
+        self.conv1 = _conv(cin, mid, 3, stride, bn_folded)
+        self.conv2 = _conv(mid, cout, 3, 1, bn_folded)
+        self.has_proj = has_proj
+        self.shortcut = _conv(cin, cout, 1, stride, bn_folded) if has_proj else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conv2(torch.relu(self.conv1(x)))
+        return torch.relu(h + self.shortcut(x))
+
+
+class PlainResNet(nn.Module):
+    """CIFAR-style ResNet from per-layer widths; one logit per kept class, in the order of `classes`."""
+
+    classes: List[str]
+    input_shape: List[int]  # [C, H, W] of the images it takes
+
+    def __init__(self, in_channels: int, num_classes: int, widths: List[int], blocks: List[int],
+                 mean: List[float], std: List[float], site_widths: Optional[Dict[str, int]] = None,
+                 classes: Optional[List[str]] = None, bn_folded: bool = False):
+        super().__init__()
+        sw = dict(site_widths or {})
+        self.norm = Normalize(mean, std)
+        cin = int(sw.get("stage0", widths[0]))
+        self.stem = _conv(in_channels, cin, 3, 1, bn_folded)
+        layers: List[nn.Module] = []
+        prev_stream = "stage0"
+        for i, (width, nblocks) in enumerate(zip(widths, blocks)):
+            stream = f"stage{i}"
+            cout = int(sw.get(stream, width))
+            for j in range(nblocks):
+                mid = int(sw.get(f"{stream}.block{j}", width))
+                stride = 2 if (i > 0 and j == 0) else 1
+                # same rule as backbones.BasicBlock: project when the stride or the stream changes
+                has_proj = stride != 1 or prev_stream != stream
+                layers.append(PlainBlock(cin, mid, cout, stride, has_proj, bn_folded))
+                prev_stream, cin = stream, cout
+        self.blocks = nn.ModuleList(layers)
+        self.head = nn.Linear(cin, num_classes)
+        self.classes = list(classes) if classes is not None else [str(i) for i in range(num_classes)]
+        if len(self.classes) != num_classes:
+            raise ValueError(f"{len(self.classes)} class names for a head of {num_classes} classes")
+        self.input_shape = []  # set by surgery and load_subnet
+        self.bn_folded = bn_folded
+        self.arch = {"arch": "resnet", "in_channels": in_channels, "num_classes": num_classes,
+                     "widths": list(widths), "blocks": list(blocks), "mean": list(mean), "std": list(std),
+                     "site_widths": dict(sw)}
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = torch.relu(self.stem(self.norm(x)))
+        for blk in self.blocks:
+            x = blk(x)
+        return self.head(x.mean(dim=(2, 3)))  # (B, len(classes))
+
+
+class PlainVGG(nn.Module):
+    """VGG-style CNN from per-layer widths; one logit per kept class, in the order of `classes`."""
+
+    classes: List[str]
+    input_shape: List[int]  # [C, H, W] of the images it takes
+
+    def __init__(self, in_channels: int, num_classes: int, widths: List[int], blocks: List[int],
+                 mean: List[float], std: List[float], site_widths: Optional[Dict[str, int]] = None,
+                 classes: Optional[List[str]] = None, bn_folded: bool = False):
+        super().__init__()
+        sw = dict(site_widths or {})
+        self.norm = Normalize(mean, std)
+        convs: List[nn.Module] = []
+        pools: List[bool] = []
+        cin, k = in_channels, 0
+        for i, (width, n) in enumerate(zip(widths, blocks)):
+            for j in range(n):
+                cout = int(sw.get(f"conv{k}", width))
+                convs.append(_conv(cin, cout, 3, 1, bn_folded))
+                pools.append(j == n - 1 and i < len(widths) - 1)
+                cin, k = cout, k + 1
+        self.convs = nn.ModuleList(convs)
+        self.pools = pools
+        self.head = nn.Linear(cin, num_classes)
+        self.classes = list(classes) if classes is not None else [str(i) for i in range(num_classes)]
+        if len(self.classes) != num_classes:
+            raise ValueError(f"{len(self.classes)} class names for a head of {num_classes} classes")
+        self.input_shape = []
+        self.bn_folded = bn_folded
+        self.arch = {"arch": "vgg", "in_channels": in_channels, "num_classes": num_classes,
+                     "widths": list(widths), "blocks": list(blocks), "mean": list(mean), "std": list(std),
+                     "site_widths": dict(sw)}
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.norm(x)
+        for k, conv in enumerate(self.convs):
+            x = torch.relu(conv(x))
+            if self.pools[k]:
+                x = torch.nn.functional.max_pool2d(x, 2)
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def build_plain(arch: dict, classes: Optional[List[str]] = None, bn_folded: bool = False) -> nn.Module:
+    """Build a plain net from an architecture dict (the same dict `build_backbone` takes)."""
+    kinds = {"resnet": PlainResNet, "vgg": PlainVGG}
+    if arch.get("arch") not in kinds:
+        raise ValueError(f"unknown architecture {arch.get('arch')!r}; known: {', '.join(kinds)}")
+    return kinds[arch["arch"]](arch["in_channels"], arch["num_classes"], arch["widths"], arch["blocks"],
+                               arch["mean"], arch["std"], arch.get("site_widths"), classes, bn_folded)
+
+
+@torch.no_grad()
+def fold_bn(net: nn.Module) -> nn.Module:
+    """A copy of a plain net with every BatchNorm folded into the conv before it (eval-mode statistics)."""
+    if net.bn_folded:
+        return copy.deepcopy(net)
+    out = build_plain(net.arch, net.classes, bn_folded=True)
+    out.input_shape = list(net.input_shape)
+    src = net.state_dict()
+    dst: Dict[str, Tensor] = {}
+    for name, mod in net.named_modules():
+        if isinstance(mod, ConvBN):
+            conv, bn = mod[0], mod[1]
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (Cout,)
+            dst[f"{name}.0.weight"] = conv.weight * scale[:, None, None, None]
+            dst[f"{name}.0.bias"] = bn.bias - bn.running_mean * scale
+    for k in ("norm.mean", "norm.std", "head.weight", "head.bias"):
+        dst[k] = src[k]
+    load_checked(out, dst, "fold_bn")
+    return out.train(net.training)

@@ -1,0 +1,225 @@
+"""Surgery: one subtask's masks -> a physically smaller plain network.
+
+Convs, BNs and the head are sliced to the kept channels; scaling masks are folded into the weight
+columns of the convs that consume them; BN statistics come from the subtask's recalibration; the head
+keeps only the subtask's classes, in ascending class-index order. Which site touches which conv is read
+from the backbone's own structure (`layer_plan`), so no layer list is written down twice.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, NamedTuple, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .backbones import ResNet, VGG
+from .calibrate import BNStats, recalibrate
+from .io import load_checked
+from .subnet import build_plain, fold_bn as fold_bn_into_convs
+
+
+class Layer(NamedTuple):
+    """One conv of a backbone and the sites around it."""
+
+    prefix: str  # state-dict prefix of the ConvBN ("<prefix>.0.weight" is the conv, "<prefix>.1.*" the BN)
+    in_site: Optional[str]  # utility site whose kept channels are this conv's inputs (None: the image)
+    out_site: str  # utility site whose kept channels are this conv's outputs
+    scale_site: Optional[str]  # scaling site on this conv's input
+
+
+def layer_plan(backbone: nn.Module) -> tuple[list[Layer], str]:
+    """Every conv of a backbone with its sites, and the utility site feeding the head."""
+    if isinstance(backbone, ResNet):
+        layers = [Layer("stem", None, backbone.stem_site, None)]
+        prev = backbone.stem_site
+        for m, blk in enumerate(backbone.blocks):
+            p = f"blocks.{m}"
+            layers.append(Layer(f"{p}.conv1", prev, blk.site_mid, blk.site_conv1_in))
+            layers.append(Layer(f"{p}.conv2", blk.site_mid, blk.stream, blk.site_conv2_in))
+            if blk.has_proj:
+                layers.append(Layer(f"{p}.shortcut", prev, blk.stream, blk.site_short_in))
+            elif prev != blk.stream:  # an identity shortcut must add tensors of one tied site
+                raise ValueError(f"block {blk.prefix}: identity shortcut from site {prev} into site {blk.stream}")
+            prev = blk.stream
+        return layers, prev
+    if isinstance(backbone, VGG):
+        n = backbone.names
+        layers = [Layer(f"convs.{k}", n[k - 1] if k else None, n[k], n[k] + ".in" if k else None)
+                  for k in range(len(n))]
+        return layers, n[-1]
+    raise TypeError(f"surgery knows ResNet and VGG backbones, not {type(backbone).__name__}")
+
+
+def _row(m: Tensor, name: str) -> Tensor:
+    m = m.detach()
+    if m.dim() == 2 and m.shape[0] == 1:
+        m = m[0]
+    if m.dim() != 1:
+        raise ValueError(f"mask of site {name} has shape {tuple(m.shape)}; surgery needs one subtask's mask, "
+                         "shape (1, C) or (C,)")
+    return m.float().cpu()
+
+
+def kept_channels(masks: Optional[Dict[str, Tensor]], sites) -> Dict[str, Tensor]:
+    """Indices (ascending) of the kept channels of every utility site; a site without a mask keeps all."""
+    out = {}
+    for s in sites:
+        if s.kind != "utility":
+            continue
+        if masks is None or s.name not in masks:
+            out[s.name] = torch.arange(s.size)
+            continue
+        m = _row(masks[s.name], s.name)
+        if m.numel() != s.size:
+            raise ValueError(f"mask of site {s.name} has {m.numel()} channels, the site has {s.size}")
+        if not bool(((m == 0) | (m == 1)).all()):
+            raise ValueError(f"utility mask of site {s.name} is not binary 0/1; surgery needs hard utilities "
+                             "(use model.subtask_masks, which binarizes them)")
+        idx = m.nonzero().flatten()
+        if idx.numel() == 0:
+            raise ValueError(f"site {s.name} would keep 0 of {s.size} channels; every layer must keep at least "
+                             "one (the keep rule, generator.min_keep >= 1, guarantees it for generated masks)")
+        out[s.name] = idx
+    return out
+
+
+@torch.no_grad()
+def prune_backbone(backbone: nn.Module, masks: Optional[Dict[str, Tensor]], classes: Sequence[int],
+                   class_names: Optional[List[str]] = None, bn_stats: Optional[BNStats] = None,
+                   fold_bn: bool = False, input_shape: Optional[Sequence[int]] = None) -> nn.Module:
+    """A plain net computing the masked backbone's logits of `classes` (sorted ascending), in eval mode.
+
+    `masks` are one subtask's masks {site: (1, C)} (None: dense); `bn_stats` (from recalibration)
+    replace the backbone's BN running statistics; the backbone itself is not modified.
+    """
+    cls = sorted(set(int(c) for c in classes))
+    num_all = backbone.arch["num_classes"]
+    if not cls or cls[0] < 0 or cls[-1] >= num_all:
+        raise ValueError(f"classes {list(classes)} must be a non-empty set of indices in 0..{num_all - 1}")
+    names = list(class_names) if class_names is not None else [str(c) for c in cls]
+    if len(names) != len(cls):
+        raise ValueError(f"{len(names)} class names for {len(cls)} classes")
+    sites = backbone.sites()
+    keep = kept_channels(masks, sites)
+    scales = {s.name: _row(masks[s.name], s.name) for s in sites
+              if s.kind == "scaling" and masks is not None and s.name in masks}
+    sd = {k: v.detach() for k, v in backbone.state_dict().items()}
+    if bn_stats is not None:
+        missing = [k for k in sd if k.endswith((".running_mean", ".running_var")) and k not in bn_stats]
+        if missing:
+            raise ValueError(f"bn_stats lack {', '.join(missing[:4])}; they must come from the same backbone")
+        sd.update({k: v.to(sd[k].device, sd[k].dtype) for k, v in bn_stats.items() if k in sd})
+
+    layers, head_in = layer_plan(backbone)
+    new: Dict[str, Tensor] = {"norm.mean": sd["norm.mean"], "norm.std": sd["norm.std"]}
+    for layer in layers:
+        out_idx = keep[layer.out_site].to(sd[f"{layer.prefix}.0.weight"].device)
+        w = sd[f"{layer.prefix}.0.weight"]  # (Cout, Cin, k, k)
+        if layer.in_site is not None:
+            in_idx = keep[layer.in_site].to(w.device)
+            w = w[:, in_idx]
+            if layer.scale_site in scales:
+                # the scaling multiplies the conv's input channels: fold it into the weight columns
+                s = scales[layer.scale_site].to(w.device, w.dtype)[in_idx]
+                w = w * s[None, :, None, None]
+        new[f"{layer.prefix}.0.weight"] = w[out_idx].clone()
+        for k in ("weight", "bias", "running_mean", "running_var"):
+            new[f"{layer.prefix}.1.{k}"] = sd[f"{layer.prefix}.1.{k}"][out_idx].clone()
+        new[f"{layer.prefix}.1.num_batches_tracked"] = sd[f"{layer.prefix}.1.num_batches_tracked"].clone()
+    head_idx = keep[head_in].to(sd["head.weight"].device)
+    cls_idx = torch.tensor(cls, device=sd["head.weight"].device)
+    new["head.weight"] = sd["head.weight"][cls_idx][:, head_idx].clone()
+    new["head.bias"] = sd["head.bias"][cls_idx].clone()
+
+    widths = {name: int(idx.numel()) for name, idx in keep.items()}
+    arch = dict(backbone.arch, site_widths=widths, num_classes=len(cls))
+    net = build_plain(arch, names).to(sd["head.weight"].device)
+    load_checked(net, new, "surgery")
+    net.input_shape = [int(d) for d in input_shape] if input_shape is not None else []
+    if fold_bn:
+        net = fold_bn_into_convs(net)
+    return net.eval()
+
+
+def round_widths(masks: Dict[str, Tensor], raw: Dict[str, Tensor], sites, multiple: int) -> Dict[str, Tensor]:
+    """Masks whose kept width at every utility site is rounded up to a multiple (capped at the site size),
+    adding back the pruned channels of highest utility."""
+    if multiple < 1:
+        raise ValueError(f"round_to must be a positive integer, got {multiple}")
+    out = dict(masks)
+    for s in sites:
+        if s.kind != "utility":
+            continue
+        m = _row(masks[s.name], s.name).clone()
+        n = int((m != 0).sum())
+        target = min(math.ceil(n / multiple) * multiple, s.size)
+        if target > n:
+            u = _row(raw[s.name], s.name).clone()
+            u[m != 0] = -math.inf  # only pruned channels compete
+            m[u.topk(target - n).indices] = 1.0
+        out[s.name] = m[None].to(masks[s.name].device, masks[s.name].dtype)
+    return out
+
+
+def _train_images(model) -> Tensor:
+    from .data import DatasetError, load_dataset
+
+    d = model.config.data
+    try:
+        images, _, _ = load_dataset(d.dataset, "train", d.data_dir or None)
+    except DatasetError as e:
+        raise DatasetError(f"this subtask has no cached BN statistics, and recalibrating them needs the "
+                           f"{d.dataset} training images, which could not be read: {e} -- install the dataset "
+                           "(or point $HYPERSAN_DATA / data.data_dir at it), or pass images= to prune()") from None
+    return images
+
+
+def _calibrate_masks(model, masks: Dict[str, Tensor], images: Tensor, seed: int = 0) -> BNStats:
+    # same sampling as SubtaskAdaptiveNet.calibrate, for masks that are not a subtask's own (rounded widths)
+    from .data import augment, to_float
+
+    cfg, d = model.config.calib, model.config.data
+    gen = torch.Generator().manual_seed(seed)
+    dev = model._device()
+
+    def stream():
+        for _ in range(cfg.batches):
+            idx = torch.randint(0, len(images), (cfg.batch_size,), generator=gen)
+            yield augment(to_float(images[idx]), d.crop_padding, d.hflip, gen).to(dev)
+
+    return recalibrate(model.backbone, lambda x: model.backbone(x, masks), stream())
+
+
+@torch.no_grad()
+def prune(model, subtask, fold_bn: bool = False, round_to: int = 0, images: Optional[Tensor] = None) -> nn.Module:
+    """The plain subnet of a SubtaskAdaptiveNet for a subtask (class names or indices; None: the dense net).
+
+    BN statistics come from `model.bn_cache`; a subtask missing there is calibrated first, on `images`
+    (uint8 training images) or on the dataset's training split. The result's `.classes` are the kept
+    class names, in ascending class-index order, one logit each.
+    """
+    from .model import subtask_key
+
+    if round_to < 0:
+        raise ValueError(f"round_to must be a positive integer (or 0: no rounding), got {round_to}")
+    t = None if subtask is None else model.resolve(subtask)
+    cls = list(range(len(model.classes))) if t is None else list(t)
+    if t is None:
+        masks, raw = None, None
+    else:
+        masks, raw = model.generate(model.select([t]))
+    key = subtask_key(t)
+    if key not in model.bn_cache:
+        model.calibrate(t, images if images is not None else _train_images(model))
+    stats = model.bn_cache[key]
+    if round_to > 1 and masks is not None:
+        rounded = round_widths(masks, raw, model.sites, round_to)
+        if any(not torch.equal(rounded[s.name], masks[s.name]) for s in model.sites if s.kind == "utility"):
+            rkey = f"{key}@round{round_to}"
+            if rkey not in model.bn_cache:  # widened layers change the statistics downstream of them
+                model.bn_cache[rkey] = _calibrate_masks(
+                    model, rounded, images if images is not None else _train_images(model))
+            masks, stats = rounded, model.bn_cache[rkey]
+    return prune_backbone(model.backbone, masks, cls, [model.classes[i] for i in cls], bn_stats=stats,
+                          fold_bn=fold_bn, input_shape=model.info.input_shape)

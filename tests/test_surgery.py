@@ -1,0 +1,264 @@
+import pytest
+import torch
+
+from hypersan.backbones import build_backbone
+from hypersan.calibrate import bn_modules, set_bn_stats
+from hypersan.config import load_config
+from hypersan.data import FASHION_MNIST, DatasetError
+from hypersan.metrics import count_params
+from hypersan.model import SubtaskAdaptiveNet, subtask_key
+from hypersan.subnet import build_plain, fold_bn
+from hypersan.surgery import kept_channels, prune, prune_backbone, round_widths
+
+from .conftest import ROOT
+
+ARCHS = {
+    # two blocks per stage: identity shortcuts inside a stage, a projection between stages
+    "resnet": {"arch": "resnet", "in_channels": 1, "num_classes": 6, "widths": [6, 8], "blocks": [2, 2],
+               "mean": [0.5], "std": [0.25]},
+    "vgg": {"arch": "vgg", "in_channels": 3, "num_classes": 6, "widths": [5, 7], "blocks": [2, 1],
+            "mean": [0.5, 0.4, 0.3], "std": [0.25, 0.2, 0.3]},
+}
+
+
+@torch.no_grad()
+def _randomize(net):
+    """Random BN affine parameters and running statistics, so no BN is the identity or zero."""
+    for bn in bn_modules(net).values():
+        bn.weight.normal_()
+        bn.bias.normal_()
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+    net.head.bias.normal_()
+    return net
+
+
+def _masks(net, gen):
+    """Random hard utilities (one site left with one channel, one whole) and signed scalings."""
+    util = [s for s in net.sites() if s.kind == "utility"]
+    masks = {}
+    for s in net.sites():
+        if s.kind == "utility":
+            m = (torch.rand(1, s.size, generator=gen) < 0.5).float()
+            m[0, torch.randint(0, s.size, (1,), generator=gen)] = 1.0
+        else:
+            m = torch.randn(1, s.size, generator=gen)  # about half negative
+        masks[s.name] = m
+    one, whole = util[0].name, util[-1].name
+    masks[one] = torch.zeros(1, util[0].size)
+    masks[one][0, 2] = 1.0
+    masks[whole] = torch.ones(1, util[-1].size)
+    return masks
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pruned_logits_equal_masked_logits(arch, seed):
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    net = _randomize(build_backbone(ARCHS[arch])).eval()
+    masks = _masks(net, gen)
+    assert any(bool((m < 0).any()) for n, m in masks.items() if n.endswith(".in"))
+    classes = [4, 1, 3]
+    x = torch.rand(5, ARCHS[arch]["in_channels"], 12, 12, generator=gen)
+    pruned = prune_backbone(net, masks, classes)
+    with torch.no_grad():
+        want = net(x, masks)[:, [1, 3, 4]]  # ascending class-index order
+        got = pruned(x)
+    assert pruned.classes == ["1", "3", "4"]
+    assert got.shape == (5, 3)
+    assert (got - want).abs().max().item() <= 1e-4
+    widths = pruned.arch["site_widths"]
+    util = [s for s in net.sites() if s.kind == "utility"]
+    assert widths[util[0].name] == 1 and widths[util[-1].name] == util[-1].size
+    assert sum(widths.values()) < sum(s.size for s in util)
+
+
+def test_residual_tied_sites_lose_the_same_channels():
+    torch.manual_seed(0)
+    net = _randomize(build_backbone(ARCHS["resnet"])).eval()
+    keep = torch.tensor([1, 4, 6])
+    masks = {"stage1": torch.zeros(1, 8)}
+    masks["stage1"][0, keep] = 1.0
+    pruned = prune_backbone(net, masks, range(6))
+    full, small = net.state_dict(), pruned.state_dict()
+    # every tensor summed into stream stage1 (block conv2 outputs, the projection) and its readers
+    writers = ["blocks.2.conv2.0.weight", "blocks.2.shortcut.0.weight", "blocks.3.conv2.0.weight"]
+    for k in writers:
+        assert torch.equal(small[k], full[k][keep]), k
+    assert torch.equal(small["blocks.3.conv1.0.weight"], full["blocks.3.conv1.0.weight"][:, keep])
+    assert torch.equal(small["head.weight"], full["head.weight"][:, keep])
+    assert not pruned.blocks[3].has_proj  # the identity shortcut stays an identity
+
+
+def _hand_params(k0, m0, k1, m1, n_cls, cin=1):
+    """Parameters of ARCH_HAND counted by hand: conv weights, BN weight+bias, head weight+bias."""
+    stem = cin * k0 * 9 + 2 * k0
+    b0 = (k0 * m0 * 9 + 2 * m0) + (m0 * k0 * 9 + 2 * k0)  # identity shortcut: no parameters
+    b1 = (k0 * m1 * 9 + 2 * m1) + (m1 * k1 * 9 + 2 * k1) + (k0 * k1 + 2 * k1)  # 1x1 projection
+    return stem + b0 + b1 + k1 * n_cls + n_cls
+
+
+ARCH_HAND = {"arch": "resnet", "in_channels": 1, "num_classes": 5, "widths": [4, 6], "blocks": [1, 1],
+             "mean": [0.5], "std": [0.25]}
+
+
+def test_param_count_drops_by_exactly_the_removed_channels():
+    net = build_backbone(ARCH_HAND)
+    assert count_params(net) == _hand_params(4, 4, 6, 6, 5)
+    masks = {"stage0": torch.tensor([[1., 0, 1, 0]]), "stage0.block0": torch.tensor([[0., 0, 0, 1]]),
+             "stage1": torch.tensor([[1., 1, 0, 1, 0, 1]]), "stage1.block0": torch.tensor([[1., 1, 1, 1, 1, 0]])}
+    pruned = prune_backbone(net, masks, [0, 3])
+    assert count_params(pruned) == _hand_params(2, 1, 4, 5, 2)
+    assert count_params(net) - count_params(pruned) == _hand_params(4, 4, 6, 6, 5) - _hand_params(2, 1, 4, 5, 2)
+
+
+def test_zero_channels_are_refused():
+    net = build_backbone(ARCH_HAND)
+    with pytest.raises(ValueError, match="keep 0 of 6 channels"):
+        prune_backbone(net, {"stage1": torch.zeros(1, 6)}, [0])
+
+
+def test_soft_utilities_are_refused():
+    net = build_backbone(ARCH_HAND)
+    with pytest.raises(ValueError, match="not binary"):
+        prune_backbone(net, {"stage1": torch.full((1, 6), 0.5)}, [0])
+
+
+def test_batched_masks_are_refused():
+    net = build_backbone(ARCH_HAND)
+    with pytest.raises(ValueError, match=r"shape \(2, 6\)"):
+        prune_backbone(net, {"stage1": torch.ones(2, 6)}, [0])
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_bn_folding_keeps_the_logits(arch):
+    torch.manual_seed(3)
+    net = _randomize(build_backbone(ARCHS[arch])).eval()
+    gen = torch.Generator().manual_seed(3)
+    pruned = prune_backbone(net, _masks(net, gen), [0, 5])
+    folded = fold_bn(pruned)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.rand(4, ARCHS[arch]["in_channels"], 12, 12)
+    with torch.no_grad():
+        assert (folded(x) - pruned(x)).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_plain_net_has_the_backbone_state_dict_and_function(arch):
+    torch.manual_seed(0)
+    net = _randomize(build_backbone(ARCHS[arch])).eval()
+    plain = build_plain(net.arch).eval()
+    plain.load_state_dict(net.state_dict(), strict=True)
+    x = torch.rand(3, ARCHS[arch]["in_channels"], 12, 12)
+    with torch.no_grad():
+        assert torch.allclose(plain(x), net(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_pruned_net_scripts(arch):
+    torch.manual_seed(0)
+    net = _randomize(build_backbone(ARCHS[arch])).eval()
+    pruned = prune_backbone(net, _masks(net, torch.Generator().manual_seed(0)), [2, 3])
+    scripted = torch.jit.script(pruned)
+    x = torch.rand(2, ARCHS[arch]["in_channels"], 12, 12)
+    with torch.no_grad():
+        assert torch.equal(scripted(x), pruned(x))
+    assert list(scripted.classes) == ["2", "3"]
+
+
+def test_round_widths_adds_back_the_highest_utility_channels():
+    net = build_backbone(ARCH_HAND)
+    sites = net.sites()
+    masks = {s.name: torch.ones(1, s.size) for s in sites}
+    raw = {s.name: torch.ones(1, s.size) for s in sites}
+    masks["stage1"] = torch.tensor([[0., 1, 0, 0, 0, 0]])
+    raw["stage1"] = torch.tensor([[0.05, 0.9, 0.07, 0.01, 0.02, 0.08]])
+    masks["stage0"] = torch.tensor([[1., 1, 1, 0]])
+    out = round_widths(masks, raw, sites, 4)
+    assert out["stage1"].tolist() == [[1., 1, 1, 0, 0, 1]]  # kept + the 3 best pruned (0.08, 0.07, 0.05)
+    assert out["stage0"].sum() == 4  # 3 -> 4 (= full width)
+    widths = {n: len(i) for n, i in kept_channels(round_widths(masks, raw, sites, 5), sites).items()}
+    assert widths["stage1"] == 5 and widths["stage0"] == 4  # capped at the site size
+
+
+# ------------------------------------------------------------------ through the SubtaskAdaptiveNet
+
+
+def _model(arch="resnet"):
+    over = [] if arch == "resnet" else ['model.arch="vgg"', "model.blocks=[1, 1]"]
+    cfg = load_config(ROOT / "configs" / "tiny.toml", over)
+    torch.manual_seed(0)
+    model = SubtaskAdaptiveNet(cfg, FASHION_MNIST).eval()
+    _randomize(model.backbone)
+    with torch.no_grad():  # signed scalings, utilities spread around the threshold
+        for s, head in zip(model.generator.sites, model.generator.heads):
+            head.bias.normal_(0.0, 1.0 if s.kind == "scaling" else 0.15)
+    return model
+
+
+def _images(n=64, seed=0):
+    return torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("arch", ["resnet", "vgg"])
+def test_subnet_equals_masked_net_with_its_own_statistics(arch):
+    model = _model(arch)
+    images = _images()
+    t = model.resolve(["Bag", "Sneaker", "Trouser"])
+    net = model.subnet(["Bag", "Sneaker", "Trouser"], images=images)
+    assert subtask_key(t) in model.bn_cache  # calibrated on demand
+    assert net.classes == ["Trouser", "Sneaker", "Bag"]  # ascending class index
+    assert net.input_shape == [1, 28, 28]
+    x = images[:8].float() / 255
+    masks = model.subtask_masks(t)
+    with torch.no_grad(), model.using_stats(t):
+        want = model.backbone(x, masks)[:, list(t)]
+    with torch.no_grad():
+        got = net(x)
+        stale = model.backbone(x, masks)[:, list(t)]  # mixture statistics: a different function
+    assert (got - want).abs().max().item() <= 1e-4
+    assert (got - stale).abs().max().item() > 1e-3
+
+
+def test_subnet_of_none_is_the_dense_net():
+    model = _model()
+    model.calibrate(None, _images())
+    net = prune(model, None)
+    assert net.classes == model.classes
+    assert net.arch["site_widths"] == model.backbone.arch["site_widths"]
+    x = _images(4, 1).float() / 255
+    with torch.no_grad(), model.using_stats(None):
+        assert (net(x) - model.backbone(x)).abs().max().item() <= 1e-4
+
+
+def test_round_to_gives_multiples_and_its_own_statistics():
+    model = _model()
+    t = model.resolve(["Sandal", "Coat"])
+    plain = model.subnet(t, images=_images())
+    rounded = model.subnet(t, round_to=4, images=_images())
+    sizes = {s.name: s.size for s in model.sites if s.kind == "utility"}
+    for name, w in rounded.arch["site_widths"].items():
+        assert w % 4 == 0 or w == sizes[name], (name, w)
+        assert w >= plain.arch["site_widths"][name]
+    assert rounded.arch["site_widths"] != plain.arch["site_widths"]
+    # exact: the rounded net is the masked net with the widened masks and their own statistics
+    masks, raw = model.generate(model.select([t]))
+    wide = round_widths(masks, raw, model.sites, 4)
+    x = _images(4, 1).float() / 255
+    with torch.no_grad():
+        set_bn_stats(model.backbone, model.bn_cache[f"{subtask_key(t)}@round4"])
+        want = model.backbone(x, wide)[:, list(t)]
+        assert (rounded(x) - want).abs().max().item() <= 1e-4
+
+
+def test_missing_statistics_without_dataset_is_a_clear_error(monkeypatch):
+    import hypersan.data
+
+    def unavailable(*a, **k):
+        raise DatasetError("fashion_mnist not found")
+
+    monkeypatch.setattr(hypersan.data, "load_dataset", unavailable)
+    model = _model()
+    with pytest.raises(DatasetError, match="no cached BN statistics.*install the dataset"):
+        model.subnet(["Bag", "Coat"])
