@@ -86,6 +86,14 @@ class CalibConfig:
 
 
 @dataclass
+class VocabConfig:
+    """Words for requests in natural language, added to the dataset's vocabulary (see hypersan.grounding)."""
+
+    synonyms: dict[str, list[str]] = field(default_factory=dict)  # class or group name -> extra words for it
+    groups: dict[str, list[str]] = field(default_factory=dict)  # group name -> class names (new, or replacing one)
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -94,6 +102,7 @@ class Config:
     subtasks: SubtaskConfig = field(default_factory=SubtaskConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     calib: CalibConfig = field(default_factory=CalibConfig)
+    vocab: VocabConfig = field(default_factory=VocabConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON-able data."""
@@ -111,6 +120,11 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
         (inner,) = typing.get_args(tp)
         return [_check_type(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {type(value).__name__} {value!r}")
+        key_tp, val_tp = typing.get_args(tp)
+        return {_check_type(k, key_tp, where): _check_type(v, val_tp, f"{where}.{k}") for k, v in value.items()}
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
