@@ -9,6 +9,51 @@ from pathlib import Path
 from . import __version__
 
 
+def _resolve(args) -> int:
+    from .config import load_config
+    from .data import FASHION_MNIST
+    from .grounding import Grounder, GroundingError, checkpoint_vocabulary, extend_vocabulary
+    from .text import EncoderError, default_encoder
+
+    if (args.text is None) == (args.file is None):
+        raise ValueError('give either one request ("shoes and handbags") or --file FILE, not both or neither')
+    info = checkpoint_vocabulary(args.checkpoint) if args.checkpoint else FASHION_MNIST
+    if args.config:
+        vocab = load_config(args.config).vocab
+        info = extend_vocabulary(info, vocab.synonyms, vocab.groups)
+    grounder = Grounder(info, lambda: default_encoder(args.encoder, args.device))  # loaded once, when first needed
+
+    def show(g) -> str:
+        if args.json:
+            return json.dumps(g.to_dict())
+        lines = [f"{c:<14} {g.scores[c]:.2f}" for c in g.classes]
+        lines += [f'  "{m.text}" -> {"not " if m.exclude else ""}{m.target} ({m.how}, {m.score:.2f})' for m in g.matches]
+        return "\n".join(lines)
+
+    try:
+        if args.text is not None:
+            try:
+                print(show(grounder.ground(args.text)))
+            except GroundingError as e:
+                print(f"hypersan resolve: {e}", file=sys.stderr)
+                return 2
+            return 0
+        try:
+            text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"cannot read requests from {args.file!r}: {e}") from None
+        for line in text.splitlines():  # one output line per input line, blank ones included, in order
+            try:
+                g = grounder.ground(line)
+                print(show(g) if args.json else f"{line}\t{', '.join(g.classes)}", flush=True)
+            except GroundingError as e:
+                print(json.dumps({"request": line, "error": str(e)}) if args.json else f"{line}\terror: {e}", flush=True)
+        return 0
+    except EncoderError as e:
+        print(f"hypersan resolve: error: {e}", file=sys.stderr)
+        return 2
+
+
 def _eval(args) -> int:
     from .data import load_dataset
     from .evaluate import evaluate, parse_subtasks
@@ -52,6 +97,46 @@ def _train(args) -> int:
     return 0
 
 
+def _prune(args) -> int:
+    import time
+
+    from .export import export_subtask, parse_formats
+    from .model import SubtaskAdaptiveNet, default_checkpoint
+
+    t0 = time.perf_counter()
+    formats = parse_formats(args.format)
+    names = [c.strip() for c in args.classes.split(",") if c.strip()]
+    if not names:
+        raise ValueError('--classes is empty; give class names or indices, e.g. --classes "Sneaker,Bag"')
+    ckpt = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
+    model = SubtaskAdaptiveNet.from_pretrained(ckpt)
+    if args.data_dir:
+        model.config.data.data_dir = args.data_dir
+    summary = export_subtask(model, [int(c) if c.isdigit() else c for c in names], args.out, formats,
+                             round_to=args.round_to, fold_bn=args.fold_bn)
+    print(json.dumps({**summary, "seconds": time.perf_counter() - t0}))
+    return 0
+
+
+def _bench(args) -> int:
+    from .bench import DEFAULT_SUBTASKS, format_table, run_bench
+    from .data import load_dataset
+    from .evaluate import parse_subtasks
+    from .model import SubtaskAdaptiveNet, default_checkpoint
+
+    ckpt = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
+    model = SubtaskAdaptiveNet.from_pretrained(ckpt)
+    cfg = model.config
+    train_x, _, _ = load_dataset(cfg.data.dataset, "train", args.data_dir or cfg.data.data_dir or None)
+    subtasks = parse_subtasks(model, args.subtasks or DEFAULT_SUBTASKS, seed=args.seed)
+    log = (lambda m: None) if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
+    r = run_bench(model, subtasks, train_x, batch=args.batch, threads=args.threads, repeats=args.repeats,
+                  warmup=args.warmup, round_to=args.round_to, seed=args.seed, log=log)
+    r = {"checkpoint": str(ckpt), **r}
+    print(json.dumps(r) if args.json else format_table(r))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hypersan", description="Subtask-adaptive networks: one base net, pruned per request.")
     p.add_argument("--version", action="version", version=f"hypersan {__version__}")
@@ -65,6 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default=None, help="auto | cpu | cuda[:N] (default: the config's)")
     t.set_defaults(func=_train)
 
+    r = sub.add_parser("resolve", help="ground a request in words to the class set it names (no model needed)")
+    r.add_argument("text", nargs="?", default=None, help='the request, e.g. "shoes and handbags"')
+    r.add_argument("--file", default=None, help="one request per line ('-': stdin); one result per line, in order")
+    r.add_argument("--checkpoint", default=None, help="take the vocabulary from this checkpoint (default: Fashion-MNIST)")
+    r.add_argument("--config", default=None, help="TOML config whose [vocab] section extends the vocabulary")
+    r.add_argument("--json", action="store_true", help="print JSON (JSON Lines with --file)")
+    r.add_argument("--encoder", default=None, help="sentence-transformers model name or path (default: bundled MiniLM)")
+    r.add_argument("--device", default="cpu", help="device of the sentence encoder: cpu | cuda | auto")
+    r.set_defaults(func=_resolve)
+
     e = sub.add_parser("eval", help="evaluate subtasks: accuracy, mAP and compute beside the dense net")
     e.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the shipped Fashion-MNIST model)")
     e.add_argument("--subtasks", nargs="+", default=None,
@@ -75,6 +170,31 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-dir", default=None)
     e.add_argument("--device", default="auto")
     e.set_defaults(func=_eval)
+
+    pr = sub.add_parser("prune", help="cut the net down to a subtask and export it (safetensors, TorchScript, ONNX)")
+    pr.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the shipped Fashion-MNIST model)")
+    pr.add_argument("--classes", required=True, help='class names or indices, comma-separated: "Sneaker,Bag"')
+    pr.add_argument("--out", required=True, help="artifact directory (replaced atomically)")
+    pr.add_argument("--format", default="safetensors", help="comma-separated: safetensors, torchscript, onnx")
+    pr.add_argument("--round-to", type=int, default=0, metavar="N",
+                    help="round every kept width up to a multiple of N, adding back the highest-utility channels")
+    pr.add_argument("--fold-bn", action="store_true", help="fold BatchNorm into the convs (inference form)")
+    pr.add_argument("--data-dir", default=None, help="training images, if the subtask needs BN recalibration")
+    pr.set_defaults(func=_prune)
+
+    b = sub.add_parser("bench", help="time dense, masked and pruned nets side by side; build time; artifact size")
+    b.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the shipped Fashion-MNIST model)")
+    b.add_argument("--subtasks", nargs="+", default=None,
+                   help='class lists ("Sneaker,Bag"), all, or size=K[,n=M] (default: 6 pairs, 4 triples, 2 of 5, all)')
+    b.add_argument("--batch", type=int, default=256)
+    b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--repeats", type=int, default=10, help="timed rounds; the median is reported")
+    b.add_argument("--warmup", type=int, default=3)
+    b.add_argument("--round-to", type=int, default=0, metavar="N", help="also time widths rounded up to multiples of N")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--data-dir", default=None)
+    b.set_defaults(func=_bench)
     return p
 
 

@@ -1,0 +1,138 @@
+"""Benchmark of physical pruning: dense, masked and pruned latency side by side, build time, artifact size.
+
+Everything runs in one process with a fixed thread count; dense, masked and pruned forwards are timed
+interleaved (one of each per round), so drifting machine load affects all three alike.
+"""
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from .export import save_subnet
+from .metrics import subnet_cost
+from .model import SubtaskAdaptiveNet, subtask_key
+from .subtasks import Subtask
+from .surgery import prune
+
+DEFAULT_SUBTASKS = ["size=2,n=6", "size=3,n=4", "size=5,n=2", "all"]
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def check(row: dict) -> dict:
+    """The issue's acceptance checks for one benchmarked subtask (None where a check does not apply)."""
+    mac = row["mac_ratio"]
+    return {
+        "pruned_latency": row["pruned_latency_ratio"] <= 1.3 * mac + 0.05 if 0.15 <= mac <= 0.7 else None,
+        "masked_latency": 0.9 <= row["masked_latency_ratio"] <= 1.1,
+        "build": row["build_ratio"] <= 1.0,
+        "size": abs(row["size_ratio"] / row["param_ratio"] - 1.0) <= 0.1,
+    }
+
+
+@torch.inference_mode()
+def _forward_times(fns: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, float]:
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            times[k].append(_timed(fn))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def run_bench(model: SubtaskAdaptiveNet, subtasks: Sequence[Subtask], images: Tensor, batch: int = 256,
+              threads: int = 2, repeats: int = 10, warmup: int = 3, round_to: int = 0, seed: int = 0,
+              log: Optional[Callable[[str], None]] = None) -> dict:
+    """Benchmark each subtask against the dense net; returns the JSON summary (see `hypersan bench --json`)."""
+    if repeats < 1 or warmup < 0 or batch < 1 or threads < 1:
+        raise ValueError("bench needs repeats >= 1, warmup >= 0, batch >= 1 and threads >= 1")
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _run(model, subtasks, images, batch, threads, repeats, warmup, round_to, seed, log or (lambda m: None))
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _run(model, subtasks, images, batch, threads, repeats, warmup, round_to, seed, log) -> dict:
+    model.eval()
+    info, arch = model.info, model.backbone.arch
+    x = torch.rand(batch, *info.input_shape, generator=torch.Generator().manual_seed(seed)).to(model._device())
+    dense_macs, dense_params = subnet_cost(arch, arch["site_widths"], len(info.classes), info.input_shape)
+    model.calibrate(None, images, seed=seed)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="hypersan-bench-") as tmp:
+        dense_dir = Path(tmp) / "dense"
+        dense_size = save_subnet(prune(model, None), dense_dir)["safetensors"].stat().st_size
+        for i, t in enumerate(subtasks):
+            names = [info.classes[c] for c in t]
+            calib_s = None
+            if subtask_key(t) not in model.bn_cache:  # recalibration is reported, not counted in the build
+                calib_s = _timed(lambda: model.calibrate(t, images, seed=seed))
+            builds = [_timed(lambda: prune(model, t)) for _ in range(3)]  # masks + surgery, statistics cached
+            net = prune(model, t)
+            masks = model.subtask_masks(t)
+            fns = {"dense": lambda: model.backbone(x), "masked": lambda: model.backbone(x, masks),
+                   "pruned": lambda: net(x)}
+            if round_to > 1:
+                rnet = prune(model, t, round_to=round_to, images=images)
+                fns["rounded"] = lambda: rnet(x)
+            med = _forward_times(fns, warmup, repeats)
+            macs, params = subnet_cost(arch, net.arch["site_widths"], len(t), info.input_shape)
+            size = save_subnet(net, Path(tmp) / f"s{i}")["safetensors"].stat().st_size
+            row = {"classes": names, "indices": list(t), "mac_ratio": macs / dense_macs,
+                   "param_ratio": params / dense_params,
+                   "pruned_latency_ratio": med["pruned"] / med["dense"],
+                   "masked_latency_ratio": med["masked"] / med["dense"],
+                   "build_ratio": statistics.median(builds) / med["dense"],
+                   "size_ratio": size / dense_size,
+                   "dense_ms": 1e3 * med["dense"], "masked_ms": 1e3 * med["masked"], "pruned_ms": 1e3 * med["pruned"],
+                   "build_ms": 1e3 * statistics.median(builds),
+                   "calib_ms": None if calib_s is None else 1e3 * calib_s,
+                   "widths": net.arch["site_widths"]}
+            if round_to > 1:
+                rmacs, _ = subnet_cost(arch, rnet.arch["site_widths"], len(t), info.input_shape)
+                row["rounded"] = {"round_to": round_to, "mac_ratio": rmacs / dense_macs,
+                                  "latency_ratio": med["rounded"] / med["dense"], "ms": 1e3 * med["rounded"]}
+            row["checks"] = check(row)
+            rows.append(row)
+            log(f"[{i + 1}/{len(subtasks)}] {','.join(names)}: mac {row['mac_ratio']:.3f} "
+                f"pruned {row['pruned_latency_ratio']:.3f} masked {row['masked_latency_ratio']:.3f}")
+    passed = {k: all(r["checks"][k] for r in rows if r["checks"][k] is not None) for k in rows[0]["checks"]} \
+        if rows else {}
+    return {"threads": threads, "batch": batch, "repeats": repeats, "warmup": warmup,
+            "device": str(model._device()), "subtasks": rows, "passed": passed}
+
+
+def format_table(result: dict) -> str:
+    """A plain-text table of a bench result."""
+    rnd = any("rounded" in r for r in result["subtasks"])
+    head = (f"{'classes':<40} {'MACs':>6} {'params':>6} {'pruned':>7} {'masked':>7} {'build':>6} {'size':>6}"
+            + (f" {'round':>7}" if rnd else "") + "   (ratios to dense)")
+    lines = [f"threads {result['threads']}, batch {result['batch']}, median of {result['repeats']} "
+             f"after {result['warmup']} warm-up rounds, {result['device']}", head]
+    for r in result["subtasks"]:
+        name = ",".join(r["classes"])
+        name = name if len(name) <= 40 else name[:37] + "..."
+        line = (f"{name:<40} {r['mac_ratio']:6.3f} {r['param_ratio']:6.3f} {r['pruned_latency_ratio']:7.3f} "
+                f"{r['masked_latency_ratio']:7.3f} {r['build_ratio']:6.3f} {r['size_ratio']:6.3f}")
+        if rnd:
+            line += f" {r['rounded']['latency_ratio']:7.3f}" if "rounded" in r else f" {'':>7}"
+        lines.append(line)
+    if result["subtasks"]:
+        dense = statistics.median(r["dense_ms"] for r in result["subtasks"])
+        lines.append(f"dense batch forward: {dense:.1f} ms (median over subtasks)")
+        lines.append("checks: " + ", ".join(f"{k} {'pass' if v else 'FAIL'}" for k, v in result["passed"].items()))
+    return "\n".join(lines)

@@ -1,0 +1,77 @@
+import json
+
+import pytest
+import torch
+
+from hypersan.bench import check, format_table, run_bench
+from hypersan.cli import main
+from hypersan.export import load_subnet
+
+from .conftest import needs_fmnist
+from .test_surgery import _images, _model
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    model = _model()
+    model.calibrate(model.resolve(["Sneaker", "Bag"]), _images())
+    return model.save_pretrained(tmp_path / "ckpt")
+
+
+def _run(capsys, *argv):
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_prune_prints_one_json_summary_and_writes_the_formats(tmp_path, capsys, checkpoint):
+    rc, out, err = _run(capsys, "prune", "--checkpoint", str(checkpoint), "--classes", "Bag, sneaker",
+                        "--out", str(tmp_path / "a"), "--format", "safetensors,onnx")
+    assert rc == 0, err
+    r = json.loads(out)  # exactly one JSON object on stdout
+    assert r["classes"] == ["Sneaker", "Bag"]
+    assert set(r["files"]) == {"safetensors", "onnx"}
+    assert all((tmp_path / "a" / n).is_file() for n in ("config.json", "model.safetensors", "model.onnx"))
+    assert not (tmp_path / "a" / "model.pt").exists()
+    assert 0 < r["mac_ratio"] < 1 and 0 < r["param_ratio"] < 1 and r["seconds"] > 0
+    net = load_subnet(tmp_path / "a")
+    assert net.classes == ["Sneaker", "Bag"]
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["subtask"] == [7, 8]
+
+
+@pytest.mark.parametrize("argv,msg", [(["--classes", "Sneaker,Unicorn"], "unknown class 'Unicorn'"),
+                                      (["--classes", "Bag", "--format", "pickle"], "unknown export format")])
+def test_prune_errors_are_clear(tmp_path, capsys, checkpoint, argv, msg):
+    rc, out, err = _run(capsys, "prune", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "a"), *argv)
+    assert rc == 2 and out == ""
+    assert msg in err
+    assert not (tmp_path / "a").exists()
+
+
+@needs_fmnist
+def test_prune_round_to_gives_multiples(tmp_path, capsys, checkpoint):
+    rc, out, err = _run(capsys, "prune", "--checkpoint", str(checkpoint), "--classes", "Sneaker,Bag",
+                        "--out", str(tmp_path / "a"), "--round-to", "4")
+    assert rc == 0, err
+    assert all(w % 4 == 0 for w in json.loads(out)["widths"].values())  # tiny widths are multiples of 4
+
+
+def test_bench_reports_every_interface_field():
+    model = _model()
+    t = model.resolve(["Sneaker", "Bag"])
+    r = run_bench(model, [t], _images(), batch=8, threads=1, repeats=2, warmup=1)
+    assert r["threads"] == 1 and r["batch"] == 8 and torch.get_num_threads() == 2  # restored
+    (row,) = r["subtasks"]
+    assert row["classes"] == ["Sneaker", "Bag"]
+    for k in ("mac_ratio", "param_ratio", "pruned_latency_ratio", "masked_latency_ratio", "build_ratio", "size_ratio"):
+        assert isinstance(row[k], float) and row[k] > 0, k
+    assert row["param_ratio"] < row["size_ratio"] < 1  # on a net this tiny, headers and BN buffers weigh in
+    assert "Sneaker,Bag" in format_table(r)
+
+
+def test_bench_checks_follow_the_issue_thresholds():
+    row = {"mac_ratio": 0.5, "param_ratio": 0.5, "pruned_latency_ratio": 0.71, "masked_latency_ratio": 1.05,
+           "build_ratio": 0.2, "size_ratio": 0.54}
+    assert check(row) == {"pruned_latency": False, "masked_latency": True, "build": True, "size": True}
+    assert check(dict(row, mac_ratio=0.9))["pruned_latency"] is None  # outside [0.15, 0.7]
+    assert check(dict(row, pruned_latency_ratio=0.69))["pruned_latency"] is True
