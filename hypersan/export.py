@@ -80,7 +80,7 @@ def export_onnx(net: nn.Module, path: str | os.PathLike) -> Path:
     import onnx
 
     _check_exportable(net)
-    x = torch.zeros(2, *net.input_shape)
+    x = torch.zeros(2, *net.input_shape, device=next(net.parameters()).device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated, but needs no onnxscript
         torch.onnx.export(net.eval(), (x,), str(path), opset_version=ONNX_OPSET, dynamo=False,
