@@ -186,7 +186,7 @@ def test_round_widths_adds_back_the_highest_utility_channels():
 
 
 def _model(arch="resnet"):
-    over = [] if arch == "resnet" else ['model.arch="vgg"', "model.blocks=[1, 1]"]
+    over = ["calib.batch_size=32"] + ([] if arch == "resnet" else ['model.arch="vgg"', "model.blocks=[1, 1]"])
     cfg = load_config(ROOT / "configs" / "tiny.toml", over)
     torch.manual_seed(0)
     model = SubtaskAdaptiveNet(cfg, FASHION_MNIST).eval()
