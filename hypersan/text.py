@@ -1,6 +1,7 @@
 """Sentence encoder for requests in words: offline by default, with an embedding cache for repeated texts."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from collections import OrderedDict
@@ -35,6 +36,20 @@ def _resolve_device(device: str) -> str:
     return device
 
 
+@contextlib.contextmanager
+def _torch_threads(n: int | None):
+    """Run a block with n torch intra-op threads, restoring the previous number after."""
+    old = torch.get_num_threads()
+    if not n or n == old:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 class Encoder:
     """A sentence-transformers model that maps texts to unit-length vectors, caching each text's vector.
 
@@ -43,12 +58,13 @@ class Encoder:
     """
 
     def __init__(self, model: str | os.PathLike | None = None, device: str = "cpu", normalize: bool = True,
-                 cache_size: int = 20000, batch_size: int = 64):
+                 cache_size: int = 20000, batch_size: int = 64, threads: int | None = None):
         self.model_name = DEFAULT_MODEL if model is None or str(model).strip().lower() in _DEFAULT_ALIASES else str(model)
         self.device = _resolve_device(device)
         self.normalize = normalize
         self.cache_size = cache_size
         self.batch_size = batch_size
+        self.threads = threads  # torch threads while encoding (restored after); None leaves the process setting
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self.hits = 0
         self.misses = 0
@@ -95,7 +111,7 @@ class Encoder:
         self.misses += len(missing)
         self.hits += len(texts) - len(missing)
         if missing:
-            with torch.inference_mode():
+            with torch.inference_mode(), _torch_threads(self.threads):
                 vecs = self._model.encode(missing, batch_size=self.batch_size, convert_to_numpy=True,
                                           normalize_embeddings=self.normalize, show_progress_bar=False)
             for t, v in zip(missing, np.asarray(vecs, dtype=np.float32)):
@@ -112,11 +128,15 @@ class Encoder:
 
 
 def default_encoder(model: str | None = None, device: str = "cpu") -> Encoder:
-    """One shared Encoder per (model, device) in this process, loaded on first use."""
+    """One shared Encoder per (model, device) in this process, loaded on first use, for grounding requests.
+
+    It encodes with one CPU thread: a request is a few words, too little work to share out, and on a busy
+    2-core machine a second thread made each request ~60x slower (tools/bench_resolve.py, docs/RESULTS.md).
+    """
     name = DEFAULT_MODEL if model is None or str(model).strip().lower() in _DEFAULT_ALIASES else str(model)
     return _shared_encoder(name, _resolve_device(device))
 
 
 @functools.lru_cache(maxsize=4)
 def _shared_encoder(model: str, device: str) -> Encoder:
-    return Encoder(model, device=device)
+    return Encoder(model, device=device, threads=1)

@@ -58,6 +58,13 @@ def test_encoder_shapes_norms_and_cache(encoder):
         encoder.encode("a pair of sneakers")
 
 
+def test_encoder_threads_are_restored(encoder):
+    torch.set_num_threads(2)
+    assert encoder.threads == 1  # the shared grounding encoder works on one thread...
+    encoder.encode(["a thread-count check that is not cached yet"])
+    assert torch.get_num_threads() == 2  # ...and leaves the process's setting as it was
+
+
 def test_encoder_similarity_is_meaningful(encoder):
     e = encoder.encode(["sneaker", "running shoe", "refrigerator"])
     assert e[0] @ e[1] > e[0] @ e[2] + 0.2
