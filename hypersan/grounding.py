@@ -136,7 +136,7 @@ _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*|[,;&+/|]")
 def tokenize(text: str) -> list[tuple[str, int, int]]:
     """Lower-case word and separator tokens of text, each with its character span."""
     norm = unicodedata.normalize("NFKC", text).replace("\u2019", "'").replace("\u2018", "'")
-    low = norm.lower() if len(norm.lower()) == len(norm) else norm
+    low = norm.lower() if len(norm.lower()) == len(norm) else norm  # offsets must index norm
     return [(m.group().replace("'", ""), m.start(), m.end()) for m in _TOKEN.finditer(low)]
 
 
@@ -390,11 +390,14 @@ class Grounder:
             raise GroundingError(f"empty request {request!r}: name one or more classes ({known})", request)
         toks = [t for t, _, _ in tokens]
 
+        # Token offsets index the NFKC-normalized text; quote the request's own words only where they align.
+        aligned = len(unicodedata.normalize("NFKC", request)) == len(request)
+
         def request_chars(a: int, b: int) -> str:
-            return request[a:b] if len(request) == len(request.lower()) else ""
+            return request[a:b] if aligned else ""
 
         def text_of(a: int, b: int) -> str:
-            return request[tokens[a][1]:tokens[b - 1][2]] if len(request) == len(request.lower()) else " ".join(toks[a:b])
+            return request[tokens[a][1]:tokens[b - 1][2]] if aligned else " ".join(toks[a:b])
 
         items = self._scan(toks)
         # Adjacent phrases where the second is a group holding the first ("upper body clothing") keep the first.

@@ -125,6 +125,12 @@ def test_grounding_result_fields():
     assert d["request"] == "Sneakers and HANDBAGS" and d["classes"] == ["Sneaker", "Bag"]
 
 
+def test_matches_quote_the_request_even_after_unicode_normalization():
+    g = lexical_only().ground("\ufb02ip \ufb02ops and BAGS")  # "ﬂ" ligatures: NFKC changes the length
+    assert g.classes == ["Sandal", "Bag"] and [m.text for m in g.matches] == ["flip flops", "bags"]
+    assert [m.text for m in lexical_only().ground("Tell SHIRTS apart").matches] == ["SHIRTS"]
+
+
 @pytest.mark.parametrize("request_", ["", "   ", "???", ", ; /"])
 def test_empty_requests_are_rejected(request_):
     with pytest.raises(GroundingError, match="empty request") as e:
