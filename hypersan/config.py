@@ -37,6 +37,7 @@ class GeneratorConfig:
     kind: str = "hypernet"  # hypernet | pertask
     conditioning: str = "multihot"  # multihot
     hidden: int = 256
+    linear_skip: bool = True  # hypernet: add a linear path from the condition to every utility head
     layers: int = 2
     sigma: float = 1.0  # utility init ~ N(0, sigma)
     threshold: float = 0.1  # a channel is kept where |utility| > threshold

@@ -56,7 +56,8 @@ class PerTaskMasks(nn.Module):
 class HyperNetwork(nn.Module):
     """MLP from a condition vector (multi-hot or text embedding) to utilities and scalings of every site."""
 
-    def __init__(self, sites: List[Site], cond_dim: int, hidden: int = 256, layers: int = 2, sigma: float = 1.0):
+    def __init__(self, sites: List[Site], cond_dim: int, hidden: int = 256, layers: int = 2, sigma: float = 1.0,
+                 linear_skip: bool = True):
         super().__init__()
         self.sites = list(sites)
         self.cond_dim = cond_dim
@@ -67,6 +68,10 @@ class HyperNetwork(nn.Module):
             d = hidden
         self.trunk = nn.Sequential(*trunk)
         self.heads = nn.ModuleList(nn.Linear(d, s.size) for s in self.sites)
+        # the linear path lets each basic subtask add its own channels: bigger subtasks can ask for more
+        self.skips = nn.ModuleList(nn.Linear(cond_dim, s.size, bias=False) for s in self.sites) if linear_skip else None
+        for sk in self.skips or []:
+            nn.init.zeros_(sk.weight)
         for s, h in zip(self.sites, self.heads):
             nn.init.normal_(h.weight, std=0.01)
             if s.kind == "utility":
@@ -79,7 +84,9 @@ class HyperNetwork(nn.Module):
             raise ValueError(f"condition has {condition.shape[-1]} entries, expected {self.cond_dim}")
         h = self.trunk(condition)  # (B, hidden)
         out = {}
-        for s, head in zip(self.sites, self.heads):
+        for i, (s, head) in enumerate(zip(self.sites, self.heads)):
             v = head(h)  # (B, C)
+            if self.skips is not None:
+                v = v + self.skips[i](condition)
             out[s.name] = v.abs() if s.kind == "utility" else v
         return out

@@ -59,7 +59,7 @@ class SubtaskAdaptiveNet(nn.Module):
                 self.class_to_basic[i] = k
         g = config.generator
         if g.kind == "hypernet":
-            self.generator: nn.Module = HyperNetwork(self.sites, len(self.basic), g.hidden, g.layers, g.sigma)
+            self.generator: nn.Module = HyperNetwork(self.sites, len(self.basic), g.hidden, g.layers, g.sigma, g.linear_skip)
         else:
             self.generator = PerTaskMasks(self.sites, len(self.basic), g.sigma)
         s = config.subtasks
