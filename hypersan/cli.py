@@ -105,16 +105,23 @@ def _prune(args) -> int:
 
     t0 = time.perf_counter()
     formats = parse_formats(args.format)
-    names = [c.strip() for c in args.classes.split(",") if c.strip()]
-    if not names:
-        raise ValueError('--classes is empty; give class names or indices, e.g. --classes "Sneaker,Bag"')
+    if (args.classes is None) == (args.request is None):
+        raise ValueError('give exactly one of --classes "Sneaker,Bag" or --request "shoes and handbags"')
     ckpt = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
     model = SubtaskAdaptiveNet.from_pretrained(ckpt)
     if args.data_dir:
         model.config.data.data_dir = args.data_dir
-    summary = export_subtask(model, [int(c) if c.isdigit() else c for c in names], args.out, formats,
-                             round_to=args.round_to, fold_bn=args.fold_bn)
-    print(json.dumps({**summary, "seconds": time.perf_counter() - t0}))
+    extra = {}
+    if args.request is not None:
+        grounding = model.ground(args.request)  # GroundingError (a ValueError) names what was not understood
+        classes: list = list(grounding.indices)
+        extra = {"request": args.request, "grounding": grounding.to_dict()}
+    else:
+        classes = [int(c) if c.strip().isdigit() else c.strip() for c in args.classes.split(",") if c.strip()]
+        if not classes:
+            raise ValueError('--classes is empty; give class names or indices, e.g. --classes "Sneaker,Bag"')
+    summary = export_subtask(model, classes, args.out, formats, round_to=args.round_to, fold_bn=args.fold_bn)
+    print(json.dumps({**summary, **extra, "seconds": time.perf_counter() - t0}))
     return 0
 
 
@@ -173,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("prune", help="cut the net down to a subtask and export it (safetensors, TorchScript, ONNX)")
     pr.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the shipped Fashion-MNIST model)")
-    pr.add_argument("--classes", required=True, help='class names or indices, comma-separated: "Sneaker,Bag"')
+    pr.add_argument("--classes", default=None, help='class names or indices, comma-separated: "Sneaker,Bag"')
+    pr.add_argument("--request", default=None, help='the subtask in words, e.g. "shoes and handbags"')
     pr.add_argument("--out", required=True, help="artifact directory (replaced atomically)")
     pr.add_argument("--format", default="safetensors", help="comma-separated: safetensors, torchscript, onnx")
     pr.add_argument("--round-to", type=int, default=0, metavar="N",

@@ -35,7 +35,9 @@ class ModelConfig:
 @dataclass
 class GeneratorConfig:
     kind: str = "hypernet"  # hypernet | pertask
-    conditioning: str = "multihot"  # multihot
+    conditioning: str = "multihot"  # multihot | text (sentence embedding of a description of the class set)
+    encoder: str = ""  # text conditioning: sentence-transformers model name or path ("" = bundled all-MiniLM-L6-v2)
+    phrasings: int = 8  # text conditioning: training descriptions per combination
     hidden: int = 256
     linear_skip: bool = True  # hypernet: add a linear path from the condition to every utility head
     layers: int = 2
@@ -213,7 +215,10 @@ def validate(cfg: Config) -> None:
     choice(cfg.data.basic_subtasks, ("classes", "groups"), "data.basic_subtasks")
     choice(cfg.model.arch, ("resnet", "vgg"), "model.arch")
     choice(cfg.generator.kind, ("hypernet", "pertask"), "generator.kind")
-    choice(cfg.generator.conditioning, ("multihot",), "generator.conditioning")
+    choice(cfg.generator.conditioning, ("multihot", "text"), "generator.conditioning")
+    if cfg.generator.kind == "pertask" and cfg.generator.conditioning != "multihot":
+        raise ConfigError("generator.kind = 'pertask' learns one vector per basic subtask and needs "
+                          "generator.conditioning = 'multihot'; use kind = 'hypernet' for text conditioning")
     choice(cfg.loss.gamma_size, ("constant", "linear"), "loss.gamma_size")
     choice(cfg.train.optimizer, ("sgd", "adamw"), "train.optimizer")
     if len(cfg.model.widths) != len(cfg.model.blocks) or not cfg.model.widths:

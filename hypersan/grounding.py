@@ -74,7 +74,7 @@ differentiate differentiates differentiating discriminate separate separates sep
 tell tells telling apart between among amongst both either neither each can able capable
 image picture photo photograph pic item thing object stuff piece product kind type sort class category
 categorie group whole entire set list only just e g eg ie etc okay ok hi hello hey thanks thank
-containing contain contains with same nothing else more
+containing contain contains with same nothing else more something
 """.split())
 
 

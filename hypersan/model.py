@@ -14,6 +14,7 @@ from .backbones import build_backbone
 from .calibrate import BNStats, get_bn_stats, recalibrate, set_bn_stats
 from .config import Config, config_from_dict
 from .data import DatasetInfo, augment, to_float
+from .descriptions import canonical_description
 from .generators import HyperNetwork, PerTaskMasks, to_masks
 from .io import ArtifactError, atomic_dir, load_checked, load_tensors, read_json, save_tensors, write_json
 from .subtasks import Holdout, Subtask, canonical
@@ -58,8 +59,15 @@ class SubtaskAdaptiveNet(nn.Module):
             for i in b:
                 self.class_to_basic[i] = k
         g = config.generator
+        self.encoder = None
+        cond_dim = len(self.basic)
+        if g.conditioning == "text":
+            from .text import Encoder
+
+            self.encoder = Encoder(g.encoder or None)
+            cond_dim = self.encoder.dim
         if g.kind == "hypernet":
-            self.generator: nn.Module = HyperNetwork(self.sites, len(self.basic), g.hidden, g.layers, g.sigma, g.linear_skip)
+            self.generator: nn.Module = HyperNetwork(self.sites, cond_dim, g.hidden, g.layers, g.sigma, g.linear_skip)
         else:
             self.generator = PerTaskMasks(self.sites, len(self.basic), g.sigma)
         s = config.subtasks
@@ -103,14 +111,23 @@ class SubtaskAdaptiveNet(nn.Module):
         return self.basic_of(subtask) not in self.holdout
 
     # ------------------------------------------------------------ masks and forward
-    def condition(self, select: Tensor) -> Tensor:
-        """Generator input for a (B, K) selection over basic subtasks."""
-        return select.to(dtype=torch.float32, device=self._device())
+    def condition(self, select: Tensor, texts: Sequence[str] | None = None) -> Tensor:
+        """Generator input for a (B, K) selection over basic subtasks: the multi-hot itself, or (text
+        conditioning) the sentence embeddings of `texts`, by default the canonical description of each row."""
+        if self.encoder is None:
+            return select.to(dtype=torch.float32, device=self._device())
+        if texts is None:
+            texts = [canonical_description(self.classes_of(tuple(r.nonzero().flatten().tolist())), self.info)
+                     for r in select]
+        if len(texts) != len(select):
+            raise ValueError(f"{len(texts)} texts for {len(select)} conditions")
+        return self.encoder.encode(list(texts), convert_to_tensor=True).to(self._device())
 
-    def generate(self, select: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """(masks, raw generator output) for a (B, K) selection."""
+    def generate(self, select: Tensor, texts: Sequence[str] | None = None
+                 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """(masks, raw generator output) for a (B, K) selection (and, with text conditioning, its descriptions)."""
         g = self.config.generator
-        raw = self.generator(self.condition(select))
+        raw = self.generator(self.condition(select, texts))
         return to_masks(raw, self.sites, g.threshold, g.surrogate_temp, g.min_keep), raw
 
     def forward(self, x: Tensor, select: Tensor | None = None) -> Tensor:
@@ -123,11 +140,34 @@ class SubtaskAdaptiveNet(nn.Module):
         """Masks (1, C) of one subtask, in inference mode."""
         return self.generate(self.select([subtask]))[0]
 
-    def subnet(self, classes: Iterable[int | str], **kwargs) -> nn.Module:
-        """The physically pruned plain network of a subtask (see surgery.prune for the keyword options)."""
+    def vocabulary(self) -> DatasetInfo:
+        """The vocabulary requests are grounded against: the dataset's, extended by the config's [vocab]."""
+        from .grounding import extend_vocabulary
+
+        return extend_vocabulary(self.info, self.config.vocab.synonyms, self.config.vocab.groups)
+
+    def ground(self, request: str):
+        """Ground a natural-language request to this model's classes (raises GroundingError when it cannot)."""
+        from .grounding import Grounder
+
+        if getattr(self, "_grounder", None) is None:
+            self._grounder = Grounder(self.vocabulary())
+        return self._grounder.ground(request)
+
+    def subnet(self, classes: str | Iterable[int | str], **kwargs) -> nn.Module:
+        """The physically pruned plain network of a subtask, given as class names / indices or as a request
+        in words ("shoes and handbags"); see surgery.prune for the keyword options."""
         from .surgery import prune
 
-        return prune(self, classes, **kwargs)
+        grounding = None
+        if isinstance(classes, str):
+            grounding = self.ground(classes)
+            classes = grounding.indices
+        net = prune(self, classes, **kwargs)
+        if grounding is not None:
+            net.request = grounding.request
+            net.grounding = grounding.to_dict()
+        return net
 
     def _device(self) -> torch.device:
         return next(self.backbone.parameters()).device

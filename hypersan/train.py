@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import time
 from pathlib import Path
 from typing import Callable
@@ -13,6 +14,7 @@ from tqdm import tqdm
 
 from .config import Config, ConfigError
 from .data import augment, load_dataset, to_float
+from .descriptions import describe
 from .evaluate import evaluate
 from .generators import mean_utility
 from .io import ArtifactError, load_tensors, read_json
@@ -147,7 +149,8 @@ def train(cfg: Config, out: str | Path, resume: bool = False, log: Callable[[str
                 target = F.one_hot(y, len(info.classes)).float()
                 loss = F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / len(y)
             else:
-                masks, raw = model.generate(select)
+                texts = None if model.encoder is None else _descriptions(model, select, gen, cfg)
+                masks, raw = model.generate(select, texts)
                 logits = model.backbone(x, masks)
                 in_task = (select.to(device).float() @ basic_to_class) > 0
                 per_sample = mean_utility(raw, model.sites)  # (B,)
@@ -186,6 +189,17 @@ def train(cfg: Config, out: str | Path, resume: bool = False, log: Callable[[str
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
     return model
+
+
+def _descriptions(model: SubtaskAdaptiveNet, select: torch.Tensor, gen: torch.Generator, cfg: Config) -> list[str]:
+    """One training description per row: phrasing i of cfg.generator.phrasings fixed ones per combination."""
+    pick = torch.randint(0, cfg.generator.phrasings, (len(select),), generator=gen).tolist()
+    out = []
+    for row, i in zip(select, pick):
+        classes = model.classes_of(tuple(row.nonzero().flatten().tolist()))
+        rng = random.Random(f"{cfg.train.seed}:{','.join(map(str, classes))}:{i}")
+        out.append(describe(classes, model.info, rng, "train"))
+    return out
 
 
 def _quick_eval(model: SubtaskAdaptiveNet, cfg: Config, test_x, test_y, train_x, epoch: int) -> dict:

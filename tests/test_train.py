@@ -73,3 +73,27 @@ def test_cli_reports_bad_config_clearly(tmp_path, capsys):
     bad.write_text("[model]\nwidth = [8]\n")
     assert main(["train", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "unknown key" in capsys.readouterr().err
+
+
+def test_text_conditioned_training_and_requests(tmp_path, capsys):
+    model = train(_cfg("train.epochs=1", "generator.conditioning=text", "generator.phrasings=2"), tmp_path / "txt",
+                  log=lambda m: None)
+    loaded = SubtaskAdaptiveNet.from_pretrained(tmp_path / "txt")
+    assert loaded.config.generator.conditioning == "text" and loaded.encoder is not None
+    loaded.eval()
+    sel = loaded.select([(7, 8)])
+    a = loaded.condition(sel)
+    b = loaded.condition(sel, ["sneakers and handbags"])
+    assert a.shape == (1, loaded.encoder.dim) and not torch.allclose(a, b)
+    x = torch.rand(3, 1, 28, 28)
+    assert torch.equal(model.eval()(x, sel), loaded(x, sel))
+    net = loaded.subnet("shoes and handbags")
+    assert net.classes == ["Sandal", "Sneaker", "Bag", "Ankle boot"]
+    assert net.grounding["indices"] == [5, 7, 8, 9]
+    assert main(["prune", "--checkpoint", str(tmp_path / "txt"), "--request", "sneakers and bags",
+                 "--out", str(tmp_path / "art")]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["classes"] == ["Sneaker", "Bag"] and r["request"] == "sneakers and bags"
+    assert main(["prune", "--checkpoint", str(tmp_path / "txt"), "--request", "sneakers and airplanes",
+                 "--out", str(tmp_path / "art2")]) == 2
+    assert "airplanes" in capsys.readouterr().err
