@@ -27,12 +27,16 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         yield tmp
         for f in tmp.iterdir():  # flush file contents before the directory becomes visible
             if f.is_file():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
+                os.chmod(f, 0o666 & ~umask)  # temp files are private; the result gets ordinary permissions
+        os.chmod(tmp, 0o777 & ~umask)
         old = None
         if path.exists():
             old = path.parent / f".{path.name}.old-{os.getpid()}"
