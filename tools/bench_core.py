@@ -105,6 +105,7 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--out", default=None, help="write full results + summary JSON here")
     p.add_argument("--n-per-size", type=int, default=5, help="sampled seen subtasks per size for the size curve")
+    p.add_argument("--n2", type=int, default=0, help="sampled pairs (0: all of them)")
     p.add_argument("--n5", type=int, default=30, help="sampled 5-class subtasks")
     p.add_argument("--n-unseen", type=int, default=10, help="held-out combinations per size (2..9)")
     p.add_argument("--seed", type=int, default=0)
@@ -117,7 +118,8 @@ def main(argv=None) -> int:
     ckpt = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
     model = SubtaskAdaptiveNet.from_pretrained(ckpt)
     k = len(model.classes)
-    specs = ["size=2", f"size=5,n={args.n5}"] + [f"size={n},n={args.n_per_size}" for n in range(1, k + 1)]
+    specs = ["size=2" + (f",n={args.n2}" if args.n2 else ""), f"size=5,n={args.n5}"]
+    specs += [f"size={n},n={args.n_per_size}" for n in range(1, k + 1)]
     subtasks = parse_subtasks(model, specs, seed=args.seed)
     held = [model.classes_of(b) for b in model.holdout.listing()]
     g = torch.Generator().manual_seed(args.seed)
