@@ -22,6 +22,19 @@ def _conv(cin: int, cout: int, k: int, stride: int, bn_folded: bool) -> nn.Seque
     return ConvBN(cin, cout, k, stride)
 
 
+def _describe(net: nn.Module, kind: str, in_channels: int, num_classes: int, widths: List[int], blocks: List[int],
+              mean: List[float], std: List[float], site_widths: Dict[str, int], classes: Optional[List[str]],
+              bn_folded: bool) -> None:
+    """Attach class names, the (empty until set) input shape and the architecture dict to a plain net."""
+    net.classes = list(classes) if classes is not None else [str(i) for i in range(num_classes)]
+    if len(net.classes) != num_classes:
+        raise ValueError(f"{len(net.classes)} class names for a head of {num_classes} classes")
+    net.input_shape = []  # set by surgery and load_subnet
+    net.bn_folded = bn_folded
+    net.arch = {"arch": kind, "in_channels": in_channels, "num_classes": num_classes, "widths": list(widths),
+                "blocks": list(blocks), "mean": list(mean), "std": list(std), "site_widths": dict(site_widths)}
+
+
 class PlainBlock(nn.Module):
     """ResNet basic block without masks."""
 
@@ -65,14 +78,7 @@ class PlainResNet(nn.Module):
                 prev_stream, cin = stream, cout
         self.blocks = nn.ModuleList(layers)
         self.head = nn.Linear(cin, num_classes)
-        self.classes = list(classes) if classes is not None else [str(i) for i in range(num_classes)]
-        if len(self.classes) != num_classes:
-            raise ValueError(f"{len(self.classes)} class names for a head of {num_classes} classes")
-        self.input_shape = []  # set by surgery and load_subnet
-        self.bn_folded = bn_folded
-        self.arch = {"arch": "resnet", "in_channels": in_channels, "num_classes": num_classes,
-                     "widths": list(widths), "blocks": list(blocks), "mean": list(mean), "std": list(std),
-                     "site_widths": dict(sw)}
+        _describe(self, "resnet", in_channels, num_classes, widths, blocks, mean, std, sw, classes, bn_folded)
 
     def forward(self, x: Tensor) -> Tensor:
         x = torch.relu(self.stem(self.norm(x)))
@@ -105,14 +111,7 @@ class PlainVGG(nn.Module):
         self.convs = nn.ModuleList(convs)
         self.pools = pools
         self.head = nn.Linear(cin, num_classes)
-        self.classes = list(classes) if classes is not None else [str(i) for i in range(num_classes)]
-        if len(self.classes) != num_classes:
-            raise ValueError(f"{len(self.classes)} class names for a head of {num_classes} classes")
-        self.input_shape = []
-        self.bn_folded = bn_folded
-        self.arch = {"arch": "vgg", "in_channels": in_channels, "num_classes": num_classes,
-                     "widths": list(widths), "blocks": list(blocks), "mean": list(mean), "std": list(std),
-                     "site_widths": dict(sw)}
+        _describe(self, "vgg", in_channels, num_classes, widths, blocks, mean, std, sw, classes, bn_folded)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.norm(x)
