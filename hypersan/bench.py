@@ -1,7 +1,16 @@
 """Benchmark of physical pruning: dense, masked and pruned latency side by side, build time, artifact size.
 
-Everything runs in one process with a fixed thread count; dense, masked and pruned forwards are timed
-interleaved (one of each per round), so drifting machine load affects all three alike.
+Everything runs in one process with a fixed thread count; the forwards are timed interleaved (one of
+each per round), so drifting machine load affects them alike. The three nets compared share one
+inference form (plain net, BN folded unless `fold_bn=False`, channels-last activations):
+
+- dense: the net of all classes at full width;
+- masked: the subtask's masks applied without removing anything (dense widths, pruned channels zeroed,
+  scalings folded into the weights), the way weight-masking tools leave a model;
+- pruned: the physically smaller net.
+
+The training-time masked path (the maskable backbone multiplying activations by per-sample masks) is
+timed too, against the same backbone without masks: `activation_masked_latency_ratio`.
 """
 from __future__ import annotations
 
@@ -54,40 +63,43 @@ def _forward_times(fns: dict[str, Callable[[], object]], warmup: int, repeats: i
 
 def run_bench(model: SubtaskAdaptiveNet, subtasks: Sequence[Subtask], images: Tensor, batch: int = 256,
               threads: int = 2, repeats: int = 10, warmup: int = 3, round_to: int = 0, seed: int = 0,
-              log: Optional[Callable[[str], None]] = None) -> dict:
+              fold_bn: bool = True, log: Optional[Callable[[str], None]] = None) -> dict:
     """Benchmark each subtask against the dense net; returns the JSON summary (see `hypersan bench --json`)."""
     if repeats < 1 or warmup < 0 or batch < 1 or threads < 1:
         raise ValueError("bench needs repeats >= 1, warmup >= 0, batch >= 1 and threads >= 1")
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _run(model, subtasks, images, batch, threads, repeats, warmup, round_to, seed, log or (lambda m: None))
+        return _run(model, subtasks, images, batch, threads, repeats, warmup, round_to, seed, fold_bn,
+                    log or (lambda m: None))
     finally:
         torch.set_num_threads(old_threads)
 
 
-def _run(model, subtasks, images, batch, threads, repeats, warmup, round_to, seed, log) -> dict:
+def _run(model, subtasks, images, batch, threads, repeats, warmup, round_to, seed, fold_bn, log) -> dict:
     model.eval()
     info, arch = model.info, model.backbone.arch
     x = torch.rand(batch, *info.input_shape, generator=torch.Generator().manual_seed(seed)).to(model._device())
     dense_macs, dense_params = subnet_cost(arch, arch["site_widths"], len(info.classes), info.input_shape)
     model.calibrate(None, images, seed=seed)
+    dense = prune(model, None, fold_bn=fold_bn)
     rows = []
     with tempfile.TemporaryDirectory(prefix="hypersan-bench-") as tmp:
-        dense_dir = Path(tmp) / "dense"
-        dense_size = save_subnet(prune(model, None), dense_dir)["safetensors"].stat().st_size
+        dense_size = save_subnet(dense, Path(tmp) / "dense")["safetensors"].stat().st_size
         for i, t in enumerate(subtasks):
             names = [info.classes[c] for c in t]
             calib_s = None
             if subtask_key(t) not in model.bn_cache:  # recalibration is reported, not counted in the build
                 calib_s = _timed(lambda: model.calibrate(t, images, seed=seed))
-            builds = [_timed(lambda: prune(model, t)) for _ in range(3)]  # masks + surgery, statistics cached
-            net = prune(model, t)
+            # masks + surgery (+ BN folding), statistics cached
+            builds = [_timed(lambda: prune(model, t, fold_bn=fold_bn)) for _ in range(3)]
+            net = prune(model, t, fold_bn=fold_bn)
+            masked = prune(model, t, fold_bn=fold_bn, physical=False)
             masks = model.subtask_masks(t)
-            fns = {"dense": lambda: model.backbone(x), "masked": lambda: model.backbone(x, masks),
-                   "pruned": lambda: net(x)}
+            fns = {"dense": lambda: dense(x), "masked": lambda: masked(x), "pruned": lambda: net(x),
+                   "backbone": lambda: model.backbone(x), "backbone_masked": lambda: model.backbone(x, masks)}
             if round_to > 1:
-                rnet = prune(model, t, round_to=round_to, images=images)
+                rnet = prune(model, t, fold_bn=fold_bn, round_to=round_to, images=images)
                 fns["rounded"] = lambda: rnet(x)
             med = _forward_times(fns, warmup, repeats)
             macs, params = subnet_cost(arch, net.arch["site_widths"], len(t), info.input_shape)
@@ -96,9 +108,11 @@ def _run(model, subtasks, images, batch, threads, repeats, warmup, round_to, see
                    "param_ratio": params / dense_params,
                    "pruned_latency_ratio": med["pruned"] / med["dense"],
                    "masked_latency_ratio": med["masked"] / med["dense"],
+                   "activation_masked_latency_ratio": med["backbone_masked"] / med["backbone"],
                    "build_ratio": statistics.median(builds) / med["dense"],
                    "size_ratio": size / dense_size,
                    "dense_ms": 1e3 * med["dense"], "masked_ms": 1e3 * med["masked"], "pruned_ms": 1e3 * med["pruned"],
+                   "backbone_ms": 1e3 * med["backbone"], "backbone_masked_ms": 1e3 * med["backbone_masked"],
                    "build_ms": 1e3 * statistics.median(builds),
                    "calib_ms": None if calib_s is None else 1e3 * calib_s,
                    "widths": net.arch["site_widths"]}
@@ -112,7 +126,7 @@ def _run(model, subtasks, images, batch, threads, repeats, warmup, round_to, see
                 f"pruned {row['pruned_latency_ratio']:.3f} masked {row['masked_latency_ratio']:.3f}")
     passed = {k: all(r["checks"][k] for r in rows if r["checks"][k] is not None) for k in rows[0]["checks"]} \
         if rows else {}
-    return {"threads": threads, "batch": batch, "repeats": repeats, "warmup": warmup,
+    return {"threads": threads, "batch": batch, "repeats": repeats, "warmup": warmup, "bn_folded": fold_bn,
             "device": str(model._device()), "subtasks": rows, "passed": passed}
 
 
@@ -120,9 +134,10 @@ def format_table(result: dict) -> str:
     """A plain-text table of a bench result."""
     rnd = any("rounded" in r for r in result["subtasks"])
     head = (f"{'classes':<40} {'MACs':>6} {'params':>6} {'pruned':>7} {'masked':>7} {'build':>6} {'size':>6}"
-            + (f" {'round':>7}" if rnd else "") + "   (ratios to dense)")
+            + (f" {'round':>7}" if rnd else "") + f" {'act-mask':>8}   (ratios to dense)")
+    form = "BN folded" if result.get("bn_folded", True) else "BN kept"
     lines = [f"threads {result['threads']}, batch {result['batch']}, median of {result['repeats']} "
-             f"after {result['warmup']} warm-up rounds, {result['device']}", head]
+             f"after {result['warmup']} warm-up rounds, {result['device']}, {form}", head]
     for r in result["subtasks"]:
         name = ",".join(r["classes"])
         name = name if len(name) <= 40 else name[:37] + "..."
@@ -130,9 +145,12 @@ def format_table(result: dict) -> str:
                 f"{r['masked_latency_ratio']:7.3f} {r['build_ratio']:6.3f} {r['size_ratio']:6.3f}")
         if rnd:
             line += f" {r['rounded']['latency_ratio']:7.3f}" if "rounded" in r else f" {'':>7}"
-        lines.append(line)
+        lines.append(line + f" {r['activation_masked_latency_ratio']:8.3f}")
     if result["subtasks"]:
-        dense = statistics.median(r["dense_ms"] for r in result["subtasks"])
-        lines.append(f"dense batch forward: {dense:.1f} ms (median over subtasks)")
+        med = lambda k: statistics.median(r[k] for r in result["subtasks"])  # noqa: E731
+        lines.append(f"dense batch forward: {med('dense_ms'):.1f} ms, maskable backbone without masks "
+                     f"{med('backbone_ms'):.1f} ms (medians over subtasks)")
+        lines.append("act-mask: the training-time masked path (activations multiplied by masks) over the same "
+                     "backbone without masks")
         lines.append("checks: " + ", ".join(f"{k} {'pass' if v else 'FAIL'}" for k, v in result["passed"].items()))
     return "\n".join(lines)

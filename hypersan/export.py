@@ -144,7 +144,7 @@ def load_subnet(path: str | os.PathLike, map_location: str | torch.device = "cpu
 
 
 def export_subtask(model, classes, out: str | os.PathLike, formats: Iterable[str] = ("safetensors",),
-                   round_to: int = 0, fold_bn: bool = False, images: Optional[torch.Tensor] = None) -> dict:
+                   round_to: int = 0, fold_bn: bool = True, images: Optional[torch.Tensor] = None) -> dict:
     """Prune a SubtaskAdaptiveNet to a subtask and write its artifact; returns a JSON-able summary."""
     from .metrics import subnet_cost
     from .surgery import prune

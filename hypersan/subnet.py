@@ -4,6 +4,10 @@ A plain net takes the same architecture dict as `backbones.build_backbone` (its 
 width of every utility site) and has the same state-dict keys, but its forward has no mask code, so it
 scripts with TorchScript and exports to ONNX. It also carries the names of the classes it recognizes.
 With `bn_folded=True` every conv carries a bias and there is no BatchNorm (the inference form).
+
+Inference speed: activations run in channels-last memory format (`net.channels_last`, on by default;
+oneDNN's convolutions are 1.2-3x faster on it on CPU, and so are CUDA's), and ReLU and the residual add
+work in place, so a forward allocates one tensor per conv. Neither changes the values computed.
 """
 
 import copy
@@ -31,6 +35,7 @@ def _describe(net: nn.Module, kind: str, in_channels: int, num_classes: int, wid
         raise ValueError(f"{len(net.classes)} class names for a head of {num_classes} classes")
     net.input_shape = []  # set by surgery and load_subnet
     net.bn_folded = bn_folded
+    net.channels_last = True
     net.arch = {"arch": kind, "in_channels": in_channels, "num_classes": num_classes, "widths": list(widths),
                 "blocks": list(blocks), "mean": list(mean), "std": list(std), "site_widths": dict(site_widths)}
 
@@ -46,8 +51,8 @@ class PlainBlock(nn.Module):
         self.shortcut = _conv(cin, cout, 1, stride, bn_folded) if has_proj else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.conv2(torch.relu(self.conv1(x)))
-        return torch.relu(h + self.shortcut(x))
+        h = self.conv2(torch.relu_(self.conv1(x)))
+        return torch.relu_(h.add_(self.shortcut(x)))
 
 
 class PlainResNet(nn.Module):
@@ -55,6 +60,7 @@ class PlainResNet(nn.Module):
 
     classes: List[str]
     input_shape: List[int]  # [C, H, W] of the images it takes
+    channels_last: bool  # run activations in channels-last memory format (same values, faster convs)
 
     def __init__(self, in_channels: int, num_classes: int, widths: List[int], blocks: List[int],
                  mean: List[float], std: List[float], site_widths: Optional[Dict[str, int]] = None,
@@ -81,7 +87,12 @@ class PlainResNet(nn.Module):
         _describe(self, "resnet", in_channels, num_classes, widths, blocks, mean, std, sw, classes, bn_folded)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = torch.relu(self.stem(self.norm(x)))
+        x = self.norm(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = torch.relu_(self.stem(x))
+        if self.channels_last:  # again: with a one-channel image the stem's output format is ambiguous
+            x = x.contiguous(memory_format=torch.channels_last)
         for blk in self.blocks:
             x = blk(x)
         return self.head(x.mean(dim=(2, 3)))  # (B, len(classes))
@@ -92,6 +103,7 @@ class PlainVGG(nn.Module):
 
     classes: List[str]
     input_shape: List[int]  # [C, H, W] of the images it takes
+    channels_last: bool  # run activations in channels-last memory format (same values, faster convs)
 
     def __init__(self, in_channels: int, num_classes: int, widths: List[int], blocks: List[int],
                  mean: List[float], std: List[float], site_widths: Optional[Dict[str, int]] = None,
@@ -115,8 +127,12 @@ class PlainVGG(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.norm(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         for k, conv in enumerate(self.convs):
-            x = torch.relu(conv(x))
+            x = torch.relu_(conv(x))
+            if k == 0 and self.channels_last:  # again: with a one-channel image the format is ambiguous
+                x = x.contiguous(memory_format=torch.channels_last)
             if self.pools[k]:
                 x = torch.nn.functional.max_pool2d(x, 2)
         return self.head(x.mean(dim=(2, 3)))
@@ -138,6 +154,7 @@ def fold_bn(net: nn.Module) -> nn.Module:
         return copy.deepcopy(net)
     out = build_plain(net.arch, net.classes, bn_folded=True)
     out.input_shape = list(net.input_shape)
+    out.channels_last = net.channels_last
     src = net.state_dict()
     dst: Dict[str, Tensor] = {}
     for name, mod in net.named_modules():

@@ -87,11 +87,15 @@ def kept_channels(masks: Optional[Dict[str, Tensor]], sites) -> Dict[str, Tensor
 @torch.no_grad()
 def prune_backbone(backbone: nn.Module, masks: Optional[Dict[str, Tensor]], classes: Sequence[int],
                    class_names: Optional[List[str]] = None, bn_stats: Optional[BNStats] = None,
-                   fold_bn: bool = False, input_shape: Optional[Sequence[int]] = None) -> nn.Module:
+                   fold_bn: bool = False, input_shape: Optional[Sequence[int]] = None,
+                   physical: bool = True) -> nn.Module:
     """A plain net computing the masked backbone's logits of `classes` (sorted ascending), in eval mode.
 
     `masks` are one subtask's masks {site: (1, C)} (None: dense); `bn_stats` (from recalibration)
     replace the backbone's BN running statistics; the backbone itself is not modified.
+    With `physical=False` nothing is sliced away: the net keeps the dense widths and its pruned channels
+    are zeroed (BN scale and shift set to 0), the way weight-masking pruning tools leave a model. It
+    computes the same logits as the physical net at the dense net's cost.
     """
     cls = sorted(set(int(c) for c in classes))
     num_all = backbone.arch["num_classes"]
@@ -112,12 +116,14 @@ def prune_backbone(backbone: nn.Module, masks: Optional[Dict[str, Tensor]], clas
         sd.update({k: v.to(sd[k].device, sd[k].dtype) for k, v in bn_stats.items() if k in sd})
 
     layers, head_in = layer_plan(backbone)
+    # the channels each site keeps in the new net: the kept ones, or all of them (masked form)
+    index = keep if physical else {s.name: torch.arange(s.size) for s in sites if s.kind == "utility"}
     new: Dict[str, Tensor] = {"norm.mean": sd["norm.mean"], "norm.std": sd["norm.std"]}
     for layer in layers:
-        out_idx = keep[layer.out_site].to(sd[f"{layer.prefix}.0.weight"].device)
+        out_idx = index[layer.out_site].to(sd[f"{layer.prefix}.0.weight"].device)
         w = sd[f"{layer.prefix}.0.weight"]  # (Cout, Cin, k, k)
         if layer.in_site is not None:
-            in_idx = keep[layer.in_site].to(w.device)
+            in_idx = index[layer.in_site].to(w.device)
             w = w[:, in_idx]
             if layer.scale_site in scales:
                 # the scaling multiplies the conv's input channels: fold it into the weight columns
@@ -126,13 +132,18 @@ def prune_backbone(backbone: nn.Module, masks: Optional[Dict[str, Tensor]], clas
         new[f"{layer.prefix}.0.weight"] = w[out_idx].clone()
         for k in ("weight", "bias", "running_mean", "running_var"):
             new[f"{layer.prefix}.1.{k}"] = sd[f"{layer.prefix}.1.{k}"][out_idx].clone()
+        if not physical:  # a zero BN scale and shift make a pruned channel's output exactly 0
+            off = torch.ones(out_idx.numel(), dtype=torch.bool, device=out_idx.device)
+            off[keep[layer.out_site].to(out_idx.device)] = False
+            for k in ("weight", "bias"):
+                new[f"{layer.prefix}.1.{k}"][off] = 0.0
         new[f"{layer.prefix}.1.num_batches_tracked"] = sd[f"{layer.prefix}.1.num_batches_tracked"].clone()
-    head_idx = keep[head_in].to(sd["head.weight"].device)
+    head_idx = index[head_in].to(sd["head.weight"].device)
     cls_idx = torch.tensor(cls, device=sd["head.weight"].device)
     new["head.weight"] = sd["head.weight"][cls_idx][:, head_idx].clone()
     new["head.bias"] = sd["head.bias"][cls_idx].clone()
 
-    widths = {name: int(idx.numel()) for name, idx in keep.items()}
+    widths = {name: int(idx.numel()) for name, idx in index.items()}
     arch = dict(backbone.arch, site_widths=widths, num_classes=len(cls))
     net = build_plain(arch, names).to(sd["head.weight"].device)
     load_checked(net, new, "surgery")
@@ -192,12 +203,14 @@ def _calibrate_masks(model, masks: Dict[str, Tensor], images: Tensor, seed: int 
 
 
 @torch.no_grad()
-def prune(model, subtask, fold_bn: bool = False, round_to: int = 0, images: Optional[Tensor] = None) -> nn.Module:
+def prune(model, subtask, fold_bn: bool = False, round_to: int = 0, images: Optional[Tensor] = None,
+          physical: bool = True) -> nn.Module:
     """The plain subnet of a SubtaskAdaptiveNet for a subtask (class names or indices; None: the dense net).
 
     BN statistics come from `model.bn_cache`; a subtask missing there is calibrated first, on `images`
     (uint8 training images) or on the dataset's training split. The result's `.classes` are the kept
-    class names, in ascending class-index order, one logit each.
+    class names, in ascending class-index order, one logit each. `physical=False` gives the masked form
+    (dense widths, pruned channels zeroed; see prune_backbone).
     """
     from .model import subtask_key
 
@@ -222,4 +235,4 @@ def prune(model, subtask, fold_bn: bool = False, round_to: int = 0, images: Opti
                     model, rounded, images if images is not None else _train_images(model))
             masks, stats = rounded, model.bn_cache[rkey]
     return prune_backbone(model.backbone, masks, cls, [model.classes[i] for i in cls], bn_stats=stats,
-                          fold_bn=fold_bn, input_shape=model.info.input_shape)
+                          fold_bn=fold_bn, input_shape=model.info.input_shape, physical=physical)

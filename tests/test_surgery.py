@@ -262,3 +262,44 @@ def test_missing_statistics_without_dataset_is_a_clear_error(monkeypatch):
     model = _model()
     with pytest.raises(DatasetError, match="no cached BN statistics.*install the dataset"):
         model.subnet(["Bag", "Coat"])
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_masked_form_keeps_dense_widths_and_the_logits(arch):
+    torch.manual_seed(4)
+    net = _randomize(build_backbone(ARCHS[arch])).eval()
+    masks = _masks(net, torch.Generator().manual_seed(4))
+    masked = prune_backbone(net, masks, [0, 2, 5], physical=False)
+    pruned = prune_backbone(net, masks, [0, 2, 5])
+    assert masked.arch["site_widths"] == net.arch["site_widths"]
+    assert count_params(masked) > count_params(pruned)
+    x = torch.rand(4, ARCHS[arch]["in_channels"], 12, 12)
+    with torch.no_grad():
+        want = net(x, masks)[:, [0, 2, 5]]
+        assert (masked(x) - want).abs().max().item() <= 1e-4
+        assert (fold_bn(masked)(x) - want).abs().max().item() <= 1e-4
+    # a pruned output channel has a zero BN scale and shift; a kept one keeps its own
+    site = [s.name for s in net.sites() if s.kind == "utility"][0]
+    bn = masked.stem[1] if arch == "resnet" else masked.convs[0][1]
+    off = masks[site][0] == 0
+    assert bool(off.any())
+    assert bool((bn.weight[off] == 0).all()) and bool((bn.bias[off] == 0).all())
+    assert bool((bn.weight[~off] != 0).all())
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_channels_last_changes_the_layout_not_the_logits(arch):
+    torch.manual_seed(5)
+    net = _randomize(build_backbone(ARCHS[arch])).eval()
+    plain = prune_backbone(net, None, range(6))
+    seen = []
+    inner = plain.blocks[0].conv2[0] if arch == "resnet" else plain.convs[1][0]
+    inner.register_forward_pre_hook(lambda m, a: seen.append(a[0].is_contiguous(memory_format=torch.channels_last)
+                                                             and not a[0].is_contiguous()))
+    x = torch.rand(3, ARCHS[arch]["in_channels"], 12, 12)
+    with torch.no_grad():
+        fast = plain(x)
+        plain.channels_last = False
+        slow = plain(x)
+    assert seen == [True, False]  # one-channel images too: the layout is set again after the first conv
+    assert (fast - slow).abs().max().item() <= 1e-5
