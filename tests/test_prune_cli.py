@@ -70,6 +70,7 @@ def test_bench_reports_every_interface_field():
     for k in ("mac_ratio", "param_ratio", "pruned_latency_ratio", "masked_latency_ratio", "build_ratio", "size_ratio",
               "activation_masked_latency_ratio"):
         assert isinstance(row[k], float) and row[k] > 0, k
+    assert 0 < row["block16_mac_ratio"] <= 1
     assert row["param_ratio"] < row["size_ratio"] < 1  # on a net this tiny, headers and BN buffers weigh in
     assert "Sneaker,Bag" in format_table(r)
 
