@@ -66,20 +66,20 @@ def _forward_times(fns: dict[str, Callable[[], object]], warmup: int, repeats: i
 
 def run_bench(model: SubtaskAdaptiveNet, subtasks: Sequence[Subtask], images: Tensor, batch: int = 256,
               threads: int = 2, repeats: int = 10, warmup: int = 3, round_to: int = 0, seed: int = 0,
-              fold_bn: bool = True, log: Optional[Callable[[str], None]] = None) -> dict:
+              fold_bn: bool = True, round_mode: str = "up", log: Optional[Callable[[str], None]] = None) -> dict:
     """Benchmark each subtask against the dense net; returns the JSON summary (see `hypersan bench --json`)."""
     if repeats < 1 or warmup < 0 or batch < 1 or threads < 1:
         raise ValueError("bench needs repeats >= 1, warmup >= 0, batch >= 1 and threads >= 1")
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _run(model, subtasks, images, batch, threads, repeats, warmup, round_to, seed, fold_bn,
+        return _run(model, subtasks, images, batch, threads, repeats, warmup, round_to, round_mode, seed, fold_bn,
                     log or (lambda m: None))
     finally:
         torch.set_num_threads(old_threads)
 
 
-def _run(model, subtasks, images, batch, threads, repeats, warmup, round_to, seed, fold_bn, log) -> dict:
+def _run(model, subtasks, images, batch, threads, repeats, warmup, round_to, round_mode, seed, fold_bn, log) -> dict:
     model.eval()
     info, arch = model.info, model.backbone.arch
     x = torch.rand(batch, *info.input_shape, generator=torch.Generator().manual_seed(seed)).to(model._device())
@@ -87,48 +87,59 @@ def _run(model, subtasks, images, batch, threads, repeats, warmup, round_to, see
     model.calibrate(None, images, seed=seed)
     dense = prune(model, None, fold_bn=fold_bn)
     dense_block = conv_macs(dense, info.input_shape, BLOCK)
-    rows = []
+    # first build every net (recalibrations included), then time: the big allocations of calibration
+    # would otherwise change the allocator's state, and the timings, between the first subtasks and the rest
+    built = []
     with tempfile.TemporaryDirectory(prefix="hypersan-bench-") as tmp:
         dense_size = save_subnet(dense, Path(tmp) / "dense")["safetensors"].stat().st_size
         for i, t in enumerate(subtasks):
-            names = [info.classes[c] for c in t]
-            calib_s = None
+            b = {"t": t, "calib_s": None}
             if subtask_key(t) not in model.bn_cache:  # recalibration is reported, not counted in the build
-                calib_s = _timed(lambda: model.calibrate(t, images, seed=seed))
+                b["calib_s"] = _timed(lambda: model.calibrate(t, images, seed=seed))
             # masks + surgery (+ BN folding), statistics cached
-            builds = [_timed(lambda: prune(model, t, fold_bn=fold_bn)) for _ in range(3)]
-            net = prune(model, t, fold_bn=fold_bn)
-            masked = prune(model, t, fold_bn=fold_bn, physical=False)
-            masks = model.subtask_masks(t)
-            fns = {"dense": lambda: dense(x), "masked": lambda: masked(x), "pruned": lambda: net(x),
-                   "backbone": lambda: model.backbone(x), "backbone_masked": lambda: model.backbone(x, masks)}
+            b["builds"] = [_timed(lambda: prune(model, t, fold_bn=fold_bn)) for _ in range(3)]
+            b["net"] = prune(model, t, fold_bn=fold_bn)
+            b["masked"] = prune(model, t, fold_bn=fold_bn, physical=False)
+            b["masks"] = model.subtask_masks(t)
             if round_to > 1:
-                rnet = prune(model, t, fold_bn=fold_bn, round_to=round_to, images=images)
-                fns["rounded"] = lambda: rnet(x)
-            med = _forward_times(fns, warmup, repeats)
-            macs, params = subnet_cost(arch, net.arch["site_widths"], len(t), info.input_shape)
-            size = save_subnet(net, Path(tmp) / f"s{i}")["safetensors"].stat().st_size
-            row = {"classes": names, "indices": list(t), "mac_ratio": macs / dense_macs,
-                   f"block{BLOCK}_mac_ratio": conv_macs(net, info.input_shape, BLOCK) / dense_block,
-                   "param_ratio": params / dense_params,
-                   "pruned_latency_ratio": med["pruned"] / med["dense"],
-                   "masked_latency_ratio": med["masked"] / med["dense"],
-                   "activation_masked_latency_ratio": med["backbone_masked"] / med["backbone"],
-                   "build_ratio": statistics.median(builds) / med["dense"],
-                   "size_ratio": size / dense_size,
-                   "dense_ms": 1e3 * med["dense"], "masked_ms": 1e3 * med["masked"], "pruned_ms": 1e3 * med["pruned"],
-                   "backbone_ms": 1e3 * med["backbone"], "backbone_masked_ms": 1e3 * med["backbone_masked"],
-                   "build_ms": 1e3 * statistics.median(builds),
-                   "calib_ms": None if calib_s is None else 1e3 * calib_s,
-                   "widths": net.arch["site_widths"]}
-            if round_to > 1:
-                rmacs, _ = subnet_cost(arch, rnet.arch["site_widths"], len(t), info.input_shape)
-                row["rounded"] = {"round_to": round_to, "mac_ratio": rmacs / dense_macs,
-                                  "latency_ratio": med["rounded"] / med["dense"], "ms": 1e3 * med["rounded"]}
-            row["checks"] = check(row)
-            rows.append(row)
-            log(f"[{i + 1}/{len(subtasks)}] {','.join(names)}: mac {row['mac_ratio']:.3f} "
-                f"pruned {row['pruned_latency_ratio']:.3f} masked {row['masked_latency_ratio']:.3f}")
+                b["rnet"] = prune(model, t, fold_bn=fold_bn, round_to=round_to, images=images, round_mode=round_mode)
+            b["size"] = save_subnet(b["net"], Path(tmp) / f"s{i}")["safetensors"].stat().st_size
+            built.append(b)
+    rows = []
+    for i, b in enumerate(built):
+        t, net, masked, masks = b["t"], b["net"], b["masked"], b["masks"]
+        names = [info.classes[c] for c in t]
+        fns = {"dense": lambda: dense(x), "masked": lambda: masked(x), "pruned": lambda: net(x),
+               "backbone": lambda: model.backbone(x), "backbone_masked": lambda: model.backbone(x, masks)}
+        if "rnet" in b:
+            fns["rounded"] = lambda: b["rnet"](x)
+        med = _forward_times(fns, warmup, repeats)
+        macs, params = subnet_cost(arch, net.arch["site_widths"], len(t), info.input_shape)
+        build = statistics.median(b["builds"])
+        row = {"classes": names, "indices": list(t), "mac_ratio": macs / dense_macs,
+               f"block{BLOCK}_mac_ratio": conv_macs(net, info.input_shape, BLOCK) / dense_block,
+               "param_ratio": params / dense_params,
+               "pruned_latency_ratio": med["pruned"] / med["dense"],
+               "masked_latency_ratio": med["masked"] / med["dense"],
+               "activation_masked_latency_ratio": med["backbone_masked"] / med["backbone"],
+               "build_ratio": build / med["dense"],
+               "size_ratio": b["size"] / dense_size,
+               "dense_ms": 1e3 * med["dense"], "masked_ms": 1e3 * med["masked"], "pruned_ms": 1e3 * med["pruned"],
+               "backbone_ms": 1e3 * med["backbone"], "backbone_masked_ms": 1e3 * med["backbone_masked"],
+               "build_ms": 1e3 * build, "calib_ms": None if b["calib_s"] is None else 1e3 * b["calib_s"],
+               "widths": net.arch["site_widths"]}
+        if "rnet" in b:
+            rmacs, _ = subnet_cost(arch, b["rnet"].arch["site_widths"], len(t), info.input_shape)
+            row["rounded"] = {"round_to": round_to, "mode": round_mode, "mac_ratio": rmacs / dense_macs,
+                              "widths": b["rnet"].arch["site_widths"],
+                              "latency_ratio": med["rounded"] / med["dense"], "ms": 1e3 * med["rounded"]}
+            rm = row["rounded"]["mac_ratio"]
+            row["rounded"]["pruned_latency_check"] = (row["rounded"]["latency_ratio"] <= 1.3 * rm + 0.05
+                                                      if 0.15 <= rm <= 0.7 else None)
+        row["checks"] = check(row)
+        rows.append(row)
+        log(f"[{i + 1}/{len(subtasks)}] {','.join(names)}: mac {row['mac_ratio']:.3f} "
+            f"pruned {row['pruned_latency_ratio']:.3f} masked {row['masked_latency_ratio']:.3f}")
     passed = {k: all(r["checks"][k] for r in rows if r["checks"][k] is not None) for k in rows[0]["checks"]} \
         if rows else {}
     return {"threads": threads, "batch": batch, "repeats": repeats, "warmup": warmup, "bn_folded": fold_bn,
@@ -139,7 +150,7 @@ def format_table(result: dict) -> str:
     """A plain-text table of a bench result."""
     rnd = any("rounded" in r for r in result["subtasks"])
     head = (f"{'classes':<40} {'MACs':>6} {'MAC16':>6} {'params':>6} {'pruned':>7} {'masked':>7} {'build':>6} {'size':>6}"
-            + (f" {'round':>7}" if rnd else "") + f" {'act-mask':>8}   (ratios to dense)")
+            + (f" {'rMACs':>6} {'round':>7}" if rnd else "") + f" {'act-mask':>8}   (ratios to dense)")
     form = "BN folded" if result.get("bn_folded", True) else "BN kept"
     lines = [f"threads {result['threads']}, batch {result['batch']}, median of {result['repeats']} "
              f"after {result['warmup']} warm-up rounds, {result['device']}, {form}", head]
@@ -150,12 +161,17 @@ def format_table(result: dict) -> str:
                 f"{r['param_ratio']:6.3f} {r['pruned_latency_ratio']:7.3f} "
                 f"{r['masked_latency_ratio']:7.3f} {r['build_ratio']:6.3f} {r['size_ratio']:6.3f}")
         if rnd:
-            line += f" {r['rounded']['latency_ratio']:7.3f}" if "rounded" in r else f" {'':>7}"
+            line += (f" {r['rounded']['mac_ratio']:6.3f} {r['rounded']['latency_ratio']:7.3f}" if "rounded" in r
+                     else f" {'':>6} {'':>7}")
         lines.append(line + f" {r['activation_masked_latency_ratio']:8.3f}")
     if result["subtasks"]:
         med = lambda k: statistics.median(r[k] for r in result["subtasks"])  # noqa: E731
         lines.append(f"dense batch forward: {med('dense_ms'):.1f} ms, maskable backbone without masks "
                      f"{med('backbone_ms'):.1f} ms (medians over subtasks)")
+        if rnd:
+            r0 = next(r["rounded"] for r in result["subtasks"] if "rounded" in r)
+            lines.append(f"rMACs, round: MACs and latency of the pruned net with widths rounded {r0['mode']} to "
+                         f"multiples of {r0['round_to']}")
         lines.append(f"MAC{BLOCK}: conv MACs with output channels rounded up to multiples of {BLOCK}")
         lines.append("act-mask: the training-time masked path (activations multiplied by masks) over the same "
                      "backbone without masks")

@@ -120,7 +120,8 @@ def _prune(args) -> int:
         classes = [int(c) if c.strip().isdigit() else c.strip() for c in args.classes.split(",") if c.strip()]
         if not classes:
             raise ValueError('--classes is empty; give class names or indices, e.g. --classes "Sneaker,Bag"')
-    summary = export_subtask(model, classes, args.out, formats, round_to=args.round_to, fold_bn=not args.keep_bn)
+    summary = export_subtask(model, classes, args.out, formats, round_to=args.round_to, fold_bn=not args.keep_bn,
+                             round_mode=args.round_mode)
     print(json.dumps({**summary, **extra, "seconds": time.perf_counter() - t0}))
     return 0
 
@@ -138,7 +139,8 @@ def _bench(args) -> int:
     subtasks = parse_subtasks(model, args.subtasks or DEFAULT_SUBTASKS, seed=args.seed)
     log = (lambda m: None) if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
     r = run_bench(model, subtasks, train_x, batch=args.batch, threads=args.threads, repeats=args.repeats,
-                  warmup=args.warmup, round_to=args.round_to, seed=args.seed, fold_bn=not args.keep_bn, log=log)
+                  warmup=args.warmup, round_to=args.round_to, seed=args.seed, fold_bn=not args.keep_bn,
+                  round_mode=args.round_mode, log=log)
     r = {"checkpoint": str(ckpt), **r}
     print(json.dumps(r) if args.json else format_table(r))
     return 0
@@ -186,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--format", default="safetensors", help="comma-separated: safetensors, torchscript, onnx")
     pr.add_argument("--round-to", type=int, default=0, metavar="N",
                     help="round every kept width up to a multiple of N, adding back the highest-utility channels")
+    pr.add_argument("--round-mode", choices=["up", "nearest"], default="up",
+                    help="up: add back channels (exact); nearest: may also drop the lowest-utility kept channels")
     pr.add_argument("--keep-bn", action="store_true",
                     help="keep BatchNorm layers (default: fold them into the convs, the faster inference form)")
     pr.add_argument("--data-dir", default=None, help="training images, if the subtask needs BN recalibration")
@@ -200,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=10, help="timed rounds; the median is reported")
     b.add_argument("--warmup", type=int, default=3)
     b.add_argument("--round-to", type=int, default=0, metavar="N", help="also time widths rounded up to multiples of N")
+    b.add_argument("--round-mode", choices=["up", "nearest"], default="up", help="see hypersan prune --help")
     b.add_argument("--keep-bn", action="store_true", help="time the nets with BatchNorm kept (default: folded)")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.add_argument("--seed", type=int, default=0)

@@ -153,22 +153,37 @@ def prune_backbone(backbone: nn.Module, masks: Optional[Dict[str, Tensor]], clas
     return net.eval()
 
 
-def round_widths(masks: Dict[str, Tensor], raw: Dict[str, Tensor], sites, multiple: int) -> Dict[str, Tensor]:
-    """Masks whose kept width at every utility site is rounded up to a multiple (capped at the site size),
-    adding back the pruned channels of highest utility."""
+ROUND_MODES = ("up", "nearest")
+
+
+def round_widths(masks: Dict[str, Tensor], raw: Dict[str, Tensor], sites, multiple: int,
+                 mode: str = "up") -> Dict[str, Tensor]:
+    """Masks whose kept width at every utility site is a multiple of `multiple` (or the site size).
+
+    mode "up" rounds up, adding back the pruned channels of highest utility. Mode "nearest" rounds to the
+    nearest multiple (halves up, never below one multiple), and when that is below the kept width it drops
+    the kept channels of lowest utility: the net then differs from the subtask's masked net, and is
+    exactly the masked net of the rounded masks.
+    """
     if multiple < 1:
         raise ValueError(f"round_to must be a positive integer, got {multiple}")
+    if mode not in ROUND_MODES:
+        raise ValueError(f"round mode must be one of {', '.join(ROUND_MODES)}, got {mode!r}")
     out = dict(masks)
     for s in sites:
         if s.kind != "utility":
             continue
         m = _row(masks[s.name], s.name).clone()
         n = int((m != 0).sum())
-        target = min(math.ceil(n / multiple) * multiple, s.size)
+        steps = math.ceil(n / multiple) if mode == "up" else max(1, math.floor(n / multiple + 0.5))
+        target = min(steps * multiple, s.size)
+        u = _row(raw[s.name], s.name).clone()
         if target > n:
-            u = _row(raw[s.name], s.name).clone()
             u[m != 0] = -math.inf  # only pruned channels compete
             m[u.topk(target - n).indices] = 1.0
+        elif target < n:
+            u[m == 0] = math.inf  # only kept channels compete
+            m[(-u).topk(n - target).indices] = 0.0
         out[s.name] = m[None].to(masks[s.name].device, masks[s.name].dtype)
     return out
 
@@ -204,13 +219,13 @@ def _calibrate_masks(model, masks: Dict[str, Tensor], images: Tensor, seed: int 
 
 @torch.no_grad()
 def prune(model, subtask, fold_bn: bool = False, round_to: int = 0, images: Optional[Tensor] = None,
-          physical: bool = True) -> nn.Module:
+          physical: bool = True, round_mode: str = "up") -> nn.Module:
     """The plain subnet of a SubtaskAdaptiveNet for a subtask (class names or indices; None: the dense net).
 
     BN statistics come from `model.bn_cache`; a subtask missing there is calibrated first, on `images`
     (uint8 training images) or on the dataset's training split. The result's `.classes` are the kept
     class names, in ascending class-index order, one logit each. `physical=False` gives the masked form
-    (dense widths, pruned channels zeroed; see prune_backbone).
+    (dense widths, pruned channels zeroed; see prune_backbone). `round_to`/`round_mode`: see round_widths.
     """
     from .model import subtask_key
 
@@ -227,10 +242,10 @@ def prune(model, subtask, fold_bn: bool = False, round_to: int = 0, images: Opti
         model.calibrate(t, images if images is not None else _train_images(model))
     stats = model.bn_cache[key]
     if round_to > 1 and masks is not None:
-        rounded = round_widths(masks, raw, model.sites, round_to)
+        rounded = round_widths(masks, raw, model.sites, round_to, round_mode)
         if any(not torch.equal(rounded[s.name], masks[s.name]) for s in model.sites if s.kind == "utility"):
-            rkey = f"{key}@round{round_to}"
-            if rkey not in model.bn_cache:  # widened layers change the statistics downstream of them
+            rkey = f"{key}@round{round_to}" if round_mode == "up" else f"{key}@{round_mode}{round_to}"
+            if rkey not in model.bn_cache:  # changed widths change the statistics downstream of them
                 model.bn_cache[rkey] = _calibrate_masks(
                     model, rounded, images if images is not None else _train_images(model))
             masks, stats = rounded, model.bn_cache[rkey]

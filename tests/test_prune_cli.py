@@ -81,3 +81,16 @@ def test_bench_checks_follow_the_issue_thresholds():
     assert check(row) == {"pruned_latency": False, "masked_latency": True, "build": True, "size": True}
     assert check(dict(row, mac_ratio=0.9))["pruned_latency"] is None  # outside [0.15, 0.7]
     assert check(dict(row, pruned_latency_ratio=0.69))["pruned_latency"] is True
+
+
+def test_bench_times_rounded_widths_with_their_own_check():
+    model = _model()
+    t = model.resolve(["Sneaker", "Bag"])
+    r = run_bench(model, [t], _images(), batch=4, threads=1, repeats=1, warmup=0, round_to=4, round_mode="nearest")
+    (row,) = r["subtasks"]
+    rnd = row["rounded"]
+    assert rnd["mode"] == "nearest" and rnd["round_to"] == 4
+    sizes = {s.name: s.size for s in model.sites if s.kind == "utility"}
+    assert all(w % 4 == 0 or w == sizes[n] for n, w in rnd["widths"].items())
+    assert rnd["latency_ratio"] > 0 and "pruned_latency_check" in rnd
+    assert "rMACs" in format_table(r)

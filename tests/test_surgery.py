@@ -182,6 +182,22 @@ def test_round_widths_adds_back_the_highest_utility_channels():
     assert widths["stage1"] == 5 and widths["stage0"] == 4  # capped at the site size
 
 
+def test_round_widths_nearest_drops_the_lowest_utility_kept_channels():
+    net = build_backbone(ARCH_HAND)
+    sites = net.sites()
+    masks = {s.name: torch.ones(1, s.size) for s in sites}
+    raw = {s.name: torch.ones(1, s.size) for s in sites}
+    masks["stage1"] = torch.tensor([[1., 1, 1, 0, 1, 1]])  # 5 kept -> nearest multiple of 4 is 4
+    raw["stage1"] = torch.tensor([[0.5, 0.9, 0.2, 0.01, 0.3, 0.8]])
+    masks["stage0"] = torch.tensor([[0., 1, 0, 0]])  # 1 kept -> never below one multiple: 4
+    out = round_widths(masks, raw, sites, 4, mode="nearest")
+    assert out["stage1"].tolist() == [[1., 1, 0, 0, 1, 1]]  # the kept channel of lowest utility (0.2) goes
+    assert out["stage0"].sum() == 4
+    assert round_widths(masks, raw, sites, 4)["stage1"].sum() == 6  # "up" only adds
+    with pytest.raises(ValueError, match="round mode"):
+        round_widths(masks, raw, sites, 4, mode="down")
+
+
 # ------------------------------------------------------------------ through the SubtaskAdaptiveNet
 
 

@@ -1,0 +1,79 @@
+"""Accuracy and compute of pruned nets with rounded widths, beside the unrounded pruned net.
+
+    python tools/eval_rounding.py [--checkpoint DIR] [--round-to 16] [--subtasks size=2,n=6 ...] [--json]
+
+For each subtask (default: the `hypersan bench` set) it builds the pruned net and the nets with every
+kept width rounded to a multiple of --round-to, "up" (adds back the highest-utility pruned channels) and
+"nearest" (may drop the lowest-utility kept channels), each with its own recalibrated BN statistics, and
+scores them on the test images of the subtask's classes (|T|-way accuracy). Latency of the same nets:
+`hypersan bench --round-to N --round-mode up|nearest`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import torch  # noqa: E402
+
+from hypersan.bench import DEFAULT_SUBTASKS  # noqa: E402
+from hypersan.data import load_dataset, to_float  # noqa: E402
+from hypersan.evaluate import parse_subtasks  # noqa: E402
+from hypersan.metrics import subnet_cost  # noqa: E402
+from hypersan.model import SubtaskAdaptiveNet, default_checkpoint  # noqa: E402
+from hypersan.surgery import prune  # noqa: E402
+
+
+@torch.no_grad()
+def accuracy(net, t, test_x, test_y) -> float:
+    keep = torch.isin(test_y, torch.tensor(t))
+    x, y = to_float(test_x[keep]), test_y[keep]
+    pred = torch.cat([net(x[i:i + 1000]).argmax(1) for i in range(0, len(x), 1000)])
+    return (torch.tensor(sorted(t))[pred] == y).float().mean().item()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", default=None, help="default: the shipped model")
+    p.add_argument("--round-to", type=int, default=16)
+    p.add_argument("--subtasks", nargs="+", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    ckpt = a.checkpoint or default_checkpoint()
+    model = SubtaskAdaptiveNet.from_pretrained(ckpt).eval()
+    d = model.config.data
+    train_x, _, _ = load_dataset(d.dataset, "train", d.data_dir or None)
+    test_x, test_y, _ = load_dataset(d.dataset, "test", d.data_dir or None)
+    arch, shape = model.backbone.arch, model.info.input_shape
+    dense_macs, _ = subnet_cost(arch, arch["site_widths"], len(model.classes), shape)
+    rows = []
+    for t in parse_subtasks(model, a.subtasks or DEFAULT_SUBTASKS, seed=a.seed):
+        row = {"classes": [model.classes[c] for c in t]}
+        for name, kw in (("pruned", {}), ("up", {"round_to": a.round_to, "round_mode": "up"}),
+                         ("nearest", {"round_to": a.round_to, "round_mode": "nearest"})):
+            net = prune(model, t, images=train_x, **kw)
+            macs, _ = subnet_cost(arch, net.arch["site_widths"], len(t), shape)
+            row[name] = {"acc": accuracy(net, t, test_x, test_y), "mac_ratio": macs / dense_macs,
+                         "widths": net.arch["site_widths"]}
+        rows.append(row)
+        if not a.json:
+            print(f"{','.join(row['classes'])[:40]:<40} " + "  ".join(
+                f"{k} acc {row[k]['acc']:.4f} mac {row[k]['mac_ratio']:.3f}" for k in ("pruned", "up", "nearest")),
+                flush=True)
+    mean = {k: {m: sum(r[k][m] for r in rows) / len(rows) for m in ("acc", "mac_ratio")}
+            for k in ("pruned", "up", "nearest")}
+    if a.json:
+        print(json.dumps({"checkpoint": str(ckpt), "round_to": a.round_to, "subtasks": rows, "mean": mean}))
+    else:
+        print("mean: " + "  ".join(f"{k} acc {v['acc']:.4f} mac {v['mac_ratio']:.3f}" for k, v in mean.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
