@@ -40,6 +40,11 @@ def _describe(net: nn.Module, kind: str, in_channels: int, num_classes: int, wid
                 "blocks": list(blocks), "mean": list(mean), "std": list(std), "site_widths": dict(site_widths)}
 
 
+def _layout(x: Tensor, channels_last: bool) -> Tensor:
+    """x in channels-last memory format when asked (a no-op when it already is)."""
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
 class PlainBlock(nn.Module):
     """ResNet basic block without masks."""
 
@@ -87,12 +92,8 @@ class PlainResNet(nn.Module):
         _describe(self, "resnet", in_channels, num_classes, widths, blocks, mean, std, sw, classes, bn_folded)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.norm(x)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        x = torch.relu_(self.stem(x))
-        if self.channels_last:  # again: with a one-channel image the stem's output format is ambiguous
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = torch.relu_(self.stem(_layout(self.norm(x), self.channels_last)))
+        x = _layout(x, self.channels_last)  # again: with a one-channel image the stem's output format is ambiguous
         for blk in self.blocks:
             x = blk(x)
         return self.head(x.mean(dim=(2, 3)))  # (B, len(classes))
@@ -126,13 +127,11 @@ class PlainVGG(nn.Module):
         _describe(self, "vgg", in_channels, num_classes, widths, blocks, mean, std, sw, classes, bn_folded)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.norm(x)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = _layout(self.norm(x), self.channels_last)
         for k, conv in enumerate(self.convs):
             x = torch.relu_(conv(x))
-            if k == 0 and self.channels_last:  # again: with a one-channel image the format is ambiguous
-                x = x.contiguous(memory_format=torch.channels_last)
+            if k == 0:  # again: with a one-channel image the first conv's output format is ambiguous
+                x = _layout(x, self.channels_last)
             if self.pools[k]:
                 x = torch.nn.functional.max_pool2d(x, 2)
         return self.head(x.mean(dim=(2, 3)))
