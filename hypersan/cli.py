@@ -111,17 +111,19 @@ def _prune(args) -> int:
     model = SubtaskAdaptiveNet.from_pretrained(ckpt)
     if args.data_dir:
         model.config.data.data_dir = args.data_dir
-    extra = {}
+    extra, text = {}, None
     if args.request is not None:
         grounding = model.ground(args.request)  # GroundingError (a ValueError) names what was not understood
         classes: list = list(grounding.indices)
         extra = {"request": args.request, "grounding": grounding.to_dict()}
+        if model.config.generator.conditioning == "text":
+            text = args.request  # the masks come from the request's own embedding
     else:
         classes = [int(c) if c.strip().isdigit() else c.strip() for c in args.classes.split(",") if c.strip()]
         if not classes:
             raise ValueError('--classes is empty; give class names or indices, e.g. --classes "Sneaker,Bag"')
     summary = export_subtask(model, classes, args.out, formats, round_to=args.round_to, fold_bn=not args.keep_bn,
-                             round_mode=args.round_mode)
+                             round_mode=args.round_mode, text=text)
     print(json.dumps({**summary, **extra, "seconds": time.perf_counter() - t0}))
     return 0
 

@@ -145,20 +145,21 @@ def load_subnet(path: str | os.PathLike, map_location: str | torch.device = "cpu
 
 def export_subtask(model, classes, out: str | os.PathLike, formats: Iterable[str] = ("safetensors",),
                    round_to: int = 0, fold_bn: bool = True, images: Optional[torch.Tensor] = None,
-                   round_mode: str = "up") -> dict:
-    """Prune a SubtaskAdaptiveNet to a subtask and write its artifact; returns a JSON-able summary."""
+                   round_mode: str = "up", text: Optional[str] = None) -> dict:
+    """Prune a SubtaskAdaptiveNet to a subtask and write its artifact; returns a JSON-able summary.
+    `text` conditions a text-conditioned generator on that description (see surgery.prune)."""
     from .metrics import subnet_cost
     from .surgery import prune
 
     formats = parse_formats(list(formats) if not isinstance(formats, str) else formats)
     t = model.resolve(classes)
-    net = prune(model, t, fold_bn=fold_bn, round_to=round_to, images=images, round_mode=round_mode)
+    net = prune(model, t, fold_bn=fold_bn, round_to=round_to, images=images, round_mode=round_mode, text=text)
     arch, shape = model.backbone.arch, model.info.input_shape
     dense_macs, dense_params = subnet_cost(arch, arch["site_widths"], len(model.classes), shape)
     macs, params = subnet_cost(arch, net.arch["site_widths"], len(t), shape)
     ratios = {"mac_ratio": macs / dense_macs, "param_ratio": params / dense_params}
     files = save_subnet(net, out, formats, subtask=list(t), source=getattr(model, "source", None),
-                        extra=dict(ratios, round_to=round_to, round_mode=round_mode))
+                        extra=dict(ratios, round_to=round_to, round_mode=round_mode, conditioned_on=text))
     return {"classes": list(net.classes), "subtask": list(t), **ratios,
             "widths": dict(net.arch["site_widths"]), "files": {f: str(p) for f, p in files.items()},
             "bytes": {f: p.stat().st_size for f, p in files.items()}}

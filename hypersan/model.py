@@ -156,12 +156,16 @@ class SubtaskAdaptiveNet(nn.Module):
 
     def subnet(self, classes: str | Iterable[int | str], **kwargs) -> nn.Module:
         """The physically pruned plain network of a subtask, given as class names / indices or as a request
-        in words ("shoes and handbags"); see surgery.prune for the keyword options."""
+        in words ("shoes and handbags"); see surgery.prune for the keyword options. With a text-conditioned
+        generator a request in words conditions it on the request's own embedding (`text=None` instead
+        uses the canonical description of the grounded classes); the grounded classes decide the head."""
         from .surgery import prune
 
         grounding = None
         if isinstance(classes, str):
             grounding = self.ground(classes)
+            if self.config.generator.conditioning == "text":
+                kwargs.setdefault("text", classes)  # the masks come from the request's own embedding
             classes = grounding.indices
         net = prune(self, classes, **kwargs)
         if grounding is not None:

@@ -7,6 +7,7 @@ from the backbone's own structure (`layer_plan`), so no layer list is written do
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Dict, List, NamedTuple, Optional, Sequence
 
@@ -219,26 +220,36 @@ def _calibrate_masks(model, masks: Dict[str, Tensor], images: Tensor, seed: int 
 
 @torch.no_grad()
 def prune(model, subtask, fold_bn: bool = False, round_to: int = 0, images: Optional[Tensor] = None,
-          physical: bool = True, round_mode: str = "up") -> nn.Module:
+          physical: bool = True, round_mode: str = "up", text: Optional[str] = None) -> nn.Module:
     """The plain subnet of a SubtaskAdaptiveNet for a subtask (class names or indices; None: the dense net).
 
     BN statistics come from `model.bn_cache`; a subtask missing there is calibrated first, on `images`
     (uint8 training images) or on the dataset's training split. The result's `.classes` are the kept
     class names, in ascending class-index order, one logit each. `physical=False` gives the masked form
     (dense widths, pruned channels zeroed; see prune_backbone). `round_to`/`round_mode`: see round_widths.
+    `text`: with a text-conditioned generator, condition on this description (the user's request)
+    instead of the subtask's canonical one; its BN statistics are calibrated and cached per text.
     """
     from .model import subtask_key
 
     if round_to < 0:
         raise ValueError(f"round_to must be a positive integer (or 0: no rounding), got {round_to}")
+    if text is not None and (subtask is None or model.config.generator.conditioning != "text"):
+        raise ValueError("text= conditions a text-conditioned generator on a description of a subtask; this "
+                         f"model is conditioned on {model.config.generator.conditioning!r}"
+                         + ("" if subtask is not None else ", and no subtask was given"))
     t = None if subtask is None else model.resolve(subtask)
     cls = list(range(len(model.classes))) if t is None else list(t)
     if t is None:
         masks, raw = None, None
     else:
-        masks, raw = model.generate(model.select([t]))
+        masks, raw = model.generate(model.select([t]), None if text is None else [text])
     key = subtask_key(t)
-    if key not in model.bn_cache:
+    if text is not None:
+        key = f"{key}@text-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+        if key not in model.bn_cache:
+            model.bn_cache[key] = _calibrate_masks(model, masks, images if images is not None else _train_images(model))
+    elif key not in model.bn_cache:
         model.calibrate(t, images if images is not None else _train_images(model))
     stats = model.bn_cache[key]
     if round_to > 1 and masks is not None:

@@ -5,8 +5,10 @@ import torch
 
 from hypersan.cli import main
 from hypersan.config import load_config
+from hypersan.data import FASHION_MNIST
 from hypersan.io import ArtifactError
 from hypersan.model import SubtaskAdaptiveNet
+from hypersan.surgery import prune
 from hypersan.train import train
 
 from .conftest import ROOT, needs_fmnist
@@ -90,10 +92,22 @@ def test_text_conditioned_training_and_requests(tmp_path, capsys):
     net = loaded.subnet("shoes and handbags")
     assert net.classes == ["Sandal", "Sneaker", "Bag", "Ankle boot"]
     assert net.grounding["indices"] == [5, 7, 8, 9]
+    # the masks came from the request's embedding, with statistics of their own; the canonical ones differ
+    assert any(k.startswith("5-7-8-9@text-") for k in loaded.bn_cache)
+    canon = loaded.subnet("shoes and handbags", text=None)
+    text_masks = loaded.generate(loaded.select([(5, 7, 8, 9)]), ["shoes and handbags"])[0]
+    canon_masks = loaded.subtask_masks((5, 7, 8, 9))
+    assert any(not torch.equal(text_masks[k], canon_masks[k]) for k in text_masks)
+    with torch.no_grad():
+        xs = torch.rand(2, 1, 28, 28)
+        assert net(xs).shape == canon(xs).shape == (2, 4)
+    with pytest.raises(ValueError, match="conditioned on 'multihot'"):
+        prune(SubtaskAdaptiveNet(_cfg(), FASHION_MNIST), (7, 8), text="sneakers and bags")
     assert main(["prune", "--checkpoint", str(tmp_path / "txt"), "--request", "sneakers and bags",
                  "--out", str(tmp_path / "art")]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["classes"] == ["Sneaker", "Bag"] and r["request"] == "sneakers and bags"
+    assert json.loads((tmp_path / "art" / "config.json").read_text())["conditioned_on"] == "sneakers and bags"
     assert main(["prune", "--checkpoint", str(tmp_path / "txt"), "--request", "sneakers and airplanes",
                  "--out", str(tmp_path / "art2")]) == 2
     assert "airplanes" in capsys.readouterr().err
