@@ -105,6 +105,7 @@ def _run(model, subtasks, images, batch, threads, repeats, warmup, round_to, rou
                 b["rnet"] = prune(model, t, fold_bn=fold_bn, round_to=round_to, images=images, round_mode=round_mode)
             b["size"] = save_subnet(b["net"], Path(tmp) / f"s{i}")["safetensors"].stat().st_size
             built.append(b)
+            log(f"built {i + 1}/{len(subtasks)}: {','.join(info.classes[c] for c in t)}")
     rows = []
     for i, b in enumerate(built):
         t, net, masked, masks = b["t"], b["net"], b["masked"], b["masks"]
