@@ -164,9 +164,9 @@ def format_table(result: dict) -> str:
         if rnd:
             line += (f" {r['rounded']['mac_ratio']:6.3f} {r['rounded']['latency_ratio']:7.3f}" if "rounded" in r
                      else f" {'':>6} {'':>7}")
-        lines.append(line + f" {r['activation_masked_latency_ratio']:8.3f}")
+        lines.append(line + f" {r.get('activation_masked_latency_ratio', float('nan')):8.3f}")
     if result["subtasks"]:
-        med = lambda k: statistics.median(r[k] for r in result["subtasks"])  # noqa: E731
+        med = lambda k: statistics.median(r.get(k, float("nan")) for r in result["subtasks"])  # noqa: E731
         lines.append(f"dense batch forward: {med('dense_ms'):.1f} ms, maskable backbone without masks "
                      f"{med('backbone_ms'):.1f} ms (medians over subtasks)")
         if rnd:

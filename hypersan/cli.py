@@ -189,9 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, help="artifact directory (replaced atomically)")
     pr.add_argument("--format", default="safetensors", help="comma-separated: safetensors, torchscript, onnx")
     pr.add_argument("--round-to", type=int, default=0, metavar="N",
-                    help="round every kept width up to a multiple of N, adding back the highest-utility channels")
+                    help="round every kept width to a multiple of N (see --round-mode)")
     pr.add_argument("--round-mode", choices=["up", "nearest"], default="up",
                     help="up: add back channels (exact); nearest: may also drop the lowest-utility kept channels")
+    pr.add_argument("--fold-bn", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
     pr.add_argument("--keep-bn", action="store_true",
                     help="keep BatchNorm layers (default: fold them into the convs, the faster inference form)")
     pr.add_argument("--data-dir", default=None, help="training images, if the subtask needs BN recalibration")
@@ -205,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=2)
     b.add_argument("--repeats", type=int, default=10, help="timed rounds; the median is reported")
     b.add_argument("--warmup", type=int, default=3)
-    b.add_argument("--round-to", type=int, default=0, metavar="N", help="also time widths rounded up to multiples of N")
+    b.add_argument("--round-to", type=int, default=0, metavar="N",
+                   help="also time widths rounded to multiples of N (see --round-mode)")
     b.add_argument("--round-mode", choices=["up", "nearest"], default="up", help="see hypersan prune --help")
     b.add_argument("--keep-bn", action="store_true", help="time the nets with BatchNorm kept (default: folded)")
     b.add_argument("--json", action="store_true", help="print one JSON object")

@@ -189,16 +189,16 @@ def round_widths(masks: Dict[str, Tensor], raw: Dict[str, Tensor], sites, multip
     return out
 
 
-def _train_images(model) -> Tensor:
+def _train_images(model, why: str = "this subtask has no cached BN statistics") -> Tensor:
     from .data import DatasetError, load_dataset
 
     d = model.config.data
     try:
         images, _, _ = load_dataset(d.dataset, "train", d.data_dir or None)
     except DatasetError as e:
-        raise DatasetError(f"this subtask has no cached BN statistics, and recalibrating them needs the "
-                           f"{d.dataset} training images, which could not be read: {e} -- install the dataset "
-                           "(or point $HYPERSAN_DATA / data.data_dir at it), or pass images= to prune()") from None
+        raise DatasetError(f"{why}, and recalibrating them needs the {d.dataset} training images, which could "
+                           f"not be read: {e} -- install the dataset (or point $HYPERSAN_DATA / data.data_dir "
+                           "at it), or pass images= to prune()") from None
     return images
 
 
@@ -228,12 +228,16 @@ def prune(model, subtask, fold_bn: bool = False, round_to: int = 0, images: Opti
     class names, in ascending class-index order, one logit each. `physical=False` gives the masked form
     (dense widths, pruned channels zeroed; see prune_backbone). `round_to`/`round_mode`: see round_widths.
     `text`: with a text-conditioned generator, condition on this description (the user's request)
-    instead of the subtask's canonical one; its BN statistics are calibrated and cached per text.
+    instead of the subtask's canonical one; its BN statistics are calibrated and cached per text. The
+    subtask still decides the head: pass the classes the text was grounded to (SubtaskAdaptiveNet.subnet
+    does).
     """
     from .model import subtask_key
 
     if round_to < 0:
         raise ValueError(f"round_to must be a positive integer (or 0: no rounding), got {round_to}")
+    if round_mode not in ROUND_MODES:
+        raise ValueError(f"round mode must be one of {', '.join(ROUND_MODES)}, got {round_mode!r}")
     if text is not None and (subtask is None or model.config.generator.conditioning != "text"):
         raise ValueError("text= conditions a text-conditioned generator on a description of a subtask; this "
                          f"model is conditioned on {model.config.generator.conditioning!r}"
@@ -248,7 +252,10 @@ def prune(model, subtask, fold_bn: bool = False, round_to: int = 0, images: Opti
     if text is not None:
         key = f"{key}@text-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
         if key not in model.bn_cache:
-            model.bn_cache[key] = _calibrate_masks(model, masks, images if images is not None else _train_images(model))
+            why = ("the masks of this request's own wording need BN statistics of their own (text=None uses "
+                   "the canonical description and its cached statistics)")
+            model.bn_cache[key] = _calibrate_masks(
+                model, masks, images if images is not None else _train_images(model, why))
     elif key not in model.bn_cache:
         model.calibrate(t, images if images is not None else _train_images(model))
     stats = model.bn_cache[key]

@@ -198,6 +198,11 @@ def test_round_widths_nearest_drops_the_lowest_utility_kept_channels():
         round_widths(masks, raw, sites, 4, mode="down")
 
 
+def test_prune_checks_the_round_mode_even_without_rounding():
+    with pytest.raises(ValueError, match="round mode"):
+        prune(_model(), ["Sandal", "Coat"], round_mode="down", images=_images())
+
+
 # ------------------------------------------------------------------ through the SubtaskAdaptiveNet
 
 

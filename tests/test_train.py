@@ -7,6 +7,7 @@ from hypersan.cli import main
 from hypersan.config import load_config
 from hypersan.data import FASHION_MNIST
 from hypersan.io import ArtifactError
+from hypersan.metrics import kept_widths
 from hypersan.model import SubtaskAdaptiveNet
 from hypersan.surgery import prune
 from hypersan.train import train
@@ -98,6 +99,9 @@ def test_text_conditioned_training_and_requests(tmp_path, capsys):
     text_masks = loaded.generate(loaded.select([(5, 7, 8, 9)]), ["shoes and handbags"])[0]
     canon_masks = loaded.subtask_masks((5, 7, 8, 9))
     assert any(not torch.equal(text_masks[k], canon_masks[k]) for k in text_masks)
+    assert "5-7-8-9" in loaded.bn_cache  # text=None: the canonical masks and their statistics
+    assert net.arch["site_widths"] == kept_widths(text_masks, loaded.sites)
+    assert canon.arch["site_widths"] == kept_widths(canon_masks, loaded.sites)
     with torch.no_grad():
         xs = torch.rand(2, 1, 28, 28)
         assert net(xs).shape == canon(xs).shape == (2, 4)
