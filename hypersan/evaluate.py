@@ -28,6 +28,21 @@ def predict(model: SubtaskAdaptiveNet, images: Tensor, subtask: Subtask | None, 
     return torch.cat(out)
 
 
+@torch.no_grad()
+def plain_accuracy(net, classes: Sequence[int], images: Tensor, labels: Tensor, batch_size: int = 1000) -> float:
+    """|T|-way accuracy of a plain (pruned) net of the classes T on the uint8 images whose label is in T.
+    The net's logits are T in ascending class-index order, as surgery builds them."""
+    cls = torch.tensor(sorted(set(int(c) for c in classes)))
+    keep = torch.isin(labels, cls)
+    if not bool(keep.any()):
+        raise ValueError("no sample has a label in the subtask")
+    x, y = images[keep], labels[keep]
+    dev = next(net.parameters()).device
+    pred = torch.cat([net(x[i:i + batch_size].to(dev).float().div_(255.0)).argmax(1).cpu()
+                      for i in range(0, len(x), batch_size)])
+    return (cls[pred] == y).float().mean().item()
+
+
 def parse_subtasks(model: SubtaskAdaptiveNet, specs: Sequence[str], seed: int = 0) -> list[Subtask]:
     """Subtasks from specs: "Sneaker,Bag" (names or indices), "seen", "unseen", "all", "size=K[,n=M]"."""
     k = len(model.basic)

@@ -157,6 +157,11 @@ def prune_backbone(backbone: nn.Module, masks: Optional[Dict[str, Tensor]], clas
 ROUND_MODES = ("up", "nearest")
 
 
+def _check_round_mode(mode: str) -> None:
+    if mode not in ROUND_MODES:
+        raise ValueError(f"round mode must be one of {', '.join(ROUND_MODES)}, got {mode!r}")
+
+
 def round_widths(masks: Dict[str, Tensor], raw: Dict[str, Tensor], sites, multiple: int,
                  mode: str = "up") -> Dict[str, Tensor]:
     """Masks whose kept width at every utility site is a multiple of `multiple` (or the site size).
@@ -168,8 +173,7 @@ def round_widths(masks: Dict[str, Tensor], raw: Dict[str, Tensor], sites, multip
     """
     if multiple < 1:
         raise ValueError(f"round_to must be a positive integer, got {multiple}")
-    if mode not in ROUND_MODES:
-        raise ValueError(f"round mode must be one of {', '.join(ROUND_MODES)}, got {mode!r}")
+    _check_round_mode(mode)
     out = dict(masks)
     for s in sites:
         if s.kind != "utility":
@@ -236,8 +240,7 @@ def prune(model, subtask, fold_bn: bool = False, round_to: int = 0, images: Opti
 
     if round_to < 0:
         raise ValueError(f"round_to must be a positive integer (or 0: no rounding), got {round_to}")
-    if round_mode not in ROUND_MODES:
-        raise ValueError(f"round mode must be one of {', '.join(ROUND_MODES)}, got {round_mode!r}")
+    _check_round_mode(round_mode)
     if text is not None and (subtask is None or model.config.generator.conditioning != "text"):
         raise ValueError("text= conditions a text-conditioned generator on a description of a subtask; this "
                          f"model is conditioned on {model.config.generator.conditioning!r}"
@@ -248,24 +251,29 @@ def prune(model, subtask, fold_bn: bool = False, round_to: int = 0, images: Opti
         masks, raw = None, None
     else:
         masks, raw = model.generate(model.select([t]), None if text is None else [text])
+    loaded: list[Tensor] = [] if images is None else [images]
+
+    def train_images(why: str = "this subtask has no cached BN statistics") -> Tensor:
+        if not loaded:  # read the dataset at most once, and only when some statistics are missing
+            loaded.append(_train_images(model, why))
+        return loaded[0]
+
     key = subtask_key(t)
     if text is not None:
         key = f"{key}@text-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
         if key not in model.bn_cache:
-            why = ("the masks of this request's own wording need BN statistics of their own (text=None uses "
-                   "the canonical description and its cached statistics)")
-            model.bn_cache[key] = _calibrate_masks(
-                model, masks, images if images is not None else _train_images(model, why))
+            model.bn_cache[key] = _calibrate_masks(model, masks, train_images(
+                "the masks of this request's own wording need BN statistics of their own (text=None uses "
+                "the canonical description and its cached statistics)"))
     elif key not in model.bn_cache:
-        model.calibrate(t, images if images is not None else _train_images(model))
+        model.calibrate(t, train_images())
     stats = model.bn_cache[key]
     if round_to > 1 and masks is not None:
         rounded = round_widths(masks, raw, model.sites, round_to, round_mode)
         if any(not torch.equal(rounded[s.name], masks[s.name]) for s in model.sites if s.kind == "utility"):
             rkey = f"{key}@round{round_to}" if round_mode == "up" else f"{key}@{round_mode}{round_to}"
             if rkey not in model.bn_cache:  # changed widths change the statistics downstream of them
-                model.bn_cache[rkey] = _calibrate_masks(
-                    model, rounded, images if images is not None else _train_images(model))
+                model.bn_cache[rkey] = _calibrate_masks(model, rounded, train_images())
             masks, stats = rounded, model.bn_cache[rkey]
     return prune_backbone(model.backbone, masks, cls, [model.classes[i] for i in cls], bn_stats=stats,
                           fold_bn=fold_bn, input_shape=model.info.input_shape, physical=physical)

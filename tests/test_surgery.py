@@ -324,3 +324,18 @@ def test_channels_last_changes_the_layout_not_the_logits(arch):
         slow = plain(x)
     assert seen == [True, False]  # one-channel images too: the layout is set again after the first conv
     assert (fast - slow).abs().max().item() <= 1e-5
+
+
+def test_plain_accuracy_of_the_subnet_equals_the_masked_nets():
+    from hypersan.evaluate import plain_accuracy, predict
+    from hypersan.metrics import subset_accuracy
+
+    model = _model()
+    t = model.resolve(["Bag", "Sneaker", "Trouser"])
+    net = model.subnet(t, images=_images())
+    x = _images(200, seed=3)
+    y = torch.randint(0, 10, (200,), generator=torch.Generator().manual_seed(4))
+    want = subset_accuracy(predict(model, x, t), y, list(t))
+    assert plain_accuracy(net, t, x, y, batch_size=64) == pytest.approx(want, abs=1e-9)
+    with pytest.raises(ValueError, match="no sample"):
+        plain_accuracy(net, t, x[y == 0][:3], y[y == 0][:3])

@@ -25,12 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from hypersan.data import load_dataset, to_float  # noqa: E402
+from hypersan.data import load_dataset  # noqa: E402
 from hypersan.descriptions import canonical_description, describe  # noqa: E402
+from hypersan.evaluate import plain_accuracy  # noqa: E402
 from hypersan.grounding import GroundingError  # noqa: E402
-from hypersan.metrics import kept_widths, subnet_cost  # noqa: E402
+from hypersan.metrics import subnet_cost  # noqa: E402
 from hypersan.model import SubtaskAdaptiveNet  # noqa: E402
-from hypersan.surgery import _calibrate_masks, kept_channels, prune_backbone  # noqa: E402
+from hypersan.surgery import kept_channels, prune  # noqa: E402
 
 
 def mean(v):
@@ -39,18 +40,14 @@ def mean(v):
 
 
 @torch.no_grad()
-def score(model, t, text, train_x, test_x, test_y, seed):
+def score(model, t, text, train_x, test_x, test_y, dense_macs):
+    """Accuracy, mac_ratio and kept channels of the pruned net conditioned on `text` (what
+    `san.subnet(request)` builds: masks from the text, BN statistics calibrated for them)."""
+    net = prune(model, t, text=text, images=train_x)
     masks = model.generate(model.select([t]), texts=[text])[0]
-    stats = _calibrate_masks(model, masks, train_x, seed=seed)
-    net = prune_backbone(model.backbone, masks, t, bn_stats=stats, input_shape=model.info.input_shape)
-    keep = torch.isin(test_y, torch.tensor(t))
-    x, y = to_float(test_x[keep]), test_y[keep]
-    pred = torch.cat([net(x[i:i + 1000]).argmax(1) for i in range(0, len(x), 1000)])
-    acc = (torch.tensor(t)[pred] == y).float().mean().item()
     arch, shape = model.backbone.arch, model.info.input_shape
-    dense_macs, _ = subnet_cost(arch, arch["site_widths"], len(model.classes), shape)
-    macs, _ = subnet_cost(arch, kept_widths(masks, model.sites), len(t), shape)
-    return acc, macs / dense_macs, kept_channels(masks, model.sites)
+    macs, _ = subnet_cost(arch, net.arch["site_widths"], len(t), shape)
+    return plain_accuracy(net, t, test_x, test_y), macs / dense_macs, kept_channels(masks, model.sites)
 
 
 def iou(a, b):
@@ -64,7 +61,7 @@ def main() -> int:
     p.add_argument("--checkpoint", required=True, help="a checkpoint trained with generator.conditioning = 'text'")
     p.add_argument("--n", type=int, default=20, help="class sets to sample (sizes 2..5)")
     p.add_argument("--k", type=int, default=2, help="descriptions per phrasing split and class set")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="sampling of class sets and descriptions")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None, help="write per-description results as JSON")
     a = p.parse_args()
@@ -78,13 +75,15 @@ def main() -> int:
     test_x, test_y, _ = load_dataset(d.dataset, "test", d.data_dir or None)
     rng = random.Random(a.seed)
     sets = sorted({tuple(sorted(rng.sample(range(len(info.classes)), rng.randint(2, 5)))) for _ in range(a.n)})
+    arch = model.backbone.arch
+    dense_macs, _ = subnet_cost(arch, arch["site_widths"], len(info.classes), info.input_shape)
     rows = []
     for t in tqdm(sets, desc="class sets"):
         texts = [("canonical", canonical_description(t, info))]
         texts += [(split, describe(t, info, rng, split=split)) for split in ("train", "heldout") for _ in range(a.k)]
         base = None
         for split, text in texts:
-            acc, mac, keep = score(model, t, text, train_x, test_x, test_y, a.seed)
+            acc, mac, keep = score(model, t, text, train_x, test_x, test_y, dense_macs)
             base = keep if base is None else base
             try:
                 grounded = list(model.ground(text).indices) == list(t)

@@ -20,19 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import torch  # noqa: E402
 
 from hypersan.bench import DEFAULT_SUBTASKS  # noqa: E402
-from hypersan.data import load_dataset, to_float  # noqa: E402
-from hypersan.evaluate import parse_subtasks  # noqa: E402
+from hypersan.data import load_dataset  # noqa: E402
+from hypersan.evaluate import parse_subtasks, plain_accuracy  # noqa: E402
 from hypersan.metrics import subnet_cost  # noqa: E402
 from hypersan.model import SubtaskAdaptiveNet, default_checkpoint  # noqa: E402
 from hypersan.surgery import prune  # noqa: E402
-
-
-@torch.no_grad()
-def accuracy(net, t, test_x, test_y) -> float:
-    keep = torch.isin(test_y, torch.tensor(t))
-    x, y = to_float(test_x[keep]), test_y[keep]
-    pred = torch.cat([net(x[i:i + 1000]).argmax(1) for i in range(0, len(x), 1000)])
-    return (torch.tensor(sorted(t))[pred] == y).float().mean().item()
 
 
 def main() -> int:
@@ -59,7 +51,7 @@ def main() -> int:
                          ("nearest", {"round_to": a.round_to, "round_mode": "nearest"})):
             net = prune(model, t, images=train_x, **kw)
             macs, _ = subnet_cost(arch, net.arch["site_widths"], len(t), shape)
-            row[name] = {"acc": accuracy(net, t, test_x, test_y), "mac_ratio": macs / dense_macs,
+            row[name] = {"acc": plain_accuracy(net, t, test_x, test_y), "mac_ratio": macs / dense_macs,
                          "widths": net.arch["site_widths"]}
         rows.append(row)
         if not a.json:
