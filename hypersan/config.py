@@ -45,6 +45,7 @@ class GeneratorConfig:
     threshold: float = 0.1  # a channel is kept where |utility| > threshold
     surrogate_temp: float = 0.1  # width of the sigmoid surrogate gradient around the threshold
     min_keep: int = 1  # every site keeps at least this many channels (the top ones by utility)
+    keep_multiple: int = 1  # kept counts rounded to the nearest multiple of this (16: AVX-512 conv blocks)
 
 
 @dataclass
@@ -233,5 +234,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"subtasks.{name} = {v} must lie in [0, 1]")
     if cfg.generator.min_keep < 1:
         raise ConfigError("generator.min_keep must be >= 1: no layer may lose all its channels")
+    if cfg.generator.keep_multiple < 1:
+        raise ConfigError(f"generator.keep_multiple must be >= 1 (1 = no rounding), got {cfg.generator.keep_multiple}")
     if cfg.train.epochs < 1 or cfg.train.batch_size < 1:
         raise ConfigError("train.epochs and train.batch_size must be >= 1")

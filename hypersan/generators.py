@@ -14,11 +14,12 @@ from .backbones import Site
 from .masks import binarize, combine_max, combine_maxabs
 
 
-def to_masks(raw: Dict[str, Tensor], sites: List[Site], threshold: float, temp: float, min_keep: int) -> Dict[str, Tensor]:
+def to_masks(raw: Dict[str, Tensor], sites: List[Site], threshold: float, temp: float, min_keep: int,
+             multiple: int = 1) -> Dict[str, Tensor]:
     """Channel multipliers: binarized utilities on utility sites (keep rule applied), scalings as they are."""
     out = {}
     for s in sites:
-        out[s.name] = binarize(raw[s.name], threshold, temp, min_keep) if s.kind == "utility" else raw[s.name]
+        out[s.name] = binarize(raw[s.name], threshold, temp, min_keep, multiple) if s.kind == "utility" else raw[s.name]
     return out
 
 

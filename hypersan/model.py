@@ -128,7 +128,7 @@ class SubtaskAdaptiveNet(nn.Module):
         """(masks, raw generator output) for a (B, K) selection (and, with text conditioning, its descriptions)."""
         g = self.config.generator
         raw = self.generator(self.condition(select, texts))
-        return to_masks(raw, self.sites, g.threshold, g.surrogate_temp, g.min_keep), raw
+        return to_masks(raw, self.sites, g.threshold, g.surrogate_temp, g.min_keep, g.keep_multiple), raw
 
     def forward(self, x: Tensor, select: Tensor | None = None) -> Tensor:
         """Logits (B, num_classes); select=None runs the dense net."""

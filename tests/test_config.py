@@ -30,3 +30,11 @@ def test_overrides_and_roundtrip(tmp_path):
 def test_missing_file():
     with pytest.raises(ConfigError, match="not found"):
         load_config("/nonexistent/x.toml")
+
+
+def test_keep_rule_values_are_checked():
+    with pytest.raises(ConfigError, match=r"generator\.keep_multiple must be >= 1"):
+        config_from_dict({"generator": {"keep_multiple": 0}})
+    with pytest.raises(ConfigError, match=r"generator\.min_keep must be >= 1"):
+        config_from_dict({"generator": {"min_keep": 0}})
+    assert config_from_dict({"generator": {"keep_multiple": 16}}).generator.keep_multiple == 16

@@ -206,8 +206,8 @@ def test_prune_checks_the_round_mode_even_without_rounding():
 # ------------------------------------------------------------------ through the SubtaskAdaptiveNet
 
 
-def _model(arch="resnet"):
-    over = ["calib.batch_size=32"] + ([] if arch == "resnet" else ['model.arch="vgg"', "model.blocks=[1, 1]"])
+def _model(arch="resnet", extra=()):
+    over = ["calib.batch_size=32", *extra] + ([] if arch == "resnet" else ['model.arch="vgg"', "model.blocks=[1, 1]"])
     cfg = load_config(ROOT / "configs" / "tiny.toml", over)
     torch.manual_seed(0)
     model = SubtaskAdaptiveNet(cfg, FASHION_MNIST).eval()
@@ -339,3 +339,19 @@ def test_plain_accuracy_of_the_subnet_equals_the_masked_nets():
     assert plain_accuracy(net, t, x, y, batch_size=64) == pytest.approx(want, abs=1e-9)
     with pytest.raises(ValueError, match="no sample"):
         plain_accuracy(net, t, x[y == 0][:3], y[y == 0][:3])
+
+
+def test_block_aligned_keep_rule_gives_block_widths_and_stays_exact():
+    model = _model(extra=["generator.keep_multiple=4"])
+    t = model.resolve(["Sandal", "Coat"])
+    net = model.subnet(t, images=_images())
+    sizes = {s.name: s.size for s in model.sites if s.kind == "utility"}
+    widths = net.arch["site_widths"]
+    assert all(w % 4 == 0 and 0 < w <= sizes[n] for n, w in widths.items()), widths
+    assert any(w < sizes[n] for n, w in widths.items())  # it does prune
+    # rounding to the block the rule already keeps changes nothing
+    assert model.subnet(t, round_to=4, images=_images()).arch["site_widths"] == widths
+    x = _images(4, 1).float() / 255
+    with torch.no_grad(), model.using_stats(t):
+        want = model.backbone(x, model.subtask_masks(t))[:, list(t)]
+    assert (net(x) - want).abs().max().item() <= 1e-4
