@@ -26,18 +26,21 @@ def keep_decision(u: Tensor, threshold: float, min_keep: int, multiple: int = 1)
     """Hard keep decision (bool, same shape as u (B, C)): u > threshold, plus the top `min_keep` per row.
 
     With `multiple` > 1 each row keeps exactly its n' highest utilities: n' is the number of utilities above
-    the threshold (at least `min_keep`), rounded to the nearest multiple of `multiple` (ties round up), at least `min_keep` rounded up to a
-    multiple, and at most C (a site narrower than `multiple` keeps everything).
-    Widths that are multiples of the hardware's channel block (16 for AVX-512 float convolutions) make a
-    pruned net's latency follow its MACs."""
+    the threshold, rounded *down* to a multiple of `multiple`, at least `min_keep` rounded up to a multiple,
+    and at most C (a site narrower than `multiple` keeps everything). Widths that are multiples of the
+    hardware's channel block (16 for AVX-512 float convolutions) make a pruned net's latency follow its MACs.
+    Rounding down keeps only channels above the threshold (bar the minimum). Rounding to the nearest
+    multiple also kept channels below it; the task loss then pushed their utilities up through the
+    surrogate gradient, and in training the counts ratcheted up to the full width.
+    """
     width = u.shape[-1]
     k = min(min_keep, width)
     kth = u.topk(k, dim=-1).values[..., -1:]  # (B, 1): the k-th largest utility of each row
     keep = (u > threshold) | (u >= kth)
     if multiple <= 1:
         return keep
-    n = (u > threshold).sum(dim=-1, keepdim=True).clamp(min=k)  # (B, 1); ties at the k-th value count once
-    n = torch.div(n + multiple // 2, multiple, rounding_mode="floor") * multiple
+    n = (u > threshold).sum(dim=-1, keepdim=True)  # (B, 1)
+    n = torch.div(n, multiple, rounding_mode="floor") * multiple
     n = n.clamp(min=-(-k // multiple) * multiple, max=width)  # never below min_keep, never past the site
     order = u.argsort(dim=-1, descending=True, stable=True)  # exact top-n, whatever the ties
     rank = torch.empty_like(order).scatter_(-1, order, torch.arange(width, device=u.device).expand_as(order))

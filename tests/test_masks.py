@@ -31,15 +31,16 @@ def test_combine_max_and_maxabs():
     assert torch.equal(combine_maxabs(values, select), torch.tensor([[2.0, -3.0, -0.7], [0.1, 0.2, 0.3], [1.0, -3.0, 0.5]]))
 
 
-def test_keep_multiple_rounds_counts_to_the_nearest_multiple_and_keeps_the_top_utilities():
+def test_keep_multiple_rounds_counts_down_and_keeps_the_top_utilities():
     gen = torch.Generator().manual_seed(0)
     u = torch.rand(64, 40, generator=gen) * 0.3
-    above = (u > 0.1).sum(dim=1)
+    above = u > 0.1
     keep = keep_decision(u, 0.1, 1, 8)
     n = keep.sum(dim=1)
-    want = (torch.div(above + 4, 8, rounding_mode="floor") * 8).clamp(8, 40)
+    want = (torch.div(above.sum(dim=1), 8, rounding_mode="floor") * 8).clamp(min=8)
     assert torch.equal(n, want)
     assert (n % 8 == 0).all()
+    assert (keep & ~above).sum() == 0 or (n == 8).all()  # only the minimum may reach below the threshold
     # the kept channels are the row's highest utilities
     kept_min = torch.where(keep, u, torch.inf).min(dim=1).values
     dropped_max = torch.where(keep, -torch.inf, u).max(dim=1).values
@@ -50,8 +51,8 @@ def test_keep_multiple_rounds_counts_to_the_nearest_multiple_and_keeps_the_top_u
 def test_keep_multiple_bounds_and_ties():
     # nothing above the threshold and all utilities tied: exactly one block, not the whole site
     assert keep_decision(torch.zeros(2, 32), 0.1, 1, 16).sum(dim=1).tolist() == [16, 16]
-    # a site narrower than the multiple, or not a multiple of it, is capped at its width
+    # a site narrower than the multiple keeps everything; one that is not a multiple rounds down
     assert keep_decision(torch.rand(1, 10), 0.5, 1, 16).sum().item() == 10
-    assert keep_decision(torch.ones(1, 20), 0.5, 1, 16).sum().item() == 16  # 20 rounds to 16
-    assert keep_decision(torch.ones(1, 24), 0.5, 1, 16).sum().item() == 24  # 24 rounds to 32, capped at 24
+    assert keep_decision(torch.ones(1, 31), 0.5, 1, 16).sum().item() == 16
+    assert keep_decision(torch.ones(1, 32), 0.5, 1, 16).sum().item() == 32
     assert keep_decision(torch.rand(1, 64), 2.0, 20, 16).sum().item() == 32  # min_keep 20: two blocks
