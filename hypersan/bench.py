@@ -41,9 +41,14 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
+def latency_bound(mac_ratio: float) -> float:
+    """The pruned / dense latency a net of this mac_ratio should not exceed: 1.3 x mac_ratio + 0.05."""
+    return 1.3 * mac_ratio + 0.05
+
+
 def latency_bound_met(latency_ratio: float, mac_ratio: float) -> Optional[bool]:
-    """pruned / dense latency <= 1.3 x mac_ratio + 0.05, for nets with mac_ratio in [0.15, 0.7] (else None)."""
-    return latency_ratio <= 1.3 * mac_ratio + 0.05 if 0.15 <= mac_ratio <= 0.7 else None
+    """pruned / dense latency <= latency_bound, for nets with mac_ratio in [0.15, 0.7] (else None)."""
+    return latency_ratio <= latency_bound(mac_ratio) if 0.15 <= mac_ratio <= 0.7 else None
 
 
 def check(row: dict) -> dict:
@@ -127,6 +132,7 @@ def _run(model, subtasks, images, batch, threads, repeats, warmup, round_to, rou
                f"block{BLOCK}_mac_ratio": conv_macs(net, info.input_shape, BLOCK) / dense_block,
                "param_ratio": params / dense_params,
                "pruned_latency_ratio": med["pruned"] / med["dense"],
+               "latency_bound": latency_bound(macs / dense_macs),
                "masked_latency_ratio": med["masked"] / med["dense"],
                "activation_masked_latency_ratio": med["backbone_masked"] / med["backbone"],
                "build_ratio": build / med["dense"],
@@ -152,10 +158,14 @@ def _run(model, subtasks, images, batch, threads, repeats, warmup, round_to, rou
             "device": str(model._device()), "subtasks": rows, "passed": passed}
 
 
+def _flag(mac_ratio: float) -> str:
+    return " " if 0.15 <= mac_ratio <= 0.7 else "*"
+
+
 def format_table(result: dict) -> str:
     """A plain-text table of a bench result."""
     rnd = any("rounded" in r for r in result["subtasks"])
-    head = (f"{'classes':<40} {'MACs':>6} {'MAC16':>6} {'params':>6} {'pruned':>7} {'masked':>7} {'build':>6} {'size':>6}"
+    head = (f"{'classes':<40} {'MACs':>6} {'MAC16':>6} {'params':>6} {'pruned':>7} {'bound':>6} {'masked':>7} {'build':>6} {'size':>6}"
             + (f" {'rMACs':>6} {'round':>7}" if rnd else "") + f" {'act-mask':>8}   (ratios to dense)")
     form = "BN folded" if result.get("bn_folded", True) else "BN kept"
     lines = [f"threads {result['threads']}, batch {result['batch']}, median of {result['repeats']} "
@@ -165,6 +175,7 @@ def format_table(result: dict) -> str:
         name = name if len(name) <= 40 else name[:37] + "..."
         line = (f"{name:<40} {r['mac_ratio']:6.3f} {r.get(f'block{BLOCK}_mac_ratio', float('nan')):6.3f} "
                 f"{r['param_ratio']:6.3f} {r['pruned_latency_ratio']:7.3f} "
+                f"{r.get('latency_bound', latency_bound(r['mac_ratio'])):5.3f}{_flag(r['mac_ratio'])} "
                 f"{r['masked_latency_ratio']:7.3f} {r['build_ratio']:6.3f} {r['size_ratio']:6.3f}")
         if rnd:
             line += (f" {r['rounded']['mac_ratio']:6.3f} {r['rounded']['latency_ratio']:7.3f}" if "rounded" in r
@@ -178,6 +189,8 @@ def format_table(result: dict) -> str:
             r0 = next(r["rounded"] for r in result["subtasks"] if "rounded" in r)
             lines.append(f"rMACs, round: MACs and latency of the pruned net with widths rounded {r0['mode']} to "
                          f"multiples of {r0['round_to']}")
+        lines.append("bound: 1.3 x MACs + 0.05, which pruned should not exceed; * where MACs lie outside "
+                     "[0.15, 0.7] and the bound is not checked")
         lines.append(f"MAC{BLOCK}: conv MACs with output channels rounded up to multiples of {BLOCK}")
         lines.append("act-mask: the training-time masked path (activations multiplied by masks) over the same "
                      "backbone without masks")

@@ -71,8 +71,10 @@ def test_bench_reports_every_interface_field():
               "activation_masked_latency_ratio"):
         assert isinstance(row[k], float) and row[k] > 0, k
     assert 0 < row["block16_mac_ratio"] <= 1
+    assert row["latency_bound"] == pytest.approx(1.3 * row["mac_ratio"] + 0.05)
     assert row["param_ratio"] < row["size_ratio"] < 1  # on a net this tiny, headers and BN buffers weigh in
-    assert "Sneaker,Bag" in format_table(r)
+    table = format_table(r)
+    assert "Sneaker,Bag" in table and f"{row['latency_bound']:5.3f}" in table
 
 
 def test_bench_checks_follow_the_issue_thresholds():
