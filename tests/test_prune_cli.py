@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from hypersan.bench import check, format_table, run_bench
+from hypersan.bench import check, format_table, run_bench, summarize_checks
 from hypersan.cli import main
 from hypersan.export import load_subnet
 
@@ -83,6 +83,11 @@ def test_bench_checks_follow_the_issue_thresholds():
     assert check(row) == {"pruned_latency": False, "masked_latency": True, "build": True, "size": True}
     assert check(dict(row, mac_ratio=0.9))["pruned_latency"] is None  # outside [0.15, 0.7]
     assert check(dict(row, pruned_latency_ratio=0.69))["pruned_latency"] is True
+    # a check that applies to no subtask is not reported as passed
+    rows = [dict(row, checks=check(dict(row, mac_ratio=m))) for m in (0.1, 0.12)]
+    assert summarize_checks(rows)["pruned_latency"] is None and summarize_checks(rows)["build"] is True
+    rows.append(dict(row, checks=check(row)))
+    assert summarize_checks(rows)["pruned_latency"] is False
 
 
 def test_bench_times_rounded_widths_with_their_own_check():
