@@ -9,6 +9,10 @@ from pathlib import Path
 from . import __version__
 
 
+CHECKPOINT_HELP = ("checkpoint directory, or a shipped model: fmnist (the default) or fmnist_b16 "
+                   "(widths in multiples of 16)")
+
+
 def _resolve(args) -> int:
     from .config import load_config
     from .data import FASHION_MNIST
@@ -57,10 +61,10 @@ def _resolve(args) -> int:
 def _eval(args) -> int:
     from .data import load_dataset
     from .evaluate import evaluate, parse_subtasks
-    from .model import SubtaskAdaptiveNet, default_checkpoint
+    from .model import SubtaskAdaptiveNet, resolve_checkpoint
     from .train import resolve_device
 
-    ckpt = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
+    ckpt = resolve_checkpoint(args.checkpoint)
     model = SubtaskAdaptiveNet.from_pretrained(ckpt, map_location=resolve_device(args.device))
     cfg = model.config
     data_dir = args.data_dir or cfg.data.data_dir or None
@@ -101,13 +105,13 @@ def _prune(args) -> int:
     import time
 
     from .export import export_subtask, parse_formats
-    from .model import SubtaskAdaptiveNet, default_checkpoint
+    from .model import SubtaskAdaptiveNet, resolve_checkpoint
 
     t0 = time.perf_counter()
     formats = parse_formats(args.format)
     if (args.classes is None) == (args.request is None):
         raise ValueError('give exactly one of --classes "Sneaker,Bag" or --request "shoes and handbags"')
-    ckpt = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
+    ckpt = resolve_checkpoint(args.checkpoint)
     model = SubtaskAdaptiveNet.from_pretrained(ckpt)
     if args.data_dir:
         model.config.data.data_dir = args.data_dir
@@ -132,9 +136,9 @@ def _bench(args) -> int:
     from .bench import DEFAULT_SUBTASKS, format_table, run_bench
     from .data import load_dataset
     from .evaluate import parse_subtasks
-    from .model import SubtaskAdaptiveNet, default_checkpoint
+    from .model import SubtaskAdaptiveNet, resolve_checkpoint
 
-    ckpt = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
+    ckpt = resolve_checkpoint(args.checkpoint)
     model = SubtaskAdaptiveNet.from_pretrained(ckpt)
     cfg = model.config
     train_x, _, _ = load_dataset(cfg.data.dataset, "train", args.data_dir or cfg.data.data_dir or None)
@@ -172,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_resolve)
 
     e = sub.add_parser("eval", help="evaluate subtasks: accuracy, mAP and compute beside the dense net")
-    e.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the shipped Fashion-MNIST model)")
+    e.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP)
     e.add_argument("--subtasks", nargs="+", default=None,
                    help='class lists ("Sneaker,Bag"), seen, unseen, all, or size=K[,n=M] (default: seen unseen)')
     e.add_argument("--json", action="store_true", help="print one JSON object")
@@ -183,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_eval)
 
     pr = sub.add_parser("prune", help="cut the net down to a subtask and export it (safetensors, TorchScript, ONNX)")
-    pr.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the shipped Fashion-MNIST model)")
+    pr.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP)
     pr.add_argument("--classes", default=None, help='class names or indices, comma-separated: "Sneaker,Bag"')
     pr.add_argument("--request", default=None, help='the subtask in words, e.g. "shoes and handbags"')
     pr.add_argument("--out", required=True, help="artifact directory (replaced atomically)")
@@ -199,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=_prune)
 
     b = sub.add_parser("bench", help="time dense, masked and pruned nets side by side; build time; artifact size")
-    b.add_argument("--checkpoint", default=None, help="checkpoint directory (default: the shipped Fashion-MNIST model)")
+    b.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP)
     b.add_argument("--subtasks", nargs="+", default=None,
                    help='class lists ("Sneaker,Bag"), all, or size=K[,n=M] (default: 6 pairs, 4 triples, 2 of 5, all)')
     b.add_argument("--batch", type=int, default=256)

@@ -260,7 +260,9 @@ def checkpoint_vocabulary(path: str | Path) -> DatasetInfo:
     from .config import config_from_dict
     from .io import ArtifactError, read_json
 
-    p = Path(path)
+    from .model import resolve_checkpoint
+
+    p = resolve_checkpoint(path)
     if not (p / "dataset.json").is_file():
         raise ArtifactError(f"{p}: no dataset.json; is this a hypersan checkpoint directory?")
     info = DatasetInfo.from_dict(read_json(p / "dataset.json"))

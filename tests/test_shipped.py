@@ -1,27 +1,31 @@
-"""The Fashion-MNIST model shipped inside the package."""
+"""The Fashion-MNIST models shipped inside the package."""
+import pytest
 import torch
 
 from hypersan.data import load_fashion_mnist
 from hypersan.evaluate import evaluate
-from hypersan.model import SubtaskAdaptiveNet, default_checkpoint
+from hypersan.io import ArtifactError
+from hypersan.model import SHIPPED, SubtaskAdaptiveNet, default_checkpoint, resolve_checkpoint
 
 from .conftest import needs_fmnist
 
 
-def test_shipped_model_is_small_and_self_describing():
-    d = default_checkpoint()
+@pytest.mark.parametrize("name", list(SHIPPED))
+def test_shipped_model_is_small_and_self_describing(name):
+    d = default_checkpoint(name)
     assert (d / "model.safetensors").is_file(), "the shipped model is missing from the package"
     assert sum(f.stat().st_size for f in d.iterdir()) <= 10 * 2**20
     assert not (d / "optimizer.safetensors").exists()
-    model = SubtaskAdaptiveNet.from_pretrained()
+    model = SubtaskAdaptiveNet.from_pretrained(name)
     metrics = model.meta["metrics"]
     assert model.meta["holdout"]["combinations"] and metrics["summary"]["pairs"]["n"] > 0
     assert len(metrics["subtasks"]) >= 45
 
 
 @needs_fmnist
-def test_shipped_model_reproduces_its_recorded_metrics():
-    model = SubtaskAdaptiveNet.from_pretrained()
+@pytest.mark.parametrize("name", list(SHIPPED))
+def test_shipped_model_reproduces_its_recorded_metrics(name):
+    model = SubtaskAdaptiveNet.from_pretrained(name)
     rec = model.meta["metrics"]
     pair = next(s for s in rec["subtasks"] if s["size"] == 2)
     train_x, _ = load_fashion_mnist("train")
@@ -36,3 +40,18 @@ def test_shipped_model_reproduces_its_recorded_metrics():
     fresh = model.calibrate(None, train_x, force=True)
     for k in cached:
         assert torch.allclose(cached[k], fresh[k], rtol=1e-4, atol=1e-5), k
+
+
+def test_shipped_models_by_name_and_clear_errors(tmp_path):
+    assert resolve_checkpoint(None) == default_checkpoint("fmnist")
+    assert resolve_checkpoint("fmnist_b16") == default_checkpoint("fmnist_b16")
+    assert resolve_checkpoint(tmp_path) == tmp_path  # a directory wins over a name
+    with pytest.raises(ArtifactError, match="not found.*fmnist_b16"):
+        resolve_checkpoint(tmp_path / "nope")
+    with pytest.raises(ArtifactError, match="no shipped model 'mnist'"):
+        default_checkpoint("mnist")
+    b16 = SubtaskAdaptiveNet.from_pretrained("fmnist_b16")
+    assert b16.config.generator.keep_multiple == 16
+    t = b16.resolve(["Sneaker", "Bag"])
+    masks = b16.subtask_masks(t)
+    assert all(int(masks[s.name].sum()) % 16 == 0 for s in b16.sites if s.kind == "utility")

@@ -20,7 +20,7 @@ import torch  # noqa: E402
 
 from hypersan.data import load_dataset  # noqa: E402
 from hypersan.evaluate import evaluate, parse_subtasks  # noqa: E402
-from hypersan.model import SubtaskAdaptiveNet, default_checkpoint  # noqa: E402
+from hypersan.model import SubtaskAdaptiveNet, resolve_checkpoint  # noqa: E402
 
 
 def spearman(x: list[float], y: list[float]) -> float:
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
                         "(hypersan/pretrained/fmnist for the shipped model)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    ckpt = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
+    ckpt = resolve_checkpoint(args.checkpoint)
     model = SubtaskAdaptiveNet.from_pretrained(ckpt)
     k = len(model.classes)
     specs = ["size=2" + (f",n={args.n2}" if args.n2 else ""), f"size=5,n={args.n5}"]

@@ -23,7 +23,7 @@ from hypersan.bench import DEFAULT_SUBTASKS  # noqa: E402
 from hypersan.data import load_dataset  # noqa: E402
 from hypersan.evaluate import parse_subtasks, plain_accuracy  # noqa: E402
 from hypersan.metrics import subnet_cost  # noqa: E402
-from hypersan.model import SubtaskAdaptiveNet, default_checkpoint  # noqa: E402
+from hypersan.model import SubtaskAdaptiveNet, resolve_checkpoint  # noqa: E402
 from hypersan.surgery import prune  # noqa: E402
 
 
@@ -37,7 +37,7 @@ def main() -> int:
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    ckpt = a.checkpoint or default_checkpoint()
+    ckpt = resolve_checkpoint(a.checkpoint)
     model = SubtaskAdaptiveNet.from_pretrained(ckpt).eval()
     d = model.config.data
     train_x, _, _ = load_dataset(d.dataset, "train", d.data_dir or None)
