@@ -259,7 +259,6 @@ def checkpoint_vocabulary(path: str | Path) -> DatasetInfo:
     """A checkpoint's vocabulary: its dataset.json, extended by the [vocab] section of its config.json."""
     from .config import config_from_dict
     from .io import ArtifactError, read_json
-
     from .model import resolve_checkpoint
 
     p = resolve_checkpoint(path)
