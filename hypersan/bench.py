@@ -46,9 +46,14 @@ def latency_bound(mac_ratio: float) -> float:
     return 1.3 * mac_ratio + 0.05
 
 
+def bound_applies(mac_ratio: float) -> bool:
+    """Whether the latency bound is checked for a net of this mac_ratio: [0.15, 0.7]."""
+    return 0.15 <= mac_ratio <= 0.7
+
+
 def latency_bound_met(latency_ratio: float, mac_ratio: float) -> Optional[bool]:
-    """pruned / dense latency <= latency_bound, for nets with mac_ratio in [0.15, 0.7] (else None)."""
-    return latency_ratio <= latency_bound(mac_ratio) if 0.15 <= mac_ratio <= 0.7 else None
+    """pruned / dense latency <= latency_bound, where the bound applies (else None)."""
+    return latency_ratio <= latency_bound(mac_ratio) if bound_applies(mac_ratio) else None
 
 
 def check(row: dict) -> dict:
@@ -172,7 +177,7 @@ def _verdict(passed: Optional[bool]) -> str:
 
 
 def _flag(mac_ratio: float) -> str:
-    return " " if 0.15 <= mac_ratio <= 0.7 else "*"
+    return " " if bound_applies(mac_ratio) else "*"
 
 
 def format_table(result: dict) -> str:

@@ -120,8 +120,7 @@ def _prune(args) -> int:
         grounding = model.ground(args.request)  # GroundingError (a ValueError) names what was not understood
         classes: list = list(grounding.indices)
         extra = {"request": args.request, "grounding": grounding.to_dict()}
-        if model.config.generator.conditioning == "text":
-            text = args.request  # the masks come from the request's own embedding
+        text = model.request_text(args.request)
     else:
         classes = [int(c) if c.strip().isdigit() else c.strip() for c in args.classes.split(",") if c.strip()]
         if not classes:

@@ -45,7 +45,7 @@ class GeneratorConfig:
     threshold: float = 0.1  # a channel is kept where |utility| > threshold
     surrogate_temp: float = 0.1  # width of the sigmoid surrogate gradient around the threshold
     min_keep: int = 1  # every site keeps at least this many channels (the top ones by utility)
-    keep_multiple: int = 1  # kept counts rounded to the nearest multiple of this (16: AVX-512 conv blocks)
+    keep_multiple: int = 1  # kept counts rounded down to a multiple of this (16: AVX-512 conv blocks)
 
 
 @dataclass

@@ -35,10 +35,9 @@ def keep_decision(u: Tensor, threshold: float, min_keep: int, multiple: int = 1)
     """
     width = u.shape[-1]
     k = min(min_keep, width)
-    kth = u.topk(k, dim=-1).values[..., -1:]  # (B, 1): the k-th largest utility of each row
-    keep = (u > threshold) | (u >= kth)
     if multiple <= 1:
-        return keep
+        kth = u.topk(k, dim=-1).values[..., -1:]  # (B, 1): the k-th largest utility of each row
+        return (u > threshold) | (u >= kth)
     n = (u > threshold).sum(dim=-1, keepdim=True)  # (B, 1)
     n = torch.div(n, multiple, rounding_mode="floor") * multiple
     n = n.clamp(min=-(-k // multiple) * multiple, max=width)  # never below min_keep, never past the site

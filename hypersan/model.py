@@ -154,6 +154,11 @@ class SubtaskAdaptiveNet(nn.Module):
             self._grounder = Grounder(self.vocabulary())
         return self._grounder.ground(request)
 
+    def request_text(self, request: str) -> str | None:
+        """The description to condition the generator on for a request in words: the request itself with
+        text conditioning (its masks come from its own embedding), None with multi-hot conditioning."""
+        return request if self.config.generator.conditioning == "text" else None
+
     def subnet(self, classes: str | Iterable[int | str], **kwargs) -> nn.Module:
         """The physically pruned plain network of a subtask, given as class names / indices or as a request
         in words ("shoes and handbags"); see surgery.prune for the keyword options. With a text-conditioned
@@ -164,8 +169,7 @@ class SubtaskAdaptiveNet(nn.Module):
         grounding = None
         if isinstance(classes, str):
             grounding = self.ground(classes)
-            if self.config.generator.conditioning == "text":
-                kwargs.setdefault("text", classes)  # the masks come from the request's own embedding
+            kwargs.setdefault("text", self.request_text(classes))
             classes = grounding.indices
         net = prune(self, classes, **kwargs)
         if grounding is not None:

@@ -253,9 +253,9 @@ def prune(model, subtask, fold_bn: bool = False, round_to: int = 0, images: Opti
         masks, raw = model.generate(model.select([t]), None if text is None else [text])
     loaded: list[Tensor] = [] if images is None else [images]
 
-    def train_images(why: str = "this subtask has no cached BN statistics") -> Tensor:
+    def train_images(*why: str) -> Tensor:
         if not loaded:  # read the dataset at most once, and only when some statistics are missing
-            loaded.append(_train_images(model, why))
+            loaded.append(_train_images(model, *why))
         return loaded[0]
 
     key = subtask_key(t)
