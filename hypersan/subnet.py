@@ -60,9 +60,11 @@ class PlainBlock(nn.Module):
         return torch.relu_(h.add_(self.shortcut(x)))
 
 
-class PlainResNet(nn.Module):
-    """CIFAR-style ResNet from per-layer widths; one logit per kept class, in the order of `classes`."""
+class PlainNet(nn.Module):
+    """A plain net from per-layer widths: normalization, a body built by the subclass, a linear head with one
+    logit per kept class, in the order of `classes`."""
 
+    ARCH = ""  # the architecture name recorded in `arch`
     classes: List[str]
     input_shape: List[int]  # [C, H, W] of the images it takes
     channels_last: bool  # run activations in channels-last memory format (same values, faster convs)
@@ -73,6 +75,23 @@ class PlainResNet(nn.Module):
         super().__init__()
         sw = dict(site_widths or {})
         self.norm = Normalize(mean, std)
+        cin = self._build_body(in_channels, widths, blocks, sw, bn_folded)
+        self.head = nn.Linear(cin, num_classes)
+        _describe(self, self.ARCH, in_channels, num_classes, widths, blocks, mean, std, sw, classes, bn_folded)
+
+    def _build_body(self, in_channels: int, widths: List[int], blocks: List[int], sw: Dict[str, int],
+                    bn_folded: bool) -> int:
+        """Register the layers between normalization and head; return the head's input width."""
+        raise NotImplementedError
+
+
+class PlainResNet(PlainNet):
+    """CIFAR-style ResNet from per-layer widths."""
+
+    ARCH = "resnet"
+
+    def _build_body(self, in_channels: int, widths: List[int], blocks: List[int], sw: Dict[str, int],
+                    bn_folded: bool) -> int:
         cin = int(sw.get("stage0", widths[0]))
         self.stem = _conv(in_channels, cin, 3, 1, bn_folded)
         layers: List[nn.Module] = []
@@ -88,8 +107,7 @@ class PlainResNet(nn.Module):
                 layers.append(PlainBlock(cin, mid, cout, stride, has_proj, bn_folded))
                 prev_stream, cin = stream, cout
         self.blocks = nn.ModuleList(layers)
-        self.head = nn.Linear(cin, num_classes)
-        _describe(self, "resnet", in_channels, num_classes, widths, blocks, mean, std, sw, classes, bn_folded)
+        return cin
 
     def forward(self, x: Tensor) -> Tensor:
         x = torch.relu_(self.stem(_layout(self.norm(x), self.channels_last)))
@@ -99,19 +117,13 @@ class PlainResNet(nn.Module):
         return self.head(x.mean(dim=(2, 3)))  # (B, len(classes))
 
 
-class PlainVGG(nn.Module):
-    """VGG-style CNN from per-layer widths; one logit per kept class, in the order of `classes`."""
+class PlainVGG(PlainNet):
+    """VGG-style CNN from per-layer widths."""
 
-    classes: List[str]
-    input_shape: List[int]  # [C, H, W] of the images it takes
-    channels_last: bool  # run activations in channels-last memory format (same values, faster convs)
+    ARCH = "vgg"
 
-    def __init__(self, in_channels: int, num_classes: int, widths: List[int], blocks: List[int],
-                 mean: List[float], std: List[float], site_widths: Optional[Dict[str, int]] = None,
-                 classes: Optional[List[str]] = None, bn_folded: bool = False):
-        super().__init__()
-        sw = dict(site_widths or {})
-        self.norm = Normalize(mean, std)
+    def _build_body(self, in_channels: int, widths: List[int], blocks: List[int], sw: Dict[str, int],
+                    bn_folded: bool) -> int:
         convs: List[nn.Module] = []
         pools: List[bool] = []
         cin, k = in_channels, 0
@@ -123,8 +135,7 @@ class PlainVGG(nn.Module):
                 cin, k = cout, k + 1
         self.convs = nn.ModuleList(convs)
         self.pools = pools
-        self.head = nn.Linear(cin, num_classes)
-        _describe(self, "vgg", in_channels, num_classes, widths, blocks, mean, std, sw, classes, bn_folded)
+        return cin
 
     def forward(self, x: Tensor) -> Tensor:
         x = _layout(self.norm(x), self.channels_last)
