@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .shipped import checkpoint_help
 
 
-CHECKPOINT_HELP = ("checkpoint directory, or a shipped model: fmnist (the default) or fmnist_b16 "
-                   "(widths in multiples of 16)")
+CHECKPOINT_HELP = checkpoint_help()
 
 
 def _resolve(args) -> int:

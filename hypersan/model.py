@@ -17,6 +17,7 @@ from .data import DatasetInfo, augment, to_float
 from .descriptions import canonical_description
 from .generators import HyperNetwork, PerTaskMasks, to_masks
 from .io import ArtifactError, atomic_dir, load_checked, load_tensors, read_json, save_tensors, write_json
+from .shipped import DEFAULT, SHIPPED
 from .subtasks import Holdout, Subtask, canonical
 
 CHECKPOINT_FORMAT = 1
@@ -260,13 +261,7 @@ class SubtaskAdaptiveNet(nn.Module):
         return model.to(map_location)
 
 
-SHIPPED = {
-    "fmnist": "Fashion-MNIST, widths free per channel (the default)",
-    "fmnist_b16": "Fashion-MNIST, widths in multiples of 16 (faster pruned nets on AVX-512 CPUs, less accurate)",
-}
-
-
-def default_checkpoint(name: str = "fmnist") -> Path:
+def default_checkpoint(name: str = DEFAULT) -> Path:
     """A model shipped inside the package (default: the Fashion-MNIST model)."""
     if name not in SHIPPED:
         raise ArtifactError(f"no shipped model {name!r}; shipped: {', '.join(SHIPPED)}")
