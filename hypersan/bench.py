@@ -67,7 +67,8 @@ def check(row: dict) -> dict:
 
 
 @torch.inference_mode()
-def _forward_times(fns: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, float]:
+def _forward_times(fns: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of each function, `repeats` rounds that each call every function once."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -75,7 +76,15 @@ def _forward_times(fns: dict[str, Callable[[], object]], warmup: int, repeats: i
     for _ in range(repeats):
         for k, fn in fns.items():
             times[k].append(_timed(fn))
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def paired_ratio(num: Sequence[float], den: Sequence[float]) -> float:
+    """Median over rounds of num[i] / den[i]: timings taken in the same round share the machine's state
+    (load from elsewhere, clock speed), so their ratio is steadier than the ratio of two medians."""
+    if len(num) != len(den) or not num:
+        raise ValueError(f"paired_ratio needs two equally long, non-empty series (got {len(num)} and {len(den)})")
+    return statistics.median(a / b for a, b in zip(num, den))
 
 
 def run_bench(model: SubtaskAdaptiveNet, subtasks: Sequence[Subtask], images: Tensor, batch: int = 256,
@@ -130,16 +139,18 @@ def _run(model, subtasks, images, batch, threads, repeats, warmup, round_to, rou
                "backbone": lambda: model.backbone(x), "backbone_masked": lambda: model.backbone(x, masks)}
         if "rnet" in b:
             fns["rounded"] = lambda: b["rnet"](x)
-        med = _forward_times(fns, warmup, repeats)
+        times = _forward_times(fns, warmup, repeats)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        ratio = {k: paired_ratio(times[k], times["dense"]) for k in ("masked", "pruned", "rounded") if k in times}
         macs, params = subnet_cost(arch, net.arch["site_widths"], len(t), info.input_shape)
         build = statistics.median(b["builds"])
         row = {"classes": names, "indices": list(t), "mac_ratio": macs / dense_macs,
                f"block{BLOCK}_mac_ratio": conv_macs(net, info.input_shape, BLOCK) / dense_block,
                "param_ratio": params / dense_params,
-               "pruned_latency_ratio": med["pruned"] / med["dense"],
+               "pruned_latency_ratio": ratio["pruned"],
                "latency_bound": latency_bound(macs / dense_macs),
-               "masked_latency_ratio": med["masked"] / med["dense"],
-               "activation_masked_latency_ratio": med["backbone_masked"] / med["backbone"],
+               "masked_latency_ratio": ratio["masked"],
+               "activation_masked_latency_ratio": paired_ratio(times["backbone_masked"], times["backbone"]),
                "build_ratio": build / med["dense"],
                "size_ratio": b["size"] / dense_size,
                "dense_ms": 1e3 * med["dense"], "masked_ms": 1e3 * med["masked"], "pruned_ms": 1e3 * med["pruned"],
@@ -150,7 +161,7 @@ def _run(model, subtasks, images, batch, threads, repeats, warmup, round_to, rou
             rmacs, _ = subnet_cost(arch, b["rnet"].arch["site_widths"], len(t), info.input_shape)
             row["rounded"] = {"round_to": round_to, "mode": round_mode, "mac_ratio": rmacs / dense_macs,
                               "widths": b["rnet"].arch["site_widths"],
-                              "latency_ratio": med["rounded"] / med["dense"], "ms": 1e3 * med["rounded"]}
+                              "latency_ratio": ratio["rounded"], "ms": 1e3 * med["rounded"]}
             row["rounded"]["pruned_latency_check"] = latency_bound_met(row["rounded"]["latency_ratio"],
                                                                        row["rounded"]["mac_ratio"])
         row["checks"] = check(row)
@@ -186,8 +197,9 @@ def format_table(result: dict) -> str:
     head = (f"{'classes':<40} {'MACs':>6} {'MAC16':>6} {'params':>6} {'pruned':>7} {'bound':>6} {'masked':>7} {'build':>6} {'size':>6}"
             + (f" {'rMACs':>6} {'round':>7}" if rnd else "") + f" {'act-mask':>8}   (ratios to dense)")
     form = "BN folded" if result.get("bn_folded", True) else "BN kept"
-    lines = [f"threads {result['threads']}, batch {result['batch']}, median of {result['repeats']} "
-             f"after {result['warmup']} warm-up rounds, {result['device']}, {form}", head]
+    lines = [f"threads {result['threads']}, batch {result['batch']}, {result['repeats']} rounds after "
+             f"{result['warmup']} warm-up rounds, latency ratios: median of per-round ratios, {result['device']}, "
+             f"{form}", head]
     for r in result["subtasks"]:
         name = ",".join(r["classes"])
         name = name if len(name) <= 40 else name[:37] + "..."

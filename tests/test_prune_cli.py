@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from hypersan.bench import check, format_table, run_bench, summarize_checks
+from hypersan.bench import check, format_table, paired_ratio, run_bench, summarize_checks
 from hypersan.cli import main
 from hypersan.export import load_subnet
 
@@ -88,6 +88,18 @@ def test_bench_checks_follow_the_issue_thresholds():
     assert summarize_checks(rows)["pruned_latency"] is None and summarize_checks(rows)["build"] is True
     rows.append(dict(row, checks=check(row)))
     assert summarize_checks(rows)["pruned_latency"] is False
+
+
+def test_latency_ratios_pair_timings_of_the_same_round():
+    # a slow spell (round 3 here) slows both nets timed in it; per-round ratios cancel it, medians do not
+    dense = [10.0, 10.0, 30.0, 30.0, 10.0]
+    pruned = [2.0, 2.0, 6.0, 6.0, 3.0]
+    assert paired_ratio(pruned, dense) == pytest.approx(0.2)
+    assert sorted(pruned)[2] / sorted(dense)[2] == pytest.approx(0.3)  # what the ratio of medians gives
+    with pytest.raises(ValueError, match="equally long"):
+        paired_ratio([1.0], [1.0, 2.0])
+    with pytest.raises(ValueError, match="non-empty"):
+        paired_ratio([], [])
 
 
 def test_bench_times_rounded_widths_with_their_own_check():
