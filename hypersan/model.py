@@ -242,7 +242,7 @@ class SubtaskAdaptiveNet(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, map_location: str | torch.device = "cpu"
                         ) -> "SubtaskAdaptiveNet":
-        """Load a checkpoint directory or a shipped model by name (default: "fmnist"), validating every tensor."""
+        """Load a checkpoint directory or a shipped model by name (default: `shipped.DEFAULT`), checking every tensor."""
         p = resolve_checkpoint(path)
         meta = read_json(p / "meta.json")
         if meta.get("format") != CHECKPOINT_FORMAT:
@@ -262,7 +262,7 @@ class SubtaskAdaptiveNet(nn.Module):
 
 
 def default_checkpoint(name: str = DEFAULT) -> Path:
-    """A model shipped inside the package (default: the Fashion-MNIST model)."""
+    """A model shipped inside the package (default: `shipped.DEFAULT`)."""
     if name not in SHIPPED:
         raise ArtifactError(f"no shipped model {name!r}; shipped: {', '.join(SHIPPED)}")
     return Path(__file__).parent / "pretrained" / name

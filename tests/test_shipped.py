@@ -43,7 +43,8 @@ def test_shipped_model_reproduces_its_recorded_metrics(name):
 
 
 def test_shipped_models_by_name_and_clear_errors(tmp_path):
-    assert resolve_checkpoint(None) == default_checkpoint("fmnist")
+    assert resolve_checkpoint(None) == default_checkpoint("fmnist_b16")  # the default
+    assert resolve_checkpoint("fmnist") == default_checkpoint("fmnist")
     assert resolve_checkpoint("fmnist_b16") == default_checkpoint("fmnist_b16")
     assert resolve_checkpoint(tmp_path) == tmp_path  # a directory wins over a name
     with pytest.raises(ArtifactError, match="not found.*fmnist_b16"):
