@@ -68,14 +68,18 @@ def check(row: dict) -> dict:
 
 @torch.inference_mode()
 def _forward_times(fns: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, list[float]]:
-    """Seconds per call of each function, `repeats` rounds that each call every function once."""
+    """Seconds per call of each function: `repeats` rounds that each call every function once, in an order
+    rotated from round to round."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            times[k].append(_timed(fn))
+    keys = list(fns)
+    for r in range(repeats):
+        # rotate the order every round: what runs just before a net (and the allocator and cache state it
+        # leaves) would otherwise favour some nets over others in every round
+        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+            times[k].append(_timed(fns[k]))
     return times
 
 
