@@ -1,7 +1,8 @@
 """Benchmark of physical pruning: dense, masked and pruned latency side by side, build time, artifact size.
 
 Everything runs in one process with a fixed thread count; the forwards are timed interleaved (one of
-each per round), so drifting machine load affects them alike. The three nets compared share one
+each per round, the order rotated from round to round), and a latency ratio is the median of per-round
+ratios, so drifting machine load affects the nets alike. The three nets compared share one
 inference form (plain net, BN folded unless `fold_bn=False`, channels-last activations):
 
 - dense: the net of all classes at full width;
@@ -14,7 +15,10 @@ timed too, against the same backbone without masks: `activation_masked_latency_r
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +37,25 @@ DEFAULT_SUBTASKS = ["size=2,n=6", "size=3,n=4", "size=5,n=2", "all"]
 # conv MACs with output channels rounded up to 16, the vector block of oneDNN's AVX-512 kernels: on such
 # CPUs a conv with 17-32 output channels costs what one with 32 does (see tools/conv_widths.py)
 BLOCK = 16
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
+
+
+def tune_allocator() -> str:
+    """Keep freed memory in the process instead of handing it back to the OS (glibc only; process-wide).
+
+    With glibc's defaults, large activations are mapped afresh and page-faulted on every forward, or not,
+    depending on the heap's state: the same net's latency then varies by 1.5x from one process to the next.
+    Raising the mmap threshold to its maximum (32 MiB) and the trim threshold to 1 GiB makes every forward
+    reuse the heap, as a tuned allocator (jemalloc, tcmalloc) would. Returns what was done."""
+    if not sys.platform.startswith("linux"):
+        return "default (not Linux)"
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
+    except (OSError, AttributeError):
+        return "default (no glibc mallopt)"
+    return "glibc, mmap threshold 32 MiB, trim threshold 1 GiB" if ok else "default (mallopt refused)"
 
 
 def _timed(fn: Callable[[], object]) -> float:
@@ -139,11 +162,15 @@ def _run(model, subtasks, images, batch, threads, repeats, warmup, round_to, rou
     for i, b in enumerate(built):
         t, net, masked, masks = b["t"], b["net"], b["masked"], b["masks"]
         names = [info.classes[c] for c in t]
-        fns = {"dense": lambda: dense(x), "masked": lambda: masked(x), "pruned": lambda: net(x),
-               "backbone": lambda: model.backbone(x), "backbone_masked": lambda: model.backbone(x, masks)}
+        fns = {"dense": lambda: dense(x), "masked": lambda: masked(x), "pruned": lambda: net(x)}
         if "rnet" in b:
             fns["rounded"] = lambda: b["rnet"](x)
+        # the plain nets are timed among themselves: interleaving the maskable backbone (another memory
+        # layout, several times the activations) would leave its cache and allocator state to whichever
+        # plain net follows it
         times = _forward_times(fns, warmup, repeats)
+        times.update(_forward_times({"backbone": lambda: model.backbone(x),
+                                     "backbone_masked": lambda: model.backbone(x, masks)}, warmup, repeats))
         med = {k: statistics.median(v) for k, v in times.items()}
         ratio = {k: paired_ratio(times[k], times["dense"]) for k in ("masked", "pruned", "rounded") if k in times}
         macs, params = subnet_cost(arch, net.arch["site_widths"], len(t), info.input_shape)
@@ -203,7 +230,7 @@ def format_table(result: dict) -> str:
     form = "BN folded" if result.get("bn_folded", True) else "BN kept"
     lines = [f"threads {result['threads']}, batch {result['batch']}, {result['repeats']} rounds after "
              f"{result['warmup']} warm-up rounds, latency ratios: median of per-round ratios, {result['device']}, "
-             f"{form}", head]
+             f"{form}" + (f", allocator: {result['allocator']}" if "allocator" in result else ""), head]
     for r in result["subtasks"]:
         name = ",".join(r["classes"])
         name = name if len(name) <= 40 else name[:37] + "..."

@@ -132,11 +132,12 @@ def _prune(args) -> int:
 
 
 def _bench(args) -> int:
-    from .bench import DEFAULT_SUBTASKS, format_table, run_bench
+    from .bench import DEFAULT_SUBTASKS, format_table, run_bench, tune_allocator
     from .data import load_dataset
     from .evaluate import parse_subtasks
     from .model import SubtaskAdaptiveNet, resolve_checkpoint
 
+    allocator = "default" if args.default_allocator else tune_allocator()  # before any large allocation
     ckpt = resolve_checkpoint(args.checkpoint)
     model = SubtaskAdaptiveNet.from_pretrained(ckpt)
     cfg = model.config
@@ -146,7 +147,7 @@ def _bench(args) -> int:
     r = run_bench(model, subtasks, train_x, batch=args.batch, threads=args.threads, repeats=args.repeats,
                   warmup=args.warmup, round_to=args.round_to, seed=args.seed, fold_bn=not args.keep_bn,
                   round_mode=args.round_mode, log=log)
-    r = {"checkpoint": str(ckpt), **r}
+    r = {"checkpoint": str(ckpt), "allocator": allocator, **r}
     print(json.dumps(r) if args.json else format_table(r))
     return 0
 
@@ -207,13 +208,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help='class lists ("Sneaker,Bag"), all, or size=K[,n=M] (default: 6 pairs, 4 triples, 2 of 5, all)')
     b.add_argument("--batch", type=int, default=256)
     b.add_argument("--threads", type=int, default=2)
-    b.add_argument("--repeats", type=int, default=10, help="timed rounds; the median is reported")
+    b.add_argument("--repeats", type=int, default=10,
+                   help="timed rounds; ratios are medians of per-round ratios")
     b.add_argument("--warmup", type=int, default=3)
     b.add_argument("--round-to", type=int, default=0, metavar="N",
                    help="also time widths rounded to multiples of N (see --round-mode)")
     b.add_argument("--round-mode", choices=["up", "nearest"], default="up", help="see hypersan prune --help")
     b.add_argument("--keep-bn", action="store_true", help="time the nets with BatchNorm kept (default: folded)")
     b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.add_argument("--default-allocator", action="store_true",
+                   help="leave glibc's malloc thresholds as they are (default: keep freed memory in the process, "
+                        "so forwards do not page-fault their activations afresh; see hypersan.bench.tune_allocator)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--data-dir", default=None)
     b.set_defaults(func=_bench)

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from hypersan.bench import check, format_table, paired_ratio, run_bench, summarize_checks
+from hypersan.bench import check, format_table, paired_ratio, run_bench, summarize_checks, tune_allocator
 from hypersan.cli import main
 from hypersan.export import load_subnet
 
@@ -88,6 +88,18 @@ def test_bench_checks_follow_the_issue_thresholds():
     assert summarize_checks(rows)["pruned_latency"] is None and summarize_checks(rows)["build"] is True
     rows.append(dict(row, checks=check(row)))
     assert summarize_checks(rows)["pruned_latency"] is False
+
+
+def test_allocator_tuning_says_what_it_did():
+    import ctypes.util
+    import sys
+
+    done = tune_allocator()  # process-wide, harmless: freed memory stays in the process
+    glibc = sys.platform.startswith("linux") and ctypes.util.find_library("c") is not None
+    assert done.startswith("glibc") if glibc else done.startswith("default")
+    assert tune_allocator() == done  # idempotent
+    r = {"threads": 2, "batch": 8, "repeats": 2, "warmup": 1, "device": "cpu", "allocator": done, "subtasks": []}
+    assert f"allocator: {done}" in format_table(r)
 
 
 def test_latency_ratios_pair_timings_of_the_same_round():
