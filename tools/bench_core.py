@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--ship", default=None, metavar="DIR",
                    help="also save the model with its recorded metrics and calibrated BN statistics to DIR "
-                        "(hypersan/pretrained/fmnist for the shipped model)")
+                        "(hypersan/pretrained/NAME for a shipped model)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     ckpt = resolve_checkpoint(args.checkpoint)
