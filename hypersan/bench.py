@@ -1,7 +1,7 @@
 """Benchmark of physical pruning: dense, masked and pruned latency side by side, build time, artifact size.
 
 Everything runs in one process with a fixed thread count; the forwards are timed interleaved (one of
-each per round, the order rotated from round to round), and a latency ratio is the median of per-round
+each per round, in a seeded random order per round), and a latency ratio is the median of per-round
 ratios, so drifting machine load affects the nets alike. The three nets compared share one
 inference form (plain net, BN folded unless `fold_bn=False`, channels-last activations):
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import random
 import statistics
 import sys
 import tempfile
@@ -45,17 +46,34 @@ def tune_allocator() -> str:
     """Keep freed memory in the process instead of handing it back to the OS (glibc only; process-wide).
 
     With glibc's defaults, large activations are mapped afresh and page-faulted on every forward, or not,
-    depending on the heap's state: the same net's latency then varies by 1.5x from one process to the next.
-    Raising the mmap threshold to its maximum (32 MiB) and the trim threshold to 1 GiB makes every forward
-    reuse the heap, as a tuned allocator (jemalloc, tcmalloc) would. Returns what was done."""
+    depending on the heap's history: the same net's latency ratio then varies by 1.5x from one process to
+    the next (`tools/bench_allocator.py`). Raising the mmap threshold to its maximum (32 MiB) and the trim
+    threshold to 1 GiB makes every forward reuse the heap, as a tuned allocator (jemalloc, tcmalloc)
+    would, for every buffer under 32 MiB (at batch 256 on 28x28 images the largest activation is 25.7 MB).
+    Returns what was done."""
     if not sys.platform.startswith("linux"):
         return "default (not Linux)"
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        ok = libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
+        mmap_ok = libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20) == 1
+        trim_ok = libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
     except (OSError, AttributeError):
         return "default (no glibc mallopt)"
-    return "glibc, mmap threshold 32 MiB, trim threshold 1 GiB" if ok else "default (mallopt refused)"
+    done = [d for d, ok in (("mmap threshold 32 MiB", mmap_ok), ("trim threshold 1 GiB", trim_ok)) if ok]
+    return "glibc, " + ", ".join(done) if done else "default (mallopt refused)"
+
+
+def round_orders(keys: Sequence[str], repeats: int, seed: int = 0) -> List[List[str]]:
+    """The order in which each timing round calls the nets: a fresh seeded shuffle per round, so no net
+    always runs first, or always right after the same other net (whose allocator and cache state it would
+    inherit in every round)."""
+    rng = random.Random(seed)
+    orders = []
+    for _ in range(repeats):
+        order = list(keys)
+        rng.shuffle(order)
+        orders.append(order)
+    return orders
 
 
 def _timed(fn: Callable[[], object]) -> float:
@@ -90,18 +108,16 @@ def check(row: dict) -> dict:
 
 
 @torch.inference_mode()
-def _forward_times(fns: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, list[float]]:
-    """Seconds per call of each function: `repeats` rounds that each call every function once, in an order
-    rotated from round to round."""
+def _forward_times(fns: dict[str, Callable[[], object]], warmup: int, repeats: int,
+                   seed: int = 0) -> dict[str, list[float]]:
+    """Seconds per call of each function: `repeats` rounds that each call every function once, in the
+    orders of `round_orders`."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
-    keys = list(fns)
-    for r in range(repeats):
-        # rotate the order every round: what runs just before a net (and the allocator and cache state it
-        # leaves) would otherwise favour some nets over others in every round
-        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+    for order in round_orders(list(fns), repeats, seed):
+        for k in order:
             times[k].append(_timed(fns[k]))
     return times
 
@@ -168,9 +184,9 @@ def _run(model, subtasks, images, batch, threads, repeats, warmup, round_to, rou
         # the plain nets are timed among themselves: interleaving the maskable backbone (another memory
         # layout, several times the activations) would leave its cache and allocator state to whichever
         # plain net follows it
-        times = _forward_times(fns, warmup, repeats)
+        times = _forward_times(fns, warmup, repeats, seed)
         times.update(_forward_times({"backbone": lambda: model.backbone(x),
-                                     "backbone_masked": lambda: model.backbone(x, masks)}, warmup, repeats))
+                                     "backbone_masked": lambda: model.backbone(x, masks)}, warmup, repeats, seed))
         med = {k: statistics.median(v) for k, v in times.items()}
         ratio = {k: paired_ratio(times[k], times["dense"]) for k in ("masked", "pruned", "rounded") if k in times}
         macs, params = subnet_cost(arch, net.arch["site_widths"], len(t), info.input_shape)

@@ -58,12 +58,9 @@ def test_shipped_models_by_name_and_clear_errors(tmp_path):
     assert all(int(masks[s.name].sum()) % 16 == 0 for s in b16.sites if s.kind == "utility")
 
 
-def test_every_shipped_model_is_packaged_and_named_in_the_cli_help():
+def test_the_cli_help_names_the_default_and_every_shipped_model():
     from hypersan.cli import CHECKPOINT_HELP
     from hypersan.shipped import DEFAULT
 
-    assert DEFAULT in SHIPPED
-    for name in SHIPPED:
-        assert name in CHECKPOINT_HELP
-        assert (default_checkpoint(name) / "model.safetensors").is_file()
-    assert f"{DEFAULT} (the default)" in CHECKPOINT_HELP
+    assert DEFAULT == "fmnist_b16" and list(SHIPPED) == ["fmnist_b16", "fmnist"]
+    assert CHECKPOINT_HELP == "checkpoint directory, or a shipped model: fmnist_b16 (the default), fmnist"

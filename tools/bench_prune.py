@@ -1,9 +1,10 @@
-"""Benchmark physical pruning on a checkpoint (default: the shipped model): same as `hypersan bench`.
+"""Benchmark physical pruning on a checkpoint (default: the default shipped model): same as `hypersan bench`.
 
     python tools/bench_prune.py [--checkpoint DIR] [--json] [--round-to 8] [--subtasks size=2,n=6 ...]
 
-Dense, masked and pruned forwards are timed side by side in one process (2 threads, batch 256, median
-of 10 timed rounds after 3 warm-up rounds, by default); see hypersan/bench.py.
+Dense, masked and pruned forwards are timed side by side in one process (2 threads, batch 256, 10 timed
+rounds after 3 warm-up rounds, by default; latency ratios are medians of per-round ratios); see
+hypersan/bench.py.
 """
 import sys
 from pathlib import Path
