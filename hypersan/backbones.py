@@ -72,20 +72,56 @@ class BasicBlock(nn.Module):
         return _mask(torch.relu(h + s), masks, self.stream)
 
 
-class ResNet(nn.Module):
-    """CIFAR-style ResNet with basic blocks; one logit per class."""
+class MaskableNet(nn.Module):
+    """A backbone with declared mask sites: normalization, a body built by the subclass, a linear head with
+    one logit per class. `features(x, masks)` applies the masks at the sites."""
+
+    ARCH = ""  # the architecture name recorded in `arch`
 
     def __init__(self, in_channels: int, num_classes: int, widths: List[int], blocks: List[int],
                  mean: List[float], std: List[float], site_widths: Optional[Dict[str, int]] = None):
         super().__init__()
         sw = dict(site_widths or {})
         self.norm = Normalize(mean, std)
+        self._sites: List[Site] = []
+        cin = self._build_body(in_channels, widths, blocks, sw)
+        self.head = nn.Linear(cin, num_classes)
+        self.arch = {"arch": self.ARCH, "in_channels": in_channels, "num_classes": num_classes,
+                     "widths": list(widths), "blocks": list(blocks), "mean": list(mean), "std": list(std),
+                     "site_widths": {s.name: s.size for s in self._sites if s.kind == "utility"}}
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        self._init_extra()
+
+    def _build_body(self, in_channels: int, widths: List[int], blocks: List[int], sw: Dict[str, int]) -> int:
+        """Register the layers and sites between normalization and head; return the head's input width."""
+        raise NotImplementedError
+
+    def _init_extra(self) -> None:
+        """Initialization beyond Kaiming-normal convs (none by default)."""
+
+    @torch.jit.unused
+    def sites(self) -> List[Site]:
+        """The declared mask sites, in forward order."""
+        return list(self._sites)
+
+    def forward(self, x: Tensor, masks: Optional[Dict[str, Tensor]] = None) -> Tensor:
+        return self.head(self.features(x, masks))  # (B, num_classes)
+
+
+class ResNet(MaskableNet):
+    """CIFAR-style ResNet with basic blocks; one logit per class."""
+
+    ARCH = "resnet"
+
+    def _build_body(self, in_channels: int, widths: List[int], blocks: List[int], sw: Dict[str, int]) -> int:
         stream0 = "stage0"
         w = lambda name, default: int(sw.get(name, default))  # noqa: E731
         self.stem = ConvBN(in_channels, w(stream0, widths[0]), 3)
         self.stem_site = stream0
         layers: List[nn.Module] = []
-        self._sites: List[Site] = [Site(stream0, w(stream0, widths[0]), "utility")]
+        self._sites.append(Site(stream0, w(stream0, widths[0]), "utility"))
         prev_stream, cin = stream0, w(stream0, widths[0])
         for i, (width, nblocks) in enumerate(zip(widths, blocks)):
             stream = f"stage{i}"
@@ -104,23 +140,11 @@ class ResNet(nn.Module):
                     self._sites.append(Site(prefix + ".shortcut.in", cin, "scaling"))
                 prev_stream, cin = stream, cout
         self.blocks = nn.ModuleList(layers)
-        self.head = nn.Linear(cin, num_classes)
-        self.arch = {"arch": "resnet", "in_channels": in_channels, "num_classes": num_classes, "widths": list(widths),
-                     "blocks": list(blocks), "mean": list(mean), "std": list(std),
-                     "site_widths": {s.name: s.size for s in self._sites if s.kind == "utility"}}
-        self._init()
+        return cin
 
-    def _init(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    def _init_extra(self) -> None:
         for blk in self.blocks:  # zero-init the last BN of each residual branch
             nn.init.zeros_(blk.conv2[1].weight)
-
-    @torch.jit.unused
-    def sites(self) -> List[Site]:
-        """The declared mask sites, in forward order."""
-        return list(self._sites)
 
     def features(self, x: Tensor, masks: Optional[Dict[str, Tensor]] = None) -> Tensor:
         x = self.norm(x)
@@ -129,20 +153,14 @@ class ResNet(nn.Module):
             x = blk(x, masks)
         return x.mean(dim=(2, 3))  # (B, C_last)
 
-    def forward(self, x: Tensor, masks: Optional[Dict[str, Tensor]] = None) -> Tensor:
-        return self.head(self.features(x, masks))  # (B, num_classes)
 
-
-class VGG(nn.Module):
+class VGG(MaskableNet):
     """Plain VGG-style CNN: stages of conv-BN-ReLU with max-pooling between stages; one logit per class."""
 
-    def __init__(self, in_channels: int, num_classes: int, widths: List[int], blocks: List[int],
-                 mean: List[float], std: List[float], site_widths: Optional[Dict[str, int]] = None):
-        super().__init__()
-        sw = dict(site_widths or {})
-        self.norm = Normalize(mean, std)
+    ARCH = "vgg"
+
+    def _build_body(self, in_channels: int, widths: List[int], blocks: List[int], sw: Dict[str, int]) -> int:
         convs: List[nn.Module] = []
-        self._sites: List[Site] = []
         names: List[str] = []
         pools: List[bool] = []
         cin, k = in_channels, 0
@@ -160,18 +178,7 @@ class VGG(nn.Module):
         self.convs = nn.ModuleList(convs)
         self.names = names
         self.pools = pools
-        self.head = nn.Linear(cin, num_classes)
-        self.arch = {"arch": "vgg", "in_channels": in_channels, "num_classes": num_classes, "widths": list(widths),
-                     "blocks": list(blocks), "mean": list(mean), "std": list(std),
-                     "site_widths": {s.name: s.size for s in self._sites if s.kind == "utility"}}
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    @torch.jit.unused
-    def sites(self) -> List[Site]:
-        """The declared mask sites, in forward order."""
-        return list(self._sites)
+        return cin
 
     def features(self, x: Tensor, masks: Optional[Dict[str, Tensor]] = None) -> Tensor:
         x = self.norm(x)
@@ -183,9 +190,6 @@ class VGG(nn.Module):
             if self.pools[k]:
                 x = torch.nn.functional.max_pool2d(x, 2)
         return x.mean(dim=(2, 3))
-
-    def forward(self, x: Tensor, masks: Optional[Dict[str, Tensor]] = None) -> Tensor:
-        return self.head(self.features(x, masks))
 
 
 def build_backbone(arch: dict) -> nn.Module:
