@@ -84,19 +84,12 @@ def test_load_rejects_a_missing_key(tmp_path):
         load_subnet(d)
 
 
-def test_load_rejects_a_truncated_file(tmp_path):
+@pytest.mark.parametrize("name,msg", [("model.safetensors", "truncated or corrupt"), ("config.json", "not valid JSON")])
+def test_load_rejects_a_truncated_file(tmp_path, name, msg):
     d = _saved(tmp_path)
-    data = (d / "model.safetensors").read_bytes()
-    (d / "model.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ArtifactError, match="truncated or corrupt"):
-        load_subnet(d)
-
-
-def test_load_rejects_a_truncated_config(tmp_path):
-    d = _saved(tmp_path)
-    text = (d / "config.json").read_text()
-    (d / "config.json").write_text(text[: len(text) // 2])
-    with pytest.raises(ArtifactError, match="not valid JSON"):
+    data = (d / name).read_bytes()
+    (d / name).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ArtifactError, match=msg):
         load_subnet(d)
 
 
