@@ -47,9 +47,10 @@ def tune_allocator() -> str:
 
     With glibc's defaults, large activations are mapped afresh and page-faulted on every forward, or not,
     depending on the heap's history: the same net's latency ratio then varies by up to 1.4x from one
-    process to the next (`tools/bench_allocator.py`). Raising the mmap threshold to its maximum (32 MiB) and the trim
-    threshold to 1 GiB makes every forward reuse the heap, as a tuned allocator (jemalloc, tcmalloc)
-    would, for every buffer under 32 MiB (at batch 256 on 28x28 images the largest activation is 25.7 MB).
+    process to the next (`tools/bench_allocator.py`). Raising the mmap threshold to its maximum (32 MiB)
+    and the trim threshold to 1 GiB makes every forward reuse the heap, as a tuned allocator (jemalloc,
+    tcmalloc) would, for every buffer under 32 MiB (at batch 256 on 28x28 images the largest activation
+    is 25.7 MB).
     Returns what was done."""
     if not sys.platform.startswith("linux"):
         return "default (not Linux)"
@@ -108,8 +109,8 @@ def check(row: dict) -> dict:
 
 
 @torch.inference_mode()
-def _forward_times(fns: dict[str, Callable[[], object]], warmup: int, repeats: int,
-                   seed: int = 0) -> dict[str, list[float]]:
+def time_rounds(fns: dict[str, Callable[[], object]], warmup: int, repeats: int,
+                seed: int = 0) -> dict[str, list[float]]:
     """Seconds per call of each function: `repeats` rounds that each call every function once, in the
     orders of `round_orders`."""
     for _ in range(warmup):
@@ -184,9 +185,9 @@ def _run(model, subtasks, images, batch, threads, repeats, warmup, round_to, rou
         # the plain nets are timed among themselves: interleaving the maskable backbone (another memory
         # layout, several times the activations) would leave its cache and allocator state to whichever
         # plain net follows it
-        times = _forward_times(fns, warmup, repeats, seed)
-        times.update(_forward_times({"backbone": lambda: model.backbone(x),
-                                     "backbone_masked": lambda: model.backbone(x, masks)}, warmup, repeats, seed))
+        times = time_rounds(fns, warmup, repeats, seed)
+        times.update(time_rounds({"backbone": lambda: model.backbone(x),
+                                  "backbone_masked": lambda: model.backbone(x, masks)}, warmup, repeats, seed))
         med = {k: statistics.median(v) for k, v in times.items()}
         ratio = {k: paired_ratio(times[k], times["dense"]) for k in ("masked", "pruned", "rounded") if k in times}
         macs, params = subnet_cost(arch, net.arch["site_widths"], len(t), info.input_shape)

@@ -242,7 +242,8 @@ class SubtaskAdaptiveNet(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, map_location: str | torch.device = "cpu"
                         ) -> "SubtaskAdaptiveNet":
-        """Load a checkpoint directory or a shipped model by name (default: `shipped.DEFAULT`), checking every tensor."""
+        """Load a checkpoint directory or a shipped model by name (default: `shipped.DEFAULT`), checking every
+        tensor."""
         p = resolve_checkpoint(path)
         meta = read_json(p / "meta.json")
         if meta.get("format") != CHECKPOINT_FORMAT:

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 
 def child(args) -> dict:
-    from hypersan.bench import _forward_times, paired_ratio, tune_allocator
+    from hypersan.bench import paired_ratio, time_rounds, tune_allocator
 
     allocator = tune_allocator() if args.tuned else "default"
     import torch
@@ -36,7 +36,7 @@ def child(args) -> dict:
     nets = {"dense": prune(model, None, fold_bn=True), "masked": prune(model, t, fold_bn=True, physical=False),
             "pruned": prune(model, t, fold_bn=True)}  # the inference form hypersan bench times
     x = torch.rand(args.batch, *model.info.input_shape, generator=torch.Generator().manual_seed(0))
-    times = _forward_times({k: (lambda n=n: n(x)) for k, n in nets.items()}, args.warmup, args.repeats)
+    times = time_rounds({k: (lambda n=n: n(x)) for k, n in nets.items()}, args.warmup, args.repeats)
     return {"allocator": allocator, "dense_ms": 1e3 * statistics.median(times["dense"]),
             "pruned_ms": 1e3 * statistics.median(times["pruned"]),
             "pruned_latency_ratio": paired_ratio(times["pruned"], times["dense"]),
