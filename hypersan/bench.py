@@ -15,11 +15,8 @@ timed too, against the same backbone without masks: `activation_masked_latency_r
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import random
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,41 +25,15 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 from torch import Tensor
 
+from .engine import PruningEngine
 from .export import save_subnet
 from .metrics import conv_macs, subnet_cost
-from .model import SubtaskAdaptiveNet, subtask_key
 from .subtasks import Subtask
-from .surgery import prune
 
 DEFAULT_SUBTASKS = ["size=2,n=6", "size=3,n=4", "size=5,n=2", "all"]
 # conv MACs with output channels rounded up to 16, the vector block of oneDNN's AVX-512 kernels: on such
 # CPUs a conv with 17-32 output channels costs what one with 32 does (see tools/conv_widths.py)
 BLOCK = 16
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
-
-
-def tune_allocator() -> str:
-    """Keep freed memory in the process instead of handing it back to the OS (glibc only; process-wide).
-
-    With glibc's defaults, large activations are mapped afresh and page-faulted on every forward, or not,
-    depending on the heap's history: the same net's latency ratio then varies by up to 1.4x from one
-    process to the next (`tools/bench_allocator.py`). Raising the mmap threshold to its maximum (32 MiB)
-    and the trim threshold to 1 GiB makes every forward reuse the heap, as a tuned allocator (jemalloc,
-    tcmalloc) would, for every buffer under 32 MiB (at batch 256 on 28x28 images the largest activation
-    is 25.7 MB).
-    Returns what was done."""
-    if not sys.platform.startswith("linux"):
-        return "default (not Linux)"
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mmap_ok = libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20) == 1
-        trim_ok = libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
-    except (OSError, AttributeError):
-        return "default (no glibc mallopt)"
-    done = [d for d, ok in (("mmap threshold 32 MiB", mmap_ok), ("trim threshold 1 GiB", trim_ok)) if ok]
-    return "glibc, " + ", ".join(done) if done else "default (mallopt refused)"
-
 
 def round_orders(keys: Sequence[str], repeats: int, seed: int = 0) -> List[List[str]]:
     """The order in which each timing round calls the nets: a fresh seeded shuffle per round, so no net
@@ -131,7 +102,7 @@ def paired_ratio(num: Sequence[float], den: Sequence[float]) -> float:
     return statistics.median(a / b for a, b in zip(num, den))
 
 
-def run_bench(model: SubtaskAdaptiveNet, subtasks: Sequence[Subtask], images: Tensor, batch: int = 256,
+def run_bench(engine: PruningEngine, subtasks: Sequence[Subtask], batch: int = 256,
               threads: int = 2, repeats: int = 10, warmup: int = 3, round_to: int = 0, seed: int = 0,
               fold_bn: bool = True, round_mode: str = "up", log: Optional[Callable[[str], None]] = None) -> dict:
     """Benchmark each subtask against the dense net; returns the JSON summary (see `hypersan bench --json`)."""
@@ -140,19 +111,18 @@ def run_bench(model: SubtaskAdaptiveNet, subtasks: Sequence[Subtask], images: Te
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _run(model, subtasks, images, batch, threads, repeats, warmup, round_to, round_mode, seed, fold_bn,
+        return _run(engine, subtasks, batch, threads, repeats, warmup, round_to, round_mode, seed, fold_bn,
                     log or (lambda m: None))
     finally:
         torch.set_num_threads(old_threads)
 
 
-def _run(model, subtasks, images, batch, threads, repeats, warmup, round_to, round_mode, seed, fold_bn, log) -> dict:
-    model.eval()
+def _run(engine, subtasks, batch, threads, repeats, warmup, round_to, round_mode, seed, fold_bn, log) -> dict:
+    model = engine.model.eval()
     info, arch = model.info, model.backbone.arch
-    x = torch.rand(batch, *info.input_shape, generator=torch.Generator().manual_seed(seed)).to(model._device())
+    x = torch.rand(batch, *info.input_shape, generator=torch.Generator().manual_seed(seed)).to(model.device)
     dense_macs, dense_params = subnet_cost(arch, arch["site_widths"], len(info.classes), info.input_shape)
-    model.calibrate(None, images, seed=seed)
-    dense = prune(model, None, fold_bn=fold_bn)
+    dense = engine.subnet(None, fold_bn=fold_bn, seed=seed)
     dense_block = conv_macs(dense, info.input_shape, BLOCK)
     # first build every net (recalibrations included), then time: the big allocations of calibration
     # would otherwise change the allocator's state, and the timings, between the first subtasks and the rest
@@ -161,17 +131,17 @@ def _run(model, subtasks, images, batch, threads, repeats, warmup, round_to, rou
         dense_size = save_subnet(dense, Path(tmp) / "dense")["safetensors"].stat().st_size
         for i, t in enumerate(subtasks):
             b = {"t": t, "calib_s": None}
-            if subtask_key(t) not in model.bn_cache:  # recalibration is reported, not counted in the build
-                b["calib_s"] = _timed(lambda: model.calibrate(t, images, seed=seed))
+            if engine.key(t, seed=seed) not in engine.cache:  # recalibration is reported, not counted in the build
+                b["calib_s"] = _timed(lambda: engine.statistics(t, seed=seed))
             b["builds"] = []
             for _ in range(3):  # masks + surgery (+ BN folding), statistics cached; the last build is timed too
                 t0 = time.perf_counter()
-                b["net"] = prune(model, t, fold_bn=fold_bn)
+                b["net"] = engine.subnet(t, fold_bn=fold_bn, seed=seed)
                 b["builds"].append(time.perf_counter() - t0)
-            b["masked"] = prune(model, t, fold_bn=fold_bn, physical=False)
+            b["masked"] = engine.subnet(t, fold_bn=fold_bn, physical=False, seed=seed)
             b["masks"] = model.subtask_masks(t)
             if round_to > 1:
-                b["rnet"] = prune(model, t, fold_bn=fold_bn, round_to=round_to, images=images, round_mode=round_mode)
+                b["rnet"] = engine.subnet(t, fold_bn=fold_bn, round_to=round_to, round_mode=round_mode, seed=seed)
             b["size"] = save_subnet(b["net"], Path(tmp) / f"s{i}")["safetensors"].stat().st_size
             built.append(b)
             log(f"built {i + 1}/{len(subtasks)}: {','.join(info.classes[c] for c in t)}")
@@ -218,7 +188,7 @@ def _run(model, subtasks, images, batch, threads, repeats, warmup, round_to, rou
             f"pruned {row['pruned_latency_ratio']:.3f} masked {row['masked_latency_ratio']:.3f}")
     passed = summarize_checks(rows)
     return {"threads": threads, "batch": batch, "repeats": repeats, "warmup": warmup, "bn_folded": fold_bn,
-            "device": str(model._device()), "subtasks": rows, "passed": passed}
+            "device": str(model.device), "subtasks": rows, "passed": passed}
 
 
 def summarize_checks(rows: List[dict]) -> Dict[str, Optional[bool]]:

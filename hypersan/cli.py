@@ -16,8 +16,10 @@ CHECKPOINT_HELP = checkpoint_help()
 def _resolve(args) -> int:
     from .config import load_config
     from .data import FASHION_MNIST
-    from .grounding import Grounder, GroundingError, checkpoint_vocabulary, extend_vocabulary
+    from .checkpoint import checkpoint_vocabulary
+    from .grounding import Grounder, GroundingError
     from .text import EncoderError, default_encoder
+    from .vocabulary import extend_vocabulary
 
     if (args.text is None) == (args.file is None):
         raise ValueError('give either one request ("shoes and handbags") or --file FILE, not both or neither')
@@ -58,27 +60,42 @@ def _resolve(args) -> int:
         return 2
 
 
+def _engine(args):
+    """The PruningEngine of --checkpoint on --device, reading training images from --data-dir when needed."""
+    from .engine import PruningEngine
+    from .train import resolve_device
+
+    device = resolve_device(getattr(args, "device", None) or "cpu")
+    return PruningEngine.from_pretrained(args.checkpoint, map_location=device, data_dir=args.data_dir or None,
+                                         seed=getattr(args, "seed", 0))
+
+
 def _eval(args) -> int:
     from .data import load_dataset
     from .evaluate import evaluate, parse_subtasks
-    from .model import SubtaskAdaptiveNet, resolve_checkpoint
-    from .train import resolve_device
 
-    ckpt = resolve_checkpoint(args.checkpoint)
-    model = SubtaskAdaptiveNet.from_pretrained(ckpt, map_location=resolve_device(args.device))
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be a positive number of test images, got {args.limit}")
+    engine = _engine(args)
+    model = engine.model
     cfg = model.config
-    data_dir = args.data_dir or cfg.data.data_dir or None
-    train_x, _, _ = load_dataset(cfg.data.dataset, "train", data_dir)
-    test_x, test_y, _ = load_dataset(cfg.data.dataset, "test", data_dir)
+    split = "train" if args.split == "val" else "test"
+    x, y, _ = load_dataset(cfg.data.dataset, split, args.data_dir or cfg.data.data_dir or None)
+    if args.split == "val":
+        from .train import split_training_data
+
+        _, _, x, y, _ = split_training_data(cfg)
+        if not len(y):
+            raise ValueError("this model was trained without a validation split (data.val_size = 0); use --split test")
     if args.limit:
-        test_x, test_y = test_x[:args.limit], test_y[:args.limit]
+        x, y = x[:args.limit], y[:args.limit]
     subtasks = parse_subtasks(model, args.subtasks or ["seen", "unseen"], seed=args.seed)
-    r = evaluate(model, test_x, test_y, train_x, subtasks, progress=not args.json and sys.stderr.isatty(), seed=args.seed)
-    r = {"checkpoint": str(ckpt), **r}
+    r = evaluate(engine, x, y, subtasks, progress=not args.json and sys.stderr.isatty(), seed=args.seed)
+    r = {"checkpoint": str(model.source), "split": args.split, **r}
     if args.json:
         print(json.dumps(r))
         return 0
-    print(f"checkpoint {ckpt}")
+    print(f"checkpoint {model.source}, {args.split} split ({len(y)} images)")
     print(f"dense: acc {r['dense']['acc']:.4f}  mAP {r['dense']['map']:.4f}  MACs {r['dense']['macs']:,}")
     print(f"{'classes':<44} {'seen':>5} {'acc':>7} {'dense':>7} {'mAP':>7} {'dense':>7} {'MACs':>6} {'params':>6}")
     for s in r["subtasks"]:
@@ -86,6 +103,8 @@ def _eval(args) -> int:
         name = name if len(name) <= 44 else name[:41] + "..."
         print(f"{name:<44} {str(s['seen']):>5} {s['acc']:7.4f} {s['dense_acc']:7.4f} {s['map']:7.4f} "
               f"{s['dense_map']:7.4f} {s['mac_ratio']:6.3f} {s['param_ratio']:6.3f}")
+    if any(s["size"] == 1 for s in r["subtasks"]):
+        print("single classes: acc is one-vs-rest accuracy (logit > 0) over every test image")
     return 0
 
 
@@ -96,7 +115,10 @@ def _train(args) -> int:
     cfg = load_config(args.config, args.set)
     if args.device:
         cfg.train.device = args.device
-    train(cfg, args.out, resume=args.resume, log=lambda m: print(m, flush=True))
+    provenance = {"command": "hypersan " + " ".join(sys.argv[1:]) if sys.argv[1:] else None,
+                  "config": args.config, "overrides": list(args.set)}
+    train(cfg, args.out, resume=args.resume, force=args.force, allow_config_change=args.allow_config_change,
+          log=lambda m: print(m, flush=True), provenance=provenance)
     print(f"checkpoint written to {args.out}")
     return 0
 
@@ -104,50 +126,73 @@ def _train(args) -> int:
 def _prune(args) -> int:
     import time
 
-    from .export import export_subtask, parse_formats
-    from .model import SubtaskAdaptiveNet, resolve_checkpoint
+    from .export import parse_formats
+    from .io import check_output_dir
 
     t0 = time.perf_counter()
     formats = parse_formats(args.format)
     if (args.classes is None) == (args.request is None):
         raise ValueError('give exactly one of --classes "Sneaker,Bag" or --request "shoes and handbags"')
-    ckpt = resolve_checkpoint(args.checkpoint)
-    model = SubtaskAdaptiveNet.from_pretrained(ckpt)
-    if args.data_dir:
-        model.config.data.data_dir = args.data_dir
-    extra, text = {}, None
+    check_output_dir(args.out, "artifact", force=args.force)  # before any work
+    engine = _engine(args)
     if args.request is not None:
-        grounding = model.ground(args.request)  # GroundingError (a ValueError) names what was not understood
-        classes: list = list(grounding.indices)
-        extra = {"request": args.request, "grounding": grounding.to_dict()}
-        text = model.request_text(args.request)
+        classes = args.request  # grounded by the engine; GroundingError (a ValueError) names what was not understood
     else:
-        classes = [int(c) if c.strip().isdigit() else c.strip() for c in args.classes.split(",") if c.strip()]
-        if not classes:
+        classes = [c.strip() for c in args.classes.split(",")]
+        if not any(classes):
             raise ValueError('--classes is empty; give class names or indices, e.g. --classes "Sneaker,Bag"')
-    summary = export_subtask(model, classes, args.out, formats, round_to=args.round_to, fold_bn=not args.keep_bn,
-                             round_mode=args.round_mode, text=text)
+        if not all(classes):
+            raise ValueError(f"--classes {args.classes!r} has an empty name between commas")
+        classes = [int(c) if c.isdigit() else c for c in classes]
+    summary = engine.export(classes, args.out, formats, round_to=args.round_to, fold_bn=not args.keep_bn,
+                            round_mode=args.round_mode, force=args.force)
+    extra = {}
+    if args.request is not None:
+        extra = {"request": args.request}
     print(json.dumps({**summary, **extra, "seconds": time.perf_counter() - t0}))
     return 0
 
 
-def _bench(args) -> int:
-    from .bench import DEFAULT_SUBTASKS, format_table, run_bench, tune_allocator
-    from .data import load_dataset
-    from .evaluate import parse_subtasks
-    from .model import SubtaskAdaptiveNet, resolve_checkpoint
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
 
+
+def tune_allocator() -> str:
+    """Keep freed memory in the process instead of handing it back to the OS (glibc only; process-wide).
+
+    The benchmark's entry point calls it before anything is allocated; the library never does. With glibc's
+    defaults, large activations are mapped afresh and page-faulted on every forward, or not, depending on the
+    heap's history: the same net's latency ratio then varies by up to 1.4x from one process to the next
+    (`tools/bench_allocator.py`). Raising the mmap threshold to its maximum (32 MiB) and the trim threshold to
+    1 GiB makes every forward reuse the heap, as a tuned allocator (jemalloc, tcmalloc) would, for every
+    buffer under 32 MiB (at batch 256 on 28x28 images the largest activation is 25.7 MB). Returns what was done.
+    """
+    import ctypes
+    import ctypes.util
+
+    if not sys.platform.startswith("linux"):
+        return "default (not Linux)"
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mmap_ok = libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20) == 1
+        trim_ok = libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
+    except (OSError, AttributeError):
+        return "default (no glibc mallopt)"
+    done = [d for d, ok in (("mmap threshold 32 MiB", mmap_ok), ("trim threshold 1 GiB", trim_ok)) if ok]
+    return "glibc, " + ", ".join(done) if done else "default (mallopt refused)"
+
+
+def _bench(args) -> int:
     allocator = "default" if args.default_allocator else tune_allocator()  # before any large allocation
-    ckpt = resolve_checkpoint(args.checkpoint)
-    model = SubtaskAdaptiveNet.from_pretrained(ckpt)
-    cfg = model.config
-    train_x, _, _ = load_dataset(cfg.data.dataset, "train", args.data_dir or cfg.data.data_dir or None)
-    subtasks = parse_subtasks(model, args.subtasks or DEFAULT_SUBTASKS, seed=args.seed)
+    from .bench import DEFAULT_SUBTASKS, format_table, run_bench
+    from .evaluate import parse_subtasks
+
+    engine = _engine(args)
+    subtasks = parse_subtasks(engine.model, args.subtasks or DEFAULT_SUBTASKS, seed=args.seed)
     log = (lambda m: None) if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
-    r = run_bench(model, subtasks, train_x, batch=args.batch, threads=args.threads, repeats=args.repeats,
+    r = run_bench(engine, subtasks, batch=args.batch, threads=args.threads, repeats=args.repeats,
                   warmup=args.warmup, round_to=args.round_to, seed=args.seed, fold_bn=not args.keep_bn,
                   round_mode=args.round_mode, log=log)
-    r = {"checkpoint": str(ckpt), "allocator": allocator, **r}
+    r = {"checkpoint": str(engine.model.source), "allocator": allocator, **r}
     print(json.dumps(r) if args.json else format_table(r))
     return 0
 
@@ -162,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
     t.add_argument("--out", required=True, help="checkpoint directory")
     t.add_argument("--resume", action="store_true", help="continue the run whose checkpoint is in --out")
+    t.add_argument("--force", action="store_true", help="replace an earlier run in --out (never another folder)")
+    t.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: accept changed [train] settings (e.g. more epochs); recorded in meta.json")
     t.add_argument("--device", default=None, help="auto | cpu | cuda[:N] (default: the config's)")
     t.set_defaults(func=_train)
 
@@ -180,7 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--subtasks", nargs="+", default=None,
                    help='class lists ("Sneaker,Bag"), seen, unseen, all, or size=K[,n=M] (default: seen unseen)')
     e.add_argument("--json", action="store_true", help="print one JSON object")
-    e.add_argument("--limit", type=int, default=0, help="use only the first N test images")
+    e.add_argument("--split", choices=["test", "val"], default="test",
+                   help="test: final figures; val: the validation split of the training data, for choices")
+    e.add_argument("--limit", type=int, default=None, help="use only the first N images of the split")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--data-dir", default=None)
     e.add_argument("--device", default="auto")
@@ -190,7 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP)
     pr.add_argument("--classes", default=None, help='class names or indices, comma-separated: "Sneaker,Bag"')
     pr.add_argument("--request", default=None, help='the subtask in words, e.g. "shoes and handbags"')
-    pr.add_argument("--out", required=True, help="artifact directory (replaced atomically)")
+    pr.add_argument("--out", required=True, help="artifact directory (written atomically; see --force)")
+    pr.add_argument("--force", action="store_true",
+                    help="replace an existing hypersan artifact in --out (a folder that is not one is never replaced)")
     pr.add_argument("--format", default="safetensors", help="comma-separated: safetensors, torchscript, onnx")
     pr.add_argument("--round-to", type=int, default=0, metavar="N",
                     help="round every kept width to a multiple of N (see --round-mode)")
@@ -200,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--keep-bn", action="store_true",
                     help="keep BatchNorm layers (default: fold them into the convs, the faster inference form)")
     pr.add_argument("--data-dir", default=None, help="training images, if the subtask needs BN recalibration")
+    pr.add_argument("--device", default="cpu", help="auto | cpu | cuda[:N]")
     pr.set_defaults(func=_prune)
 
     b = sub.add_parser("bench", help="time dense, masked and pruned nets side by side; build time; artifact size")
@@ -218,9 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.add_argument("--default-allocator", action="store_true",
                    help="leave glibc's malloc thresholds as they are (default: keep freed memory in the process, "
-                        "so forwards do not page-fault their activations afresh; see hypersan.bench.tune_allocator)")
+                        "so forwards do not page-fault their activations afresh; see hypersan.cli.tune_allocator)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--data-dir", default=None)
+    b.add_argument("--device", default="cpu", help="auto | cpu | cuda[:N]")
     b.set_defaults(func=_bench)
     return p
 

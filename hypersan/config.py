@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -18,8 +20,10 @@ class ConfigError(ValueError):
 class DataConfig:
     dataset: str = "fashion_mnist"  # fashion_mnist | cifar10 | cifar100
     data_dir: str = ""  # empty: $HYPERSAN_DATA, then the system location
-    train_limit: int = 0  # >0: use only the first N training images (smoke runs)
-    test_limit: int = 0
+    train_limit: int = 0  # >0: use only the first N training images (smoke runs); 0: all
+    test_limit: int = 0  # >0: use only the first N test images; 0: all
+    val_size: int = 5000  # validation images held out of the training data (stratified, seeded); 0: none
+    val_seed: int = 0  # seed of the validation split
     crop_padding: int = 2
     hflip: bool = True
     basic_subtasks: str = "classes"  # classes | groups (named groups become the basic subtasks)
@@ -206,6 +210,88 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return config_from_dict(data)
 
 
+# Valid range of every numeric config field as an interval (inf: no upper bound), and what the value means.
+# Lists are checked element by element. A new numeric field needs an entry: validate() refuses a field without
+# one, and tests/test_config.py checks every field against a valid and an invalid value.
+RANGES: dict[str, tuple[str, str]] = {
+    "data.train_limit": ("[0, inf)", "0 = every training image"),
+    "data.test_limit": ("[0, inf)", "0 = every test image"),
+    "data.val_size": ("[0, inf)", "validation images taken out of the training data; 0 = none"),
+    "data.val_seed": ("[0, inf)", "seed of the validation split"),
+    "data.crop_padding": ("[0, inf)", "0 = no random crop"),
+    "model.widths": ("[1, inf)", "channels per stage"),
+    "model.blocks": ("[1, inf)", "blocks (resnet) or convs (vgg) per stage"),
+    "generator.phrasings": ("[1, inf)", "training descriptions per combination"),
+    "generator.hidden": ("[1, inf)", "hidden units of the hypernetwork"),
+    "generator.layers": ("[0, inf)", "hidden layers of the hypernetwork; 0 = linear"),
+    "generator.sigma": ("(0, inf)", "standard deviation of the initial utilities"),
+    "generator.threshold": ("[0, inf)", "utilities are non-negative"),
+    "generator.surrogate_temp": ("(0, inf)", "the surrogate gradient divides by it"),
+    "generator.min_keep": ("[1, inf)", "no layer may lose all its channels"),
+    "generator.keep_multiple": ("[1, inf)", "1 = no rounding"),
+    "loss.beta": ("[0, inf)", "weight of the subtask's classes in the BCE"),
+    "loss.gamma": ("[0, inf)", "weight of the sparsity term; 0 = none"),
+    "subtasks.size_weights": ("[0, inf)", "relative probability of each subtask size"),
+    "subtasks.include_own": ("[0, 1]", "a probability"),
+    "subtasks.dense_share": ("[0, 1]", "a share of batches"),
+    "subtasks.holdout_fraction": ("[0, 1]", "a fraction of combinations"),
+    "subtasks.holdout_seed": ("[0, inf)", "seed of the hashed holdout"),
+    "train.seed": ("[0, inf)", "training seed"),
+    "train.epochs": ("[1, inf)", "training epochs"),
+    "train.batch_size": ("[1, inf)", "training images per step"),
+    "train.lr": ("(0, inf)", "backbone learning rate"),
+    "train.generator_lr": ("(0, inf)", "generator learning rate"),
+    "train.momentum": ("[0, 1)", "SGD momentum"),
+    "train.weight_decay": ("[0, inf)", "0 = none"),
+    "train.warmup_epochs": ("[0, inf)", "0 = no warmup"),
+    "train.eval_every": ("[0, inf)", "epochs between evaluations; 0 = only at the end"),
+    "train.eval_subtasks": ("[1, inf)", "subtasks checked at each evaluation"),
+    "train.threads": ("[0, inf)", "0 = torch's default"),
+    "calib.batches": ("[1, inf)", "batches that estimate BN statistics"),
+    "calib.batch_size": ("[1, inf)", "images per calibration batch"),
+}
+
+_INTERVAL = re.compile(r"([\[(])(-?[\d.]+), (-?[\d.]+|inf)([\])])")
+
+
+def numeric_fields(cls: type = Config, where: str = "") -> dict[str, Any]:
+    """Dotted key -> type of every numeric field (int, float, or a list of them) in a config dataclass."""
+    out: dict[str, Any] = {}
+    for name, tp in typing.get_type_hints(cls).items():
+        key = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(tp):
+            out.update(numeric_fields(tp, key))
+        elif tp in (int, float) or (typing.get_origin(tp) is list and typing.get_args(tp)[0] in (int, float)):
+            out[key] = tp
+    return out
+
+
+def _range_rule(spec: str) -> tuple[str, Any]:
+    """('must be >= 0', test) for an interval like '[0, inf)'."""
+    m = _INTERVAL.fullmatch(spec)
+    if m is None:  # pragma: no cover - a typo in RANGES
+        raise ValueError(f"bad interval {spec!r} in RANGES")
+    lo_br, lo, hi, hi_br = m.groups()
+    low, high = float(lo), float(hi)
+    above = (lambda v: v >= low) if lo_br == "[" else (lambda v: v > low)
+    below = (lambda v: v <= high) if hi_br == "]" else (lambda v: v < high)
+    if hi == "inf":
+        return f"must be {'>=' if lo_br == '[' else '>'} {lo}", above
+    return f"must lie in {spec}", lambda v: above(v) and below(v)
+
+
+def _check_range(key: str, value: Any) -> None:
+    if key not in RANGES:
+        raise ConfigError(f"config field {key} has no valid range; add one to hypersan.config.RANGES")
+    spec, meaning = RANGES[key]
+    rule, ok = _range_rule(spec)
+    for sub, v in ([(f"{key}[{i}]", x) for i, x in enumerate(value)] if isinstance(value, list) else [(key, value)]):
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{sub} must be a finite number, got {v}; valid: {spec} ({meaning})")
+        if not ok(v):
+            raise ConfigError(f"{sub} {rule}, got {v!r} ({meaning})")
+
+
 def validate(cfg: Config) -> None:
     """Check value ranges and choices that types alone do not catch."""
     def choice(value: str, allowed: tuple[str, ...], where: str) -> None:
@@ -222,19 +308,13 @@ def validate(cfg: Config) -> None:
                           "generator.conditioning = 'multihot'; use kind = 'hypernet' for text conditioning")
     choice(cfg.loss.gamma_size, ("constant", "linear"), "loss.gamma_size")
     choice(cfg.train.optimizer, ("sgd", "adamw"), "train.optimizer")
+    for key in numeric_fields():
+        section, name = key.split(".")
+        _check_range(key, getattr(getattr(cfg, section), name))
     if len(cfg.model.widths) != len(cfg.model.blocks) or not cfg.model.widths:
-        raise ConfigError("model.widths and model.blocks must be non-empty lists of the same length")
-    if any(w < 1 for w in cfg.model.widths) or any(b < 1 for b in cfg.model.blocks):
-        raise ConfigError("model.widths and model.blocks must be positive")
-    if not cfg.subtasks.size_weights or any(w < 0 for w in cfg.subtasks.size_weights) or sum(cfg.subtasks.size_weights) <= 0:
-        raise ConfigError("subtasks.size_weights must be non-negative with a positive sum")
-    for name in ("include_own", "dense_share", "holdout_fraction"):
-        v = getattr(cfg.subtasks, name)
-        if not 0.0 <= v <= 1.0:
-            raise ConfigError(f"subtasks.{name} = {v} must lie in [0, 1]")
-    if cfg.generator.min_keep < 1:
-        raise ConfigError("generator.min_keep must be >= 1: no layer may lose all its channels")
-    if cfg.generator.keep_multiple < 1:
-        raise ConfigError(f"generator.keep_multiple must be >= 1 (1 = no rounding), got {cfg.generator.keep_multiple}")
-    if cfg.train.epochs < 1 or cfg.train.batch_size < 1:
-        raise ConfigError("train.epochs and train.batch_size must be >= 1")
+        raise ConfigError(f"model.widths and model.blocks must be non-empty lists of the same length, got "
+                          f"{cfg.model.widths} and {cfg.model.blocks}")
+    if not cfg.subtasks.size_weights or sum(cfg.subtasks.size_weights) <= 0:
+        raise ConfigError("subtasks.size_weights must be non-negative with a positive sum, e.g. [1.0, 1.0, 1.0]")
+    if cfg.train.optimizer == "sgd" and cfg.train.momentum == 0:
+        raise ConfigError("train.momentum = 0 with train.optimizer = 'sgd': Nesterov SGD needs a momentum in (0, 1)")

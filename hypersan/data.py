@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
 import pickle
 import struct
@@ -45,9 +46,66 @@ class DatasetInfo:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DatasetInfo":
-        return cls(name=d["name"], classes=list(d["classes"]), input_shape=tuple(d["input_shape"]),
-                   mean=tuple(d["mean"]), std=tuple(d["std"]), groups=dict(d.get("groups", {})),
-                   synonyms=dict(d.get("synonyms", {})))
+        """A vocabulary from its to_dict() form, checking every field (it is read from checkpoint files)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"dataset info must be a dict, got {type(d).__name__}")
+        fields = ("name", "classes", "input_shape", "mean", "std", "groups", "synonyms")
+        unknown = sorted(set(d) - set(fields))
+        missing = [k for k in fields[:5] if k not in d]
+        if unknown or missing:
+            raise ValueError(f"dataset info: unknown field(s) {unknown} / missing field(s) {missing}; "
+                             f"expected {', '.join(fields)}")
+        name, classes = d["name"], d["classes"]
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"dataset info 'name' must be a non-empty string, got {name!r}")
+        if not isinstance(classes, (list, tuple)) or not classes:
+            raise ValueError(f"dataset info 'classes' must be a non-empty list of names, got {classes!r}")
+        lowered: dict[str, str] = {}
+        for i, c in enumerate(classes):
+            if not isinstance(c, str) or not c.strip() or c != c.strip():
+                raise ValueError(f"dataset info 'classes'[{i}] = {c!r}: class names must be non-empty strings "
+                                 "without leading or trailing spaces")
+            if c.lower() in lowered:  # names are looked up case-insensitively
+                raise ValueError(f"dataset info 'classes': {c!r} repeats {lowered[c.lower()]!r}; names must be unique")
+            lowered[c.lower()] = c
+        shape = d["input_shape"]
+        if (not isinstance(shape, (list, tuple)) or len(shape) != 3
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)):
+            raise ValueError(f"dataset info 'input_shape' must be three positive ints (C, H, W), got {shape!r}")
+        for key in ("mean", "std"):
+            v = d[key]
+            numbers = isinstance(v, (list, tuple)) and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+            if not numbers or len(v) != shape[0]:
+                raise ValueError(f"dataset info {key!r} must be {shape[0]} finite numbers (one per channel), got {v!r}")
+        if not all(x > 0 for x in d["std"]):
+            raise ValueError(f"dataset info 'std' must be positive (images are divided by it), got {d['std']!r}")
+        groups = _str_lists(d.get("groups", {}), "groups")
+        for g, members in groups.items():
+            bad = [m for m in members if m not in classes]
+            if bad:
+                raise ValueError(f"dataset info 'groups'[{g!r}]: unknown class(es) {bad}; known classes: "
+                                 f"{', '.join(classes)}")
+            if len(set(members)) != len(members):
+                raise ValueError(f"dataset info 'groups'[{g!r}] lists a class twice: {members}")
+        # synonym owners are checked by grounding's Vocabulary, which knows the groups added by a config
+        synonyms = _str_lists(d.get("synonyms", {}), "synonyms")
+        return cls(name=name, classes=list(classes), input_shape=tuple(shape), mean=tuple(float(x) for x in d["mean"]),
+                   std=tuple(float(x) for x in d["std"]), groups=groups, synonyms=synonyms)
+
+
+def _str_lists(value, key: str) -> dict[str, list[str]]:
+    """A copy of a dict of non-empty string -> list of non-empty strings, or ValueError naming the field."""
+    if not isinstance(value, dict):
+        raise ValueError(f"dataset info {key!r} must map names to lists of strings, got {type(value).__name__}")
+    out = {}
+    for k, words in value.items():
+        if not isinstance(k, str) or not k.strip():
+            raise ValueError(f"dataset info {key!r}: key {k!r} must be a non-empty string")
+        if not isinstance(words, (list, tuple)) or not all(isinstance(w, str) and w.strip() for w in words):
+            raise ValueError(f"dataset info {key!r}[{k!r}] must be a list of non-empty strings, got {words!r}")
+        out[k] = list(words)
+    return out
 
 
 FASHION_MNIST = DatasetInfo(
@@ -67,7 +125,7 @@ FASHION_MNIST = DatasetInfo(
     # Plurals need no entry: grounding (hypersan.grounding) matches singular and plural forms of every phrase.
     synonyms={
         "T-shirt/top": ["t-shirt", "tshirt", "tee", "tee shirt", "top", "t shirt", "tank top", "singlet", "crop top"],
-        "Trouser": ["trousers", "pants", "jeans", "slacks", "chinos", "leggings", "joggers"],
+        "Trouser": ["trousers", "pants", "jeans", "slacks", "chinos", "leggings", "joggers", "bottoms"],
         "Pullover": ["sweater", "jumper", "hoodie", "sweatshirt", "cardigan", "fleece", "knitwear", "turtleneck"],
         "Dress": ["gown", "frock", "sundress"],
         "Coat": ["jacket", "overcoat", "parka", "anorak", "raincoat", "trench coat", "windbreaker", "blazer"],
@@ -90,16 +148,25 @@ CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
 def _find_dir(data_dir: str | os.PathLike | None, system_dir: str, required: list[str], what: str, how: str) -> Path:
-    """First of data_dir, $HYPERSAN_DATA, system_dir that holds every required file."""
-    tried = []
-    for cand in (data_dir, os.environ.get("HYPERSAN_DATA"), system_dir):
-        if not cand:
-            continue
-        p = Path(cand)
-        tried.append(str(p))
-        if all((p / r).exists() for r in required):
+    """The folder holding every required file: data_dir if given, else $HYPERSAN_DATA if set, else system_dir.
+
+    A folder that was asked for explicitly must hold the files: falling back to another copy would train or
+    evaluate on data other than the one named, without a word."""
+    env = os.environ.get("HYPERSAN_DATA", "")
+    if data_dir is not None and str(data_dir).strip():
+        p, source = Path(data_dir), "data_dir"
+    elif env.strip():
+        p, source = Path(env), "$HYPERSAN_DATA"
+    else:
+        p, source = Path(system_dir), "the system location"
+    if not p.is_dir():
+        problem = "does not exist" if not p.exists() else "is not a folder"
+    else:
+        missing = [r for r in required if not (p / r).exists()]
+        if not missing:
             return p
-    raise DatasetError(f"{what} not found; looked for {', '.join(required)} in: {', '.join(tried) or '(nothing)'}. {how}")
+        problem = "is empty" if not any(p.iterdir()) else f"lacks {', '.join(missing)}"
+    raise DatasetError(f"{what} not found: {p} ({source}) {problem}; it must hold {', '.join(required)}. {how}")
 
 
 # ---------------------------------------------------------------- Fashion-MNIST (IDX)
@@ -117,7 +184,8 @@ def _read_idx(path: Path, magic: int, count: int, shape: tuple[int, ...]) -> np.
         raise DatasetError(f"{path}: file too short for an IDX header ({len(raw)} bytes); it is truncated")
     got_magic = struct.unpack(">I", raw[:4])[0]
     if got_magic != magic:
-        raise DatasetError(f"{path}: bad magic number {got_magic:#x}, expected {magic:#x}; not an IDX file of this kind")
+        raise DatasetError(f"{path}: bad magic number {got_magic:#x}, expected {magic:#x}; "
+                           "not an IDX file of this kind")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
     if dims[0] != count or tuple(dims[1:]) != shape:
         raise DatasetError(f"{path}: holds {dims[0]} items of shape {tuple(dims[1:])}, expected {count} of {shape}")
@@ -197,7 +265,8 @@ def load_cifar10(split: str, data_dir: str | os.PathLike | None = None) -> tuple
     return torch.from_numpy(x.copy()), torch.from_numpy(y)
 
 
-def load_cifar100(split: str, data_dir: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor, DatasetInfo]:
+def load_cifar100(split: str, data_dir: str | os.PathLike | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, DatasetInfo]:
     """Images, fine labels and the vocabulary (with the 20 superclasses as groups) of CIFAR-100."""
     name = "train" if split == "train" else "test"
     root = _find_dir(data_dir, "/usr/share/datasets/cifar-100-python", [name, "meta"], "CIFAR-100",
@@ -224,10 +293,45 @@ def load_dataset(name: str, split: str, data_dir: str | None = None) -> tuple[to
     if name == "fashion_mnist":
         return (*load_fashion_mnist(split, data_dir), FASHION_MNIST)
     if name == "cifar10":
-        return (*load_cifar10(split, data_dir), DatasetInfo("cifar10", CIFAR10_CLASSES, (3, 32, 32), CIFAR_MEAN, CIFAR_STD))
+        info = DatasetInfo("cifar10", CIFAR10_CLASSES, (3, 32, 32), CIFAR_MEAN, CIFAR_STD)
+        return (*load_cifar10(split, data_dir), info)
     if name == "cifar100":
         return load_cifar100(split, data_dir)
     raise ValueError(f"unknown dataset {name!r}; choose fashion_mnist, cifar10 or cifar100")
+
+
+# ---------------------------------------------------------------- validation split
+
+def validation_split(labels: torch.Tensor, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train_indices, val_indices), both sorted: a seeded, stratified split with `size` validation samples.
+
+    Each class gives its share of `size` in proportion to its count (largest remainders round up, lower
+    class first on ties): 500 per class for 5,000 of Fashion-MNIST's 60,000. The draw depends only on the
+    labels, size and seed, so every run (training, evaluation, surgery) sees the same split."""
+    if labels.ndim != 1 or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be a 1-D integer tensor, got {labels.dtype} of shape {tuple(labels.shape)}")
+    n = len(labels)
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size < max(n, 1):
+        raise ValueError(f"validation size must be an integer in 0..{n - 1} (there are {n} samples, and training "
+                         f"needs at least one), got {size!r}; lower data.val_size")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"validation seed must be a non-negative integer, got {seed!r}")
+    if size == 0:
+        return torch.arange(n), torch.zeros(0, dtype=torch.long)
+    y = labels.cpu().numpy().astype(np.int64)
+    classes, counts = np.unique(y, return_counts=True)
+    share = size * counts / n
+    quota = np.floor(share).astype(np.int64)
+    extra = np.argsort(-(share - quota), kind="stable")[: size - int(quota.sum())]
+    quota[extra] += 1  # never past a class's count: size < n makes every share < count
+    # one seeded shuffle, then a stable sort by label: each class's samples in random order
+    perm = np.random.default_rng(seed).permutation(n)
+    grouped = perm[np.argsort(y[perm], kind="stable")]
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    val = np.sort(np.concatenate([grouped[s:s + q] for s, q in zip(starts, quota)]))
+    is_val = np.zeros(n, dtype=bool)
+    is_val[val] = True
+    return torch.from_numpy(np.flatnonzero(~is_val)), torch.from_numpy(val)
 
 
 # ---------------------------------------------------------------- augmentation

@@ -5,8 +5,11 @@ and returns one logit per kept class, in the order of config.json's "classes".
 """
 from __future__ import annotations
 
+import collections
 import hashlib
+import itertools
 import json
+import math
 import os
 import warnings
 from pathlib import Path
@@ -16,13 +19,22 @@ import torch
 from torch import nn
 
 from . import __version__
-from .io import ArtifactError, atomic_dir, load_checked, load_tensors, read_json, save_tensors, write_json
-from .subnet import build_plain
+from .io import (ArtifactError, atomic_dir, check_safetensors, expected_tensors, load_tensors, read_json,
+                 save_tensors, write_json)
+from .subnet import build_plain, site_names
 
 ARTIFACT_FORMAT = 1
+ARTIFACT_KIND = "artifact"  # the marker kind of an artifact folder (see io.atomic_dir)
 FILES = {"safetensors": "model.safetensors", "torchscript": "model.pt", "onnx": "model.onnx"}
 ONNX_OPSET = 17
 _REQUIRED = ("arch", "site_widths", "classes", "input_shape", "bn_folded")
+# Bounds on what an artifact's config.json may ask load_subnet to build; real nets stay far below them, and the
+# safetensors header check then bounds the allocation by the file's size.
+MAX_CONFIG_BYTES = 1 << 22
+MAX_WIDTH = 1 << 16  # channels of one layer (and image channels)
+MAX_LAYERS = 1 << 10  # blocks (ResNet) or convs (VGG) in all stages together
+MAX_IMAGE_SIDE = 1 << 16
+_ARCH_KEYS = ("arch", "in_channels", "widths", "blocks", "mean", "std")
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -95,15 +107,19 @@ def export_onnx(net: nn.Module, path: str | os.PathLike) -> Path:
 
 def save_subnet(net: nn.Module, path: str | os.PathLike, formats: Iterable[str] = ("safetensors",),
                 subtask: Optional[Sequence[int]] = None, source: Optional[str] = None,
-                extra: Optional[dict] = None) -> dict[str, Path]:
-    """Write an artifact directory atomically: config.json plus one file per format; returns {format: path}."""
+                extra: Optional[dict] = None, force: bool = False) -> dict[str, Path]:
+    """Write an artifact directory atomically: config.json plus one file per format; returns {format: path}.
+
+    `path` must be free or an empty folder; an artifact already there is replaced only with force=True, and
+    anything else is never replaced (io.OutputExistsError, raised before any work is done).
+    """
     formats = parse_formats(list(formats))
     _check_exportable(net)
     net = net.eval()
     config = subnet_config(net, subtask, source)
     config.update(extra or {})
     config["files"] = {f: FILES[f] for f in formats}
-    with atomic_dir(path) as tmp:
+    with atomic_dir(path, ARTIFACT_KIND, force) as tmp:
         write_json(tmp / "config.json", config)
         if "safetensors" in formats:
             save_tensors(tmp / FILES["safetensors"], net.state_dict())
@@ -114,52 +130,110 @@ def save_subnet(net: nn.Module, path: str | os.PathLike, formats: Iterable[str] 
     return {f: Path(path) / FILES[f] for f in formats}
 
 
+def _pos_int(x, cap: int) -> bool:
+    return type(x) is int and 1 <= x <= cap  # type(): a JSON true is not a width
+
+
+def _number(x) -> bool:
+    return type(x) in (int, float) and math.isfinite(x)
+
+
+def _check_config(cfg, where: str) -> tuple[dict, list[str], bool, list[int]]:
+    """(arch with site_widths and num_classes, classes, bn_folded, input_shape) of a config.json, every field
+    type-checked and bounded; ArtifactError naming the first bad field."""
+    def bad(field: str, what: str) -> ArtifactError:
+        return ArtifactError(f"{where}: {field} {what}; the artifact is corrupt or was not written by hypersan "
+                             "(re-export it with `hypersan prune`)")
+
+    if not isinstance(cfg, dict):
+        raise bad("the file", "is not a JSON object")
+    fmt = cfg.get("format")
+    if fmt != ARTIFACT_FORMAT or type(fmt) is not int:
+        raise ArtifactError(f"{where}: artifact format {fmt!r} is not supported (this hypersan {__version__} reads "
+                            f"format {ARTIFACT_FORMAT}); re-export it, or use the hypersan version that wrote it")
+    missing = [k for k in _REQUIRED if k not in cfg]
+    if missing:
+        raise ArtifactError(f"{where} lacks {', '.join(missing)}; the artifact is incomplete")
+    bn_folded = cfg["bn_folded"]
+    if type(bn_folded) is not bool:
+        raise bad("bn_folded", f"must be a JSON boolean (true or false), not {bn_folded!r}")
+    classes = cfg["classes"]
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise bad("classes", "must be a non-empty list of class names (strings)")
+    if len(set(classes)) != len(classes):
+        dup = sorted(c for c, n in collections.Counter(classes).items() if n > 1)  # linear: the list may be long
+        raise bad("classes", f"must name each class once; repeated: {', '.join(map(repr, dup[:8]))}")
+    arch = cfg["arch"]
+    if not isinstance(arch, dict):
+        raise bad("arch", "must be a JSON object")
+    unknown = sorted(set(arch) - set(_ARCH_KEYS))
+    lacking = [k for k in _ARCH_KEYS if k not in arch]
+    if unknown or lacking:
+        raise bad("arch", f"must have exactly the keys {', '.join(_ARCH_KEYS)}"
+                  + (f"; unknown: {', '.join(unknown)}" if unknown else "")
+                  + (f"; missing: {', '.join(lacking)}" if lacking else ""))
+    if arch["arch"] not in ("resnet", "vgg"):
+        raise bad("arch.arch", f"must be \"resnet\" or \"vgg\", not {arch['arch']!r}")
+    c = arch["in_channels"]
+    if not _pos_int(c, MAX_WIDTH):
+        raise bad("arch.in_channels", f"must be an integer from 1 to {MAX_WIDTH}, not {c!r}")
+    widths, blocks = arch["widths"], arch["blocks"]
+    if not isinstance(widths, list) or not widths or not all(_pos_int(w, MAX_WIDTH) for w in widths):
+        raise bad("arch.widths", f"must be a non-empty list of integers from 1 to {MAX_WIDTH}")
+    if (not isinstance(blocks, list) or len(blocks) != len(widths) or not all(_pos_int(b, MAX_LAYERS) for b in blocks)
+            or sum(blocks) > MAX_LAYERS):
+        raise bad("arch.blocks", f"must be a list of positive integers, one per width, {MAX_LAYERS} in all at most")
+    for key in ("mean", "std"):
+        v = arch[key]
+        if not isinstance(v, list) or len(v) not in (1, c) or not all(_number(x) for x in v):
+            raise bad(f"arch.{key}", f"must be a list of 1 or {c} (in_channels) finite numbers")
+    if not all(s > 0 for s in arch["std"]):
+        raise bad("arch.std", "must be positive")
+    sw = cfg["site_widths"]
+    if not isinstance(sw, dict):
+        raise bad("site_widths", "must be a JSON object {site: width}")
+    known = set(site_names(arch))
+    for name, w in sw.items():
+        if name not in known:
+            raise bad("site_widths", f"names {name!r}, which is no site of this {arch['arch']} (its sites: "
+                      f"{', '.join(sorted(known)[:6])}, ...)")
+        if not _pos_int(w, MAX_WIDTH):
+            raise bad(f"site_widths[{name!r}]", f"= {w!r} is not a width from 1 to {MAX_WIDTH}")
+    shape = cfg["input_shape"]
+    if (not isinstance(shape, list) or len(shape) != 3 or not _pos_int(shape[0], MAX_WIDTH)
+            or not all(_pos_int(d, MAX_IMAGE_SIDE) for d in shape[1:])):
+        raise bad("input_shape", f"must be [channels, height, width], positive integers, not {shape!r}")
+    if shape[0] != c:
+        raise bad("input_shape", f"has {shape[0]} channels, but arch.in_channels is {c}")
+    return dict(arch, site_widths=dict(sw), num_classes=len(classes)), list(classes), bn_folded, list(shape)
+
+
 def load_subnet(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a plain net from an artifact directory's widths and load its weights (nothing is unpickled)."""
+    """Rebuild a plain net from an artifact directory's widths and load its weights (nothing is unpickled).
+
+    Every config.json field and the safetensors header are checked before anything is allocated: what
+    loading allocates is what config.json describes, and no more than the weights file holds.
+    """
     p = Path(path)
     if not p.is_dir():
         raise ArtifactError(f"artifact directory {str(p)!r} not found")
-    cfg = read_json(p / "config.json")
-    fmt = cfg.get("format")
-    if fmt != ARTIFACT_FORMAT:
-        raise ArtifactError(f"{p / 'config.json'}: artifact format {fmt!r} is not supported (this hypersan "
-                            f"{__version__} reads format {ARTIFACT_FORMAT}); re-export it, or use the hypersan "
-                            "version that wrote it")
-    missing = [k for k in _REQUIRED if k not in cfg]
-    if missing:
-        raise ArtifactError(f"{p / 'config.json'} lacks {', '.join(missing)}; the artifact is incomplete")
-    classes = cfg["classes"]
-    arch = dict(cfg["arch"], site_widths=cfg["site_widths"], num_classes=len(classes))
-    try:
-        net = build_plain(arch, classes, bool(cfg["bn_folded"]))
-    except (KeyError, TypeError, ValueError) as e:
-        raise ArtifactError(f"{p / 'config.json'}: cannot build the network it describes ({e!r})") from None
-    net.input_shape = [int(d) for d in cfg["input_shape"]]
+    where = p / "config.json"
+    arch, classes, bn_folded, input_shape = _check_config(read_json(where, max_bytes=MAX_CONFIG_BYTES), str(where))
     weights = p / FILES["safetensors"]
     if not weights.is_file():
         raise ArtifactError(f"{weights} is missing; export the artifact with the safetensors format to load it "
                             "with load_subnet (model.pt and model.onnx load with torch.jit.load / onnxruntime)")
-    load_checked(net, load_tensors(weights), str(weights))
+    # built on the meta device: the shapes and dtypes to check the header against, with no memory behind them
+    try:
+        with torch.device("meta"):
+            net = build_plain(arch, classes, bn_folded)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ArtifactError(f"{where}: cannot build the network it describes ({e!r})") from None
+    check_safetensors(weights, expected_tensors(net), str(weights))
+    # assign: the loaded tensors become the net's, so the weights are allocated once, and never initialized
+    net.load_state_dict(load_tensors(weights), strict=True, assign=True)
+    left = [k for k, v in itertools.chain(net.named_parameters(), net.named_buffers()) if v.is_meta]
+    if left:  # state the state dict does not cover: a bug here, not in the file
+        raise RuntimeError(f"load_subnet: {', '.join(left[:4])} were not loaded from {weights}")
+    net.input_shape = input_shape
     return net.to(map_location).eval()
-
-
-def export_subtask(model, classes, out: str | os.PathLike, formats: Iterable[str] = ("safetensors",),
-                   round_to: int = 0, fold_bn: bool = True, images: Optional[torch.Tensor] = None,
-                   round_mode: str = "up", text: Optional[str] = None) -> dict:
-    """Prune a SubtaskAdaptiveNet to a subtask and write its artifact; returns a JSON-able summary.
-    `text` conditions a text-conditioned generator on that description (see surgery.prune)."""
-    from .metrics import subnet_cost
-    from .surgery import prune
-
-    formats = parse_formats(list(formats) if not isinstance(formats, str) else formats)
-    t = model.resolve(classes)
-    net = prune(model, t, fold_bn=fold_bn, round_to=round_to, images=images, round_mode=round_mode, text=text)
-    arch, shape = model.backbone.arch, model.info.input_shape
-    dense_macs, dense_params = subnet_cost(arch, arch["site_widths"], len(model.classes), shape)
-    macs, params = subnet_cost(arch, net.arch["site_widths"], len(t), shape)
-    ratios = {"mac_ratio": macs / dense_macs, "param_ratio": params / dense_params}
-    files = save_subnet(net, out, formats, subtask=list(t), source=getattr(model, "source", None),
-                        extra=dict(ratios, round_to=round_to, round_mode=round_mode, conditioned_on=text))
-    return {"classes": list(net.classes), "subtask": list(t), **ratios,
-            "widths": dict(net.arch["site_widths"]), "files": {f: str(p) for f, p in files.items()},
-            "bytes": {f: p.stat().st_size for f, p in files.items()}}

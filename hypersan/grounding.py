@@ -2,18 +2,19 @@
 
 Three passes over the request:
 1. Lexical: the longest phrases of the vocabulary (class names, synonyms, group names) are matched, ignoring case
-   and plural forms.
+   and plural forms (hypersan.vocabulary).
 2. What is left is sorted into separators ("and", "vs", ","), exclusions ("except"), filler ("I need a model for")
-   and content words. Content words right before a matched phrase modify it ("winter coats"); others must be
-   grounded on their own: by a near spelling of a vocabulary word, or by sentence-embedding similarity to the
-   vocabulary's phrases above a calibrated threshold.
-3. Any part that cannot be grounded rejects the whole request, naming that part and the nearest classes.
+   and content words (hypersan.words). Content words right before a matched phrase modify it ("winter coats");
+   others must be grounded on their own: by a near spelling of a vocabulary word, or by sentence-embedding
+   similarity to the vocabulary's phrases above a calibrated threshold.
+3. Any part that cannot be grounded rejects the whole request, naming that part and the nearest classes. So does
+   a guess (spelling or embedding) that repeats what another part names ("tops and bottoms" must not read
+   "bottoms" as "tops"), a modifier that takes its phrase to another object ("airplane bags"), an exclusion word
+   with nothing after it ("everything except"), and a request whose exclusions leave nothing.
 """
 from __future__ import annotations
 
 import difflib
-import re
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
@@ -21,61 +22,16 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 import numpy as np
 
 from .data import DatasetInfo
+from .vocabulary import Vocabulary, _Entry, extend_vocabulary, lemma, normalize, tokenize
+from .words import (ALL_WORDS, BACKGROUND, BACKGROUND_DROP, CONNECTORS, EMBED_ACCEPT, EMBED_NARROW, EXCLUDERS, FILLER,
+                    FUZZY_ACCEPT, FUZZY_MIN_LEN, PREPOSITIONS_AFTER, SEPARATOR_TOKENS)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .text import Encoder
 
-# Thresholds calibrated for all-MiniLM-L6-v2 on tests/data/fmnist_requests.jsonl (see docs/RESULTS.md).
-EMBED_ACCEPT = 0.60  # a part alone is grounded when its best phrase similarity reaches this
-EMBED_NARROW = 0.50  # "modifier + phrase" may narrow the phrase to one of its classes above this
-FUZZY_ACCEPT = 0.85  # difflib ratio for a misspelt vocabulary word ("snekers")
-FUZZY_MIN_LEN = 5
-BACKGROUND_DROP = 0.80  # background objects this similar to a vocabulary phrase are dropped (they may be synonyms)
-
-# Open-set rejection: common objects (COCO's 80 and CIFAR-100's 100 categories, plus clothing accessories that
-# clothing datasets often lack). A part nearer to one of these than to every vocabulary phrase is not understood.
-# Entries the vocabulary names, or nearly names (>= BACKGROUND_DROP), are left out per vocabulary.
-BACKGROUND = tuple(dict.fromkeys(x.strip() for x in """
-person, bicycle, car, motorcycle, airplane, bus, train, truck, boat, traffic light, fire hydrant, stop sign,
-parking meter, bench, bird, cat, dog, horse, sheep, cow, elephant, bear, zebra, giraffe, backpack, umbrella, handbag,
-tie, suitcase, frisbee, skis, snowboard, sports ball, kite, baseball bat, baseball glove, skateboard, surfboard,
-tennis racket, bottle, wine glass, cup, fork, knife, spoon, bowl, banana, apple, sandwich, orange, broccoli, carrot,
-hot dog, pizza, donut, cake, chair, couch, potted plant, bed, dining table, toilet, tv, laptop, mouse, remote,
-keyboard, cell phone, microwave, oven, toaster, sink, refrigerator, book, clock, vase, scissors, teddy bear,
-hair drier, toothbrush,
-aquarium fish, baby, beaver, bee, beetle, boy, bridge, butterfly, camel, can, castle, caterpillar, cattle,
-chimpanzee, cloud, cockroach, crab, crocodile, dinosaur, dolphin, flatfish, forest, fox, girl, hamster, house,
-kangaroo, lamp, lawn mower, leopard, lion, lizard, lobster, man, maple tree, mountain, mushroom, oak tree, orchid,
-otter, palm tree, pear, pickup truck, pine tree, plain, plate, poppy, porcupine, possum, rabbit, raccoon, ray, road,
-rocket, rose, sea, seal, shark, shrew, skunk, skyscraper, snail, snake, spider, squirrel, streetcar, sunflower,
-sweet pepper, table, tank, telephone, television, tiger, tractor, trout, tulip, turtle, wardrobe, whale,
-willow tree, wolf, woman, worm,
-socks, gloves, belt, wallet, sunglasses, necklace, bracelet, earrings, watch
-""".replace("\n", " ").split(",") if x.strip()))
-
-SEPARATOR_TOKENS = {",", ";", "&", "+", "/", "|"}
-CONNECTORS = {"and", "or", "vs", "v", "versus", "plus", "nor", "from", "against", "with", "as", "well", "along",
-              "together", "compared", "opposed", "alongside", "then", "n"}
-EXCLUDERS = {"except", "excluding", "exclude", "without", "minus", "not", "but", "no", "besides"}
-ALL_WORDS = {"all", "everything", "every", "anything", "full", "complete"}
-PREPOSITIONS_AFTER = {"for", "in", "made", "of", "on"}  # "sneakers for running": a modifier after the phrase
-FILLER = set("""
-a an the this that these those some any of for to in on at by into about than other such same
-i me my we us our you your it its they them their he she his her one ones who whom which what
-is are am be been being was were do does did will would could can should shall may might must
-please pls kindly just only also too really very exactly solely purely exclusively mostly
-need want like love wish require prefer id im ive youd lets let get got give make build create train
-prune produce generate return output provide design set up show find spot see look looking help handle
-model net network classifier classification detector recognizer recognition cnn neural subnet subnetwork
-system pruned smaller small tiny fast compact light lightweight version variant
-recognize recognise recognizes recognises recognizing recognising detect detects detecting detection
-classify classifies classifying identify identifies identifying distinguish distinguishes distinguishing
-differentiate differentiates differentiating discriminate separate separates separating sort sorts sorting
-tell tells telling apart between among amongst both either neither each can able capable
-image picture photo photograph pic item thing object stuff piece product kind type sort class category
-categorie group whole entire set list only just e g eg ie etc okay ok hi hello hey thanks thank
-containing contain contains with same nothing else more something
-""".split())
+__all__ = ["GroundingError", "Match", "Grounding", "Grounder", "ground", "ground_many",
+           # re-exported from hypersan.vocabulary for code that imported them from here
+           "tokenize", "lemma", "Vocabulary", "extend_vocabulary"]
 
 
 class GroundingError(ValueError):
@@ -128,150 +84,10 @@ class Grounding:
                 "matches": [m.to_dict() for m in self.matches]}
 
 
-# ---------------------------------------------------------------- text normalization
-
-_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*|[,;&+/|]")
-
-
-def tokenize(text: str) -> list[tuple[str, int, int]]:
-    """Lower-case word and separator tokens of text, each with its character span."""
-    norm = unicodedata.normalize("NFKC", text).replace("\u2019", "'").replace("\u2018", "'")
-    low = norm.lower() if len(norm.lower()) == len(norm) else norm  # offsets must index norm
-    return [(m.group().replace("'", ""), m.start(), m.end()) for m in _TOKEN.finditer(low)]
-
-
-def lemma(word: str) -> str:
-    """A crude singular form, the same for a word and its plural ("dresses", "dress" -> "dress")."""
-    w = word
-    if len(w) > 3 and w.isalpha():
-        if w.endswith("ies") and len(w) > 4:
-            w = w[:-3] + "y"
-        elif w.endswith(("sses", "shes", "ches", "xes", "zzes")):
-            w = w[:-2]
-        elif w.endswith("oes"):
-            w = w[:-1]
-        elif w.endswith("s") and not w.endswith(("ss", "us", "is")):
-            w = w[:-1]
-        if w.endswith("ie") and len(w) > 3:  # hoodie / hoodies -> hoody
-            w = w[:-2] + "y"
-    return w
-
-
-@dataclass(frozen=True)
-class _Entry:
-    phrase: str
-    target: str
-    classes: tuple[str, ...]
-    how: str
-
-
-class Vocabulary:
-    """The phrases of a DatasetInfo, indexed for longest-match lookup by exact and singular forms."""
-
-    def __init__(self, info: DatasetInfo):
-        self.info = info
-        self.classes = list(info.classes)
-        self.class_index = {c: i for i, c in enumerate(self.classes)}
-        low = {c.lower(): c for c in self.classes}
-        groups: dict[str, tuple[str, ...]] = {}
-        for g, members in info.groups.items():
-            bad = [m for m in members if m.lower() not in low]
-            if bad:
-                raise ValueError(f"group {g!r} names unknown class(es) {bad}; known classes: {', '.join(self.classes)}")
-            groups[g] = tuple(sorted({low[m.lower()] for m in members}, key=lambda c: self.class_index[c]))
-        self.groups = groups
-        entries: list[_Entry] = [_Entry(c, c, (c,), "name") for c in self.classes]
-        glow = {g.lower(): g for g in groups}
-        syn_entries = []
-        for owner, words in info.synonyms.items():
-            if owner.lower() in low:
-                c = low[owner.lower()]
-                syn_entries += [_Entry(w, c, (c,), "synonym") for w in words]
-            elif owner.lower() in glow:
-                g = glow[owner.lower()]
-                syn_entries += [_Entry(w, g, groups[g], "group") for w in words]
-            else:
-                raise ValueError(f"synonyms given for {owner!r}, which is neither a class nor a group; "
-                                 f"classes: {', '.join(self.classes)}; groups: {', '.join(groups) or '(none)'}")
-        entries += [e for e in syn_entries if e.how == "synonym"]
-        entries += [_Entry(g, g, cs, "group") for g, cs in groups.items()]
-        entries += [e for e in syn_entries if e.how == "group"]
-        self.entries = entries
-        self.exact: dict[tuple[str, ...], _Entry] = {}
-        self.singular: dict[tuple[str, ...], _Entry] = {}
-        explicit: dict[tuple[str, ...], _Entry] = {}
-        for e in entries:
-            toks = tuple(t for t, _, _ in tokenize(e.phrase))
-            if not toks:
-                raise ValueError(f"vocabulary phrase {e.phrase!r} (for {e.target!r}) has no words")
-            prev = explicit.get(toks)
-            if prev is not None and prev.classes != e.classes:
-                raise ValueError(f"{e.phrase!r} would stand for both {prev.target!r} and {e.target!r}; "
-                                 "a phrase may name only one class or group")
-            explicit.setdefault(toks, e)
-        # Exact phrases first, then derived forms ("t-shirt" also as "tshirt"), then singular forms of all.
-        for e in entries:
-            self.exact.setdefault(tuple(t for t, _, _ in tokenize(e.phrase)), e)
-        for e in entries:
-            self.exact.setdefault(tuple(t for t, _, _ in tokenize(re.sub(r"(?<=\w)-(?=\w)", "", e.phrase))), e)
-        for toks, e in list(self.exact.items()):
-            self.singular.setdefault(tuple(lemma(t) for t in toks), e)
-        self.max_len = max((len(k) for k in self.exact), default=1)
-        # Phrases compared by embedding and by spelling: every entry's own text, once.
-        self.phrases = list(dict.fromkeys(e.phrase for e in entries))
-        self.phrase_entries = [next(e for e in entries if e.phrase == p) for p in self.phrases]
-        self.fuzzy_keys = {" ".join(lemma(t) for t, _, _ in tokenize(e.phrase)): e for e in reversed(entries)}
-
-    def lookup(self, toks: Sequence[str]) -> _Entry | None:
-        """The entry a token sequence names exactly or in singular form, if any."""
-        return self.exact.get(tuple(toks)) or self.singular.get(tuple(lemma(t) for t in toks))
-
-
-def extend_vocabulary(info: DatasetInfo, synonyms: dict[str, list[str]] | None = None,
-                      groups: dict[str, list[str]] | None = None) -> DatasetInfo:
-    """A copy of info with extra synonyms and groups (a config's [vocab] section), every name checked."""
-    low = {c.lower(): c for c in info.classes}
-    new_groups = {g: list(m) for g, m in info.groups.items()}
-    for g, members in (groups or {}).items():
-        if g.strip().lower() in low:
-            raise ValueError(f"vocab.groups: {g!r} is already a class name; give the group a name of its own")
-        bad = [m for m in members if m.strip().lower() not in low]
-        if bad or not members:
-            raise ValueError(f"vocab.groups.{g}: {'unknown class(es) ' + repr(bad) if bad else 'no classes'}; "
-                             f"known classes: {', '.join(info.classes)}")
-        old = next((k for k in new_groups if k.lower() == g.strip().lower()), g.strip())
-        new_groups[old] = [low[m.strip().lower()] for m in members]
-    owners = {**low, **{g.lower(): g for g in new_groups}}
-    new_syn = {k: list(v) for k, v in info.synonyms.items()}
-    for owner, words in (synonyms or {}).items():
-        if owner.strip().lower() not in owners:
-            raise ValueError(f"vocab.synonyms: {owner!r} is neither a class nor a group; classes: "
-                             f"{', '.join(info.classes)}; groups: {', '.join(new_groups) or '(none)'}")
-        key = owners[owner.strip().lower()]
-        key = next((k for k in new_syn if k.lower() == key.lower()), key)
-        new_syn[key] = list(dict.fromkeys([*new_syn.get(key, []), *words]))
-    out = DatasetInfo.from_dict({**info.to_dict(), "groups": new_groups, "synonyms": new_syn})
-    Vocabulary(out)  # a phrase that names two things fails here, naming both
-    return out
-
-
-def checkpoint_vocabulary(path: str | Path) -> DatasetInfo:
-    """A checkpoint's vocabulary: its dataset.json, extended by the [vocab] section of its config.json."""
-    from .config import config_from_dict
-    from .io import ArtifactError, read_json
-    from .model import resolve_checkpoint
-
-    p = resolve_checkpoint(path)
-    if not (p / "dataset.json").is_file():
-        raise ArtifactError(f"{p}: no dataset.json; is this a hypersan checkpoint directory?")
-    info = DatasetInfo.from_dict(read_json(p / "dataset.json"))
-    if (p / "config.json").is_file():
-        vocab = config_from_dict({"vocab": read_json(p / "config.json").get("vocab", {})}).vocab
-        info = extend_vocabulary(info, vocab.synonyms, vocab.groups)
-    return info
-
-
 # ---------------------------------------------------------------- the grounder
+
+_ALL = "*"  # the target of "everything"
+
 
 @dataclass
 class _Item:
@@ -279,6 +95,21 @@ class _Item:
     start: int  # token index range
     end: int
     entry: _Entry | None = None
+
+
+@dataclass
+class _Part:
+    """A part of the request to ground: a phrase (maybe modified), or a run of content words."""
+
+    start: int  # token index range of all its words
+    end: int
+    entry: _Entry | None  # what it stands for; None while (or when) not understood
+    head: tuple[int, int] | None  # token range of the vocabulary phrase, None for a run of content words
+    exclude: bool
+    how: str = ""
+    score: float = 0.0
+    why: str = ""  # why it was not understood, when there is more to say than "it matches nothing"
+    unnarrowed: _Entry | None = None  # the phrase a modifier narrowed, to fall back on
 
 
 class Grounder:
@@ -296,6 +127,8 @@ class Grounder:
         self.background = [b for b in background if self.vocab.lookup([t for t, _, _ in tokenize(b)]) is None]
         self._phrase_emb: np.ndarray | None = None
         self._bg_emb: np.ndarray | None = None
+        self._bg_names: list[str] = []
+        self._everything = _Entry("everything", _ALL, tuple(self.vocab.classes), "all")
 
     @property
     def encoder(self) -> "Encoder":
@@ -314,6 +147,7 @@ class Grounder:
         if self._bg_emb is None:
             bg = self.encoder.encode(self.background) if self.background else np.zeros((0, self._phrase_emb.shape[1]))
             near = (bg @ self._phrase_emb.T).max(axis=1) if len(bg) else np.zeros(0)
+            self._bg_names = [b for b, s in zip(self.background, near) if s < BACKGROUND_DROP]
             self._bg_emb = bg[near < BACKGROUND_DROP].astype(np.float32)
         return self
 
@@ -353,8 +187,11 @@ class Grounder:
                 best = (e, r)
         return best
 
-    def _scan(self, toks: list[str]) -> list[_Item]:
-        """Longest-match the vocabulary over the tokens, then sort the rest by role."""
+    def _scan(self, toks: list[str], gaps: list[str]) -> list[_Item]:
+        """Longest-match the vocabulary over the tokens, then sort the rest by role.
+
+        gaps[i] is the text between token i - 1 and token i ("-" inside "button-up").
+        """
         items: list[_Item] = []
         i, n = 0, len(toks)
         while i < n:
@@ -368,6 +205,10 @@ class Grounder:
                 t, lt = toks[i], lemma(toks[i])
                 if t in SEPARATOR_TOKENS or t in CONNECTORS:
                     kind = "sep"
+                elif t == "but":
+                    # "everything but bags" excludes; "nothing but sneakers" and "sneakers but also bags" do not.
+                    after = toks[i + 1] if i + 1 < n else ""
+                    kind = "sep" if (i and toks[i - 1] == "nothing") or after in ("also", "too") else "excl"
                 elif t in EXCLUDERS:
                     kind = "excl"
                 elif t in ALL_WORDS:
@@ -378,61 +219,46 @@ class Grounder:
                     kind = "content"
                 items.append(_Item(kind, i, i + 1))
                 i += 1
+        # A filler word hyphenated to a content word is part of it ("button-up shirts", "slip-on shoes"):
+        # left as filler, it would cut the modifier off from its phrase. Two sweeps join chains from either end.
+        for _ in range(2):
+            for a, b in zip(items, items[1:]):
+                if gaps[b.start] == "-" and {a.kind, b.kind} == {"filler", "content"}:
+                    a.kind = b.kind = "content"
         return items
 
-    def ground(self, request: str) -> Grounding:
-        """The class set a request names; raises GroundingError naming what it could not understand."""
-        vocab = self.vocab
-        if not isinstance(request, str):
-            raise TypeError(f"request must be a string, got {type(request).__name__}")
-        tokens = tokenize(request)
-        known = f"known classes: {', '.join(vocab.classes)}" + (f"; groups: {', '.join(vocab.groups)}" if vocab.groups else "")
-        if not any(t not in SEPARATOR_TOKENS for t, _, _ in tokens):
-            raise GroundingError(f"empty request {request!r}: name one or more classes ({known})", request)
-        toks = [t for t, _, _ in tokens]
+    def _parts(self, items: list[_Item], toks: list[str], gaps: list[str]) -> tuple[list[_Part], bool, int | None]:
+        """The request's parts, whether it says "all" on its own, and the token of a trailing exclusion word.
 
-        # Token offsets index the NFKC-normalized text; quote the request's own words only where they align.
-        aligned = len(unicodedata.normalize("NFKC", request)) == len(request)
-
-        def request_chars(a: int, b: int) -> str:
-            return request[a:b] if aligned else ""
-
-        def text_of(a: int, b: int) -> str:
-            return request[tokens[a][1]:tokens[b - 1][2]] if aligned else " ".join(toks[a:b])
-
-        items = self._scan(toks)
-        # Adjacent phrases where the second is a group holding the first ("upper body clothing") keep the first.
-        kept: list[_Item] = []
-        for it in items:
-            if (it.kind == "match" and kept and kept[-1].kind == "match" and kept[-1].end == it.start
-                    and it.entry.how == "group" and set(kept[-1].entry.classes) <= set(it.entry.classes)):
-                kept[-1] = _Item("match", kept[-1].start, it.end, kept[-1].entry)
-                continue
-            kept.append(it)
-        items = kept
-
-        # Parts: each match, with content words just before it (or "for/in/of ..." just after) as its modifier;
-        # and standalone runs of content words, trimmed of filler at both ends.
-        parts: list[dict] = []  # {"start", "end", "entry" or None, "head": (a, b) of the phrase, "exclude"}
-        excluding = False
-        saw_all = False
+        A part is each phrase, with content words just before it (or "for/in/of ..." just after) as its modifier,
+        and each standalone run of content words, trimmed of filler at both ends.
+        """
+        parts: list[_Part] = []
+        excluding = saw_all = False
+        dangling: int | None = None  # an exclusion word that no part has followed yet
+        all_excluded: int | None = None  # "everything except everything": the token of an "all" after an exclusion
         j = 0
         while j < len(items):
             it = items[j]
             if it.kind == "excl":
                 excluding = True
+                dangling = it.start if dangling is None else dangling
                 j += 1
                 continue
             if it.kind == "all":
-                saw_all = True
+                if excluding:
+                    all_excluded = it.start  # undone if a part follows: "except all the footwear" excludes footwear
+                else:
+                    saw_all = True
                 j += 1
                 continue
             if it.kind in ("sep", "filler"):
                 j += 1
                 continue
+            dangling = all_excluded = None
             if it.kind == "match":
-                parts.append({"start": it.start, "end": it.end, "entry": it.entry, "head": (it.start, it.end),
-                              "exclude": excluding})
+                part = _Part(it.start, it.end, it.entry, (it.start, it.end), excluding)
+                parts.append(part)
                 j += 1
                 # "sneakers for running": a run after the phrase that starts with a preposition modifies it.
                 if j < len(items) and items[j].kind == "filler" and toks[items[j].start] in PREPOSITIONS_AFTER:
@@ -441,7 +267,7 @@ class Grounder:
                         k += 1
                     if any(items[m].kind == "content" for m in range(j, k)):
                         last = max(m for m in range(j, k) if items[m].kind == "content")
-                        parts[-1]["end"] = items[last].end
+                        part.end = items[last].end
                         j = last + 1
                 continue
             # a run of content (and filler) words
@@ -454,67 +280,162 @@ class Grounder:
                 nxt = items[k]  # modifier of the next phrase: "winter coats"
                 # A hyphenated modifier that ends in a phrase ("high-top sneakers") modifies the phrase after it.
                 if (k + 1 < len(items) and items[k + 1].kind == "match" and items[k + 1].start == nxt.end
-                        and request_chars(tokens[nxt.start - 1][2], tokens[nxt.start][1]) == "-"):
+                        and gaps[nxt.start] == "-"):
                     nxt = items[k + 1]
                     k += 1
-                parts.append({"start": a, "end": nxt.end, "entry": nxt.entry, "head": (nxt.start, nxt.end),
-                              "exclude": excluding})
+                parts.append(_Part(a, nxt.end, nxt.entry, (nxt.start, nxt.end), excluding))
                 j = k + 1
                 continue
-            parts.append({"start": a, "end": b, "entry": None, "head": None, "exclude": excluding})
+            parts.append(_Part(a, b, None, None, excluding))
             j = k
+        if all_excluded is not None:
+            a = all_excluded
+            parts.append(_Part(a, a + 1, self._everything, (a, a + 1), True, "all", 1.0))
+            dangling = None
+        return parts, saw_all, dangling
 
-        # Ground what the vocabulary alone does not: standalone runs (spelling, then embedding) and
-        # modified phrases (embedding may narrow "summer shoes" to one of the phrase's classes).
+    def _resolve(self, parts: list[_Part], toks: list[str]) -> None:
+        """Ground what the vocabulary alone does not, in place.
+
+        Standalone runs: by spelling, then by embedding. Modified phrases: embedding may narrow "summer shoes" to
+        one of the phrase's classes, and a modifier that takes the phrase nearer to a common object than to any
+        class ("airplane bags") leaves the part not understood.
+        """
         to_embed = []
         for p in parts:
-            if p["entry"] is None:
-                fz = self._fuzzy(" ".join(toks[p["start"]:p["end"]]))
+            if p.how:
+                continue
+            if p.entry is None:
+                fz = self._fuzzy(" ".join(toks[p.start:p.end]))
                 if fz is not None:
-                    p["entry"], p["how"], p["score"] = fz[0], "fuzzy", fz[1]
+                    p.entry, p.how, p.score = fz[0], "fuzzy", fz[1]
                     continue
                 to_embed.append(p)
-            elif (p["start"], p["end"]) != p["head"]:
+            elif (p.start, p.end) != p.head:
                 to_embed.append(p)
             else:
-                p["how"], p["score"] = p["entry"].how, 1.0
-        if to_embed:
-            sims, bg_sims = self._embed([" ".join(toks[p["start"]:p["end"]]) for p in to_embed])
-            for p, row, bg_row in zip(to_embed, sims, bg_sims):
-                ranked = self._best_targets(row)
-                if p["entry"] is None:
-                    e, s = ranked[0]
-                    if s >= self.accept and s > (bg_row.max() if len(bg_row) else -1.0):
-                        p["entry"], p["how"], p["score"] = e, "embedding", s
-                    continue
-                head = p["entry"]
-                head_score = next((s for e, s in ranked if e.target == head.target), 0.0)
-                narrower = [(e, s) for e, s in ranked if set(e.classes) < set(head.classes)]
-                if narrower and narrower[0][1] >= self.narrow and narrower[0][1] > head_score:
-                    p["entry"], p["how"], p["score"] = narrower[0][0], "modifier", narrower[0][1]
-                else:
-                    p["how"], p["score"] = head.how, 1.0
+                p.how, p.score = p.entry.how, 1.0
+        if not to_embed:
+            return
+        sims, bg_sims = self._embed([" ".join(toks[p.start:p.end]) for p in to_embed])
+        for p, row, bg_row in zip(to_embed, sims, bg_sims):
+            ranked = self._best_targets(row)
+            bg_best = int(bg_row.argmax()) if len(bg_row) else -1
+            bg = float(bg_row[bg_best]) if len(bg_row) else -1.0
+            if p.entry is None:
+                e, s = ranked[0]
+                if s >= self.accept and s > bg:
+                    p.entry, p.how, p.score = e, "embedding", s
+                continue
+            head = p.entry
+            if ranked[0][1] <= bg:
+                # The same test as for a part on its own: nearer to a common object than to every phrase of the
+                # vocabulary, the modified phrase is about something else ("airplane bags").
+                p.entry = None
+                p.why = (f"is nearer to {self._bg_names[bg_best]!r} ({bg:.2f}) than to any class or group "
+                         f"(best: {ranked[0][0].target!r}, {ranked[0][1]:.2f}): the words around "
+                         f"{' '.join(toks[p.head[0]:p.head[1]])!r} change what it names")
+                continue
+            head_score = next((s for e, s in ranked if e.target == head.target), 0.0)
+            narrower = [(e, s) for e, s in ranked if set(e.classes) < set(head.classes)]
+            if narrower and narrower[0][1] >= self.narrow and narrower[0][1] > head_score:
+                p.entry, p.how, p.score, p.unnarrowed = narrower[0][0], "modifier", narrower[0][1], head
+            else:
+                p.how, p.score = head.how, 1.0
 
-        unknown = [p for p in parts if p["entry"] is None]
+    @staticmethod
+    def _refuse_duplicate_guesses(parts: list[_Part], text_of: Callable[[int, int], str]) -> None:
+        """Unground guesses that repeat what another part of the request names, in place.
+
+        A guess (by spelling or embedding) that lands on classes the request already names is a sign that its
+        words mean something else: "tops and bottoms" must not read "bottoms" as a second "tops". A guess
+        repeats a part on its own side (both included, or both excluded) when they share a class, and a part on
+        the other side when both name the same classes ("tops except bottoms"); an exclusion inside what is
+        included ("shoes except sandels") is what exclusions are for.
+        """
+        def repeats(p: _Part, q: _Part) -> bool:
+            if q is p or q.entry is None:
+                return False
+            mine, theirs = set(p.entry.classes), set(q.entry.classes)
+            return bool(mine & theirs) if p.exclude == q.exclude else mine == theirs
+
+        # A narrowed modifier falls back to its own phrase: the phrase was named, only the narrowing was a guess.
+        for p in parts:
+            if p.unnarrowed is not None and any(repeats(p, q) for q in parts):
+                p.entry, p.how, p.score = p.unnarrowed, p.unnarrowed.how, 1.0
+        dup = {id(p): [text_of(q.start, q.end) for q in parts if repeats(p, q)]
+               for p in parts if p.how in ("fuzzy", "embedding")}
+        for p in parts:
+            named = dup.get(id(p))
+            if named:
+                p.why = (f"looks most like {p.entry.target!r} ({p.how} {p.score:.2f}), which repeats classes that "
+                         f"{' and '.join(f'{w!r}' for w in named)} already {'names' if len(named) == 1 else 'name'}, "
+                         "so it likely means something else")
+                p.entry, p.how = None, ""
+
+    def ground(self, request: str) -> Grounding:
+        """The class set a request names; raises GroundingError naming what it could not understand."""
+        vocab = self.vocab
+        if not isinstance(request, str):
+            raise TypeError(f"request must be a string, got {type(request).__name__}")
+        tokens = tokenize(request)
+        known = f"known classes: {', '.join(vocab.classes)}"
+        if vocab.groups:
+            known += f"; groups: {', '.join(vocab.groups)}"
+        if not any(t not in SEPARATOR_TOKENS for t, _, _ in tokens):
+            raise GroundingError(f"empty request {request!r}: name one or more classes ({known})", request)
+        toks = [t for t, _, _ in tokens]
+        norm = normalize(request)
+        gaps = [""] + [norm[tokens[i - 1][2]:tokens[i][1]] for i in range(1, len(tokens))]
+
+        # Token offsets index the NFKC-normalized text; quote the request's own words only where they align.
+        aligned = len(norm) == len(request)
+
+        def text_of(a: int, b: int) -> str:
+            return request[tokens[a][1]:tokens[b - 1][2]] if aligned else " ".join(toks[a:b])
+
+        items = self._scan(toks, gaps)
+        # Adjacent phrases where the second is a group holding the first ("upper body clothing") keep the first.
+        kept: list[_Item] = []
+        for it in items:
+            if (it.kind == "match" and kept and kept[-1].kind == "match" and kept[-1].end == it.start
+                    and it.entry.how == "group" and set(kept[-1].entry.classes) <= set(it.entry.classes)):
+                kept[-1] = _Item("match", kept[-1].start, it.end, kept[-1].entry)
+                continue
+            kept.append(it)
+        parts, saw_all, dangling = self._parts(kept, toks, gaps)
+        if dangling is not None:
+            word = text_of(dangling, len(toks))  # the exclusion words and whatever filler follows them
+            raise GroundingError(f"request {request!r} ends in \"{word}\" with nothing after it to leave out: name "
+                                 f"what to exclude (\"everything except bags\") or drop \"{word}\"", request, [word])
+
+        self._resolve(parts, toks)
+        self._refuse_duplicate_guesses(parts, text_of)
+        unknown = [p for p in parts if p.entry is None]
         if unknown:
-            words = [text_of(p["start"], p["end"]) for p in unknown]
-            near = self.nearest_classes(" ".join(toks[unknown[0]["start"]:unknown[0]["end"]]))
+            words = [text_of(p.start, p.end) for p in unknown]
+            near = self.nearest_classes(" ".join(toks[unknown[0].start:unknown[0].end]))
             quoted = ", ".join(f'"{w}"' for w in words)
+            if any(p.why for p in unknown):
+                why = "; ".join(f'"{w}" {p.why or "matches no class or group of this model"}'
+                                for w, p in zip(words, unknown))
+            else:
+                why = f"{'it matches' if len(words) == 1 else 'they match'} no class or group of this model"
             raise GroundingError(
-                f"could not understand {quoted} in {request!r}: "
-                f"{'it matches' if len(words) == 1 else 'they match'} no class or group of this model; nearest known "
-                f"classes to \"{words[0]}\": {', '.join(f'{c} ({s:.2f})' for c, s in near)}. {known[0].upper() + known[1:]}",
+                f"could not understand {quoted} in {request!r}: {why}; nearest known classes to \"{words[0]}\": "
+                f"{', '.join(f'{c} ({s:.2f})' for c, s in near)}. {known[0].upper() + known[1:]}. Name classes or "
+                "groups from these, or add your words as synonyms ([vocab.synonyms] in the config)",
                 request, words, [c for c, _ in near], [s for _, s in near])
 
-        matches = [Match(text_of(p["start"], p["end"]), p["entry"].target, p["entry"].classes, p["how"],
-                         float(p["score"]), p["exclude"]) for p in parts]
+        matches = [Match(text_of(p.start, p.end), p.entry.target, p.entry.classes, p.how, float(p.score), p.exclude)
+                   for p in parts]
         include = [m for m in matches if not m.exclude]
         if not include and saw_all:
-            include = [Match("all", "*", tuple(vocab.classes), "all", 1.0)]
+            include = [Match("all", _ALL, tuple(vocab.classes), "all", 1.0)]
             matches = include + matches
         if not include:
-            raise GroundingError(f"request {request!r} names no class ({'only exclusions' if matches else 'only filler words'}); "
-                                 f"{known}", request)
+            what = "only exclusions" if matches else "only filler words"
+            raise GroundingError(f"request {request!r} names no class ({what}); {known}", request)
         chosen: dict[str, float] = {}
         for m in include:
             for c in m.classes:
@@ -524,14 +445,18 @@ class Grounder:
                 for c in m.classes:
                     chosen.pop(c, None)
         if not chosen:
-            raise GroundingError(f"request {request!r} excludes every class it names", request)
+            named = sorted({c for m in include for c in m.classes}, key=lambda c: vocab.class_index[c])
+            raise GroundingError(f"request {request!r} excludes every class it includes ({', '.join(named)}), "
+                                 "leaving nothing to recognize: drop the exclusion or name more classes", request)
         names = sorted(chosen, key=lambda c: vocab.class_index[c])
-        return Grounding(request, names, tuple(vocab.class_index[c] for c in names), {c: chosen[c] for c in names}, matches)
+        return Grounding(request, names, tuple(vocab.class_index[c] for c in names), {c: chosen[c] for c in names},
+                         matches)
 
     __call__ = ground
 
 
-def ground(request: str, vocab: DatasetInfo | Vocabulary, encoder: "Encoder | None" = None, **thresholds) -> Grounding:
+def ground(request: str, vocab: DatasetInfo | Vocabulary, encoder: "Encoder | None" = None,
+           **thresholds) -> Grounding:
     """Ground one request in words to an explicit class set of vocab; raises GroundingError when it cannot."""
     return Grounder(vocab, encoder, **thresholds).ground(request)
 

@@ -21,6 +21,8 @@ def subtask_weighted_bce(logits: Tensor, labels: Tensor, in_task: Tensor, beta: 
 def sparsity_weights(task_sizes: Tensor, num_classes: int, gamma: float, mode: str) -> Tensor:
     """Per-sample weight of the utility L1 term: gamma, or (mode "linear") gamma * (|C| - |T|) / (|C| - 1),
     so that larger subtasks are pushed less hard towards small networks."""
+    if mode not in ("constant", "linear"):
+        raise ValueError(f"gamma_size mode {mode!r}; choose 'constant' or 'linear'")
     if mode == "constant" or num_classes == 1:
         return torch.full_like(task_sizes, gamma, dtype=torch.float32)
     return gamma * (num_classes - task_sizes.float()) / (num_classes - 1)

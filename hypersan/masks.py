@@ -25,6 +25,9 @@ class _SigmoidSTE(torch.autograd.Function):
 def keep_decision(u: Tensor, threshold: float, min_keep: int, multiple: int = 1) -> Tensor:
     """Hard keep decision (bool, same shape as u (B, C)): u > threshold, plus the top `min_keep` per row.
 
+    "Top" is by (utility, lower index first): ties are broken by a stable sort, so a row whose utilities are
+    tied (all zero, say) keeps exactly `min_keep` channels, the lowest indices, not every tied channel.
+
     With `multiple` > 1 each row keeps exactly its n' highest utilities: n' is the number of utilities above
     the threshold, rounded *down* to a multiple of `multiple`, at least `min_keep` rounded up to a multiple,
     and at most C (a site narrower than `multiple` keeps everything). Widths that are multiples of the
@@ -35,14 +38,13 @@ def keep_decision(u: Tensor, threshold: float, min_keep: int, multiple: int = 1)
     """
     width = u.shape[-1]
     k = min(min_keep, width)
+    order = u.argsort(dim=-1, descending=True, stable=True)  # exact top-n, lower index first among ties
+    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(width, device=u.device).expand_as(order))
     if multiple <= 1:
-        kth = u.topk(k, dim=-1).values[..., -1:]  # (B, 1): the k-th largest utility of each row
-        return (u > threshold) | (u >= kth)
+        return (u > threshold) | (rank < k)
     n = (u > threshold).sum(dim=-1, keepdim=True)  # (B, 1)
     n = torch.div(n, multiple, rounding_mode="floor") * multiple
     n = n.clamp(min=-(-k // multiple) * multiple, max=width)  # never below min_keep, never past the site
-    order = u.argsort(dim=-1, descending=True, stable=True)  # exact top-n, whatever the ties
-    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(width, device=u.device).expand_as(order))
     return rank < n
 
 

@@ -18,19 +18,51 @@ def subset_accuracy(logits: Tensor, labels: Tensor, classes: list[int]) -> float
     return (pred == labels[keep]).float().mean().item()
 
 
-def average_precision(scores: Tensor, positives: Tensor) -> float:
-    """Average precision of a ranking: the mean precision at the rank of each positive."""
+def average_precision(scores: Tensor, positives: Tensor, ties: str = "stable") -> float:
+    """Average precision of a ranking by descending score: the mean, over positives, of the precision at
+    the positive's rank.
+
+    Tied scores: with ties="stable" (the default, used by every recorded metric) tied items keep their
+    order in the input, the earlier one ranked first, whatever their labels. With ties="group" a run of
+    tied items counts as one cut-off: every positive in it gets the precision at the run's end (as
+    scikit-learn does), which does not depend on the input order. The two differ only on exactly equal
+    scores (by about 1e-7 on the shipped models' logits).
+    """
+    if scores.ndim != 1 or positives.shape != scores.shape:
+        raise ValueError(f"scores and positives must be 1-D of the same length, got {tuple(scores.shape)} "
+                         f"and {tuple(positives.shape)}")
+    if ties not in ("stable", "group"):
+        raise ValueError(f"ties = {ties!r}; choose 'stable' or 'group'")
     order = scores.argsort(descending=True, stable=True)
     hits = positives[order].float()
     if hits.sum() == 0:
         raise ValueError("average precision needs at least one positive")
     precision = hits.cumsum(0) / torch.arange(1, len(hits) + 1)
+    if ties == "group":
+        ranked = scores[order]
+        ends = torch.ones(len(ranked), dtype=torch.bool)
+        ends[:-1] = ranked[1:] != ranked[:-1]  # last item of each run of equal scores
+        end_of = torch.nonzero(ends).flatten()
+        precision = precision[end_of][torch.searchsorted(end_of, torch.arange(len(ranked)))]
     return (precision * hits).sum().item() / hits.sum().item()
 
 
-def mean_average_precision(logits: Tensor, labels: Tensor, classes: list[int]) -> float:
+def one_vs_rest_ap(logits: Tensor, labels: Tensor, cls: int, ties: str = "stable") -> float:
+    """AP of one class's logit over every sample (the others are negatives): the score of a one-class
+    subtask, whose 1-way accuracy is always 1.0."""
+    if logits.ndim != 2 or labels.shape != logits.shape[:1]:
+        raise ValueError(f"logits must be (N, C) and labels (N,), got {tuple(logits.shape)} and {tuple(labels.shape)}")
+    if isinstance(cls, bool) or not 0 <= int(cls) < logits.shape[1]:
+        raise ValueError(f"class {cls!r} out of range 0..{logits.shape[1] - 1}")
+    positives = labels == int(cls)
+    if not bool(positives.any()):
+        raise ValueError(f"no sample has label {int(cls)}: its average precision is undefined")
+    return average_precision(logits[:, int(cls)], positives, ties)
+
+
+def mean_average_precision(logits: Tensor, labels: Tensor, classes: list[int], ties: str = "stable") -> float:
     """mAP of T's classes over all samples (samples outside T are negatives for every class)."""
-    return sum(average_precision(logits[:, c], labels == c) for c in classes) / len(classes)
+    return sum(one_vs_rest_ap(logits, labels, c, ties) for c in classes) / len(classes)
 
 
 def count_macs(net: nn.Module, input_shape: tuple[int, ...]) -> int:

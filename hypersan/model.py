@@ -1,32 +1,31 @@
-"""SubtaskAdaptiveNet: a maskable backbone plus a mask generator, saved as safetensors + JSON."""
+"""SubtaskAdaptiveNet: a maskable backbone plus a mask generator, as one plain nn.Module.
+
+The module holds weights and a forward, nothing else: no cache, no data, no files beyond its own weights.
+BatchNorm is the one subtlety. After training with per-sample masks, the running statistics in the module
+are a mixture over every subtask seen; each subtask (and the dense net) needs statistics recalibrated for
+its own masks. The module records whose statistics are loaded (`stats_tag`), and in eval mode a forward
+for any other subtask raises an error naming the call that loads the right ones
+(`PruningEngine.using_statistics`, or `PruningEngine.predict`). Training mode uses batch statistics and
+needs none.
+"""
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from . import __version__
 from .backbones import build_backbone
-from .calibrate import BNStats, get_bn_stats, recalibrate, set_bn_stats
-from .config import Config, config_from_dict
-from .data import DatasetInfo, augment, to_float
+from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_KIND, read_checkpoint, subtask_key
+from .config import Config
+from .data import DatasetInfo
 from .descriptions import canonical_description
 from .generators import HyperNetwork, PerTaskMasks, to_masks
-from .io import ArtifactError, atomic_dir, load_checked, load_tensors, read_json, save_tensors, write_json
-from .shipped import DEFAULT, SHIPPED
-from .subtasks import Holdout, Subtask, canonical
-
-CHECKPOINT_FORMAT = 1
-DENSE = "dense"
-
-
-def subtask_key(subtask: Subtask | None) -> str:
-    """String key of a subtask's cached statistics ("dense" for the unmasked net)."""
-    return DENSE if subtask is None else "-".join(map(str, subtask))
+from .io import atomic_dir, load_checked, load_tensors, save_tensors, write_json
+from .subtasks import Holdout, Subtask, canonical, resolve_classes
 
 
 def basic_subtasks(info: DatasetInfo, mode: str) -> list[tuple[int, ...]]:
@@ -39,6 +38,10 @@ def basic_subtasks(info: DatasetInfo, mode: str) -> list[tuple[int, ...]]:
         raise ValueError(f"data.basic_subtasks = 'groups' needs groups that partition the classes of {info.name}; "
                          "each class must lie in exactly one group")
     return basic
+
+
+class StatisticsError(RuntimeError):
+    """An eval-mode forward asked for a subtask whose BN statistics are not the ones loaded in the module."""
 
 
 class SubtaskAdaptiveNet(nn.Module):
@@ -60,7 +63,7 @@ class SubtaskAdaptiveNet(nn.Module):
             for i in b:
                 self.class_to_basic[i] = k
         g = config.generator
-        self.encoder = None
+        self.encoder = None  # a sentence encoder: no trainable weights, not a submodule
         cond_dim = len(self.basic)
         if g.conditioning == "text":
             from .text import Encoder
@@ -74,8 +77,10 @@ class SubtaskAdaptiveNet(nn.Module):
         s = config.subtasks
         explicit = [self.basic_of(self.resolve(c)) for c in s.holdout]
         self.holdout = Holdout(len(self.basic), explicit, s.holdout_fraction, s.holdout_seed)
-        self.bn_cache: dict[str, BNStats] = {}
         self.meta: dict = {}
+        # whose BN statistics the backbone holds: None = the training mixture, else a StatsKey-like tuple
+        # (subtask key, text, rounding) set by PruningEngine.using_statistics
+        self.stats_tag: Optional[tuple] = None
 
     # ------------------------------------------------------------ subtasks
     @property
@@ -83,22 +88,16 @@ class SubtaskAdaptiveNet(nn.Module):
         return list(self.info.classes)
 
     def resolve(self, classes: Iterable[int | str]) -> Subtask:
-        """Canonical class-index subtask from class names (case-insensitive) or indices."""
-        out = []
-        for c in classes:
-            if isinstance(c, str):
-                out.append(self.info.index(c))
-            elif 0 <= int(c) < len(self.info.classes):
-                out.append(int(c))
-            else:
-                raise ValueError(f"class index {c} out of range 0..{len(self.info.classes) - 1}")
-        return canonical(out)
+        """Canonical class-index subtask from class names (case-insensitive) or indices; duplicates, floats,
+        bools and empty lists are errors."""
+        return resolve_classes(classes, self.classes)
 
     def basic_of(self, subtask: Subtask) -> Subtask:
         """The basic subtasks that cover a class subtask."""
         return canonical(self.class_to_basic[i] for i in subtask)
 
     def classes_of(self, basic: Subtask) -> Subtask:
+        """The classes of a set of basic subtasks."""
         return canonical(i for k in basic for i in self.basic[k])
 
     def select(self, subtasks: Sequence[Subtask]) -> Tensor:
@@ -109,20 +108,26 @@ class SubtaskAdaptiveNet(nn.Module):
         return out
 
     def is_seen(self, subtask: Subtask) -> bool:
+        """Whether a subtask's combination could be sampled in training (not held out)."""
         return self.basic_of(subtask) not in self.holdout
+
+    def request_text(self, request: str) -> str | None:
+        """The description to condition the generator on for a request in words: the request itself with
+        text conditioning (its masks come from its own embedding), None with multi-hot conditioning."""
+        return request if self.config.generator.conditioning == "text" else None
 
     # ------------------------------------------------------------ masks and forward
     def condition(self, select: Tensor, texts: Sequence[str] | None = None) -> Tensor:
         """Generator input for a (B, K) selection over basic subtasks: the multi-hot itself, or (text
         conditioning) the sentence embeddings of `texts`, by default the canonical description of each row."""
         if self.encoder is None:
-            return select.to(dtype=torch.float32, device=self._device())
+            return select.to(dtype=torch.float32, device=self.device)
         if texts is None:
             texts = [canonical_description(self.classes_of(tuple(r.nonzero().flatten().tolist())), self.info)
                      for r in select]
         if len(texts) != len(select):
             raise ValueError(f"{len(texts)} texts for {len(select)} conditions")
-        return self.encoder.encode(list(texts), convert_to_tensor=True).to(self._device())
+        return self.encoder.encode(list(texts), convert_to_tensor=True).to(self.device)
 
     def generate(self, select: Tensor, texts: Sequence[str] | None = None
                  ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
@@ -131,152 +136,92 @@ class SubtaskAdaptiveNet(nn.Module):
         raw = self.generator(self.condition(select, texts))
         return to_masks(raw, self.sites, g.threshold, g.surrogate_temp, g.min_keep, g.keep_multiple), raw
 
+    @torch.no_grad()
+    def subtask_masks(self, subtask: Subtask, text: str | None = None) -> dict[str, Tensor]:
+        """Masks (1, C) of one subtask (optionally conditioned on a description), in inference mode."""
+        return self.generate(self.select([subtask]), None if text is None else [text])[0]
+
     def forward(self, x: Tensor, select: Tensor | None = None) -> Tensor:
-        """Logits (B, num_classes); select=None runs the dense net."""
+        """Logits (B, num_classes); select=None runs the dense net.
+
+        In eval mode the backbone's BN statistics must be those of the requested subtask: load them with
+        `PruningEngine.using_statistics(subtask)` (or call `PruningEngine.predict`). Anything else raises.
+        """
+        if not self.training:
+            self._check_stats(select)
         masks = None if select is None else self.generate(select)[0]
         return self.backbone(x, masks)
 
-    @torch.no_grad()
-    def subtask_masks(self, subtask: Subtask) -> dict[str, Tensor]:
-        """Masks (1, C) of one subtask, in inference mode."""
-        return self.generate(self.select([subtask]))[0]
+    def _check_stats(self, select: Tensor | None) -> None:
+        if select is None:
+            want = subtask_key(None)
+        else:
+            rows = select.bool()
+            if rows.shape[0] > 1 and not bool((rows == rows[:1]).all()):
+                raise StatisticsError("an eval-mode forward runs one subtask at a time (BN statistics are per "
+                                      "subtask); this batch mixes several. Split it by subtask, or use "
+                                      "PruningEngine.predict for each")
+            want = subtask_key(self.classes_of(tuple(rows[0].nonzero().flatten().tolist())))
+        have = self.stats_tag
+        if have is None or have[0] != want or any(have[1:]):
+            loaded = "the mixture learned in training" if have is None else f"those of {have}"
+            raise StatisticsError(
+                f"eval-mode forward of subtask {want!r}, but the BN statistics in the module are {loaded}; the "
+                f"logits would be wrong. Run it inside `with engine.using_statistics(classes):` (hypersan."
+                f"PruningEngine), or call engine.predict(x, classes)")
 
-    def vocabulary(self) -> DatasetInfo:
-        """The vocabulary requests are grounded against: the dataset's, extended by the config's [vocab]."""
-        from .grounding import extend_vocabulary
+    def train(self, mode: bool = True) -> "SubtaskAdaptiveNet":
+        if mode:
+            self.stats_tag = None  # a training forward overwrites the running statistics with a new mixture
+        return super().train(mode)
 
-        return extend_vocabulary(self.info, self.config.vocab.synonyms, self.config.vocab.groups)
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        self.stats_tag = None  # new weights and statistics: no subtask's calibrated ones any more
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
-    def ground(self, request: str):
-        """Ground a natural-language request to this model's classes (raises GroundingError when it cannot)."""
-        from .grounding import Grounder
-
-        if getattr(self, "_grounder", None) is None:
-            self._grounder = Grounder(self.vocabulary())
-        return self._grounder.ground(request)
-
-    def request_text(self, request: str) -> str | None:
-        """The description to condition the generator on for a request in words: the request itself with
-        text conditioning (its masks come from its own embedding), None with multi-hot conditioning."""
-        return request if self.config.generator.conditioning == "text" else None
-
-    def subnet(self, classes: str | Iterable[int | str], **kwargs) -> nn.Module:
-        """The physically pruned plain network of a subtask, given as class names / indices or as a request
-        in words ("shoes and handbags"); see surgery.prune for the keyword options. With a text-conditioned
-        generator a request in words conditions it on the request's own embedding (`text=None` instead
-        uses the canonical description of the grounded classes); the grounded classes decide the head."""
-        from .surgery import prune
-
-        grounding = None
-        if isinstance(classes, str):
-            grounding = self.ground(classes)
-            kwargs.setdefault("text", self.request_text(classes))
-            classes = grounding.indices
-        net = prune(self, classes, **kwargs)
-        if grounding is not None:
-            net.request = grounding.request
-            net.grounding = grounding.to_dict()
-        return net
-
-    def _device(self) -> torch.device:
+    @property
+    def device(self) -> torch.device:
         return next(self.backbone.parameters()).device
 
-    # ------------------------------------------------------------ BN statistics per subtask
-    def calibrate(self, subtask: Subtask | None, images: Tensor, batches: int | None = None,
-                  batch_size: int | None = None, seed: int = 0, force: bool = False) -> BNStats:
-        """Recalibrated BN statistics of a subtask (None: the dense net), computed once and cached."""
-        key = subtask_key(subtask)
-        if key in self.bn_cache and not force:
-            return self.bn_cache[key]
-        n = batches or self.config.calib.batches
-        bs = batch_size or self.config.calib.batch_size
-        gen = torch.Generator().manual_seed(seed)
-        masks = None if subtask is None else self.subtask_masks(subtask)
-        dev = self._device()
-        d = self.config.data
-
-        def stream():
-            for _ in range(n):
-                idx = torch.randint(0, len(images), (bs,), generator=gen)
-                yield augment(to_float(images[idx]), d.crop_padding, d.hflip, gen).to(dev)
-
-        stats = recalibrate(self.backbone, lambda x: self.backbone(x, masks), stream())
-        self.bn_cache[key] = stats
-        return stats
-
-    @contextlib.contextmanager
-    def using_stats(self, subtask: Subtask | None):
-        """Temporarily load a subtask's cached BN statistics into the backbone."""
-        key = subtask_key(subtask)
-        if key not in self.bn_cache:
-            raise KeyError(f"no calibrated BN statistics for subtask {key}; call calibrate() first")
-        saved = get_bn_stats(self.backbone)
-        set_bn_stats(self.backbone, {k: v.to(self._device()) for k, v in self.bn_cache[key].items()})
-        try:
-            yield
-        finally:
-            set_bn_stats(self.backbone, saved)
+    def _device(self) -> torch.device:
+        return self.device
 
     # ------------------------------------------------------------ save / load
-    def save_pretrained(self, path: str | os.PathLike, extra_files: dict[str, dict] | None = None,
+    def save_pretrained(self, path: str | os.PathLike, force: bool = False, extra_files: dict[str, dict] | None = None,
                         extra_tensors: dict[str, dict[str, Tensor]] | None = None) -> Path:
-        """Write config, vocabulary, metadata, weights and cached BN statistics to a directory, atomically."""
-        with atomic_dir(path) as tmp:
-            write_json(tmp / "config.json", self.config.to_dict())
-            write_json(tmp / "dataset.json", self.info.to_dict())
-            meta = dict(self.meta)
-            meta.update({"format": CHECKPOINT_FORMAT, "hypersan_version": __version__,
-                         "holdout": self.holdout.to_dict(), "classes": self.classes,
-                         "basic_subtasks": [list(b) for b in self.basic]})
-            write_json(tmp / "meta.json", meta)
-            save_tensors(tmp / "model.safetensors", self.state_dict())
-            cache = {f"{k}/{n}": v for k, st in self.bn_cache.items() for n, v in st.items()}
-            if cache:
-                save_tensors(tmp / "bn_cache.safetensors", cache)
+        """Write config, vocabulary, metadata and weights to a checkpoint directory, atomically.
+
+        An existing checkpoint there is replaced only with force=True; any other folder is never replaced.
+        """
+        with atomic_dir(path, CHECKPOINT_KIND, force=force) as tmp:
+            self.write_files(tmp)
             for name, data in (extra_files or {}).items():
                 write_json(tmp / name, data)
             for name, tensors in (extra_tensors or {}).items():
                 save_tensors(tmp / name, tensors)
         return Path(path)
 
+    def write_files(self, folder: Path) -> None:
+        """Write config.json, dataset.json, meta.json and model.safetensors into a folder."""
+        write_json(folder / "config.json", self.config.to_dict())
+        write_json(folder / "dataset.json", self.info.to_dict())
+        meta = dict(self.meta)
+        holdout = self.holdout.to_dict()
+        meta.update({"format": CHECKPOINT_FORMAT, "hypersan_version": __version__, "holdout": holdout,
+                     "classes": self.classes, "basic_subtasks": [list(b) for b in self.basic]})
+        write_json(folder / "meta.json", meta)
+        save_tensors(folder / "model.safetensors", self.state_dict())
+
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, map_location: str | torch.device = "cpu"
                         ) -> "SubtaskAdaptiveNet":
         """Load a checkpoint directory or a shipped model by name (default: `shipped.DEFAULT`), checking every
-        tensor."""
-        p = resolve_checkpoint(path)
-        meta = read_json(p / "meta.json")
-        if meta.get("format") != CHECKPOINT_FORMAT:
-            raise ArtifactError(f"{p}: checkpoint format {meta.get('format')!r} is not supported "
-                                f"(this hypersan reads format {CHECKPOINT_FORMAT})")
-        config = config_from_dict(read_json(p / "config.json"))
-        info = DatasetInfo.from_dict(read_json(p / "dataset.json"))
+        tensor; the module is returned in eval mode. Its BN statistics are the training mixture: load a
+        subtask's own with `PruningEngine` before an eval forward."""
+        p, config, info, meta = read_checkpoint(path)
         model = cls(config, info)
         load_checked(model, load_tensors(p / "model.safetensors"), str(p / "model.safetensors"))
-        if (p / "bn_cache.safetensors").exists():
-            for k, v in load_tensors(p / "bn_cache.safetensors").items():
-                key, name = k.split("/", 1)
-                model.bn_cache.setdefault(key, {})[name] = v
         model.meta = {k: v for k, v in meta.items() if k not in ("format", "hypersan_version")}
         model.source = str(p)
-        return model.to(map_location)
+        return model.to(map_location).eval()
 
-
-def default_checkpoint(name: str = DEFAULT) -> Path:
-    """A model shipped inside the package (default: `shipped.DEFAULT`)."""
-    if name not in SHIPPED:
-        raise ArtifactError(f"no shipped model {name!r}; shipped: {', '.join(SHIPPED)}")
-    return Path(__file__).parent / "pretrained" / name
-
-
-def resolve_checkpoint(path: str | os.PathLike | None) -> Path:
-    """A checkpoint directory, or the name of a shipped model when no such directory exists (None: default)."""
-    if path is None:
-        return default_checkpoint()
-    p = Path(path)
-    if not p.exists() and str(path) in SHIPPED:
-        return default_checkpoint(str(path))
-    if not p.is_dir():
-        raise ArtifactError(f"checkpoint directory {str(p)!r} not found (or name a shipped model: "
-                            f"{', '.join(SHIPPED)})")
-    return p

@@ -148,6 +148,16 @@ class PlainVGG(PlainNet):
         return self.head(x.mean(dim=(2, 3)))
 
 
+def site_names(arch: dict) -> List[str]:
+    """Names of the utility sites whose widths an architecture dict's `site_widths` may set, in forward order."""
+    if arch.get("arch") == "resnet":
+        return [f"stage{i}" if j < 0 else f"stage{i}.block{j}"
+                for i, n in enumerate(arch["blocks"]) for j in range(-1, n)]
+    if arch.get("arch") == "vgg":
+        return [f"conv{k}" for k in range(sum(arch["blocks"]))]
+    raise ValueError(f"unknown architecture {arch.get('arch')!r}; known: resnet, vgg")
+
+
 def build_plain(arch: dict, classes: Optional[List[str]] = None, bn_folded: bool = False) -> nn.Module:
     """Build a plain net from an architecture dict (the same dict `build_backbone` takes)."""
     kinds = {"resnet": PlainResNet, "vgg": PlainVGG}

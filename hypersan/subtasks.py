@@ -1,13 +1,19 @@
-"""Canonical subtasks, per-sample subtask sampling and holdout splits."""
+"""Canonical subtasks, per-sample subtask sampling, holdout splits and combination sampling at any K."""
 from __future__ import annotations
 
 import hashlib
 import itertools
-from typing import Iterable, Sequence
+import math
+import random
+from typing import Any, Container, Iterable, Sequence
 
+import numpy as np
 import torch
 
 Subtask = tuple[int, ...]  # canonical: sorted, deduplicated basic-subtask (or class) indices
+
+# Combination spaces up to this size are enumerated; larger ones are sampled (C(100, 5) is 75 million).
+MAX_ENUMERATE = 20_000
 
 
 def canonical(items: Iterable[int]) -> Subtask:
@@ -16,6 +22,46 @@ def canonical(items: Iterable[int]) -> Subtask:
     if not out:
         raise ValueError("a subtask needs at least one class")
     return out
+
+
+def _class_index(c: Any, position: int) -> int | None:
+    """The int a class entry stands for, None for a name; floats, bools and other types are refused."""
+    if isinstance(c, str):
+        return None
+    if isinstance(c, torch.Tensor):
+        if c.numel() != 1 or c.dtype == torch.bool or c.dtype.is_floating_point or c.dtype.is_complex:
+            raise ValueError(f"class entry {position} is a tensor {c!r}; give an integer scalar or a class name")
+        return int(c.item())
+    # bool is an int subclass: True would silently mean class 1
+    if isinstance(c, (bool, np.bool_)) or not isinstance(c, (int, np.integer)):
+        raise ValueError(f"class entry {position} is {type(c).__name__} {c!r}; give a class name or an integer "
+                         "index (floats and booleans are not accepted)")
+    return int(c)
+
+
+def resolve_classes(classes: Iterable[Any], names: Sequence[str]) -> Subtask:
+    """Canonical class-index subtask from class names (case-insensitive, stripped) or integer indices."""
+    known = ", ".join(names)
+    if isinstance(classes, (str, bytes)):
+        raise ValueError(f"classes must be a list of class names or indices, not the single string {classes!r}; "
+                         f"e.g. [{classes!r}]")
+    low = {n.strip().lower(): i for i, n in enumerate(names)}
+    seen: dict[int, Any] = {}
+    for pos, c in enumerate(classes):
+        idx = _class_index(c, pos)
+        if idx is None:
+            key = c.strip().lower()
+            if key not in low:
+                raise ValueError(f"unknown class {c!r}; known classes: {known}")
+            idx = low[key]
+        elif not 0 <= idx < len(names):
+            raise ValueError(f"class index {idx} out of range 0..{len(names) - 1}; known classes: {known}")
+        if idx in seen:
+            raise ValueError(f"class {names[idx]!r} given twice (as {seen[idx]!r} and {c!r}); list each class once")
+        seen[idx] = c
+    if not seen:
+        raise ValueError(f"no classes given; name at least one of: {known}")
+    return tuple(sorted(seen))
 
 
 def hashed_holdout(combo: Subtask, fraction: float, seed: int) -> bool:
@@ -40,19 +86,41 @@ class Holdout:
             return True
         return 2 <= len(combo) < self.num_basic and hashed_holdout(combo, self.fraction, self.seed)
 
+    def hashed_size(self, size: int) -> bool:
+        """Whether the hashed fraction can hold out combinations of this size."""
+        return self.fraction > 0 and 2 <= size < self.num_basic
+
+    def listable(self, max_size: int | None = None) -> bool:
+        """Whether listing() can scan every combination it needs to (at most MAX_ENUMERATE of them)."""
+        top = self.num_basic - 1 if max_size is None else min(max_size, self.num_basic - 1)
+        return self.fraction <= 0 or sum(math.comb(self.num_basic, n) for n in range(2, top + 1)) <= MAX_ENUMERATE
+
     def listing(self, max_size: int | None = None) -> list[Subtask]:
-        """All held-out combinations (enumerated up to max_size; every size when K is small)."""
+        """All held-out combinations (up to max_size); refused when that means scanning a huge space."""
         k = self.num_basic
-        top = min(k - 1, max_size or (k - 1 if k <= 14 else 3))
-        found = set(self.explicit)
+        if not self.listable(max_size):
+            raise ValueError(f"listing the held-out combinations of {k} basic subtasks up to size "
+                             f"{max_size or k - 1} would scan more than {MAX_ENUMERATE} combinations; pass a "
+                             "smaller max_size, or draw some with sample_combinations(..., seen=False)")
+        top = k - 1 if max_size is None else min(max_size, k - 1)
+        found = {c for c in self.explicit if max_size is None or len(c) <= max_size}
         if self.fraction > 0:
             for n in range(2, top + 1):
                 found.update(c for c in itertools.combinations(range(k), n) if c in self)
         return sorted(found, key=lambda c: (len(c), c))
 
     def to_dict(self) -> dict:
-        return {"explicit": [list(c) for c in sorted(self.explicit)], "fraction": self.fraction, "seed": self.seed,
-                "combinations": [list(c) for c in self.listing()]}
+        """JSON record of the holdout; the combinations are listed only when K is small enough (K <= 14)."""
+        out: dict[str, Any] = {"explicit": [list(c) for c in sorted(self.explicit)], "fraction": self.fraction,
+                               "seed": self.seed}
+        if self.listable():
+            out["combinations"] = [list(c) for c in self.listing()]
+        else:
+            out["combinations_listed"] = False
+            out["note"] = (f"{self.num_basic} basic subtasks have too many combinations to list; a combination of "
+                           "size 2..K-1 is held out when hashed_holdout(combo, fraction, seed) holds, or when it is "
+                           "explicit")
+        return out
 
 
 class SubtaskSampler:
@@ -91,12 +159,61 @@ class SubtaskSampler:
         raise RuntimeError("could not draw non-held-out subtasks: the holdout covers nearly every combination")
 
 
-def enumerate_size(num_basic: int, size: int, n: int | None, seed: int, exclude=None, only=None) -> list[Subtask]:
-    """Up to n combinations of a size (all when n is None or there are fewer), seeded and sorted."""
-    combos = [c for c in itertools.combinations(range(num_basic), size)
-              if (exclude is None or c not in exclude) and (only is None or c in only)]
-    if n is not None and n < len(combos):
-        g = torch.Generator().manual_seed(seed * 1000 + size)
-        idx = torch.randperm(len(combos), generator=g)[:n].tolist()
-        combos = sorted(combos[i] for i in idx)
-    return combos
+def sample_combinations(num_basic: int, size: int, n: int | None, seed: int, holdout: Holdout | None = None,
+                        seen: bool | None = None) -> list[Subtask]:
+    """Up to n distinct combinations of `size` of range(num_basic), sorted, seeded; seen=True keeps only those
+    outside the holdout, seen=False only held-out ones, None all. n=None: every one (small spaces only)."""
+    if not 1 <= size <= num_basic:
+        raise ValueError(f"combination size {size} must lie in 1..{num_basic} (the number of basic subtasks)")
+    if n is not None and n < 0:
+        raise ValueError(f"n = {n} combinations requested; give n >= 0, or None for all of them")
+    if seen is not None and holdout is None:
+        holdout = Holdout(num_basic)  # nothing held out
+    total = math.comb(num_basic, size)
+    if total <= MAX_ENUMERATE:
+        combos = [c for c in itertools.combinations(range(num_basic), size) if seen is None or (c in holdout) != seen]
+        if n is not None and n < len(combos):
+            # the same draw as the former enumerate_size, so earlier evaluations keep their subtasks
+            g = torch.Generator().manual_seed(seed * 1000 + size)
+            combos = sorted(combos[i] for i in torch.randperm(len(combos), generator=g)[:n].tolist())
+        return combos
+    if n is None or n > MAX_ENUMERATE:
+        raise ValueError(f"C({num_basic}, {size}) = {total} combinations are too many to list; ask for at most "
+                         f"n = {MAX_ENUMERATE} of them (e.g. size={size},n=20)")
+    if n == 0:
+        return []
+    rng = random.Random(f"{seed}:{num_basic}:{size}:{seen}")  # str seeds hash stably across runs and machines
+    if seen is False:
+        explicit = sorted(c for c in holdout.explicit if len(c) == size)
+        if not holdout.hashed_size(size):  # only the explicit list can hold out this size: nothing to search for
+            return sorted(rng.sample(explicit, min(n, len(explicit))))
+    elif seen is True and holdout.hashed_size(size) and holdout.fraction >= 1:
+        return []  # the hashed fraction holds out every combination of this size
+    found: set[Subtask] = set()
+    tries = 10_000 + 200 * n  # enough for a holdout fraction down to ~1% (or up to ~99% for seen=True)
+    for _ in range(tries):
+        c = tuple(sorted(rng.sample(range(num_basic), size)))
+        if seen is None or (c in holdout) != seen:
+            found.add(c)
+            if len(found) == n:
+                break
+    if seen is False:
+        found.update(explicit)
+        if len(found) > n:
+            found = set(rng.sample(sorted(found), n))
+    if not found:
+        want = "held-out" if seen is False else "non-held-out"
+        raise ValueError(f"found no {want} combination of size {size} among {num_basic} basic subtasks in {tries} "
+                         f"random draws: the holdout fraction {holdout.fraction} leaves (almost) none")
+    return sorted(found)
+
+
+def enumerate_size(num_basic: int, size: int, n: int | None, seed: int, exclude: Container | None = None,
+                   only: Container | None = None) -> list[Subtask]:
+    """Former name of sample_combinations: exclude / only are a Holdout or a set of combinations."""
+    if exclude is not None and only is not None:
+        raise ValueError("give exclude or only, not both")
+    spec, seen = (exclude, True) if exclude is not None else (only, False) if only is not None else (None, None)
+    if spec is not None and not isinstance(spec, Holdout):
+        spec = Holdout(num_basic, explicit=spec)
+    return sample_combinations(num_basic, size, n, seed, holdout=spec, seen=seen)

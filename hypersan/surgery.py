@@ -1,13 +1,12 @@
 """Surgery: one subtask's masks -> a physically smaller plain network.
 
-Convs, BNs and the head are sliced to the kept channels; scaling masks are folded into the weight
+Pure functions of a backbone and one subtask's masks. Convs, BNs and the head are sliced to the kept channels; scaling masks are folded into the weight
 columns of the convs that consume them; BN statistics come from the subtask's recalibration; the head
 keeps only the subtask's classes, in ascending class-index order. Which site touches which conv is read
 from the backbone's own structure (`layer_plan`), so no layer list is written down twice.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import Dict, List, NamedTuple, Optional, Sequence
 
@@ -15,8 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from .backbones import ResNet, VGG
-from .calibrate import BNStats, recalibrate
 from .io import load_checked
+from .stats import BNStats
 from .subnet import build_plain, fold_bn as fold_bn_into_convs
 
 
@@ -193,87 +192,23 @@ def round_widths(masks: Dict[str, Tensor], raw: Dict[str, Tensor], sites, multip
     return out
 
 
-def _train_images(model, why: str = "this subtask has no cached BN statistics") -> Tensor:
-    from .data import DatasetError, load_dataset
+def expand_bn_stats(backbone: nn.Module, masks: Optional[Dict[str, Tensor]], pruned: BNStats) -> BNStats:
+    """Full-width BN statistics of a backbone from those of its physically pruned net.
 
-    d = model.config.data
-    try:
-        images, _, _ = load_dataset(d.dataset, "train", d.data_dir or None)
-    except DatasetError as e:
-        raise DatasetError(f"{why}, and recalibrating them needs the {d.dataset} training images, which could "
-                           f"not be read: {e} -- install the dataset (or point $HYPERSAN_DATA / data.data_dir "
-                           "at it), or pass images= to prune()") from None
-    return images
-
-
-def _calibrate_masks(model, masks: Dict[str, Tensor], images: Tensor, seed: int = 0) -> BNStats:
-    # same sampling as SubtaskAdaptiveNet.calibrate, for masks that are not a subtask's own (rounded widths)
-    from .data import augment, to_float
-
-    cfg, d = model.config.calib, model.config.data
-    gen = torch.Generator().manual_seed(seed)
-    dev = model._device()
-
-    def stream():
-        for _ in range(cfg.batches):
-            idx = torch.randint(0, len(images), (cfg.batch_size,), generator=gen)
-            yield augment(to_float(images[idx]), d.crop_padding, d.hflip, gen).to(dev)
-
-    return recalibrate(model.backbone, lambda x: model.backbone(x, masks), stream())
-
-
-@torch.no_grad()
-def prune(model, subtask, fold_bn: bool = False, round_to: int = 0, images: Optional[Tensor] = None,
-          physical: bool = True, round_mode: str = "up", text: Optional[str] = None) -> nn.Module:
-    """The plain subnet of a SubtaskAdaptiveNet for a subtask (class names or indices; None: the dense net).
-
-    BN statistics come from `model.bn_cache`; a subtask missing there is calibrated first, on `images`
-    (uint8 training images) or on the dataset's training split. The result's `.classes` are the kept
-    class names, in ascending class-index order, one logit each. `physical=False` gives the masked form
-    (dense widths, pruned channels zeroed; see prune_backbone). `round_to`/`round_mode`: see round_widths.
-    `text`: with a text-conditioned generator, condition on this description (the user's request)
-    instead of the subtask's canonical one; its BN statistics are calibrated and cached per text. The
-    subtask still decides the head: pass the classes the text was grounded to (SubtaskAdaptiveNet.subnet
-    does).
+    The kept channels take the pruned net's values. A pruned channel's statistics never reach the output (its
+    utility mask zeroes it after BN and ReLU), so it gets mean 0 and variance 1.
     """
-    from .model import subtask_key
-
-    if round_to < 0:
-        raise ValueError(f"round_to must be a positive integer (or 0: no rounding), got {round_to}")
-    _check_round_mode(round_mode)
-    if text is not None and (subtask is None or model.config.generator.conditioning != "text"):
-        raise ValueError("text= conditions a text-conditioned generator on a description of a subtask; this "
-                         f"model is conditioned on {model.config.generator.conditioning!r}"
-                         + ("" if subtask is not None else ", and no subtask was given"))
-    t = None if subtask is None else model.resolve(subtask)
-    cls = list(range(len(model.classes))) if t is None else list(t)
-    if t is None:
-        masks, raw = None, None
-    else:
-        masks, raw = model.generate(model.select([t]), None if text is None else [text])
-    loaded: list[Tensor] = [] if images is None else [images]
-
-    def train_images(*why: str) -> Tensor:
-        if not loaded:  # read the dataset at most once, and only when some statistics are missing
-            loaded.append(_train_images(model, *why))
-        return loaded[0]
-
-    key = subtask_key(t)
-    if text is not None:
-        key = f"{key}@text-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
-        if key not in model.bn_cache:
-            model.bn_cache[key] = _calibrate_masks(model, masks, train_images(
-                "the masks of this request's own wording need BN statistics of their own (text=None uses "
-                "the canonical description and its cached statistics)"))
-    elif key not in model.bn_cache:
-        model.calibrate(t, train_images())
-    stats = model.bn_cache[key]
-    if round_to > 1 and masks is not None:
-        rounded = round_widths(masks, raw, model.sites, round_to, round_mode)
-        if any(not torch.equal(rounded[s.name], masks[s.name]) for s in model.sites if s.kind == "utility"):
-            rkey = f"{key}@round{round_to}" if round_mode == "up" else f"{key}@{round_mode}{round_to}"
-            if rkey not in model.bn_cache:  # changed widths change the statistics downstream of them
-                model.bn_cache[rkey] = _calibrate_masks(model, rounded, train_images())
-            masks, stats = rounded, model.bn_cache[rkey]
-    return prune_backbone(model.backbone, masks, cls, [model.classes[i] for i in cls], bn_stats=stats,
-                          fold_bn=fold_bn, input_shape=model.info.input_shape, physical=physical)
+    keep = kept_channels(masks, backbone.sites())
+    layers, _ = layer_plan(backbone)
+    ref = {k: v for k, v in backbone.state_dict().items() if k.endswith((".running_mean", ".running_var"))}
+    out: BNStats = {}
+    for layer in layers:
+        idx = keep[layer.out_site]
+        for stat, fill in (("running_mean", 0.0), ("running_var", 1.0)):
+            name = f"{layer.prefix}.1.{stat}"
+            full = torch.full_like(ref[name], fill, device="cpu")
+            full[idx] = pruned[name].detach().to("cpu", full.dtype)
+            out[name] = full
+    if set(out) != set(ref):
+        raise ValueError(f"the layer plan misses BN layers: {', '.join(sorted(set(ref) - set(out))[:4])}")
+    return out

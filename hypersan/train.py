@@ -12,15 +12,20 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .checkpoint import CHECKPOINT_KIND
 from .config import Config, ConfigError
-from .data import augment, load_dataset, to_float
+from .data import augment, load_dataset, to_float, validation_split
 from .descriptions import describe
+from .engine import PruningEngine
 from .evaluate import evaluate
 from .generators import mean_utility
-from .io import ArtifactError, load_tensors, read_json
+from .io import ArtifactError, OutputExistsError, check_output_dir, is_hypersan_dir, load_tensors, read_json
 from .losses import sparsity_weights, subtask_weighted_bce
 from .model import SubtaskAdaptiveNet
-from .subtasks import SubtaskSampler, enumerate_size
+from .subtasks import SubtaskSampler, sample_combinations
+
+# [train] settings that change how a run executes, not what it computes: a resumed run may change them
+EXECUTION_KEYS = ("progress", "threads", "device")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -82,41 +87,87 @@ def _batches(n: int, bs: int) -> int:
     return (n + bs - 1) // bs
 
 
+def config_changes(saved: dict, new: dict) -> dict[str, list]:
+    """{"section.key": [saved, new]} for every value that differs between two config dicts."""
+    out = {}
+    for section in sorted(set(saved) | set(new)):
+        a, b = saved.get(section, {}), new.get(section, {})
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                out[f"{section}.{key}"] = [a.get(key), b.get(key)]
+    return out
+
+
+def split_training_data(cfg: Config) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, object]:
+    """(train_x, train_y, val_x, val_y, info): the training split minus the seeded, stratified validation split
+    the config names (data.val_size of them). The test split is not read: it gives final figures only."""
+    d = cfg.data
+    x, y, info = load_dataset(d.dataset, "train", d.data_dir or None)
+    if d.train_limit:
+        x, y = x[:d.train_limit], y[:d.train_limit]
+    if d.val_size >= len(y):
+        raise ConfigError(f"data.val_size = {d.val_size} leaves no training images out of {len(y)}; lower it")
+    tr, va = validation_split(y, d.val_size, d.val_seed)
+    return x[tr], y[tr], x[va], y[va], info
+
+
 def train(cfg: Config, out: str | Path, resume: bool = False, log: Callable[[str], None] = print,
-          stop_after_epoch: int | None = None) -> SubtaskAdaptiveNet:
+          stop_after_epoch: int | None = None, force: bool = False, allow_config_change: bool = False,
+          provenance: dict | None = None) -> SubtaskAdaptiveNet:
     """Train a SubtaskAdaptiveNet as the config says; checkpoint to `out` after every epoch.
 
     With resume=True, training continues from the checkpoint in `out` and gives the same weights as an
-    uninterrupted run (every epoch reseeds its own generator). stop_after_epoch stops early (for tests).
+    uninterrupted run (every epoch reseeds its own generator). A resumed run refuses a config that differs
+    from the saved one, except in [train] execution settings (progress, threads, device); with
+    allow_config_change=True other [train] values may change, and the change is recorded in the run's
+    meta.json. Without resume, an existing run in `out` is replaced only with force=True, and a folder that
+    is not a hypersan checkpoint is never replaced. stop_after_epoch stops early (for tests).
     """
     out = Path(out)
     t, d, s = cfg.train, cfg.data, cfg.subtasks
+    if resume:
+        if not (out / "train_state.json").exists():
+            raise ArtifactError(f"--resume: no training state in {out}; start without --resume")
+    elif is_hypersan_dir(out, CHECKPOINT_KIND) and not force:
+        done = ""
+        if (out / "train_state.json").exists():
+            st = read_json(out / "train_state.json")
+            done = f" (epoch {st.get('epoch')} of {read_json(out / 'config.json').get('train', {}).get('epochs')})"
+        raise OutputExistsError(f"{out} already holds a training run{done}; continue it with --resume, write to "
+                                "another --out folder, or pass --force to replace it")
+    else:
+        check_output_dir(out, CHECKPOINT_KIND, force=force)  # fail now, not after the first epoch
     device = resolve_device(t.device)
     if t.threads:
         torch.set_num_threads(t.threads)
-    train_x, train_y, info = load_dataset(d.dataset, "train", d.data_dir or None)
-    test_x, test_y, _ = load_dataset(d.dataset, "test", d.data_dir or None)
-    if d.train_limit:
-        train_x, train_y = train_x[:d.train_limit], train_y[:d.train_limit]
-    if d.test_limit:
-        test_x, test_y = test_x[:d.test_limit], test_y[:d.test_limit]
+    train_x, train_y, val_x, val_y, info = split_training_data(cfg)
 
     torch.manual_seed(t.seed)
     model = SubtaskAdaptiveNet(cfg, info).to(device)
     opts = make_optimizers(model, cfg)
     base_lrs = [[g["lr"] for g in o.param_groups] for o in opts]
-    start_epoch, history = 0, []
+    start_epoch, history, changes = 0, [], []
     if resume:
-        if not (out / "train_state.json").exists():
-            raise ArtifactError(f"--resume: no training state in {out}; start without --resume")
         saved_cfg = read_json(out / "config.json")
-        if {k: v for k, v in saved_cfg.items() if k != "train"} != {k: v for k, v in cfg.to_dict().items() if k != "train"}:
-            raise ConfigError(f"--resume: the config differs from the one the run in {out} started with")
+        diff = config_changes(saved_cfg, cfg.to_dict())
+        outside = [k for k in diff if not k.startswith("train.")]
+        inside = [k for k in diff if k.startswith("train.") and k.split(".", 1)[1] not in EXECUTION_KEYS]
+        if outside:
+            raise ConfigError(f"--resume: the config differs from the one the run in {out} started with, in "
+                              f"{', '.join(outside)}; a resumed run must train the same model")
+        if inside and not allow_config_change:
+            detail = "; ".join(f"{k}: {diff[k][0]!r} -> {diff[k][1]!r}" for k in inside)
+            raise ConfigError(f"--resume: [train] settings differ from the run in {out} ({detail}); the result would "
+                              "not match an uninterrupted run. Pass --allow-config-change to change them "
+                              "deliberately (the change is recorded in meta.json)")
         loaded = SubtaskAdaptiveNet.from_pretrained(out, map_location=device)
         model.load_state_dict(loaded.state_dict())
         state = read_json(out / "train_state.json")
         _load_opt_state(opts, load_tensors(out / "optimizer.safetensors"), state)
         start_epoch, history = state["epoch"], state["history"]
+        changes = list(state.get("config_changes", []))
+        if inside:
+            changes.append({"at_epoch": start_epoch, "changes": {k: diff[k] for k in inside}})
         log(f"resuming {out} after epoch {start_epoch}")
 
     sampler = SubtaskSampler(len(model.basic), model.class_to_basic, s.size_weights, s.include_own, model.holdout)
@@ -178,13 +229,18 @@ def train(cfg: Config, out: str | Path, resume: bool = False, log: Callable[[str
                "kept_fraction": sums["kept"] / mb, "seconds": time.perf_counter() - t0}
         last = epoch + 1 == t.epochs
         if (t.eval_every and (epoch + 1) % t.eval_every == 0) or last:
-            rec.update(_quick_eval(model, cfg, test_x, test_y, train_x, epoch))
+            rec.update(_quick_eval(model, cfg, val_x, val_y, train_x, epoch))
         history.append(rec)
         log(json.dumps(rec))
         tensors, plain = _opt_state(opts)
-        plain.update({"epoch": epoch + 1, "history": history})
-        model.meta = {"history": history, "epoch": epoch + 1}
-        model.save_pretrained(out, extra_files={"train_state.json": plain},
+        plain.update({"epoch": epoch + 1, "history": history, "config_changes": changes})
+        model.meta = {"history": history, "epoch": epoch + 1, "config_changes": changes,
+                      "selection": "periodic evaluation on the validation split (data.val_size images of the "
+                                   "training data); the test split is not read in training"}
+        if provenance:
+            model.meta["provenance"] = provenance
+        # each epoch replaces this run's own previous checkpoint (checked up front to be ours, or new)
+        model.save_pretrained(out, force=True, extra_files={"train_state.json": plain},
                               extra_tensors={"optimizer.safetensors": tensors})
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
@@ -202,17 +258,18 @@ def _descriptions(model: SubtaskAdaptiveNet, select: torch.Tensor, gen: torch.Ge
     return out
 
 
-def _quick_eval(model: SubtaskAdaptiveNet, cfg: Config, test_x, test_y, train_x, epoch: int) -> dict:
-    """Dense accuracy and a few random subtasks on up to 2000 test images (BN statistics restored after)."""
+def _quick_eval(model: SubtaskAdaptiveNet, cfg: Config, val_x, val_y, train_x, epoch: int) -> dict:
+    """Dense accuracy and a few random subtasks on the validation split (the module's statistics untouched)."""
     k = len(model.basic)
     subtasks = []
     for size in sorted({2, min(k, 5)}):
-        subtasks += [model.classes_of(b) for b in enumerate_size(k, size, max(1, cfg.train.eval_subtasks // 2), epoch)]
-    r = evaluate(model, test_x[:2000], test_y[:2000], train_x, subtasks, progress=False, seed=epoch)
-    model.bn_cache.clear()  # weights keep changing: cached statistics would be stale
+        n = max(1, cfg.train.eval_subtasks // 2)
+        subtasks += [model.classes_of(b) for b in sample_combinations(k, size, n, epoch, model.holdout, seen=True)]
+    engine = PruningEngine(model, images=train_x)
+    r = evaluate(engine, val_x, val_y, subtasks, progress=False, seed=epoch)
     model.train()
     sub = r["subtasks"]
-    return {"dense_acc": r["dense"]["acc"],
-            "sub_acc": sum(x["acc"] for x in sub) / len(sub),
-            "sub_dense_acc": sum(x["dense_acc"] for x in sub) / len(sub),
+    return {"val_dense_acc": r["dense"]["acc"],
+            "val_sub_acc": sum(x["acc"] for x in sub) / len(sub),
+            "val_sub_dense_acc": sum(x["dense_acc"] for x in sub) / len(sub),
             "sub_mac_ratio": sum(x["mac_ratio"] for x in sub) / len(sub)}

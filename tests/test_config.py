@@ -1,6 +1,9 @@
+import math
+import re
+
 import pytest
 
-from hypersan.config import ConfigError, config_from_dict, load_config
+from hypersan.config import RANGES, ConfigError, config_from_dict, load_config, numeric_fields
 
 
 def test_unknown_key_is_a_clear_error(tmp_path):
@@ -38,3 +41,92 @@ def test_keep_rule_values_are_checked():
     with pytest.raises(ConfigError, match=r"generator\.min_keep must be >= 1"):
         config_from_dict({"generator": {"min_keep": 0}})
     assert config_from_dict({"generator": {"keep_multiple": 16}}).generator.keep_multiple == 16
+
+
+# One valid and one invalid value (None: nothing is invalid) for every numeric field of every config section.
+NUMERIC_CASES = {
+    "data.train_limit": (100, -5),
+    "data.test_limit": (100, -1),
+    "data.val_size": (0, -1),
+    "data.val_seed": (7, -1),
+    "data.crop_padding": (0, -1),
+    "model.widths": ([8, 8, 8], [8, 0, 8]),
+    "model.blocks": ([2, 1, 1], [1, 1, 0]),
+    "generator.phrasings": (1, 0),
+    "generator.hidden": (1, 0),
+    "generator.layers": (0, -1),
+    "generator.sigma": (0.5, 0.0),
+    "generator.threshold": (0.0, -0.1),
+    "generator.surrogate_temp": (0.05, 0.0),
+    "generator.min_keep": (4, 0),
+    "generator.keep_multiple": (16, 0),
+    "loss.beta": (0.0, -1.0),
+    "loss.gamma": (0.0, -0.01),
+    "subtasks.size_weights": ([0.0, 1.0], [1.0, -1.0]),
+    "subtasks.include_own": (1.0, 1.5),
+    "subtasks.dense_share": (0.0, -0.1),
+    "subtasks.holdout_fraction": (0.3, 1.01),
+    "subtasks.holdout_seed": (3, -1),
+    "train.seed": (3, -1),
+    "train.epochs": (1, 0),
+    "train.batch_size": (1, 0),
+    "train.lr": (0.01, 0.0),
+    "train.generator_lr": (1e-4, -1e-3),
+    "train.momentum": (0.5, 1.0),
+    "train.weight_decay": (0.0, -1e-4),
+    "train.warmup_epochs": (0.0, -0.5),
+    "train.eval_every": (0, -1),
+    "train.eval_subtasks": (1, 0),
+    "train.threads": (0, -1),
+    "calib.batches": (1, 0),
+    "calib.batch_size": (1, 0),
+}
+
+
+def _one(key, value):
+    section, name = key.split(".")
+    return {section: {name: value}}
+
+
+def test_every_numeric_field_has_a_case():
+    # a new numeric field fails here until it gets a range in RANGES and a case in NUMERIC_CASES
+    assert set(numeric_fields()) == set(NUMERIC_CASES) == set(RANGES)
+
+
+@pytest.mark.parametrize("key", sorted(NUMERIC_CASES))
+def test_numeric_field_ranges(key):
+    good, bad = NUMERIC_CASES[key]
+    section, name = key.split(".")
+    assert getattr(getattr(config_from_dict(_one(key, good)), section), name) == good
+    if bad is not None:
+        with pytest.raises(ConfigError, match=re.escape(key)) as e:
+            config_from_dict(_one(key, bad))
+        spec = RANGES[key][0]
+        low = spec[1:spec.index(",")]
+        rule = (">= " if spec[0] == "[" else "> ") + low if spec.endswith("inf)") else spec
+        assert f"must {'be' if spec.endswith('inf)') else 'lie in'} {rule}" in str(e.value)  # states the range
+
+
+@pytest.mark.parametrize("key", ["loss.beta", "train.lr", "subtasks.size_weights"])
+def test_non_finite_floats_are_refused(key):
+    value = [math.inf] if key == "subtasks.size_weights" else math.nan
+    with pytest.raises(ConfigError, match=re.escape(key) + r".*finite"):
+        config_from_dict(_one(key, value))
+
+
+def test_cross_field_checks():
+    with pytest.raises(ConfigError, match=r"train\.momentum = 0.*Nesterov"):
+        config_from_dict({"train": {"momentum": 0.0}})
+    assert config_from_dict({"train": {"momentum": 0.0, "optimizer": "adamw"}}).train.momentum == 0.0
+    with pytest.raises(ConfigError, match=r"size_weights.*positive sum"):
+        config_from_dict({"subtasks": {"size_weights": [0.0, 0.0]}})
+    with pytest.raises(ConfigError, match="same length"):
+        config_from_dict({"model": {"widths": [8, 8], "blocks": [1]}})
+
+
+def test_validation_split_fields_default_and_round_trip():
+    cfg = load_config(None, ["data.val_size=0", "data.val_seed=4"])
+    assert (cfg.data.val_size, cfg.data.val_seed) == (0, 4) and config_from_dict(cfg.to_dict()) == cfg
+    assert (load_config(None).data.val_size, load_config(None).data.val_seed) == (5000, 0)
+    with pytest.raises(ConfigError, match=r"data\.val_size must be >= 0, got -1"):
+        load_config(None, ["data.val_size=-1"])

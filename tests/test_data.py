@@ -1,12 +1,14 @@
 import gzip
 import pickle
+import re
 import struct
 
 import numpy as np
 import pytest
 import torch
 
-from hypersan.data import DatasetError, augment, load_cifar10, load_cifar100, load_fashion_mnist
+from hypersan.data import (FASHION_MNIST, DatasetError, DatasetInfo, augment, load_cifar10, load_cifar100,
+                           load_fashion_mnist, validation_split)
 
 from .conftest import needs_fmnist
 
@@ -16,13 +18,35 @@ def _write_idx(path, magic, arr):
         f.write(struct.pack(">I", magic) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes())
 
 
-def test_missing_dataset_names_every_place_searched(tmp_path, monkeypatch):
-    monkeypatch.setenv("HYPERSAN_DATA", str(tmp_path / "env"))
+def test_missing_system_dataset_names_it_and_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.delenv("HYPERSAN_DATA", raising=False)
     monkeypatch.setattr("hypersan.data.SYSTEM_FMNIST_DIR", str(tmp_path / "sys"))
     with pytest.raises(DatasetError) as e:
-        load_fashion_mnist("test", tmp_path / "explicit")
+        load_fashion_mnist("test", "")  # empty: unset, so the system location is used
     msg = str(e.value)
-    assert all(p in msg for p in ("explicit", "env", "sys", "apt-get install dataset-fashion-mnist"))
+    assert all(p in msg for p in (str(tmp_path / "sys"), "does not exist", "apt-get install dataset-fashion-mnist"))
+
+
+@pytest.mark.parametrize("how", ["argument", "env"])
+@pytest.mark.parametrize("state", ["missing", "empty", "lacking"])
+def test_a_named_folder_without_the_files_is_an_error_not_a_fallback(tmp_path, monkeypatch, how, state):
+    system = tmp_path / "sys"
+    system.mkdir()
+    _write_idx(system / "t10k-images-idx3-ubyte.gz", 0x803, np.zeros((10000, 28, 28), np.uint8))
+    _write_idx(system / "t10k-labels-idx1-ubyte.gz", 0x801, np.zeros(10000, np.uint8))
+    monkeypatch.setattr("hypersan.data.SYSTEM_FMNIST_DIR", str(system))
+    assert load_fashion_mnist("test", None)[0].shape[0] == 10000  # unset: the system copy is fine
+    named = tmp_path / "named"
+    if state != "missing":
+        named.mkdir()
+    if state == "lacking":
+        (named / "t10k-labels-idx1-ubyte.gz").write_bytes(b"")
+    want = {"missing": "does not exist", "empty": "is empty", "lacking": "lacks t10k-images-idx3-ubyte.gz"}[state]
+    if how == "env":
+        monkeypatch.setenv("HYPERSAN_DATA", str(named))
+    source = "data_dir" if how == "argument" else "$HYPERSAN_DATA"
+    with pytest.raises(DatasetError, match=re.escape(f"{named} ({source}) {want}")):
+        load_fashion_mnist("test", named if how == "argument" else None)
 
 
 @pytest.mark.parametrize("damage", ["truncated_gzip", "bad_magic", "wrong_count", "short_payload"])
@@ -70,7 +94,8 @@ def test_cifar_readers_on_written_files(tmp_path):
         pickle.dump({b"data": rng.integers(0, 255, (3, 3072), dtype=np.uint8), b"fine_labels": [0, 1, 2],
                      b"coarse_labels": [0, 0, 1]}, f)
     with open(c100 / "meta", "wb") as f:
-        pickle.dump({b"fine_label_names": [b"apple", b"pear", b"bee"], b"coarse_label_names": [b"fruit", b"insects"]}, f)
+        meta = {b"fine_label_names": [b"apple", b"pear", b"bee"], b"coarse_label_names": [b"fruit", b"insects"]}
+        pickle.dump(meta, f)
     x, y, info = load_cifar100("train", c100)
     assert info.groups == {"fruit": ["apple", "pear"], "insects": ["bee"]} and y.tolist() == [0, 1, 2]
 
@@ -94,3 +119,75 @@ def test_augment_crops_and_flips_within_padding():
         padded = torch.nn.functional.pad(x[b], (2, 2, 2, 2))
         crops = [padded[:, i:i + 8, j:j + 8] for i in range(5) for j in range(5)]
         assert any(torch.equal(out[b], c) or torch.equal(out[b], c.flip(2)) for c in crops)
+
+
+# ---------------------------------------------------------------- vocabulary records
+
+def test_dataset_info_round_trips():
+    info = DatasetInfo.from_dict(FASHION_MNIST.to_dict())
+    assert info == FASHION_MNIST
+    assert "bottoms" in info.synonyms["Trouser"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"classes": []}, r"'classes' must be a non-empty list"),
+    ({"classes": "Bag"}, r"'classes' must be a non-empty list"),
+    ({"classes": ["Bag", "bag"]}, r"'bag' repeats 'Bag'"),
+    ({"classes": ["Bag", 3]}, r"'classes'\[1\] = 3"),
+    ({"classes": ["Bag", " Hat"]}, r"'classes'\[1\] = ' Hat'"),
+    ({"input_shape": [1, 28]}, r"'input_shape' must be three positive ints"),
+    ({"input_shape": [1, 28, 0]}, r"'input_shape' must be three positive ints"),
+    ({"input_shape": [1, 28.0, 28]}, r"'input_shape' must be three positive ints"),
+    ({"mean": [0.1, 0.2]}, r"'mean' must be 1 finite numbers"),
+    ({"std": ["0.3"]}, r"'std' must be 1 finite numbers"),
+    ({"std": [0.0]}, r"'std' must be positive"),
+    ({"groups": {"footwear": ["Sandal", "Hat"]}}, r"'groups'\['footwear'\]: unknown class\(es\) \['Hat'\]"),
+    ({"groups": {"footwear": "Sandal"}}, r"'groups'\['footwear'\] must be a list of non-empty strings"),
+    ({"groups": {"footwear": ["Sandal", "Sandal"]}}, r"lists a class twice"),
+    ({"groups": ["footwear"]}, r"'groups' must map names to lists of strings"),
+    ({"synonyms": {"Bag": [""]}}, r"'synonyms'\['Bag'\] must be a list of non-empty strings"),
+    ({"name": ""}, r"'name' must be a non-empty string"),
+    ({"colour": "red"}, r"unknown field\(s\) \['colour'\]"),
+])
+def test_dataset_info_from_dict_names_the_bad_field(change, message):
+    with pytest.raises(ValueError, match=message):
+        DatasetInfo.from_dict({**FASHION_MNIST.to_dict(), **change})
+    d = FASHION_MNIST.to_dict()
+    del d["std"]
+    with pytest.raises(ValueError, match=r"missing field\(s\) \['std'\]"):
+        DatasetInfo.from_dict(d)
+
+
+# ---------------------------------------------------------------- validation split
+
+def test_validation_split_is_stratified_disjoint_and_complete():
+    labels = torch.arange(60000) % 10  # Fashion-MNIST's training labels: 6,000 per class
+    train_idx, val_idx = validation_split(labels, 5000, 0)
+    assert torch.bincount(labels[val_idx], minlength=10).tolist() == [500] * 10
+    assert len(train_idx) == 55000 and not set(train_idx.tolist()) & set(val_idx.tolist())
+    assert torch.equal(torch.sort(torch.cat([train_idx, val_idx])).values, torch.arange(60000))
+    assert torch.equal(val_idx, val_idx.sort().values) and train_idx.dtype == val_idx.dtype == torch.long
+
+
+def test_validation_split_is_seeded():
+    labels = torch.randint(0, 10, (3000,), generator=torch.Generator().manual_seed(0))
+    a, b, c = (validation_split(labels, 300, s)[1] for s in (0, 0, 1))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    # a fixed draw: the split must not move between releases (checkpoints record only size and seed)
+    assert validation_split(torch.tensor([0, 1] * 5), 4, 3)[1].tolist() == [0, 1, 6, 9]
+
+
+def test_validation_split_proportions_and_edges():
+    labels = torch.tensor([0] * 70 + [1] * 20 + [2] * 10)
+    _, val = validation_split(labels, 10, 0)
+    assert torch.bincount(labels[val], minlength=3).tolist() == [7, 2, 1]
+    _, val = validation_split(labels, 15, 0)  # shares 10.5, 3, 1.5: the largest remainders (lower class first)
+    assert torch.bincount(labels[val], minlength=3).tolist() == [11, 3, 1]
+    train_idx, val = validation_split(labels, 0, 0)
+    assert len(val) == 0 and torch.equal(train_idx, torch.arange(100))
+    with pytest.raises(ValueError, match=r"validation size must be an integer in 0\.\.99.*data\.val_size"):
+        validation_split(labels, 100, 0)
+    with pytest.raises(ValueError, match="validation seed"):
+        validation_split(labels, 5, -1)
+    with pytest.raises(ValueError, match="1-D integer tensor"):
+        validation_split(labels.float(), 5, 0)

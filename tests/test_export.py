@@ -1,3 +1,4 @@
+import hashlib
 import json
 import os
 import subprocess
@@ -11,10 +12,10 @@ from safetensors.torch import save_file
 from hypersan import __version__
 from hypersan.backbones import build_backbone
 from hypersan.export import (ARTIFACT_FORMAT, file_sha256, load_subnet, parse_formats, save_subnet)
-from hypersan.io import ArtifactError, load_tensors
+from hypersan.io import ArtifactError, OutputExistsError, load_tensors
 from hypersan.surgery import prune_backbone
 
-from .test_surgery import ARCHS, _masks, _model, _randomize, _images
+from .test_surgery import ARCHS, _masks, _randomize
 
 
 def _net(arch="resnet", seed=0):
@@ -51,14 +52,14 @@ def test_artifact_round_trip(tmp_path, arch, folded):
 
 
 def test_artifact_records_the_source_checkpoint_hash(tmp_path):
-    model = _model()
-    model.calibrate(model.resolve(["Bag", "Coat"]), _images())
-    model.save_pretrained(tmp_path / "ckpt")
-    net = model.subnet(["Bag", "Coat"])
-    save_subnet(net, tmp_path / "a", source=str(tmp_path / "ckpt"))
+    src = tmp_path / "ckpt"
+    src.mkdir()
+    save_file({"w": torch.arange(4.0)}, str(src / "model.safetensors"))
+    save_subnet(_net(), tmp_path / "a", source=str(src))
     cfg = json.loads((tmp_path / "a" / "config.json").read_text())
-    assert cfg["source_sha256"] == file_sha256(tmp_path / "ckpt" / "model.safetensors")
-    assert len(cfg["source_sha256"]) == 64
+    assert cfg["source_checkpoint"] == str(src)
+    assert cfg["source_sha256"] == hashlib.sha256((src / "model.safetensors").read_bytes()).hexdigest()
+    assert file_sha256(src / "model.safetensors") == cfg["source_sha256"]
 
 
 def _saved(tmp_path):
@@ -114,7 +115,7 @@ def test_failed_export_leaves_the_previous_artifact_intact(tmp_path, monkeypatch
 
     monkeypatch.setattr(hypersan.export, "export_onnx", crash)
     with pytest.raises(RuntimeError, match="killed mid-export"):
-        save_subnet(_net(seed=1), d, formats=["safetensors", "onnx"])
+        save_subnet(_net(seed=1), d, formats=["safetensors", "onnx"], force=True)
     assert {p.name: p.read_bytes() for p in d.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]  # no temporary directory left behind
     with pytest.raises(RuntimeError):
@@ -126,6 +127,151 @@ def test_parse_formats():
     assert parse_formats("onnx, safetensors,onnx") == ["onnx", "safetensors"]
     with pytest.raises(ValueError, match="unknown export format.*pickle"):
         parse_formats("safetensors,pickle")
+
+
+def _tree(root: Path) -> dict:
+    """Every path under root (relative), with the bytes of each file: equal trees compare equal."""
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+def test_save_subnet_replaces_an_artifact_only_with_force(tmp_path):
+    d = _saved(tmp_path)
+    before = _tree(d)
+    with pytest.raises(OutputExistsError, match=r"already holds a hypersan artifact; pass force=True \(--force"):
+        save_subnet(_net(seed=1), d)
+    assert _tree(d) == before
+    save_subnet(_net(seed=1), d, force=True)
+    assert _tree(d) != before
+    assert json.loads((d / ".hypersan.json").read_text()) == {"kind": "artifact", "format": 1}
+    x = _x(_net(seed=1))
+    with torch.no_grad():
+        assert torch.equal(load_subnet(d)(x), _net(seed=1)(x))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_save_subnet_never_replaces_a_user_folder(tmp_path, force):
+    d = tmp_path / "mine"
+    (d / "sub").mkdir(parents=True)
+    (d / "notes.txt").write_text("my notes")
+    (d / "sub" / "data.bin").write_bytes(bytes(range(256)))
+    before = _tree(d)
+    with pytest.raises(OutputExistsError, match=r"mine is not empty \(it holds .*\) and has no \.hypersan\.json"):
+        save_subnet(_net(), d, force=force)
+    assert _tree(d) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+
+
+# ------------------------------------------------------------------ load_subnet checks its input first
+
+def _edit_config(d: Path, edit) -> None:
+    cfg = json.loads((d / "config.json").read_text())
+    edit(cfg)
+    (d / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("edit,msg", [
+    (lambda c: c.update(bn_folded="false"), r"bn_folded must be a JSON boolean \(true or false\), not 'false'"),
+    (lambda c: c.update(bn_folded=0), "bn_folded must be a JSON boolean"),
+    (lambda c: c.update(classes=[]), "classes must be a non-empty list"),
+    (lambda c: c.update(classes=["cat", "cat", "eel"]), "classes must name each class once; repeated: 'cat'"),
+    (lambda c: c.update(classes=["cat", 1, "eel"]), "classes must be a non-empty list of class names"),
+    (lambda c: c.update(input_shape=[3, 12]), r"input_shape must be \[channels, height, width\]"),
+    (lambda c: c.update(input_shape=[3, 12, -1]), "input_shape must be"),
+    (lambda c: c.update(input_shape=[3, 12, 12.0]), "input_shape must be"),
+    (lambda c: c["arch"].update(depth=3), "arch must have exactly the keys .*; unknown: depth"),
+    (lambda c: c["arch"].pop("std"), "arch must have exactly the keys .*; missing: std"),
+    (lambda c: c["arch"].update(arch="mlp"), "arch.arch must be"),
+    (lambda c: c["arch"].update(widths=[8, True]), "arch.widths must be"),
+    (lambda c: c["arch"].update(blocks=[1, 0]), "arch.blocks must be"),
+    (lambda c: c["arch"].update(blocks=[1, 5000]), "arch.blocks must be"),
+    (lambda c: c["arch"].update(std=[float("nan")]), "arch.std must be a list"),
+    (lambda c: c["arch"].update(std=[0.0]), "arch.std must be positive"),
+    (lambda c: c.update(site_widths=[4, 4]), "site_widths must be a JSON object"),
+    (lambda c: c["site_widths"].update(stage9=4), "site_widths names 'stage9', which is no site of this resnet"),
+    (lambda c: c["site_widths"].update(stage0="4"), r"site_widths\['stage0'\] = '4' is not a width"),
+    (lambda c: c["site_widths"].update(stage0=0), r"site_widths\['stage0'\] = 0 is not a width"),
+    (lambda c: c.update(format=True), "artifact format True is not supported"),
+])
+def test_load_refuses_a_bad_config_field_by_name(tmp_path, edit, msg):
+    d = _saved(tmp_path)
+    _edit_config(d, edit)
+    with pytest.raises(ArtifactError, match=msg):
+        load_subnet(d)
+
+
+def _no_body_reads(monkeypatch):
+    import hypersan.export
+
+    def fail(path):
+        raise AssertionError(f"{path}: the tensors were read before the header was checked")
+    monkeypatch.setattr(hypersan.export, "load_tensors", fail)
+
+
+def test_load_refuses_a_huge_width_at_once(tmp_path, monkeypatch):
+    import time
+
+    d = _saved(tmp_path)
+    _no_body_reads(monkeypatch)
+    _edit_config(d, lambda c: c["site_widths"].update(stage0=10**9))
+    t0 = time.perf_counter()
+    with pytest.raises(ArtifactError, match=r"site_widths\['stage0'\] = 1000000000 is not a width from 1 to 65536"):
+        load_subnet(d)
+    # within the bound, yet not what the file holds: the header check refuses it before anything is allocated
+    _edit_config(d, lambda c: c["site_widths"].update(stage0=60000))
+    with pytest.raises(ArtifactError, match=r"wrong shapes: stem\.0\.weight: file \(\d+, \d+, 3, 3\) vs model "
+                                            r"\(60000, \d+, 3, 3\)"):
+        load_subnet(d)
+    assert time.perf_counter() - t0 < 5
+
+
+def _rewrite_header(path: Path, edit) -> None:
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    edit(header)
+    raw = json.dumps(header).encode()
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + data[8 + n:])
+
+
+@pytest.mark.parametrize("edit,msg", [
+    (lambda h: h["stem.0.weight"].update(shape=[100000, 3, 3, 3]),
+     r"wrong shapes: stem\.0\.weight: file \(100000, 3, 3, 3\)"),
+    (lambda h: h["head.bias"].update(dtype="F64"), r"wrong dtypes: head\.bias: file F64 vs model F32"),
+    (lambda h: h["stem.1.num_batches_tracked"].update(dtype="F32"), "wrong dtypes: stem.1.num_batches_tracked"),
+    (lambda h: h["head.bias"].update(data_offsets=[0, 1 << 40]), r"data offsets \[0, 1099511627776\] of tensor "
+                                                                  "'head.bias' do not fit"),
+    (lambda h: h.update(extra={"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}), "unexpected keys: extra"),
+    (lambda h: h["head.weight"].update(shape="big"), "header entry of tensor 'head.weight' is malformed"),
+])
+def test_load_checks_the_safetensors_header_before_reading_tensors(tmp_path, monkeypatch, edit, msg):
+    d = _saved(tmp_path)
+    _rewrite_header(d / "model.safetensors", edit)
+    _no_body_reads(monkeypatch)
+    with pytest.raises(ArtifactError, match=msg):
+        load_subnet(d)
+
+
+@pytest.mark.parametrize("data,msg", [
+    ((10**12).to_bytes(8, "little") + b"{}", r"header length 1000000000000 is larger than the file \(10 bytes\)"),
+    (b"\x01\x00", "2 bytes is too short for a safetensors file"),
+    ((2).to_bytes(8, "little") + b"[]", "header is not a JSON object"),
+    ((3).to_bytes(8, "little") + b"{\xff}", "header is not valid JSON"),
+])
+def test_load_refuses_a_broken_safetensors_header(tmp_path, monkeypatch, data, msg):
+    d = _saved(tmp_path)
+    (d / "model.safetensors").write_bytes(data)
+    _no_body_reads(monkeypatch)
+    with pytest.raises(ArtifactError, match=msg):
+        load_subnet(d)
+
+
+def test_load_refuses_an_oversized_config(tmp_path):
+    d = _saved(tmp_path)
+    with open(d / "config.json", "ab") as f:
+        f.write(b" " * (4 << 20))
+    with pytest.raises(ArtifactError, match="more than the 4194304 such a file can need"):
+        load_subnet(d)
 
 
 # ------------------------------------------------------------------ portable exports, loaded without hypersan

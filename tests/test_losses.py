@@ -1,8 +1,9 @@
 import math
 
+import pytest
 import torch
 
-from hypersan.losses import subtask_weighted_bce
+from hypersan.losses import sparsity_weights, subtask_weighted_bce
 
 
 def bce(z, y):
@@ -29,3 +30,14 @@ def test_beta_one_is_plain_summed_bce():
     plain = torch.nn.functional.binary_cross_entropy_with_logits(
         logits, torch.nn.functional.one_hot(labels, 6).float(), reduction="sum") / 5
     assert torch.allclose(subtask_weighted_bce(logits, labels, in_task, 1.0), plain)
+
+
+def test_sparsity_weights_linear_and_constant():
+    sizes = torch.tensor([1, 4, 10])
+    linear = sparsity_weights(sizes, 10, 0.05, "linear")
+    # gamma * (|C| - |T|) / (|C| - 1): full gamma for one class, none for every class, 6/9 of it for four
+    assert torch.allclose(linear, torch.tensor([0.05, 0.05 * 6 / 9, 0.0]))
+    assert torch.equal(sparsity_weights(sizes, 10, 0.05, "constant"), torch.full((3,), 0.05))
+    assert torch.equal(sparsity_weights(torch.tensor([1]), 1, 0.05, "linear"), torch.tensor([0.05]))
+    with pytest.raises(ValueError, match="gamma_size mode 'quadratic'"):
+        sparsity_weights(sizes, 10, 0.05, "quadratic")

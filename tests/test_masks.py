@@ -28,24 +28,45 @@ def test_combine_max_and_maxabs():
     values = torch.tensor([[1.0, -3.0, 0.5], [2.0, 1.0, -0.7], [0.1, 0.2, 0.3]])
     select = torch.tensor([[True, True, False], [False, False, True], [True, False, True]])
     assert torch.equal(combine_max(values, select), torch.tensor([[2.0, 1.0, 0.5], [0.1, 0.2, 0.3], [1.0, 0.2, 0.5]]))
-    assert torch.equal(combine_maxabs(values, select), torch.tensor([[2.0, -3.0, -0.7], [0.1, 0.2, 0.3], [1.0, -3.0, 0.5]]))
+    want = torch.tensor([[2.0, -3.0, -0.7], [0.1, 0.2, 0.3], [1.0, -3.0, 0.5]])
+    assert torch.equal(combine_maxabs(values, select), want)
 
 
 def test_keep_multiple_rounds_counts_down_and_keeps_the_top_utilities():
     gen = torch.Generator().manual_seed(0)
-    u = torch.rand(64, 40, generator=gen) * 0.3
+    scale = torch.linspace(0.11, 0.3, 64)[:, None]  # rows from ~4 to ~27 utilities above the threshold
+    u = torch.rand(64, 40, generator=gen) * scale
     above = u > 0.1
     keep = keep_decision(u, 0.1, 1, 8)
     n = keep.sum(dim=1)
     want = (torch.div(above.sum(dim=1), 8, rounding_mode="floor") * 8).clamp(min=8)
     assert torch.equal(n, want)
     assert (n % 8 == 0).all()
-    assert (keep & ~above).sum() == 0 or (n == 8).all()  # only the minimum may reach below the threshold
+    # only the minimum may reach below the threshold: a row keeps a channel below it iff fewer than 8 are above
+    few = above.sum(dim=1) < 8
+    assert few.any() and (~few).any()  # both kinds of row are present
+    assert torch.equal((keep & ~above).any(dim=1), few)
     # the kept channels are the row's highest utilities
     kept_min = torch.where(keep, u, torch.inf).min(dim=1).values
     dropped_max = torch.where(keep, -torch.inf, u).max(dim=1).values
     assert (kept_min > dropped_max).all()
     assert torch.equal(keep_decision(u, 0.1, 1, 1), u > 0.1)  # multiple 1: the plain rule
+
+
+def test_keep_rule_breaks_ties_by_lower_index():
+    # all-zero utilities keep exactly min_keep channels, the lowest indices (formerly every tied channel)
+    for k in (1, 3):
+        keep = keep_decision(torch.zeros(2, 8), 0.1, k)
+        assert keep.sum(dim=1).tolist() == [k, k] and keep[:, :k].all()
+    # a tie at the k-th value below the threshold: the lower index wins
+    u = torch.tensor([[0.02, 0.05, 0.01, 0.05, 0.0]])
+    assert keep_decision(u, 0.1, 1).tolist() == [[False, True, False, False, False]]
+    assert keep_decision(u, 0.1, 2).tolist() == [[False, True, False, True, False]]
+    # ties above the threshold are all kept, whatever min_keep
+    u = torch.tensor([[0.5, 0.5, 0.5, 0.0, 0.5]])
+    assert keep_decision(u, 0.1, 1).tolist() == [[True, True, True, False, True]]
+    # the hard mask of binarize follows the same rule
+    assert binarize(torch.zeros(1, 8), 0.1, 0.1, min_keep=2).tolist() == [[1.0, 1.0] + [0.0] * 6]
 
 
 def test_keep_multiple_bounds_and_ties():

@@ -8,14 +8,13 @@ from hypersan.cli import main
 from hypersan.export import load_subnet
 
 from .conftest import needs_fmnist
-from .test_surgery import _images, _model
+from .test_surgery import _engine
 
 
 @pytest.fixture
 def checkpoint(tmp_path):
-    model = _model()
-    model.calibrate(model.resolve(["Sneaker", "Bag"]), _images())
-    return model.save_pretrained(tmp_path / "ckpt")
+    """A tiny checkpoint; the CLI recalibrates its statistics on the Fashion-MNIST training images."""
+    return _engine().model.save_pretrained(tmp_path / "ckpt")
 
 
 def _run(capsys, *argv):
@@ -24,6 +23,7 @@ def _run(capsys, *argv):
     return rc, out, err
 
 
+@needs_fmnist
 def test_prune_prints_one_json_summary_and_writes_the_formats(tmp_path, capsys, checkpoint):
     rc, out, err = _run(capsys, "prune", "--checkpoint", str(checkpoint), "--classes", "Bag, sneaker",
                         "--out", str(tmp_path / "a"), "--format", "safetensors,onnx")
@@ -57,11 +57,11 @@ def test_prune_round_to_gives_multiples(tmp_path, capsys, checkpoint):
 
 
 def test_bench_reports_every_interface_field():
-    model = _model()
-    t = model.resolve(["Sneaker", "Bag"])
+    engine = _engine()
+    t = engine.model.resolve(["Sneaker", "Bag"])
     before = torch.get_num_threads()
     threads = 1 if before != 1 else 2
-    r = run_bench(model, [t], _images(), batch=8, threads=threads, repeats=2, warmup=1)
+    r = run_bench(engine, [t], batch=8, threads=threads, repeats=2, warmup=1)
     assert r["threads"] == threads and r["batch"] == 8
     assert torch.get_num_threads() == before  # restored
     (row,) = r["subtasks"]
@@ -95,7 +95,7 @@ def test_allocator_tuning_says_what_it_did():
     import sys
 
     # in a child process: the setting is process-wide
-    code = ("from hypersan.bench import tune_allocator, format_table\n"
+    code = ("from hypersan.bench import format_table\nfrom hypersan.cli import tune_allocator\n"
             "done = tune_allocator()\n"
             "r = {'threads': 2, 'batch': 8, 'repeats': 2, 'warmup': 1, 'device': 'cpu', 'allocator': done,"
             " 'subtasks': []}\n"
@@ -135,9 +135,10 @@ def test_latency_ratios_pair_timings_of_the_same_round():
 
 
 def test_bench_times_rounded_widths_with_their_own_check():
-    model = _model()
+    engine = _engine()
+    model = engine.model
     t = model.resolve(["Sneaker", "Bag"])
-    r = run_bench(model, [t], _images(), batch=4, threads=1, repeats=1, warmup=0, round_to=4, round_mode="nearest")
+    r = run_bench(engine, [t], batch=4, threads=1, repeats=1, warmup=0, round_to=4, round_mode="nearest")
     (row,) = r["subtasks"]
     rnd = row["rounded"]
     assert rnd["mode"] == "nearest" and rnd["round_to"] == 4

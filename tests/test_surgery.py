@@ -2,13 +2,14 @@ import pytest
 import torch
 
 from hypersan.backbones import build_backbone
-from hypersan.calibrate import bn_modules, set_bn_stats
+from hypersan.stats import bn_modules
 from hypersan.config import load_config
-from hypersan.data import FASHION_MNIST, DatasetError
+from hypersan.data import FASHION_MNIST
 from hypersan.metrics import count_params
-from hypersan.model import SubtaskAdaptiveNet, subtask_key
+from hypersan.engine import PruningEngine
+from hypersan.model import SubtaskAdaptiveNet
 from hypersan.subnet import build_plain, fold_bn
-from hypersan.surgery import kept_channels, prune, prune_backbone, round_widths
+from hypersan.surgery import kept_channels, prune_backbone, round_widths
 
 from .conftest import ROOT
 
@@ -198,11 +199,6 @@ def test_round_widths_nearest_drops_the_lowest_utility_kept_channels():
         round_widths(masks, raw, sites, 4, mode="down")
 
 
-def test_prune_checks_the_round_mode_even_without_rounding():
-    with pytest.raises(ValueError, match="round mode"):
-        prune(_model(), ["Sandal", "Coat"], round_mode="down", images=_images())
-
-
 # ------------------------------------------------------------------ through the SubtaskAdaptiveNet
 
 
@@ -218,71 +214,13 @@ def _model(arch="resnet", extra=()):
     return model
 
 
+def _engine(arch="resnet", extra=(), images=None):
+    """A PruningEngine over _model(), calibrating on random images (no dataset needed)."""
+    return PruningEngine(_model(arch, extra), images=_images() if images is None else images)
+
+
 def _images(n=64, seed=0):
     return torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
-
-
-@pytest.mark.parametrize("arch", ["resnet", "vgg"])
-def test_subnet_equals_masked_net_with_its_own_statistics(arch):
-    model = _model(arch)
-    images = _images()
-    t = model.resolve(["Bag", "Sneaker", "Trouser"])
-    net = model.subnet(["Bag", "Sneaker", "Trouser"], images=images)
-    assert subtask_key(t) in model.bn_cache  # calibrated on demand
-    assert net.classes == ["Trouser", "Sneaker", "Bag"]  # ascending class index
-    assert net.input_shape == [1, 28, 28]
-    x = images[:8].float() / 255
-    masks = model.subtask_masks(t)
-    with torch.no_grad(), model.using_stats(t):
-        want = model.backbone(x, masks)[:, list(t)]
-    with torch.no_grad():
-        got = net(x)
-        stale = model.backbone(x, masks)[:, list(t)]  # mixture statistics: a different function
-    assert (got - want).abs().max().item() <= 1e-4
-    assert (got - stale).abs().max().item() > 1e-3
-
-
-def test_subnet_of_none_is_the_dense_net():
-    model = _model()
-    model.calibrate(None, _images())
-    net = prune(model, None)
-    assert net.classes == model.classes
-    assert net.arch["site_widths"] == model.backbone.arch["site_widths"]
-    x = _images(4, 1).float() / 255
-    with torch.no_grad(), model.using_stats(None):
-        assert (net(x) - model.backbone(x)).abs().max().item() <= 1e-4
-
-
-def test_round_to_gives_multiples_and_its_own_statistics():
-    model = _model()
-    t = model.resolve(["Sandal", "Coat"])
-    plain = model.subnet(t, images=_images())
-    rounded = model.subnet(t, round_to=4, images=_images())
-    sizes = {s.name: s.size for s in model.sites if s.kind == "utility"}
-    for name, w in rounded.arch["site_widths"].items():
-        assert w % 4 == 0 or w == sizes[name], (name, w)
-        assert w >= plain.arch["site_widths"][name]
-    assert rounded.arch["site_widths"] != plain.arch["site_widths"]
-    # exact: the rounded net is the masked net with the widened masks and their own statistics
-    masks, raw = model.generate(model.select([t]))
-    wide = round_widths(masks, raw, model.sites, 4)
-    x = _images(4, 1).float() / 255
-    with torch.no_grad():
-        set_bn_stats(model.backbone, model.bn_cache[f"{subtask_key(t)}@round4"])
-        want = model.backbone(x, wide)[:, list(t)]
-        assert (rounded(x) - want).abs().max().item() <= 1e-4
-
-
-def test_missing_statistics_without_dataset_is_a_clear_error(monkeypatch):
-    import hypersan.data
-
-    def unavailable(*a, **k):
-        raise DatasetError("fashion_mnist not found")
-
-    monkeypatch.setattr(hypersan.data, "load_dataset", unavailable)
-    model = _model()
-    with pytest.raises(DatasetError, match="no cached BN statistics.*install the dataset"):
-        model.subnet(["Bag", "Coat"])
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
@@ -324,34 +262,3 @@ def test_channels_last_changes_the_layout_not_the_logits(arch):
         slow = plain(x)
     assert seen == [True, False]  # one-channel images too: the layout is set again after the first conv
     assert (fast - slow).abs().max().item() <= 1e-5
-
-
-def test_plain_accuracy_of_the_subnet_equals_the_masked_nets():
-    from hypersan.evaluate import plain_accuracy, predict
-    from hypersan.metrics import subset_accuracy
-
-    model = _model()
-    t = model.resolve(["Bag", "Sneaker", "Trouser"])
-    net = model.subnet(t, images=_images())
-    x = _images(200, seed=3)
-    y = torch.randint(0, 10, (200,), generator=torch.Generator().manual_seed(4))
-    want = subset_accuracy(predict(model, x, t), y, list(t))
-    assert plain_accuracy(net, t, x, y, batch_size=64) == pytest.approx(want, abs=1e-9)
-    with pytest.raises(ValueError, match="no sample"):
-        plain_accuracy(net, t, x[y == 0][:3], y[y == 0][:3])
-
-
-def test_block_aligned_keep_rule_gives_block_widths_and_stays_exact():
-    model = _model(extra=["generator.keep_multiple=4"])
-    t = model.resolve(["Sandal", "Coat"])
-    net = model.subnet(t, images=_images())
-    sizes = {s.name: s.size for s in model.sites if s.kind == "utility"}
-    widths = net.arch["site_widths"]
-    assert all(w % 4 == 0 and 0 < w <= sizes[n] for n, w in widths.items()), widths
-    assert any(w < sizes[n] for n, w in widths.items())  # it does prune
-    # rounding to the block the rule already keeps changes nothing
-    assert model.subnet(t, round_to=4, images=_images()).arch["site_widths"] == widths
-    x = _images(4, 1).float() / 255
-    with torch.no_grad(), model.using_stats(t):
-        want = model.backbone(x, model.subtask_masks(t))[:, list(t)]
-    assert (net(x) - want).abs().max().item() <= 1e-4
