@@ -9,6 +9,8 @@ Metrics, per subtask T:
   class (|T| = 1) that would always be 1, so `acc` is then the one-vs-rest accuracy of the class's sigmoid
   (logit > 0 means "this class") over the whole test set; `dense_acc` is the same for the dense net.
 - `map`: mean over T's classes of the average precision of each class's logit over the whole test set.
+- `fp_rate`: on test images of classes outside T, the share where some output of the T-net fires
+  (sigmoid > 0.5); `dense_fp_rate` is the same for the dense net's T outputs. None when T is every class.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .engine import PruningEngine
-from .metrics import mean_average_precision, subset_accuracy
+from .metrics import mean_average_precision, out_of_subtask_false_positive_rate, subset_accuracy
 from .subtasks import Subtask, sample_combinations
 
 
@@ -55,7 +57,9 @@ def subtask_metrics(logits: Tensor, labels: Tensor, classes: Sequence[int]) -> d
     """acc and map of a subtask's classes from (N, num_classes) logits (see the module docstring)."""
     cls = list(classes)
     acc = one_vs_rest_accuracy(logits, labels, cls[0]) if len(cls) == 1 else subset_accuracy(logits, labels, cls)
-    return {"acc": acc, "map": mean_average_precision(logits, labels, cls)}
+    outside = not bool(torch.isin(labels, torch.tensor(cls)).all())
+    fp = out_of_subtask_false_positive_rate(logits[:, cls], labels, cls) if outside else None
+    return {"acc": acc, "map": mean_average_precision(logits, labels, cls), "fp_rate": fp}
 
 
 def parse_subtasks(model, specs: Sequence[str], seed: int = 0, per_size: int = 5) -> list[Subtask]:
@@ -124,6 +128,7 @@ def evaluate(engine: PruningEngine, test_x: Tensor, test_y: Tensor, subtasks: Se
         result["subtasks"].append({
             "classes": [info.classes[i] for i in t], "indices": list(t), "size": len(t), "seen": model.is_seen(t),
             "acc": got["acc"], "dense_acc": ref["acc"], "map": got["map"], "dense_map": ref["map"],
+            "fp_rate": got["fp_rate"], "dense_fp_rate": ref["fp_rate"],
             "mac_ratio": cost["mac_ratio"], "param_ratio": cost["param_ratio"],
         })
         times.append(time.perf_counter() - t1)

@@ -115,3 +115,36 @@ def conv_macs(net: nn.Module, input_shape, block: int = 1) -> int:
             h.remove()
         net.train(was)
     return total[0]
+
+
+def containment_violations(kept_small: dict[str, Tensor], kept_large: dict[str, Tensor]) -> tuple[int, int]:
+    """(violations, channels): kept channels of a subset's net (per site, index tensors or bool masks) that its
+    superset's net does not keep, and the subset's kept channels in all. A generator whose masks are monotone
+    in the class set (per-task max combination is, by construction) has 0 violations."""
+    bad = total = 0
+    for site, small in kept_small.items():
+        s = _as_index_set(small)
+        big = _as_index_set(kept_large[site])
+        bad += len(s - big)
+        total += len(s)
+    return bad, total
+
+
+def _as_index_set(t: Tensor) -> set[int]:
+    t = torch.as_tensor(t)
+    if t.dtype == torch.bool or (t.dim() >= 1 and t.numel() > 0 and set(t.flatten().tolist()) <= {0, 1}
+                                 and t.dtype.is_floating_point):
+        return set(t.flatten().nonzero().flatten().tolist())
+    return set(int(i) for i in t.flatten().tolist())
+
+
+def out_of_subtask_false_positive_rate(logits: Tensor, labels: Tensor, classes: list[int]) -> float:
+    """Share of images whose label is outside the subtask T on which a T-net fires: some sigmoid output > 0.5
+    (logit > 0). `logits` are (N, |T|) in the order of `classes`. A subtask net should not call a coat a
+    sneaker."""
+    if logits.shape[1] != len(classes):
+        raise ValueError(f"logits have {logits.shape[1]} columns for {len(classes)} classes")
+    outside = ~torch.isin(labels, torch.tensor(list(classes)))
+    if not bool(outside.any()):
+        raise ValueError("no image lies outside the subtask: the false-positive rate is undefined")
+    return (logits[outside] > 0).any(dim=1).float().mean().item()
