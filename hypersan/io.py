@@ -427,17 +427,7 @@ def check_safetensors(path: Path, expected: Mapping[str, tuple[tuple[int, ...], 
               for k in common if tuple(entries[k]["shape"]) != expected[k][0]]
     dtypes = [f"{k}: file {entries[k]['dtype']} vs model {_ST_DTYPES.get(expected[k][1], expected[k][1])}"
               for k in common if entries[k]["dtype"] != _ST_DTYPES.get(expected[k][1])]
-    problems = []
-    if missing:
-        problems.append(_listing("missing keys", missing))
-    if unexpected:
-        problems.append(_listing("unexpected keys", unexpected))
-    if shapes:
-        problems.append(f"wrong shapes: {'; '.join(shapes[:8])}")
-    if dtypes:
-        problems.append(f"wrong dtypes: {'; '.join(dtypes[:8])}")
-    if problems:
-        raise ArtifactError(f"{source} does not match the model it describes: " + " | ".join(problems))
+    _raise_mismatch(source, missing, unexpected, shapes, dtypes)
     # the tensors must tile the data section exactly: then the file's size bounds what loading allocates
     pos = 0
     for name in sorted(entries, key=lambda k: tuple(entries[k]["data_offsets"])):
@@ -460,13 +450,20 @@ def load_checked(module: torch.nn.Module, tensors: dict[str, torch.Tensor], sour
     unexpected = sorted(set(tensors) - set(own))
     shapes = [f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(own[k].shape)}"
               for k in own if k in tensors and tensors[k].shape != own[k].shape]
+    _raise_mismatch(source, missing, unexpected, shapes)
+    module.load_state_dict(tensors, strict=True)
+
+
+def _raise_mismatch(source: str, missing, unexpected, shapes, dtypes=()) -> None:
+    """Raise one ArtifactError listing every kind of mismatch between a file's tensors and a model's."""
     problems = []
     if missing:
-        problems.append(f"missing keys: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+        problems.append(_listing("missing keys", missing))
     if unexpected:
-        problems.append(f"unexpected keys: {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}")
+        problems.append(_listing("unexpected keys", unexpected))
     if shapes:
         problems.append(f"wrong shapes: {'; '.join(shapes[:8])}")
+    if dtypes:
+        problems.append(f"wrong dtypes: {'; '.join(dtypes[:8])}")
     if problems:
         raise ArtifactError(f"{source} does not match the model it describes: " + " | ".join(problems))
-    module.load_state_dict(tensors, strict=True)
