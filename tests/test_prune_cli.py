@@ -146,3 +146,31 @@ def test_bench_times_rounded_widths_with_their_own_check():
     assert all(w % 4 == 0 or w == sizes[n] for n, w in rnd["widths"].items())
     assert rnd["latency_ratio"] > 0 and "pruned_latency_check" in rnd
     assert "rMACs" in format_table(r)
+
+
+@needs_fmnist
+def test_prune_never_replaces_a_folder_it_did_not_write(tmp_path, capsys, checkpoint):
+    user = tmp_path / "mine"
+    (user / "sub").mkdir(parents=True)
+    (user / "notes.txt").write_text("keep me")
+    (user / "sub" / "data.bin").write_bytes(b"\x00\x01")
+    for extra in ([], ["--force"]):
+        rc, out, err = _run(capsys, "prune", "--checkpoint", str(checkpoint), "--classes", "Bag",
+                            "--out", str(user), *extra)
+        assert rc == 2 and "not a hypersan" in err
+    assert (user / "notes.txt").read_text() == "keep me" and (user / "sub" / "data.bin").read_bytes() == b"\x00\x01"
+    art = tmp_path / "art"
+    assert _run(capsys, "prune", "--checkpoint", str(checkpoint), "--classes", "Bag,Coat", "--out", str(art))[0] == 0
+    rc, _, err = _run(capsys, "prune", "--checkpoint", str(checkpoint), "--classes", "Bag", "--out", str(art))
+    assert rc == 2 and "--force" in err and load_subnet(art).classes == ["Coat", "Bag"]
+    assert _run(capsys, "prune", "--checkpoint", str(checkpoint), "--classes", "Bag", "--out", str(art),
+                "--force")[0] == 0
+    assert load_subnet(art).classes == ["Bag"]
+
+
+def test_eval_limit_and_class_lists_are_checked(tmp_path, capsys, checkpoint):
+    rc, _, err = _run(capsys, "eval", "--checkpoint", str(checkpoint), "--limit", "0")
+    assert rc == 2 and "--limit must be a positive" in err
+    rc, _, err = _run(capsys, "prune", "--checkpoint", str(checkpoint), "--classes", "Bag,Bag",
+                      "--out", str(tmp_path / "a"))
+    assert rc == 2 and "class 'Bag' given twice" in err and not (tmp_path / "a").exists()
