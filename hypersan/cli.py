@@ -197,6 +197,17 @@ def _bench(args) -> int:
     return 0
 
 
+def _ablate(args) -> int:
+    from .ablate import run_ablation
+
+    if not args.quick and not args.config:
+        raise ValueError("give --config configs/ablation_fmnist.toml (or --quick for the tiny smoke run)")
+    r = run_ablation(args.config, args.out, quick=args.quick, force=args.force,
+                     log=lambda m: print(m, file=sys.stderr, flush=True), progress=sys.stderr.isatty())
+    print(json.dumps(r))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hypersan", description="Subtask-adaptive networks: one base net, pruned per request.")
     p.add_argument("--version", action="version", version=f"hypersan {__version__}")
@@ -276,6 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--data-dir", default=None)
     b.add_argument("--device", default="cpu", help="auto | cpu | cuda[:N]")
     b.set_defaults(func=_bench)
+
+    a = sub.add_parser("ablate", help="hypernetwork vs per-task masks vs per-subset pruning, seen and held-out")
+    a.add_argument("--config", default=None, help="ablation TOML (configs/ablation_fmnist.toml)")
+    a.add_argument("--out", required=True, help="run folder; an unfinished run there is resumed")
+    a.add_argument("--quick", action="store_true", help="the tiny smoke configuration (configs/ablation_tiny.toml)")
+    a.add_argument("--force", action="store_true", help=argparse.SUPPRESS)
+    a.set_defaults(func=_ablate)
     return p
 
 

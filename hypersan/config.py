@@ -170,6 +170,12 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
+def build_section(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """A dataclass (any strict config section, e.g. an ablation's) from nested dicts; unknown keys and wrong
+    types are errors naming the key."""
+    return _build(cls, data, where)
+
+
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Build a Config from nested dicts, rejecting unknown keys and wrong types."""
     cfg = _build(Config, data, "")

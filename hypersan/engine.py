@@ -247,11 +247,16 @@ class PruningEngine:
         """MACs and parameters of a plain net built from this model (counted on a network of its widths, with
         BN), and their ratios to the dense net's."""
         arch, shape = self.model.backbone.arch, self.model.info.input_shape
-        if self._dense_cost is None:
-            self._dense_cost = _cost(arch, arch["site_widths"], len(self.model.classes), shape)
-        dense_macs, dense_params = self._dense_cost
+        dense_macs, dense_params = self.dense_cost()
         macs, params = _cost(arch, net.arch["site_widths"], net.arch["num_classes"], shape)
         return {"macs": macs, "params": params, "mac_ratio": macs / dense_macs, "param_ratio": params / dense_params}
+
+    def dense_cost(self) -> tuple[int, int]:
+        """(MACs, parameters) of the dense net, counted once."""
+        if self._dense_cost is None:
+            arch = self.model.backbone.arch
+            self._dense_cost = _cost(arch, arch["site_widths"], len(self.model.classes), self.model.info.input_shape)
+        return self._dense_cost
 
     def export(self, classes, out: str | os.PathLike, formats: Iterable[str] | str = ("safetensors",),
                round_to: int = 0, fold_bn: bool = True, round_mode: str = "up", text: Optional[str] = None,

@@ -130,6 +130,7 @@ def evaluate(engine: PruningEngine, test_x: Tensor, test_y: Tensor, subtasks: Se
             "acc": got["acc"], "dense_acc": ref["acc"], "map": got["map"], "dense_map": ref["map"],
             "fp_rate": got["fp_rate"], "dense_fp_rate": ref["fp_rate"],
             "mac_ratio": cost["mac_ratio"], "param_ratio": cost["param_ratio"],
+            "widths": dict(net.arch["site_widths"]),
         })
         times.append(time.perf_counter() - t1)
     result["seconds"] = time.perf_counter() - t0

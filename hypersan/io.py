@@ -332,6 +332,22 @@ def atomic_dir(path: str | os.PathLike, kind: str, force: bool = False) -> Itera
 
 # ------------------------------------------------------------------ JSON and safetensors
 
+def atomic_write_json(path: str | os.PathLike, data) -> None:
+    """Write a JSON file whole or not at all: a temporary sibling, fsynced, then renamed over the path."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w") as f:
+            f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
 def write_json(path: Path, data) -> None:
     """Write JSON, indented with sorted keys (use it inside atomic_dir, which makes the write durable)."""
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
