@@ -28,15 +28,14 @@ def child(args) -> dict:
     allocator = tune_allocator() if args.tuned else "default"
     import torch
 
-    from hypersan.model import SubtaskAdaptiveNet
-    from hypersan.surgery import prune
+    from hypersan.engine import PruningEngine
 
     torch.set_num_threads(args.threads)
-    model = SubtaskAdaptiveNet.from_pretrained(args.checkpoint).eval()
-    t = model.resolve(args.classes.split(","))
-    nets = {"dense": prune(model, None, fold_bn=True), "masked": prune(model, t, fold_bn=True, physical=False),
-            "pruned": prune(model, t, fold_bn=True)}  # the inference form hypersan bench times
-    x = torch.rand(args.batch, *model.info.input_shape, generator=torch.Generator().manual_seed(0))
+    engine = PruningEngine.from_pretrained(args.checkpoint)
+    t = engine.model.resolve(args.classes.split(","))
+    nets = {"dense": engine.subnet(None, fold_bn=True), "masked": engine.subnet(t, fold_bn=True, physical=False),
+            "pruned": engine.subnet(t, fold_bn=True)}  # the inference form hypersan bench times
+    x = torch.rand(args.batch, *engine.model.info.input_shape, generator=torch.Generator().manual_seed(0))
     times = time_rounds({k: (lambda n=n: n(x)) for k, n in nets.items()}, args.warmup, args.repeats)
     return {"allocator": allocator, "dense_ms": 1e3 * statistics.median(times["dense"]),
             "pruned_ms": 1e3 * statistics.median(times["pruned"]),

@@ -1,10 +1,12 @@
 """The core quality bar on Fashion-MNIST: evaluate a checkpoint on every pair, sampled 5-class subtasks,
 sizes 1..10 and held-out combinations, and check the figures against the targets.
 
-    python tools/bench_core.py [--checkpoint DIR] [--out results.json] [--n-per-size 5] [--n5 30]
+    python tools/bench_core.py [--checkpoint DIR] [--out results.json] [--n-per-size 5] [--n5 30] [--split val]
 
 Prints a summary table and writes the full per-subtask results (the `hypersan eval --json` format plus a
-"summary" block) to --out. With no --checkpoint it evaluates the shipped model.
+"summary" block) to --out. With no --checkpoint it evaluates the shipped model. `--split test` (the default)
+gives final figures; `--split val` scores on the model's validation split (the `data.val_size` training
+images it was not trained on), for choices of model and settings.
 """
 from __future__ import annotations
 
@@ -18,9 +20,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch  # noqa: E402
 
+from hypersan.checkpoint import CHECKPOINT_KIND, resolve_checkpoint  # noqa: E402
 from hypersan.data import load_dataset  # noqa: E402
+from hypersan.engine import PruningEngine  # noqa: E402
 from hypersan.evaluate import evaluate, parse_subtasks  # noqa: E402
-from hypersan.model import SubtaskAdaptiveNet, resolve_checkpoint  # noqa: E402
+from hypersan.io import OutputExistsError, check_output_dir  # noqa: E402
+from hypersan.subtasks import sample_combinations  # noqa: E402
+from hypersan.train import split_training_data  # noqa: E402
 
 
 def spearman(x: list[float], y: list[float]) -> float:
@@ -110,42 +116,66 @@ def main(argv=None) -> int:
     p.add_argument("--n-unseen", type=int, default=10, help="held-out combinations per size (2..9)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--split", choices=["test", "val"], default="test",
+                   help="test: final figures; val: the validation split of the training data, for choices")
     p.add_argument("--ship", default=None, metavar="DIR",
                    help="also save the model with its recorded metrics and calibrated BN statistics to DIR "
-                        "(hypersan/pretrained/NAME for a shipped model)")
+                        "(hypersan/pretrained/NAME for a shipped model; an earlier checkpoint there is replaced)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     ckpt = resolve_checkpoint(args.checkpoint)
-    model = SubtaskAdaptiveNet.from_pretrained(ckpt)
+    engine = PruningEngine.from_pretrained(ckpt, seed=args.seed)
+    model = engine.model
+    cfg = model.config
+    if args.split == "val" and not cfg.data.val_size:
+        p.error(f"{ckpt} was trained without a validation split (data.val_size = 0): every training image was "
+                "used in training; use --split test")
+    if args.ship:
+        try:  # before any work: an earlier checkpoint there is replaced, any other folder never
+            check_output_dir(args.ship, CHECKPOINT_KIND, force=True)
+        except OutputExistsError as e:
+            p.error(f"--ship: {e}")
     k = len(model.classes)
     specs = ["size=2" + (f",n={args.n2}" if args.n2 else ""), f"size=5,n={args.n5}"]
     specs += [f"size={n},n={args.n_per_size}" for n in range(1, k + 1)]
     subtasks = parse_subtasks(model, specs, seed=args.seed)
-    held = [model.classes_of(b) for b in model.holdout.listing()]
-    g = torch.Generator().manual_seed(args.seed)
-    for size in range(2, k):
-        of_size = [t for t in held if len(t) == size]
-        pick = torch.randperm(len(of_size), generator=g)[:args.n_unseen].tolist()
-        subtasks += [of_size[i] for i in sorted(pick) if of_size[i] not in subtasks]
-    cfg = model.config
-    train_x, _, _ = load_dataset(cfg.data.dataset, "train", cfg.data.data_dir or None)
-    test_x, test_y, _ = load_dataset(cfg.data.dataset, "test", cfg.data.data_dir or None)
+    if model.holdout.listable():
+        held = [model.classes_of(b) for b in model.holdout.listing()]
+        g = torch.Generator().manual_seed(args.seed)
+        for size in range(2, k):
+            of_size = [t for t in held if len(t) == size]
+            pick = torch.randperm(len(of_size), generator=g)[:args.n_unseen].tolist()
+            subtasks += [of_size[i] for i in sorted(pick) if of_size[i] not in subtasks]
+    else:  # too many combinations to list the held-out ones: draw up to --n-unseen per size
+        nb = len(model.basic)
+        for size in range(2, nb):
+            drawn = sample_combinations(nb, size, args.n_unseen, args.seed, model.holdout, seen=False)
+            subtasks += [t for t in (model.classes_of(b) for b in drawn) if t not in subtasks]
+    if args.split == "val":
+        _, _, eval_x, eval_y, _ = split_training_data(cfg)
+    else:
+        eval_x, eval_y, _ = load_dataset(cfg.data.dataset, "test", cfg.data.data_dir or None)
     t0 = time.perf_counter()
-    r = evaluate(model, test_x, test_y, train_x, subtasks, progress=sys.stderr.isatty(), seed=args.seed)
+    r = evaluate(engine, eval_x, eval_y, subtasks, progress=sys.stderr.isatty(), seed=args.seed)
     s = summarize(r, k)
     out = {"checkpoint": str(ckpt), "command": "python tools/bench_core.py " + " ".join(argv or sys.argv[1:]),
-           **r, "summary": s, "checks": [{"target": t, "met": m, "measured": v} for t, m, v in checks(s)]}
-    print(f"checkpoint {ckpt}: {len(subtasks)} subtasks in {time.perf_counter() - t0:.0f} s")
+           "split": args.split, **r, "summary": s,
+           "checks": [{"target": t, "met": m, "measured": v} for t, m, v in checks(s)]}
+    where = "" if args.split == "test" else f" (val split, {len(eval_y)} images)"
+    print(f"checkpoint {ckpt}{where}: {len(subtasks)} subtasks in {time.perf_counter() - t0:.0f} s")
     print("mac_ratio by size: " + "  ".join(f"{n}:{v:.3f}" for n, v in s["mac_ratio_by_size"].items()))
     for t, m, v in checks(s):
         print(f"  [{'met' if m else 'MISSED'}] {t}: {v}")
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1))
     if args.ship:
-        model.meta["metrics"] = {"command": out["command"], "dense": r["dense"], "summary": s,
+        model.meta["metrics"] = {"command": out["command"], "split": args.split, "dense": r["dense"], "summary": s,
                                  "subtasks": r["subtasks"], "checks": out["checks"]}
         model.meta["source_checkpoint"] = str(ckpt)
-        model.save_pretrained(args.ship)
+        provenance = dict(model.meta.get("provenance") or {})
+        provenance["metrics_command"] = out["command"]
+        model.meta["provenance"] = provenance
+        engine.save_pretrained(args.ship, force=True)  # the model and the statistics calibrated above
         print(f"shipped to {args.ship}")
     return 0
 

@@ -27,11 +27,10 @@ from tqdm import tqdm  # noqa: E402
 
 from hypersan.data import load_dataset  # noqa: E402
 from hypersan.descriptions import canonical_description, describe  # noqa: E402
+from hypersan.engine import PruningEngine  # noqa: E402
 from hypersan.evaluate import plain_accuracy  # noqa: E402
 from hypersan.grounding import GroundingError  # noqa: E402
-from hypersan.metrics import subnet_cost  # noqa: E402
-from hypersan.model import SubtaskAdaptiveNet  # noqa: E402
-from hypersan.surgery import kept_channels, prune  # noqa: E402
+from hypersan.surgery import kept_channels  # noqa: E402
 
 
 def mean(v):
@@ -40,14 +39,13 @@ def mean(v):
 
 
 @torch.no_grad()
-def score(model, t, text, train_x, test_x, test_y, dense_macs):
+def score(engine, t, text, test_x, test_y):
     """Accuracy, mac_ratio and kept channels of the pruned net conditioned on `text` (what
-    `san.subnet(request)` builds: masks from the text, BN statistics calibrated for them)."""
-    net = prune(model, t, text=text, images=train_x)
-    masks = model.generate(model.select([t]), texts=[text])[0]
-    arch, shape = model.backbone.arch, model.info.input_shape
-    macs, _ = subnet_cost(arch, net.arch["site_widths"], len(t), shape)
-    return plain_accuracy(net, t, test_x, test_y), macs / dense_macs, kept_channels(masks, model.sites)
+    `engine.subnet(request)` builds: masks from the text, BN statistics calibrated for them)."""
+    net = engine.subnet(t, text=text)
+    masks, _ = engine.masks(t, text)
+    return (plain_accuracy(net, t, test_x, test_y), engine.cost(net)["mac_ratio"],
+            kept_channels(masks, engine.model.sites))
 
 
 def iou(a, b):
@@ -67,26 +65,24 @@ def main() -> int:
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
-    model = SubtaskAdaptiveNet.from_pretrained(a.checkpoint).eval()
+    engine = PruningEngine.from_pretrained(a.checkpoint)
+    model = engine.model
     if model.config.generator.conditioning != "text":
         p.error(f"{a.checkpoint} is conditioned on {model.config.generator.conditioning!r}, not on text")
     info, d = model.info, model.config.data
-    train_x, _, _ = load_dataset(d.dataset, "train", d.data_dir or None)
     test_x, test_y, _ = load_dataset(d.dataset, "test", d.data_dir or None)
     rng = random.Random(a.seed)
     sets = sorted({tuple(sorted(rng.sample(range(len(info.classes)), rng.randint(2, 5)))) for _ in range(a.n)})
-    arch = model.backbone.arch
-    dense_macs, _ = subnet_cost(arch, arch["site_widths"], len(info.classes), info.input_shape)
     rows = []
     for t in tqdm(sets, desc="class sets"):
         texts = [("canonical", canonical_description(t, info))]
         texts += [(split, describe(t, info, rng, split=split)) for split in ("train", "heldout") for _ in range(a.k)]
         base = None
         for split, text in texts:
-            acc, mac, keep = score(model, t, text, train_x, test_x, test_y, dense_macs)
+            acc, mac, keep = score(engine, t, text, test_x, test_y)
             base = keep if base is None else base
             try:
-                grounded = list(model.ground(text).indices) == list(t)
+                grounded = list(engine.ground(text).indices) == list(t)
             except GroundingError:
                 grounded = False
             rows.append({"classes": [info.classes[c] for c in t], "split": split, "text": text, "acc": acc,

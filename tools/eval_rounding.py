@@ -20,11 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import torch  # noqa: E402
 
 from hypersan.bench import DEFAULT_SUBTASKS  # noqa: E402
+from hypersan.checkpoint import resolve_checkpoint  # noqa: E402
 from hypersan.data import load_dataset  # noqa: E402
+from hypersan.engine import PruningEngine  # noqa: E402
 from hypersan.evaluate import parse_subtasks, plain_accuracy  # noqa: E402
-from hypersan.metrics import subnet_cost  # noqa: E402
-from hypersan.model import SubtaskAdaptiveNet, resolve_checkpoint  # noqa: E402
-from hypersan.surgery import prune  # noqa: E402
 
 
 def main() -> int:
@@ -38,20 +37,17 @@ def main() -> int:
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     ckpt = resolve_checkpoint(a.checkpoint)
-    model = SubtaskAdaptiveNet.from_pretrained(ckpt).eval()
+    engine = PruningEngine.from_pretrained(ckpt, seed=a.seed)
+    model = engine.model
     d = model.config.data
-    train_x, _, _ = load_dataset(d.dataset, "train", d.data_dir or None)
     test_x, test_y, _ = load_dataset(d.dataset, "test", d.data_dir or None)
-    arch, shape = model.backbone.arch, model.info.input_shape
-    dense_macs, _ = subnet_cost(arch, arch["site_widths"], len(model.classes), shape)
     rows = []
     for t in parse_subtasks(model, a.subtasks or DEFAULT_SUBTASKS, seed=a.seed):
         row = {"classes": [model.classes[c] for c in t]}
         for name, kw in (("pruned", {}), ("up", {"round_to": a.round_to, "round_mode": "up"}),
                          ("nearest", {"round_to": a.round_to, "round_mode": "nearest"})):
-            net = prune(model, t, images=train_x, **kw)
-            macs, _ = subnet_cost(arch, net.arch["site_widths"], len(t), shape)
-            row[name] = {"acc": plain_accuracy(net, t, test_x, test_y), "mac_ratio": macs / dense_macs,
+            net = engine.subnet(t, **kw)
+            row[name] = {"acc": plain_accuracy(net, t, test_x, test_y), "mac_ratio": engine.cost(net)["mac_ratio"],
                          "widths": net.arch["site_widths"]}
         rows.append(row)
         if not a.json:
