@@ -84,7 +84,9 @@ def parse_subtasks(model, specs: Sequence[str], seed: int = 0, per_size: int = 5
         elif s in ("seen", "unseen"):
             for size in range(1, k + 1):
                 if s == "unseen" and not 2 <= size < k:
-                    continue  # single classes and the full set are never held out
+                    # the hashed fraction holds out sizes 2..K-1 only; explicit entries may have any size
+                    out += [model.classes_of(b) for b in sorted(model.holdout.explicit) if len(b) == size]
+                    continue
                 basics = sample_combinations(k, size, per_size, seed, holdout=model.holdout, seen=(s == "seen"))
                 out += [model.classes_of(b) for b in basics]
         elif s == "all":

@@ -119,8 +119,9 @@ def conv_macs(net: nn.Module, input_shape, block: int = 1) -> int:
 
 def containment_violations(kept_small: dict[str, Tensor], kept_large: dict[str, Tensor]) -> tuple[int, int]:
     """(violations, channels): kept channels of a subset's net (per site, index tensors or bool masks) that its
-    superset's net does not keep, and the subset's kept channels in all. A generator whose masks are monotone
-    in the class set (per-task max combination is, by construction) has 0 violations."""
+    superset's net does not keep, and the subset's kept channels in all. Per-task max combination is monotone
+    in the utilities, but the keep rule (min_keep rescues, rounding to keep_multiple) can still drop a channel
+    from the superset, so kept-channel monotonicity is measured, not assumed."""
     bad = total = 0
     for site, small in kept_small.items():
         s = _as_index_set(small)

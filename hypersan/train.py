@@ -111,6 +111,27 @@ def split_training_data(cfg: Config) -> tuple[torch.Tensor, torch.Tensor, torch.
     return x[tr], y[tr], x[va], y[va], info
 
 
+def dense_loss(model: SubtaskAdaptiveNet, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Loss of a dense batch: the class-summed BCE of the unmasked backbone, averaged over samples."""
+    logits = model.backbone(x)
+    target = F.one_hot(y, num_classes).float()
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / len(y)
+
+
+def masked_loss(model: SubtaskAdaptiveNet, x: torch.Tensor, y: torch.Tensor, select: torch.Tensor,
+                texts: list[str] | None, cfg: Config, basic_to_class: torch.Tensor
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
+    """(loss, masks, raw, per-sample mean utility) of a batch run with each sample's sampled subtask (B, K)."""
+    masks, raw = model.generate(select, texts)
+    logits = model.backbone(x, masks)
+    # beta weighs the classes of the sampled subtask (basic_to_class: (K, C)), whatever the sample's label
+    in_task = (select.to(x.device).float() @ basic_to_class) > 0
+    per_sample = mean_utility(raw, model.sites)  # (B,)
+    gammas = sparsity_weights(in_task.sum(dim=1), len(model.classes), cfg.loss.gamma, cfg.loss.gamma_size)
+    loss = subtask_weighted_bce(logits, y, in_task, cfg.loss.beta) + (gammas * per_sample).mean()
+    return loss, masks, raw, per_sample
+
+
 def train(cfg: Config, out: str | Path, resume: bool = False, log: Callable[[str], None] = print,
           stop_after_epoch: int | None = None, force: bool = False, allow_config_change: bool = False,
           provenance: dict | None = None) -> SubtaskAdaptiveNet:
@@ -196,18 +217,11 @@ def train(cfg: Config, out: str | Path, resume: bool = False, log: Callable[[str
             dense = torch.rand((), generator=gen).item() < s.dense_share
             select = sampler.sample(train_y[idx], gen)
             if dense:
-                logits = model.backbone(x)
-                target = F.one_hot(y, len(info.classes)).float()
-                loss = F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / len(y)
+                loss = dense_loss(model, x, y, len(info.classes))
             else:
                 texts = None if model.encoder is None else _descriptions(model, select, gen, cfg)
-                masks, raw = model.generate(select, texts)
-                logits = model.backbone(x, masks)
-                in_task = (select.to(device).float() @ basic_to_class) > 0
-                per_sample = mean_utility(raw, model.sites)  # (B,)
-                gammas = sparsity_weights(in_task.sum(dim=1), len(info.classes), cfg.loss.gamma, cfg.loss.gamma_size)
+                loss, masks, raw, per_sample = masked_loss(model, x, y, select, texts, cfg, basic_to_class)
                 sparsity = per_sample.mean()
-                loss = subtask_weighted_bce(logits, y, in_task, cfg.loss.beta) + (gammas * per_sample).mean()
                 with torch.no_grad():
                     kept = sum(masks[x_.name].sum() for x_ in model.sites if x_.kind == "utility")
                     sums["kept"] += (kept / sum(x_.size for x_ in model.sites if x_.kind == "utility") / len(y)).item()
@@ -228,8 +242,8 @@ def train(cfg: Config, out: str | Path, resume: bool = False, log: Callable[[str
         rec = {"epoch": epoch + 1, "loss": sums["loss"] / steps, "sparsity": sums["sparsity"] / mb,
                "kept_fraction": sums["kept"] / mb, "seconds": time.perf_counter() - t0}
         last = epoch + 1 == t.epochs
-        if (t.eval_every and (epoch + 1) % t.eval_every == 0) or last:
-            rec.update(_quick_eval(model, cfg, val_x, val_y, train_x, epoch))
+        if len(val_y) and ((t.eval_every and (epoch + 1) % t.eval_every == 0) or last):
+            rec.update(_quick_eval(model, cfg, val_x, val_y, train_x, epoch))  # no validation split: no figures
         history.append(rec)
         log(json.dumps(rec))
         tensors, plain = _opt_state(opts)

@@ -66,3 +66,36 @@ def test_one_vs_rest_ap_errors():
         one_vs_rest_ap(LOGITS, torch.tensor([0, 1, 1, 0]), 2)
     with pytest.raises(ValueError, match=r"logits must be \(N, C\)"):
         one_vs_rest_ap(LOGITS[:, 0], LABELS, 0)
+
+
+# ------------------------------------------------------------------ counted cost = the pruned net's own count
+
+
+@pytest.mark.parametrize("arch", ["resnet", "vgg"])
+def test_subnet_cost_equals_the_pruned_nets_own_count(arch):
+    from hypersan.metrics import count_macs, count_params, subnet_cost
+    from hypersan.stats import bn_modules
+    from hypersan.surgery import prune_backbone
+
+    from .test_surgery import _engine, _masks
+
+    eng = _engine(arch)
+    model, shape = eng.model, eng.model.info.input_shape
+    widths = set()
+    for t in [(3,), (1, 7, 8), None]:
+        net = eng.subnet(t)  # BN kept: the layers engine.cost rebuilds from the widths
+        widths.add(tuple(net.arch["site_widths"].values()))
+        cost = eng.cost(net)
+        assert (cost["macs"], cost["params"]) == (count_macs(net, shape), count_params(net)), t
+        # a folded net has one conv bias per BN channel instead of a BN weight and bias, and BN is no
+        # multiply-accumulate: the MACs agree, the parameters are fewer by exactly the BN channels
+        folded = eng.subnet(t, fold_bn=True)
+        bn = sum(m.num_features for m in bn_modules(net).values())
+        assert count_macs(folded, shape) == cost["macs"] and count_params(folded) == cost["params"] - bn, t
+    assert len(widths) >= 2  # the subtasks gave nets of different widths
+    for seed in range(3):  # random masks straight through surgery, some sites left with a single channel
+        masks = _masks(model.backbone, torch.Generator().manual_seed(seed))
+        net = prune_backbone(model.backbone, masks, [2, 5])
+        got = subnet_cost(model.backbone.arch, net.arch["site_widths"], 2, shape)
+        assert got == (count_macs(net, shape), count_params(net)), seed
+        assert got[0] < eng.dense_cost()[0]
