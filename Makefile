@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: a bare or open-ended torch would pull a multi-GB CUDA build
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,text,onnx]'
+	$(BIN)/pip install -q -e '.[test,text,onnx,baselines]'
 	touch $@
 
 # Fashion-MNIST from Debian (the tests read the real files); skipped where apt is unavailable.

@@ -241,6 +241,8 @@ class Ablation:
                 t0 = time.perf_counter()
                 engine.subnet(t, fold_bn=True, seed=seed)  # statistics cached: masks + surgery + BN folding
                 row["build_s"] = time.perf_counter() - t0
+            for row, t in list(zip(rows, subtasks))[:self.cfg.baselines.latency_subtasks]:
+                row["latency_ratio"] = latency_ratio(engine, engine.subnet(t, fold_bn=True, seed=seed))
             if method == "hypernet_text":
                 rows += self._heldout_phrasings(engine, subtasks, x, y, seed, gamma)
         tr = self.train_seconds(method, seed, gamma)
@@ -380,15 +382,13 @@ class Ablation:
             net = baselines.magnitude_prune(base, ratio, dense_macs=plain_cost(dense, None)["dense_macs"])
             baselines.recalibrate_bn(net, spec.stream(tx, torch.device("cpu")))
             for t in self.subtasks(dense.model):
-                cut = baselines.cut_head(net, t)
+                cut = cut_head(net, t)
                 rows.append(self._row("agnostic_tp", seed, gamma, self._score(dense, cut, t, x, y, foreign=True),
                                       target=ratio))
         self.save_step(step, rows)
 
     def eval_scratch(self, seed: int) -> None:
         """One small net per sampled pair, trained from scratch at the hypernetwork's MACs for that pair."""
-        from . import baselines
-
         step = f"eval-scratch-s{seed}"
         n = self.cfg.baselines.scratch_subtasks
         if not n or self.done(step):
@@ -402,10 +402,10 @@ class Ablation:
         for r in ref:
             t = tuple(r["indices"])
             t0 = time.perf_counter()
-            net = baselines.train_scratch(dense.model.backbone.arch, t, r["mac_ratio"], tx, ty,
-                                          epochs=self.cfg.baselines.scratch_epochs, seed=seed,
-                                          dense_macs=plain_cost(dense, None)["dense_macs"],
-                                          input_shape=dense.model.info.input_shape)
+            net = train_scratch(dense.model.backbone.arch, t, r["mac_ratio"], tx, ty,
+                                epochs=self.cfg.baselines.scratch_epochs, seed=seed,
+                                dense_macs=plain_cost(dense, None)["dense_macs"], base=self.base,
+                                input_shape=tuple(dense.model.info.input_shape))
             row = self._row("scratch", seed, gamma, self._score(dense, net.eval(), t, x, y, foreign=True),
                             target=r["mac_ratio"])
             row["train_s"] = time.perf_counter() - t0
@@ -477,6 +477,87 @@ def plain_cost(engine: PruningEngine, net: Optional[nn.Module]) -> dict:
     shape = tuple(engine.model.info.input_shape)
     macs, params = count_macs(net, shape), count_params(net)
     return {"macs": macs, "params": params, "mac_ratio": macs / dense_macs, "param_ratio": params / dense_params}
+
+
+def cut_head(net: nn.Module, classes: Subtask) -> nn.Module:
+    """A copy of an all-classes plain net whose head keeps only `classes` (ascending), the body untouched."""
+    import copy
+
+    out = copy.deepcopy(net)
+    idx = torch.tensor(sorted(classes))
+    head = nn.Linear(net.head.in_features, len(idx))
+    with torch.no_grad():
+        head.weight.copy_(net.head.weight[idx])
+        head.bias.copy_(net.head.bias[idx])
+    out.head = head
+    out.classes = [net.classes[i] for i in idx.tolist()]
+    return out.eval()
+
+
+def scratch_widths(arch: dict, target_mac_ratio: float, num_classes: int, dense_macs: int,
+                   input_shape: tuple[int, ...]) -> dict[str, int]:
+    """Site widths of the backbone scaled by one factor so that the net's MACs are nearest the target."""
+    from .metrics import subnet_cost
+
+    def macs(f: float) -> tuple[int, dict]:
+        w = {k: max(1, round(v * f)) for k, v in arch["site_widths"].items()}
+        with torch.device("meta"):
+            return subnet_cost(arch, w, num_classes, input_shape)[0], w
+
+    lo, hi = 0.0, 1.0
+    for _ in range(30):  # MACs grow with the factor: bisect
+        mid = (lo + hi) / 2
+        if macs(mid)[0] < target_mac_ratio * dense_macs:
+            lo = mid
+        else:
+            hi = mid
+    return min((macs(lo), macs(hi)), key=lambda m: abs(m[0] / dense_macs - target_mac_ratio))[1]
+
+
+def train_scratch(arch: dict, classes: Subtask, target_mac_ratio: float, images, labels, epochs: int, seed: int,
+                  dense_macs: int, base: Config, input_shape: tuple[int, ...]) -> nn.Module:
+    """A plain net of uniformly scaled widths at the target MACs, trained from scratch on the subset's training
+    images (cross-entropy over its classes), with the base config's optimizer settings and augmentation."""
+    from .data import augment, to_float
+    from .subnet import build_plain
+    from .train import lr_factor
+
+    widths = scratch_widths(arch, target_mac_ratio, len(classes), dense_macs, input_shape)
+    torch.manual_seed(seed)
+    cls = torch.tensor(sorted(classes))
+    net = build_plain(dict(arch, site_widths=widths, num_classes=len(cls)), [str(c) for c in cls.tolist()])
+    net.input_shape = list(input_shape)
+    keep = torch.isin(labels, cls)
+    x, y = images[keep], torch.searchsorted(cls, labels[keep])
+    t, d = base.train, base.data
+    opt = torch.optim.SGD(net.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=True)
+    steps = max(1, -(-len(x) // t.batch_size))
+    gen = torch.Generator().manual_seed(seed)
+    net.train()
+    for epoch in range(epochs):
+        perm = torch.randperm(len(x), generator=gen)
+        for i in range(steps):
+            for g in opt.param_groups:
+                g["lr"] = t.lr * lr_factor(epoch * steps + i, epochs * steps, steps // 2)
+            idx = perm[i * t.batch_size:(i + 1) * t.batch_size]
+            xb = augment(to_float(x[idx]), d.crop_padding, d.hflip, gen)
+            loss = nn.functional.cross_entropy(net(xb), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    net.site_widths_kept = widths
+    return net.eval()
+
+
+def latency_ratio(engine: PruningEngine, net: nn.Module, batch: int = 256, repeats: int = 10) -> float:
+    """Pruned / dense latency of one batch forward (both BN-folded plain nets), the median of per-round ratios."""
+    from .bench import paired_ratio, time_rounds
+
+    dense = engine.subnet(None, fold_bn=True)
+    x = torch.rand(batch, *engine.model.info.input_shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        t = time_rounds({"dense": lambda: dense(x), "pruned": lambda: net(x)}, warmup=2, repeats=repeats)
+    return paired_ratio(t["pruned"], t["dense"])
 
 
 def monotonicity(engine: PruningEngine, subtasks: list[Subtask]) -> dict:
