@@ -80,6 +80,8 @@ def summary_table(rows: list[dict], gamma: float) -> str:
 def size_table(rows: list[dict], gamma: float, seen: bool) -> str:
     """Markdown: method × subtask size, cells "gap to dense (pt) / mac_ratio", means over subtasks and seeds."""
     main = [r for r in main_rows(rows, gamma) if r["seen"] == seen and r["method"] != "agnostic_tp"]
+    if not main:
+        return "(no such subtasks)"
     sizes = sorted({r["size"] for r in main})
     lines = ["| method | " + " | ".join(str(s) for s in sizes) + " |", "|---|" + "---|" * len(sizes)]
     for method, group in sorted(_by(main, "method").items()):
@@ -175,7 +177,10 @@ def write_plots(folder: Path, rows: list[dict], gamma: float) -> list[str]:
         ax.axhline(0, color="grey", lw=0.5)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("acc − dense on the same classes (pt)")
-    axes[1].legend(fontsize=7)
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+            break
     fig.tight_layout()
     paths.append(_save(fig, folder / "pareto.png"))
     plt.close(fig)

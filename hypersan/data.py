@@ -349,7 +349,9 @@ def augment(x: torch.Tensor, padding: int, hflip: bool, gen: torch.Generator) ->
     if hflip:
         flip = torch.rand(b, generator=gen) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
-    return x.contiguous()
+    # canonical strides: with one channel the permuted tensor counts as contiguous yet keeps strides (HW, 1, W, 1),
+    # and a conv backward on such an input crashed the process (torch 2.13 CPU, batch 123)
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device).copy_(x)
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ CONFIG = """
 [base]
 config = "configs/tiny.toml"
 set = ["train.epochs=1", "train.eval_every=0", "data.train_limit=768", "data.val_size=128", "data.test_limit=300",
-       "calib.batches=2", "calib.batch_size=64"]
+       "subtasks.holdout_fraction=0.3", "calib.batches=2", "calib.batch_size=64"]
 [run]
 seeds = [0]
 methods = ["dense", "hypernet", "pertask", "tp", "tp_ft", "random", "agnostic_hypernet", "agnostic_tp", "scratch"]
