@@ -274,8 +274,10 @@ class Ablation:
         ref = subtask_metrics(self.dense_logits(engine), y, t)
         cost = plain_cost(engine, net) if foreign else engine.cost(net)
         return {"classes": [engine.model.classes[i] for i in t], "indices": list(t), "size": len(t),
-                "seen": engine.model.is_seen(t), "widths": getattr(net, "site_widths_kept", None) or
-                (dict(net.arch["site_widths"]) if not foreign else None), "acc": got["acc"], "dense_acc": ref["acc"], "map": got["map"],
+                "seen": engine.model.is_seen(t),
+                "widths": getattr(net, "site_widths_kept", None)
+                or (None if foreign else dict(net.arch["site_widths"])),
+                "acc": got["acc"], "dense_acc": ref["acc"], "map": got["map"],
                 "dense_map": ref["map"], "fp_rate": got["fp_rate"], "dense_fp_rate": ref["fp_rate"],
                 "mac_ratio": cost["mac_ratio"], "param_ratio": cost["param_ratio"]}
 

@@ -123,7 +123,8 @@ def cost_table(rows: list[dict]) -> str:
 
 
 def monotonicity_table(extras: dict) -> str:
-    lines = ["| step | subset–superset pairs | pairs with a channel the superset drops | channels |", "|---|---|---|---|"]
+    lines = ["| step | subset–superset pairs | pairs with a channel the superset drops | channels |",
+             "|---|---|---|---|"]
     for step, e in sorted(extras.items()):
         m = e.get("monotonicity")
         if m:

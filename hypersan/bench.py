@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
-from torch import Tensor
 
 from .engine import PruningEngine
 from .export import save_subnet

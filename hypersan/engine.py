@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Iterable, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
@@ -83,7 +83,8 @@ class PruningEngine:
         return engine
 
     def save_pretrained(self, path: str | os.PathLike, force: bool = False) -> Path:
-        """Write the model and its statistics cache to a checkpoint directory, atomically (see model.save_pretrained)."""
+        """Write the model and its statistics cache to a checkpoint directory, atomically (see
+        model.save_pretrained)."""
         with atomic_dir(path, CHECKPOINT_KIND, force=force) as tmp:
             self.model.write_files(tmp)
             self.cache.save(tmp / STATS_FILE)

@@ -1,9 +1,10 @@
 """Surgery: one subtask's masks -> a physically smaller plain network.
 
-Pure functions of a backbone and one subtask's masks. Convs, BNs and the head are sliced to the kept channels; scaling masks are folded into the weight
-columns of the convs that consume them; BN statistics come from the subtask's recalibration; the head
-keeps only the subtask's classes, in ascending class-index order. Which site touches which conv is read
-from the backbone's own structure (`layer_plan`), so no layer list is written down twice.
+Pure functions of a backbone and one subtask's masks. Convs, BNs and the head are sliced to the kept channels;
+scaling masks are folded into the weight columns of the convs that consume them; BN statistics come from the
+subtask's recalibration; the head keeps only the subtask's classes, in ascending class-index order. Which
+site touches which conv is read from the backbone's own structure (`layer_plan`), so no layer list is
+written down twice.
 """
 from __future__ import annotations
 
