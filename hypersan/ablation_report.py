@@ -168,8 +168,9 @@ def write_plots(folder: Path, rows: list[dict], gamma: float) -> list[str]:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, seen in zip(axes, (True, False)):
         for (method,), group in sorted(_by([r for r in main if r["seen"] == seen], "method").items()):
-            pts = sorted(_by(group, "gamma" if method in ("hypernet", "pertask") else "target_mac_ratio").items(),
-                         key=lambda kv: _mean(r["mac_ratio"] for r in kv[1]))
+            # a curve for the sweeps (gamma; agnostic_tp's MACs), one mean point for every other method
+            key = {"hypernet": "gamma", "pertask": "gamma", "agnostic_tp": "target_mac_ratio"}.get(method, "method")
+            pts = sorted(_by(group, key).items(), key=lambda kv: _mean(r["mac_ratio"] for r in kv[1]))
             xs = [_mean(r["mac_ratio"] for r in g) for _, g in pts]
             ys = [_mean(100 * (r["acc"] - r["dense_acc"]) for r in g) for _, g in pts]
             ax.plot(xs, ys, marker="o", label=method)
