@@ -76,3 +76,15 @@ def test_ablation_config_is_strict(tmp_path):
         load_ablation_config(tmp_path / "c.toml")
     load_ablation_config(ROOT / "configs" / "ablation_fmnist.toml")
     load_ablation_config(ROOT / "configs" / "ablation_tiny.toml")
+
+
+def test_cli_ablate_needs_a_config_or_quick(tmp_path, capsys):
+    from hypersan.cli import main
+
+    assert main(["ablate", "--out", str(tmp_path / "run")]) == 2
+    assert "--config configs/ablation_fmnist.toml" in capsys.readouterr().err
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "notes.txt").write_text("keep")
+    assert main(["ablate", "--quick", "--out", str(user)]) == 2  # a folder that is not an ablation run
+    assert (user / "notes.txt").read_text() == "keep" and sorted(p.name for p in user.iterdir()) == ["notes.txt"]
