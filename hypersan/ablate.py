@@ -30,7 +30,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .config import Config, ConfigError, build_section, load_config
+from .config import Config, ConfigError, build_section, load_config, read_toml
 from .data import load_dataset
 from .descriptions import describe
 from .engine import PruningEngine
@@ -91,16 +91,7 @@ class AblationConfig:
 
 def load_ablation_config(path: str | os.PathLike) -> AblationConfig:
     """Read an ablation TOML; unknown keys, wrong types, unknown methods and empty lists are errors."""
-    import tomllib
-
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"ablation config {str(p)!r} not found")
-    try:
-        data = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{p}: invalid TOML: {e}") from None
-    cfg = build_section(AblationConfig, data, "")
+    cfg = build_section(AblationConfig, read_toml(path, "ablation config"), "")
     bad = [m for m in cfg.run.methods if m not in ALL_METHODS]
     if bad:
         raise ConfigError(f"run.methods: unknown {', '.join(bad)}; choose from {', '.join(ALL_METHODS)}")
