@@ -37,7 +37,8 @@ def _site_of_conv(net: nn.Module) -> dict[str, str]:
     """Module name of every conv of a plain net -> the utility site its output channels belong to."""
     from .backbones import build_backbone
 
-    layers, _ = layer_plan(build_backbone(dict(net.arch, site_widths=net.arch["site_widths"])))
+    with torch.device("meta"):  # the structure alone: no weights allocated or initialized
+        layers, _ = layer_plan(build_backbone(net.arch))
     return {f"{layer.prefix}.0": layer.out_site for layer in layers}
 
 
@@ -149,11 +150,9 @@ def random_prune(net: nn.Module, mac_ratio: float, dense_macs: int, seed: int = 
 
 def recalibrate_bn(net: nn.Module, batches: Iterable[Tensor]) -> nn.Module:
     """Recompute a plain net's BN statistics exactly (momentum=None) on calibration batches, in place."""
-    from .stats import bn_modules, set_bn_stats
+    from .stats import set_bn_stats
 
-    stats = recalibrate(net, net, batches)
-    set_bn_stats(net, stats)
-    assert bn_modules(net)
+    set_bn_stats(net, recalibrate(net, net, batches))  # recalibrate refuses a net without BN
     return net.eval()
 
 

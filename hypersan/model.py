@@ -183,9 +183,6 @@ class SubtaskAdaptiveNet(nn.Module):
     def device(self) -> torch.device:
         return next(self.backbone.parameters()).device
 
-    def _device(self) -> torch.device:
-        return self.device
-
     # ------------------------------------------------------------ save / load
     def save_pretrained(self, path: str | os.PathLike, force: bool = False, extra_files: dict[str, dict] | None = None,
                         extra_tensors: dict[str, dict[str, Tensor]] | None = None) -> Path:
