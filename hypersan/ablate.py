@@ -61,6 +61,7 @@ class RunSection:
     methods: list[str] = field(default_factory=lambda: list(ALL_METHODS))
     gamma: float = 0.5  # the sparsity weight of the main comparison
     gammas: list[float] = field(default_factory=list)  # extra values of the gamma sweep (first seed only)
+    first_seed_only: list[str] = field(default_factory=list)  # methods run on the first seed only (budget)
 
 
 @dataclass
@@ -79,6 +80,9 @@ class BaselineSection:
     scratch_subtasks: int = 4
     scratch_epochs: int = 5
     latency_subtasks: int = 4
+    # per-subset baselines also run at every extra gamma of the sweep (first seed, no fine-tuning), each matched
+    # to the hypernetwork's mac_ratio at that gamma: accuracy at equal MACs along the whole curve
+    sweep_methods: list[str] = field(default_factory=lambda: ["tp", "random"])
 
 
 @dataclass
@@ -101,6 +105,15 @@ def load_ablation_config(path: str | os.PathLike) -> AblationConfig:
         for dep in (needs.get(m), "dense" if m in ("tp", "tp_ft", "random", "agnostic_tp") else None):
             if dep and dep not in cfg.run.methods:
                 raise ConfigError(f"run.methods: {m} needs {dep} (its reference), which is not listed")
+    for name, listed in (("run.first_seed_only", cfg.run.first_seed_only),
+                         ("baselines.sweep_methods", cfg.baselines.sweep_methods)):
+        bad = [m for m in listed if m not in ALL_METHODS]
+        if bad:
+            raise ConfigError(f"{name}: unknown {', '.join(bad)}; choose from {', '.join(ALL_METHODS)}")
+    bad = [m for m in cfg.baselines.sweep_methods if m not in ("tp", "tp_ft", "random")]
+    if bad:
+        raise ConfigError(f"baselines.sweep_methods: {', '.join(bad)} is not a per-subset baseline (tp, tp_ft, "
+                          "random)")
     if not cfg.run.seeds:
         raise ConfigError("run.seeds must list at least one seed")
     for name, v in (("subtasks.per_size", cfg.subtasks.per_size), ("baselines.finetune_steps",
@@ -315,17 +328,19 @@ class Ablation:
                                      gamma)
         self.save_step(step, rows)
 
-    def eval_per_subset(self, seed: int) -> None:
+    def eval_per_subset(self, seed: int, gamma: Optional[float] = None,
+                        methods: Optional[list[str]] = None) -> None:
         """Torch-Pruning (with and without fine-tuning) and random pruning of the dense net, per subset, at the
-        hypernetwork's mac_ratio for that subset."""
+        hypernetwork's mac_ratio for that subset (at `gamma`, by default the main one)."""
         from . import baselines
 
-        gamma = self.cfg.run.gamma
-        methods = [m for m in ("tp", "tp_ft", "random") if m in self.cfg.run.methods]
-        step = f"eval-per_subset-s{seed}"
+        main = gamma is None
+        gamma = self.cfg.run.gamma if main else gamma
+        methods = [m for m in (methods or ("tp", "tp_ft", "random")) if m in self.cfg.run.methods]
+        step = f"eval-per_subset-s{seed}" if main else f"eval-per_subset-g{gamma:g}-s{seed}"
         if not methods or self.done(step):
             return
-        dense = self.trained("dense", seed, gamma)
+        dense = self.trained("dense", seed, self.cfg.run.gamma)
         targets = {tuple(r["indices"]): r["mac_ratio"] for r in self.rows(f"eval-hypernet-g{gamma:g}-s{seed}")
                    if r["phrasing"] == "canonical"}
         tx, ty, x, y = self.data()
@@ -425,12 +440,12 @@ class Ablation:
         plan: list[tuple[str, Callable[[], None]]] = []
         for seed in c.seeds:
             for m in JOINT:
-                if m in c.methods:
+                if m in c.methods and (seed == c.seeds[0] or m not in c.first_seed_only):
                     plan.append((f"{m} seed {seed}", lambda m=m, seed=seed: self.eval_joint(m, seed, c.gamma)))
-            if "agnostic_hypernet" in c.methods:
+            if "agnostic_hypernet" in c.methods and (seed == c.seeds[0] or "agnostic_hypernet" not in c.first_seed_only):
                 plan.append((f"agnostic_hypernet seed {seed}", lambda seed=seed: self.eval_agnostic_hypernet(seed)))
             plan.append((f"per-subset pruning seed {seed}", lambda seed=seed: self.eval_per_subset(seed)))
-            if "agnostic_tp" in c.methods:
+            if "agnostic_tp" in c.methods and (seed == c.seeds[0] or "agnostic_tp" not in c.first_seed_only):
                 plan.append((f"agnostic_tp seed {seed}", lambda seed=seed: self.eval_agnostic_tp(seed)))
         first = c.seeds[0]
         if "scratch" in c.methods:
@@ -439,6 +454,9 @@ class Ablation:
             for m in ("hypernet", "pertask"):
                 if m in c.methods:
                     plan.append((f"{m} gamma {g:g}", lambda m=m, g=g: self.eval_joint(m, first, g)))
+            if "hypernet" in c.methods and self.cfg.baselines.sweep_methods:
+                plan.append((f"per-subset pruning gamma {g:g}",
+                             lambda g=g: self.eval_per_subset(first, g, self.cfg.baselines.sweep_methods)))
         bar = tqdm(plan, desc="ablation", disable=not progress)
         for name, fn in bar:
             bar.set_postfix_str(name)

@@ -16,6 +16,9 @@ CSV_COLUMNS = ["method", "seed", "gamma", "classes", "size", "seen", "acc", "den
                "train_s", "latency_ratio", "widths"]
 
 
+SWEPT = ("hypernet", "pertask", "tp", "tp_ft", "random")  # methods with a row per gamma of the sweep
+
+
 def _mean(v: Iterable[float]) -> float:
     v = [x for x in v if x is not None]
     return sum(v) / len(v) if v else math.nan
@@ -96,14 +99,17 @@ def size_table(rows: list[dict], gamma: float, seen: bool) -> str:
 
 
 def sweep_table(rows: list[dict]) -> str:
-    """Markdown: the gamma sweep (hypernet, pertask) and the agnostic_tp MACs sweep, seen and held-out."""
+    """Markdown: the gamma sweep (hypernet, pertask, and the per-subset baselines matched to the hypernet at each
+    gamma) and the agnostic_tp MACs sweep, seen and held-out; on the sweep's seed (the first) only."""
     lines = ["| method | gamma / target | subtasks | acc − dense (pt) | mac_ratio |", "|---|---|---|---|---|"]
-    for (method, g, seen), group in sorted(_by([r for r in rows if r["method"] in ("hypernet", "pertask")
-                                                and r["phrasing"] == "canonical"], "method", "gamma", "seen").items()):
+    first = min((r["seed"] for r in rows), default=0)
+    swept = [r for r in rows if r["method"] in SWEPT and r["phrasing"] == "canonical" and r["seed"] == first]
+    for (method, g, seen), group in sorted(_by(swept, "method", "gamma", "seen").items()):
         lines.append(f"| {method} | γ = {g:g} | {'seen' if seen else 'held-out'} | "
                      f"{_mean(100 * (r['acc'] - r['dense_acc']) for r in group):+.2f} | "
                      f"{_mean(r['mac_ratio'] for r in group):.3f} |")
-    for (t, seen), group in sorted(_by([r for r in rows if r["method"] == "agnostic_tp"], "target_mac_ratio",
+    for (t, seen), group in sorted(_by([r for r in rows if r["method"] == "agnostic_tp" and r["seed"] == first],
+                                       "target_mac_ratio",
                                        "seen").items()):
         lines.append(f"| agnostic_tp | mac {t:g} | {'seen' if seen else 'held-out'} | "
                      f"{_mean(100 * (r['acc'] - r['dense_acc']) for r in group):+.2f} | "
@@ -169,7 +175,7 @@ def write_plots(folder: Path, rows: list[dict], gamma: float) -> list[str]:
     for ax, seen in zip(axes, (True, False)):
         for (method,), group in sorted(_by([r for r in main if r["seen"] == seen], "method").items()):
             # a curve for the sweeps (gamma; agnostic_tp's MACs), one mean point for every other method
-            key = {"hypernet": "gamma", "pertask": "gamma", "agnostic_tp": "target_mac_ratio"}.get(method, "method")
+            key = "gamma" if method in SWEPT else "target_mac_ratio" if method == "agnostic_tp" else "method"
             pts = sorted(_by(group, key).items(), key=lambda kv: _mean(r["mac_ratio"] for r in kv[1]))
             xs = [_mean(r["mac_ratio"] for r in g) for _, g in pts]
             ys = [_mean(100 * (r["acc"] - r["dense_acc"]) for r in g) for _, g in pts]
