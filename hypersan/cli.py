@@ -144,8 +144,11 @@ def _prune(args) -> int:
         if not all(classes):
             raise ValueError(f"--classes {args.classes!r} has an empty name between commas")
         classes = [int(c) if c.isdigit() else c for c in classes]
+    if args.int8_images < 1:
+        raise ValueError(f"--int8-images must be at least 1, got {args.int8_images}")
     summary = engine.export(classes, args.out, formats, round_to=args.round_to, fold_bn=not args.keep_bn,
-                            round_mode=args.round_mode, force=args.force)
+                            round_mode=args.round_mode, force=args.force, quantize=args.quantize,
+                            int8_images=args.int8_images)
     extra = {}
     if args.request is not None:
         extra = {"request": args.request}
@@ -189,6 +192,19 @@ def _bench(args) -> int:
     engine = _engine(args)
     subtasks = parse_subtasks(engine.model, args.subtasks or DEFAULT_SUBTASKS, seed=args.seed)
     log = (lambda m: None) if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
+    if args.runtime is not None:
+        from .bench import format_runtime_table, run_runtime_bench
+        from .runtimes import parse_runtimes
+
+        try:
+            batches = [int(b) for b in args.batches.split(",") if b.strip()]
+        except ValueError:
+            raise ValueError(f"--batches takes comma-separated batch sizes, e.g. 1,256, not {args.batches!r}") from None
+        r = run_runtime_bench(engine, subtasks, parse_runtimes(args.runtime), batches=batches, threads=args.threads,
+                              repeats=args.repeats, warmup=args.warmup, seed=args.seed, log=log)
+        r = {"checkpoint": str(engine.model.source), "allocator": allocator, **r}
+        print(json.dumps(r) if args.json else format_runtime_table(r))
+        return 0
     r = run_bench(engine, subtasks, batch=args.batch, threads=args.threads, repeats=args.repeats,
                   warmup=args.warmup, round_to=args.round_to, seed=args.seed, fold_bn=not args.keep_bn,
                   round_mode=args.round_mode, log=log)
@@ -254,7 +270,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, help="artifact directory (written atomically; see --force)")
     pr.add_argument("--force", action="store_true",
                     help="replace an existing hypersan artifact in --out (a folder that is not one is never replaced)")
-    pr.add_argument("--format", default="safetensors", help="comma-separated: safetensors, torchscript, onnx")
+    pr.add_argument("--format", default="safetensors,pt2",
+                    help="comma-separated: safetensors, pt2 (torch.export), onnx, torchscript (legacy: deprecated "
+                         "in torch)")
+    pr.add_argument("--quantize", choices=["int8"], default=None,
+                    help="also write model.int8.onnx: static INT8 (onnxruntime), calibrated on the subtask's "
+                         "training images (adds the float model.onnx it is quantized from)")
+    pr.add_argument("--int8-images", type=int, default=1024, metavar="N",
+                    help="calibration images for --quantize (default 1024)")
     pr.add_argument("--round-to", type=int, default=0, metavar="N",
                     help="round every kept width to a multiple of N (see --round-mode)")
     pr.add_argument("--round-mode", choices=["up", "nearest"], default="up",
@@ -271,6 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--subtasks", nargs="+", default=None,
                    help='class lists ("Sneaker,Bag"), all, or size=K[,n=M] (default: 6 pairs, 4 triples, 2 of 5, all)')
     b.add_argument("--batch", type=int, default=256)
+    b.add_argument("--runtime", default=None, metavar="R[,R...]",
+                   help="time dense vs pruned where they are deployed: eager, pt2, onnxruntime, onnxruntime-int8 "
+                        "(comma-separated), at each of --batches")
+    b.add_argument("--batches", default="1,256", help="with --runtime: comma-separated batch sizes (default 1,256)")
     b.add_argument("--threads", type=int, default=2)
     b.add_argument("--repeats", type=int, default=10,
                    help="timed rounds; ratios are medians of per-round ratios")

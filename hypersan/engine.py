@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from .checkpoint import CHECKPOINT_KIND, resolve_checkpoint
 from .data import DatasetError, load_dataset, validation_split
-from .export import parse_formats, save_subnet
+from .export import DEFAULT_FORMATS, parse_formats, save_subnet
 from .io import atomic_dir
 from .metrics import kept_widths, subnet_cost
 from .model import SubtaskAdaptiveNet
@@ -33,6 +33,12 @@ from .surgery import ROUND_MODES, expand_bn_stats, prune_backbone, round_widths
 def training_images(model: SubtaskAdaptiveNet, data_dir: str | None = None) -> tuple[Tensor, str]:
     """(uint8 images, source name) of the model's training split: the dataset's training images minus the
     validation split its config names, as the model was trained on."""
+    x, _, source = training_split(model, data_dir)
+    return x, source
+
+
+def training_split(model: SubtaskAdaptiveNet, data_dir: str | None = None) -> tuple[Tensor, Tensor, str]:
+    """(uint8 images, labels, source name) of the model's training split (see training_images)."""
     d = model.config.data
     try:
         x, y, _ = load_dataset(d.dataset, "train", data_dir or d.data_dir or None)
@@ -44,8 +50,8 @@ def training_images(model: SubtaskAdaptiveNet, data_dir: str | None = None) -> t
         x, y = x[:d.train_limit], y[:d.train_limit]
     if d.val_size:
         train_idx, _ = validation_split(y, d.val_size, d.val_seed)
-        x = x[train_idx]
-    return x, f"{d.dataset}:train:limit{d.train_limit}:val{d.val_size}@{d.val_seed}"
+        x, y = x[train_idx], y[train_idx]
+    return x, y, f"{d.dataset}:train:limit{d.train_limit}:val{d.val_size}@{d.val_seed}"
 
 
 def _cost(arch: dict, widths: dict, num_classes: int, input_shape) -> tuple[int, int]:
@@ -65,6 +71,7 @@ class PruningEngine:
         self.data_dir = data_dir
         self.seed = seed
         self._images = images
+        self._labels: Optional[Tensor] = None  # of the training split, when the images are read from it
         self._source = None if images is None else f"images:{images_fingerprint(images)}"
         self._grounder = None
         self._dense_cost: Optional[tuple[int, int]] = None
@@ -114,8 +121,20 @@ class PruningEngine:
     def images(self) -> Tensor:
         """The calibration images (uint8), read from the training split on first use."""
         if self._images is None:
-            self._images, self._source = training_images(self.model, self.data_dir)
+            self._images, self._labels, self._source = training_split(self.model, self.data_dir)
         return self._images
+
+    def subtask_images(self, subtask: Optional[Subtask], limit: int = 1024, seed: int = 0) -> Tensor:
+        """Up to `limit` training images of the subtask's classes (float32 in [0, 1]), a seeded sample: what an
+        INT8 calibration of that subtask's net sees. Calibration images given by the user carry no labels, so
+        all of them are sampled from."""
+        from .data import to_float
+
+        x, y = self.images(), self._labels
+        if subtask is not None and y is not None:
+            x = x[torch.isin(y, torch.tensor(sorted(subtask)))]
+        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:limit]
+        return to_float(x[idx.sort().values])
 
     def calib_spec(self, seed: Optional[int] = None, images: Optional[Tensor] = None) -> CalibSpec:
         """The calibration settings for the default images (or `images`) and seed (default: the engine's)."""
@@ -259,12 +278,17 @@ class PruningEngine:
             self._dense_cost = _cost(arch, arch["site_widths"], len(self.model.classes), self.model.info.input_shape)
         return self._dense_cost
 
-    def export(self, classes, out: str | os.PathLike, formats: Iterable[str] | str = ("safetensors",),
+    def export(self, classes, out: str | os.PathLike, formats: Iterable[str] | str = DEFAULT_FORMATS,
                round_to: int = 0, fold_bn: bool = True, round_mode: str = "up", text: Optional[str] = None,
-               force: bool = False) -> dict:
+               force: bool = False, quantize: Optional[str] = None, int8_images: int = 1024) -> dict:
         """Prune to a subtask and write its artifact atomically; returns a JSON-able summary. An existing
-        artifact at `out` is replaced only with force=True; any other folder never."""
+        artifact at `out` is replaced only with force=True; any other folder never.
+
+        quantize="int8" also writes model.int8.onnx (and the float model.onnx it is quantized from), calibrated
+        on `int8_images` of the subtask's training images."""
         formats = parse_formats(list(formats) if not isinstance(formats, str) else formats)
+        if quantize not in (None, "int8"):
+            raise ValueError(f"unknown quantization {quantize!r}; the one supported is int8")
         net = self.subnet(classes, fold_bn=fold_bn, round_to=round_to, round_mode=round_mode, text=text)
         subtask = [self.model.classes.index(c) for c in net.classes]
         cost = self.cost(net)
@@ -272,8 +296,9 @@ class PruningEngine:
         extra = dict(ratios, round_to=round_to, round_mode=round_mode, conditioned_on=net.conditioned_on)
         if getattr(net, "grounding", None) is not None:
             extra.update(request=net.request, grounding=net.grounding)
+        calib = self.subtask_images(tuple(subtask), int8_images, self.seed) if quantize else None
         files = save_subnet(net, out, formats, subtask=subtask, source=getattr(self.model, "source", None),
-                            extra=extra, force=force)
+                            extra=extra, force=force, int8_images=calib)
         summary = {"classes": list(net.classes), "subtask": subtask, **ratios,
                    "widths": dict(net.arch["site_widths"]), "files": {f: str(p) for f, p in files.items()},
                    "bytes": {f: p.stat().st_size for f, p in files.items()}}

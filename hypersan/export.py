@@ -1,7 +1,10 @@
-"""Artifacts of pruned networks: config.json + model.safetensors (rebuilt from widths), TorchScript, ONNX.
+"""Artifacts of pruned networks: config.json + model.safetensors (rebuilt from widths), `.pt2` (torch.export),
+ONNX (the dynamo exporter), optional INT8 ONNX, and TorchScript (legacy).
 
 Every exported network takes float32 images in [0, 1] of shape (B, C, H, W) (normalization is inside)
-and returns one logit per kept class, in the order of config.json's "classes".
+and returns one logit per kept class, in the order of config.json's "classes". Each portable file carries
+this contract itself (`input_contract`): ONNX as metadata_props, `.pt2` and TorchScript as an extra file
+`hypersan.json`, so that a runtime without hypersan can read it.
 """
 from __future__ import annotations
 
@@ -25,8 +28,12 @@ from .subnet import build_plain, site_names
 
 ARTIFACT_FORMAT = 1
 ARTIFACT_KIND = "artifact"  # the marker kind of an artifact folder (see io.atomic_dir)
-FILES = {"safetensors": "model.safetensors", "torchscript": "model.pt", "onnx": "model.onnx"}
-ONNX_OPSET = 17
+FILES = {"safetensors": "model.safetensors", "pt2": "model.pt2", "onnx": "model.onnx", "torchscript": "model.pt"}
+INT8_FILE = "model.int8.onnx"  # written by save_subnet(..., int8_images=...) (see quantize.py)
+DEFAULT_FORMATS = ("safetensors", "pt2")
+ONNX_OPSET = 18  # the dynamo exporter's lowest; onnxruntime >= 1.14 runs it
+CONTRACT_FILE = "hypersan.json"  # the extra file of .pt2 / TorchScript exports that holds input_contract()
+MAX_BATCH = 1 << 20  # the dynamic batch dimension's upper bound in .pt2 / ONNX exports
 _REQUIRED = ("arch", "site_widths", "classes", "input_shape", "bn_folded")
 # Bounds on what an artifact's config.json may ask load_subnet to build; real nets stay far below them, and the
 # safetensors header check then bounds the allocation by the file's size.
@@ -64,8 +71,23 @@ def subnet_config(net: nn.Module, subtask: Optional[Sequence[int]] = None, sourc
     }
 
 
+def input_contract(net: nn.Module) -> dict:
+    """What a runtime needs to feed the net and read its output, stored inside every portable export."""
+    c, h, w = net.input_shape
+    return {
+        "producer": f"hypersan {__version__}",
+        "input": {"name": "images", "dtype": "float32", "shape": ["batch", c, h, w], "layout": "NCHW",
+                  "range": [0.0, 1.0]},
+        "normalization": {"inside_net": True, "mean": list(net.arch["mean"]), "std": list(net.arch["std"]),
+                          "note": "the net subtracts mean and divides by std itself: feed raw pixels / 255"},
+        "output": {"name": "logits", "dtype": "float32", "shape": ["batch", len(net.classes)],
+                   "meaning": "one logit per class, in the order of `classes`; sigmoid gives each class's score"},
+        "classes": list(net.classes),
+    }
+
+
 def parse_formats(spec: str | Iterable[str]) -> list[str]:
-    """Formats from "safetensors,torchscript,onnx" (or a list), validated and deduplicated."""
+    """Formats from "safetensors,pt2,onnx,torchscript" (or a list), validated and deduplicated."""
     items = [s.strip().lower() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     bad = [s for s in items if s not in FILES]
     if bad or not items:
@@ -78,37 +100,79 @@ def _check_exportable(net: nn.Module) -> None:
         raise ValueError("the net has no input_shape [C, H, W]; build it with surgery.prune (or set net.input_shape)")
 
 
+def _example(net: nn.Module) -> torch.Tensor:
+    # a batch of 2 to trace: batch 1 would let the exporters specialize the batch dimension to a constant
+    return torch.zeros(2, *net.input_shape, device=next(net.parameters()).device)
+
+
+def _batch_dim():
+    return {"x": {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}}
+
+
+def export_pt2(net: nn.Module, path: str | os.PathLike) -> Path:
+    """Save a plain net with torch.export (dynamic batch), loadable with plain torch.export.load; the input
+    contract is the extra file hypersan.json."""
+    _check_exportable(net)
+    program = torch.export.export(net.eval(), (_example(net),), dynamic_shapes=_batch_dim())
+    torch.export.save(program, str(path), extra_files={CONTRACT_FILE: json.dumps(input_contract(net))})
+    return Path(path)
+
+
 def export_torchscript(net: nn.Module, path: str | os.PathLike) -> Path:
-    """Save a plain net as TorchScript, loadable with plain torch.jit.load (no hypersan needed)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated, yet still the portable format
-        scripted = torch.jit.script(net.eval())
-    scripted.save(str(path))
+    """Save a plain net as TorchScript (legacy: TorchScript is deprecated in torch; prefer `pt2`). torch's own
+    deprecation warning is let through. The input contract is the extra file hypersan.json."""
+    _check_exportable(net)
+    scripted = torch.jit.script(net.eval())
+    scripted.save(str(path), _extra_files={CONTRACT_FILE: json.dumps(input_contract(net))})
     return Path(path)
 
 
 def export_onnx(net: nn.Module, path: str | os.PathLike) -> Path:
-    """Save a plain net as ONNX (opset 17, dynamic batch: input "images", output "logits")."""
+    """Save a plain net as ONNX with torch's dynamo exporter (opset 18, dynamic batch: input "images", output
+    "logits", weights inside the one file); the input contract is in metadata_props."""
+    import logging
+
     import onnx
 
     _check_exportable(net)
-    x = torch.zeros(2, *net.input_shape, device=next(net.parameters()).device)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated, but needs no onnxscript
-        torch.onnx.export(net.eval(), (x,), str(path), opset_version=ONNX_OPSET, dynamo=False,
-                          input_names=["images"], output_names=["logits"],
-                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+    quiet = logging.getLogger("torch.onnx")  # it warns that torchvision's ops are not registered: not used here
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(net.eval(), (_example(net),), str(path), dynamo=True, opset_version=ONNX_OPSET,
+                              input_names=["images"], output_names=["logits"], dynamic_shapes=_batch_dim(),
+                              external_data=False, verbose=False, optimize=True)
+    finally:
+        quiet.setLevel(level)
     m = onnx.load(str(path))
-    entry = m.metadata_props.add()
-    entry.key, entry.value = "classes", json.dumps(list(net.classes))
+    add_onnx_contract(m, input_contract(net))
     onnx.save(m, str(path))
     return Path(path)
 
 
-def save_subnet(net: nn.Module, path: str | os.PathLike, formats: Iterable[str] = ("safetensors",),
+def add_onnx_contract(m, contract: dict) -> None:
+    """Store the input contract in an ONNX model's metadata_props: the whole of it as `hypersan`, and the parts
+    a runtime reaches for first as their own keys."""
+    props = {"hypersan": json.dumps(contract), "classes": json.dumps(contract["classes"]),
+             "input_range": json.dumps(contract["input"]["range"]), "input_layout": contract["input"]["layout"],
+             "normalization": "inside the net"}
+    kept = [(p.key, p.value) for p in m.metadata_props if p.key not in props]
+    del m.metadata_props[:]
+    for k, v in [*kept, *props.items()]:
+        entry = m.metadata_props.add()
+        entry.key, entry.value = k, v
+
+
+def save_subnet(net: nn.Module, path: str | os.PathLike, formats: Iterable[str] = DEFAULT_FORMATS,
                 subtask: Optional[Sequence[int]] = None, source: Optional[str] = None,
-                extra: Optional[dict] = None, force: bool = False) -> dict[str, Path]:
+                extra: Optional[dict] = None, force: bool = False,
+                int8_images: Optional[torch.Tensor] = None) -> dict[str, Path]:
     """Write an artifact directory atomically: config.json plus one file per format; returns {format: path}.
+
+    `int8_images` (float32 in [0, 1], shape (N, C, H, W)): also write a statically quantized ONNX model
+    (model.int8.onnx, key "int8"), calibrated on these images; the float ONNX file is written too.
 
     `path` must be free or an empty folder; an artifact already there is replaced only with force=True, and
     anything else is never replaced (io.OutputExistsError, raised before any work is done).
@@ -118,16 +182,29 @@ def save_subnet(net: nn.Module, path: str | os.PathLike, formats: Iterable[str] 
     net = net.eval()
     config = subnet_config(net, subtask, source)
     config.update(extra or {})
+    if int8_images is not None and "onnx" not in formats:
+        formats.append("onnx")  # the INT8 model is quantized from the float one, which ships beside it
     config["files"] = {f: FILES[f] for f in formats}
+    if int8_images is not None:
+        config["files"]["int8"] = INT8_FILE
+    out = {f: Path(path) / FILES[f] for f in formats}
     with atomic_dir(path, ARTIFACT_KIND, force) as tmp:
         write_json(tmp / "config.json", config)
         if "safetensors" in formats:
             save_tensors(tmp / FILES["safetensors"], net.state_dict())
+        if "pt2" in formats:
+            export_pt2(net, tmp / FILES["pt2"])
         if "torchscript" in formats:
             export_torchscript(net, tmp / FILES["torchscript"])
         if "onnx" in formats:
             export_onnx(net, tmp / FILES["onnx"])
-    return {f: Path(path) / FILES[f] for f in formats}
+        if int8_images is not None:
+            from .quantize import quantize_int8
+
+            config["int8"] = quantize_int8(tmp / FILES["onnx"], tmp / INT8_FILE, int8_images)
+            out["int8"] = Path(path) / INT8_FILE
+            write_json(tmp / "config.json", config)
+    return out
 
 
 def _pos_int(x, cap: int) -> bool:

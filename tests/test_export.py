@@ -37,8 +37,8 @@ def test_artifact_round_trip(tmp_path, arch, folded):
     if folded:
         from hypersan.subnet import fold_bn
         net = fold_bn(net)
-    files = save_subnet(net, tmp_path / "a", subtask=[0, 2, 3])
-    assert files == {"safetensors": tmp_path / "a" / "model.safetensors"}
+    files = save_subnet(net, tmp_path / "a", subtask=[0, 2, 3])  # the default formats: safetensors and pt2
+    assert files == {"safetensors": tmp_path / "a" / "model.safetensors", "pt2": tmp_path / "a" / "model.pt2"}
     cfg = json.loads((tmp_path / "a" / "config.json").read_text())
     assert cfg["format"] == ARTIFACT_FORMAT and cfg["hypersan_version"] == __version__
     assert cfg["classes"] == ["cat", "dog", "eel"] and cfg["subtask"] == [0, 2, 3]
@@ -288,18 +288,24 @@ else:
 import json
 import torch
 x = torch.load(sys.argv[2], weights_only=True)
+extra = {{"hypersan.json": ""}}
 if sys.argv[1] == "torchscript":
-    m = torch.jit.load(sys.argv[3])
+    m = torch.jit.load(sys.argv[3], _extra_files=extra)
     with torch.no_grad():
         outs = [m(x), m(x[:1])]
-    classes = list(m.classes)
+    contract = json.loads(extra["hypersan.json"])
+elif sys.argv[1] == "pt2":
+    m = torch.export.load(sys.argv[3], extra_files=extra).module()
+    with torch.no_grad():
+        outs = [m(x), m(x[:1])]
+    contract = json.loads(extra["hypersan.json"])
 else:
     import onnx, onnxruntime
     s = onnxruntime.InferenceSession(sys.argv[3], providers=["CPUExecutionProvider"])
     outs = [torch.from_numpy(s.run(["logits"], {{"images": a.numpy()}})[0]) for a in (x, x[:1])]
-    classes = json.loads({{p.key: p.value for p in onnx.load(sys.argv[3]).metadata_props}}["classes"])
+    contract = json.loads({{p.key: p.value for p in onnx.load(sys.argv[3]).metadata_props}}["hypersan"])
 torch.save(outs, sys.argv[4])
-print(json.dumps(classes))
+print(json.dumps(contract))
 """
 
 
@@ -311,21 +317,36 @@ def _site_packages() -> list[str]:
     return sorted({str(Path(m.__file__).resolve().parents[1]) for m in (torch, numpy, onnx, onnxruntime)})
 
 
-@pytest.mark.parametrize("fmt,arch", [("torchscript", "resnet"), ("onnx", "resnet"), ("onnx", "vgg")])
-def test_portable_export_runs_without_hypersan(tmp_path, fmt, arch):
-    net = _net(arch)
-    files = save_subnet(net, tmp_path / "a", formats=[fmt])
-    x = _x(net, 5)  # the export traced a batch of 2: 5 and 1 check the dynamic batch
+def run_without_hypersan(tmp_path, fmt: str, path, x: torch.Tensor) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """(the file's own input contract, logits of x, logits of x[:1]) from a fresh process where hypersan cannot
+    be imported."""
     torch.save(x, tmp_path / "x.pt")
     script = _RUNNER.format(paths=_site_packages())
     env = {"PATH": os.environ.get("PATH", ""), "OMP_NUM_THREADS": "1"}
     # -I: no PYTHONPATH, no user site, no script dir; -S: no site-packages .pth (an editable install)
-    r = subprocess.run([sys.executable, "-I", "-S", "-c", script, fmt, str(tmp_path / "x.pt"), str(files[fmt]),
-                        str(tmp_path / "out.pt")], cwd=tmp_path, env=env, capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run([sys.executable, "-I", "-S", "-W", "ignore::DeprecationWarning", "-c", script, fmt,
+                        str(tmp_path / "x.pt"), str(path), str(tmp_path / "out.pt")], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert json.loads(r.stdout.strip().splitlines()[-1]) == net.classes
     full, one = torch.load(tmp_path / "out.pt", weights_only=True)
+    return json.loads(r.stdout.strip().splitlines()[-1]), full, one
+
+
+@pytest.mark.parametrize("fmt,arch", [("pt2", "resnet"), ("pt2", "vgg"), ("onnx", "resnet"), ("onnx", "vgg"),
+                                      ("torchscript", "resnet")])
+def test_portable_export_runs_without_hypersan(tmp_path, fmt, arch):
+    net = _net(arch)
+    if fmt == "torchscript":  # legacy: torch's deprecation warning is expected here, and only here
+        with pytest.warns(DeprecationWarning, match="torch.jit.script"):
+            files = save_subnet(net, tmp_path / "a", formats=[fmt])
+    else:
+        files = save_subnet(net, tmp_path / "a", formats=[fmt])
+    x = _x(net, 5)  # the export traced a batch of 2: 5 and 1 check the dynamic batch
+    contract, full, one = run_without_hypersan(tmp_path, fmt, files[fmt], x)
+    assert contract["classes"] == net.classes
+    assert contract["input"] == {"name": "images", "dtype": "float32", "layout": "NCHW", "range": [0.0, 1.0],
+                                 "shape": ["batch", *net.input_shape]}
+    assert contract["normalization"]["inside_net"] is True
     with torch.no_grad():
         want = net(x)
     assert full.shape == (5, 3) and one.shape == (1, 3)

@@ -8,7 +8,7 @@ PKG = Path(__file__).resolve().parents[1] / "hypersan"
 
 # The data flow, bottom to top. A module may import modules of its own rank or below, never above.
 RANKS = {
-    "shipped": 0, "words": 0, "ablation_report": 0,
+    "shipped": 0, "words": 0, "ablation_report": 0, "quantize": 0,
     "config": 1, "io": 1, "data": 1,
     "subtasks": 2, "vocabulary": 2, "descriptions": 2, "text": 2,
     "grounding": 3, "checkpoint": 3, "backbones": 3, "masks": 3, "losses": 3,
@@ -17,7 +17,7 @@ RANKS = {
     "stats": 6,
     "surgery": 7,
     "export": 8,
-    "engine": 9,
+    "engine": 9, "runtimes": 9,
     "evaluate": 10, "bench": 10,
     "train": 11, "baselines": 8,
     "ablate": 12,

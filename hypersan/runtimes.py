@@ -1,0 +1,76 @@
+"""Running a plain net where it is deployed: eager PyTorch, a torch.export program (.pt2), or ONNX Runtime.
+
+`session(net, runtime, folder, threads)` exports the net to `folder` in that runtime's format (nothing for
+eager), loads it back the way a deployment would (torch.export.load / onnxruntime.InferenceSession), and
+returns a callable from a float32 batch to logits. The callables are what `hypersan bench --runtime` times.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from .export import FILES, INT8_FILE, export_onnx, export_pt2
+
+RUNTIMES = ("eager", "pt2", "onnxruntime", "onnxruntime-int8")
+
+
+def parse_runtimes(spec: str) -> list[str]:
+    """Runtimes from "eager,onnxruntime" (validated, deduplicated, in the order given)."""
+    items = [s.strip().lower() for s in spec.split(",") if s.strip()]
+    bad = [s for s in items if s not in RUNTIMES]
+    if bad or not items:
+        raise ValueError(f"unknown runtime(s) {', '.join(bad) or '(none given)'}; choose from {', '.join(RUNTIMES)}")
+    return list(dict.fromkeys(items))
+
+
+def onnx_session(path: str | os.PathLike, threads: int):
+    """An onnxruntime CPU session with `threads` intra-op threads, one inter-op thread, all graph optimizations."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ImportError("the onnxruntime runtime needs onnxruntime: pip install 'hypersan[onnx]'") from None
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def session(net: nn.Module, runtime: str, folder: str | os.PathLike, threads: int,
+            int8_images: Optional[torch.Tensor] = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A callable running `net` in `runtime` (see RUNTIMES), its files written into `folder`. The torch runtimes
+    use torch's intra-op thread count, which the caller sets; onnxruntime gets `threads`. onnxruntime-int8
+    needs `int8_images`, the calibration images of quantize.quantize_int8."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    net = net.eval()
+    if runtime == "eager":
+        return net
+    if runtime == "pt2":
+        path = export_pt2(net, folder / FILES["pt2"])
+        return torch.export.load(str(path)).module()
+    if runtime in ("onnxruntime", "onnxruntime-int8"):
+        path = export_onnx(net, folder / FILES["onnx"])
+        if runtime == "onnxruntime-int8":
+            if int8_images is None:
+                raise ValueError("the onnxruntime-int8 runtime needs calibration images (int8_images)")
+            from .quantize import quantize_int8
+
+            quantize_int8(path, folder / INT8_FILE, int8_images)
+            path = folder / INT8_FILE
+        sess = onnx_session(path, threads)
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(sess.run(["logits"], {"images": np.ascontiguousarray(x.numpy())})[0])
+
+        return run
+    raise ValueError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
+
+
+__all__ = ["RUNTIMES", "parse_runtimes", "session", "onnx_session"]

@@ -1,0 +1,114 @@
+"""Deployment: exports of the shipped model on real images, outside hypersan; INT8; the runtimes' sessions."""
+import json
+
+import onnx
+import pytest
+import torch
+
+from hypersan.cli import main
+from hypersan.data import load_fashion_mnist, to_float
+from hypersan.engine import PruningEngine
+from hypersan.runtimes import parse_runtimes, session
+
+from .conftest import needs_fmnist
+from .test_export import _net, _x, run_without_hypersan
+
+CLASSES = ["Sneaker", "Bag"]
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return PruningEngine.from_pretrained("fmnist_b16")
+
+
+def _test_images(classes, limit=None):
+    x, y = load_fashion_mnist("test")
+    keep = torch.isin(y, torch.tensor(classes))
+    x, y = to_float(x[keep]), y[keep]
+    return (x[:limit], y[:limit]) if limit else (x, y)
+
+
+@needs_fmnist
+@pytest.mark.parametrize("fmt", ["pt2", "onnx"])
+def test_exported_subnet_matches_on_real_test_images_without_hypersan(engine, tmp_path, fmt):
+    summary = engine.export(CLASSES, tmp_path / "a", formats=["safetensors", fmt])
+    net = engine.subnet(CLASSES, fold_bn=True)
+    x, _ = load_fashion_mnist("test")
+    x = to_float(x[:200])  # real images of every class
+    contract, full, one = run_without_hypersan(tmp_path, fmt, summary["files"][fmt], x)
+    assert contract["classes"] == CLASSES
+    with torch.no_grad():
+        want = net(x)
+    assert (full - want).abs().max().item() <= 1e-4
+    assert (one - want[:1]).abs().max().item() <= 1e-4
+
+
+@needs_fmnist
+def test_int8_subnet_keeps_its_accuracy_and_shrinks(engine, tmp_path):
+    import onnxruntime as ort
+
+    summary = engine.export(CLASSES, tmp_path / "a", formats=["safetensors"], quantize="int8", int8_images=256)
+    files = summary["files"]
+    assert set(files) == {"safetensors", "onnx", "int8"}
+    cfg = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert cfg["files"]["int8"] == "model.int8.onnx" and cfg["int8"]["calibration_images"] == 256
+    props = {p.key: p.value for p in onnx.load(files["int8"]).metadata_props}
+    assert json.loads(props["classes"]) == CLASSES and "int8" in props["quantization"]
+    idx = [engine.model.classes.index(c) for c in CLASSES]
+    x, y = _test_images(idx)
+    target = torch.searchsorted(torch.tensor(idx), y)
+    acc = {}
+    for k in ("onnx", "int8"):
+        s = ort.InferenceSession(files[k], providers=["CPUExecutionProvider"])
+        acc[k] = (torch.from_numpy(s.run(["logits"], {"images": x.numpy()})[0]).argmax(1) == target).float().mean()
+    assert acc["int8"] >= acc["onnx"] - 0.005, acc
+    assert summary["bytes"]["int8"] < 0.6 * summary["bytes"]["onnx"]
+
+
+def test_int8_calibration_images_are_the_subtasks_own(tmp_path):
+    labels = torch.tensor([0, 1, 2, 1, 0, 2, 1])
+    images = torch.arange(7, dtype=torch.uint8).view(7, 1, 1, 1).expand(7, 1, 2, 2).contiguous()
+    e = PruningEngine.__new__(PruningEngine)
+    e._images, e._labels = images, labels
+    got = e.subtask_images((1,), limit=10)
+    assert got.dtype == torch.float32 and sorted((got[:, 0, 0, 0] * 255).round().long().tolist()) == [1, 3, 6]
+    assert len(e.subtask_images((0, 2), limit=3)) == 3
+    e._labels = None  # user images carry no labels: all of them are sampled from
+    assert len(e.subtask_images((1,), limit=10)) == 7
+
+
+@pytest.mark.parametrize("runtime", ["eager", "pt2", "onnxruntime"])
+def test_runtime_sessions_match_the_eager_net(tmp_path, runtime):
+    net = _net("resnet")
+    x = _x(net, 7)
+    run = session(net, runtime, tmp_path, threads=1)
+    with torch.no_grad():
+        assert (run(x) - net(x)).abs().max().item() <= 1e-4
+        assert run(x[:1]).shape == (1, 3)
+
+
+def test_runtime_names_are_checked():
+    assert parse_runtimes("onnxruntime, eager,onnxruntime") == ["onnxruntime", "eager"]
+    with pytest.raises(ValueError, match="unknown runtime.*tensorrt.*choose from eager"):
+        parse_runtimes("eager,tensorrt")
+
+
+def test_int8_needs_calibration_images(tmp_path):
+    with pytest.raises(ValueError, match="needs calibration images"):
+        session(_net("resnet"), "onnxruntime-int8", tmp_path, threads=1)
+
+
+@needs_fmnist
+def test_cli_bench_times_each_runtime(capsys):
+    rc = main(["bench", "--checkpoint", "fmnist_b16", "--subtasks", "Sneaker,Bag", "--runtime", "eager,onnxruntime",
+               "--batches", "1,8", "--repeats", "1", "--warmup", "0", "--json"])
+    assert rc == 0
+    r = json.loads(capsys.readouterr().out)
+    assert {(s["runtime"], s["batch"]) for s in r["subtasks"]} == {(a, b) for a in ("eager", "onnxruntime")
+                                                                     for b in (1, 8)}
+    assert all(s["latency_ratio"] > 0 and s["max_abs_diff_to_eager"] <= 1e-4 for s in r["subtasks"])
+
+
+def test_cli_bench_rejects_bad_batches(capsys):
+    assert main(["bench", "--checkpoint", "fmnist_b16", "--runtime", "eager", "--batches", "1,x"]) != 0
+    assert "--batches takes comma-separated batch sizes" in capsys.readouterr().err
