@@ -220,7 +220,7 @@ class Ablation:
             train(cfg, folder, resume=state.is_file(), log=lambda m: None)
             atomic_write_json(folder.parent / f"{name}.time.json", {"train_s": time.perf_counter() - t0})
         tx = self.data()[0]
-        engine = PruningEngine.from_pretrained(folder, images=tx)
+        engine = PruningEngine.from_pretrained(folder, images=tx, seed=seed)
         self._engines[name] = engine
         return engine
 
@@ -237,7 +237,8 @@ class Ablation:
         _, _, x, y = self.data()
         subtasks = self.subtasks(engine.model)
         if method == "dense":  # no masks: every subtask is the dense net with its head cut
-            rows = self._rows_fixed_body(engine, None, subtasks, x, y, method, seed, gamma)
+            rows = self._rows_fixed_body(engine, engine.subnet(None, fold_bn=True, seed=seed), subtasks, x, y,
+                                         method, seed, gamma)
         else:
             r = evaluate(engine, x, y, subtasks, progress=False, seed=seed)
             rows = [self._row(method, seed, gamma, s) for s in r["subtasks"]]
@@ -267,14 +268,15 @@ class Ablation:
             out.append(self._row("hypernet_text", seed, gamma, row, phrasing="heldout"))
         return out
 
-    def _score(self, engine: PruningEngine, net: nn.Module, t: Subtask, x, y, foreign: bool = False) -> dict:
+    def _score(self, engine: PruningEngine, net: nn.Module, t: Subtask, x, y, foreign: bool = False,
+               logits: Optional[torch.Tensor] = None) -> dict:
         """acc / map / fp_rate / costs of a plain net of subtask t, beside the engine's dense net. A `foreign` net
         (pruned by another library) is counted on itself with BN kept; hypersan's nets by their widths, which
-        gives the same count (tests/test_metrics.py)."""
+        gives the same count (tests/test_metrics.py). `logits`: the net's test logits, when already known."""
         n_cls = len(engine.model.classes)
-        logits = torch.full((len(x), n_cls), float("-inf"))
-        logits[:, list(t)] = plain_logits(net, x)
-        got = subtask_metrics(logits, y, t)
+        full = torch.full((len(x), n_cls), float("-inf"))
+        full[:, list(t)] = plain_logits(net, x) if logits is None else logits
+        got = subtask_metrics(full, y, t)
         ref = subtask_metrics(self.dense_logits(engine), y, t)
         cost = plain_cost(engine, net) if foreign else engine.cost(net)
         return {"classes": [engine.model.classes[i] for i in t], "indices": list(t), "size": len(t),
@@ -294,17 +296,16 @@ class Ablation:
             cache[key] = plain_logits(net, self.data()[2])
         return cache[key]
 
-    def _rows_fixed_body(self, engine, masks, subtasks, x, y, method, seed, gamma) -> list[dict]:
-        """Rows of one body (masks, or None for dense) reused for every subtask, only the head cut."""
-        stats = engine.statistics(None, seed=seed) if masks is None else None
+    def _rows_fixed_body(self, engine, body: nn.Module, subtasks, x, y, method, seed, gamma, foreign: bool = False,
+                         target: Optional[float] = None) -> list[dict]:
+        """Rows of one all-classes plain net reused for every subtask, only its head cut: one pass over the test
+        images, whose logits restricted to a subtask's classes are the cut net's (cut_head drops head rows)."""
+        logits = plain_logits(body, x)
         rows = []
         for t in subtasks:
-            if masks is None:
-                net = prune_backbone(engine.model.backbone, None, t, bn_stats=stats, fold_bn=True,
-                                     input_shape=engine.model.info.input_shape)
-            else:
-                net = masks(t)
-            rows.append(self._row(method, seed, gamma, self._score(engine, net, t, x, y)))
+            cut = cut_head(body, t)
+            r = self._score(engine, cut, t, x, y, foreign=foreign, logits=logits[:, sorted(t)])
+            rows.append(self._row(method, seed, gamma, r, target=target))
         return rows
 
     # ------------------------------------------------------------ baselines
@@ -317,14 +318,8 @@ class Ablation:
         engine = self.trained("hypernet", seed, gamma)
         _, _, x, y = self.data()
         every = tuple(range(len(engine.model.classes)))
-        masks, _ = engine.masks(every)
-        stats = engine.statistics(every, seed=seed)
-
-        def net_of(t):
-            return prune_backbone(engine.model.backbone, masks, t, bn_stats=stats, fold_bn=True,
-                                  input_shape=engine.model.info.input_shape)
-
-        rows = self._rows_fixed_body(engine, net_of, self.subtasks(engine.model), x, y, "agnostic_hypernet", seed,
+        body = engine.subnet(every, fold_bn=True, seed=seed)
+        rows = self._rows_fixed_body(engine, body, self.subtasks(engine.model), x, y, "agnostic_hypernet", seed,
                                      gamma)
         self.save_step(step, rows)
 
@@ -389,10 +384,8 @@ class Ablation:
         for ratio in self.cfg.baselines.agnostic_mac_ratios:
             net = baselines.magnitude_prune(base, ratio, dense_macs=plain_cost(dense, None)["dense_macs"])
             baselines.recalibrate_bn(net, spec.stream(tx, torch.device("cpu")))
-            for t in self.subtasks(dense.model):
-                cut = cut_head(net, t)
-                rows.append(self._row("agnostic_tp", seed, gamma, self._score(dense, cut, t, x, y, foreign=True),
-                                      target=ratio))
+            rows += self._rows_fixed_body(dense, net.eval(), self.subtasks(dense.model), x, y, "agnostic_tp", seed,
+                                          gamma, foreign=True, target=ratio)
         self.save_step(step, rows)
 
     def eval_scratch(self, seed: int) -> None:
@@ -502,6 +495,8 @@ def cut_head(net: nn.Module, classes: Subtask) -> nn.Module:
         head.bias.copy_(net.head.bias[idx])
     out.head = head
     out.classes = [net.classes[i] for i in idx.tolist()]
+    if isinstance(getattr(net, "arch", None), dict):
+        out.arch = dict(net.arch, num_classes=len(idx))
     return out.eval()
 
 
