@@ -47,6 +47,9 @@ def test_quick_ablation_writes_every_methods_rows_and_the_reports(tmp_path):
     assert methods == {"dense", "hypernet", "pertask", "tp", "tp_ft", "random", "agnostic_hypernet", "agnostic_tp",
                        "scratch"}
     assert {row["gamma"] for row in rows if row["method"] == "hypernet"} == {"0.5", "2.0"}  # the sweep
+    # the per-subset baselines follow the sweep (tp and random by default), tp_ft only the main gamma
+    assert {row["gamma"] for row in rows if row["method"] == "tp"} == {"0.5", "2.0"}
+    assert {row["gamma"] for row in rows if row["method"] == "tp_ft"} == {"0.5"}
     for row in rows:  # per-subset baselines hit the hypernetwork's MACs for the same subset within 2%
         if row["method"] in ("tp", "tp_ft", "random"):
             assert abs(float(row["mac_ratio"]) / float(row["target_mac_ratio"]) - 1) <= 0.02, row
@@ -71,6 +74,9 @@ def test_ablation_config_is_strict(tmp_path):
     (tmp_path / "b.toml").write_text('[run]\nmethod = ["tp"]\n')
     with pytest.raises(ConfigError, match="unknown key"):
         load_ablation_config(tmp_path / "b.toml")
+    (tmp_path / "d.toml").write_text('[baselines]\nsweep_methods = ["pertask"]\n')
+    with pytest.raises(ConfigError, match="not a per-subset baseline"):
+        load_ablation_config(tmp_path / "d.toml")
     (tmp_path / "c.toml").write_text('[run]\nmethods = ["magic"]\n')
     with pytest.raises(ConfigError, match="unknown magic"):
         load_ablation_config(tmp_path / "c.toml")
@@ -88,3 +94,21 @@ def test_cli_ablate_needs_a_config_or_quick(tmp_path, capsys):
     (user / "notes.txt").write_text("keep")
     assert main(["ablate", "--quick", "--out", str(user)]) == 2  # a folder that is not an ablation run
     assert (user / "notes.txt").read_text() == "keep" and sorted(p.name for p in user.iterdir()) == ["notes.txt"]
+
+
+def test_a_cut_head_drops_logit_columns_only():
+    import torch
+
+    from hypersan.ablate import cut_head
+    from hypersan.backbones import build_backbone
+    from hypersan.subnet import build_plain
+
+    arch = {"arch": "resnet", "in_channels": 1, "widths": [4, 8], "blocks": [1, 1], "num_classes": 5,
+            "mean": [0.5], "std": [0.25]}
+    torch.manual_seed(0)
+    net = build_plain(build_backbone(arch).arch, ["a", "b", "c", "d", "e"]).eval()
+    x = torch.rand(6, 1, 12, 12)
+    cut = cut_head(net, (3, 1))
+    with torch.no_grad():
+        assert torch.allclose(cut(x), net(x)[:, [1, 3]], atol=1e-6)
+    assert cut.classes == ["b", "d"] and cut.arch["num_classes"] == 2 and net.arch["num_classes"] == 5
