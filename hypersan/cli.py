@@ -213,6 +213,18 @@ def _bench(args) -> int:
     return 0
 
 
+def _demo(args) -> int:
+    allocator = tune_allocator()  # before any large allocation, as for the bench: steadier latency ratios
+    from .demo import DEFAULT_REQUESTS, format_demo, run_demo
+
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    log(f"allocator: {allocator}")
+    r = run_demo(args.out, args.requests or DEFAULT_REQUESTS, checkpoint=args.checkpoint, force=args.force,
+                 threads=args.threads, log=log)
+    print(format_demo(r, args.out))
+    return 0
+
+
 def _ablate(args) -> int:
     from .ablate import run_ablation
 
@@ -288,6 +300,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--data-dir", default=None, help="training images, if the subtask needs BN recalibration")
     pr.add_argument("--device", default="cpu", help="auto | cpu | cuda[:N]")
     pr.set_defaults(func=_prune)
+
+    d = sub.add_parser("demo", help="the main job on the shipped model: ground requests, prune, measure, export")
+    d.add_argument("requests", nargs="*", help='requests in words (default: "sneakers and bags" "shoes" '
+                                                '"tops and outerwear")')
+    d.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP)
+    d.add_argument("--out", default="hypersan-demo", help="output folder (default: hypersan-demo; written atomically)")
+    d.add_argument("--force", action="store_true", help="replace an earlier demo's folder (never another folder)")
+    d.add_argument("--threads", type=int, default=2)
+    d.set_defaults(func=_demo)
 
     b = sub.add_parser("bench", help="time dense, masked and pruned nets side by side; build time; artifact size")
     b.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP)

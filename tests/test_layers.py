@@ -20,7 +20,7 @@ RANKS = {
     "engine": 9, "runtimes": 9,
     "evaluate": 10, "bench": 10,
     "train": 11, "baselines": 8,
-    "ablate": 12,
+    "ablate": 12, "demo": 12,
     "cli": 13,
 }
 

@@ -1,0 +1,88 @@
+"""The newcomer's path: the README's two commands match the Makefile and CI; the demo; the data download check."""
+import gzip
+import importlib.util
+import json
+import re
+import subprocess
+
+import pytest
+
+from hypersan.cli import main
+
+from .conftest import HAVE_FMNIST, ROOT, needs_fmnist
+
+
+def _quick_start_commands() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"## Quick start.*?```bash\n(.*?)```", readme, re.S)
+    assert block, "README.md lost its Quick start code block"
+    return [line.split("#")[0].strip() for line in block.group(1).splitlines() if line.strip()]
+
+
+def test_readme_quick_start_is_the_makefiles_two_commands_and_ci_runs_the_test_one():
+    assert _quick_start_commands() == ["make demo", "make test"]
+    targets = set(re.findall(r"^([a-z]+):", (ROOT / "Makefile").read_text(), re.M))
+    assert {"demo", "test", "setup", "data"} <= targets
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
+          if line.strip() and not line.startswith("#")]
+    assert ci[-1] == "make test"
+
+
+def test_make_knows_the_quick_start_targets():
+    for target in ("demo", "test"):
+        r = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert ("hypersan demo" if target == "demo" else "pytest") in r.stdout
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("get_fashion_mnist", ROOT / "tools" / "get_fashion_mnist.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_download_check_rejects_corrupt_files():
+    tool = _tool()
+    name = "t10k-labels-idx1-ubyte.gz"
+    assert not tool.verified(b"not gzip", name)
+    assert not tool.verified(gzip.compress(b"\0" * tool.FILES[name][1]), name)  # right size, wrong content
+
+
+@pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not installed")
+def test_download_checksums_match_the_installed_dataset():
+    from hypersan.data import SYSTEM_FMNIST_DIR
+
+    import os
+    from pathlib import Path
+
+    tool = _tool()
+    folder = Path(os.environ.get("HYPERSAN_DATA") or SYSTEM_FMNIST_DIR)
+    for name in tool.FILES:
+        assert tool.verified((folder / name).read_bytes(), name), name
+
+
+@needs_fmnist
+def test_demo_writes_artifacts_a_plot_and_a_table(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "sneakers and bags", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "Sneaker, Bag" in text and "MAC ratio" in text and "latency ratio" in text
+    summary = json.loads((out / "summary.json").read_text())
+    row = summary["rows"][0]
+    assert row["classes"] == ["Sneaker", "Bag"] and 0 < row["mac_ratio"] < 0.5
+    assert abs(row["acc"] - row["dense_acc"]) < 0.02 and row["latency_ratio"] > 0
+    assert (out / "sneakers-and-bags" / "model.onnx").is_file()
+    pytest.importorskip("matplotlib")
+    assert (out / "kept_channels.png").stat().st_size > 1000
+    # a second run does not replace the folder without --force; with it, it does
+    assert main(["demo", "sneakers and bags", "--out", str(out)]) == 2
+    assert "--force" in capsys.readouterr().err
+
+
+def test_demo_never_writes_into_a_users_folder(tmp_path, capsys):
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "notes.txt").write_text("keep")
+    assert main(["demo", "--out", str(user), "--force"]) == 2
+    assert (user / "notes.txt").read_text() == "keep" and [p.name for p in user.iterdir()] == ["notes.txt"]
