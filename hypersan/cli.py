@@ -14,6 +14,8 @@ CHECKPOINT_HELP = checkpoint_help()
 
 
 def _resolve(args) -> int:
+    import re
+
     from .config import load_config
     from .data import FASHION_MNIST
     from .checkpoint import checkpoint_vocabulary
@@ -37,6 +39,15 @@ def _resolve(args) -> int:
         return "\n".join(lines)
 
     try:
+        if args.text is not None and re.fullmatch(r"\s*\d+(\s*,\s*\d+)*\s*", args.text):
+            # class indices, as --classes takes them: "7" or "7,8"
+            from .subtasks import resolve_classes
+
+            t = resolve_classes([int(i) for i in args.text.split(",")], info.classes)
+            names = [info.classes[i] for i in t]
+            print(json.dumps({"request": args.text, "classes": names, "indices": list(t), "how": "class indices"})
+                  if args.json else "\n".join(f"{n:<14} index {i}" for n, i in zip(names, t)))
+            return 0
         if args.text is not None:
             try:
                 print(show(grounder.ground(args.text)))
@@ -60,12 +71,21 @@ def _resolve(args) -> int:
         return 2
 
 
+def check_device(name: str) -> str:
+    """A --device value, checked: auto, cpu, cuda or cuda:N (ValueError naming them otherwise)."""
+    import re
+
+    if name == "auto" or re.fullmatch(r"cpu|cuda(:\d+)?", name):
+        return name
+    raise ValueError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N")
+
+
 def _engine(args):
     """The PruningEngine of --checkpoint on --device, reading training images from --data-dir when needed."""
     from .engine import PruningEngine
     from .train import resolve_device
 
-    device = resolve_device(getattr(args, "device", None) or "cpu")
+    device = resolve_device(check_device(getattr(args, "device", None) or "cpu"))
     return PruningEngine.from_pretrained(args.checkpoint, map_location=device, data_dir=args.data_dir or None,
                                          seed=getattr(args, "seed", 0))
 
@@ -239,6 +259,7 @@ def _ablate(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hypersan", description="Subtask-adaptive networks: one base net, pruned per request.")
     p.add_argument("--version", action="version", version=f"hypersan {__version__}")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a base net jointly with its mask generator")
@@ -345,19 +366,72 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like Ctrl-C, so that every write in progress is cleaned up."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `hypersan` command."""
+    """Entry point of the `hypersan` command: errors are one line on stderr (a traceback only with --debug)."""
+    import signal
+    import threading
+
     from .config import ConfigError
     from .data import DatasetError
     from .io import ArtifactError
 
     args = build_parser().parse_args(argv)
+    name = f"hypersan {args.command}"
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return args.func(args)
-    except (ConfigError, DatasetError, ArtifactError, ValueError, KeyError) as e:
+    except (KeyboardInterrupt, Terminated) as e:
+        if args.debug:
+            raise
+        what = "interrupted" if isinstance(e, KeyboardInterrupt) else "terminated"
+        print(f"{name}: {what}; nothing half-written was left behind", file=sys.stderr)
+        return 130
+    except (ConfigError, DatasetError, ArtifactError, ValueError, KeyError, FloatingPointError) as e:
+        if args.debug:
+            raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"hypersan {args.command}: error: {msg}", file=sys.stderr)
+        print(f"{name}: error: {msg}", file=sys.stderr)
         return 2
+    except (OSError, ImportError) as e:
+        if args.debug:
+            raise
+        print(f"{name}: error: {_os_message(e)}", file=sys.stderr)
+        return 1
+    except Exception as e:  # a bug: one line, and how to see more
+        if args.debug:
+            raise
+        print(f"{name}: internal error: {type(e).__name__}: {e} (run `hypersan --debug {args.command} ...` for the "
+              "traceback)", file=sys.stderr)
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _os_message(e: BaseException) -> str:
+    """One line for an OSError that says what to do: a full disk, a read-only or forbidden folder, a missing file."""
+    import errno
+
+    if not isinstance(e, OSError):
+        return str(e)
+    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+    hints = {errno.ENOSPC: "no space left on the device; free some space or write elsewhere (--out)",
+             errno.EDQUOT: "disk quota exceeded; free some space or write elsewhere (--out)",
+             errno.EROFS: "the file system is read-only; write elsewhere (--out)",
+             errno.EACCES: "permission denied; write to a folder you own (--out), or fix its permissions",
+             errno.EPERM: "operation not permitted; write to a folder you own (--out)",
+             errno.ENOENT: "no such file or folder; check the path"}
+    return hints.get(e.errno, e.strerror or str(e)) + where
 
 
 if __name__ == "__main__":

@@ -38,7 +38,11 @@ class DatasetInfo:
         try:
             return low[name.strip().lower()]
         except KeyError:
-            raise KeyError(f"unknown class {name!r}; known classes: {', '.join(self.classes)}") from None
+            import difflib
+
+            near = difflib.get_close_matches(name.strip().lower(), list(low), n=1, cutoff=0.6)
+            hint = f"did you mean {self.classes[low[near[0]]]!r}? " if near else ""
+            raise KeyError(f"unknown class {name!r}; {hint}known classes: {', '.join(self.classes)}") from None
 
     def to_dict(self) -> dict:
         return {"name": self.name, "classes": self.classes, "input_shape": list(self.input_shape),

@@ -52,7 +52,11 @@ def resolve_classes(classes: Iterable[Any], names: Sequence[str]) -> Subtask:
         if idx is None:
             key = c.strip().lower()
             if key not in low:
-                raise ValueError(f"unknown class {c!r}; known classes: {known}")
+                import difflib
+
+                near = difflib.get_close_matches(key, list(low), n=1, cutoff=0.6)
+                hint = f"did you mean {names[low[near[0]]]!r}? " if near else ""
+                raise ValueError(f"unknown class {c!r}; {hint}known classes: {known}")
             idx = low[key]
         elif not 0 <= idx < len(names):
             raise ValueError(f"class index {idx} out of range 0..{len(names) - 1}; known classes: {known}")

@@ -86,3 +86,80 @@ def test_demo_never_writes_into_a_users_folder(tmp_path, capsys):
     (user / "notes.txt").write_text("keep")
     assert main(["demo", "--out", str(user), "--force"]) == 2
     assert (user / "notes.txt").read_text() == "keep" and [p.name for p in user.iterdir()] == ["notes.txt"]
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
+    import hypersan.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_resolve", interrupted)
+    assert cli.main(["resolve", "shoes"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "hypersan resolve: interrupted; nothing half-written was left behind"
+
+
+def test_sigterm_during_a_write_leaves_no_temporary_folder(monkeypatch, tmp_path, capsys):
+    import os
+    import signal
+
+    import hypersan.cli as cli
+    from hypersan.io import atomic_dir
+
+    def killed_midway(args):
+        with atomic_dir(tmp_path / "art", "artifact") as tmp:
+            (tmp / "model.safetensors").write_bytes(b"half")
+            os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("not reached")
+
+    monkeypatch.setattr(cli, "_prune", killed_midway)
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.main(["prune", "--classes", "7", "--out", str(tmp_path / "art")]) == 130
+    assert "terminated" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # neither the artifact nor a hidden .art.tmp-* folder
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is put back
+
+
+def test_errors_are_one_line_without_traceback_unless_debug(monkeypatch, capsys):
+    import hypersan.cli as cli
+
+    def bug(args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(cli, "_resolve", bug)
+    assert cli.main(["resolve", "shoes"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "internal error: RuntimeError: boom" in err and "--debug" in err
+    with pytest.raises(RuntimeError, match="boom"):
+        cli.main(["--debug", "resolve", "shoes"])
+
+
+def test_a_full_disk_is_one_clear_line(monkeypatch, capsys):
+    import errno
+
+    import hypersan.cli as cli
+
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/out/model.safetensors")
+
+    monkeypatch.setattr(cli, "_resolve", full)
+    assert cli.main(["resolve", "shoes"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == ("hypersan resolve: error: no space left on the device; free some space or write elsewhere (--out) "
+                   "(/data/out/model.safetensors)")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["eval", "--device", "banana"], "--device 'banana' is not a device; use auto, cpu, cuda or cuda:N"),
+    (["prune", "--classes", "Sneakers", "--out", "{tmp}/a"], "did you mean 'Sneaker'?"),
+    (["resolve", "12"], "class index 12 out of range 0..9"),
+])
+def test_cli_messages_say_what_to_do(tmp_path, capsys, argv, message):
+    assert main([a.format(tmp=tmp_path) for a in argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_resolve_takes_class_indices_as_classes_does(capsys):
+    assert main(["resolve", "7,8", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["classes"] == ["Sneaker", "Bag"]
