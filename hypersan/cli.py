@@ -109,20 +109,35 @@ def _eval(args) -> int:
             raise ValueError("this model was trained without a validation split (data.val_size = 0); use --split test")
     if args.limit:
         x, y = x[:args.limit], y[:args.limit]
-    subtasks = parse_subtasks(model, args.subtasks or ["seen", "unseen"], seed=args.seed)
-    r = evaluate(engine, x, y, subtasks, progress=not args.json and sys.stderr.isatty(), seed=args.seed)
+    specs = args.subtasks or ["seen", "unseen"]
+    subtasks = parse_subtasks(model, specs, seed=args.seed)
+    if not subtasks:
+        why = (" this model holds out no class combinations (its subtasks.holdout_fraction is 0), so 'unseen' is "
+               "empty" if "unseen" in specs and not (model.holdout.explicit or model.holdout.fraction) else "")
+        raise ValueError(f"no subtasks to evaluate for --subtasks {' '.join(specs)}:{why or ' the selection is empty'}"
+                         "; try --subtasks seen, all, size=2 or a class list such as \"Sneaker,Bag\"")
+    n_seen = sum(model.is_seen(t) for t in subtasks)
+    tty = sys.stderr.isatty()
+    print(f"evaluating {len(subtasks)} subtasks ({n_seen} seen, {len(subtasks) - n_seen} held-out) on {len(y):,} "
+          f"{args.split} images: one dense pass, then per subtask BN calibration (unless cached) and a pass through "
+          "its pruned net", file=sys.stderr, flush=True)
+    r = evaluate(engine, x, y, subtasks, progress=not args.json and tty, seed=args.seed,
+                 log=None if tty else (lambda m: print(m, file=sys.stderr, flush=True)))
     r = {"checkpoint": str(model.source), "split": args.split, **r}
     if args.json:
         print(json.dumps(r))
         return 0
     print(f"checkpoint {model.source}, {args.split} split ({len(y)} images)")
     print(f"dense: acc {r['dense']['acc']:.4f}  mAP {r['dense']['map']:.4f}  MACs {r['dense']['macs']:,}")
-    print(f"{'classes':<44} {'seen':>5} {'acc':>7} {'dense':>7} {'mAP':>7} {'dense':>7} {'MACs':>6} {'params':>6}")
+    print(f"{'classes':<44} {'seen':>5} {'acc':>7} {'dense acc':>9} {'mAP':>7} {'dense mAP':>9} {'MAC ratio':>9} "
+          f"{'param ratio':>11}")
     for s in r["subtasks"]:
         name = ",".join(s["classes"])
         name = name if len(name) <= 44 else name[:41] + "..."
-        print(f"{name:<44} {str(s['seen']):>5} {s['acc']:7.4f} {s['dense_acc']:7.4f} {s['map']:7.4f} "
-              f"{s['dense_map']:7.4f} {s['mac_ratio']:6.3f} {s['param_ratio']:6.3f}")
+        print(f"{name:<44} {str(s['seen']):>5} {s['acc']:7.4f} {s['dense_acc']:9.4f} {s['map']:7.4f} "
+              f"{s['dense_map']:9.4f} {s['mac_ratio']:9.3f} {s['param_ratio']:11.3f}")
+    print("dense acc, dense mAP: the dense net restricted to the same classes; MAC ratio, param ratio: the pruned "
+          "net's over the dense net's")
     if any(s["size"] == 1 for s in r["subtasks"]):
         print("single classes: acc is one-vs-rest accuracy (logit > 0) over every test image")
     return 0

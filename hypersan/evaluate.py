@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -102,10 +102,12 @@ def parse_subtasks(model, specs: Sequence[str], seed: int = 0, per_size: int = 5
 
 
 def evaluate(engine: PruningEngine, test_x: Tensor, test_y: Tensor, subtasks: Sequence[Subtask],
-             progress: bool = True, seed: int = 0, images: Optional[Tensor] = None) -> dict:
+             progress: bool = True, seed: int = 0, images: Optional[Tensor] = None,
+             log: Optional[Callable[[str], None]] = None) -> dict:
     """Per-subtask acc / mAP / mac_ratio / param_ratio, beside the dense net restricted to each subtask.
 
     Statistics are recalibrated per subtask with `seed` on the engine's calibration images (or `images`).
+    `log`, if given, gets one line per step (for logs off a terminal, where the progress bar is off).
     """
     t0 = time.perf_counter()
     model = engine.model
@@ -113,6 +115,8 @@ def evaluate(engine: PruningEngine, test_x: Tensor, test_y: Tensor, subtasks: Se
     n_cls = len(info.classes)
     dense = engine.subnet(None, fold_bn=True, seed=seed, images=images)
     dense_logits = plain_logits(dense, test_x)
+    if log is not None:
+        log(f"dense pass over {len(test_x):,} images: {time.perf_counter() - t0:.1f} s")
     all_cls = list(range(n_cls))
     d_cost = engine.cost(dense)
     result = {"dense": {"acc": subset_accuracy(dense_logits, test_y, all_cls),
@@ -135,6 +139,9 @@ def evaluate(engine: PruningEngine, test_x: Tensor, test_y: Tensor, subtasks: Se
             "widths": dict(net.arch["site_widths"]),
         })
         times.append(time.perf_counter() - t1)
+        if log is not None:
+            log(f"[{len(times)}/{len(subtasks)}] {','.join(info.classes[i] for i in t)}: acc "
+                f"{result['subtasks'][-1]['acc']:.4f}, MAC ratio {cost['mac_ratio']:.3f} ({times[-1]:.1f} s)")
     result["seconds"] = time.perf_counter() - t0
     result["seconds_per_subtask"] = sorted(times)[len(times) // 2] if times else None
     return result

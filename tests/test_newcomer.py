@@ -163,3 +163,13 @@ def test_cli_messages_say_what_to_do(tmp_path, capsys, argv, message):
 def test_resolve_takes_class_indices_as_classes_does(capsys):
     assert main(["resolve", "7,8", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["classes"] == ["Sneaker", "Bag"]
+
+
+def test_an_empty_selection_says_why(tmp_path, capsys):
+    from .test_surgery import _engine
+
+    model = _engine(extra=["subtasks.holdout_fraction=0"]).model  # it holds out no combinations
+    ckpt = model.save_pretrained(tmp_path / "ckpt")
+    assert main(["eval", "--checkpoint", str(ckpt), "--subtasks", "unseen"]) == 2
+    err = capsys.readouterr().err
+    assert "holds out no class combinations" in err and "--subtasks seen" in err
