@@ -68,6 +68,32 @@ def latency_bound_met(latency_ratio: float, mac_ratio: float) -> Optional[bool]:
     return latency_ratio <= latency_bound(mac_ratio) if bound_applies(mac_ratio) else None
 
 
+CRITERIA = {
+    "pruned_latency": "pruned / dense latency <= 1.3 x MAC ratio + 0.05 (where the MAC ratio is in [0.15, 0.7])",
+    "masked_latency": "masked / dense latency within [0.9, 1.1] (masks alone save nothing)",
+    "build": "building a subnet (masks + surgery, statistics cached) takes at most one dense batch forward",
+    "size": "artifact size / dense artifact size within 10% of the param ratio",
+}
+
+
+def load_average() -> Optional[float]:
+    """The 1-minute load average (None where the OS does not report it)."""
+    import os
+
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+
+
+def busy_warning(load: Optional[float], threads: int) -> Optional[str]:
+    """A warning when other work ran during a timing: the load average above the threads the bench used."""
+    if load is not None and load > threads + 0.5:
+        return (f"warning: the machine was busy (load average {load:.1f} with {threads} bench threads): other "
+                "processes shared the cores, so latencies are noisy; rerun on an idle machine for figures to keep")
+    return None
+
+
 def check(row: dict) -> dict:
     """The issue's acceptance checks for one benchmarked subtask (None where a check does not apply)."""
     return {
@@ -187,7 +213,7 @@ def _run(engine, subtasks, batch, threads, repeats, warmup, round_to, round_mode
             f"pruned {row['pruned_latency_ratio']:.3f} masked {row['masked_latency_ratio']:.3f}")
     passed = summarize_checks(rows)
     return {"threads": threads, "batch": batch, "repeats": repeats, "warmup": warmup, "bn_folded": fold_bn,
-            "device": str(model.device), "subtasks": rows, "passed": passed}
+            "device": str(model.device), "subtasks": rows, "passed": passed, "load_average": load_average()}
 
 
 def summarize_checks(rows: List[dict]) -> Dict[str, Optional[bool]]:
@@ -242,6 +268,14 @@ def format_table(result: dict) -> str:
         lines.append("act-mask: the training-time masked path (activations multiplied by masks) over the same "
                      "backbone without masks")
         lines.append("checks: " + ", ".join(f"{k} {_verdict(v)}" for k, v in result["passed"].items()))
+        for k, v in result["passed"].items():
+            if v is False:
+                bad = [",".join(r["classes"]) for r in result["subtasks"] if r["checks"].get(k) is False]
+                lines.append(f"  {k} FAILED on {len(bad)} subtask(s): {'; '.join(bad)}")
+                lines.append(f"    criterion: {CRITERIA.get(k, k)}")
+    warn = busy_warning(result.get("load_average"), result["threads"])
+    if warn:
+        lines.append(warn)
     return "\n".join(lines)
 
 
@@ -307,7 +341,8 @@ def run_runtime_bench(engine: PruningEngine, subtasks: Sequence[Subtask], runtim
     finally:
         torch.set_num_threads(old_threads)
     return {"mode": "runtimes", "threads": threads, "batches": list(batches), "repeats": repeats, "warmup": warmup,
-            "runtimes": list(runtimes), "subtasks": rows, "summary": runtime_summary(rows)}
+            "runtimes": list(runtimes), "subtasks": rows, "summary": runtime_summary(rows),
+            "load_average": load_average()}
 
 
 def runtime_summary(rows: List[dict]) -> List[dict]:
@@ -343,4 +378,11 @@ def format_runtime_table(result: dict) -> str:
                      f"{s['max_abs_diff_to_eager']:10.2e}")
     lines.append("medians over subtasks; bound: pruned / dense <= 1.3 x MAC ratio + 0.05, checked at batch >= 64 "
                  "for MAC ratios in [0.15, 0.7]; max |diff|: largest logit difference to the eager pruned net")
+    for r in result["subtasks"]:
+        if r["bound_met"] is False:
+            lines.append(f"  bound missed: {r['runtime']} batch {r['batch']} {','.join(r['classes'])}: "
+                         f"{r['latency_ratio']:.3f} > {r['latency_bound']:.3f}")
+    warn = busy_warning(result.get("load_average"), result["threads"])
+    if warn:
+        lines.append(warn)
     return "\n".join(lines)

@@ -174,3 +174,18 @@ def test_eval_limit_and_class_lists_are_checked(tmp_path, capsys, checkpoint):
     rc, _, err = _run(capsys, "prune", "--checkpoint", str(checkpoint), "--classes", "Bag,Bag",
                       "--out", str(tmp_path / "a"))
     assert rc == 2 and "class 'Bag' given twice" in err and not (tmp_path / "a").exists()
+
+
+def test_bench_verdict_names_the_failing_rows_and_warns_when_busy():
+    from hypersan.bench import busy_warning
+
+    r = run_bench(_engine(), [(7, 8), (0, 1)], batch=4, threads=1, repeats=1, warmup=0)
+    for row in r["subtasks"]:  # timings of a tiny net say little: fix the verdicts, then fail one
+        row["checks"] = {k: True for k in row["checks"]}
+    r["subtasks"][0]["checks"]["size"] = False
+    r["passed"] = summarize_checks(r["subtasks"])
+    r["load_average"] = 5.0
+    table = format_table(r)
+    assert "size FAILED on 1 subtask(s): Sneaker,Bag" in table and "criterion: artifact size" in table
+    assert "the machine was busy (load average 5.0 with 1 bench threads)" in table
+    assert busy_warning(0.9, 1) is None and busy_warning(None, 2) is None
