@@ -24,15 +24,15 @@ class DataConfig:
     test_limit: int = 0  # >0: use only the first N test images; 0: all
     val_size: int = 5000  # validation images held out of the training data (stratified, seeded); 0: none
     val_seed: int = 0  # seed of the validation split
-    crop_padding: int = 2
-    hflip: bool = True
+    crop_padding: int = 2  # training augmentation: random crops after zero padding by this many pixels
+    hflip: bool = True  # training augmentation: random horizontal flips
     basic_subtasks: str = "classes"  # classes | groups (named groups become the basic subtasks)
 
 
 @dataclass
 class ModelConfig:
     arch: str = "resnet"  # resnet | vgg
-    widths: list[int] = field(default_factory=lambda: [16, 32, 64])
+    widths: list[int] = field(default_factory=lambda: [16, 32, 64])  # channels of each stage (dense widths)
     blocks: list[int] = field(default_factory=lambda: [1, 1, 1])  # resnet: blocks per stage; vgg: convs per stage
 
 
@@ -42,9 +42,9 @@ class GeneratorConfig:
     conditioning: str = "multihot"  # multihot | text (sentence embedding of a description of the class set)
     encoder: str = ""  # text conditioning: sentence-transformers model name or path ("" = bundled all-MiniLM-L6-v2)
     phrasings: int = 8  # text conditioning: training descriptions per combination
-    hidden: int = 256
+    hidden: int = 256  # hypernet: width of the MLP's hidden layers
     linear_skip: bool = True  # hypernet: add a linear path from the condition to every utility head
-    layers: int = 2
+    layers: int = 2  # hypernet: hidden layers of the MLP
     sigma: float = 1.0  # utility init ~ N(0, sigma)
     threshold: float = 0.1  # a channel is kept where |utility| > threshold
     surrogate_temp: float = 0.1  # width of the sigmoid surrogate gradient around the threshold
@@ -66,31 +66,31 @@ class SubtaskConfig:
     dense_share: float = 0.2  # share of batches trained without masks (the dense path)
     holdout: list[list[str]] = field(default_factory=list)  # explicit combinations never sampled
     holdout_fraction: float = 0.0  # plus a seeded fraction of all combinations of size 2..K-1
-    holdout_seed: int = 0
+    holdout_seed: int = 0  # seed of the held-out fraction
 
 
 @dataclass
 class TrainConfig:
-    seed: int = 0
-    epochs: int = 10
-    batch_size: int = 128
+    seed: int = 0  # seeds initialization, data order, subtask sampling and augmentation
+    epochs: int = 10  # passes over the training images
+    batch_size: int = 128  # images per step
     optimizer: str = "sgd"  # sgd | adamw
-    lr: float = 0.1
-    generator_lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 0.5
+    lr: float = 0.1  # backbone learning rate (peak of the cosine schedule)
+    generator_lr: float = 1e-3  # mask generator learning rate (Adam)
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 5e-4  # backbone only
+    warmup_epochs: float = 0.5  # linear warm-up before the cosine decay
     eval_every: int = 1  # epochs between evaluations (0: only at the end)
     eval_subtasks: int = 8  # random subtasks checked at each periodic evaluation
     threads: int = 0  # torch threads; 0 leaves the default
-    device: str = "auto"
-    progress: bool = True
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    progress: bool = True  # a progress bar on a terminal (a line per epoch either way)
 
 
 @dataclass
 class CalibConfig:
-    batches: int = 20
-    batch_size: int = 256
+    batches: int = 20  # training batches that BN statistics of a subtask are recalibrated on
+    batch_size: int = 256  # images per calibration batch
 
 
 @dataclass
@@ -327,3 +327,37 @@ def validate(cfg: Config) -> None:
         raise ConfigError("subtasks.size_weights must be non-negative with a positive sum, e.g. [1.0, 1.0, 1.0]")
     if cfg.train.optimizer == "sgd" and cfg.train.momentum == 0:
         raise ConfigError("train.momentum = 0 with train.optimizer = 'sgd': Nesterov SGD needs a momentum in (0, 1)")
+
+
+def reference_markdown() -> str:
+    """docs/CONFIG.md: every section and key of Config with its type, default and the comment beside it in the
+    source, generated from the dataclasses (`python tools/config_reference.py` rewrites the file; a test checks it
+    is current)."""
+    import inspect
+
+    lines = ["# Config reference", "",
+             "Generated from the dataclasses in `hypersan/config.py` by `python tools/config_reference.py`; a test "
+             "fails when it is out of date. Every key can be set in a TOML config (`[section]` then `key = value`) "
+             "or on the command line with `--set section.key=value`. Unknown keys and wrong types are errors.", ""]
+    hints = typing.get_type_hints(Config)
+    for f in dataclasses.fields(Config):
+        cls = hints[f.name]
+        comments = {}
+        for line in inspect.getsource(cls).splitlines():
+            m = re.match(r"\s+(\w+):[^#]*#\s*(.*)$", line)
+            if m:
+                comments[m.group(1)] = m.group(2).strip()
+        doc = (cls.__doc__ or "").strip()
+        lines += [f"## [{f.name}]", ""]
+        if doc and not doc.startswith(cls.__name__ + "("):
+            lines += [doc, ""]
+        lines += ["| key | type | default | meaning |", "|---|---|---|---|"]
+        sub = typing.get_type_hints(cls)
+        for g in dataclasses.fields(cls):
+            default = g.default if g.default is not dataclasses.MISSING else g.default_factory()
+            tp = getattr(sub[g.name], "__name__", None) if not typing.get_args(sub[g.name]) else None
+            tp = tp or str(sub[g.name]).replace("typing.", "")
+            text = comments.get(g.name, "").replace("|", "\\|")
+            lines.append(f"| `{g.name}` | {tp} | `{json.dumps(default)}` | {text} |")
+        lines.append("")
+    return "\n".join(lines)

@@ -130,3 +130,14 @@ def test_validation_split_fields_default_and_round_trip():
     assert (load_config(None).data.val_size, load_config(None).data.val_seed) == (5000, 0)
     with pytest.raises(ConfigError, match=r"data\.val_size must be >= 0, got -1"):
         load_config(None, ["data.val_size=-1"])
+
+
+def test_config_reference_is_current():
+    """docs/CONFIG.md is generated from the dataclasses: regenerate it with python tools/config_reference.py."""
+    from hypersan.config import reference_markdown
+
+    from .conftest import ROOT
+
+    assert (ROOT / "docs" / "CONFIG.md").read_text() == reference_markdown(), \
+        "docs/CONFIG.md is out of date: run python tools/config_reference.py"
+    assert "| `gamma_size` | str |" in reference_markdown()
