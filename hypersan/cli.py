@@ -306,9 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", choices=["test", "val"], default="test",
                    help="test: final figures; val: the validation split of the training data, for choices")
     e.add_argument("--limit", type=int, default=None, help="use only the first N images of the split")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--data-dir", default=None)
-    e.add_argument("--device", default="auto")
+    e.add_argument("--seed", type=int, default=0, help="seed of the sampled subtasks and of BN calibration")
+    e.add_argument("--data-dir", default=None, help="Fashion-MNIST folder, if not the system one or $HYPERSAN_DATA (training images: BN calibration)")
+    e.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     e.set_defaults(func=_eval)
 
     pr = sub.add_parser("prune", help="cut the net down to a subtask and export it (safetensors, TorchScript, ONNX)")
@@ -343,22 +343,22 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP)
     d.add_argument("--out", default="hypersan-demo", help="output folder (default: hypersan-demo; written atomically)")
     d.add_argument("--force", action="store_true", help="replace an earlier demo's folder (never another folder)")
-    d.add_argument("--threads", type=int, default=2)
+    d.add_argument("--threads", type=int, default=2, help="torch threads for evaluation and timing (default 2)")
     d.set_defaults(func=_demo)
 
     b = sub.add_parser("bench", help="time dense, masked and pruned nets side by side; build time; artifact size")
     b.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP)
     b.add_argument("--subtasks", nargs="+", default=None,
                    help='class lists ("Sneaker,Bag"), all, or size=K[,n=M] (default: 6 pairs, 4 triples, 2 of 5, all)')
-    b.add_argument("--batch", type=int, default=256)
+    b.add_argument("--batch", type=int, default=256, help="images per timed forward (default 256)")
     b.add_argument("--runtime", default=None, metavar="R[,R...]",
                    help="time dense vs pruned where they are deployed: eager, pt2, onnxruntime, onnxruntime-int8 "
                         "(comma-separated), at each of --batches")
     b.add_argument("--batches", default="1,256", help="with --runtime: comma-separated batch sizes (default 1,256)")
-    b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--threads", type=int, default=2, help="intra-op threads of every runtime (default 2)")
     b.add_argument("--repeats", type=int, default=10,
                    help="timed rounds; ratios are medians of per-round ratios")
-    b.add_argument("--warmup", type=int, default=3)
+    b.add_argument("--warmup", type=int, default=3, help="untimed rounds first (default 3)")
     b.add_argument("--round-to", type=int, default=0, metavar="N",
                    help="also time widths rounded to multiples of N (see --round-mode)")
     b.add_argument("--round-mode", choices=["up", "nearest"], default="up", help="see hypersan prune --help")
@@ -367,8 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--default-allocator", action="store_true",
                    help="leave glibc's malloc thresholds as they are (default: keep freed memory in the process, "
                         "so forwards do not page-fault their activations afresh; see hypersan.cli.tune_allocator)")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--data-dir", default=None)
+    b.add_argument("--seed", type=int, default=0, help="seed of the sampled subtasks, inputs and round orders")
+    b.add_argument("--data-dir", default=None, help="Fashion-MNIST folder, if not the system one or $HYPERSAN_DATA (training images: BN calibration)")
     b.add_argument("--device", default="cpu", help="auto | cpu | cuda[:N]")
     b.set_defaults(func=_bench)
 

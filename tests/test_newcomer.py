@@ -173,3 +173,14 @@ def test_an_empty_selection_says_why(tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(ckpt), "--subtasks", "unseen"]) == 2
     err = capsys.readouterr().err
     assert "holds out no class combinations" in err and "--subtasks seen" in err
+
+
+def test_every_option_of_every_subcommand_has_help():
+    import argparse
+
+    from hypersan.cli import build_parser
+
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    missing = [f"{name} {x.option_strings or x.dest}" for name, p in sub.choices.items() for x in p._actions
+               if not x.help and x.dest != "help"]
+    assert not missing, missing
