@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: a bare or open-ended torch would pull a multi-GB CUDA build
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,text,onnx,baselines]'
+	$(BIN)/pip install -q -e '.[test,text,onnx,baselines,serve]'
 	touch $@
 
 # Fashion-MNIST: Debian's package where apt and root are there, else a download from the dataset's official

@@ -271,6 +271,21 @@ def _ablate(args) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    import os
+
+    from .serve import serve  # the serve extra (fastapi, uvicorn) is needed here only
+
+    if args.cache_size < 1:
+        raise ValueError(f"--cache-size must be at least 1 subnet, got {args.cache_size}")
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be from 0 to 65535, got {args.port}")
+    token = args.token if args.token is not None else os.environ.get("HYPERSAN_SERVE_TOKEN") or None
+    serve(args.checkpoint, args.host, args.port, token, args.cache_dir, args.cache_size, args.data_dir,
+          args.max_body_bytes, args.max_images, log=lambda m: print(m, file=sys.stderr, flush=True))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hypersan", description="Subtask-adaptive networks: one base net, pruned per request.")
     p.add_argument("--version", action="version", version=f"hypersan {__version__}")
@@ -378,6 +393,22 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--quick", action="store_true", help="the tiny smoke configuration (configs/ablation_tiny.toml)")
     a.add_argument("--force", action="store_true", help=argparse.SUPPRESS)
     a.set_defaults(func=_ablate)
+
+    sv = sub.add_parser("serve", help="serve subnets over HTTP: build, cache, download, predict (v1 and KServe V2)")
+    sv.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP)
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    sv.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' on every endpoint but the "
+                                                   "health ones (default: $HYPERSAN_SERVE_TOKEN, else none)")
+    sv.add_argument("--cache-dir", default=None, help="folder that keeps built subnets across restarts (default: "
+                                                       "a temporary folder, removed on exit)")
+    sv.add_argument("--cache-size", type=int, default=32, help="subnets kept in memory, least recently used "
+                                                                "dropped first (default 32)")
+    sv.add_argument("--max-images", type=int, default=256, help="images per prediction request (default 256)")
+    sv.add_argument("--max-body-bytes", type=int, default=8 << 20, help="largest request body (default 8 MiB)")
+    sv.add_argument("--data-dir", default=None, help="Fashion-MNIST folder, if not the system one or "
+                                                      "$HYPERSAN_DATA (training images: BN calibration)")
+    sv.set_defaults(func=_serve)
     return p
 
 

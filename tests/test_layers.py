@@ -20,8 +20,9 @@ RANKS = {
     "engine": 9, "runtimes": 9,
     "evaluate": 10, "bench": 10,
     "train": 11, "baselines": 8,
-    "ablate": 12, "demo": 12,
+    "ablate": 12, "demo": 12, "serve": 12,
     "cli": 13,
+    "wire": 0,
 }
 
 
