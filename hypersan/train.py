@@ -204,7 +204,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False, log: Callable[[str
         gen = torch.Generator().manual_seed(t.seed * 1_000_003 + epoch)
         perm = torch.randperm(n, generator=gen)
         model.train()
-        sums = {"loss": 0.0, "sparsity": 0.0, "kept": 0.0, "masked_batches": 0}
+        sums = {"loss": 0.0, "mean_utility": 0.0, "kept": 0.0, "masked_batches": 0}
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{t.epochs}", disable=not t.progress, leave=False)
         for i in bar:
             idx = perm[i * t.batch_size:(i + 1) * t.batch_size]
@@ -221,11 +221,11 @@ def train(cfg: Config, out: str | Path, resume: bool = False, log: Callable[[str
             else:
                 texts = None if model.encoder is None else _descriptions(model, select, gen, cfg)
                 loss, masks, raw, per_sample = masked_loss(model, x, y, select, texts, cfg, basic_to_class)
-                sparsity = per_sample.mean()
+                mu = per_sample.mean()
                 with torch.no_grad():
                     kept = sum(masks[x_.name].sum() for x_ in model.sites if x_.kind == "utility")
                     sums["kept"] += (kept / sum(x_.size for x_ in model.sites if x_.kind == "utility") / len(y)).item()
-                    sums["sparsity"] += sparsity.item()
+                    sums["mean_utility"] += mu.item()
                     sums["masked_batches"] += 1
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}, step {i}; lower train.lr")
@@ -239,13 +239,15 @@ def train(cfg: Config, out: str | Path, resume: bool = False, log: Callable[[str
                 bar.set_postfix(loss=f"{sums['loss'] / (i + 1):.4f}",
                                 kept=f"{sums['kept'] / max(1, sums['masked_batches']):.2f}")
         mb = max(1, sums["masked_batches"])
-        rec = {"epoch": epoch + 1, "loss": sums["loss"] / steps, "sparsity": sums["sparsity"] / mb,
+        # mean_utility: the mean |utility| the sparsity term pushes down (not a share of pruned channels; that is
+        # 1 - kept_fraction)
+        rec = {"epoch": epoch + 1, "loss": sums["loss"] / steps, "mean_utility": sums["mean_utility"] / mb,
                "kept_fraction": sums["kept"] / mb, "seconds": time.perf_counter() - t0}
         last = epoch + 1 == t.epochs
         if len(val_y) and ((t.eval_every and (epoch + 1) % t.eval_every == 0) or last):
             rec.update(_quick_eval(model, cfg, val_x, val_y, train_x, epoch))  # no validation split: no figures
         history.append(rec)
-        log(json.dumps(rec))
+        log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in rec.items()}))
         tensors, plain = _opt_state(opts)
         plain.update({"epoch": epoch + 1, "history": history, "config_changes": changes})
         model.meta = {"history": history, "epoch": epoch + 1, "config_changes": changes,
