@@ -149,12 +149,21 @@ def _train(args) -> int:
 
     cfg = load_config(args.config, args.set)
     if args.device:
-        cfg.train.device = args.device
+        cfg.train.device = check_device(args.device)
     provenance = {"command": "hypersan " + " ".join(sys.argv[1:]) if sys.argv[1:] else None,
                   "config": args.config, "overrides": list(args.set)}
-    train(cfg, args.out, resume=args.resume, force=args.force, allow_config_change=args.allow_config_change,
-          log=lambda m: print(m, flush=True), provenance=provenance)
-    print(f"checkpoint written to {args.out}")
+    import os
+
+    from .distributed import DistributedError, env_world_size
+
+    try:
+        train(cfg, args.out, resume=args.resume, force=args.force, allow_config_change=args.allow_config_change,
+              log=lambda m: print(m, flush=True), provenance=provenance)
+    except DistributedError as e:  # another process of a torchrun run failed: say so in one line
+        print(f"hypersan train: error: {e}", file=sys.stderr)
+        return 1
+    if os.environ.get("RANK", "0") in ("", "0") or env_world_size() == 1:  # under torchrun rank 0 alone says it
+        print(f"checkpoint written to {args.out}")
     return 0
 
 
@@ -300,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--force", action="store_true", help="replace an earlier run in --out (never another folder)")
     t.add_argument("--allow-config-change", action="store_true",
                    help="with --resume: accept changed [train] settings (e.g. more epochs); recorded in meta.json")
-    t.add_argument("--device", default=None, help="auto | cpu | cuda[:N] (default: the config's)")
+    t.add_argument("--device", default=None, help="auto | cpu | cuda[:N] (default: the config's); under torchrun, "
+                   "auto and cuda give each process cuda:LOCAL_RANK")
     t.set_defaults(func=_train)
 
     r = sub.add_parser("resolve", help="ground a request in words to the class set it names (no model needed)")

@@ -83,7 +83,9 @@ class TrainConfig:
     eval_every: int = 1  # epochs between evaluations (0: only at the end)
     eval_subtasks: int = 8  # random subtasks checked at each periodic evaluation
     threads: int = 0  # torch threads; 0 leaves the default
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: auto or cuda give each process cuda:LOCAL_RANK)
+    bf16: bool = False  # bf16 autocast of the backbone's forward in training; CUDA only (an error on CPU)
+    dist_timeout: float = 1800.0  # distributed runs: seconds a process waits for the others before the run fails
     progress: bool = True  # a progress bar on a terminal (a line per epoch either way)
 
 
@@ -256,6 +258,7 @@ RANGES: dict[str, tuple[str, str]] = {
     "train.eval_every": ("[0, inf)", "epochs between evaluations; 0 = only at the end"),
     "train.eval_subtasks": ("[1, inf)", "subtasks checked at each evaluation"),
     "train.threads": ("[0, inf)", "0 = torch's default"),
+    "train.dist_timeout": ("(0, inf)", "seconds before a silent process fails a distributed run"),
     "calib.batches": ("[1, inf)", "batches that estimate BN statistics"),
     "calib.batch_size": ("[1, inf)", "images per calibration batch"),
 }

@@ -78,6 +78,7 @@ NUMERIC_CASES = {
     "train.eval_every": (0, -1),
     "train.eval_subtasks": (1, 0),
     "train.threads": (0, -1),
+    "train.dist_timeout": (60.0, 0.0),
     "calib.batches": (1, 0),
     "calib.batch_size": (1, 0),
 }

@@ -18,10 +18,11 @@ RANKS = {
     "surgery": 7,
     "export": 8,
     "engine": 9, "runtimes": 9,
-    "evaluate": 10, "bench": 10,
+    "evaluate": 10, "bench": 10, "distributed": 10,
     "train": 11, "baselines": 8,
     "ablate": 12, "demo": 12, "serve": 12,
     "cli": 13,
+    "__main__": 14,
     "wire": 0,
 }
 

@@ -168,3 +168,21 @@ def test_text_conditioned_training_and_requests(tmp_path, capsys):
     assert main(["prune", "--checkpoint", str(tmp_path / "txt"), "--request", "sneakers and airplanes",
                  "--out", str(tmp_path / "art2")]) == 2
     assert "airplanes" in capsys.readouterr().err
+
+
+def test_resume_of_a_run_saved_before_the_scaling_keys(tmp_path):
+    # runs saved before train.bf16 / train.dist_timeout existed resume as runs without bf16 (e.g. an ablation's)
+    train(_cfg("train.epochs=2"), tmp_path / "run", log=lambda m: None, stop_after_epoch=1)
+    path = tmp_path / "run" / "config.json"
+    saved = json.loads(path.read_text())
+    del saved["train"]["bf16"], saved["train"]["dist_timeout"]
+    path.write_text(json.dumps(saved))
+    state = json.loads((tmp_path / "run" / "train_state.json").read_text())
+    assert state["world_size"] == 1
+    del state["world_size"]
+    (tmp_path / "run" / "train_state.json").write_text(json.dumps(state))
+    train(_cfg("train.epochs=2"), tmp_path / "run", resume=True, log=lambda m: None)
+    meta = json.loads((tmp_path / "run" / "meta.json").read_text())
+    assert meta["epoch"] == 2 and meta["config_changes"] == []
+    with pytest.raises(ConfigError, match="train.bf16"):
+        train(_cfg("train.epochs=2", "train.bf16=true"), tmp_path / "run", resume=True, log=lambda m: None)
