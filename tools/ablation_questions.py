@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import statistics
 import sys
@@ -82,7 +81,7 @@ def question1(rows, gamma) -> list[str]:
     gap = [100 * (a - b) for a, b in zip(acc_h, acc_p)]
     rel = [a / b for a, b in zip(mac_h, mac_p)]
     ok = abs(statistics.mean(gap)) <= 0.5 or statistics.mean(gap) > 0
-    lines += [f"| method | n | acc | mac_ratio |", "|---|---|---|---|",
+    lines += ["| method | n | acc | mac_ratio |", "|---|---|---|---|",
               f"| hypernet | {len(hn) // len(acc_h)} | {fmt(acc_h)} | {fmt(mac_h)} |",
               f"| pertask | {len(pt) // len(acc_p)} | {fmt(acc_p)} | {fmt(mac_p)} |", "",
               f"hypernet − pertask accuracy: {fmt(gap, digits=2)} pt; hypernet / pertask mac_ratio: {fmt(rel)}. "
