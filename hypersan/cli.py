@@ -86,8 +86,10 @@ def _engine(args):
     from .train import resolve_device
 
     device = resolve_device(check_device(getattr(args, "device", None) or "cpu"))
+    quiet = getattr(args, "json", False)  # --json keeps stderr for errors too: machine-read runs stay quiet
+    log = None if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     return PruningEngine.from_pretrained(args.checkpoint, map_location=device, data_dir=args.data_dir or None,
-                                         seed=getattr(args, "seed", 0))
+                                         seed=getattr(args, "seed", 0), log=log)
 
 
 def _eval(args) -> int:

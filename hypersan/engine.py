@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
@@ -64,9 +65,12 @@ class PruningEngine:
     """A SubtaskAdaptiveNet with its calibration data, BN-statistics cache, grounding, surgery and export."""
 
     def __init__(self, model: SubtaskAdaptiveNet, images: Optional[Tensor] = None, data_dir: Optional[str] = None,
-                 seed: int = 0, cache: Optional[StatsCache] = None):
-        """`images`: uint8 calibration images (default: the model's training split, read when first needed)."""
+                 seed: int = 0, cache: Optional[StatsCache] = None, log: Optional[Callable[[str], None]] = None):
+        """`images`: uint8 calibration images (default: the model's training split, read when first needed).
+        `log`: called with one line per slow step (reading data, BN calibration, each file written); silent
+        by default."""
         self.model = model.eval()
+        self.log = log
         self.cache = cache if cache is not None else StatsCache(model.backbone)
         self.data_dir = data_dir
         self.seed = seed
@@ -121,8 +125,13 @@ class PruningEngine:
     def images(self) -> Tensor:
         """The calibration images (uint8), read from the training split on first use."""
         if self._images is None:
+            self._say("reading the training images")
             self._images, self._labels, self._source = training_split(self.model, self.data_dir)
         return self._images
+
+    def _say(self, message: str) -> None:
+        if self.log is not None:
+            self.log(message)
 
     def subtask_images(self, subtask: Optional[Subtask], limit: int = 1024, seed: int = 0) -> Tensor:
         """Up to `limit` training images of the subtask's classes (float32 in [0, 1]), a seeded sample: what an
@@ -199,8 +208,11 @@ class PruningEngine:
         spec = self.calib_spec(seed, images)
         src = images if images is not None else self.images()
         bb = self.model.backbone
+        t0 = time.perf_counter()
         net = prune_backbone(bb, masks, range(len(self.model.classes)), physical=True)
+        self._say(f"calibrating BN statistics on {spec.batches} x {spec.batch_size} training images")
         small = recalibrate(net, net, spec.stream(src, self.model.device))
+        self._say(f"calibrated in {time.perf_counter() - t0:.1f} s")
         return self.cache.put(key, expand_bn_stats(bb, masks, small)), key
 
     @contextlib.contextmanager
@@ -298,7 +310,7 @@ class PruningEngine:
             extra.update(request=net.request, grounding=net.grounding)
         calib = self.subtask_images(tuple(subtask), int8_images, self.seed) if quantize else None
         files = save_subnet(net, out, formats, subtask=subtask, source=getattr(self.model, "source", None),
-                            extra=extra, force=force, int8_images=calib)
+                            extra=extra, force=force, int8_images=calib, log=self.log)
         summary = {"classes": list(net.classes), "subtask": subtask, **ratios,
                    "widths": dict(net.arch["site_widths"]), "files": {f: str(p) for f, p in files.items()},
                    "bytes": {f: p.stat().st_size for f, p in files.items()}}

@@ -16,7 +16,7 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -168,8 +168,10 @@ def add_onnx_contract(m, contract: dict) -> None:
 def save_subnet(net: nn.Module, path: str | os.PathLike, formats: Iterable[str] = DEFAULT_FORMATS,
                 subtask: Optional[Sequence[int]] = None, source: Optional[str] = None,
                 extra: Optional[dict] = None, force: bool = False,
-                int8_images: Optional[torch.Tensor] = None) -> dict[str, Path]:
+                int8_images: Optional[torch.Tensor] = None,
+                log: Optional[Callable[[str], None]] = None) -> dict[str, Path]:
     """Write an artifact directory atomically: config.json plus one file per format; returns {format: path}.
+    `log`, when given, is called with one line per file before it is written.
 
     `int8_images` (float32 in [0, 1], shape (N, C, H, W)): also write a statically quantized ONNX model
     (model.int8.onnx, key "int8"), calibrated on these images; the float ONNX file is written too.
@@ -188,19 +190,25 @@ def save_subnet(net: nn.Module, path: str | os.PathLike, formats: Iterable[str] 
     if int8_images is not None:
         config["files"]["int8"] = INT8_FILE
     out = {f: Path(path) / FILES[f] for f in formats}
+    say = log or (lambda m: None)
     with atomic_dir(path, ARTIFACT_KIND, force) as tmp:
         write_json(tmp / "config.json", config)
         if "safetensors" in formats:
+            say(f"writing {FILES['safetensors']}")
             save_tensors(tmp / FILES["safetensors"], net.state_dict())
         if "pt2" in formats:
+            say(f"writing {FILES['pt2']} (torch.export)")
             export_pt2(net, tmp / FILES["pt2"])
         if "torchscript" in formats:
+            say(f"writing {FILES['torchscript']} (TorchScript)")
             export_torchscript(net, tmp / FILES["torchscript"])
         if "onnx" in formats:
+            say(f"writing {FILES['onnx']} (ONNX, dynamo exporter)")
             export_onnx(net, tmp / FILES["onnx"])
         if int8_images is not None:
             from .quantize import quantize_int8
 
+            say(f"writing {INT8_FILE} (static INT8, calibrated on {len(int8_images)} images)")
             config["int8"] = quantize_int8(tmp / FILES["onnx"], tmp / INT8_FILE, int8_images)
             out["int8"] = Path(path) / INT8_FILE
             write_json(tmp / "config.json", config)

@@ -224,3 +224,15 @@ def test_plain_accuracy_of_the_subnet_equals_the_masked_modules():
     assert plain_accuracy(net, t, x, y, batch_size=64) == pytest.approx(want, abs=1e-9)
     with pytest.raises(ValueError, match="no sample"):
         plain_accuracy(net, t, x[y == 0][:3], y[y == 0][:3])
+
+
+def test_export_says_each_slow_step_once_and_a_cached_step_not_at_all(tmp_path):
+    eng = _engine()
+    lines: list[str] = []
+    eng.log = lines.append
+    eng.export(["Sneaker", "Bag"], tmp_path / "a", ["safetensors", "onnx"])
+    assert [ln.split()[0] for ln in lines] == ["calibrating", "calibrated", "writing", "writing"]
+    assert "model.safetensors" in lines[2] and "model.onnx" in lines[3]
+    lines.clear()
+    eng.export(["Sneaker", "Bag"], tmp_path / "b", ["safetensors"])
+    assert lines == ["writing model.safetensors"]  # the statistics came from the cache
