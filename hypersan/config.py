@@ -18,8 +18,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    dataset: str = "fashion_mnist"  # fashion_mnist | cifar10 | cifar100
-    data_dir: str = ""  # empty: $HYPERSAN_DATA, then the system location
+    dataset: str = "fashion_mnist"  # fashion_mnist | cifar10 | cifar100 | folder (your own: see data_dir)
+    data_dir: str = ""  # empty: $HYPERSAN_DATA, then the system location; folder: train.npz, test.npz, dataset.json
     train_limit: int = 0  # >0: use only the first N training images (smoke runs); 0: all
     test_limit: int = 0  # >0: use only the first N test images; 0: all
     val_size: int = 5000  # validation images held out of the training data (stratified, seeded); 0: none
@@ -310,7 +310,7 @@ def validate(cfg: Config) -> None:
         if value not in allowed:
             raise ConfigError(f"{where} = {value!r}; choose one of {', '.join(allowed)}")
 
-    choice(cfg.data.dataset, ("fashion_mnist", "cifar10", "cifar100"), "data.dataset")
+    choice(cfg.data.dataset, ("fashion_mnist", "cifar10", "cifar100", "folder"), "data.dataset")
     choice(cfg.data.basic_subtasks, ("classes", "groups"), "data.basic_subtasks")
     choice(cfg.model.arch, ("resnet", "vgg"), "model.arch")
     choice(cfg.generator.kind, ("hypernet", "pertask"), "generator.kind")

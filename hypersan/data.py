@@ -292,6 +292,95 @@ def load_cifar100(split: str, data_dir: str | os.PathLike | None = None
     return torch.from_numpy(x.copy()), torch.from_numpy(fine), info
 
 
+# ---------------------------------------------------------------- your own data (a folder of .npz files)
+
+FOLDER_DATASET_KIND = "dataset"  # the marker kind of a folder written by save_folder_dataset
+FOLDER_FILES = {"train": "train.npz", "test": "test.npz"}
+FOLDER_INFO = "dataset.json"
+
+
+def save_folder_dataset(path: str | os.PathLike, classes: list[str], train: tuple, test: tuple,
+                        name: str | None = None, groups: dict | None = None, synonyms: dict | None = None,
+                        force: bool = False) -> Path:
+    """Write your own data as a folder `data.dataset = "folder"` reads: train.npz, test.npz, dataset.json.
+
+    `train` / `test`: (images, labels). Images are uint8 arrays or tensors of shape (N, H, W) (one channel)
+    or (N, C, H, W); labels are integers in 0..len(classes)-1. The per-channel mean and std used to normalize
+    inside the net are computed from the training images. `groups` (name -> class names) and `synonyms`
+    (class or group name -> other words) extend what requests in words can name. Written atomically; an
+    existing dataset folder is replaced only with force=True.
+    """
+    from .io import atomic_dir, write_json
+
+    arrays = {split: _check_arrays(*pair, len(classes), f"{split} split") for split, pair in
+              (("train", train), ("test", test))}
+    if arrays["train"][0].shape[1:] != arrays["test"][0].shape[1:]:
+        raise ValueError(f"train images are {arrays['train'][0].shape[1:]} and test images "
+                         f"{arrays['test'][0].shape[1:]}; both splits need the same (C, H, W)")
+    x = arrays["train"][0]
+    mean = (x.mean(axis=(0, 2, 3), dtype=np.float64) / 255).tolist()
+    std = [max(v, 1e-3) for v in (x.std(axis=(0, 2, 3), dtype=np.float64) / 255).tolist()]
+    info = DatasetInfo(name or Path(os.path.abspath(path)).name, list(classes), tuple(x.shape[1:]), tuple(mean),
+                       tuple(std), dict(groups or {}), dict(synonyms or {}))
+    info = DatasetInfo.from_dict(info.to_dict())  # every field checked, as a reader would
+    with atomic_dir(path, FOLDER_DATASET_KIND, force) as tmp:
+        write_json(tmp / FOLDER_INFO, info.to_dict())
+        for split, (xs, ys) in arrays.items():
+            np.savez(tmp / FOLDER_FILES[split], images=xs, labels=ys)
+    return Path(path)
+
+
+def _check_arrays(images, labels, num_classes: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+    x = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    y = labels.numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    if x.dtype != np.uint8:
+        raise DatasetError(f"{where}: images must be uint8 (0..255), got {x.dtype}; convert with "
+                           "(x * 255).round().astype(np.uint8) if they are floats in [0, 1]")
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4 or min(x.shape) < 1:
+        raise DatasetError(f"{where}: images must have shape (N, H, W) or (N, C, H, W), got {tuple(x.shape)}")
+    if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
+        raise DatasetError(f"{where}: labels must be {len(x)} integers, one per image, got {y.dtype} of shape "
+                           f"{tuple(y.shape)}")
+    if y.min() < 0 or y.max() >= num_classes:
+        raise DatasetError(f"{where}: labels must lie in 0..{num_classes - 1} (one per class name), found "
+                           f"{int(y.min())}..{int(y.max())}")
+    return np.ascontiguousarray(x), y.astype(np.int64)
+
+
+def load_folder_dataset(split: str, data_dir: str | os.PathLike | None) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                DatasetInfo]:
+    """(images, labels, vocabulary) of one split of a folder written by save_folder_dataset (or by hand:
+    train.npz / test.npz with arrays `images` and `labels`, and dataset.json as DatasetInfo.to_dict gives
+    it). Nothing is unpickled."""
+    import json
+
+    if split not in FOLDER_FILES:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if data_dir is None or not str(data_dir).strip():
+        raise DatasetError("data.dataset = 'folder' needs data.data_dir: a folder holding train.npz, test.npz and "
+                           "dataset.json (write one with hypersan.data.save_folder_dataset)")
+    root = _find_dir(data_dir, "", [FOLDER_INFO, FOLDER_FILES[split]], "dataset folder",
+                     "Write one with hypersan.data.save_folder_dataset.")
+    try:
+        info = DatasetInfo.from_dict(json.loads((root / FOLDER_INFO).read_text()))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{root / FOLDER_INFO}: {e}") from None
+    try:
+        with np.load(root / FOLDER_FILES[split], allow_pickle=False) as z:
+            if not {"images", "labels"} <= set(z.files):
+                raise DatasetError(f"{root / FOLDER_FILES[split]} must hold arrays 'images' and 'labels', "
+                                   f"has {sorted(z.files)}")
+            x, y = _check_arrays(z["images"], z["labels"], len(info.classes), str(root / FOLDER_FILES[split]))
+    except (OSError, ValueError) as e:  # not a zip, truncated, or object arrays (which would need pickle)
+        raise DatasetError(f"{root / FOLDER_FILES[split]} is not a readable .npz of plain arrays: {e}") from None
+    if tuple(x.shape[1:]) != tuple(info.input_shape):
+        raise DatasetError(f"{root / FOLDER_FILES[split]}: images are {tuple(x.shape[1:])}, {FOLDER_INFO} says "
+                           f"input_shape {tuple(info.input_shape)}")
+    return torch.from_numpy(x), torch.from_numpy(y), info
+
+
 def load_dataset(name: str, split: str, data_dir: str | None = None) -> tuple[torch.Tensor, torch.Tensor, DatasetInfo]:
     """(images uint8 NCHW, labels int64, vocabulary) of a named dataset split."""
     if name == "fashion_mnist":
@@ -301,7 +390,9 @@ def load_dataset(name: str, split: str, data_dir: str | None = None) -> tuple[to
         return (*load_cifar10(split, data_dir), info)
     if name == "cifar100":
         return load_cifar100(split, data_dir)
-    raise ValueError(f"unknown dataset {name!r}; choose fashion_mnist, cifar10 or cifar100")
+    if name == "folder":
+        return load_folder_dataset(split, data_dir)
+    raise ValueError(f"unknown dataset {name!r}; choose fashion_mnist, cifar10, cifar100 or folder")
 
 
 # ---------------------------------------------------------------- validation split

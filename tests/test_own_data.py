@@ -1,0 +1,100 @@
+"""Your own data: a folder of .npz files read without unpickling, through training, pruning and evaluation."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from hypersan.config import ConfigError, load_config
+from hypersan.data import DatasetError, load_dataset, save_folder_dataset
+from hypersan.engine import PruningEngine
+from hypersan.io import OutputExistsError
+from hypersan.train import train
+
+from .conftest import ROOT
+
+CLASSES = ["circle", "square", "cross", "stripes"]
+
+
+def _images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Three-channel 12x12 images whose class is a drawn pattern, with noise: learnable in a few steps."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % len(CLASSES)
+    x = rng.integers(0, 60, (n, 3, 12, 12)).astype(np.uint8)
+    yy, xx = np.mgrid[:12, :12]
+    shapes = [(yy - 6) ** 2 + (xx - 6) ** 2 < 12, (abs(yy - 6) < 4) & (abs(xx - 6) < 4),
+              (yy == xx) | (yy == 11 - xx), yy % 3 == 0]
+    for i, c in enumerate(y):
+        x[i, c % 3][shapes[c]] = 250
+    return x, y
+
+
+def _folder(tmp_path, **kw):
+    return save_folder_dataset(tmp_path / "mine", CLASSES, _images(96, 0), _images(32, 1),
+                               groups={"round": ["circle"], "lines": ["cross", "stripes"]}, **kw)
+
+
+def test_folder_round_trips_with_its_vocabulary_and_statistics(tmp_path):
+    folder = _folder(tmp_path)
+    x, y, info = load_dataset("folder", "train", str(folder))
+    want_x, want_y = _images(96, 0)
+    assert torch.equal(x, torch.from_numpy(want_x)) and torch.equal(y, torch.from_numpy(want_y))
+    assert info.classes == CLASSES and info.input_shape == (3, 12, 12) and info.name == "mine"
+    assert info.groups["lines"] == ["cross", "stripes"]
+    assert info.mean == pytest.approx((want_x.mean(axis=(0, 2, 3)) / 255).tolist())
+    xt, yt, _ = load_dataset("folder", "test", str(folder))
+    assert xt.shape == (32, 3, 12, 12) and yt.dtype == torch.int64
+    gray = save_folder_dataset(tmp_path / "gray", ["a", "b"], (np.zeros((4, 5, 5), np.uint8), [0, 1, 0, 1]),
+                               (np.zeros((2, 5, 5), np.uint8), [1, 0]))
+    assert load_dataset("folder", "train", str(gray))[2].input_shape == (1, 5, 5)  # (N, H, W): one channel
+    with pytest.raises(OutputExistsError):
+        _folder(tmp_path)  # never replaced without force
+    _folder(tmp_path, force=True)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda x, y: (x.astype(np.float32), y), "must be uint8"),
+    (lambda x, y: (x, y[:-1]), "one per image"),
+    (lambda x, y: (x, y + 1), r"must lie in 0\.\.3"),
+    (lambda x, y: (x[:, :, :, :, None], y), "shape"),
+])
+def test_bad_arrays_are_refused_with_the_fix(tmp_path, bad, message):
+    with pytest.raises(DatasetError, match=message):
+        save_folder_dataset(tmp_path / "d", CLASSES, bad(*_images(8, 0)), _images(8, 1))
+    assert not (tmp_path / "d").exists()
+
+
+def test_reader_refuses_pickles_missing_files_and_a_missing_folder(tmp_path):
+    folder = _folder(tmp_path)
+    with pytest.raises(DatasetError, match="needs data.data_dir"):
+        load_dataset("folder", "train", None)
+    np.savez(folder / "test.npz", images=np.array([object()], dtype=object), labels=np.zeros(1, np.int64))
+    with pytest.raises(DatasetError, match="not a readable .npz of plain arrays"):
+        load_dataset("folder", "test", str(folder))
+    (folder / "train.npz").unlink()
+    with pytest.raises(DatasetError, match="lacks train.npz"):
+        load_dataset("folder", "train", str(folder))
+    with pytest.raises(ConfigError, match="folder"):
+        load_config(None, ["data.dataset=imagenet"])
+
+
+def test_own_data_trains_prunes_exports_and_evaluates(tmp_path):
+    folder = _folder(tmp_path)
+    cfg = load_config(ROOT / "configs" / "tiny.toml", [f"data.dataset=folder", f"data.data_dir={folder}",
+                                                       "data.val_size=16", "data.hflip=false",
+                                                       "train.batch_size=16", "train.epochs=1",
+                                                       "calib.batch_size=16", "train.eval_subtasks=1"])
+    model = train(cfg, tmp_path / "run", log=lambda m: None)
+    assert model.classes == CLASSES and model.info.input_shape == (3, 12, 12)
+    engine = PruningEngine.from_pretrained(tmp_path / "run")
+    summary = engine.export("lines", tmp_path / "art", ["safetensors", "onnx"])  # a group of your own, in words
+    assert summary["classes"] == ["cross", "stripes"] and 0 < summary["mac_ratio"] <= 1
+    net = engine.subnet(["cross", "stripes"])
+    assert net(torch.rand(2, 3, 12, 12)).shape == (2, 2)
+    r = subprocess.run([sys.executable, "-m", "hypersan", "eval", "--checkpoint", str(tmp_path / "run"),
+                        "--subtasks", "square,cross", "--json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)["subtasks"]
+    assert [row["classes"] for row in rows] == [["square", "cross"]]
