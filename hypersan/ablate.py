@@ -217,7 +217,7 @@ class Ablation:
         if not finished:
             self.log(f"training {name}")
             t0 = time.perf_counter()
-            train(cfg, folder, resume=state.is_file(), log=lambda m: None)
+            train(cfg, folder, resume=state.is_file(), log=lambda m: self.log(f"  {name}: {m}"))
             atomic_write_json(folder.parent / f"{name}.time.json", {"train_s": time.perf_counter() - t0})
         tx = self.data()[0]
         engine = PruningEngine.from_pretrained(folder, images=tx, seed=seed)
@@ -240,7 +240,7 @@ class Ablation:
             rows = self._rows_fixed_body(engine, engine.subnet(None, fold_bn=True, seed=seed), subtasks, x, y,
                                          method, seed, gamma)
         else:
-            r = evaluate(engine, x, y, subtasks, progress=False, seed=seed)
+            r = evaluate(engine, x, y, subtasks, progress=False, seed=seed, log=lambda m: self.log(f"  {step}: {m}"))
             rows = [self._row(method, seed, gamma, s) for s in r["subtasks"]]
             for row, t in zip(rows, subtasks):
                 t0 = time.perf_counter()
@@ -342,7 +342,9 @@ class Ablation:
         stats = dense.statistics(None, seed=seed)
         spec = dense.calib_spec(seed)
         rows = []
-        for t, target in targets.items():
+        for i, (t, target) in enumerate(targets.items(), 1):
+            self.log(f"  {step}: [{i}/{len(targets)}] {','.join(dense.model.classes[c] for c in t)} "
+                     f"at MAC ratio {target:.3f}: {', '.join(methods)}")
             base = prune_backbone(dense.model.backbone, None, t, bn_stats=stats, fold_bn=False,
                                   input_shape=dense.model.info.input_shape)
             for method in methods:
@@ -382,6 +384,7 @@ class Ablation:
                               input_shape=dense.model.info.input_shape)
         rows = []
         for ratio in self.cfg.baselines.agnostic_mac_ratios:
+            self.log(f"  {step}: MAC ratio {ratio:g}")
             net = baselines.magnitude_prune(base, ratio, dense_macs=plain_cost(dense, None)["dense_macs"])
             baselines.recalibrate_bn(net, spec.stream(tx, torch.device("cpu")))
             rows += self._rows_fixed_body(dense, net.eval(), self.subtasks(dense.model), x, y, "agnostic_tp", seed,
@@ -400,8 +403,10 @@ class Ablation:
                and r["phrasing"] == "canonical"][:n]
         tx, ty, x, y = self.data()
         rows = []
-        for r in ref:
+        for i, r in enumerate(ref, 1):
             t = tuple(r["indices"])
+            self.log(f"  {step}: [{i}/{len(ref)}] training {r['classes'].replace('|', ',')} from scratch at MAC "
+                     f"ratio {r['mac_ratio']:.3f}")
             t0 = time.perf_counter()
             net = train_scratch(dense.model.backbone.arch, t, r["mac_ratio"], tx, ty,
                                 epochs=self.cfg.baselines.scratch_epochs, seed=seed,

@@ -37,9 +37,14 @@ latency_subtasks = 1
 def test_quick_ablation_writes_every_methods_rows_and_the_reports(tmp_path):
     pytest.importorskip("torch_pruning")
     (tmp_path / "ab.toml").write_text(CONFIG)
-    ab = Ablation(load_ablation_config(tmp_path / "ab.toml"), tmp_path / "run", log=lambda m: None, root=ROOT)
+    lines: list[str] = []
+    ab = Ablation(load_ablation_config(tmp_path / "ab.toml"), tmp_path / "run", log=lines.append, root=ROOT)
     ab.prepare()
     r = ab.run(progress=False)
+    # off a terminal every long step says what it is doing: epochs, subtasks, subsets, ratios, scratch nets
+    for pattern in ("  hypernet-g0.5-s0: {", "  eval-hypernet-g0.5-s0: [1/", "  eval-per_subset-s0: [1/",
+                    "  eval-agnostic_tp-s0: MAC ratio 0.5", "  eval-scratch-s0: [1/1] training"):
+        assert any(ln.startswith(pattern) for ln in lines), pattern
     with open(r["csv"]) as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == CSV_COLUMNS
