@@ -56,7 +56,7 @@ class GeneratorConfig:
 class LossConfig:
     beta: float = 4.0  # BCE weight on the classes of the sample's subtask
     gamma: float = 0.05  # weight of the L1 sparsity term on utilities
-    gamma_size: str = "constant"  # constant | linear: per-sample gamma * (|C| - |T|) / (|C| - 1)
+    gamma_size: str = "constant"  # constant | linear: per-sample gamma * (|C| - |T|) / (|C| - 1) | quadratic: its square
 
 
 @dataclass
@@ -318,7 +318,7 @@ def validate(cfg: Config) -> None:
     if cfg.generator.kind == "pertask" and cfg.generator.conditioning != "multihot":
         raise ConfigError("generator.kind = 'pertask' learns one vector per basic subtask and needs "
                           "generator.conditioning = 'multihot'; use kind = 'hypernet' for text conditioning")
-    choice(cfg.loss.gamma_size, ("constant", "linear"), "loss.gamma_size")
+    choice(cfg.loss.gamma_size, ("constant", "linear", "quadratic"), "loss.gamma_size")
     choice(cfg.train.optimizer, ("sgd", "adamw"), "train.optimizer")
     for key in numeric_fields():
         section, name = key.split(".")

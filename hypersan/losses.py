@@ -18,11 +18,16 @@ def subtask_weighted_bce(logits: Tensor, labels: Tensor, in_task: Tensor, beta: 
     return ((w * per).sum(dim=1) / alpha).mean()
 
 
+SIZE_MODES = ("constant", "linear", "quadratic")  # loss.gamma_size
+
+
 def sparsity_weights(task_sizes: Tensor, num_classes: int, gamma: float, mode: str) -> Tensor:
     """Per-sample weight of the utility L1 term: gamma, or (mode "linear") gamma * (|C| - |T|) / (|C| - 1),
-    so that larger subtasks are pushed less hard towards small networks."""
-    if mode not in ("constant", "linear"):
-        raise ValueError(f"gamma_size mode {mode!r}; choose 'constant' or 'linear'")
+    so that larger subtasks are pushed less hard towards small networks, or (mode "quadratic") gamma times the
+    square of that fraction: a stronger size dependence, which spares large subtasks more than small ones."""
+    if mode not in SIZE_MODES:
+        raise ValueError(f"gamma_size mode {mode!r}; choose one of {', '.join(SIZE_MODES)}")
     if mode == "constant" or num_classes == 1:
         return torch.full_like(task_sizes, gamma, dtype=torch.float32)
-    return gamma * (num_classes - task_sizes.float()) / (num_classes - 1)
+    share = (num_classes - task_sizes.float()) / (num_classes - 1)
+    return gamma * (share if mode == "linear" else share * share)

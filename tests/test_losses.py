@@ -39,5 +39,7 @@ def test_sparsity_weights_linear_and_constant():
     assert torch.allclose(linear, torch.tensor([0.05, 0.05 * 6 / 9, 0.0]))
     assert torch.equal(sparsity_weights(sizes, 10, 0.05, "constant"), torch.full((3,), 0.05))
     assert torch.equal(sparsity_weights(torch.tensor([1]), 1, 0.05, "linear"), torch.tensor([0.05]))
-    with pytest.raises(ValueError, match="gamma_size mode 'quadratic'"):
-        sparsity_weights(sizes, 10, 0.05, "quadratic")
+    quadratic = sparsity_weights(sizes, 10, 0.05, "quadratic")
+    assert torch.allclose(quadratic, torch.tensor([0.05, 0.05 * (6 / 9) ** 2, 0.0]))  # large subtasks spared more
+    with pytest.raises(ValueError, match="gamma_size mode 'cubic'"):
+        sparsity_weights(sizes, 10, 0.05, "cubic")
