@@ -26,7 +26,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 
-def measure(checkpoint: str, split: str, per_size: int, seed: int = 0, log=print) -> dict:
+def measure(checkpoint: str, split: str, per_size: int, seed: int = 0, log=print,
+            max_pairs: int | None = None) -> dict:
+    """Rows of every pair (the first `max_pairs` of them, if given) and `per_size` subtasks of every other size,
+    adaptive beside agnostic, and their means by size."""
     import itertools
 
     import torch
@@ -46,7 +49,7 @@ def measure(checkpoint: str, split: str, per_size: int, seed: int = 0, log=print
     else:
         x, y, _ = load_dataset(cfg.data.dataset, "test", cfg.data.data_dir or None)
     k = len(model.classes)
-    subtasks = [tuple(p) for p in itertools.combinations(range(k), 2)]
+    subtasks = [tuple(p) for p in itertools.combinations(range(k), 2)][:max_pairs]
     for size in range(1, k + 1):
         if size != 2:
             subtasks += [model.classes_of(b) for b in sample_combinations(len(model.basic), size, per_size, seed)]
