@@ -87,7 +87,47 @@ def question1(rows, gamma) -> list[str]:
               f"hypernet − pertask accuracy: {fmt(gap, digits=2)} pt; hypernet / pertask mac_ratio: {fmt(rel)}. "
               f"Target (within 0.5 pt at ≤ 0.8×): accuracy {'met' if ok else 'missed'}, MACs "
               f"{'met' if statistics.mean(rel) <= 0.8 else 'missed'}.", ""]
-    return lines
+    return lines + sweep_question1(rows)
+
+
+def _interp_acc(points: list[tuple[float, float]], mac: float) -> float | None:
+    """The accuracy a (mac, acc) sweep curve gives at `mac` (linear between points); None outside it."""
+    pts = sorted(points)
+    for (m0, a0), (m1, a1) in zip(pts, pts[1:]):
+        if m0 <= mac <= m1:
+            return a0 + (a1 - a0) * (mac - m0) / (m1 - m0) if m1 > m0 else max(a0, a1)
+    return None
+
+
+def sweep_question1(rows) -> list[str]:
+    """Question 1 along the gamma sweep (first seed): each per-task point against the hypernetwork's curve at
+    0.8x that point's MACs."""
+    first = min(r["seed"] for r in rows)
+    curves = {}
+    for m in ("hypernet", "pertask"):
+        by = defaultdict(list)
+        for r in select(rows, m, seed=first, seen=False, size=lambda s: s >= 3):
+            by[r["gamma"]].append(r)
+        curves[m] = {g: (statistics.mean(r["mac_ratio"] for r in v), statistics.mean(r["acc"] for r in v))
+                     for g, v in sorted(by.items())}
+    if len(curves["hypernet"]) < 2 or not curves["pertask"]:
+        return []
+    lines = [f"Along the γ sweep (seed {first}, held-out, size ≥ 3):", "",
+             "| method | γ | mac_ratio | acc |", "|---|---|---|---|"]
+    for m, c in curves.items():
+        lines += [f"| {m} | {g:g} | {mac:.3f} | {acc:.4f} |" for g, (mac, acc) in c.items()]
+    lines += ["", "| per-task point | its mac_ratio | its acc | hypernet acc at 0.8× those MACs | gap (pt) |",
+              "|---|---|---|---|---|"]
+    pts = list(curves["hypernet"].values())
+    for g, (mac, acc) in curves["pertask"].items():
+        h = _interp_acc(pts, 0.8 * mac)
+        if h is None:
+            top = max(pts)
+            lines.append(f"| γ = {g:g} | {mac:.3f} | {acc:.4f} | outside the hypernet's sweep (its largest: "
+                         f"{top[1]:.4f} at {top[0]:.3f}) | {100 * (top[1] - acc):+.2f} at {top[0] / mac:.2f}× |")
+        else:
+            lines.append(f"| γ = {g:g} | {mac:.3f} | {acc:.4f} | {h:.4f} | {100 * (h - acc):+.2f} |")
+    return lines + [""]
 
 
 def question2(rows, gamma) -> list[str]:
