@@ -82,7 +82,7 @@ def test_reader_refuses_pickles_missing_files_and_a_missing_folder(tmp_path):
 
 def test_own_data_trains_prunes_exports_and_evaluates(tmp_path):
     folder = _folder(tmp_path)
-    cfg = load_config(ROOT / "configs" / "tiny.toml", [f"data.dataset=folder", f"data.data_dir={folder}",
+    cfg = load_config(ROOT / "configs" / "tiny.toml", ["data.dataset=folder", f"data.data_dir={folder}",
                                                        "data.val_size=16", "data.hflip=false",
                                                        "train.batch_size=16", "train.epochs=1",
                                                        "calib.batch_size=16", "train.eval_subtasks=1"])

@@ -17,7 +17,6 @@ the models of a sweep (or of remedies) to compare settings.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
