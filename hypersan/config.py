@@ -52,6 +52,9 @@ class GeneratorConfig:
     keep_multiple: int = 1  # kept counts rounded down to a multiple of this (16: AVX-512 conv blocks)
 
 
+GAMMA_SIZE_MODES = ("constant", "linear", "quadratic")  # loss.gamma_size (see losses.sparsity_weights)
+
+
 @dataclass
 class LossConfig:
     beta: float = 4.0  # BCE weight on the classes of the sample's subtask
@@ -318,7 +321,7 @@ def validate(cfg: Config) -> None:
     if cfg.generator.kind == "pertask" and cfg.generator.conditioning != "multihot":
         raise ConfigError("generator.kind = 'pertask' learns one vector per basic subtask and needs "
                           "generator.conditioning = 'multihot'; use kind = 'hypernet' for text conditioning")
-    choice(cfg.loss.gamma_size, ("constant", "linear", "quadratic"), "loss.gamma_size")
+    choice(cfg.loss.gamma_size, GAMMA_SIZE_MODES, "loss.gamma_size")
     choice(cfg.train.optimizer, ("sgd", "adamw"), "train.optimizer")
     for key in numeric_fields():
         section, name = key.split(".")

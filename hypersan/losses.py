@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .config import GAMMA_SIZE_MODES
+
 
 def subtask_weighted_bce(logits: Tensor, labels: Tensor, in_task: Tensor, beta: float) -> Tensor:
     """Mean over samples of the class-summed BCE with weight beta on the sample's subtask classes and 1
@@ -18,15 +20,12 @@ def subtask_weighted_bce(logits: Tensor, labels: Tensor, in_task: Tensor, beta: 
     return ((w * per).sum(dim=1) / alpha).mean()
 
 
-SIZE_MODES = ("constant", "linear", "quadratic")  # loss.gamma_size
-
-
 def sparsity_weights(task_sizes: Tensor, num_classes: int, gamma: float, mode: str) -> Tensor:
     """Per-sample weight of the utility L1 term: gamma, or (mode "linear") gamma * (|C| - |T|) / (|C| - 1),
     so that larger subtasks are pushed less hard towards small networks, or (mode "quadratic") gamma times the
     square of that fraction: a stronger size dependence, which spares large subtasks more than small ones."""
-    if mode not in SIZE_MODES:
-        raise ValueError(f"gamma_size mode {mode!r}; choose one of {', '.join(SIZE_MODES)}")
+    if mode not in GAMMA_SIZE_MODES:
+        raise ValueError(f"gamma_size mode {mode!r}; choose one of {', '.join(GAMMA_SIZE_MODES)}")
     if mode == "constant" or num_classes == 1:
         return torch.full_like(task_sizes, gamma, dtype=torch.float32)
     share = (num_classes - task_sizes.float()) / (num_classes - 1)
