@@ -1,24 +1,32 @@
 """The ablation runner: hypernetwork vs per-task masks vs per-subset pruning, on seen and held-out class sets.
 
 `run_ablation(config, out)` trains every jointly trained method (same backbone, schedule, held-out
-combinations and validation split), evaluates every method on the same subtasks of the test split, and
-writes `results.csv`, `table.md` and PNG plots into `out`. Work is split into steps; each step writes its
+combinations and validation split), evaluates every method on the same subtasks of the validation split (for
+choices) and of the test split (for conclusions; the `split` column), and writes `results.csv` (raw
+accuracies), `table.md` (every gap against one reference: the separately trained dense net on the same
+classes) and PNG plots into `out`. Work is split into steps; each step writes its
 rows atomically to `out/steps/<step>.json` and is never redone once there, and training runs resume from
 their last epoch, so the runner can be stopped and started again at any point.
 
 Methods (the `method` column):
 - `hypernet`, `hypernet_text`, `pertask`: jointly trained generators (multi-hot, text-conditioned, per-task
   max / MaxAbs), each subtask through its own pruned net;
-- `dense`: the same backbone trained without masks: the ceiling, and the net the per-subset baselines prune;
-- `tp`, `tp_ft`, `random`: the dense net pruned per subset with Torch-Pruning (L1 magnitude over coupled
-  channel groups; then fine-tuned on the subset's images) or at random, to the hypernetwork's `mac_ratio`
-  for the same subset, BN recalibrated;
+- `dense`: the same backbone trained without masks: the reference of every gap, and the net the per-subset
+  baselines prune;
+- per-subset pruning of the dense net to the hypernetwork's `mac_ratio` for the same subset, BN recalibrated:
+  - `tp_subset`: Torch-Pruning at full strength (Taylor importance on the subset's loss, global allocation,
+    iterative stages with fine-tuning between them; `baselines.subset_prune`), `tp_subset_ft` and
+    `tp_subset_ft_long` with a short and a generous fine-tune after it;
+  - `tp_l1_uniform`, `tp_l1_uniform_ft`: one-shot L1 magnitude at uniform widths (the same channels for every
+    subset), without and with the short fine-tune; `random`: random channels at uniform widths;
+  - every fine-tune uses the hypernetwork's objective (BCE, other classes' images as negatives);
 - `agnostic_hypernet`, `agnostic_tp`: one mask for every subtask, only the head cut to the subtask (the
   hypernetwork's all-classes mask; Torch-Pruning on the dense net for all classes, swept over MACs);
 - `scratch`: a small net per subtask trained from scratch at the hypernetwork's MACs (a sample of pairs).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import random
@@ -43,10 +51,9 @@ from .train import split_training_data, train
 
 ABLATION_KIND = "ablation"
 JOINT = ("dense", "hypernet", "hypernet_text", "pertask")
-ALL_METHODS = (*JOINT, "tp", "tp_ft", "random", "agnostic_hypernet", "agnostic_tp", "scratch")
-COLUMNS = ["method", "seed", "gamma", "classes", "size", "seen", "acc", "dense_acc", "map", "dense_map",
-           "mac_ratio", "param_ratio", "fp_rate", "dense_fp_rate", "target_mac_ratio", "phrasing", "build_s",
-           "train_s", "latency_ratio"]
+PER_SUBSET = ("tp_subset", "tp_subset_ft", "tp_subset_ft_long", "tp_l1_uniform", "tp_l1_uniform_ft", "random")
+ALL_METHODS = (*JOINT, *PER_SUBSET, "agnostic_hypernet", "agnostic_tp", "scratch")
+SPLITS = ("val", "test")
 
 
 @dataclass
@@ -74,15 +81,28 @@ class SubtaskSection:
 
 @dataclass
 class BaselineSection:
-    finetune_steps: int = 200
+    finetune_steps: int = 200  # the short fine-tune (`*_ft`): SGD steps of batch 128, cosine learning rate
+    finetune_steps_long: int = 2000  # the generous one (`tp_subset_ft_long`)
     finetune_lr: float = 0.01
+    # tp_subset (baselines.subset_prune): importance, stages of the iterative schedule, fine-tuning steps between
+    # them, the share of a layer's channels it may prune at most (a floor: no layer is emptied)
+    subset_importance: str = "taylor"
+    subset_stages: int = 5
+    subset_stage_steps: int = 50
+    subset_max_pruning_ratio: float = 0.95
+    # the subtask sizes the per-subset baselines run on (empty: every evaluated subtask), and at most this many
+    # subtasks of each size and kind (seen / held-out; 0: all); the budget's lever
+    subset_sizes: list[int] = field(default_factory=list)
+    subset_per_size: int = 0
     agnostic_mac_ratios: list[float] = field(default_factory=lambda: [0.05, 0.08, 0.1, 0.15, 0.2, 0.3])
     scratch_subtasks: int = 4
     scratch_epochs: int = 5
     latency_subtasks: int = 4
+    build_subtasks: int = 0  # subtasks whose cold / warm build time every jointly trained method measures (0: the
+    # per-subset baselines' subtasks)
     # per-subset baselines also run at every extra gamma of the sweep (first seed, no fine-tuning), each matched
     # to the hypernetwork's mac_ratio at that gamma: accuracy at equal MACs along the whole curve
-    sweep_methods: list[str] = field(default_factory=lambda: ["tp", "random"])
+    sweep_methods: list[str] = field(default_factory=lambda: ["tp_l1_uniform", "random"])
 
 
 @dataclass
@@ -99,10 +119,11 @@ def load_ablation_config(path: str | os.PathLike) -> AblationConfig:
     bad = [m for m in cfg.run.methods if m not in ALL_METHODS]
     if bad:
         raise ConfigError(f"run.methods: unknown {', '.join(bad)}; choose from {', '.join(ALL_METHODS)}")
-    needs = {"tp": "hypernet", "tp_ft": "hypernet", "random": "hypernet", "scratch": "hypernet",
-             "agnostic_hypernet": "hypernet"}
+    needs = {**{m: "hypernet" for m in PER_SUBSET}, "scratch": "hypernet", "agnostic_hypernet": "hypernet"}
+    if "dense" not in cfg.run.methods:
+        raise ConfigError("run.methods must list dense: it is the reference of every gap")
     for m in cfg.run.methods:
-        for dep in (needs.get(m), "dense" if m in ("tp", "tp_ft", "random", "agnostic_tp") else None):
+        for dep in (needs.get(m), "dense" if m in (*PER_SUBSET, "agnostic_tp") else None):
             if dep and dep not in cfg.run.methods:
                 raise ConfigError(f"run.methods: {m} needs {dep} (its reference), which is not listed")
     for name, listed in (("run.first_seed_only", cfg.run.first_seed_only),
@@ -110,14 +131,21 @@ def load_ablation_config(path: str | os.PathLike) -> AblationConfig:
         bad = [m for m in listed if m not in ALL_METHODS]
         if bad:
             raise ConfigError(f"{name}: unknown {', '.join(bad)}; choose from {', '.join(ALL_METHODS)}")
-    bad = [m for m in cfg.baselines.sweep_methods if m not in ("tp", "tp_ft", "random")]
+    bad = [m for m in cfg.baselines.sweep_methods if m not in PER_SUBSET]
     if bad:
-        raise ConfigError(f"baselines.sweep_methods: {', '.join(bad)} is not a per-subset baseline (tp, tp_ft, "
-                          "random)")
+        raise ConfigError(f"baselines.sweep_methods: {', '.join(bad)} is not a per-subset baseline "
+                          f"({', '.join(PER_SUBSET)})")
+    if cfg.baselines.subset_importance not in ("taylor", "l1"):
+        raise ConfigError(f"baselines.subset_importance: {cfg.baselines.subset_importance!r}; choose taylor or l1")
+    if not 0 < cfg.baselines.subset_max_pruning_ratio < 1:
+        raise ConfigError("baselines.subset_max_pruning_ratio must lie in (0, 1)")
     if not cfg.run.seeds:
         raise ConfigError("run.seeds must list at least one seed")
-    for name, v in (("subtasks.per_size", cfg.subtasks.per_size), ("baselines.finetune_steps",
-                                                                     cfg.baselines.finetune_steps)):
+    for name, v in (("subtasks.per_size", cfg.subtasks.per_size),
+                    ("baselines.finetune_steps", cfg.baselines.finetune_steps),
+                    ("baselines.finetune_steps_long", cfg.baselines.finetune_steps_long),
+                    ("baselines.subset_stage_steps", cfg.baselines.subset_stage_steps),
+                    ("baselines.subset_per_size", cfg.baselines.subset_per_size)):
         if v < 0:
             raise ConfigError(f"{name} must be >= 0, got {v}")
     if any(g < 0 for g in [cfg.run.gamma, *cfg.run.gammas]):
@@ -169,13 +197,19 @@ class Ablation:
     def data(self):
         """(train_x, train_y, test_x, test_y) of the base config (training split minus validation)."""
         if self._data is None:
-            tx, ty, _, _, _ = split_training_data(self.base)
+            tx, ty, vx, vy, _ = split_training_data(self.base)
             d = self.base.data
             x, y, _ = load_dataset(d.dataset, "test", d.data_dir or None)
             if d.test_limit:
                 x, y = x[:d.test_limit], y[:d.test_limit]
             self._data = (tx, ty, x, y)
+            self._splits = {"val": (vx, vy), "test": (x, y)}
         return self._data
+
+    def splits(self) -> dict:
+        """{"val": (images, labels), "test": (...)}: every net is scored on both; choices are made on "val"."""
+        self.data()
+        return self._splits
 
     def subtasks(self, model) -> list[Subtask]:
         """The evaluated subtasks: per_size seen ones of every size, unseen_per_size held-out ones of 2..K-1."""
@@ -229,27 +263,34 @@ class Ablation:
         return read_json(f)["train_s"] if f.is_file() else None
 
     def eval_joint(self, method: str, seed: int, gamma: float) -> None:
-        """Rows of a jointly trained method on every subtask (and held-out phrasings for text)."""
+        """Rows of a jointly trained method on every subtask and split (and held-out phrasings for text), with
+        cold and warm build times."""
         step = f"eval-{method}-g{gamma:g}-s{seed}"
         if self.done(step):
             return
         engine = self.trained(method, seed, gamma)
-        _, _, x, y = self.data()
         subtasks = self.subtasks(engine.model)
-        if method == "dense":  # no masks: every subtask is the dense net with its head cut
-            rows = self._rows_fixed_body(engine, engine.subnet(None, fold_bn=True, seed=seed), subtasks, x, y,
-                                         method, seed, gamma)
-        else:
-            r = evaluate(engine, x, y, subtasks, progress=False, seed=seed, log=lambda m: self.log(f"  {step}: {m}"))
-            rows = [self._row(method, seed, gamma, s) for s in r["subtasks"]]
-            for row, t in zip(rows, subtasks):
-                t0 = time.perf_counter()
-                engine.subnet(t, fold_bn=True, seed=seed)  # statistics cached: masks + surgery + BN folding
-                row["build_s"] = time.perf_counter() - t0
-            for row, t in list(zip(rows, subtasks))[:self.cfg.baselines.latency_subtasks]:
-                row["latency_ratio"] = latency_ratio(engine, engine.subnet(t, fold_bn=True, seed=seed))
+        rows = []
+        for split, (x, y) in self.splits().items():
+            if method == "dense":  # no masks: every subtask is the dense net with its head cut
+                rows += self._rows_fixed_body(engine, engine.subnet(None, fold_bn=True, seed=seed), subtasks, x, y,
+                                              method, seed, gamma, split=split)
+                continue
+            r = evaluate(engine, x, y, subtasks, progress=False, seed=seed,
+                         log=lambda m: self.log(f"  {step} ({split}): {m}"))
+            rows += [self._row(method, seed, gamma, s, split=split) for s in r["subtasks"]]
             if method == "hypernet_text":
-                rows += self._heldout_phrasings(engine, subtasks, x, y, seed, gamma)
+                rows += self._heldout_phrasings(engine, subtasks, x, y, seed, gamma, split)
+        if method != "dense":
+            times = self.build_times(engine, self.build_subtasks(engine.model), seed)
+            for row in rows:
+                if row["phrasing"] == "canonical" and tuple(row["indices"]) in times:
+                    row["build_s"], row["build_warm_s"] = times[tuple(row["indices"])]
+            for t in subtasks[:self.cfg.baselines.latency_subtasks]:
+                ratio = latency_ratio(engine, engine.subnet(t, fold_bn=True, seed=seed))
+                for row in rows:
+                    if tuple(row["indices"]) == tuple(t) and row["phrasing"] == "canonical":
+                        row["latency_ratio"] = ratio
         tr = self.train_seconds(method, seed, gamma)
         for row in rows:
             row["train_s"] = tr
@@ -258,26 +299,63 @@ class Ablation:
             extra["monotonicity"] = monotonicity(engine, subtasks)
         self.save_step(step, rows, extra)
 
-    def _heldout_phrasings(self, engine, subtasks, x, y, seed, gamma) -> list[dict]:
+    def build_times(self, engine: PruningEngine, subtasks: list[Subtask], seed: int) -> dict:
+        """{subtask: (cold_s, warm_s)}: building a subtask's net (masks, BN calibration, surgery, BN folding) on an
+        engine that has never seen that class set (a fresh statistics cache), then again with its statistics
+        cached. The model is loaded and the calibration images are in memory in both, as in a running server."""
+        out = {}
+        tx = self.data()[0]
+        for t in subtasks:
+            fresh = PruningEngine(engine.model, images=tx, seed=seed)
+            t0 = time.perf_counter()
+            fresh.subnet(t, fold_bn=True, seed=seed)
+            cold = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            fresh.subnet(t, fold_bn=True, seed=seed)
+            out[tuple(t)] = (cold, time.perf_counter() - t0)
+        return out
+
+    def subset_subtasks(self, model) -> list[Subtask]:
+        """The subtasks the per-subset baselines run on: the evaluated ones of baselines.subset_sizes, at most
+        baselines.subset_per_size of each size and kind (seen / held-out)."""
+        b = self.cfg.baselines
+        out, count = [], {}
+        for t in self.subtasks(model):
+            key = (len(t), model.is_seen(t))
+            if b.subset_sizes and len(t) not in b.subset_sizes:
+                continue
+            if b.subset_per_size and count.get(key, 0) >= b.subset_per_size:
+                continue
+            count[key] = count.get(key, 0) + 1
+            out.append(t)
+        return out
+
+    def build_subtasks(self, model) -> list[Subtask]:
+        n = self.cfg.baselines.build_subtasks
+        return self.subtasks(model)[:n] if n else self.subset_subtasks(model)
+
+    def _heldout_phrasings(self, engine, subtasks, x, y, seed, gamma, split) -> list[dict]:
         out = []
         for t in subtasks:
             rng = random.Random(f"heldout:{seed}:{t}")
             text = describe(t, engine.model.info, rng, "heldout")
             net = engine.subnet(list(t), fold_bn=True, text=text, seed=seed)
-            row = self._score(engine, net, t, x, y)
-            out.append(self._row("hypernet_text", seed, gamma, row, phrasing="heldout"))
+            row = self._score(engine, net, t, x, y, split=split)
+            out.append(self._row("hypernet_text", seed, gamma, row, phrasing="heldout", split=split))
         return out
 
     def _score(self, engine: PruningEngine, net: nn.Module, t: Subtask, x, y, foreign: bool = False,
-               logits: Optional[torch.Tensor] = None) -> dict:
-        """acc / map / fp_rate / costs of a plain net of subtask t, beside the engine's dense net. A `foreign` net
-        (pruned by another library) is counted on itself with BN kept; hypersan's nets by their widths, which
-        gives the same count (tests/test_metrics.py). `logits`: the net's test logits, when already known."""
+               logits: Optional[torch.Tensor] = None, split: str = "test") -> dict:
+        """acc / map / fp_rate / costs of a plain net of subtask t on (x, y) of `split`, beside the net of the
+        engine's backbone without masks (`backbone_*`: a second reference; the report's gaps are against the
+        dense method's rows). A `foreign` net (pruned by another library) is counted on itself with BN kept;
+        hypersan's nets by their widths, which gives the same count (tests/test_metrics.py). `logits`: the net's
+        logits, when already known."""
         n_cls = len(engine.model.classes)
         full = torch.full((len(x), n_cls), float("-inf"))
         full[:, list(t)] = plain_logits(net, x) if logits is None else logits
         got = subtask_metrics(full, y, t)
-        ref = subtask_metrics(self.dense_logits(engine), y, t)
+        ref = subtask_metrics(self.dense_logits(engine, split), y, t)
         cost = plain_cost(engine, net) if foreign else engine.cost(net)
         return {"classes": [engine.model.classes[i] for i in t], "indices": list(t), "size": len(t),
                 "seen": engine.model.is_seen(t),
@@ -287,25 +365,25 @@ class Ablation:
                 "dense_map": ref["map"], "fp_rate": got["fp_rate"], "dense_fp_rate": ref["fp_rate"],
                 "mac_ratio": cost["mac_ratio"], "param_ratio": cost["param_ratio"]}
 
-    def dense_logits(self, engine: PruningEngine) -> torch.Tensor:
-        """Test logits of an engine's dense net (cached): the dense_acc reference of the rows built from it."""
-        key = id(engine)
+    def dense_logits(self, engine: PruningEngine, split: str = "test") -> torch.Tensor:
+        """Logits of an engine's backbone without masks on a split (cached)."""
+        key = (id(engine), split)
         cache = self.__dict__.setdefault("_dense_logits", {})
         if key not in cache:
             net = engine.subnet(None, fold_bn=True, seed=engine.seed)
-            cache[key] = plain_logits(net, self.data()[2])
+            cache[key] = plain_logits(net, self.splits()[split][0])
         return cache[key]
 
     def _rows_fixed_body(self, engine, body: nn.Module, subtasks, x, y, method, seed, gamma, foreign: bool = False,
-                         target: Optional[float] = None) -> list[dict]:
-        """Rows of one all-classes plain net reused for every subtask, only its head cut: one pass over the test
+                         target: Optional[float] = None, split: str = "test") -> list[dict]:
+        """Rows of one all-classes plain net reused for every subtask, only its head cut: one pass over the
         images, whose logits restricted to a subtask's classes are the cut net's (cut_head drops head rows)."""
         logits = plain_logits(body, x)
         rows = []
         for t in subtasks:
             cut = cut_head(body, t)
-            r = self._score(engine, cut, t, x, y, foreign=foreign, logits=logits[:, sorted(t)])
-            rows.append(self._row(method, seed, gamma, r, target=target))
+            r = self._score(engine, cut, t, x, y, foreign=foreign, logits=logits[:, sorted(t)], split=split)
+            rows.append(self._row(method, seed, gamma, r, target=target, split=split))
         return rows
 
     # ------------------------------------------------------------ baselines
@@ -316,55 +394,92 @@ class Ablation:
             return
         gamma = self.cfg.run.gamma
         engine = self.trained("hypernet", seed, gamma)
-        _, _, x, y = self.data()
         every = tuple(range(len(engine.model.classes)))
         body = engine.subnet(every, fold_bn=True, seed=seed)
-        rows = self._rows_fixed_body(engine, body, self.subtasks(engine.model), x, y, "agnostic_hypernet", seed,
-                                     gamma)
+        rows = []
+        for split, (x, y) in self.splits().items():
+            rows += self._rows_fixed_body(engine, body, self.subtasks(engine.model), x, y, "agnostic_hypernet", seed,
+                                          gamma, split=split)
         self.save_step(step, rows)
 
     def eval_per_subset(self, seed: int, gamma: Optional[float] = None,
                         methods: Optional[list[str]] = None) -> None:
-        """Torch-Pruning (with and without fine-tuning) and random pruning of the dense net, per subset, at the
-        hypernetwork's mac_ratio for that subset (at `gamma`, by default the main one)."""
+        """The per-subset pruning baselines of the dense net, at the hypernetwork's mac_ratio for each subset
+        (at `gamma`, by default the main one). A method's build time is everything it takes for a new class set:
+        pruning, fine-tuning and BN calibration; nothing is cached across subsets, so warm = cold."""
         from . import baselines
 
         main = gamma is None
         gamma = self.cfg.run.gamma if main else gamma
-        methods = [m for m in (methods or ("tp", "tp_ft", "random")) if m in self.cfg.run.methods]
+        c = self.cfg.run
+        methods = [m for m in (methods or PER_SUBSET) if m in c.methods
+                   and (seed == c.seeds[0] or m not in c.first_seed_only)]
         step = f"eval-per_subset-s{seed}" if main else f"eval-per_subset-g{gamma:g}-s{seed}"
         if not methods or self.done(step):
             return
+        b = self.cfg.baselines
         dense = self.trained("dense", seed, self.cfg.run.gamma)
+        wanted = set(self.subset_subtasks(dense.model))
         targets = {tuple(r["indices"]): r["mac_ratio"] for r in self.rows(f"eval-hypernet-g{gamma:g}-s{seed}")
-                   if r["phrasing"] == "canonical"}
-        tx, ty, x, y = self.data()
+                   if r["phrasing"] == "canonical" and r["split"] == "test" and tuple(r["indices"]) in wanted}
+        tx, ty, _, _ = self.data()
         stats = dense.statistics(None, seed=seed)
         spec = dense.calib_spec(seed)
+        dense_macs = plain_cost(dense, None)["dense_macs"]
+        d = self.base.data
+        ft_args = dict(lr=b.finetune_lr, seed=seed, beta=self.base.loss.beta, crop_padding=d.crop_padding,
+                       hflip=d.hflip)
+
+        def finish(net, t0, ft=None, prune_seen=0) -> tuple:
+            baselines.recalibrate_bn(net, spec.stream(tx, torch.device("cpu")))
+            return net.eval(), time.perf_counter() - t0, ft, prune_seen
+
+        def tuned(net, t, steps, t0, prune_seen=0) -> tuple:
+            net = copy.deepcopy(net)
+            ft = baselines.finetune(net, tx, ty, t, steps=steps, **ft_args)
+            return finish(net, t0, ft, prune_seen)
+
         rows = []
         for i, (t, target) in enumerate(targets.items(), 1):
             self.log(f"  {step}: [{i}/{len(targets)}] {','.join(dense.model.classes[c] for c in t)} "
                      f"at MAC ratio {target:.3f}: {', '.join(methods)}")
             base = prune_backbone(dense.model.backbone, None, t, bn_stats=stats, fold_bn=False,
                                   input_shape=dense.model.info.input_shape)
-            for method in methods:
+            built = {}
+            if {"tp_subset", "tp_subset_ft", "tp_subset_ft_long"} & set(methods):
                 t0 = time.perf_counter()
-                if method == "random":
-                    net = baselines.random_prune(base, target, dense_macs=plain_cost(dense, None)["dense_macs"],
-                                                 seed=seed)
-                else:
-                    net = baselines.magnitude_prune(base, target, dense_macs=plain_cost(dense, None)["dense_macs"])
-                ft = None
-                if method == "tp_ft" and self.cfg.baselines.finetune_steps:
-                    ft = baselines.finetune(net, tx, ty, t, steps=self.cfg.baselines.finetune_steps,
-                                            lr=self.cfg.baselines.finetune_lr, seed=seed)
-                baselines.recalibrate_bn(net, spec.stream(tx, torch.device("cpu")))
-                build = time.perf_counter() - t0
-                row = self._row(method, seed, gamma, self._score(dense, net.eval(), t, x, y, foreign=True),
-                                target=target)
-                row["build_s"] = build
-                row["train_s"] = None if ft is None else ft["wall_s"]
-                rows.append(row)
+                net = baselines.subset_prune(base, t, tx, ty, target, dense_macs, stages=b.subset_stages,
+                                             stage_steps=b.subset_stage_steps, importance=b.subset_importance,
+                                             max_pruning_ratio=b.subset_max_pruning_ratio, **ft_args)
+                cost = time.perf_counter() - t0
+                seen = net.prune_log["images_seen"]
+                for m, steps in (("tp_subset", 0), ("tp_subset_ft", b.finetune_steps),
+                                 ("tp_subset_ft_long", b.finetune_steps_long)):
+                    if m in methods:
+                        t0 = time.perf_counter() - cost  # every variant pays for the pruning
+                        built[m] = tuned(net, t, steps, t0, seen) if steps else finish(copy.deepcopy(net), t0,
+                                                                                        None, seen)
+            if {"tp_l1_uniform", "tp_l1_uniform_ft"} & set(methods):
+                t0 = time.perf_counter()
+                net = baselines.magnitude_prune(base, target, dense_macs=dense_macs)
+                cost = time.perf_counter() - t0
+                if "tp_l1_uniform" in methods:
+                    built["tp_l1_uniform"] = finish(copy.deepcopy(net), time.perf_counter() - cost)
+                if "tp_l1_uniform_ft" in methods:
+                    built["tp_l1_uniform_ft"] = tuned(net, t, b.finetune_steps, time.perf_counter() - cost)
+            if "random" in methods:
+                t0 = time.perf_counter()
+                built["random"] = finish(baselines.random_prune(base, target, dense_macs=dense_macs, seed=seed), t0)
+            for method in methods:
+                net, build, ft, prune_seen = built[method]
+                for split, (x, y) in self.splits().items():
+                    row = self._row(method, seed, gamma, self._score(dense, net, t, x, y, foreign=True, split=split),
+                                    target=target, split=split)
+                    row["build_s"] = row["build_warm_s"] = build
+                    row["train_s"] = None if ft is None else ft["wall_s"]
+                    row["finetune_steps"] = 0 if ft is None else ft["steps"]
+                    row["images_seen"] = prune_seen + (0 if ft is None else ft["images_seen"])
+                    rows.append(row)
         self.save_step(step, rows)
 
     def eval_agnostic_tp(self, seed: int) -> None:
@@ -376,7 +491,7 @@ class Ablation:
             return
         gamma = self.cfg.run.gamma
         dense = self.trained("dense", seed, gamma)
-        tx, _, x, y = self.data()
+        tx = self.data()[0]
         stats = dense.statistics(None, seed=seed)
         spec = dense.calib_spec(seed)
         every = list(range(len(dense.model.classes)))
@@ -387,8 +502,9 @@ class Ablation:
             self.log(f"  {step}: MAC ratio {ratio:g}")
             net = baselines.magnitude_prune(base, ratio, dense_macs=plain_cost(dense, None)["dense_macs"])
             baselines.recalibrate_bn(net, spec.stream(tx, torch.device("cpu")))
-            rows += self._rows_fixed_body(dense, net.eval(), self.subtasks(dense.model), x, y, "agnostic_tp", seed,
-                                          gamma, foreign=True, target=ratio)
+            for split, (x, y) in self.splits().items():
+                rows += self._rows_fixed_body(dense, net.eval(), self.subtasks(dense.model), x, y, "agnostic_tp",
+                                              seed, gamma, foreign=True, target=ratio, split=split)
         self.save_step(step, rows)
 
     def eval_scratch(self, seed: int) -> None:
@@ -400,40 +516,58 @@ class Ablation:
         gamma = self.cfg.run.gamma
         dense = self.trained("dense", seed, gamma)
         ref = [r for r in self.rows(f"eval-hypernet-g{gamma:g}-s{seed}") if r["size"] == 2
-               and r["phrasing"] == "canonical"][:n]
-        tx, ty, x, y = self.data()
+               and r["phrasing"] == "canonical" and r["split"] == "test"][:n]
+        tx, ty, _, _ = self.data()
         rows = []
         for i, r in enumerate(ref, 1):
             t = tuple(r["indices"])
             self.log(f"  {step}: [{i}/{len(ref)}] training {r['classes'].replace('|', ',')} from scratch at MAC "
                      f"ratio {r['mac_ratio']:.3f}")
             t0 = time.perf_counter()
-            net = train_scratch(dense.model.backbone.arch, t, r["mac_ratio"], tx, ty,
-                                epochs=self.cfg.baselines.scratch_epochs, seed=seed,
-                                dense_macs=plain_cost(dense, None)["dense_macs"], base=self.base,
-                                input_shape=tuple(dense.model.info.input_shape))
-            row = self._row("scratch", seed, gamma, self._score(dense, net.eval(), t, x, y, foreign=True),
-                            target=r["mac_ratio"])
-            row["train_s"] = time.perf_counter() - t0
-            rows.append(row)
+            net, ft = train_scratch(dense.model.backbone.arch, t, r["mac_ratio"], tx, ty,
+                                    epochs=self.cfg.baselines.scratch_epochs, seed=seed,
+                                    dense_macs=plain_cost(dense, None)["dense_macs"], base=self.base,
+                                    input_shape=tuple(dense.model.info.input_shape))
+            wall = time.perf_counter() - t0
+            for split, (x, y) in self.splits().items():
+                row = self._row("scratch", seed, gamma, self._score(dense, net, t, x, y, foreign=True, split=split),
+                                target=r["mac_ratio"], split=split)
+                row["train_s"] = wall
+                row["finetune_steps"] = ft["steps"]
+                row["images_seen"] = ft["images_seen"]
+                rows.append(row)
         self.save_step(step, rows)
 
     # ------------------------------------------------------------ rows
     @staticmethod
     def _row(method: str, seed: int, gamma: float, r: dict, phrasing: str = "canonical",
-             target: Optional[float] = None) -> dict:
-        return {"method": method, "seed": seed, "gamma": gamma, "classes": "|".join(r["classes"]),
+             target: Optional[float] = None, split: str = "test") -> dict:
+        """One results.csv row: raw figures only. `backbone_*` are the method's own backbone without masks (for
+        the per-subset baselines: the dense net); gaps are computed by the report, against the dense method."""
+        return {"method": method, "seed": seed, "gamma": gamma, "split": split, "classes": "|".join(r["classes"]),
                 "indices": list(r["indices"]), "size": r["size"], "seen": r["seen"], "acc": r["acc"],
-                "dense_acc": r["dense_acc"], "map": r["map"], "dense_map": r["dense_map"], "mac_ratio": r["mac_ratio"],
-                "param_ratio": r["param_ratio"], "fp_rate": r.get("fp_rate"), "dense_fp_rate": r.get("dense_fp_rate"),
-                "target_mac_ratio": target, "phrasing": phrasing, "build_s": None, "train_s": None,
-                "latency_ratio": None, "widths": r.get("widths")}
+                "backbone_acc": r["dense_acc"], "map": r["map"], "backbone_map": r["dense_map"],
+                "mac_ratio": r["mac_ratio"], "param_ratio": r["param_ratio"], "fp_rate": r.get("fp_rate"),
+                "backbone_fp_rate": r.get("dense_fp_rate"), "target_mac_ratio": target, "phrasing": phrasing,
+                "build_s": None, "build_warm_s": None, "train_s": None, "finetune_steps": None,
+                "images_seen": None, "latency_ratio": None, "widths": r.get("widths")}
 
     # ------------------------------------------------------------ the whole run
     def run(self, progress: bool = True) -> dict:
         """Every step not yet done, then the reports; returns {"csv", "table", "plots"} paths."""
         from tqdm import tqdm
 
+        bar = tqdm(self.plan(), desc="ablation", disable=not progress)
+        for name, fn in bar:
+            bar.set_postfix_str(name)
+            fn()
+            self.log(f"done: {name}")
+        from .ablation_report import write_reports
+
+        return write_reports(self.out, self.all_rows(), self.extras())
+
+    def plan(self) -> list[tuple[str, Callable[[], None]]]:
+        """The steps in order: every step of the first seed (scratch nets included) before the next seed's."""
         c = self.cfg.run
         plan: list[tuple[str, Callable[[], None]]] = []
         for seed in c.seeds:
@@ -447,7 +581,8 @@ class Ablation:
                 plan.append((f"agnostic_tp seed {seed}", lambda seed=seed: self.eval_agnostic_tp(seed)))
         first = c.seeds[0]
         if "scratch" in c.methods:
-            plan.append(("scratch", lambda: self.eval_scratch(first)))
+            last = max(i for i, (name, _) in enumerate(plan) if name.endswith(f"seed {first}"))
+            plan.insert(last + 1, ("scratch", lambda: self.eval_scratch(first)))
         for g in c.gammas:
             for m in ("hypernet", "pertask"):
                 if m in c.methods:
@@ -455,14 +590,7 @@ class Ablation:
             if "hypernet" in c.methods and self.cfg.baselines.sweep_methods:
                 plan.append((f"per-subset pruning gamma {g:g}",
                              lambda g=g: self.eval_per_subset(first, g, self.cfg.baselines.sweep_methods)))
-        bar = tqdm(plan, desc="ablation", disable=not progress)
-        for name, fn in bar:
-            bar.set_postfix_str(name)
-            fn()
-            self.log(f"done: {name}")
-        from .ablation_report import write_reports
-
-        return write_reports(self.out, self.all_rows(), self.extras())
+        return plan
 
     def all_rows(self) -> list[dict]:
         out = []
@@ -526,38 +654,26 @@ def scratch_widths(arch: dict, target_mac_ratio: float, num_classes: int, dense_
 
 
 def train_scratch(arch: dict, classes: Subtask, target_mac_ratio: float, images, labels, epochs: int, seed: int,
-                  dense_macs: int, base: Config, input_shape: tuple[int, ...]) -> nn.Module:
-    """A plain net of uniformly scaled widths at the target MACs, trained from scratch on the subset's training
-    images (cross-entropy over its classes), with the base config's optimizer settings and augmentation."""
-    from .data import augment, to_float
+                  dense_macs: int, base: Config, input_shape: tuple[int, ...]) -> tuple[nn.Module, dict]:
+    """(net, log): a plain net of uniformly scaled widths at the target MACs, trained from scratch with the
+    hypernetwork's objective (baselines.subset_loss: BCE over its classes, every training image, other classes'
+    as negatives) for `epochs` passes over the training images, with the base config's optimizer settings,
+    warm-up and augmentation."""
+    from .baselines import sgd_steps, subset_loss
     from .subnet import build_plain
-    from .train import lr_factor
 
     widths = scratch_widths(arch, target_mac_ratio, len(classes), dense_macs, input_shape)
     torch.manual_seed(seed)
-    cls = torch.tensor(sorted(classes))
-    net = build_plain(dict(arch, site_widths=widths, num_classes=len(cls)), [str(c) for c in cls.tolist()])
+    cls = sorted(classes)
+    net = build_plain(dict(arch, site_widths=widths, num_classes=len(cls)), [str(c) for c in cls])
     net.input_shape = list(input_shape)
-    keep = torch.isin(labels, cls)
-    x, y = images[keep], torch.searchsorted(cls, labels[keep])
     t, d = base.train, base.data
-    opt = torch.optim.SGD(net.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=True)
-    steps = max(1, -(-len(x) // t.batch_size))
-    gen = torch.Generator().manual_seed(seed)
-    net.train()
-    for epoch in range(epochs):
-        perm = torch.randperm(len(x), generator=gen)
-        for i in range(steps):
-            for g in opt.param_groups:
-                g["lr"] = t.lr * lr_factor(epoch * steps + i, epochs * steps, steps // 2)
-            idx = perm[i * t.batch_size:(i + 1) * t.batch_size]
-            xb = augment(to_float(x[idx]), d.crop_padding, d.hflip, gen)
-            loss = nn.functional.cross_entropy(net(xb), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    per_epoch = max(1, -(-len(images) // t.batch_size))
+    log = sgd_steps(net, subset_loss(net, images, labels, cls, base.loss.beta, d.crop_padding, d.hflip),
+                    len(images), epochs * per_epoch, t.lr, t.batch_size, seed, momentum=t.momentum,
+                    weight_decay=t.weight_decay, warmup=per_epoch // 2)
     net.site_widths_kept = widths
-    return net.eval()
+    return net.eval(), log
 
 
 def latency_ratio(engine: PruningEngine, net: nn.Module, batch: int = 256, repeats: int = 10) -> float:

@@ -1,5 +1,12 @@
-"""Per-subset structured-pruning baselines: Torch-Pruning (L1 magnitude over coupled channel groups) and random
-pruning of a plain dense net to a MAC budget, BN recalibration, and a short fine-tune.
+"""Per-subset structured-pruning baselines: Torch-Pruning of a plain dense net to a MAC budget, BN recalibration,
+and fine-tuning with the hypernetwork's objective.
+
+- `subset_prune`: Torch-Pruning at full strength, per subset: Taylor importance on the subset's loss, global
+  allocation across layers with a per-layer floor, iterative pruning with fine-tuning between the stages
+  (its `MetaPruner`);
+- `magnitude_prune` / `random_prune` (`prune_to`): one-shot, uniform widths, L1 magnitude or random choice of
+  channels (the same channels for every subset: class-agnostic);
+- `finetune`: SGD on the subset's BCE with every other class's images as negatives (`subset_loss`).
 
 These are what class-subset pruning looks like without a hypernetwork: prune the dense net for each subset with
 the structured-pruning library users reach for, then recalibrate or fine-tune. Torch-Pruning's dependency graph
@@ -156,28 +163,211 @@ def recalibrate_bn(net: nn.Module, batches: Iterable[Tensor]) -> nn.Module:
     return net.eval()
 
 
-def finetune(net: nn.Module, images: Tensor, labels: Tensor, classes: Sequence[int], steps: int, lr: float = 0.01,
-             batch_size: int = 128, seed: int = 0, crop_padding: int = 2, hflip: bool = True,
-             log: Optional[Callable[[str], None]] = None) -> dict:
-    """Fine-tune a plain net of `classes` on those classes' training images for `steps` SGD steps (cross-entropy
-    over its |T| logits, labels in ascending class order), in place; returns {"steps", "wall_s", "loss"}."""
+def subset_targets(labels: Tensor, classes: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """(cls, pos): the subset's classes ascending, and each label's position among them (-1: not in the subset,
+    an image that must fire no logit of the subset's net)."""
     cls = torch.tensor(sorted(int(c) for c in classes))
-    keep = torch.isin(labels, cls)
-    if not bool(keep.any()):
-        raise ValueError("no training image has a label in the subset")
-    x, y = images[keep], torch.searchsorted(cls, labels[keep])
+    pos = torch.searchsorted(cls, labels).clamp(max=len(cls) - 1)
+    return cls, torch.where(cls[pos] == labels, pos, torch.full_like(pos, -1))
+
+
+def sgd_steps(net: nn.Module, batch_loss: Callable[[Tensor], Tensor], n_images: int, steps: int, lr: float,
+              batch_size: int = 128, seed: int = 0, momentum: float = 0.9, weight_decay: float = 5e-4,
+              schedule: str = "cosine", warmup: int = 0) -> dict:
+    """The one SGD loop over a training subset: `steps` Nesterov steps, each on `batch_size` indices drawn
+    uniformly (seeded) from range(n_images) and scored by batch_loss(indices, generator). The learning rate follows
+    `schedule` ("cosine": decays to 0 over the steps after `warmup` linear warm-up steps; "constant").
+    Trains in place; returns {"steps", "images_seen", "wall_s", "loss"}."""
+    from .train import lr_factor
+
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
     t0 = time.perf_counter()
     net.train()
     losses = []
     for step in range(steps):
-        idx = torch.randint(0, len(x), (min(batch_size, len(x)),), generator=gen)
-        xb = augment(to_float(x[idx]), crop_padding, hflip, gen)
-        loss = nn.functional.cross_entropy(net(xb), y[idx])
+        if schedule == "cosine":
+            for g in opt.param_groups:
+                g["lr"] = lr * lr_factor(step, steps, warmup)
+        idx = torch.randint(0, n_images, (min(batch_size, n_images),), generator=gen)
+        loss = batch_loss(idx, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         losses.append(loss.item())
     net.eval()
-    return {"steps": steps, "wall_s": time.perf_counter() - t0, "loss": losses}
+    return {"steps": steps, "images_seen": steps * min(batch_size, n_images), "wall_s": time.perf_counter() - t0,
+            "loss": losses}
+
+
+def subset_loss(net: nn.Module, images: Tensor, labels: Tensor, classes: Sequence[int], beta: float = 1.0,
+                crop_padding: int = 2, hflip: bool = True) -> Callable[[Tensor, torch.Generator], Tensor]:
+    """The hypernetwork's objective on a |T|-logit net: sigmoid BCE over the subset's logits, summed over them,
+    on images of every class (other classes' images are negatives: every logit's target is 0). The subset's
+    own images weigh `beta` (losses.subtask_weighted_bce weighs the subtask's classes so; on a net whose logits
+    are all the subtask's, that weight moves to the positive images). Returns batch_loss(indices, generator)."""
+    from .losses import head_bce
+
+    _, pos = subset_targets(labels, classes)
+    if not bool((pos >= 0).any()):
+        raise ValueError("no training image has a label in the subset")
+
+    def batch_loss(idx: Tensor, gen: torch.Generator) -> Tensor:
+        xb = augment(to_float(images[idx]), crop_padding, hflip, gen)
+        return head_bce(net(xb), pos[idx], beta)
+
+    return batch_loss
+
+
+def finetune(net: nn.Module, images: Tensor, labels: Tensor, classes: Sequence[int], steps: int, lr: float = 0.01,
+             batch_size: int = 128, seed: int = 0, crop_padding: int = 2, hflip: bool = True, beta: float = 1.0,
+             schedule: str = "cosine", log: Optional[Callable[[str], None]] = None) -> dict:
+    """Fine-tune a plain net of `classes` (its logits in ascending class order) for `steps` SGD steps with the
+    hypernetwork's objective (subset_loss: BCE, every training image, other classes' as negatives), in place.
+    Single classes train too. Returns {"steps", "images_seen", "wall_s", "loss"}."""
+    fn = subset_loss(net, images, labels, classes, beta, crop_padding, hflip)
+    out = sgd_steps(net, fn, len(images), steps, lr, batch_size, seed, schedule=schedule)
+    if log is not None and steps:
+        log(f"fine-tuned {steps} steps in {out['wall_s']:.1f} s, loss {out['loss'][0]:.4f} -> {out['loss'][-1]:.4f}")
+    return out
+
+
+class _MacCounter:
+    """MACs of a net's convolutions and linear layers (what `metrics.count_macs` counts), from their current
+    shapes and output sizes recorded once: channel pruning changes widths, never spatial sizes. Fast enough to
+    ask after every pruning step."""
+
+    def __init__(self, net: nn.Module, shape):
+        self.sizes: dict[str, int] = {}
+        hooks = [m.register_forward_hook(lambda m, i, o, n=n: self.sizes.__setitem__(n, o[0, 0].numel()))
+                 for n, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        was = net.training
+        with torch.no_grad():
+            net.eval()(torch.zeros(1, *shape))
+        net.train(was)
+        for h in hooks:
+            h.remove()
+
+    def __call__(self, net: nn.Module) -> int:
+        return sum(self.sizes[n] * m.weight.numel() for n, m in net.named_modules()
+                   if isinstance(m, (nn.Conv2d, nn.Linear)))
+
+
+class _RatioSchedule:
+    """An iterative_pruning_ratio_scheduler for MetaPruner whose next channel pruning ratio is set just before
+    each step (`push`): the pruning steps follow the measured MACs instead of a fixed list of ratios."""
+
+    def __init__(self):
+        self.ratios = [0.0]
+
+    def __call__(self, ratio: float, steps: int):
+        return self if ratio > 0 else [0.0] * (steps + 1)  # MetaPruner asks a second time for attention heads
+
+    def __getitem__(self, step: int) -> float:
+        return self.ratios[min(step, len(self.ratios) - 1)]
+
+    def push(self, ratio: float) -> None:
+        self.ratios.append(ratio)
+
+
+def next_ratio(p: float, macs: float, slope: float, goal: float, coarse: float = 0.15) -> float:
+    """The channel pruning ratio of the next step: towards `goal` MACs, by at most a `coarse` share of the MACs
+    per step, and 40% of the way when within 30% of it (the local slope d MACs / d ratio is an estimate), so the
+    goal is approached from above in a few steps."""
+    want = max(goal, macs * (1 - coarse))
+    if macs < 1.3 * goal:
+        want = goal + 0.6 * (macs - goal)
+    return p + max(1e-3, (macs - want) / max(slope, 1e-9))
+
+
+def subset_prune(net: nn.Module, classes: Sequence[int], images: Tensor, labels: Tensor, mac_ratio: float,
+                 dense_macs: int, stages: int = 5, stage_steps: int = 50, lr: float = 0.01, importance: str = "taylor",
+                 max_pruning_ratio: float = 0.95, max_steps: int = 400, grad_batches: int = 4,
+                 batch_size: int = 128, beta: float = 1.0, seed: int = 0, crop_padding: int = 2, hflip: bool = True,
+                 tolerance: float = MAC_TOLERANCE) -> nn.Module:
+    """Torch-Pruning as its own benchmarks use it, on the subset: a copy of a plain net of `classes` (BN kept)
+    pruned with `MetaPruner` to at most `mac_ratio * dense_macs` MACs (+ `tolerance`), counted on the pruned net.
+    A single step can remove a costly channel and land a few percent below the budget; `macs` says where.
+
+    - Importance: data-driven on the subset's loss (subset_loss: the BCE the hypernetwork trains with):
+      "taylor" (first-order Taylor, GroupTaylorImportance; the gradients of `grad_batches` fresh batches at the
+      start of every stage, pruned along with the weights) or "l1" (GroupMagnitudeImportance, for comparison).
+    - Allocation: global across layers (`global_pruning=True`), every layer keeping at least
+      1 - `max_pruning_ratio` of its channels (and at least one).
+    - Schedule: iterative, `stages` stages whose MAC targets fall geometrically to the budget, each followed by
+      `stage_steps` fine-tuning steps (the last one is not: that is the separate fine-tune's job). Within a stage
+      the pruner steps until the stage's target is met: each step's global channel ratio is set from the MACs
+      measured after the last one (`next_ratio`), coarse far from the target and fine near it.
+
+    The head's outputs (the classes) and the image's channels are never pruned. The result carries
+    `kept_channels` {site: ascending original indices}, `site_widths_kept`, `macs` and `prune_log`
+    (steps, images seen in fine-tuning, wall time)."""
+    tp = _tp()
+    if importance not in ("taylor", "l1"):
+        raise ValueError(f"importance must be 'taylor' or 'l1', got {importance!r}")
+    if not 0 < mac_ratio <= 1:
+        raise ValueError(f"mac_ratio must lie in (0, 1], got {mac_ratio}")
+    if stages < 1:
+        raise ValueError(f"need stages >= 1, got {stages}")
+    t0 = time.perf_counter()
+    shape = tuple(net.input_shape)
+    cand = copy.deepcopy(net)
+    layout = getattr(cand, "channels_last", False)
+    cand.channels_last = False  # trace in the default layout
+    site_of = _site_of_conv(net)
+    names = {m: n for n, m in cand.named_modules()}
+    kept = {site_of[n]: list(range(m.out_channels)) for n, m in cand.named_modules() if n in site_of}
+    imp = tp.importance.TaylorImportance() if importance == "taylor" else tp.importance.MagnitudeImportance(p=1)
+    schedule = _RatioSchedule()
+    pruner = tp.pruner.MetaPruner(cand, torch.zeros(1, *shape), importance=imp, global_pruning=True,
+                                  pruning_ratio=max_pruning_ratio, max_pruning_ratio=max_pruning_ratio,
+                                  iterative_steps=max_steps, iterative_pruning_ratio_scheduler=schedule,
+                                  ignored_layers=[cand.head])
+    loss_fn = subset_loss(cand, images, labels, classes, beta, crop_padding, hflip)
+    gen = torch.Generator().manual_seed(seed)
+    target = mac_ratio * dense_macs
+    counter = _MacCounter(cand, shape)
+    macs = counter(cand)
+    p, slope = 0.0, 2.0 * macs  # a conv's MACs ~ (1 - p)^2: the slope at p = 0 until one is measured
+    seen = 0
+    for stage in range(1, stages + 1):
+        goal = target * (1 + tolerance) if stage == stages else dense_macs * mac_ratio ** (stage / stages)
+        if importance == "taylor" and macs > goal:  # the stage's importance: gradients of the subset's loss
+            cand.train()
+            cand.zero_grad(set_to_none=True)
+            for _ in range(grad_batches):
+                idx = torch.randint(0, len(images), (batch_size,), generator=gen)
+                (loss_fn(idx, gen) / grad_batches).backward()
+            seen += grad_batches * batch_size
+            cand.eval()
+        while macs > goal:
+            nxt = min(next_ratio(p, macs, slope, goal), max_pruning_ratio)
+            if pruner.current_step >= pruner.iterative_steps or nxt <= p:
+                raise ValueError(f"could not prune to {mac_ratio:.4f} of the dense MACs: every layer is at its floor "
+                                 f"(max_pruning_ratio = {max_pruning_ratio}) at {macs / dense_macs:.4f}")
+            schedule.push(nxt)
+            for group in pruner.step(interactive=True):  # Torch-Pruning's groups; the kept indices recorded
+                root = group[0].dep.target.module
+                site = site_of.get(names.get(root, ""))
+                if site is not None and pruner.DG.is_out_channel_pruning_fn(group[0].dep.handler):
+                    gone = set(int(i) for i in group[0].idxs)
+                    kept[site] = [c for i, c in enumerate(kept[site]) if i not in gone]
+                group.prune()  # weights and their gradients
+            before, macs = macs, counter(cand)
+            if before > macs:
+                slope = (before - macs) / (nxt - p)
+            p = nxt
+        cand.zero_grad(set_to_none=True)
+        if stage < stages and stage_steps:
+            seen += sgd_steps(cand, loss_fn, len(images), stage_steps, lr, batch_size, seed + stage,
+                              schedule="constant")["images_seen"]
+    # never over budget; one pruning step may remove a costly channel (an early stage's) and land below it
+    cand.channels_last = layout
+    cand.kept_channels = kept
+    cand.site_widths_kept = {s: len(v) for s, v in kept.items()}
+    cand.macs = count_macs(cand, shape)
+    cand.prune_log = {"pruning_steps": pruner.current_step, "images_seen": seen,
+                      "wall_s": time.perf_counter() - t0}
+    return cand.eval()

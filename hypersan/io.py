@@ -332,13 +332,13 @@ def atomic_dir(path: str | os.PathLike, kind: str, force: bool = False) -> Itera
 
 # ------------------------------------------------------------------ JSON and safetensors
 
-def atomic_write_json(path: str | os.PathLike, data) -> None:
-    """Write a JSON file whole or not at all: a temporary sibling, fsynced, then renamed over the path."""
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file whole or not at all: a temporary sibling, fsynced, then renamed over the path."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "w") as f:
-            f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -346,6 +346,11 @@ def atomic_write_json(path: str | os.PathLike, data) -> None:
         if tmp.exists():
             tmp.unlink()
     _fsync_dir(path.parent)
+
+
+def atomic_write_json(path: str | os.PathLike, data) -> None:
+    """Write a JSON file whole or not at all (atomic_write_text)."""
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def write_json(path: Path, data) -> None:

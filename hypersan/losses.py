@@ -30,3 +30,16 @@ def sparsity_weights(task_sizes: Tensor, num_classes: int, gamma: float, mode: s
         return torch.full_like(task_sizes, gamma, dtype=torch.float32)
     share = (num_classes - task_sizes.float()) / (num_classes - 1)
     return gamma * (share if mode == "linear" else share * share)
+
+
+def head_bce(logits: Tensor, positions: Tensor, beta: float = 1.0) -> Tensor:
+    """BCE of a net whose logits are all one subtask's classes: `positions` (B,) is each image's class among the
+    logits, or -1 for an image of another class (a negative: every target 0). The class-summed loss of an image of
+    the subtask weighs `beta`, as subtask_weighted_bce weighs the subtask's classes; the mean over the batch is
+    divided by the mean weight, so beta shifts the balance and not the scale."""
+    target = torch.zeros_like(logits)
+    pos = positions >= 0
+    target[pos, positions[pos]] = 1.0
+    per = F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(dim=1)
+    w = torch.where(pos, torch.full_like(per, beta), torch.ones_like(per))
+    return (w * per).sum() / w.sum()

@@ -17,7 +17,8 @@ set = ["train.epochs=1", "train.eval_every=0", "data.train_limit=768", "data.val
        "subtasks.holdout_fraction=0.3", "calib.batches=2", "calib.batch_size=64"]
 [run]
 seeds = [0]
-methods = ["dense", "hypernet", "pertask", "tp", "tp_ft", "random", "agnostic_hypernet", "agnostic_tp", "scratch"]
+methods = ["dense", "hypernet", "pertask", "tp_subset", "tp_subset_ft", "tp_subset_ft_long", "tp_l1_uniform",
+           "tp_l1_uniform_ft", "random", "agnostic_hypernet", "agnostic_tp", "scratch"]
 gamma = 0.5
 gammas = [2.0]
 [subtasks]
@@ -26,6 +27,10 @@ unseen_per_size = 1
 sizes = [2, 5]
 [baselines]
 finetune_steps = 3
+finetune_steps_long = 5
+subset_stages = 2
+subset_stage_steps = 2
+subset_per_size = 1
 agnostic_mac_ratios = [0.5]
 scratch_subtasks = 1
 scratch_epochs = 1
@@ -42,25 +47,36 @@ def test_quick_ablation_writes_every_methods_rows_and_the_reports(tmp_path):
     ab.prepare()
     r = ab.run(progress=False)
     # off a terminal every long step says what it is doing: epochs, subtasks, subsets, ratios, scratch nets
-    for pattern in ("  hypernet-g0.5-s0: {", "  eval-hypernet-g0.5-s0: [1/", "  eval-per_subset-s0: [1/",
+    for pattern in ("  hypernet-g0.5-s0: {", "  eval-hypernet-g0.5-s0 (test): [1/", "  eval-per_subset-s0: [1/",
                     "  eval-agnostic_tp-s0: MAC ratio 0.5", "  eval-scratch-s0: [1/1] training"):
         assert any(ln.startswith(pattern) for ln in lines), pattern
     with open(r["csv"]) as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == CSV_COLUMNS
     methods = {row["method"] for row in rows}
-    assert methods == {"dense", "hypernet", "pertask", "tp", "tp_ft", "random", "agnostic_hypernet", "agnostic_tp",
-                       "scratch"}
+    assert methods == {"dense", "hypernet", "pertask", "tp_subset", "tp_subset_ft", "tp_subset_ft_long",
+                       "tp_l1_uniform", "tp_l1_uniform_ft", "random", "agnostic_hypernet", "agnostic_tp", "scratch"}
+    assert {row["split"] for row in rows} == {"val", "test"}  # every row on both splits
     assert {row["gamma"] for row in rows if row["method"] == "hypernet"} == {"0.5", "2.0"}  # the sweep
-    # the per-subset baselines follow the sweep (tp and random by default), tp_ft only the main gamma
-    assert {row["gamma"] for row in rows if row["method"] == "tp"} == {"0.5", "2.0"}
-    assert {row["gamma"] for row in rows if row["method"] == "tp_ft"} == {"0.5"}
-    for row in rows:  # per-subset baselines hit the hypernetwork's MACs for the same subset within 2%
-        if row["method"] in ("tp", "tp_ft", "random"):
+    # the per-subset baselines follow the sweep (tp_l1_uniform and random by default), the rest the main gamma
+    assert {row["gamma"] for row in rows if row["method"] == "tp_l1_uniform"} == {"0.5", "2.0"}
+    assert {row["gamma"] for row in rows if row["method"] == "tp_subset_ft_long"} == {"0.5"}
+    for row in rows:  # per-subset baselines: never over the hypernetwork's MACs for the same subset
+        if row["method"].startswith(("tp_", "random")):
+            assert float(row["mac_ratio"]) <= float(row["target_mac_ratio"]) * 1.02, row
+        if row["method"].startswith("tp_l1") or row["method"] == "random":  # uniform widths: within 2%
             assert abs(float(row["mac_ratio"]) / float(row["target_mac_ratio"]) - 1) <= 0.02, row
+    ft = {row["method"]: int(row["finetune_steps"]) for row in rows if row["finetune_steps"]}
+    assert ft == {"tp_subset_ft": 3, "tp_subset_ft_long": 5, "tp_l1_uniform_ft": 3, "scratch": ft["scratch"]}
+    # cold and warm build times of the jointly trained methods, on the per-subset baselines' subsets
+    hyper = [row for row in rows if row["method"] == "hypernet" and row["build_s"]]
+    assert hyper and all(float(row["build_s"]) > float(row["build_warm_s"]) > 0 for row in hyper)
+    peer = {row["classes"] for row in rows if row["method"] == "tp_subset"}
+    assert {row["classes"] for row in hyper} == peer
     assert {row["seen"] for row in rows} == {"True", "False"}  # seen and held-out combinations
     table = (tmp_path / "run" / "table.md").read_text()
-    assert "## Summary" in table and "| tp_ft |" in table and "held-out" in table
+    assert "## Summary (test)" in table and "| tp_subset_ft_long |" in table and "held-out" in table
+    assert "acc − own backbone" in table and "median cold build" in table
     pytest.importorskip("matplotlib")
     assert {p.split("/")[-1] for p in r["plots"]} >= {"pareto.png", "mac_vs_size.png"}
     # resumable: a second run redoes no step
@@ -73,15 +89,18 @@ def test_quick_ablation_writes_every_methods_rows_and_the_reports(tmp_path):
 
 
 def test_ablation_config_is_strict(tmp_path):
-    (tmp_path / "a.toml").write_text('[run]\nmethods = ["tp"]\n')
-    with pytest.raises(ConfigError, match="tp needs hypernet"):
+    (tmp_path / "a.toml").write_text('[run]\nmethods = ["dense", "tp_subset"]\n')
+    with pytest.raises(ConfigError, match="tp_subset needs hypernet"):
         load_ablation_config(tmp_path / "a.toml")
-    (tmp_path / "b.toml").write_text('[run]\nmethod = ["tp"]\n')
+    (tmp_path / "b.toml").write_text('[run]\nmethod = ["tp_subset"]\n')
     with pytest.raises(ConfigError, match="unknown key"):
         load_ablation_config(tmp_path / "b.toml")
     (tmp_path / "d.toml").write_text('[baselines]\nsweep_methods = ["pertask"]\n')
     with pytest.raises(ConfigError, match="not a per-subset baseline"):
         load_ablation_config(tmp_path / "d.toml")
+    (tmp_path / "e.toml").write_text('[run]\nmethods = ["hypernet"]\n')
+    with pytest.raises(ConfigError, match="must list dense"):
+        load_ablation_config(tmp_path / "e.toml")
     (tmp_path / "c.toml").write_text('[run]\nmethods = ["magic"]\n')
     with pytest.raises(ConfigError, match="unknown magic"):
         load_ablation_config(tmp_path / "c.toml")
@@ -117,3 +136,22 @@ def test_a_cut_head_drops_logit_columns_only():
     with torch.no_grad():
         assert torch.allclose(cut(x), net(x)[:, [1, 3]], atol=1e-6)
     assert cut.classes == ["b", "d"] and cut.arch["num_classes"] == 2 and net.arch["num_classes"] == 5
+
+
+def test_a_cold_build_calibrates_a_new_class_set_and_a_warm_one_does_not(monkeypatch):
+    import hypersan.engine as engine_module
+
+    from .test_surgery import _engine, _images
+
+    eng = _engine()
+    eng.subnet((1, 7), fold_bn=True)  # the caller's engine has these statistics cached already
+    calls = []
+    real = engine_module.recalibrate
+    monkeypatch.setattr(engine_module, "recalibrate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    ab = Ablation.__new__(Ablation)
+    ab._data = (_images(), None, None, None)
+    times = ab.build_times(eng, [(1, 7), (0, 3, 5)], seed=0)
+    # each class set on a fresh cache: one calibration per cold build, none in the warm one
+    assert len(calls) == 2
+    assert set(times) == {(1, 7), (0, 3, 5)}
+    assert all(cold > warm > 0 for cold, warm in times.values())

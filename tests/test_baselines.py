@@ -1,4 +1,6 @@
 """Per-subset pruning baselines: matched MACs, and a pruned net that computes what the masked backbone does."""
+import math
+
 import pytest
 import torch
 
@@ -77,3 +79,58 @@ def test_finetune_lowers_the_loss_and_reports_its_cost():
     assert sum(r["loss"][-5:]) / 5 < sum(r["loss"][:5]) / 5
     with pytest.raises(ValueError, match="no training image"):
         finetune(pruned, x, torch.full_like(y, 9), CLASSES, steps=1)
+
+
+def _learnable(n=64, seed=0):
+    """uint8 12x12 images of classes 0..5 whose class is written in a bright band (learnable in a few steps)."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(6).repeat(n // 6 + 1)[:n]
+    x = (torch.rand(n, 1, 12, 12, generator=g) * 60).to(torch.uint8)
+    for c in range(6):
+        x[y == c, :, 2 * c:2 * c + 2] += 150
+    return x, y
+
+
+def test_finetune_trains_a_single_class_against_other_classes_images():
+    from hypersan.surgery import prune_backbone
+
+    torch.manual_seed(0)
+    bb = _randomize(build_backbone(dict(ARCHS["resnet"], widths=[16, 24]))).eval()
+    net = prune_backbone(bb, None, [2], input_shape=SHAPES["resnet"])  # one logit: softmax CE would be 0
+    x, y = _learnable()
+    r = finetune(net, x, y, [2], steps=40, lr=0.05, batch_size=32, crop_padding=0, hflip=False)
+    assert min(r["loss"]) > 0  # a real loss: other classes' images are its negatives
+    assert sum(r["loss"][-5:]) / 5 < 0.7 * sum(r["loss"][:5]) / 5
+    assert r["images_seen"] == 40 * 32
+
+
+def test_subset_prune_sees_the_subset_and_meets_its_budget():
+    from hypersan.baselines import subset_prune
+
+    bb, _, dense_macs = _dense("resnet")
+    x, y = _learnable(96)
+    kept = {}
+    for classes in ([0, 1], [4, 5]):
+        net = prune_backbone(bb, None, classes, input_shape=SHAPES["resnet"])
+        pruned = subset_prune(net, classes, x, y, 0.3, dense_macs, stages=2, stage_steps=2, batch_size=32,
+                              crop_padding=0, hflip=False)
+        macs = count_macs(pruned, SHAPES["resnet"])
+        assert macs == pruned.macs and macs <= 0.3 * dense_macs * 1.02  # never over budget
+        assert macs >= 0.3 * dense_macs * 0.85
+        assert all(len(k) >= 1 for k in pruned.kept_channels.values())
+        assert pruned(torch.rand(2, *SHAPES["resnet"])).shape == (2, 2)
+        assert pruned.prune_log["images_seen"] > 0
+        kept[tuple(classes)] = pruned.kept_channels
+    # Taylor importance on the subset's loss: another class set keeps other channels
+    assert kept[(0, 1)] != kept[(4, 5)]
+
+
+def test_head_bce_has_negatives_and_weighs_positives():
+    from hypersan.losses import head_bce
+
+    logits = torch.zeros(2, 1)
+    # a positive and a negative at logit 0: each log 2
+    assert head_bce(logits, torch.tensor([0, -1])).item() == pytest.approx(math.log(2))
+    z = torch.tensor([[3.0], [3.0]])  # right on the positive, wrong on the negative
+    lo, hi = head_bce(z, torch.tensor([0, -1]), beta=1.0), head_bce(z, torch.tensor([0, -1]), beta=4.0)
+    assert hi < lo  # beta moves the balance towards the subset's own images

@@ -1,0 +1,86 @@
+"""The ablation's figures: gaps against one reference, matched-MAC pairing, the class-agnostic curve, mean ± std
+over seeds and the cost crossover, on a small hand-made results.csv whose answers are worked out by hand."""
+import math
+
+import pytest
+
+from hypersan.ablation_report import (adaptivity, crossover, gap, interp_acc, interp_mac, mean_std,
+                                      paired_difference, per_seed_means, read_results, reference_acc, summary_table,
+                                      write_csv)
+
+
+def _row(method, seed, classes, acc, mac=1.0, split="test", seen=True, backbone=None, target=None, size=None,
+         gamma=4.0):
+    return {"method": method, "seed": seed, "gamma": gamma, "split": split, "classes": classes,
+            "size": size or len(classes.split("|")), "seen": seen, "acc": acc,
+            "backbone_acc": acc if backbone is None else backbone, "map": acc, "backbone_map": acc, "mac_ratio": mac,
+            "param_ratio": mac, "fp_rate": 0.1, "backbone_fp_rate": 0.1, "target_mac_ratio": target,
+            "phrasing": "canonical", "build_s": None, "build_warm_s": None, "train_s": None, "finetune_steps": None,
+            "images_seen": None, "latency_ratio": None, "widths": None}
+
+
+ROWS = [
+    # the reference: the dense net, two seeds, two pairs, both splits
+    _row("dense", 0, "A|B", 0.90), _row("dense", 0, "C|D", 0.80), _row("dense", 1, "A|B", 0.92),
+    _row("dense", 1, "C|D", 0.84), _row("dense", 0, "A|B", 0.50, split="val"),
+    # the hypernetwork: its own backbone (0.95) is not the reference
+    _row("hypernet", 0, "A|B", 0.88, 0.05, backbone=0.95), _row("hypernet", 0, "C|D", 0.82, 0.07, backbone=0.95),
+    _row("hypernet", 1, "A|B", 0.90, 0.05, backbone=0.95), _row("hypernet", 1, "C|D", 0.80, 0.07, backbone=0.95),
+    _row("hypernet", 0, "A|B", 0.40, 0.05, split="val"),
+    # a peer on A|B only (both seeds) and on a subset the hypernetwork lacks (unpaired)
+    _row("tp_subset_ft_long", 0, "A|B", 0.85, 0.049), _row("tp_subset_ft_long", 1, "A|B", 0.89, 0.049),
+    _row("tp_subset_ft_long", 0, "E|F", 0.10, 0.05),
+    # the class-agnostic curve on pairs: (0.05, 0.80), (0.10, 0.84), (0.20, 0.88)
+    *[_row("agnostic_tp", 0, c, a, m, target=m) for m, a in ((0.05, 0.80), (0.10, 0.84), (0.20, 0.88))
+      for c in ("A|B", "C|D")],
+]
+
+
+def test_every_gap_is_against_the_dense_net_on_the_same_classes_split_and_seed():
+    ref = reference_acc(ROWS)
+    assert gap(ROWS[5], ref) == pytest.approx(-2.0)  # 0.88 - 0.90, not 0.88 - 0.95 (its own backbone)
+    assert gap(ROWS[6], ref) == pytest.approx(+2.0)  # 0.82 - 0.80
+    assert gap(ROWS[9], ref) == pytest.approx(-10.0)  # validation against validation: 0.40 - 0.50
+    assert gap(ROWS[12], ref) is None  # no reference for E|F
+    table = summary_table(ROWS, 4.0)
+    # hypernet: seed 0 mean gap (-2 + 2) / 2 = 0, seed 1 (-2 - 4) / 2 = -3: -1.50 ± 2.12; against its own
+    # backbone, a separate column: seed 0 (-7 - 13) / 2, seed 1 (-5 - 15) / 2: -10.00 ± 0.00
+    line = next(ln for ln in table.splitlines() if ln.startswith("| hypernet |"))
+    assert "| -1.50 ± 2.12 | -10.00 ± 0.00 |" in line
+
+
+def test_matched_mac_pairs_subsets_and_seeds_before_averaging():
+    d = paired_difference(ROWS, "hypernet", "tp_subset_ft_long", 4.0)
+    assert d["pairs"] == 2 and d["seeds"] == 2  # E|F has no hypernetwork row; C|D no peer row
+    assert d["per_seed"] == pytest.approx([3.0, 1.0])  # 0.88 - 0.85, 0.90 - 0.89
+    assert d["mean"] == pytest.approx(2.0) and d["std"] == pytest.approx(math.sqrt(2.0))
+    assert d["mac_a"] == pytest.approx(0.05) and d["mac_b"] == pytest.approx(0.049)
+
+
+def test_the_class_agnostic_curve_is_interpolated_both_ways():
+    pts = [(0.05, 0.80), (0.10, 0.84), (0.20, 0.88)]
+    assert interp_mac(pts, 0.86) == pytest.approx(0.15)
+    assert interp_mac(pts, 0.70) == pytest.approx(0.05)  # the curve starts above: its smallest MACs
+    assert interp_mac(pts, 0.95) is None  # never reached
+    assert interp_acc(pts, 0.075) == pytest.approx(0.82)
+    assert interp_acc(pts, 0.5) is None
+    a = adaptivity(ROWS, 4.0)  # hypernet pairs: mean acc 0.85 at mean MACs 0.06; the curve needs 0.125 for 0.85
+    assert a["acc"] == pytest.approx(0.85) and a["mac_ratio"] == pytest.approx(0.06)
+    assert a["agnostic_mac_ratio"] == pytest.approx(0.125) and a["ratio"] == pytest.approx(0.48)
+
+
+def test_mean_std_over_seeds_and_the_cost_crossover():
+    assert per_seed_means(ROWS[5:9], "acc") == pytest.approx([0.85, 0.85])
+    assert mean_std([0.1, 0.3]) == "0.200 ± 0.141" and mean_std([0.25]) == "0.250" and mean_std([]) == "—"
+    # 300 s more training, then 2 s against 62 s per subset: cheaper from the 5th subset on
+    assert crossover(900, 2, 600, 62) == pytest.approx(5.0)
+    assert crossover(900, 70, 600, 62) is None and crossover(500, 1, 600, 62) == 0.0
+
+
+def test_results_csv_round_trips_raw_figures(tmp_path):
+    write_csv(tmp_path / "results.csv", ROWS)
+    back = read_results(tmp_path / "results.csv")
+    assert len(back) == len(ROWS)
+    assert back[5]["acc"] == 0.88 and back[5]["backbone_acc"] == 0.95 and back[5]["split"] == "test"
+    assert back[9]["split"] == "val" and back[5]["seen"] is True and back[5]["seed"] == 0
+    assert "gap" not in open(tmp_path / "results.csv").readline()  # gaps live in the report only
