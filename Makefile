@@ -9,7 +9,7 @@ LOCAL_DATA := $(CURDIR)/data/fashion-mnist
 WITH_DATA = if [ ! -f $(SYSTEM_DATA)/train-images-idx3-ubyte.gz ] && [ -f $(LOCAL_DATA)/t10k-labels-idx1-ubyte.gz ]; \
 	then export HYPERSAN_DATA=$(LOCAL_DATA); fi;
 
-.PHONY: test demo setup data clean
+.PHONY: test demo setup data glyphs clean
 
 test: setup data
 	@$(WITH_DATA) $(BIN)/python -m pytest -q
@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: a bare or open-ended torch would pull a multi-GB CUDA build
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,text,onnx,baselines,serve]'
+	$(BIN)/pip install -q -e '.[test,text,onnx,baselines,serve,glyphs]'
 	touch $@
 
 # Fashion-MNIST: Debian's package where apt and root are there, else a download from the dataset's official
@@ -37,6 +37,20 @@ data:
 		 (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null)); then :; \
 	else $(PY) tools/get_fashion_mnist.py --dest $(LOCAL_DATA) || \
 		echo "note: Fashion-MNIST is not available: real-data tests will skip"; fi
+
+# The glyph set (docs/DATA.md): the pinned font packages (tools/glyph-fonts.txt), installed with apt where apt and
+# root are there, then rendered into data/glyphs from exactly those packages' font files.
+GLYPH_FONTS := $(shell grep -v '^\#' tools/glyph-fonts.txt)
+glyphs: setup
+	@missing=$$(for p in $(GLYPH_FONTS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+			apt-get install -y -qq $$missing >/dev/null || (apt-get update -qq && apt-get install -y -qq $$missing >/dev/null); \
+		else echo "the glyph set needs these font packages; install them (as root): apt-get install $$missing"; exit 1; fi; \
+	fi
+	@mkdir -p data
+	dpkg -L $(GLYPH_FONTS) | grep -iE '\.(ttf|otf|ttc)$$' | LC_ALL=C sort -u > data/glyph-font-files.txt
+	$(BIN)/hypersan data glyphs --out data/glyphs --force --font-list data/glyph-font-files.txt
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -282,6 +283,25 @@ def _ablate(args) -> int:
     return 0
 
 
+def _data_glyphs(args) -> int:
+    from .glyphs import DEFAULT_FONT_DIRS, build_glyphs
+
+    fonts = list(args.fonts or [])
+    if args.font_list:
+        with open(args.font_list) as f:
+            fonts += [ln.strip() for ln in f if ln.strip() and not ln.startswith("#")]
+    fonts = fonts or [d for d in DEFAULT_FONT_DIRS if os.path.isdir(d)]
+    if not fonts:
+        raise ValueError("no font folder found: install the pinned font packages (make glyphs) or pass --fonts "
+                         "FILE|DIR")
+    card = build_glyphs(args.out, fonts, seed=args.seed, per_glyph=args.per_glyph, all_test=args.all_test,
+                        force=args.force, progress=sys.stderr.isatty(),
+                        log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(json.dumps({"out": args.out, "images": card["images"], "skipped": card["skipped"],
+                      "faces": {k: len(v) for k, v in card["faces"].items()}}))
+    return 0
+
+
 def _serve(args) -> int:
     import os
 
@@ -405,6 +425,23 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--quick", action="store_true", help="the tiny smoke configuration (configs/ablation_tiny.toml)")
     a.add_argument("--force", action="store_true", help=argparse.SUPPRESS)
     a.set_defaults(func=_ablate)
+
+    dp = sub.add_parser("data", help="build a data set")
+    dsub = dp.add_subparsers(dest="dataset", required=True)
+    g = dsub.add_parser("glyphs", help="characters rendered from real fonts: digits, Latin, Greek, Cyrillic "
+                                       "(docs/DATA.md)")
+    g.add_argument("--out", required=True, help="dataset folder to write (data.dataset = 'folder')")
+    g.add_argument("--fonts", nargs="+", default=None, metavar="FILE|DIR",
+                   help="font files or folders (default: the folders the pinned font packages install into)")
+    g.add_argument("--font-list", default=None, metavar="FILE",
+                   help="a text file of font paths, one per line (names may hold spaces)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the family split and the variations (default 0)")
+    g.add_argument("--per-glyph", type=int, default=3, help="training variants of each glyph of each face "
+                                                            "(default 3; validation and test: 1)")
+    g.add_argument("--all-test", action="store_true", help="every face to the test split: a test set of your "
+                                                           "own fonts (score with hypersan eval --test-data)")
+    g.add_argument("--force", action="store_true", help="replace an existing dataset folder at --out")
+    g.set_defaults(func=_data_glyphs)
 
     sv = sub.add_parser("serve", help="serve subnets over HTTP: build, cache, download, predict (v1 and KServe V2)")
     sv.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP)

@@ -24,6 +24,9 @@ class DataConfig:
     test_limit: int = 0  # >0: use only the first N test images; 0: all
     val_size: int = 5000  # validation images held out of the training data (stratified, seeded); 0: none
     val_seed: int = 0  # seed of the validation split
+    # sample: val_size images held out of the training data; dataset: the data set's own validation split (a
+    # folder with val.npz, such as glyphs, whose validation fonts are families of their own)
+    val_split: str = "sample"
     crop_padding: int = 2  # training augmentation: random crops after zero padding by this many pixels
     hflip: bool = True  # training augmentation: random horizontal flips
     basic_subtasks: str = "classes"  # classes | groups (named groups become the basic subtasks)
@@ -232,6 +235,7 @@ RANGES: dict[str, tuple[str, str]] = {
     "data.test_limit": ("[0, inf)", "0 = every test image"),
     "data.val_size": ("[0, inf)", "validation images taken out of the training data; 0 = none"),
     "data.val_seed": ("[0, inf)", "seed of the validation split"),
+    "data.val_split": ("sample | dataset", "where the validation split comes from"),
     "data.crop_padding": ("[0, inf)", "0 = no random crop"),
     "model.widths": ("[1, inf)", "channels per stage"),
     "model.blocks": ("[1, inf)", "blocks (resnet) or convs (vgg) per stage"),
@@ -315,6 +319,10 @@ def validate(cfg: Config) -> None:
 
     choice(cfg.data.dataset, ("fashion_mnist", "cifar10", "cifar100", "folder"), "data.dataset")
     choice(cfg.data.basic_subtasks, ("classes", "groups"), "data.basic_subtasks")
+    choice(cfg.data.val_split, ("sample", "dataset"), "data.val_split")
+    if cfg.data.val_split == "dataset" and cfg.data.dataset != "folder":
+        raise ConfigError("data.val_split = 'dataset' reads the validation split of a dataset folder (val.npz); "
+                          f"{cfg.data.dataset} has none: use 'sample' (data.val_size images of the training data)")
     choice(cfg.model.arch, ("resnet", "vgg"), "model.arch")
     choice(cfg.generator.kind, ("hypernet", "pertask"), "generator.kind")
     choice(cfg.generator.conditioning, ("multihot", "text"), "generator.conditioning")

@@ -295,25 +295,31 @@ def load_cifar100(split: str, data_dir: str | os.PathLike | None = None
 # ---------------------------------------------------------------- your own data (a folder of .npz files)
 
 FOLDER_DATASET_KIND = "dataset"  # the marker kind of a folder written by save_folder_dataset
-FOLDER_FILES = {"train": "train.npz", "test": "test.npz"}
+FOLDER_FILES = {"train": "train.npz", "val": "val.npz", "test": "test.npz"}
 FOLDER_INFO = "dataset.json"
 
 
 def save_folder_dataset(path: str | os.PathLike, classes: list[str], train: tuple, test: tuple,
                         name: str | None = None, groups: dict | None = None, synonyms: dict | None = None,
-                        force: bool = False) -> Path:
+                        force: bool = False, val: tuple | None = None, card: dict | None = None) -> Path:
     """Write your own data as a folder `data.dataset = "folder"` reads: train.npz, test.npz, dataset.json.
 
     `train` / `test`: (images, labels). Images are uint8 arrays or tensors of shape (N, H, W) (one channel)
     or (N, C, H, W); labels are integers in 0..len(classes)-1. The per-channel mean and std used to normalize
     inside the net are computed from the training images. `groups` (name -> class names) and `synonyms`
     (class or group name -> other words) extend what requests in words can name. Written atomically; an
-    existing dataset folder is replaced only with force=True.
+    existing dataset folder is replaced only with force=True. `val`: a validation split of its own (val.npz;
+    `data.val_split = "dataset"` trains with it). `card`: provenance stored in dataset.json under "card", with
+    the SHA-256 of every array added.
     """
+    import hashlib
+
     from .io import atomic_dir, write_json
 
     arrays = {split: _check_arrays(*pair, len(classes), f"{split} split") for split, pair in
-              (("train", train), ("test", test))}
+              (("train", train), ("val", val), ("test", test)) if pair is not None}
+    if "val" in arrays and arrays["val"][0].shape[1:] != arrays["train"][0].shape[1:]:
+        raise ValueError("validation images must have the training images' (C, H, W)")
     if arrays["train"][0].shape[1:] != arrays["test"][0].shape[1:]:
         raise ValueError(f"train images are {arrays['train'][0].shape[1:]} and test images "
                          f"{arrays['test'][0].shape[1:]}; both splits need the same (C, H, W)")
@@ -323,8 +329,13 @@ def save_folder_dataset(path: str | os.PathLike, classes: list[str], train: tupl
     info = DatasetInfo(name or Path(os.path.abspath(path)).name, list(classes), tuple(x.shape[1:]), tuple(mean),
                        tuple(std), dict(groups or {}), dict(synonyms or {}))
     info = DatasetInfo.from_dict(info.to_dict())  # every field checked, as a reader would
+    meta = info.to_dict()
+    if card is not None:
+        meta["card"] = dict(card, arrays={s: {"images": hashlib.sha256(xs.tobytes()).hexdigest(),
+                                              "labels": hashlib.sha256(ys.tobytes()).hexdigest()}
+                                          for s, (xs, ys) in arrays.items()})
     with atomic_dir(path, FOLDER_DATASET_KIND, force) as tmp:
-        write_json(tmp / FOLDER_INFO, info.to_dict())
+        write_json(tmp / FOLDER_INFO, meta)
         for split, (xs, ys) in arrays.items():
             np.savez(tmp / FOLDER_FILES[split], images=xs, labels=ys)
     return Path(path)
@@ -357,14 +368,17 @@ def load_folder_dataset(split: str, data_dir: str | os.PathLike | None) -> tuple
     import json
 
     if split not in FOLDER_FILES:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
     if data_dir is None or not str(data_dir).strip():
         raise DatasetError("data.dataset = 'folder' needs data.data_dir: a folder holding train.npz, test.npz and "
                            "dataset.json (write one with hypersan.data.save_folder_dataset)")
     root = _find_dir(data_dir, "", [FOLDER_INFO, FOLDER_FILES[split]], "dataset folder",
                      "Write one with hypersan.data.save_folder_dataset.")
     try:
-        info = DatasetInfo.from_dict(json.loads((root / FOLDER_INFO).read_text()))
+        raw = json.loads((root / FOLDER_INFO).read_text())
+        if isinstance(raw, dict):
+            raw.pop("card", None)  # the data card: provenance, not vocabulary
+        info = DatasetInfo.from_dict(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise DatasetError(f"{root / FOLDER_INFO}: {e}") from None
     try:

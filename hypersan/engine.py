@@ -49,6 +49,8 @@ def training_split(model: SubtaskAdaptiveNet, data_dir: str | None = None) -> tu
                            "it), or pass images= to PruningEngine") from None
     if d.train_limit:
         x, y = x[:d.train_limit], y[:d.train_limit]
+    if d.val_split == "dataset":  # the validation split is a file of its own: every training image trains
+        return x, y, f"{d.dataset}:train:limit{d.train_limit}:val-dataset"
     if d.val_size:
         train_idx, _ = validation_split(y, d.val_size, d.val_seed)
         x, y = x[train_idx], y[train_idx]

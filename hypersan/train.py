@@ -110,6 +110,9 @@ def split_training_data(cfg: Config) -> tuple[torch.Tensor, torch.Tensor, torch.
     x, y, info = load_dataset(d.dataset, "train", d.data_dir or None)
     if d.train_limit:
         x, y = x[:d.train_limit], y[:d.train_limit]
+    if d.val_split == "dataset":  # the data set's own validation split (its own fonts, say)
+        vx, vy, _ = load_dataset(d.dataset, "val", d.data_dir or None)
+        return x, y, vx, vy, info
     if d.val_size >= len(y):
         raise ConfigError(f"data.val_size = {d.val_size} leaves no training images out of {len(y)}; lower it")
     tr, va = validation_split(y, d.val_size, d.val_seed)

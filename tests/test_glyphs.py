@@ -1,0 +1,101 @@
+"""The glyph set builder on three small fonts: deterministic bytes, font-disjoint splits, glyphs only from fonts
+whose character map holds them, clear errors for bad fonts; its vocabulary."""
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("PIL", reason="the glyph builder needs Pillow: pip install 'hypersan[glyphs]'")
+pytest.importorskip("fontTools", reason="the glyph builder needs fontTools: pip install 'hypersan[glyphs]'")
+
+from hypersan.data import load_folder_dataset  # noqa: E402
+from hypersan.glyphs import (GlyphClass, GlyphDataError, build_glyphs, find_faces, glyph_classes,  # noqa: E402
+                             split_families, vocabulary)
+
+DEJAVU = Path("/usr/share/fonts/truetype/dejavu")
+FONTS = [DEJAVU / n for n in ("DejaVuSans.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf")]
+needs_fonts = pytest.mark.skipif(not all(f.is_file() for f in FONTS),
+                                 reason="needs the DejaVu fonts: apt-get install fonts-dejavu-core (make glyphs "
+                                        "installs every font the set uses)")
+# five classes; the last (Coptic Shei) is drawn by DejaVu Sans only: skipped and counted in the other two
+FIVE = [GlyphClass("digit 7", "7", "digit", ""), GlyphClass("capital A", "A", "latin", "capital"),
+        GlyphClass("small a", "a", "latin", "small"), GlyphClass("Greek small alpha", "α", "greek", "small"),
+        GlyphClass("Coptic Shei", "Ϣ", "coptic", "capital")]
+
+
+def _sha(path):
+    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(Path(path).glob("*.npz"))}
+
+
+@needs_fonts
+def test_the_same_fonts_and_seed_give_the_same_bytes_and_disjoint_font_splits(tmp_path):
+    a = build_glyphs(tmp_path / "a", FONTS, seed=3, per_glyph=2, per_glyph_eval=1, classes=FIVE)
+    b = build_glyphs(tmp_path / "b", FONTS, seed=3, per_glyph=2, per_glyph_eval=1, classes=FIVE)
+    assert _sha(tmp_path / "a") == _sha(tmp_path / "b") and a["arrays"] == b["arrays"]
+    c = build_glyphs(tmp_path / "c", FONTS, seed=4, per_glyph=2, per_glyph_eval=1, classes=FIVE)
+    assert c["arrays"]["test"] != a["arrays"]["test"] or c["faces"] != a["faces"]
+    families = {s: {f["family"] for f in a["faces"][s]} for s in ("train", "val", "test")}
+    assert all(families[s] for s in families)  # three families: one in each split
+    assert not (families["train"] & families["test"]) and not (families["val"] & families["test"])
+    assert not (families["train"] & families["val"])
+    # a glyph only from a font whose character map holds it: Shei from DejaVu Sans alone, the rest skipped
+    assert a["skipped"]["glyph not in the font's character map"] == 2
+    x, y, info = load_folder_dataset("test", tmp_path / "a")
+    assert x.shape[1:] == (1, 32, 32) and str(x.dtype) == "torch.uint8" and info.classes[0] == "digit 7"
+    vx, vy, _ = load_folder_dataset("val", tmp_path / "a")
+    assert len(vy) > 0
+    shei = {s: int((load_folder_dataset(s, tmp_path / "a")[1] == 4).sum()) for s in ("train", "val", "test")}
+    assert sum(shei.values()) == (2 if "DejaVu Sans" in families["train"] else 1)
+    # size and position are kept: a capital's ink stands higher than a small letter's in the same font
+    img = x[y == 1][0, 0].numpy().astype(float), x[y == 2][0, 0].numpy().astype(float)
+    top = [int(np.argmax(i.max(axis=1) > 0.5 * i.max())) for i in img]
+    assert top[0] < top[1]
+
+
+@needs_fonts
+def test_bad_fonts_and_missing_glyphs_are_clear_errors(tmp_path):
+    bad = tmp_path / "broken.ttf"
+    bad.write_bytes(b"not a font at all")
+    with pytest.raises(GlyphDataError, match="broken.ttf: not a readable font"):
+        find_faces([bad])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("no fonts here")
+    with pytest.raises(GlyphDataError, match="no usable font"):
+        find_faces([empty])
+    with pytest.raises(GlyphDataError, match="no such font file"):
+        find_faces([tmp_path / "nowhere"])
+    nobody = [*FIVE[:2], GlyphClass("Linear B syllable", "\U00010000", "other", "")]
+    with pytest.raises(GlyphDataError, match="no font draws Linear B syllable"):
+        build_glyphs(tmp_path / "x", FONTS[:1], per_glyph=1, per_glyph_eval=1, classes=nobody)
+    assert not (tmp_path / "x").exists()  # nothing half-written
+
+
+def test_split_families_keeps_a_family_together():
+    from hypersan.glyphs import Face
+
+    faces = [Face(f"/f/{fam}-{st}.ttf", 0, fam, st, f"{fam}{st}", frozenset())
+             for fam in "ABCDEFGHIJ" for st in ("Regular", "Bold")]
+    parts = split_families(faces, seed=0)
+    where = {}
+    for split, fs in parts.items():
+        for f in fs:
+            assert where.setdefault(f.family, split) == split
+    assert len({f.family for f in parts["test"]}) >= 2 and parts["val"]
+
+
+def test_the_classes_and_their_vocabulary():
+    classes = glyph_classes()
+    names = [c.name for c in classes]
+    assert len(classes) >= 90 and len(set(names)) == len(names)
+    chars = [c.char for c in classes]
+    assert len(set(chars)) == len(chars)
+    assert "Α" not in chars and "А" not in chars and "Г" not in chars  # Alpha and Cyrillic A are A; Ghe is Gamma
+    assert "Γ" in chars and "0" in chars and "O" in chars and "l" in chars and "I" in chars  # ambiguous: kept
+    groups, synonyms = vocabulary(classes)
+    assert groups["digits"] == [f"digit {d}" for d in range(10)]
+    assert "capital A" in groups["capital letters"] and "small a" not in groups["capital letters"]
+    assert set(groups["vowels"]) == {f"capital {v}" for v in "AEIOU"} | {f"small {v}" for v in "aeiou"}
+    assert "Greek small alpha" in groups["Greek letters"] and "Cyrillic capital Zhe" in groups["Cyrillic letters"]
+    assert "7" in synonyms["digit 7"] and "A" in synonyms["capital A"]
