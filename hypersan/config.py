@@ -235,7 +235,6 @@ RANGES: dict[str, tuple[str, str]] = {
     "data.test_limit": ("[0, inf)", "0 = every test image"),
     "data.val_size": ("[0, inf)", "validation images taken out of the training data; 0 = none"),
     "data.val_seed": ("[0, inf)", "seed of the validation split"),
-    "data.val_split": ("sample | dataset", "where the validation split comes from"),
     "data.crop_padding": ("[0, inf)", "0 = no random crop"),
     "model.widths": ("[1, inf)", "channels per stage"),
     "model.blocks": ("[1, inf)", "blocks (resnet) or convs (vgg) per stage"),

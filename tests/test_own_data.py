@@ -98,3 +98,31 @@ def test_own_data_trains_prunes_exports_and_evaluates(tmp_path):
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)["subtasks"]
     assert [row["classes"] for row in rows] == [["square", "cross"]]
+
+
+def test_a_dataset_folder_with_its_own_validation_split(tmp_path):
+    import numpy as np
+    import pytest
+
+    from hypersan.config import ConfigError, load_config
+    from hypersan.data import save_folder_dataset
+    from hypersan.engine import training_split
+    from hypersan.train import split_training_data
+
+    from .conftest import ROOT
+
+    g = np.random.default_rng(0)
+    make = lambda n: (g.integers(0, 255, (n, 8, 8), dtype=np.uint8), np.arange(n) % 3)  # noqa: E731
+    save_folder_dataset(tmp_path / "d", ["a", "b", "c"], make(30), make(9), val=make(6), card={"source": "test"})
+    over = ['data.dataset="folder"', f'data.data_dir="{tmp_path / "d"}"', 'data.val_split="dataset"']
+    cfg = load_config(ROOT / "configs" / "tiny.toml", over)
+    tx, ty, vx, vy, _ = split_training_data(cfg)
+    assert len(ty) == 30 and len(vy) == 6  # every training image trains; validation is val.npz
+    info = __import__("json").loads((tmp_path / "d" / "dataset.json").read_text())
+    assert info["card"]["source"] == "test" and set(info["card"]["arrays"]) == {"train", "val", "test"}
+
+    class M:  # training_split reads only the config
+        config = cfg
+    assert len(training_split(M)[1]) == 30
+    with pytest.raises(ConfigError, match="val_split = 'dataset'"):
+        load_config(ROOT / "configs" / "tiny.toml", ['data.val_split="dataset"'])
