@@ -26,7 +26,7 @@ from .io import atomic_dir
 from .metrics import kept_widths, subnet_cost
 from .model import SubtaskAdaptiveNet
 from .stats import (STATS_FILE, BNStats, CalibSpec, StatsCache, StatsKey, get_bn_stats, images_fingerprint,
-                    recalibrate, set_bn_stats, weights_fingerprint)
+                    masks_fingerprint, recalibrate, set_bn_stats, weights_fingerprint)
 from .subtasks import Subtask
 from .surgery import ROUND_MODES, expand_bn_stats, prune_backbone, round_widths
 
@@ -128,7 +128,9 @@ class PruningEngine:
         """The calibration images (uint8), read from the training split on first use."""
         if self._images is None:
             self._say("reading the training images")
-            self._images, self._labels, self._source = training_split(self.model, self.data_dir)
+            self._images, self._labels, source = training_split(self.model, self.data_dir)
+            # the images' own bytes name them: a dataset changed in place is new calibration data
+            self._source = f"{source}:{images_fingerprint(self._images)}"
         return self._images
 
     def _say(self, message: str) -> None:
@@ -179,10 +181,15 @@ class PruningEngine:
         return masks, None
 
     def key(self, subtask: Optional[Subtask], text: Optional[str] = None, rounding: Optional[str] = None,
-            seed: Optional[int] = None, images: Optional[Tensor] = None) -> StatsKey:
-        """The cache key of a subtask's statistics under the current weights and calibration settings."""
+            seed: Optional[int] = None, images: Optional[Tensor] = None, masks: Optional[dict] = None) -> StatsKey:
+        """The cache key of a subtask's statistics under the current weights, masks (so every setting that
+        decides the kept channels: threshold, min_keep, keep_multiple, rounding) and calibration images."""
+        if masks is None and subtask is not None:  # the masks the rounding name ("up16", "nearest8") stands for
+            mode = "nearest" if rounding and rounding.startswith("nearest") else "up"
+            masks = self.masks(subtask, text, int(rounding[len(mode):]) if rounding else 0, mode)[0]
         spec = self.calib_spec(seed, images)
-        return StatsKey(subtask, text, rounding, spec.fingerprint(), self.weights_fingerprint())
+        return StatsKey(subtask, text, rounding, spec.fingerprint(), self.weights_fingerprint(),
+                        masks_fingerprint(masks))
 
     def weights_fingerprint(self) -> str:
         """stats.weights_fingerprint of the model, recomputed only when a tensor was replaced or changed in place
@@ -203,7 +210,7 @@ class PruningEngine:
         return self._statistics(subtask, masks, text, rounding, seed, images)[0]
 
     def _statistics(self, subtask, masks, text, rounding, seed, images) -> tuple[BNStats, StatsKey]:
-        key = self.key(subtask, text, rounding, seed, images)
+        key = self.key(subtask, text, rounding, seed, images, masks)
         hit = self.cache.get(key)
         if hit is not None:
             return hit, key

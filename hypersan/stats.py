@@ -104,6 +104,17 @@ def weights_fingerprint(net: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def masks_fingerprint(masks: Optional[dict]) -> str:
+    """Short hash of a subtask's masks {site: tensor} (values and shapes); "dense" for None (no masks)."""
+    if masks is None:
+        return "dense"
+    h = hashlib.sha256()
+    for name in sorted(masks):
+        t = masks[name].detach().to("cpu", torch.float32).contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:".encode() + t.view(-1).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def images_fingerprint(images: Tensor) -> str:
     """Short hash of an image tensor's shape, dtype and bytes (names user-supplied calibration images)."""
     t = images.detach().cpu().contiguous()
@@ -148,10 +159,13 @@ class StatsKey:
     rounding: Optional[str]  # e.g. "up16" / "nearest16" (None: the widths the keep rule gave)
     calib: str  # CalibSpec.fingerprint()
     weights: str  # weights_fingerprint() of the model
+    masks: str = "-"  # masks_fingerprint() of the masks: the kept channels and scalings, whatever decided them
+    # (threshold, min_keep, keep_multiple, rounding)
 
     def __str__(self) -> str:
         text = "-" if self.text is None else _sha(self.text.encode())
-        return f"{subtask_key(self.subtask)}|t={text}|r={self.rounding or '-'}|c={self.calib}|w={self.weights}"
+        return (f"{subtask_key(self.subtask)}|t={text}|r={self.rounding or '-'}~{self.masks}|c={self.calib}"
+                f"|w={self.weights}")
 
     @property
     def tag(self) -> tuple:

@@ -236,3 +236,25 @@ def test_export_says_each_slow_step_once_and_a_cached_step_not_at_all(tmp_path):
     lines.clear()
     eng.export(["Sneaker", "Bag"], tmp_path / "b", ["safetensors"])
     assert lines == ["writing model.safetensors"]  # the statistics came from the cache
+
+
+def test_statistics_are_keyed_by_the_settings_that_decide_the_widths_and_by_the_images():
+    eng = _engine()
+    t = (1, 7, 8)
+    eng.statistics(t)
+    before = eng.key(t)
+    assert before in eng.cache
+    gen = eng.model.config.generator
+    for name, value in (("threshold", gen.threshold + 0.3), ("keep_multiple", 4), ("min_keep", 12)):
+        old = getattr(gen, name)
+        setattr(gen, name, value)
+        try:
+            changed = eng.masks(t)[0] is not None and eng.key(t) != before
+            assert changed, name  # new widths: a new key, so a recalibration, never the old statistics
+            assert eng.key(t) not in eng.cache
+        finally:
+            setattr(gen, name, old)
+    assert eng.key(t) == before
+    # the same settings on other calibration images: another key
+    other = PruningEngine(eng.model, images=_images(seed=5))
+    assert other.key(t) != before

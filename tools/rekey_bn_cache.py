@@ -1,0 +1,62 @@
+"""Re-key a checkpoint's BN-statistics cache written before keys named the masks and the calibration images.
+
+Keys of that format (`subtask|t=..|r=ROUNDING|c=..|w=..`) named the calibration source by dataset and split
+only, and the masks not at all. Each entry whose settings match what the checkpoint's engine does today (same
+weights, same calibration settings with seed 0, the same training split, which this tool reads) is filed again
+under today's key, which adds the masks' fingerprint and the images' own hash. Nothing is recomputed; entries
+that match nothing are dropped (they are recalibrated when needed). tests/test_shipped.py recomputes entries
+and compares.
+
+    python tools/rekey_bn_cache.py CHECKPOINT_DIR
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from hypersan.checkpoint import parse_subtask_key  # noqa: E402
+from hypersan.io import load_tensors  # noqa: E402
+from hypersan.stats import STATS_FILE, CalibSpec  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("checkpoint")
+    args = p.parse_args(argv)
+    folder = Path(args.checkpoint)
+    from hypersan.engine import PruningEngine
+
+    engine = PruningEngine.from_pretrained(folder)
+    model = engine.model
+    d, c = model.config.data, model.config.calib
+    engine.images()  # today's source names the images' bytes
+    old_source = f"{d.dataset}:train:limit{d.train_limit}:val{d.val_size}@{d.val_seed}"
+    old_calib = CalibSpec(c.batches, c.batch_size, 0, old_source, d.crop_padding, d.hflip).fingerprint()
+    weights = engine.weights_fingerprint()
+    old = load_tensors(folder / STATS_FILE)
+    new, kept, dropped = {}, set(), set()
+    for name, v in old.items():
+        key, _, tensor = name.partition("/")
+        parts = key.split("|")
+        if (len(parts) != 5 or parts[1] != "t=-" or parts[2] != "r=-" or parts[3] != f"c={old_calib}"
+                or parts[4] != f"w={weights}"):
+            dropped.add(key)
+            continue
+        subtask = parse_subtask_key(parts[0])
+        new[f"{engine.key(subtask, seed=0)}/{tensor}"] = v
+        kept.add(key)
+    from safetensors.torch import save_file
+
+    tmp = folder / (STATS_FILE + ".tmp")
+    save_file(new, str(tmp))
+    tmp.replace(folder / STATS_FILE)
+    print(json.dumps({"rekeyed": len(kept), "dropped": len(dropped)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
