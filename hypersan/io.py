@@ -208,6 +208,9 @@ def _pid_alive(pid: int) -> bool:
 def sweep_stale(path: str | os.PathLike) -> list[Path]:
     """Remove leftovers of crashed writes of `path` (`.<name>.tmp-*`, `.<name>.old-*`); returns what was removed.
 
+    An old tree (`.old-`, with its marker) left while `path` is missing is the only copy of the data (a crash
+    between the two renames of the fallback path): it is renamed back to `path`, never removed.
+
     A leftover goes when its owner (the host and pid in its name) is this host's and no longer alive, or when it
     is older than STALE_AFTER_S; this process's own are kept (another thread may be writing). Nothing else is
     touched: only folders whose whole name has the form atomic_dir gives them.
@@ -234,6 +237,15 @@ def sweep_stale(path: str | os.PathLike) -> list[Path]:
         if mine and pid == me:
             continue
         if (mine and not _pid_alive(pid)) or now - st.st_mtime > STALE_AFTER_S:
+            if (prefix.endswith(".old-") and not os.path.lexists(path)
+                    and os.path.isfile(os.path.join(e.path, MARKER))):
+                # a crash between the fallback's two renames: the old tree is the only copy; put it back
+                try:
+                    os.rename(e.path, path)
+                    _fsync_dir(path.parent)
+                    continue
+                except OSError:
+                    pass
             shutil.rmtree(e.path, ignore_errors=True)
             removed.append(Path(e.path))
     return removed
@@ -255,12 +267,43 @@ def _changed(path: Path) -> OutputExistsError:
                              "replace; it was left as it is, and nothing was written: check it, then retry")
 
 
+def _user_entries(old: Path, new: Path) -> list[str]:
+    """Top-level entries of a hypersan tree that hypersan did not write there (its marker lists what it wrote; a
+    marker without the list: whatever the new tree lacks), and that the new tree does not hold."""
+    try:
+        written = json.loads((old / MARKER).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        written = None
+    out = []
+    for e in sorted(os.scandir(old), key=lambda e: e.name):
+        if e.name == MARKER or os.path.lexists(new / e.name):
+            continue
+        if written is None or e.name not in written:
+            out.append(e.name)
+    return out
+
+
+def _carry_user_files(old: Path, new: Path) -> None:
+    """Copy what a user put inside a hypersan folder into the tree that replaces it: nothing of theirs is lost."""
+    if not os.path.isdir(old) or os.path.islink(old):
+        return
+    for name in _user_entries(old, new):
+        src, dst = old / name, new / name
+        if os.path.isdir(src) and not os.path.islink(src):
+            shutil.copytree(src, dst, symlinks=True)
+        else:
+            shutil.copy2(src, dst, follow_symlinks=False)
+
+
 def _commit(tmp: Path, path: Path, kind: str, force: bool) -> None:
-    """Put the finished tree `tmp` at `path`; on any failure `path` is as it was and `tmp` is gone."""
+    """Put the finished tree `tmp` at `path`; on any failure `path` is as it was and `tmp` is gone. Files a user
+    put inside the old tree are carried into the new one."""
     new_at: Optional[Path] = tmp  # where the new tree is while it is not yet at `path`
     old: Optional[Path] = None
     try:
         check_output_dir(path, kind, force)  # again: the folder may have changed while the tree was written
+        if os.path.lexists(path) and not _empty_dir(path):
+            _carry_user_files(path, tmp)
         if not os.path.lexists(path) or _empty_dir(path):
             try:
                 os.rename(tmp, path)  # atomic; it replaces an empty folder, never a file or a non-empty folder
@@ -322,7 +365,8 @@ def atomic_dir(path: str | os.PathLike, kind: str, force: bool = False) -> Itera
     os.umask(umask)
     try:
         yield tmp
-        write_json(tmp / MARKER, {"kind": kind, "format": MARKER_FORMAT})
+        files = sorted(e.name for e in os.scandir(tmp))  # what hypersan wrote: anything else there is a user's
+        write_json(tmp / MARKER, {"kind": kind, "format": MARKER_FORMAT, "files": files})
         _flush_tree(tmp, umask)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -142,7 +142,9 @@ def test_save_subnet_replaces_an_artifact_only_with_force(tmp_path):
     assert _tree(d) == before
     save_subnet(_net(seed=1), d, force=True)
     assert _tree(d) != before
-    assert json.loads((d / ".hypersan.json").read_text()) == {"kind": "artifact", "format": 1}
+    marker = json.loads((d / ".hypersan.json").read_text())
+    assert marker["kind"] == "artifact" and marker["format"] == 1
+    assert set(marker["files"]) == {p.name for p in d.iterdir()} - {".hypersan.json"}  # all of it hypersan's
     x = _x(_net(seed=1))
     with torch.no_grad():
         assert torch.equal(load_subnet(d)(x), _net(seed=1)(x))

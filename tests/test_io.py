@@ -37,7 +37,8 @@ def test_a_new_folder_gets_its_files_and_the_marker(tmp_path):
     _write(tmp_path / "x" / "out", "artifact")
     d = tmp_path / "x" / "out"
     assert (d / "config.json").read_text() == "v1" and (d / "deep" / "w.bin").read_bytes() == b"v1v1v1"
-    assert json.loads((d / ".hypersan.json").read_text()) == {"kind": "artifact", "format": 1}
+    assert json.loads((d / ".hypersan.json").read_text()) == {"kind": "artifact", "format": 1,
+                                                                "files": ["config.json", "deep"]}
     assert is_hypersan_dir(d, "artifact") and not is_hypersan_dir(d, "checkpoint")
     umask = os.umask(0)
     os.umask(umask)
@@ -255,3 +256,30 @@ def test_check_safetensors_wants_the_tensors_to_tile_the_file(tmp_path):
     p.write_bytes(data)
     with pytest.raises(ArtifactError, match=r"wrong shapes: a: file \(2, 3\) vs model \(3, 2\)"):
         check_safetensors(p, dict(want, a=((3, 2), torch.float32)))
+
+
+def test_an_orphaned_old_tree_is_restored_not_swept(tmp_path):
+    # the fallback path (no RENAME_EXCHANGE) crashed between its two renames: the old tree is the only copy
+    _write(tmp_path / "out", "checkpoint", text="epoch 50")
+    before = _tree(tmp_path / "out")
+    orphan = tmp_path / f".out.old-{hio._host_tag()}-{_dead_pid()}-abc"
+    os.rename(tmp_path / "out", orphan)
+    removed = hio.sweep_stale(tmp_path / "out")
+    assert orphan not in removed and not orphan.exists()
+    assert _tree(tmp_path / "out") == before  # the epoch-50 checkpoint is back where it was
+    # the next write goes on from it as usual
+    _write(tmp_path / "out", "checkpoint", text="epoch 51", force=True)
+    assert (tmp_path / "out" / "config.json").read_text() == "epoch 51"
+
+
+def test_a_forced_replace_keeps_what_a_user_put_in_the_folder(tmp_path):
+    _write(tmp_path / "run", "checkpoint", text="epoch 1")
+    (tmp_path / "run" / "my_notes.md").write_text("lr 0.1 looked unstable")
+    (tmp_path / "run" / "plots").mkdir()
+    (tmp_path / "run" / "plots" / "a.png").write_bytes(b"png")
+    _write(tmp_path / "run", "checkpoint", text="epoch 2", force=True)
+    assert (tmp_path / "run" / "config.json").read_text() == "epoch 2"
+    assert (tmp_path / "run" / "my_notes.md").read_text() == "lr 0.1 looked unstable"
+    assert (tmp_path / "run" / "plots" / "a.png").read_bytes() == b"png"
+    _write(tmp_path / "run", "checkpoint", text="epoch 3", force=True)  # and at every later write
+    assert (tmp_path / "run" / "my_notes.md").exists() and (tmp_path / "run" / "config.json").read_text() == "epoch 3"
