@@ -46,11 +46,16 @@ def resolve_classes(classes: Iterable[Any], names: Sequence[str]) -> Subtask:
         raise ValueError(f"classes must be a list of class names or indices, not the single string {classes!r}; "
                          f"e.g. [{classes!r}]")
     low = {n.strip().lower(): i for i, n in enumerate(names)}
+    singular: dict[str, list[int]] = {}  # "sneakers" and "sneaker" name one class, as requests in words do
+    for i, n in enumerate(names):
+        singular.setdefault(_singular(n), []).append(i)
     seen: dict[int, Any] = {}
     for pos, c in enumerate(classes):
         idx = _class_index(c, pos)
         if idx is None:
             key = c.strip().lower()
+            if key not in low and len(singular.get(_singular(key), [])) == 1:
+                key = names[singular[_singular(key)][0]].strip().lower()
             if key not in low:
                 import difflib
 
@@ -66,6 +71,13 @@ def resolve_classes(classes: Iterable[Any], names: Sequence[str]) -> Subtask:
     if not seen:
         raise ValueError(f"no classes given; name at least one of: {known}")
     return tuple(sorted(seen))
+
+
+def _singular(name: str) -> str:
+    """A class name with each word in its singular form (case-insensitive): "Ankle boots" -> "ankle boot"."""
+    from .vocabulary import lemma
+
+    return " ".join(lemma(w) for w in name.strip().lower().split())
 
 
 def hashed_holdout(combo: Subtask, fraction: float, seed: int) -> bool:

@@ -144,6 +144,10 @@ def test_resolve_classes_accepts_names_and_integer_scalars():
     assert resolve_classes([" BAG ", "sneaker"], NAMES) == (7, 8)
     assert resolve_classes([np.int64(9), torch.tensor(0), 3], NAMES) == (0, 3, 9)
     assert resolve_classes(("Ankle boot",), NAMES) == (9,)
+    # plural forms, as requests in words take them (hypersan prune --classes sneakers,bags)
+    assert resolve_classes(["sneakers", "Bags", "ankle boots", "trousers"], NAMES) == (1, 7, 8, 9)
+    with pytest.raises(ValueError, match="given twice"):
+        resolve_classes(["Sneaker", "sneakers"], NAMES)
 
 
 @pytest.mark.parametrize("classes, message", [
