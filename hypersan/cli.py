@@ -311,7 +311,18 @@ def _serve(args) -> int:
         raise ValueError(f"--cache-size must be at least 1 subnet, got {args.cache_size}")
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be from 0 to 65535, got {args.port}")
-    token = args.token if args.token is not None else os.environ.get("HYPERSAN_SERVE_TOKEN") or None
+    if args.token is not None and args.token_file is not None:
+        raise ValueError("give --token or --token-file, not both")
+    if args.token_file is not None:
+        try:
+            with open(args.token_file) as f:
+                token = f.read().strip()
+        except OSError as e:
+            raise ValueError(f"--token-file {args.token_file}: {e.strerror}") from None
+        if not token:
+            raise ValueError(f"--token-file {args.token_file} is empty; put the token in it")
+    else:
+        token = args.token if args.token is not None else os.environ.get("HYPERSAN_SERVE_TOKEN") or None
     serve(args.checkpoint, args.host, args.port, token, args.cache_dir, args.cache_size, args.data_dir,
           args.max_body_bytes, args.max_images, log=lambda m: print(m, file=sys.stderr, flush=True))
     return 0
@@ -449,6 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     sv.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' on every endpoint but the "
                                                    "health ones (default: $HYPERSAN_SERVE_TOKEN, else none)")
+    sv.add_argument("--token-file", default=None, metavar="FILE",
+                    help="read the token from FILE (a token given with --token shows in ps; a file or "
+                         "$HYPERSAN_SERVE_TOKEN does not)")
     sv.add_argument("--cache-dir", default=None, help="folder that keeps built subnets across restarts (default: "
                                                        "a temporary folder, removed on exit)")
     sv.add_argument("--cache-size", type=int, default=32, help="subnets kept in memory, least recently used "

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+import logging
 import secrets
 import shutil
 import tempfile
@@ -59,6 +60,12 @@ CACHE_KIND = "serve-cache"  # the marker kind of a cache folder (see io.atomic_d
 ID_RE = re.compile(r"[0-9a-f]{24}")
 DOWNLOADS = {"model.onnx": "onnx", "model.pt2": "pt2", "model.safetensors": "safetensors", "config.json": None}
 HEALTH_PATHS = ("/healthz", "/v2/health/live", "/v2/health/ready")
+FIRE_THRESHOLD = 0.5  # /v1/predict names a class only where its sigmoid probability exceeds this
+
+
+def _bearer_ok(header: str, token: str) -> bool:
+    scheme, _, given = header.partition(" ")
+    return scheme.lower() == "bearer" and secrets.compare_digest(given.strip().encode(), token.encode())
 MAX_ROUND_TO = 4096
 _STAGING = "staging"  # temporaries of lazily exported files: `.staging.tmp-<host>-<pid>-<random>` in the cache
 
@@ -438,7 +445,7 @@ class PredictRequest(BaseModel):
 
 class Prediction(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
-    class_: str = Field(..., alias="class")
+    class_: Optional[str] = Field(..., alias="class")  # null: no class's probability exceeds the threshold
     scores: dict[str, float]
 
 
@@ -544,8 +551,7 @@ class _Guard:
         headers = dict(scope.get("headers") or [])
         if self.token is not None and scope.get("path") not in HEALTH_PATHS:
             auth = headers.get(b"authorization", b"").decode("latin-1")
-            scheme, _, given = auth.partition(" ")
-            if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), self.token.encode()):
+            if not _bearer_ok(auth, self.token):
                 why = "missing" if not auth else "wrong"
                 return await _error(401, f"the bearer token is {why}: send the header 'Authorization: Bearer <token>' "
                                          "with the token the server was started with (--token)")(scope, receive, send)
@@ -643,8 +649,11 @@ def create_app(engine: PruningEngine, cache_dir: Optional[str | os.PathLike] = N
 
     # ------------------------------------------------------------ v1
     @app.get("/healthz", tags=["health"])
-    async def healthz() -> dict:
-        """Health: always 200 while the server runs, with what it holds (no token needed)."""
+    async def healthz(request: Request) -> dict:
+        """Health: always 200 while the server runs (no token needed). What it holds (checkpoint fingerprint,
+        subnets, memory) only with the token, when the server has one."""
+        if token is not None and not _bearer_ok(request.headers.get("authorization", ""), token):
+            return {"status": "ok"}
         return {"status": "ok", "version": __version__, "checkpoint": service.fingerprint,
                 "classes": list(engine.model.classes), "input_shape": list(shape),
                 "subnets_in_memory": len(service.in_memory()), "cache_size": service.cache_size,
@@ -701,9 +710,11 @@ def create_app(engine: PruningEngine, cache_dir: Optional[str | os.PathLike] = N
         logits, ms = await service.forward(sub, x)
         classes = sub.meta["classes"]
         probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-        preds = [{"class": classes[int(np.argmax(row))], "scores": {c: float(p) for c, p in zip(classes, row)}}
-                 for row in probs]
-        return {"subnet": sub.id, "classes": classes, "predictions": preds, "latency_ms": round(ms, 4)}
+        # every class is a sigmoid: an image of none of them fires none ("class": null), never the least unlikely
+        preds = [{"class": classes[int(np.argmax(row))] if row.max() > FIRE_THRESHOLD else None,
+                  "scores": {c: float(p) for c, p in zip(classes, row)}} for row in probs]
+        return {"subnet": sub.id, "classes": classes, "threshold": FIRE_THRESHOLD, "predictions": preds,
+                "latency_ms": round(ms, 4)}
 
     # ------------------------------------------------------------ Open Inference Protocol (KServe V2)
     v2_errors = {400: {"model": V2Error}, 401: {"model": V2Error}, 404: {"model": V2Error}, 413: {"model": V2Error}}
@@ -777,7 +788,10 @@ def create_app(engine: PruningEngine, cache_dir: Optional[str | os.PathLike] = N
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, e: Exception):
-        return _error(500, f"internal error: {type(e).__name__}: {e}")
+        ref = uuid.uuid4().hex[:12]
+        logging.getLogger("hypersan.serve").error("internal error %s on %s %s", ref, request.method,
+                                                   request.url.path, exc_info=e)
+        return _error(500, f"internal error (reference {ref}: the server's log has the details)")
 
     app.add_middleware(_Guard, token=token, max_body=max_body_bytes)
     return app

@@ -144,7 +144,9 @@ def test_health_endpoints_and_token(engine, tmp_path):
             assert c.get(path).status_code == 200, path
         assert c.get("/v2/health/live").json() == {"live": True}
         assert c.get("/v2/health/ready").json() == {"ready": True}
-        assert c.get("/healthz").json()["status"] == "ok"
+        assert c.get("/healthz").json() == {"status": "ok"}  # liveness only without the token
+        full = c.get("/healthz", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+        assert full["status"] == "ok" and "checkpoint" in full and "rss_bytes" in full
         for method, path in (("post", "/v1/subnets"), ("get", "/v1/subnets/" + "0" * 24), ("post", "/v1/predict"),
                              ("get", "/v2/models/" + "0" * 24), ("post", f"/v2/models/{'0' * 24}/infer"),
                              ("get", "/openapi.json"), ("get", "/docs")):
@@ -267,7 +269,8 @@ def test_subnets_ids_files_and_predictions(client, engine):
     for p, e in zip(body["predictions"], expected):
         assert set(p) == {"class", "scores"}
         assert np.allclose([p["scores"][c] for c in PAIR], e, atol=1e-5)
-        assert p["class"] == PAIR[int(np.argmax(e))]
+        assert p["class"] == (PAIR[int(np.argmax(e))] if max(e) > 0.5 else None)  # null: no class fires
+    assert body["threshold"] == 0.5
     by_request = client.post("/v1/predict", json={"request": "sneakers and bags", "images": images}).json()
     assert by_request["subnet"] == sid and by_request["predictions"] == body["predictions"]
     # bad images: shape, dtype, range, count, base64 that is no PNG
@@ -515,3 +518,27 @@ def test_cli_serve_passes_its_options_and_checks_them(monkeypatch, capsys):
     assert "--cache-size must be at least 1" in capsys.readouterr().err
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices["serve"]
     assert all(a.help for a in sub._actions if a.dest != "help")
+
+
+def test_an_internal_error_is_logged_and_answered_without_its_text(engine, tmp_path, caplog):
+    app = create_app(engine, cache_dir=tmp_path / "c")
+
+    @app.get("/boom")
+    async def boom():
+        raise RuntimeError("secret path /home/alice/key")
+
+    with TestClient(app, raise_server_exceptions=False) as c, caplog.at_level("ERROR", "hypersan.serve"):
+        r = c.get("/boom")
+    assert r.status_code == 500 and "secret" not in r.text and "reference" in r.json()["error"]
+    assert any("secret path" in str(rec.exc_info[1]) for rec in caplog.records if rec.exc_info)
+
+
+def test_the_token_can_come_from_a_file(tmp_path, capsys):
+    from hypersan.cli import main
+
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    assert main(["serve", "--token-file", str(empty)]) == 2
+    assert "is empty" in capsys.readouterr().err
+    assert main(["serve", "--token", "a", "--token-file", str(empty)]) == 2
+    assert "not both" in capsys.readouterr().err
