@@ -542,3 +542,27 @@ def test_the_token_can_come_from_a_file(tmp_path, capsys):
     assert "is empty" in capsys.readouterr().err
     assert main(["serve", "--token", "a", "--token-file", str(empty)]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_pngs_with_alpha_are_read_and_their_alpha_dropped():
+    import zlib
+
+    from hypersan.wire import InputError, decode_png
+
+    def png(pixels, color):  # (H, W, C) uint8, filter none
+        h, w, _ = pixels.shape
+        raw = b"".join(b"\x00" + pixels[r].tobytes() for r in range(h))
+
+        def chunk(kind, body):
+            return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+        ihdr = w.to_bytes(4, "big") + h.to_bytes(4, "big") + bytes([8, color, 0, 0, 0])
+        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw))
+                + chunk(b"IEND", b""))
+
+    g = np.random.default_rng(0)
+    gray_alpha = g.integers(0, 256, (4, 5, 2), dtype=np.uint8)
+    assert np.array_equal(decode_png(png(gray_alpha, 4), 1, 4, 5)[0], gray_alpha[..., 0])
+    rgba = g.integers(0, 256, (4, 5, 4), dtype=np.uint8)
+    assert np.array_equal(decode_png(png(rgba, 6), 3, 4, 5), rgba[..., :3].transpose(2, 0, 1))
+    with pytest.raises(InputError, match="RGBA, but this subnet takes 1-channel"):
+        decode_png(png(rgba, 6), 1, 4, 5)
