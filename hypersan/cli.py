@@ -324,7 +324,8 @@ def _serve(args) -> int:
     else:
         token = args.token if args.token is not None else os.environ.get("HYPERSAN_SERVE_TOKEN") or None
     serve(args.checkpoint, args.host, args.port, token, args.cache_dir, args.cache_size, args.data_dir,
-          args.max_body_bytes, args.max_images, log=lambda m: print(m, file=sys.stderr, flush=True))
+          args.max_body_bytes, args.max_images, log=lambda m: print(m, file=sys.stderr, flush=True),
+          queue_size=args.queue_size, disk_items=args.disk_cache_items, disk_bytes=args.disk_cache_bytes)
     return 0
 
 
@@ -467,6 +468,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "a temporary folder, removed on exit)")
     sv.add_argument("--cache-size", type=int, default=32, help="subnets kept in memory, least recently used "
                                                                 "dropped first (default 32)")
+    sv.add_argument("--queue-size", type=int, default=16, help="builds waiting or running at once; more get 503 "
+                                                                "with Retry-After (default 16)")
+    sv.add_argument("--disk-cache-items", type=int, default=256, help="artifact folders kept in the cache folder, "
+                                                                      "least recently used removed first (default 256)")
+    sv.add_argument("--disk-cache-bytes", type=int, default=1 << 30, help="bytes of artifact folders kept (default "
+                                                                          "1 GiB)")
     sv.add_argument("--max-images", type=int, default=256, help="images per prediction request (default 256)")
     sv.add_argument("--max-body-bytes", type=int, default=8 << 20, help="largest request body (default 8 MiB)")
     sv.add_argument("--data-dir", default=None, help="Fashion-MNIST folder, if not the system one or "

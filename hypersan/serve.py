@@ -73,9 +73,9 @@ _STAGING = "staging"  # temporaries of lazily exported files: `.staging.tmp-<hos
 class ServeError(Exception):
     """An answer other than success: HTTP status, message, and extra JSON fields."""
 
-    def __init__(self, status: int, message: str, **extra):
+    def __init__(self, status: int, message: str, headers: Optional[dict] = None, **extra):
         super().__init__(message)
-        self.status, self.message, self.extra = status, message, extra
+        self.status, self.message, self.extra, self.headers = status, message, extra, headers
 
 
 @dataclasses.dataclass
@@ -115,11 +115,21 @@ class SubnetService:
     """
 
     def __init__(self, engine: PruningEngine, cache_dir: Optional[str | os.PathLike] = None, cache_size: int = 32,
-                 predict_workers: int = 4):
-        if cache_size < 1:
-            raise ValueError(f"the cache size must be at least 1 subnet, got {cache_size}")
+                 predict_workers: int = 4, queue_size: int = 16, disk_items: int = 256, disk_bytes: int = 1 << 30,
+                 stats_entries: int = 64):
+        """`cache_size`: subnets kept in memory; `queue_size`: builds waiting or running at once (more get 503
+        with Retry-After); `disk_items` / `disk_bytes`: artifact folders kept in the cache folder, the least
+        recently used removed first; `stats_entries`: BN statistics the engine keeps in memory."""
+        for name, v in (("cache size", cache_size), ("queue size", queue_size), ("disk items", disk_items),
+                        ("disk bytes", disk_bytes), ("statistics entries", stats_entries)):
+            if v < 1:
+                raise ValueError(f"the {name} must be at least 1, got {v}")
         self.engine = engine
         self.cache_size = cache_size
+        self.queue_size, self.disk_items, self.disk_bytes = queue_size, disk_items, disk_bytes
+        # the engine's statistics are bounded too: what it was loaded with, plus stats_entries more
+        engine.cache.max_entries = len(engine.cache) + stats_entries
+        self._used: dict[str, float] = {}  # artifact folder -> last use (monotonic order of use)
         self.fingerprint = checkpoint_fingerprint(engine)
         self.input_shape = tuple(int(d) for d in engine.model.info.input_shape)
         self.persistent = cache_dir is not None
@@ -192,9 +202,13 @@ class SubnetService:
     def building(self, subnet_id: str) -> bool:
         return ("subnet", subnet_id) in self._inflight
 
+    def pending_builds(self) -> int:
+        return sum(1 for k in self._inflight if k[0] == "subnet")
+
     # ------------------------------------------------------------ the LRU and the folder
     def _remember(self, sub: Subnet) -> Subnet:
         with self._lock:
+            self._used[sub.id] = time.monotonic()
             self._lru[sub.id] = sub
             self._lru.move_to_end(sub.id)
             while len(self._lru) > self.cache_size:
@@ -206,7 +220,30 @@ class SubnetService:
             sub = self._lru.get(subnet_id)
             if sub is not None:
                 self._lru.move_to_end(subnet_id)
+                self._used[subnet_id] = time.monotonic()
             return sub
+
+    def _trim_disk(self) -> None:
+        """Remove the least recently used artifact folders beyond disk_items / disk_bytes; never one whose subnet
+        is in memory (its files are still offered for download)."""
+        folders = []
+        for p in self.dir.iterdir():
+            if ID_RE.fullmatch(p.name) and is_hypersan_dir(p, "artifact"):
+                size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+                folders.append((self._used.get(p.name, p.stat().st_mtime - time.time() + time.monotonic()), p, size))
+        folders.sort(key=lambda f: f[0])
+        total = sum(f[2] for f in folders)
+        with self._lock:
+            keep = set(self._lru)
+        for used, p, size in folders:
+            if len(folders) <= self.disk_items and total <= self.disk_bytes:
+                break
+            if p.name in keep:
+                continue
+            shutil.rmtree(p, ignore_errors=True)
+            self._used.pop(p.name, None)
+            folders = [f for f in folders if f[1] != p]
+            total -= size
 
     def in_memory(self) -> list[str]:
         with self._lock:
@@ -260,7 +297,10 @@ class SubnetService:
                     force=is_hypersan_dir(path, "artifact"))
         with self._lock:
             self.counts["builds"] += 1
-        return self._remember(Subnet(subnet_id, meta, net, path)), True
+            self._used[subnet_id] = time.monotonic()
+        sub = self._remember(Subnet(subnet_id, meta, net, path))
+        self._trim_disk()
+        return sub, True
 
     async def create(self, subtask: tuple, round_to: int = 0, grounding: Optional[dict] = None) -> tuple[Subnet, bool]:
         """(subnet, built now) of a class set: from memory, its folder, or built (once for concurrent callers)."""
@@ -268,6 +308,9 @@ class SubnetService:
         sub = self._cached(subnet_id)
         if sub is not None:
             return sub, False
+        if ("subnet", subnet_id) not in self._inflight and self.pending_builds() >= self.queue_size:
+            raise ServeError(503, f"{self.queue_size} builds are queued already (--queue-size); retry in a few "
+                                  "seconds", headers={"Retry-After": str(max(1, self.pending_builds()))})
         try:
             return await self._once(("subnet", subnet_id), self._build_pool, self._build, subnet_id, subtask,
                                     round_to, grounding)
@@ -592,14 +635,17 @@ class _Guard:
 
 def create_app(engine: PruningEngine, cache_dir: Optional[str | os.PathLike] = None, cache_size: int = 32,
                token: Optional[str] = None, max_body_bytes: int = 8 << 20, max_images: int = 256,
-               predict_workers: int = 4) -> FastAPI:
+               predict_workers: int = 4, queue_size: int = 16, disk_items: int = 256, disk_bytes: int = 1 << 30,
+               stats_entries: int = 64) -> FastAPI:
     """The FastAPI app of a SubnetService over `engine` (app.state.service). `token`: every endpoint but the
-    health ones needs `Authorization: Bearer <token>`. `max_body_bytes`, `max_images`: bounds on one request."""
+    health ones needs `Authorization: Bearer <token>`. `max_body_bytes`, `max_images`: bounds on one request;
+    `queue_size`, `disk_items`, `disk_bytes`, `stats_entries`: bounds on what the server holds (SubnetService)."""
     if max_images < 1 or max_body_bytes < 1:
         raise ValueError("max_images and max_body_bytes must be positive")
     if token is not None and not token:
         raise ValueError("the token is empty; give a non-empty token, or none for an open server")
-    service = SubnetService(engine, cache_dir, cache_size, predict_workers)
+    service = SubnetService(engine, cache_dir, cache_size, predict_workers, queue_size, disk_items, disk_bytes,
+                            stats_entries)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -619,7 +665,9 @@ def create_app(engine: PruningEngine, cache_dir: Optional[str | os.PathLike] = N
 
     @app.exception_handler(ServeError)
     async def _serve_error(request: Request, e: ServeError):
-        return _error(e.status, e.message, **({} if request.url.path.startswith("/v2/") else e.extra))
+        r = _error(e.status, e.message, **({} if request.url.path.startswith("/v2/") else e.extra))
+        r.headers.update(e.headers or {})
+        return r
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, e: StarletteHTTPException):
@@ -799,12 +847,14 @@ def create_app(engine: PruningEngine, cache_dir: Optional[str | os.PathLike] = N
 
 def serve(checkpoint: Optional[str] = None, host: str = "127.0.0.1", port: int = 8000, token: Optional[str] = None,
           cache_dir: Optional[str] = None, cache_size: int = 32, data_dir: Optional[str] = None,
-          max_body_bytes: int = 8 << 20, max_images: int = 256, log: Callable[[str], None] = print) -> None:
+          max_body_bytes: int = 8 << 20, max_images: int = 256, log: Callable[[str], None] = print,
+          queue_size: int = 16, disk_items: int = 256, disk_bytes: int = 1 << 30) -> None:
     """Run the server with uvicorn until interrupted (the `hypersan serve` command)."""
     import uvicorn
 
     engine = PruningEngine.from_pretrained(checkpoint, data_dir=data_dir)
-    app = create_app(engine, cache_dir, cache_size, token, max_body_bytes, max_images)
+    app = create_app(engine, cache_dir, cache_size, token, max_body_bytes, max_images, queue_size=queue_size,
+                     disk_items=disk_items, disk_bytes=disk_bytes, stats_entries=max(64, 2 * cache_size))
     if host not in ("127.0.0.1", "localhost", "::1") and token is None:
         log(f"warning: serving on {host} without a token: anyone who can reach this port can build subnets and run "
             "them; give --token (or $HYPERSAN_SERVE_TOKEN)")

@@ -184,10 +184,14 @@ def _parse_key(key: str) -> tuple:
 # ---------------------------------------------------------------- the cache
 
 class StatsCache:
-    """BN statistics by StatsKey, every entry checked against the backbone's BN buffers (names, shapes, dtypes)."""
+    """BN statistics by StatsKey, every entry checked against the backbone's BN buffers (names, shapes, dtypes).
+    `max_entries`: at most this many, the least recently used dropped first (None: no bound)."""
 
-    def __init__(self, backbone: nn.Module):
+    def __init__(self, backbone: nn.Module, max_entries: Optional[int] = None):
+        if max_entries is not None and max_entries < 1:
+            raise ValueError(f"max_entries must be at least 1 (or None), got {max_entries}")
         self.reference = {k: (tuple(v.shape), v.dtype) for k, v in get_bn_stats(backbone).items()}
+        self.max_entries = max_entries
         self._entries: dict[str, BNStats] = {}
 
     def __len__(self) -> int:
@@ -201,14 +205,20 @@ class StatsCache:
 
     def get(self, key: StatsKey | str) -> Optional[BNStats]:
         """The statistics stored under exactly this key, or None."""
-        return self._entries.get(str(key))
+        hit = self._entries.pop(str(key), None)
+        if hit is not None:
+            self._entries[str(key)] = hit  # most recently used last
+        return hit
 
     def put(self, key: StatsKey | str, stats: BNStats) -> BNStats:
         """Store statistics after checking them; returns them."""
         _parse_key(str(key))
         self.check(stats, f"statistics for {key}")
-        self._entries[str(key)] = {k: v.detach().cpu().clone() for k, v in stats.items()}
-        return self._entries[str(key)]
+        self._entries.pop(str(key), None)
+        self._entries[str(key)] = out = {k: v.detach().cpu().clone() for k, v in stats.items()}
+        while self.max_entries is not None and len(self._entries) > self.max_entries:
+            del self._entries[next(iter(self._entries))]
+        return out
 
     def clear(self) -> None:
         self._entries.clear()

@@ -566,3 +566,45 @@ def test_pngs_with_alpha_are_read_and_their_alpha_dropped():
     assert np.array_equal(decode_png(png(rgba, 6), 3, 4, 5), rgba[..., :3].transpose(2, 0, 1))
     with pytest.raises(InputError, match="RGBA, but this subnet takes 1-channel"):
         decode_png(png(rgba, 6), 1, 4, 5)
+
+
+def test_the_server_holds_bounded_resources(engine, tmp_path):
+    import asyncio
+
+    from hypersan.serve import ServeError, SubnetService
+
+    before = len(engine.cache)
+    app = create_app(engine, cache_dir=tmp_path / "c", cache_size=1, disk_items=2, stats_entries=3)
+    pairs = [["Sneaker", "Bag"], ["Sandal", "Bag"], ["Trouser", "Bag"], ["Coat", "Bag"]]
+    with TestClient(app) as c:
+        ids = [c.post("/v1/subnets", json={"classes": p}).json()["id"] for p in pairs]
+        service = _service(c)
+        on_disk = [p.name for p in (tmp_path / "c").iterdir() if len(p.name) == 24]
+        assert len(service.in_memory()) == 1 and len(on_disk) <= 2  # memory and disk within their bounds
+        assert ids[-1] in on_disk  # the most recent is kept; the least recently used went first
+        assert c.get(f"/v1/subnets/{ids[-1]}/model.safetensors").status_code == 200
+        assert len(engine.cache) <= before + 3
+    # a full build queue answers 503 with Retry-After, and never queues more
+    svc = SubnetService(engine, tmp_path / "q", queue_size=1)
+
+    async def full():
+        svc._inflight[("subnet", "0" * 24)] = asyncio.get_running_loop().create_future()
+        with pytest.raises(ServeError) as e:
+            await svc.create((5, 7))
+        return e.value
+
+    err = asyncio.run(full())
+    assert err.status == 503 and err.headers["Retry-After"] == "1" and "queue-size" in err.message
+
+
+def test_the_statistics_cache_drops_the_least_recently_used():
+    from hypersan.stats import StatsCache
+
+    eng = PruningEngine.from_pretrained("fmnist_b16")
+    keys = eng.cache.keys()[:3]
+    small = StatsCache(eng.model.backbone, max_entries=2)
+    small.put(keys[0], eng.cache.get(keys[0]))
+    small.put(keys[1], eng.cache.get(keys[1]))
+    assert small.get(keys[0]) is not None  # used: now the most recent
+    small.put(keys[2], eng.cache.get(keys[2]))
+    assert set(small.keys()) == {keys[0], keys[2]}
