@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -186,14 +186,29 @@ class Grounder:
                 best = (e, r)
         return best
 
-    def _scan(self, toks: list[str], gaps: list[str]) -> list[_Item]:
+    def _scan(self, toks: list[str], gaps: list[str], orig: Optional[list[str]] = None) -> list[_Item]:
         """Longest-match the vocabulary over the tokens, then sort the rest by role.
 
-        gaps[i] is the text between token i - 1 and token i ("-" inside "button-up").
+        gaps[i] is the text between token i - 1 and token i ("-" inside "button-up"); orig[i] is token i as
+        written (its case), for vocabularies with one-letter phrases ("A" and "a" are two classes of glyphs).
         """
         items: list[_Item] = []
         i, n = 0, len(toks)
+        orig = orig or toks
         while i < n:
+            cased = self.vocab.cased.get(orig[i]) if self.vocab.cased else None
+            # a lone letter names its class unless a longer phrase starts there ("small a") or a word follows it
+            # ("a bag", "I need": an article or a pronoun)
+            if cased is not None and not any(self.vocab.lookup(toks[i:i + k]) for k in range(2, self.vocab.max_len + 1)
+                                             if i + k <= n):
+                nxt = orig[i + 1] if i + 1 < n else ""
+                if not nxt or len(nxt) == 1 or nxt in SEPARATOR_TOKENS or nxt.lower() in CONNECTORS:
+                    if items and items[-1].kind == "match" and items[-1].end == i and \
+                            [lemma(t) for t in toks[items[-1].start:i]] == ["letter"]:
+                        items.pop()  # "the letter q", "letters A and B": the word introduces the letters
+                    items.append(_Item("match", i, i + 1, cased))
+                    i += 1
+                    continue
             for length in range(min(self.vocab.max_len, n - i), 0, -1):
                 e = self.vocab.lookup(toks[i:i + length])
                 if e is not None:
@@ -393,7 +408,7 @@ class Grounder:
         def text_of(a: int, b: int) -> str:
             return request[tokens[a][1]:tokens[b - 1][2]] if aligned else " ".join(toks[a:b])
 
-        items = self._scan(toks, gaps)
+        items = self._scan(toks, gaps, [norm[a:b] for _, a, b in tokens])
         # Adjacent phrases where the second is a group holding the first ("upper body clothing") keep the first.
         kept: list[_Item] = []
         for it in items:

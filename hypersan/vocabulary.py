@@ -75,6 +75,11 @@ def tokenize(text: str) -> list[tuple[str, int, int]]:
     return out
 
 
+def is_cased_letter(text: str) -> bool:
+    """One letter that has an upper and a lower case ("A", "a", "б"): such a phrase is matched case-sensitively."""
+    return len(text) == 1 and text.lower() != text.upper()
+
+
 def lemma(word: str) -> str:
     """A crude singular form, the same for a word and its plural ("dresses", "dress" -> "dress")."""
     w = word
@@ -131,6 +136,14 @@ class Vocabulary:
         entries += [e for e in syn_entries if e.how == "synonym"]
         entries += [_Entry(g, g, cs, "group") for g, cs in groups.items()]
         entries += [e for e in syn_entries if e.how == "group"]
+        # A phrase of one cased letter ("A", "a", "Б") names its class with its case: looked up as written
+        self.cased: dict[str, _Entry] = {}
+        for e in [e for e in entries if is_cased_letter(e.phrase)]:
+            prev = self.cased.setdefault(e.phrase, e)
+            if prev.classes != e.classes:
+                raise ValueError(f"{e.phrase!r} would stand for both {prev.target!r} and {e.target!r}; "
+                                 "a phrase may name only one class or group")
+        entries = [e for e in entries if not is_cased_letter(e.phrase)]
         self.entries = entries
         self.exact: dict[tuple[str, ...], _Entry] = {}
         self.singular: dict[tuple[str, ...], _Entry] = {}

@@ -99,3 +99,30 @@ def test_the_classes_and_their_vocabulary():
     assert set(groups["vowels"]) == {f"capital {v}" for v in "AEIOU"} | {f"small {v}" for v in "aeiou"}
     assert "Greek small alpha" in groups["Greek letters"] and "Cyrillic capital Zhe" in groups["Cyrillic letters"]
     assert "7" in synonyms["digit 7"] and "A" in synonyms["capital A"]
+
+
+def test_requests_ground_on_the_glyph_vocabulary():
+    from hypersan.data import DatasetInfo
+    from hypersan.grounding import Grounder, GroundingError
+
+    classes = glyph_classes()
+    groups, synonyms = vocabulary(classes)
+    info = DatasetInfo("glyphs", [c.name for c in classes], (1, 32, 32), (0.2,), (0.3,), groups, synonyms)
+    g = Grounder(info, None)  # the lexical grounder: no encoder
+
+    def names(request):
+        return g.ground(request).classes
+
+    assert names("digits") == [f"digit {d}" for d in range(10)]
+    assert names("capital letters and digits") == groups["digits"] + groups["capital letters"]
+    assert set(names("Greek letters")) == set(groups["Greek letters"]) and len(names("Greek letters")) == 32
+    assert set(names("vowels")) == set(groups["vowels"])
+    assert names("7") == ["digit 7"]
+    assert names("A") == ["capital A"] and names("a") == ["small a"]  # the case names the class
+    assert names("A and a") == ["capital A", "small a"]
+    assert names("Ж") == ["Cyrillic capital Zhe"] and names("ж") == ["Cyrillic small zhe"]
+    assert names("the letter q") == ["small q"] and names("letters A and B") == ["capital A", "capital B"]
+    assert names("a net for digits") == groups["digits"]  # "a" before a word is an article, not the letter
+    for outside in ("ש", "ü"):  # letters outside the set are refused, never guessed
+        with pytest.raises(GroundingError, match="could not understand"):
+            g.ground(outside)
