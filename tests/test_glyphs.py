@@ -126,3 +126,27 @@ def test_requests_ground_on_the_glyph_vocabulary():
     for outside in ("ש", "ü"):  # letters outside the set are refused, never guessed
         with pytest.raises(GroundingError, match="could not understand"):
             g.ground(outside)
+
+
+@needs_fonts
+def test_a_tiny_glyph_model_trains_prunes_to_digits_and_exports(tmp_path):
+    import torch
+
+    from hypersan.config import load_config
+    from hypersan.engine import PruningEngine
+    from hypersan.train import train
+
+    from .conftest import ROOT
+
+    few = [c for c in glyph_classes() if c.char in "0123ABab"]
+    build_glyphs(tmp_path / "g", FONTS, per_glyph=6, per_glyph_eval=1, classes=few)
+    cfg = load_config(ROOT / "configs" / "glyphs.toml", [
+        f'data.data_dir="{tmp_path / "g"}"', "model.widths=[8, 16]", "model.blocks=[1, 1]", "generator.hidden=32",
+        "train.epochs=1", "train.batch_size=16", "train.eval_every=0", "calib.batches=1", "calib.batch_size=16",
+        "subtasks.size_weights=[1, 1, 1]", "train.progress=false"])
+    train(cfg, tmp_path / "run", log=lambda m: None)
+    engine = PruningEngine.from_pretrained(tmp_path / "run")
+    summary = engine.export("digits", tmp_path / "art", ["safetensors", "onnx"])
+    assert summary["classes"] == ["digit 0", "digit 1", "digit 2", "digit 3"] and 0 < summary["mac_ratio"] <= 1
+    net = engine.subnet("capital A and a")
+    assert net.classes == ["capital A", "small a"] and net(torch.rand(2, 1, 32, 32)).shape == (2, 2)
