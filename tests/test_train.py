@@ -77,14 +77,19 @@ def test_training_uses_a_validation_split_and_never_the_test_set(tmp_path, monke
     assert len(vx) == 128 and len(tx) == 512 - 128
     share = torch.bincount(torch.cat([ty, vy]), minlength=10).float() * 128 / 512
     assert (torch.bincount(vy, minlength=10).float() - share).abs().max() <= 1  # stratified: classes in proportion
-    real = hypersan.train.load_dataset
+    import hypersan.data
 
-    def no_test(name, split, data_dir=None):
-        assert split == "train", "training read the test split"
-        return real(name, split, data_dir)
+    real = hypersan.data._read_idx
+    read = []
 
-    monkeypatch.setattr(hypersan.train, "load_dataset", no_test)
+    def no_test(path, *args):  # the lowest reader: every path to the test arrays goes through it
+        assert "t10k" not in path.name, f"training read the test split ({path.name})"
+        read.append(path.name)
+        return real(path, *args)
+
+    monkeypatch.setattr(hypersan.data, "_read_idx", no_test)
     train(cfg, tmp_path / "run", log=lambda m: None)
+    assert "train-images-idx3-ubyte.gz" in read  # the patch sat on the path the data took
     meta = json.loads((tmp_path / "run" / "meta.json").read_text())
     rec = meta["history"][-1]
     assert {"val_dense_acc", "val_sub_acc", "val_sub_dense_acc"} <= set(rec) and "dense_acc" not in rec
