@@ -659,7 +659,8 @@ def train_scratch(arch: dict, classes: Subtask, target_mac_ratio: float, images,
     hypernetwork's objective (baselines.subset_loss: BCE over its classes, every training image, other classes'
     as negatives) for `epochs` passes over the training images, with the base config's optimizer settings,
     warm-up and augmentation."""
-    from .baselines import sgd_steps, subset_loss
+    from .baselines import subset_loss
+    from .optim import sgd_steps
     from .subnet import build_plain
 
     widths = scratch_widths(arch, target_mac_ratio, len(classes), dense_macs, input_shape)
@@ -718,4 +719,4 @@ def run_ablation(config: str | os.PathLike, out: str | os.PathLike, quick: bool 
     return ab.run(progress=progress)
 
 
-__all__ = ["AblationConfig", "Ablation", "load_ablation_config", "run_ablation", "monotonicity", "COLUMNS"]
+__all__ = ["AblationConfig", "Ablation", "load_ablation_config", "run_ablation", "monotonicity", "PER_SUBSET"]

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from .data import augment, to_float
+from .optim import sgd_steps
 from .metrics import count_macs
 from .stats import recalibrate
 from .surgery import layer_plan
@@ -169,37 +170,6 @@ def subset_targets(labels: Tensor, classes: Sequence[int]) -> tuple[Tensor, Tens
     cls = torch.tensor(sorted(int(c) for c in classes))
     pos = torch.searchsorted(cls, labels).clamp(max=len(cls) - 1)
     return cls, torch.where(cls[pos] == labels, pos, torch.full_like(pos, -1))
-
-
-def sgd_steps(net: nn.Module, batch_loss: Callable[[Tensor], Tensor], n_images: int, steps: int, lr: float,
-              batch_size: int = 128, seed: int = 0, momentum: float = 0.9, weight_decay: float = 5e-4,
-              schedule: str = "cosine", warmup: int = 0) -> dict:
-    """The one SGD loop over a training subset: `steps` Nesterov steps, each on `batch_size` indices drawn
-    uniformly (seeded) from range(n_images) and scored by batch_loss(indices, generator). The learning rate follows
-    `schedule` ("cosine": decays to 0 over the steps after `warmup` linear warm-up steps; "constant").
-    Trains in place; returns {"steps", "images_seen", "wall_s", "loss"}."""
-    from .train import lr_factor
-
-    if schedule not in ("cosine", "constant"):
-        raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
-    t0 = time.perf_counter()
-    net.train()
-    losses = []
-    for step in range(steps):
-        if schedule == "cosine":
-            for g in opt.param_groups:
-                g["lr"] = lr * lr_factor(step, steps, warmup)
-        idx = torch.randint(0, n_images, (min(batch_size, n_images),), generator=gen)
-        loss = batch_loss(idx, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    net.eval()
-    return {"steps": steps, "images_seen": steps * min(batch_size, n_images), "wall_s": time.perf_counter() - t0,
-            "loss": losses}
 
 
 def subset_loss(net: nn.Module, images: Tensor, labels: Tensor, classes: Sequence[int], beta: float = 1.0,

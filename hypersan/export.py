@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import torch
 from torch import nn
 
-from . import __version__
+from .version import __version__
 from .io import (ArtifactError, atomic_dir, check_safetensors, expected_tensors, load_tensors, read_json,
                  save_tensors, write_json)
 from .subnet import build_plain, site_names

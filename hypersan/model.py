@@ -17,7 +17,7 @@ from typing import Iterable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from . import __version__
+from .version import __version__
 from .backbones import build_backbone
 from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_KIND, read_checkpoint, subtask_key
 from .config import Config

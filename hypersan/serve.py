@@ -48,7 +48,7 @@ except ImportError as e:  # pragma: no cover - the message is the point
     raise ImportError(f"hypersan serve needs the serve extra ({e.name} is missing): "
                       "pip install 'hypersan[serve]'") from e
 
-from . import __version__
+from .version import __version__
 from .data import DatasetError
 from .engine import PruningEngine
 from .export import FILES, export_onnx, export_pt2, load_subnet, save_subnet

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from .generators import mean_utility
 from .io import ArtifactError, OutputExistsError, check_output_dir, is_hypersan_dir, load_tensors, read_json
 from .losses import sparsity_weights, subtask_weighted_bce
 from .model import SubtaskAdaptiveNet
+from .optim import lr_factor
 from .subtasks import SubtaskSampler, sample_combinations
 
 # [train] settings that change how a run executes, not what it computes: a resumed run may change them
@@ -51,13 +51,6 @@ def make_optimizers(model: SubtaskAdaptiveNet, cfg: Config) -> list[torch.optim.
     else:
         opt = torch.optim.AdamW(bb, lr=t.lr, weight_decay=t.weight_decay)
     return [opt, torch.optim.Adam(model.generator.parameters(), lr=t.generator_lr)]
-
-
-def lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warm-up, then cosine decay to zero."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
 def _opt_state(opts: list[torch.optim.Optimizer]) -> tuple[dict, dict]:
