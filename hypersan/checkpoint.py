@@ -6,6 +6,7 @@ things; it knows nothing of the network, so every layer above it may use it.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -52,9 +53,22 @@ def resolve_checkpoint(path: str | os.PathLike | None) -> Path:
     p = Path(path)
     if not p.exists() and str(path) in SHIPPED:
         return default_checkpoint(str(path))
+    shipped = f"name a shipped model ({', '.join(SHIPPED)}) or a checkpoint folder"
+    if p.is_file():
+        raise ArtifactError(f"{str(p)!r} is a file, not a checkpoint folder: {shipped} (hypersan train --out FOLDER "
+                            "writes one)")
     if not p.is_dir():
-        raise ArtifactError(f"checkpoint directory {str(p)!r} not found (or name a shipped model: "
-                            f"{', '.join(SHIPPED)})")
+        raise ArtifactError(f"checkpoint folder {str(p)!r} not found: {shipped}")
+    marker = p / ".hypersan.json"
+    if marker.is_file():
+        try:
+            kind = json.loads(marker.read_text()).get("kind")
+        except (ValueError, AttributeError, OSError):
+            kind = None
+        if kind == "artifact":
+            raise ArtifactError(f"{str(p)!r} is a subnet artifact (a pruned net for one class set), not a "
+                                "checkpoint: load it with hypersan.load_subnet, or give the checkpoint it was pruned "
+                                "from")
     return p
 
 

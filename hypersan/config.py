@@ -208,9 +208,11 @@ def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"{what} {str(p)!r} not found")
     try:
-        return tomllib.loads(p.read_text())
+        return tomllib.loads(p.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: invalid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not a text file (it is not UTF-8); give a TOML {what}") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

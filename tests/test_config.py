@@ -142,3 +142,24 @@ def test_config_reference_is_current():
     assert (ROOT / "docs" / "CONFIG.md").read_text() == reference_markdown(), \
         "docs/CONFIG.md is out of date: run python tools/config_reference.py"
     assert "| `gamma_size` | str |" in reference_markdown()
+
+
+def test_error_messages_name_the_file_and_what_it_is(tmp_path):
+    from hypersan.checkpoint import resolve_checkpoint
+    from hypersan.io import ArtifactError, write_json
+
+    binary = tmp_path / "weights.toml"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    with pytest.raises(ConfigError, match="weights.toml: not a text file"):
+        load_config(binary)
+    a_file = tmp_path / "README.md"
+    a_file.write_text("# notes")
+    with pytest.raises(ArtifactError, match="is a file, not a checkpoint folder"):
+        resolve_checkpoint(a_file)
+    art = tmp_path / "art"
+    art.mkdir()
+    write_json(art / ".hypersan.json", {"kind": "artifact", "format": 1})
+    with pytest.raises(ArtifactError, match="is a subnet artifact .* not a checkpoint: load it with"):
+        resolve_checkpoint(art)
+    with pytest.raises(ArtifactError, match="checkpoint folder .* not found: name a shipped model"):
+        resolve_checkpoint(tmp_path / "nowhere")
