@@ -16,6 +16,8 @@ Needs the `baselines` extra: `pip install 'hypersan[baselines]'`.
 from __future__ import annotations
 
 import copy
+import functools
+import json
 import math
 import time
 from typing import Callable, Iterable, Optional, Sequence
@@ -80,10 +82,34 @@ def prune_to(net: nn.Module, mac_ratio: float, dense_macs: int, importance: str 
 
 
 def _macs_of(arch: dict, widths: dict[str, int], shape) -> int:
-    from .metrics import subnet_cost
+    """MACs of the backbone at these site widths (what metrics.subnet_cost counts), from a per-architecture
+    table of every conv's output size and kernel, built once: the width searches ask thousands of times."""
+    table, head_site = _cost_table(json.dumps(arch, sort_keys=True), tuple(shape))
+    img = arch.get("in_channels", shape[0])
+    macs = sum(n * (img if i is None else widths[i]) // g * widths[o] for n, i, o, g in table)
+    return macs + widths[head_site] * arch["num_classes"]
 
-    with torch.device("meta"):  # shapes only
-        return subnet_cost(arch, widths, arch["num_classes"], shape)[0]
+
+@functools.lru_cache(maxsize=32)
+def _cost_table(arch_json: str, shape: tuple) -> tuple[list[tuple], str]:
+    """[(output pixels x kernel area, in site (None: the image), out site, groups)] of every conv, and the site
+    feeding the head."""
+    from .backbones import build_backbone
+
+    with torch.device("meta"):
+        net = build_backbone(json.loads(arch_json))
+    layers, head_site = layer_plan(net)
+    sizes = {}
+    convs = {layer.prefix: net.get_submodule(f"{layer.prefix}.0") for layer in layers}
+    hooks = [m.register_forward_hook(lambda m, i, o, p=p: sizes.__setitem__(p, o.shape[-2] * o.shape[-1]))
+             for p, m in convs.items()]
+    with torch.no_grad():
+        net(torch.zeros(1, *shape, device="meta"))
+    for h in hooks:
+        h.remove()
+    table = [(sizes[layer.prefix] * convs[layer.prefix].kernel_size[0] * convs[layer.prefix].kernel_size[1],
+              layer.in_site, layer.out_site, convs[layer.prefix].groups) for layer in layers]
+    return table, head_site
 
 
 def _search_widths(arch: dict, full: dict[str, int], target: float, shape, tolerance: float) -> dict[str, int]:

@@ -134,3 +134,19 @@ def test_head_bce_has_negatives_and_weighs_positives():
     z = torch.tensor([[3.0], [3.0]])  # right on the positive, wrong on the negative
     lo, hi = head_bce(z, torch.tensor([0, -1]), beta=1.0), head_bce(z, torch.tensor([0, -1]), beta=4.0)
     assert hi < lo  # beta moves the balance towards the subset's own images
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_the_width_search_counts_macs_as_the_flop_counter_does(arch):
+    import random
+
+    from hypersan.baselines import _macs_of
+    from hypersan.metrics import subnet_cost
+
+    a = build_backbone(dict(ARCHS[arch], widths=[16, 24])).arch
+    rng = random.Random(0)
+    for _ in range(4):
+        w = {s: rng.randint(1, n) for s, n in a["site_widths"].items()}
+        with torch.device("meta"):
+            want = subnet_cost(a, w, a["num_classes"], SHAPES[arch])[0]
+        assert _macs_of(a, w, SHAPES[arch]) == want
