@@ -85,10 +85,36 @@ def kept_widths(masks: dict[str, Tensor], sites) -> dict[str, int]:
 
 
 def subnet_cost(arch: dict, widths: dict[str, int], num_classes: int, input_shape) -> tuple[int, int]:
-    """(MACs, params) of the network an architecture gives with the kept widths and a head of num_classes."""
+    """(MACs, params) of the network an architecture gives with the kept widths and a head of num_classes.
+    MACs as count_macs counts them (convolutions and linear layers), from each conv's output size, which
+    widths do not change (measured once per architecture), times its weights: no counted forward."""
     a = dict(arch, site_widths=widths, num_classes=num_classes)
-    net = build_backbone(a)
-    return count_macs(net, input_shape), count_params(net)
+    with torch.device("meta"):
+        net = build_backbone(a)
+    pixels = _out_pixels(net, a, tuple(input_shape))
+    macs = sum(pixels[n] * m.weight.numel() for n, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    return macs, count_params(net)
+
+
+_PIXELS: dict[str, dict[str, int]] = {}
+
+
+def _out_pixels(net: nn.Module, arch: dict, shape: tuple) -> dict[str, int]:
+    """{module name: output pixels} of every conv (1 for linear layers) of an architecture on inputs of `shape`."""
+    import json
+
+    key = json.dumps([{k: v for k, v in arch.items() if k not in ("site_widths", "num_classes")}, shape],
+                     sort_keys=True, default=str)
+    if key not in _PIXELS:
+        out: dict[str, int] = {}
+        hooks = [m.register_forward_hook(lambda m, i, o, n=n: out.__setitem__(n, o[0, 0].numel()))
+                 for n, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        with torch.no_grad():
+            net.eval()(torch.zeros(1, *shape, device="meta"))
+        for h in hooks:
+            h.remove()
+        _PIXELS[key] = out
+    return _PIXELS[key]
 
 
 def conv_macs(net: nn.Module, input_shape, block: int = 1) -> int:
