@@ -51,6 +51,7 @@ except ImportError as e:  # pragma: no cover - the message is the point
 from .version import __version__
 from .data import DatasetError
 from .engine import PruningEngine
+from .stats import masks_fingerprint
 from .export import FILES, export_onnx, export_pt2, load_subnet, save_subnet
 from .io import ArtifactError, MARKER, _host_tag, atomic_write_json, is_hypersan_dir, read_json, sweep_stale, write_json
 from .wire import InputError, parse_images, parse_v2_images
@@ -130,6 +131,7 @@ class SubnetService:
         # the engine's statistics are bounded too: what it was loaded with, plus stats_entries more
         engine.cache.max_entries = len(engine.cache) + stats_entries
         self._used: dict[str, float] = {}  # artifact folder -> last use (monotonic order of use)
+        self._ids: dict[tuple, str] = {}  # (class set, round_to) -> subnet id
         self.fingerprint = checkpoint_fingerprint(engine)
         self.input_shape = tuple(int(d) for d in engine.model.info.input_shape)
         self.persistent = cache_dir is not None
@@ -147,9 +149,16 @@ class SubnetService:
 
     # ------------------------------------------------------------ ids
     def subnet_id(self, subtask: tuple[int, ...], round_to: int = 0) -> str:
-        """The id of a canonical class set (sorted indices) and rounding under this checkpoint."""
-        blob = json.dumps({"checkpoint": self.fingerprint, "classes": list(subtask), "round_to": round_to})
-        return hashlib.blake2b(blob.encode(), digest_size=12).hexdigest()
+        """The id of the subnet of a canonical class set (sorted indices) under this checkpoint: named by its
+        masks, so that roundings that give the same widths give one id and one folder. Computed once per
+        (class set, rounding); call it on the build worker (it runs the generator)."""
+        key = (tuple(subtask), round_to)
+        if key not in self._ids:
+            masks, _ = self.engine.masks(tuple(subtask), round_to=round_to)
+            blob = json.dumps({"checkpoint": self.fingerprint, "classes": list(subtask),
+                               "masks": masks_fingerprint(masks)})
+            self._ids[key] = hashlib.blake2b(blob.encode(), digest_size=12).hexdigest()
+        return self._ids[key]
 
     @staticmethod
     def check_id(subnet_id: str) -> str:
@@ -304,7 +313,8 @@ class SubnetService:
 
     async def create(self, subtask: tuple, round_to: int = 0, grounding: Optional[dict] = None) -> tuple[Subnet, bool]:
         """(subnet, built now) of a class set: from memory, its folder, or built (once for concurrent callers)."""
-        subnet_id = self.subnet_id(subtask, round_to)
+        key = (tuple(subtask), round_to)
+        subnet_id = self._ids.get(key) or await self._run(self._build_pool, self.subnet_id, subtask, round_to)
         sub = self._cached(subnet_id)
         if sub is not None:
             return sub, False
