@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Optional, Sequence
 import numpy as np
 
 from .data import DatasetInfo
-from .vocabulary import Vocabulary, _Entry, extend_vocabulary, lemma, normalize, tokenize
+from .vocabulary import Vocabulary, Entry, extend_vocabulary, lemma, normalize, tokenize
 from .words import (ALL_WORDS, BACKGROUND, BACKGROUND_DROP, CONNECTORS, EMBED_ACCEPT, EMBED_NARROW, EXCLUDERS, FILLER,
                     FUZZY_ACCEPT, FUZZY_MIN_LEN, PREPOSITIONS_AFTER, SEPARATOR_TOKENS)
 
@@ -93,7 +93,7 @@ class _Item:
     kind: str  # match | sep | excl | all | filler | content
     start: int  # token index range
     end: int
-    entry: _Entry | None = None
+    entry: Entry | None = None
 
 
 @dataclass
@@ -102,13 +102,13 @@ class _Part:
 
     start: int  # token index range of all its words
     end: int
-    entry: _Entry | None  # what it stands for; None while (or when) not understood
+    entry: Entry | None  # what it stands for; None while (or when) not understood
     head: tuple[int, int] | None  # token range of the vocabulary phrase, None for a run of content words
     exclude: bool
     how: str = ""
     score: float = 0.0
     why: str = ""  # why it was not understood, when there is more to say than "it matches nothing"
-    unnarrowed: _Entry | None = None  # the phrase a modifier narrowed, to fall back on
+    unnarrowed: Entry | None = None  # the phrase a modifier narrowed, to fall back on
 
 
 class Grounder:
@@ -127,7 +127,7 @@ class Grounder:
         self._phrase_emb: np.ndarray | None = None
         self._bg_emb: np.ndarray | None = None
         self._bg_names: list[str] = []
-        self._everything = _Entry("everything", _ALL, tuple(self.vocab.classes), "all")
+        self._everything = Entry("everything", _ALL, tuple(self.vocab.classes), "all")
 
     @property
     def encoder(self) -> "Encoder":
@@ -156,9 +156,9 @@ class Grounder:
         q = self.encoder.encode(texts)
         return q @ self._phrase_emb.T, q @ self._bg_emb.T
 
-    def _best_targets(self, sims: np.ndarray) -> list[tuple[_Entry, float]]:
+    def _best_targets(self, sims: np.ndarray) -> list[tuple[Entry, float]]:
         """Targets by their best phrase similarity, best first (one row of similarities)."""
-        best: dict[str, tuple[_Entry, float]] = {}
+        best: dict[str, tuple[Entry, float]] = {}
         for e, s in zip(self.vocab.phrase_entries, sims):
             if e.target not in best or s > best[e.target][1]:
                 best[e.target] = (e, float(s))
@@ -173,7 +173,7 @@ class Grounder:
                 per_class[e.target] = max(per_class.get(e.target, -1.0), float(s))
         return sorted(per_class.items(), key=lambda x: -x[1])[:k]
 
-    def _fuzzy(self, text: str) -> tuple[_Entry, float] | None:
+    def _fuzzy(self, text: str) -> tuple[Entry, float] | None:
         key = " ".join(lemma(t) for t, _, _ in tokenize(text))
         if len(key) < FUZZY_MIN_LEN:
             return None

@@ -136,6 +136,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def fsync_file(path: Path) -> None:
+    """fsync one file, so that its bytes survive a power loss once renamed into place."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+fsync_dir = _fsync_dir  # the public names of the two syncs every writer of hypersan uses
+
+
 def _flush_tree(root: Path, umask: int) -> None:
     """fsync every file and folder under root (folders after their contents), giving them ordinary permissions."""
     for d, _dirs, files in os.walk(root, topdown=False):
@@ -180,14 +192,15 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-def _host_tag() -> str:
+def host_tag() -> str:
+    """This machine's name as it goes into temporary names (letters, digits and _)."""
     # the host goes into temporary names so that a pid is only ever checked on the machine that owns it
     return re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())[:32] or "host"
 
 
 def _temp_prefix(path: Path, what: str) -> str:
     """`.<name>.<what>-<host>-<pid>-`: the name of a temporary beside `path`, before its random part."""
-    return f".{path.name}.{what}-{_host_tag()}-{os.getpid()}-"
+    return f".{path.name}.{what}-{host_tag()}-{os.getpid()}-"
 
 
 _TEMP_TAIL = re.compile(r"(?P<host>[A-Za-z0-9_]+)-(?P<pid>[0-9]{1,10})-[A-Za-z0-9_]+")
@@ -216,7 +229,7 @@ def sweep_stale(path: str | os.PathLike) -> list[Path]:
     touched: only folders whose whole name has the form atomic_dir gives them.
     """
     path = Path(os.path.abspath(path))
-    host, me, now, removed = _host_tag(), os.getpid(), time.time(), []
+    host, me, now, removed = host_tag(), os.getpid(), time.time(), []
     prefixes = tuple(f".{path.name}.{what}-" for what in ("tmp", "old"))
     try:
         entries = list(os.scandir(path.parent))

@@ -53,7 +53,7 @@ from .data import DatasetError
 from .engine import PruningEngine
 from .stats import masks_fingerprint
 from .export import FILES, export_onnx, export_pt2, load_subnet, save_subnet
-from .io import ArtifactError, MARKER, _host_tag, atomic_write_json, is_hypersan_dir, read_json, sweep_stale, write_json
+from .io import ArtifactError, MARKER, atomic_write_json, fsync_dir, fsync_file, host_tag, is_hypersan_dir, read_json, sweep_stale, write_json
 from .wire import InputError, parse_images, parse_v2_images
 
 SERVE_FORMAT = 1  # bump when what an id stands for changes
@@ -360,18 +360,18 @@ class SubnetService:
         target = sub.path / FILES[fmt]
         if target.is_file():
             return target
-        staging = Path(tempfile.mkdtemp(prefix=f".{_STAGING}.tmp-{_host_tag()}-{os.getpid()}-", dir=self.dir))
+        staging = Path(tempfile.mkdtemp(prefix=f".{_STAGING}.tmp-{host_tag()}-{os.getpid()}-", dir=self.dir))
         try:
             tmp = staging / FILES[fmt]
             {"onnx": export_onnx, "pt2": export_pt2}[fmt](sub.net, tmp)
-            _fsync(tmp)
+            fsync_file(tmp)
             cfg = read_json(sub.path / "config.json")
             cfg.setdefault("files", {})[fmt] = FILES[fmt]
             write_json(staging / "config.json", cfg)
-            _fsync(staging / "config.json")
+            fsync_file(staging / "config.json")
             os.replace(tmp, target)
             os.replace(staging / "config.json", sub.path / "config.json")
-            _fsync_dir(sub.path)
+            fsync_dir(sub.path)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         with self._lock:
@@ -412,21 +412,6 @@ class SubnetService:
             pool.shutdown(wait=True, cancel_futures=True)
         if not self.persistent:
             shutil.rmtree(self.dir, ignore_errors=True)  # a private temporary folder of this process
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        _fsync(path)
-    except OSError:
-        pass
 
 
 def _open_cache_dir(cache_dir: str | os.PathLike) -> Path:

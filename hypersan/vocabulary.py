@@ -98,7 +98,7 @@ def lemma(word: str) -> str:
 
 
 @dataclass(frozen=True)
-class _Entry:
+class Entry:
     phrase: str
     target: str
     classes: tuple[str, ...]
@@ -120,24 +120,24 @@ class Vocabulary:
                 raise ValueError(f"group {g!r} names unknown class(es) {bad}; known classes: {', '.join(self.classes)}")
             groups[g] = tuple(sorted({low[m.lower()] for m in members}, key=lambda c: self.class_index[c]))
         self.groups = groups
-        entries: list[_Entry] = [_Entry(c, c, (c,), "name") for c in self.classes]
+        entries: list[Entry] = [Entry(c, c, (c,), "name") for c in self.classes]
         glow = {g.lower(): g for g in groups}
         syn_entries = []
         for owner, words in info.synonyms.items():
             if owner.lower() in low:
                 c = low[owner.lower()]
-                syn_entries += [_Entry(w, c, (c,), "synonym") for w in words]
+                syn_entries += [Entry(w, c, (c,), "synonym") for w in words]
             elif owner.lower() in glow:
                 g = glow[owner.lower()]
-                syn_entries += [_Entry(w, g, groups[g], "group") for w in words]
+                syn_entries += [Entry(w, g, groups[g], "group") for w in words]
             else:
                 raise ValueError(f"synonyms given for {owner!r}, which is neither a class nor a group; "
                                  f"classes: {', '.join(self.classes)}; groups: {', '.join(groups) or '(none)'}")
         entries += [e for e in syn_entries if e.how == "synonym"]
-        entries += [_Entry(g, g, cs, "group") for g, cs in groups.items()]
+        entries += [Entry(g, g, cs, "group") for g, cs in groups.items()]
         entries += [e for e in syn_entries if e.how == "group"]
         # A phrase of one cased letter ("A", "a", "Б") names its class with its case: looked up as written
-        self.cased: dict[str, _Entry] = {}
+        self.cased: dict[str, Entry] = {}
         for e in [e for e in entries if is_cased_letter(e.phrase)]:
             prev = self.cased.setdefault(e.phrase, e)
             if prev.classes != e.classes:
@@ -145,9 +145,9 @@ class Vocabulary:
                                  "a phrase may name only one class or group")
         entries = [e for e in entries if not is_cased_letter(e.phrase)]
         self.entries = entries
-        self.exact: dict[tuple[str, ...], _Entry] = {}
-        self.singular: dict[tuple[str, ...], _Entry] = {}
-        explicit: dict[tuple[str, ...], _Entry] = {}
+        self.exact: dict[tuple[str, ...], Entry] = {}
+        self.singular: dict[tuple[str, ...], Entry] = {}
+        explicit: dict[tuple[str, ...], Entry] = {}
         for e in entries:
             toks = tuple(t for t, _, _ in tokenize(e.phrase))
             if not toks:
@@ -170,7 +170,7 @@ class Vocabulary:
         self.phrase_entries = [next(e for e in entries if e.phrase == p) for p in self.phrases]
         self.fuzzy_keys = {" ".join(lemma(t) for t, _, _ in tokenize(e.phrase)): e for e in reversed(entries)}
 
-    def lookup(self, toks: Sequence[str]) -> _Entry | None:
+    def lookup(self, toks: Sequence[str]) -> Entry | None:
         """The entry a token sequence names exactly or in singular form, if any."""
         return self.exact.get(tuple(toks)) or self.singular.get(tuple(lemma(t) for t in toks))
 

@@ -189,7 +189,7 @@ def _dead_pid() -> int:
 
 
 def test_stale_temporaries_are_swept_and_live_ones_kept(tmp_path):
-    host, old = hio._host_tag(), time.time() - 2 * hio.STALE_AFTER_S
+    host, old = hio.host_tag(), time.time() - 2 * hio.STALE_AFTER_S
     names = {
         f".out.tmp-{host}-{_dead_pid()}-abc": False,  # a crashed write on this host
         f".out.old-{host}-{_dead_pid()}-abc": False,
@@ -262,7 +262,7 @@ def test_an_orphaned_old_tree_is_restored_not_swept(tmp_path):
     # the fallback path (no RENAME_EXCHANGE) crashed between its two renames: the old tree is the only copy
     _write(tmp_path / "out", "checkpoint", text="epoch 50")
     before = _tree(tmp_path / "out")
-    orphan = tmp_path / f".out.old-{hio._host_tag()}-{_dead_pid()}-abc"
+    orphan = tmp_path / f".out.old-{hio.host_tag()}-{_dead_pid()}-abc"
     os.rename(tmp_path / "out", orphan)
     removed = hio.sweep_stale(tmp_path / "out")
     assert orphan not in removed and not orphan.exists()
