@@ -103,7 +103,19 @@ def _eval(args) -> int:
     model = engine.model
     cfg = model.config
     split = "train" if args.split == "val" else "test"
-    x, y, _ = load_dataset(cfg.data.dataset, split, args.data_dir or cfg.data.data_dir or None)
+    if args.test_data is not None:  # another dataset folder's test split, of the same classes
+        from .data import load_folder_dataset
+
+        if args.split == "val":
+            raise ValueError("--test-data scores another folder's test split; leave out --split val")
+        x, y, other = load_folder_dataset("test", args.test_data)
+        if list(other.classes) != list(model.classes) or tuple(other.input_shape) != tuple(model.info.input_shape):
+            raise ValueError(f"--test-data {args.test_data}: its classes or image shape differ from the model's "
+                             f"({len(other.classes)} classes {tuple(other.input_shape)} against "
+                             f"{len(model.classes)} {tuple(model.info.input_shape)}); render it with the model's "
+                             "classes (hypersan data glyphs --all-test)")
+    else:
+        x, y, _ = load_dataset(cfg.data.dataset, split, args.data_dir or cfg.data.data_dir or None)
     if args.split == "val":
         from .train import split_training_data
 
@@ -364,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--split", choices=["test", "val"], default="test",
                    help="test: final figures; val: the validation split of the training data, for choices")
+    e.add_argument("--test-data", default=None, metavar="DIR",
+                   help="score the test split of this dataset folder instead (same classes; BN calibration stays on "
+                        "the model's own training images), e.g. glyphs rendered from your fonts with --all-test")
     e.add_argument("--limit", type=int, default=None, help="use only the first N images of the split")
     e.add_argument("--seed", type=int, default=0, help="seed of the sampled subtasks and of BN calibration")
     e.add_argument("--data-dir", default=None, help="Fashion-MNIST folder, if not the system one or $HYPERSAN_DATA (training images: BN calibration)")

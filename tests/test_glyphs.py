@@ -150,3 +150,37 @@ def test_a_tiny_glyph_model_trains_prunes_to_digits_and_exports(tmp_path):
     assert summary["classes"] == ["digit 0", "digit 1", "digit 2", "digit 3"] and 0 < summary["mac_ratio"] <= 1
     net = engine.subnet("capital A and a")
     assert net.classes == ["capital A", "small a"] and net(torch.rand(2, 1, 32, 32)).shape == (2, 2)
+
+
+@needs_fonts
+def test_eval_scores_a_test_set_rendered_from_other_fonts(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from hypersan.config import load_config
+    from hypersan.train import train
+
+    from .conftest import ROOT
+
+    few = [c for c in glyph_classes() if c.char in "01AB"]
+    build_glyphs(tmp_path / "g", FONTS, per_glyph=4, per_glyph_eval=1, classes=few)
+    mono = [DEJAVU / "DejaVuSansMono-Bold.ttf"]
+    if not mono[0].is_file():
+        pytest.skip("needs DejaVu Sans Mono Bold (fonts-dejavu-core)")
+    build_glyphs(tmp_path / "mine", mono, per_glyph=1, per_glyph_eval=3, classes=few, all_test=True)
+    cfg = load_config(ROOT / "configs" / "glyphs.toml", [
+        f'data.data_dir="{tmp_path / "g"}"', "model.widths=[8, 16]", "model.blocks=[1, 1]", "generator.hidden=32",
+        "train.epochs=1", "train.batch_size=16", "train.eval_every=0", "calib.batches=1", "calib.batch_size=16",
+        "subtasks.size_weights=[1, 1]", "train.progress=false"])
+    train(cfg, tmp_path / "run", log=lambda m: None)
+    r = subprocess.run([sys.executable, "-m", "hypersan", "eval", "--checkpoint", str(tmp_path / "run"),
+                        "--test-data", str(tmp_path / "mine"), "--subtasks", "digit 0,digit 1", "--json"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["subtasks"][0]["classes"] == ["digit 0", "digit 1"]
+    other = [c for c in glyph_classes() if c.char in "01Ab"]
+    build_glyphs(tmp_path / "other", mono, per_glyph=1, per_glyph_eval=1, classes=other, all_test=True)
+    r = subprocess.run([sys.executable, "-m", "hypersan", "eval", "--checkpoint", str(tmp_path / "run"),
+                        "--test-data", str(tmp_path / "other")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "classes or image shape differ" in r.stderr
