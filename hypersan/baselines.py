@@ -251,6 +251,26 @@ class _MacCounter:
                    if isinstance(m, (nn.Conv2d, nn.Linear)))
 
 
+class _TieBroken:
+    """A Torch-Pruning importance with its ties broken by L1 magnitude, scaled far below the importance's own
+    resolution. Taylor scores are exactly 0 for every channel that is dead on the batch, and global pruning
+    removes all channels at or below its threshold: without a tie-break, one step could take every dead
+    channel at once and land far below the MAC budget."""
+
+    def __init__(self, importance, tie_break):
+        self.importance, self.tie_break = importance, tie_break
+
+    def __call__(self, group):
+        imp = self.importance(group)
+        if imp is None:
+            return imp
+        mag = self.tie_break(group)
+        if mag is None or mag.shape != imp.shape:
+            return imp
+        scale = imp.abs().max().clamp_min(1e-12) * 1e-6
+        return imp + scale * mag / mag.abs().max().clamp_min(1e-12)
+
+
 class _RatioSchedule:
     """An iterative_pruning_ratio_scheduler for MetaPruner whose next channel pruning ratio is set just before
     each step (`push`): the pruning steps follow the measured MACs instead of a fixed list of ratios."""
@@ -315,7 +335,8 @@ def subset_prune(net: nn.Module, classes: Sequence[int], images: Tensor, labels:
     site_of = _site_of_conv(net)
     names = {m: n for n, m in cand.named_modules()}
     kept = {site_of[n]: list(range(m.out_channels)) for n, m in cand.named_modules() if n in site_of}
-    imp = tp.importance.TaylorImportance() if importance == "taylor" else tp.importance.MagnitudeImportance(p=1)
+    imp = _TieBroken(tp.importance.TaylorImportance() if importance == "taylor"
+                     else tp.importance.MagnitudeImportance(p=1), tp.importance.MagnitudeImportance(p=1))
     schedule = _RatioSchedule()
     pruner = tp.pruner.MetaPruner(cand, torch.zeros(1, *shape), importance=imp, global_pruning=True,
                                   pruning_ratio=max_pruning_ratio, max_pruning_ratio=max_pruning_ratio,
