@@ -293,9 +293,12 @@ def next_ratio(p: float, macs: float, slope: float, goal: float, coarse: float =
     per step, and 40% of the way when within 30% of it (the local slope d MACs / d ratio is an estimate), so the
     goal is approached from above in a few steps."""
     want = max(goal, macs * (1 - coarse))
-    if macs < 1.3 * goal:
+    near = macs < 1.3 * goal
+    if near:
         want = goal + 0.6 * (macs - goal)
-    return p + max(1e-3, (macs - want) / max(slope, 1e-9))
+    # a step that removed almost nothing (channels at their floor) measures a slope near 0: cap the next step, or
+    # it would jump to the floor of every layer at once
+    return p + min(max(1e-3, (macs - want) / max(slope, 1e-9)), 0.005 if near else 0.03)
 
 
 def subset_prune(net: nn.Module, classes: Sequence[int], images: Tensor, labels: Tensor, mac_ratio: float,
