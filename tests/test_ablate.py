@@ -66,7 +66,7 @@ def test_quick_ablation_writes_every_methods_rows_and_the_reports(tmp_path):
             assert float(row["mac_ratio"]) <= float(row["target_mac_ratio"]) * 1.02, row
         if row["method"].startswith("tp_l1") or row["method"] == "random":  # uniform widths: within 2%
             assert abs(float(row["mac_ratio"]) / float(row["target_mac_ratio"]) - 1) <= 0.02, row
-    ft = {row["method"]: int(row["finetune_steps"]) for row in rows if row["finetune_steps"]}
+    ft = {row["method"]: int(row["finetune_steps"]) for row in rows if row["finetune_steps"] not in ("", "0")}
     assert ft == {"tp_subset_ft": 3, "tp_subset_ft_long": 5, "tp_l1_uniform_ft": 3, "scratch": ft["scratch"]}
     # cold and warm build times of the jointly trained methods, on the per-subset baselines' subsets
     hyper = [row for row in rows if row["method"] == "hypernet" and row["build_s"]]
