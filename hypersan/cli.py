@@ -454,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=_ablate)
 
     dp = sub.add_parser("data", help="build a data set")
-    dsub = dp.add_subparsers(dest="dataset", required=True)
+    dsub = dp.add_subparsers(dest="dataset", required=True, help="the data set to build (glyphs)")
     g = dsub.add_parser("glyphs", help="characters rendered from real fonts: digits, Latin, Greek, Cyrillic "
                                        "(docs/DATA.md)")
     g.add_argument("--out", required=True, help="dataset folder to write (data.dataset = 'folder')")

@@ -152,7 +152,7 @@ def test_a_full_disk_is_one_clear_line(monkeypatch, capsys):
 
 @pytest.mark.parametrize("argv,message", [
     (["eval", "--device", "banana"], "--device 'banana' is not a device; use auto, cpu, cuda or cuda:N"),
-    (["prune", "--classes", "Sneakers", "--out", "{tmp}/a"], "did you mean 'Sneaker'?"),
+    (["prune", "--classes", "Sneakerz", "--out", "{tmp}/a"], "did you mean 'Sneaker'?"),
     (["resolve", "12"], "class index 12 out of range 0..9"),
 ])
 def test_cli_messages_say_what_to_do(tmp_path, capsys, argv, message):
