@@ -160,6 +160,42 @@ def interp_mac(points: list[tuple[float, float]], acc: float) -> Optional[float]
     return None
 
 
+def pareto_front(points: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (mac, acc) points that no other point beats (as cheap or cheaper and at least as accurate), sorted by
+    MACs: a rising curve, which interp_mac and interp_acc read."""
+    front: list[tuple[float, float]] = []
+    for m, a in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or a > front[-1][1]:
+            front.append((m, a))
+    return front
+
+
+def equal_accuracy(mac: float, acc: float, curve: Iterable[tuple[float, float]]) -> dict:
+    """A net at (mac, acc) against a curve of other nets (its Pareto front): the MACs the curve needs for the same
+    accuracy (None when it never reaches it), mac over those MACs, and the curve's accuracy at the same MACs (None
+    outside the curve) with the gap in points."""
+    front = pareto_front(curve)
+    need = interp_mac(front, acc)
+    same = interp_acc(front, mac)
+    return {"mac_ratio": mac, "acc": acc, "curve_mac_ratio": need,
+            "mac_vs_curve": None if need is None or need <= 0 else mac / need,
+            "curve_acc": same, "acc_gap_pt": None if same is None else 100 * (acc - same)}
+
+
+def hardest_pairs(predicted: Iterable[int], labels: Iterable[int], k: int) -> list[tuple[int, int]]:
+    """The k pairs of classes an all-classes classifier confuses most: by the share of both classes' images that
+    were called the other one, (i -> j) + (j -> i) over n_i + n_j; ties by class index."""
+    count: dict[tuple[int, int], int] = defaultdict(int)
+    n: dict[int, int] = defaultdict(int)
+    for p, y in zip(predicted, labels):
+        p, y = int(p), int(y)
+        n[y] += 1
+        if p != y:
+            count[(min(p, y), max(p, y))] += 1
+    rate = {pair: c / max(1, n[pair[0]] + n[pair[1]]) for pair, c in count.items()}
+    return sorted(rate, key=lambda pair: (-rate[pair], pair))[:k]
+
+
 def crossover(train_a: float, build_a: float, train_b: float, build_b: float) -> Optional[float]:
     """The number of subsets from which method a (one-off training train_a, then build_a per subset) costs less
     in total than method b; 0 when a is never dearer; None when a never catches up."""

@@ -81,6 +81,23 @@ def glyph_classes() -> list[GlyphClass]:
     return out
 
 
+def case_key(name: str) -> str:
+    """A class name with its case dropped: "capital A" and "small a" give "a", "Greek capital Sigma" and "Greek
+    small sigma" give "greek sigma"; digits and other names stay as they are (lower-cased). Case-insensitive
+    accuracy counts a prediction right when its key is the label's."""
+    words = [w for w in name.lower().split() if w not in ("capital", "small")]
+    return " ".join(words)
+
+
+def case_insensitive_accuracy(predicted: Sequence[int], labels: Sequence[int], class_names: Sequence[str]) -> float:
+    """The share of images whose predicted class is the label's class up to case (case_key)."""
+    keys = [case_key(c) for c in class_names]
+    pairs = list(zip(predicted, labels))
+    if not pairs:
+        raise ValueError("no images to score")
+    return sum(keys[int(p)] == keys[int(y)] for p, y in pairs) / len(pairs)
+
+
 def vocabulary(classes: Sequence[GlyphClass]) -> tuple[dict, dict]:
     """(groups, synonyms) for DatasetInfo: the groups a request names ("digits", "capital letters", "vowels",
     "Greek letters", ...) and each class's other words."""

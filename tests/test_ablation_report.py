@@ -4,9 +4,9 @@ import math
 
 import pytest
 
-from hypersan.ablation_report import (adaptivity, crossover, gap, interp_acc, interp_mac, mean_std,
-                                      paired_difference, per_seed_means, read_results, reference_acc, summary_table,
-                                      write_csv)
+from hypersan.ablation_report import (adaptivity, crossover, equal_accuracy, gap, hardest_pairs, interp_acc,
+                                      interp_mac, mean_std, paired_difference, pareto_front, per_seed_means,
+                                      read_results, reference_acc, summary_table, write_csv)
 
 
 def _row(method, seed, classes, acc, mac=1.0, split="test", seen=True, backbone=None, target=None, size=None,
@@ -84,3 +84,29 @@ def test_results_csv_round_trips_raw_figures(tmp_path):
     assert back[5]["acc"] == 0.88 and back[5]["backbone_acc"] == 0.95 and back[5]["split"] == "test"
     assert back[9]["split"] == "val" and back[5]["seen"] is True and back[5]["seed"] == 0
     assert "gap" not in open(tmp_path / "results.csv").readline()  # gaps live in the report only
+
+
+def test_the_pareto_front_drops_beaten_nets_and_equal_accuracy_reads_it():
+    # (0.3, 0.85) is beaten by the cheaper (0.2, 0.90); (0.5, 0.90) adds nothing over (0.2, 0.90)
+    pts = [(1.0, 0.95), (0.3, 0.85), (0.2, 0.90), (0.1, 0.80), (0.5, 0.90)]
+    assert pareto_front(pts) == [(0.1, 0.80), (0.2, 0.90), (1.0, 0.95)]
+    # 0.85 lies halfway from 0.80 to 0.90: the curve needs 0.15; an adaptive net at 0.05 uses a third of that
+    e = equal_accuracy(0.05, 0.85, pts)
+    assert e["curve_mac_ratio"] == pytest.approx(0.15) and e["mac_vs_curve"] == pytest.approx(1 / 3)
+    assert e["curve_acc"] is None and e["acc_gap_pt"] is None  # 0.05 lies below the curve's cheapest net
+    e = equal_accuracy(0.6, 0.97, pts)  # more accurate than any point: the curve never gets there
+    assert e["curve_mac_ratio"] is None and e["mac_vs_curve"] is None
+    assert e["curve_acc"] == pytest.approx(0.90 + 0.05 * 0.4 / 0.8) and e["acc_gap_pt"] == pytest.approx(
+        100 * (0.97 - 0.925))
+
+
+def test_the_hardest_pairs_by_confusion_rate_both_ways():
+    labels = [0] * 10 + [1] * 10 + [2] * 10 + [3] * 5
+    pred = list(labels)
+    pred[0:3] = [1, 1, 1]  # 0 -> 1 three times
+    pred[10:12] = [0, 0]  # 1 -> 0 twice: pair (0, 1) at 5 / 20
+    pred[20:22] = [3, 3]  # 2 -> 3 twice: pair (2, 3) at 2 / 15, above
+    pred[30] = 2  # 3 -> 2 once: (2, 3) at 3 / 15 = 0.2 < 0.25
+    pred[22] = 0  # 2 -> 0 once: (0, 2) at 1 / 20
+    assert hardest_pairs(pred, labels, 2) == [(0, 1), (2, 3)]
+    assert hardest_pairs(pred, labels, 5) == [(0, 1), (2, 3), (0, 2)]  # pairs never confused are not listed

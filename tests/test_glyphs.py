@@ -184,3 +184,16 @@ def test_eval_scores_a_test_set_rendered_from_other_fonts(tmp_path):
     r = subprocess.run([sys.executable, "-m", "hypersan", "eval", "--checkpoint", str(tmp_path / "run"),
                         "--test-data", str(tmp_path / "other")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "classes or image shape differ" in r.stderr
+
+
+def test_case_insensitive_accuracy_merges_a_letters_two_cases_only():
+    from hypersan.glyphs import case_insensitive_accuracy, case_key
+
+    names = ["digit 0", "capital O", "small o", "Greek capital Sigma", "Greek small sigma", "Greek small final sigma"]
+    assert case_key("capital O") == case_key("small o") == "o"
+    assert case_key("Greek capital Sigma") == case_key("Greek small sigma") != case_key("Greek small final sigma")
+    labels = [1, 2, 3, 0, 5]
+    pred = [2, 1, 4, 1, 4]  # O/o both ways and Sigma/sigma count; 0 -> O and final sigma -> sigma do not
+    assert case_insensitive_accuracy(pred, labels, names) == pytest.approx(3 / 5)
+    with pytest.raises(ValueError, match="no images"):
+        case_insensitive_accuracy([], [], names)

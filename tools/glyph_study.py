@@ -1,0 +1,329 @@
+"""The adaptivity question on the glyph set (docs/ABLATIONS.md, "Glyphs"): do subtasks of a many-class task get
+nets much smaller than the class-agnostic nets of the same accuracy?
+
+    tools/glyph_sweep.sh runs/glyph-sweep                                  # the nets (about 2 h on 2 cores)
+    python tools/glyph_study.py --runs runs/glyph-sweep --out runs/glyph-study [--peer-steps 2000]
+
+Every run folder of the sweep that is finished (`done`) takes part:
+- `dense-w4`, `dense-w8`, `dense-w16`: dense nets at 1/4, 1/2 and full width (the width check, and points of
+  the class-agnostic curve);
+- `agnostic-g*`: all-classes nets pruned while training (the mask of the all-classes request only), at gamma *;
+- `hypernet-g*`: the hypernetwork at gamma *: its own net per subtask (adaptive), and its all-classes net
+  (another class-agnostic point).
+
+Steps, each saved in OUT as JSON and skipped when already there:
+1. `subtasks.json`: the named groups (grounded through the vocabulary: digits, capitals, small letters, vowels,
+   Greek, Cyrillic, capitals and digits), 20 random pairs, the 20 pairs the full-width dense net confuses most
+   on validation, 20 random 5-class sets, 10 random 20-class sets, and all classes.
+2. `net-NAME.json`: every subtask's accuracy and MAC ratio (against the full-width dense net) on validation and
+   test, for every net: class-agnostic nets are one body with the head cut to the subtask; a hypernetwork's
+   adaptive nets are built per subtask as `hypersan eval` builds them.
+3. `peer.json` (with --peer-steps > 0): Torch-Pruning per subset (Taylor importance on the subset's loss, global,
+   iterative; as in the Fashion-MNIST ablation) on the full-width dense net at the MACs of the selected
+   hypernetwork's net for the same subtask, then fine-tuned for --peer-steps steps.
+4. `report.md`: the width check, the confusions, the selection on validation, and per subtask group the MACs the
+   class-agnostic curve needs for the adaptive nets' accuracy.
+
+Choices (the gamma to ship) read the validation split only; the test split gives the figures.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+NAMED = {"digits": "digits", "capitals": "capital letters", "small letters": "small letters", "vowels": "vowels",
+         "Greek": "Greek letters", "Cyrillic": "Cyrillic letters", "capitals + digits": "capital letters and digits"}
+SAMPLED = (("random pairs", 2, 20), ("random 5-class sets", 5, 20), ("random 20-class sets", 20, 10))
+HARD_PAIRS = 20
+SELECT_WITHIN_PT = 1.0  # ship the largest gamma whose mean val accuracy is within this of the dense net's
+
+
+def log(msg: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
+
+
+def finished(runs: Path) -> dict[str, Path]:
+    return {p.name: p for p in sorted(runs.iterdir()) if p.is_dir() and (p / "done").exists()}
+
+
+def gamma_of(name: str) -> float:
+    return float(name.rsplit("-g", 1)[1])
+
+
+def splits(cfg):
+    from hypersan.data import load_dataset
+    from hypersan.train import split_training_data
+
+    _, _, vx, vy, _ = split_training_data(cfg)
+    tx, ty, _ = load_dataset(cfg.data.dataset, "test", cfg.data.data_dir or None)
+    return {"val": (vx, vy), "test": (tx, ty)}
+
+
+def choose_subtasks(engine, val, seed: int = 0) -> list[dict]:
+    """The study's subtasks, each {"group", "name", "indices"}; the hardest pairs from the dense net on val."""
+    from hypersan.ablation_report import hardest_pairs
+    from hypersan.evaluate import plain_logits
+
+    classes = engine.model.classes
+    k = len(classes)
+    out = []
+    for group, request in NAMED.items():
+        t, _ = engine.resolve(request)
+        out.append({"group": group, "name": request, "indices": sorted(t)})
+    rng = random.Random(seed)
+    for group, size, n in SAMPLED:
+        seen: set = set()
+        while len(seen) < n:
+            seen.add(tuple(sorted(rng.sample(range(k), size))))
+        out += [{"group": group, "name": ", ".join(classes[i] for i in t), "indices": list(t)} for t in sorted(seen)]
+    x, y = val
+    pred = plain_logits(engine.subnet(None, fold_bn=True), x).argmax(1)
+    out += [{"group": "hardest pairs", "name": f"{classes[a]}, {classes[b]}", "indices": [a, b]}
+            for a, b in hardest_pairs(pred.tolist(), y.tolist(), HARD_PAIRS)]
+    out.append({"group": "all classes", "name": "all classes", "indices": list(range(k))})
+    return out
+
+
+def score_body(net, data: dict, subtasks: list[dict], ref_macs: int, shape) -> dict:
+    """A class-agnostic net: one body, the head cut to each subtask (its logits restricted to the subtask)."""
+    import torch
+
+    from hypersan.ablate import cut_head
+    from hypersan.evaluate import plain_logits, subtask_metrics
+    from hypersan.metrics import count_macs
+
+    out = {}
+    for split, (x, y) in data.items():
+        logits = plain_logits(net, x)
+        rows = []
+        for s in subtasks:
+            t = s["indices"]
+            full = torch.full_like(logits, float("-inf"))
+            full[:, t] = logits[:, t]
+            rows.append({"acc": subtask_metrics(full, y, t)["acc"],
+                         "mac_ratio": count_macs(cut_head(net, t), shape) / ref_macs})
+        out[split] = {"rows": rows, "top1": float((logits.argmax(1) == y).float().mean()),
+                      "pred": logits.argmax(1).tolist()}
+    return out
+
+
+def score_adaptive(engine, data: dict, subtasks: list[dict], ref_macs: int) -> dict:
+    from hypersan.evaluate import evaluate
+
+    out = {}
+    for split, (x, y) in data.items():
+        t0 = time.perf_counter()
+        r = evaluate(engine, x, y, [tuple(s["indices"]) for s in subtasks], progress=False)
+        out[split] = {"rows": [{"acc": a["acc"], "mac_ratio": a["mac_ratio"] * engine.dense_cost()[0] / ref_macs,
+                                "seen": a["seen"]} for a in r["subtasks"]]}
+        log(f"  {split}: {len(subtasks)} subtasks in {time.perf_counter() - t0:.0f} s")
+    return out
+
+
+def group_means(rows: list[dict], subtasks: list[dict]) -> dict[str, tuple[float, float]]:
+    """{group: (mean mac_ratio, mean acc)} over the group's subtasks."""
+    by: dict[str, list[dict]] = {}
+    for s, r in zip(subtasks, rows):
+        by.setdefault(s["group"], []).append(r)
+    return {g: (statistics.fmean(r["mac_ratio"] for r in rs), statistics.fmean(r["acc"] for r in rs))
+            for g, rs in by.items()}
+
+
+def select_gamma(nets: dict, split: str = "val") -> tuple[str | None, dict]:
+    """The largest-gamma hypernetwork whose mean accuracy over the subtasks is within SELECT_WITHIN_PT of the
+    full-width dense net's on the same subtasks (on validation)."""
+    ref = statistics.fmean(r["acc"] for r in nets["dense-w16"][split]["rows"])
+    gaps = {}
+    for name, res in nets.items():
+        if name.startswith("hypernet-g"):
+            gaps[name] = 100 * (statistics.fmean(r["acc"] for r in res["adaptive"][split]["rows"]) - ref)
+    ok = [n for n, g in gaps.items() if g >= -SELECT_WITHIN_PT]
+    return (max(ok, key=gamma_of) if ok else None), gaps
+
+
+def run_peer(dense, chosen_rows: list[dict], subtasks: list[dict], data: dict, train: tuple, steps: int,
+             ref_macs: int, seed: int = 0) -> list[dict]:
+    """Torch-Pruning per subset on the full-width dense net at the adaptive net's MACs, then fine-tuned."""
+    import torch
+
+    from hypersan import baselines
+    from hypersan.ablate import plain_cost
+    from hypersan.evaluate import plain_logits, subtask_metrics
+    from hypersan.surgery import prune_backbone
+
+    cfg = dense.model.config
+    tx, ty = train
+    stats = dense.statistics(None, seed=seed)
+    spec = dense.calib_spec(seed)
+    dense_macs = plain_cost(dense, None)["dense_macs"]
+    ft_args = dict(lr=0.01, seed=seed, beta=cfg.loss.beta, crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip)
+    picks = [i for i, s in enumerate(subtasks) if s["group"] == "digits"]
+    picks += [i for i, s in enumerate(subtasks) if s["group"] == "hardest pairs"][:2]
+    picks += [i for i, s in enumerate(subtasks) if s["group"] == "random 5-class sets"][:1]
+    picks += [i for i, s in enumerate(subtasks) if s["group"] == "random 20-class sets"][:1]
+    out = []
+    for i in picks:
+        s, target = subtasks[i], chosen_rows[i]["mac_ratio"] * ref_macs / dense_macs
+        t = tuple(s["indices"])
+        log(f"  peer: {s['name'][:60]} at MAC ratio {target:.3f}")
+        t0 = time.perf_counter()
+        base = prune_backbone(dense.model.backbone, None, t, bn_stats=stats, fold_bn=False,
+                              input_shape=dense.model.info.input_shape)
+        net = baselines.subset_prune(base, t, tx, ty, target, dense_macs, stages=5, stage_steps=50,
+                                     importance="taylor", max_pruning_ratio=0.95, **ft_args)
+        prune_s = time.perf_counter() - t0
+        for n_steps in (0, steps):
+            m = copy.deepcopy(net)
+            t1 = time.perf_counter()
+            if n_steps:
+                baselines.finetune(m, tx, ty, t, steps=n_steps, **ft_args)
+            baselines.recalibrate_bn(m, spec.stream(tx, torch.device("cpu")))
+            build = prune_s + time.perf_counter() - t1
+            row = {"subtask": i, "group": s["group"], "name": s["name"], "finetune_steps": n_steps,
+                   "mac_ratio": plain_cost(dense, m)["macs"] / ref_macs, "build_s": build,
+                   "adaptive_mac_ratio": chosen_rows[i]["mac_ratio"]}
+            for split, (x, y) in data.items():
+                full = torch.full((len(x), len(dense.model.classes)), float("-inf"))
+                full[:, list(t)] = plain_logits(m.eval(), x)
+                row[f"{split}_acc"] = subtask_metrics(full, y, t)["acc"]
+            out.append(row)
+            log(f"    {n_steps} steps: test acc {row['test_acc']:.4f} at {row['mac_ratio']:.3f} ({build:.0f} s)")
+    return out
+
+
+def report(nets: dict, subtasks: list[dict], peer: list[dict] | None, classes: list[str], data_y: dict) -> str:
+    from hypersan.ablation_report import equal_accuracy
+    from hypersan.glyphs import case_insensitive_accuracy
+
+    lines = ["# Glyphs: the adaptivity study", "",
+             "Generated by `python tools/glyph_study.py --runs runs/glyph-sweep --out runs/glyph-study`.", "",
+             "## Width check (dense nets, all classes, top-1)", "",
+             "| net | MAC ratio | val top-1 | test top-1 | test top-1, case-insensitive |", "|---|---|---|---|---|"]
+    for name in ("dense-w4", "dense-w8", "dense-w16"):
+        if name in nets:
+            r = nets[name]["agnostic"]
+            every = r["test"]["rows"][-1]
+            ci = case_insensitive_accuracy(r["test"]["pred"], data_y["test"], classes)
+            lines.append(f"| {name} | {every['mac_ratio']:.3f} | {r['val']['top1']:.4f} | {r['test']['top1']:.4f} "
+                         f"| {ci:.4f} |")
+    for name in sorted(n for n in nets if not n.startswith("dense")):
+        r = nets[name]["agnostic"]
+        ci = case_insensitive_accuracy(r["test"]["pred"], data_y["test"], classes)
+        lines.append(f"| {name} (all-classes net) | {r['test']['rows'][-1]['mac_ratio']:.3f} | {r['val']['top1']:.4f} "
+                     f"| {r['test']['top1']:.4f} | {ci:.4f} |")
+    if "dense-w16" in nets:
+        from collections import Counter
+
+        pred, y = nets["dense-w16"]["agnostic"]["test"]["pred"], data_y["test"]
+        c = Counter((classes[int(t)], classes[int(p)]) for p, t in zip(pred, y) if p != t)
+        n_err = sum(c.values())
+        lines += ["", f"## Confusions of dense-w16 on test ({n_err} errors; the 15 most frequent)", "",
+                  "| true | predicted | images |", "|---|---|---|"]
+        lines += [f"| {a} | {b} | {n} |" for (a, b), n in c.most_common(15)]
+    chosen, gaps = select_gamma(nets) if "dense-w16" in nets else (None, {})
+    lines += ["", "## Selection on validation", "",
+              f"Rule: the largest gamma whose mean validation accuracy over the study's subtasks is within "
+              f"{SELECT_WITHIN_PT} pt of the full-width dense net's: **{chosen}**.", "",
+              "| hypernetwork | val mean acc − dense (pt) |", "|---|---|"]
+    lines += [f"| {n} | {g:+.2f} |" for n, g in sorted(gaps.items(), key=lambda kv: gamma_of(kv[0]))]
+    for split in ("val", "test"):
+        lines += ["", f"## Adaptive nets against the class-agnostic curve ({split})", "",
+                  "The curve: the Pareto front of every class-agnostic net (dense widths, all-classes nets pruned in "
+                  "training, each hypernetwork's all-classes net), head cut to the subtask; mean over the group's "
+                  "subtasks. `MACs / curve`: the adaptive net's MACs over the MACs the curve needs for the same "
+                  "accuracy (`—`: the curve never reaches it). `acc − curve`: against the curve at the same MACs.",
+                  "", "| group | n | hypernetwork | MAC ratio | acc | curve MACs at that acc | MACs / curve | "
+                  "acc − curve (pt) |", "|---|---|---|---|---|---|---|---|"]
+        agn = {n: group_means(r["agnostic"][split]["rows"], subtasks) for n, r in nets.items()}
+        groups = list(dict.fromkeys(s["group"] for s in subtasks))
+        n_of = {g: sum(s["group"] == g for s in subtasks) for g in groups}
+        for g in groups:
+            curve = [agn[n][g] for n in agn]
+            for name in sorted((n for n in nets if n.startswith("hypernet")), key=gamma_of):
+                mac, acc = group_means(nets[name]["adaptive"][split]["rows"], subtasks)[g]
+                e = equal_accuracy(mac, acc, curve)
+                f = (lambda v, fmt: "—" if v is None else format(v, fmt))
+                lines.append(f"| {g} | {n_of[g]} | {name} | {mac:.4f} | {acc:.4f} | {f(e['curve_mac_ratio'], '.4f')} "
+                             f"| {f(e['mac_vs_curve'], '.2f')} | {f(e['acc_gap_pt'], '+.2f')} |")
+    if peer:
+        lines += ["", f"## Against Torch-Pruning per subset at matched MACs ({chosen})", "",
+                  "| subtask | group | fine-tune steps | MAC ratio (peer / adaptive) | peer val | peer test | "
+                  "adaptive val | adaptive test | adaptive − peer, test (pt) | peer build (s) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for p in peer:
+            a_val = nets[chosen]["adaptive"]["val"]["rows"][p["subtask"]]["acc"]
+            a_test = nets[chosen]["adaptive"]["test"]["rows"][p["subtask"]]["acc"]
+            lines.append(f"| {p['name'][:50]} | {p['group']} | {p['finetune_steps']} | {p['mac_ratio']:.4f} / "
+                         f"{p['adaptive_mac_ratio']:.4f} | {p['val_acc']:.4f} | {p['test_acc']:.4f} | {a_val:.4f} | "
+                         f"{a_test:.4f} | {100 * (a_test - p['test_acc']):+.2f} | {p['build_s']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", default="runs/glyph-sweep", help="the folder of tools/glyph_sweep.sh")
+    p.add_argument("--out", default="runs/glyph-study")
+    p.add_argument("--peer-steps", type=int, default=2000, help="the peer's fine-tuning steps (0: no peer)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    import torch
+
+    from hypersan.engine import PruningEngine
+    from hypersan.io import atomic_write_json, read_json, atomic_write_text
+
+    torch.set_num_threads(args.threads)
+    runs, out = Path(args.runs), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    done = finished(runs)
+    if "dense-w16" not in done:
+        p.error(f"{runs}/dense-w16 is not finished: the study needs the full-width dense net (tools/glyph_sweep.sh)")
+    dense = PruningEngine.from_pretrained(done["dense-w16"], seed=args.seed)
+    cfg = dense.model.config
+    data = splits(cfg)
+    ref_macs = dense.dense_cost()[0]
+    shape = tuple(dense.model.info.input_shape)
+    sub_path = out / "subtasks.json"
+    if not sub_path.exists():
+        atomic_write_json(sub_path, choose_subtasks(dense, data["val"], args.seed))
+    subtasks = read_json(sub_path)
+    nets = {}
+    for name, folder in done.items():
+        path = out / f"net-{name}.json"
+        if not path.exists():
+            log(f"scoring {name}")
+            engine = dense if name == "dense-w16" else PruningEngine.from_pretrained(folder, seed=args.seed)
+            body = engine.subnet(None, fold_bn=True, seed=args.seed) if name.startswith("dense") else \
+                engine.subnet(tuple(range(len(engine.model.classes))), fold_bn=True, seed=args.seed)
+            res = {"agnostic": score_body(body, data, subtasks, ref_macs, shape)}
+            if name.startswith("hypernet"):
+                res["adaptive"] = score_adaptive(engine, data, subtasks, ref_macs)
+            atomic_write_json(path, res)
+        nets[name] = read_json(path)
+    peer = None
+    chosen, _ = select_gamma(nets)
+    if args.peer_steps and chosen:
+        path = out / "peer.json"
+        if not path.exists():
+            log(f"Torch-Pruning per subset at the MACs of {chosen}")
+            from hypersan.train import split_training_data
+
+            tx, ty, _, _, _ = split_training_data(cfg)
+            atomic_write_json(path, run_peer(dense, nets[chosen]["adaptive"]["test"]["rows"], subtasks, data,
+                                             (tx, ty), args.peer_steps, ref_macs, args.seed))
+        peer = read_json(path)
+    text = report(nets, subtasks, peer, dense.model.classes, {s: y.tolist() for s, (_, y) in data.items()})
+    atomic_write_text(out / "report.md", text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The glyph study's training runs (docs/ABLATIONS.md, "Glyphs"): the width check (dense nets at 1/4, 1/2 and full
+# width), the hypernetwork at four values of gamma, and class-agnostic nets: the mask of the all-classes request
+# only (every batch asks for all 135 classes), pruned in training at two of those gammas.
+# Two lanes of one thread each (small convolutions use two lanes better than one lane of two threads).
+#   tools/glyph_sweep.sh [OUT=runs/glyph-sweep]
+# Every run resumes where it stopped; a finished run (its log ends with the checkpoint) is skipped.
+set -euo pipefail
+out=${1:-runs/glyph-sweep}
+mkdir -p "$out"
+hs=${HYPERSAN:-hypersan}
+run() {  # name, then --set overrides
+    local name=$1; shift
+    if [ -f "$out/$name/done" ] || tail -n 1 "$out/$name.log" 2>/dev/null | grep -q '^checkpoint written'; then
+        touch "$out/$name/done"; echo "skip $name"; return
+    fi
+    local args=()
+    for s in "$@"; do args+=(--set "$s"); done
+    local resume=()
+    [ -d "$out/$name" ] && resume=(--resume)
+    echo "$(date +%T) train $name"
+    $hs train --config configs/glyphs.toml --out "$out/$name" "${resume[@]}" "${args[@]}" \
+        --set train.threads=1 --set train.progress=false > "$out/$name.log" 2>&1
+    touch "$out/$name/done"
+    echo "$(date +%T) done $name"
+}
+dense=("subtasks.dense_share=1.0" "loss.gamma=0")  # every batch unmasked: a dense net
+# every batch masked for the all-classes request (size 135 only), no held-out combinations
+every="subtasks.size_weights=[$(printf '0,%.0s' $(seq 134))1]"
+agnostic=("subtasks.dense_share=0" "$every" "subtasks.holdout_fraction=0")
+lane_a() {
+    while [ -n "${WAIT_A:-}" ] && kill -0 "$WAIT_A" 2>/dev/null; do sleep 20; done
+    run dense-w16 "${dense[@]}"
+    run hypernet-g2 loss.gamma=2
+    run hypernet-g8 loss.gamma=8
+    run agnostic-g2 "${agnostic[@]}" loss.gamma=2
+}
+lane_b() {
+    while [ -n "${WAIT_B:-}" ] && kill -0 "$WAIT_B" 2>/dev/null; do sleep 20; done
+    run dense-w4 "${dense[@]}" "model.widths=[4,8,16]"
+    run dense-w8 "${dense[@]}" "model.widths=[8,16,32]"
+    run hypernet-g0.5 loss.gamma=0.5
+    run hypernet-g32 loss.gamma=32
+    run agnostic-g8 "${agnostic[@]}" loss.gamma=8
+}
+lane_a & a=$!
+lane_b & b=$!
+wait $a; wait $b
