@@ -31,6 +31,9 @@ class DatasetInfo:
     std: tuple[float, ...]
     groups: dict[str, list[str]] = field(default_factory=dict)  # group name -> class names
     synonyms: dict[str, list[str]] = field(default_factory=dict)  # class or group name -> other words for it
+    # words that name kinds of class this data set lacks ("Hebrew" for a set of Latin, Greek and Cyrillic
+    # letters): a request that narrows a phrase with one is refused, never widened to the phrase alone
+    outside: list[str] = field(default_factory=list)
 
     def index(self, name: str) -> int:
         """Index of a class by its canonical name (case-insensitive)."""
@@ -46,14 +49,15 @@ class DatasetInfo:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "classes": self.classes, "input_shape": list(self.input_shape),
-                "mean": list(self.mean), "std": list(self.std), "groups": self.groups, "synonyms": self.synonyms}
+                "mean": list(self.mean), "std": list(self.std), "groups": self.groups, "synonyms": self.synonyms,
+                **({"outside": list(self.outside)} if self.outside else {})}
 
     @classmethod
     def from_dict(cls, d: dict) -> "DatasetInfo":
         """A vocabulary from its to_dict() form, checking every field (it is read from checkpoint files)."""
         if not isinstance(d, dict):
             raise ValueError(f"dataset info must be a dict, got {type(d).__name__}")
-        fields = ("name", "classes", "input_shape", "mean", "std", "groups", "synonyms")
+        fields = ("name", "classes", "input_shape", "mean", "std", "groups", "synonyms", "outside")
         unknown = sorted(set(d) - set(fields))
         missing = [k for k in fields[:5] if k not in d]
         if unknown or missing:
@@ -94,8 +98,11 @@ class DatasetInfo:
                 raise ValueError(f"dataset info 'groups'[{g!r}] lists a class twice: {members}")
         # synonym owners are checked by grounding's Vocabulary, which knows the groups added by a config
         synonyms = _str_lists(d.get("synonyms", {}), "synonyms")
+        outside = d.get("outside", [])
+        if not isinstance(outside, list) or not all(isinstance(w, str) and w.strip() for w in outside):
+            raise ValueError(f"dataset info 'outside' must be a list of non-empty words, got {outside!r}")
         return cls(name=name, classes=list(classes), input_shape=tuple(shape), mean=tuple(float(x) for x in d["mean"]),
-                   std=tuple(float(x) for x in d["std"]), groups=groups, synonyms=synonyms)
+                   std=tuple(float(x) for x in d["std"]), groups=groups, synonyms=synonyms, outside=list(outside))
 
 
 def _str_lists(value, key: str) -> dict[str, list[str]]:
@@ -301,13 +308,15 @@ FOLDER_INFO = "dataset.json"
 
 def save_folder_dataset(path: str | os.PathLike, classes: list[str], train: tuple, test: tuple,
                         name: str | None = None, groups: dict | None = None, synonyms: dict | None = None,
-                        force: bool = False, val: tuple | None = None, card: dict | None = None) -> Path:
+                        force: bool = False, val: tuple | None = None, card: dict | None = None,
+                        outside: list | None = None) -> Path:
     """Write your own data as a folder `data.dataset = "folder"` reads: train.npz, test.npz, dataset.json.
 
     `train` / `test`: (images, labels). Images are uint8 arrays or tensors of shape (N, H, W) (one channel)
     or (N, C, H, W); labels are integers in 0..len(classes)-1. The per-channel mean and std used to normalize
     inside the net are computed from the training images. `groups` (name -> class names) and `synonyms`
-    (class or group name -> other words) extend what requests in words can name. Written atomically; an
+    (class or group name -> other words) extend what requests in words can name; `outside`: words naming kinds
+    of class the data lacks, refused in requests (DatasetInfo.outside). Written atomically; an
     existing dataset folder is replaced only with force=True. `val`: a validation split of its own (val.npz;
     `data.val_split = "dataset"` trains with it). `card`: provenance stored in dataset.json under "card", with
     the SHA-256 of every array added.
@@ -327,7 +336,7 @@ def save_folder_dataset(path: str | os.PathLike, classes: list[str], train: tupl
     mean = (x.mean(axis=(0, 2, 3), dtype=np.float64) / 255).tolist()
     std = [max(v, 1e-3) for v in (x.std(axis=(0, 2, 3), dtype=np.float64) / 255).tolist()]
     info = DatasetInfo(name or Path(os.path.abspath(path)).name, list(classes), tuple(x.shape[1:]), tuple(mean),
-                       tuple(std), dict(groups or {}), dict(synonyms or {}))
+                       tuple(std), dict(groups or {}), dict(synonyms or {}), list(outside or []))
     info = DatasetInfo.from_dict(info.to_dict())  # every field checked, as a reader would
     meta = info.to_dict()
     if card is not None:

@@ -114,16 +114,32 @@ def vocabulary(classes: Sequence[GlyphClass]) -> tuple[dict, dict]:
         "Greek letters": names.get("greek", []),
         "Cyrillic letters": names.get("cyrillic", []),
         "letters": [c.name for c in classes if c.script != "digit"],
+        **{f"{script.capitalize()} {case} letters": [c.name for c in classes if c.script == script and c.case == case]
+           for script in ("greek", "cyrillic") for case in ("capital", "small")},
+        "Roman numerals": [c.name for c in latin if c.case == "capital" and c.char in "IVXLCDM"],
     }
     groups = {k: v for k, v in groups.items() if v}
-    synonyms = {"digits": ["numbers", "numerals"], "capital letters": ["uppercase letters", "capitals"],
+    synonyms = {"capital letters": ["uppercase letters", "capitals"],
                 "small letters": ["lowercase letters"], "Greek letters": ["Greek alphabet", "Greek"],
-                "Cyrillic letters": ["Cyrillic alphabet", "Cyrillic"], "Latin letters": ["Latin alphabet"]}
+                "Cyrillic letters": ["Cyrillic alphabet", "Cyrillic"], "Latin letters": ["Latin alphabet"],
+                "digits": ["numbers", "numerals", "Arabic numerals"]}
+    for script in ("Greek", "Cyrillic"):
+        synonyms[f"{script} capital letters"] = [f"capital {script} letters", f"{script} capitals",
+                                                 f"uppercase {script} letters", f"{script} uppercase letters"]
+        synonyms[f"{script} small letters"] = [f"small {script} letters", f"lowercase {script} letters",
+                                               f"{script} lowercase letters"]
     synonyms = {k: v for k, v in synonyms.items() if k in groups}
     for c in classes:
         if c.words:
             synonyms[c.name] = list(c.words)
     return groups, synonyms
+
+
+# Scripts and kinds of character a request may name that the set has none of: "Hebrew letters" is refused, not
+# widened to "letters" (DatasetInfo.outside)
+OUTSIDE = ("Hebrew", "Arabic", "Armenian", "Georgian", "Devanagari", "Hindi", "Bengali", "Tamil", "Thai", "Chinese",
+           "Japanese", "Korean", "Hangul", "Kanji", "Hiragana", "Katakana", "Runic", "Coptic", "Ethiopic", "Cherokee",
+           "Mongolian", "Tibetan", "emoji", "punctuation", "symbols", "accented", "handwritten", "cursive")
 
 
 # ---------------------------------------------------------------- fonts
@@ -338,7 +354,7 @@ def build_glyphs(out: str | os.PathLike, fonts: Sequence[str | os.PathLike], see
             "render": {"size": SIZE, "em": EM, "baseline": BASELINE, "supersampling": SCALE}}
     train = arrays["train"] if counts["train"] else arrays["test"]  # --all-test: normalization from the test images
     path = save_folder_dataset(out, [c.name for c in classes], train, arrays["test"], name="glyphs", groups=groups,
-                               synonyms=synonyms, force=force, val=arrays["val"] if counts["val"] else None,
+                               synonyms=synonyms, outside=list(OUTSIDE), force=force, val=arrays["val"] if counts["val"] else None,
                                card=card)
     return read_card(path)
 

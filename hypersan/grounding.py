@@ -357,6 +357,20 @@ class Grounder:
             else:
                 p.how, p.score = head.how, 1.0
 
+    def _refuse_outside(self, parts: list[_Part], toks: list[str]) -> None:
+        """A part whose words name something the data set lacks ("Hebrew letters" of a Latin, Greek and Cyrillic
+        set) is not understood: widened to its phrase ("letters") it would answer another request."""
+        if not self.vocab.outside:
+            return
+        for p in parts:
+            head = range(*p.head) if p.head else range(0)  # the phrase itself ("Arabic numerals") may use one
+            hit = next((toks[i] for i in range(p.start, p.end)
+                        if i not in head and lemma(toks[i]) in self.vocab.outside), None)
+            if hit is not None:
+                p.entry = None
+                p.why = (f"names {hit!r}, which this model has no classes of; its classes and groups are listed "
+                         "below")
+
     @staticmethod
     def _refuse_duplicate_guesses(parts: list[_Part], text_of: Callable[[int, int], str]) -> None:
         """Unground guesses that repeat what another part of the request names, in place.
@@ -424,6 +438,7 @@ class Grounder:
                                  f"what to exclude (\"everything except bags\") or drop \"{word}\"", request, [word])
 
         self._resolve(parts, toks)
+        self._refuse_outside(parts, toks)
         self._refuse_duplicate_guesses(parts, text_of)
         unknown = [p for p in parts if p.entry is None]
         if unknown:

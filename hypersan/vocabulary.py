@@ -169,6 +169,8 @@ class Vocabulary:
         self.phrases = list(dict.fromkeys(e.phrase for e in entries))
         self.phrase_entries = [next(e for e in entries if e.phrase == p) for p in self.phrases]
         self.fuzzy_keys = {" ".join(lemma(t) for t, _, _ in tokenize(e.phrase)): e for e in reversed(entries)}
+        # Words naming what the data set lacks (a phrase of the vocabulary may still use one: "Arabic numerals")
+        self.outside = {lemma(t) for w in info.outside for t, _, _ in tokenize(w)}
 
     def lookup(self, toks: Sequence[str]) -> Entry | None:
         """The entry a token sequence names exactly or in singular form, if any."""

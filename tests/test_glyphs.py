@@ -105,9 +105,13 @@ def test_requests_ground_on_the_glyph_vocabulary():
     from hypersan.data import DatasetInfo
     from hypersan.grounding import Grounder, GroundingError
 
+    from hypersan.glyphs import OUTSIDE
+
     classes = glyph_classes()
     groups, synonyms = vocabulary(classes)
-    info = DatasetInfo("glyphs", [c.name for c in classes], (1, 32, 32), (0.2,), (0.3,), groups, synonyms)
+    info = DatasetInfo("glyphs", [c.name for c in classes], (1, 32, 32), (0.2,), (0.3,), groups, synonyms,
+                       list(OUTSIDE))
+    assert DatasetInfo.from_dict(info.to_dict()) == info  # the words outside the set travel with the vocabulary
     g = Grounder(info, None)  # the lexical grounder: no encoder
 
     def names(request):
@@ -123,6 +127,13 @@ def test_requests_ground_on_the_glyph_vocabulary():
     assert names("Ж") == ["Cyrillic capital Zhe"] and names("ж") == ["Cyrillic small zhe"]
     assert names("the letter q") == ["small q"] and names("letters A and B") == ["capital A", "capital B"]
     assert names("a net for digits") == groups["digits"]  # "a" before a word is an article, not the letter
+    assert names("Greek capital letters") == groups["Greek capital letters"] and len(names("Greek capitals")) == 10
+    assert names("small Cyrillic letters") == groups["Cyrillic small letters"]
+    assert names("Roman numerals") == [f"capital {c}" for c in "CDILMVX"]
+    assert names("Arabic numerals") == groups["digits"]  # a phrase of the vocabulary may use a word of OUTSIDE
+    for request in ("Hebrew letters", "Armenian letters", "digits and Hebrew letters", "Hebrew"):
+        with pytest.raises(GroundingError, match="names 'hebrew'|names 'armenian'"):  # never widened to "letters"
+            g.ground(request)
     for outside in ("ש", "ü"):  # letters outside the set are refused, never guessed
         with pytest.raises(GroundingError, match="could not understand"):
             g.ground(outside)
