@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from .data import augment, to_float
 from .optim import sgd_steps
-from .metrics import count_macs
+from .metrics import MacCounter, count_macs, output_pixels
 from .stats import recalibrate
 from .surgery import layer_plan
 
@@ -99,14 +99,9 @@ def _cost_table(arch_json: str, shape: tuple) -> tuple[list[tuple], str]:
     with torch.device("meta"):
         net = build_backbone(json.loads(arch_json))
     layers, head_site = layer_plan(net)
-    sizes = {}
     convs = {layer.prefix: net.get_submodule(f"{layer.prefix}.0") for layer in layers}
-    hooks = [m.register_forward_hook(lambda m, i, o, p=p: sizes.__setitem__(p, o.shape[-2] * o.shape[-1]))
-             for p, m in convs.items()]
-    with torch.no_grad():
-        net(torch.zeros(1, *shape, device="meta"))
-    for h in hooks:
-        h.remove()
+    pixels = output_pixels(net, shape)
+    sizes = {p: pixels[f"{p}.0"] for p in convs}
     table = [(sizes[layer.prefix] * convs[layer.prefix].kernel_size[0] * convs[layer.prefix].kernel_size[1],
               layer.in_site, layer.out_site, convs[layer.prefix].groups) for layer in layers]
     return table, head_site
@@ -230,27 +225,6 @@ def finetune(net: nn.Module, images: Tensor, labels: Tensor, classes: Sequence[i
     return out
 
 
-class _MacCounter:
-    """MACs of a net's convolutions and linear layers (what `metrics.count_macs` counts), from their current
-    shapes and output sizes recorded once: channel pruning changes widths, never spatial sizes. Fast enough to
-    ask after every pruning step."""
-
-    def __init__(self, net: nn.Module, shape):
-        self.sizes: dict[str, int] = {}
-        hooks = [m.register_forward_hook(lambda m, i, o, n=n: self.sizes.__setitem__(n, o[0, 0].numel()))
-                 for n, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-        was = net.training
-        with torch.no_grad():
-            net.eval()(torch.zeros(1, *shape))
-        net.train(was)
-        for h in hooks:
-            h.remove()
-
-    def __call__(self, net: nn.Module) -> int:
-        return sum(self.sizes[n] * m.weight.numel() for n, m in net.named_modules()
-                   if isinstance(m, (nn.Conv2d, nn.Linear)))
-
-
 class _TieBroken:
     """A Torch-Pruning importance with its ties broken by L1 magnitude, scaled far below the importance's own
     resolution. Taylor scores are exactly 0 for every channel that is dead on the batch, and global pruning
@@ -348,7 +322,7 @@ def subset_prune(net: nn.Module, classes: Sequence[int], images: Tensor, labels:
     loss_fn = subset_loss(cand, images, labels, classes, beta, crop_padding, hflip)
     gen = torch.Generator().manual_seed(seed)
     target = mac_ratio * dense_macs
-    counter = _MacCounter(cand, shape)
+    counter = MacCounter(cand, shape)
     macs = counter(cand)
     p, slope = 0.0, 2.0 * macs  # a conv's MACs ~ (1 - p)^2: the slope at p = 0 until one is measured
     seen = 0

@@ -88,33 +88,49 @@ def subnet_cost(arch: dict, widths: dict[str, int], num_classes: int, input_shap
     """(MACs, params) of the network an architecture gives with the kept widths and a head of num_classes.
     MACs as count_macs counts them (convolutions and linear layers), from each conv's output size, which
     widths do not change (measured once per architecture), times its weights: no counted forward."""
+    import json
+
     a = dict(arch, site_widths=widths, num_classes=num_classes)
     with torch.device("meta"):
         net = build_backbone(a)
-    pixels = _out_pixels(net, a, tuple(input_shape))
-    macs = sum(pixels[n] * m.weight.numel() for n, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
-    return macs, count_params(net)
-
-
-_PIXELS: dict[str, dict[str, int]] = {}
-
-
-def _out_pixels(net: nn.Module, arch: dict, shape: tuple) -> dict[str, int]:
-    """{module name: output pixels} of every conv (1 for linear layers) of an architecture on inputs of `shape`."""
-    import json
-
-    key = json.dumps([{k: v for k, v in arch.items() if k not in ("site_widths", "num_classes")}, shape],
+    key = json.dumps([{k: v for k, v in arch.items() if k not in ("site_widths", "num_classes")}, list(input_shape)],
                      sort_keys=True, default=str)
-    if key not in _PIXELS:
-        out: dict[str, int] = {}
-        hooks = [m.register_forward_hook(lambda m, i, o, n=n: out.__setitem__(n, o[0, 0].numel()))
-                 for n, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if key not in _COUNTERS:
+        _COUNTERS[key] = MacCounter(net, tuple(input_shape))
+    return _COUNTERS[key](net), count_params(net)
+
+
+def output_pixels(net: nn.Module, input_shape) -> dict[str, int]:
+    """{module name: output pixels per channel} of every conv (1 for linear layers), from one forward of a zero
+    input on the net's device (the meta device too: only shapes are needed)."""
+    out: dict[str, int] = {}
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: out.__setitem__(n, o[0, 0].numel()))
+             for n, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was = net.training
+    try:
         with torch.no_grad():
-            net.eval()(torch.zeros(1, *shape, device="meta"))
+            net.eval()(torch.zeros(1, *input_shape, device=next(net.parameters()).device))
+    finally:
         for h in hooks:
             h.remove()
-        _PIXELS[key] = out
-    return _PIXELS[key]
+        net.train(was)
+    return out
+
+
+class MacCounter:
+    """MACs of a net's convolutions and linear layers (what count_macs counts) from their current weights and
+    the output sizes recorded once: channel pruning changes widths, never spatial sizes, so one counter serves
+    a net through every pruning step, and every net of one architecture."""
+
+    def __init__(self, net: nn.Module, input_shape):
+        self.pixels = output_pixels(net, input_shape)
+
+    def __call__(self, net: nn.Module) -> int:
+        return sum(self.pixels[n] * m.weight.numel() for n, m in net.named_modules()
+                   if isinstance(m, (nn.Conv2d, nn.Linear)))
+
+
+_COUNTERS: dict[str, MacCounter] = {}  # per architecture and input shape
 
 
 def conv_macs(net: nn.Module, input_shape, block: int = 1) -> int:
