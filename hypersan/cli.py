@@ -274,11 +274,11 @@ def _bench(args) -> int:
 
 def _demo(args) -> int:
     allocator = tune_allocator()  # before any large allocation, as for the bench: steadier latency ratios
-    from .demo import DEFAULT_REQUESTS, format_demo, run_demo
+    from .demo import format_demo, run_demo
 
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     log(f"allocator: {allocator}")
-    r = run_demo(args.out, args.requests or DEFAULT_REQUESTS, checkpoint=args.checkpoint, force=args.force,
+    r = run_demo(args.out, args.requests or None, checkpoint=args.checkpoint, force=args.force,
                  threads=args.threads, log=log)
     print(format_demo(r, args.out))
     return 0
@@ -412,8 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=_prune)
 
     d = sub.add_parser("demo", help="the main job on the shipped model: ground requests, prune, measure, export")
-    d.add_argument("requests", nargs="*", help='requests in words (default: "sneakers and bags" "shoes" '
-                                                '"tops and outerwear")')
+    d.add_argument("requests", nargs="*", help='requests in words (default, Fashion-MNIST: "sneakers and bags" '
+                                                '"shoes" "tops and outerwear"; glyphs: "digits" "capital letters '
+                                                'and digits" "Greek letters")')
     d.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP)
     d.add_argument("--out", default="hypersan-demo", help="output folder (default: hypersan-demo; written atomically)")
     d.add_argument("--force", action="store_true", help="replace an earlier demo's folder (never another folder)")

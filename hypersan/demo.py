@@ -24,6 +24,9 @@ from .io import atomic_dir, check_output_dir, write_json
 
 DEMO_KIND = "demo"
 DEFAULT_REQUESTS = ("sneakers and bags", "shoes", "tops and outerwear")
+# the demo's requests when none are given, by the model's data set
+REQUESTS_BY_DATASET = {"fashion_mnist": DEFAULT_REQUESTS,
+                       "glyphs": ("digits", "capital letters and digits", "Greek letters")}
 
 
 def slug(text: str) -> str:
@@ -31,10 +34,11 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "subtask"
 
 
-def run_demo(out: str | os.PathLike, requests: Sequence[str] = DEFAULT_REQUESTS, checkpoint: Optional[str] = None,
+def run_demo(out: str | os.PathLike, requests: Optional[Sequence[str]] = None, checkpoint: Optional[str] = None,
              force: bool = False, threads: int = 2, log: Callable[[str], None] = print) -> dict:
-    """Run the demo into `out` (a new folder, or an earlier demo's with force); returns the summary."""
-    if not requests:
+    """Run the demo into `out` (a new folder, or an earlier demo's with force); returns the summary. `requests`:
+    requests in words; None: the examples of the model's data set (REQUESTS_BY_DATASET)."""
+    if requests is not None and not requests:
         raise ValueError("give at least one request")
     check_output_dir(out, DEMO_KIND, force)  # before any work
     t_start = time.perf_counter()
@@ -44,6 +48,11 @@ def run_demo(out: str | os.PathLike, requests: Sequence[str] = DEFAULT_REQUESTS,
         log(f"loading the model ({checkpoint or 'the shipped default, fmnist_b16'})")
         engine = PruningEngine.from_pretrained(checkpoint)
         model = engine.model
+        if requests is None:
+            requests = REQUESTS_BY_DATASET.get(model.info.name)
+            if requests is None:
+                raise ValueError(f"the demo has no example requests for the {model.info.name!r} data set: give "
+                                 f"some (hypersan demo --checkpoint {checkpoint} \"digits\" ...)")
         log(f"reading the {model.config.data.dataset} test images")
         x, y, _ = load_dataset(model.config.data.dataset, "test", model.config.data.data_dir or None)
         subtasks, groundings = [], []

@@ -149,7 +149,9 @@ def test_a_tiny_glyph_model_trains_prunes_to_digits_and_exports(tmp_path):
 
     from .conftest import ROOT
 
-    few = [c for c in glyph_classes() if c.char in "0123ABab"]
+    from hypersan.demo import run_demo
+
+    few = [c for c in glyph_classes() if c.char in "0123ABabα"]
     build_glyphs(tmp_path / "g", FONTS, per_glyph=6, per_glyph_eval=1, classes=few)
     cfg = load_config(ROOT / "configs" / "glyphs.toml", [
         f'data.data_dir="{tmp_path / "g"}"', "model.widths=[8, 16]", "model.blocks=[1, 1]", "generator.hidden=32",
@@ -161,6 +163,11 @@ def test_a_tiny_glyph_model_trains_prunes_to_digits_and_exports(tmp_path):
     assert summary["classes"] == ["digit 0", "digit 1", "digit 2", "digit 3"] and 0 < summary["mac_ratio"] <= 1
     net = engine.subnet("capital A and a")
     assert net.classes == ["capital A", "small a"] and net(torch.rand(2, 1, 32, 32)).shape == (2, 2)
+    # the demo's own requests for a glyph model
+    r = run_demo(tmp_path / "demo", checkpoint=str(tmp_path / "run"), log=lambda m: None)
+    assert [row["request"] for row in r["rows"]] == ["digits", "capital letters and digits", "Greek letters"]
+    assert r["rows"][1]["classes"] == ["digit 0", "digit 1", "digit 2", "digit 3", "capital A", "capital B"]
+    assert r["rows"][2]["classes"] == ["Greek small alpha"] and (tmp_path / "demo" / "digits").is_dir()
 
 
 @needs_fonts
