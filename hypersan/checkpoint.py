@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import Config, config_from_dict
-from .data import DatasetInfo
+from .info import DatasetInfo
 from .io import ArtifactError, read_json
 from .shipped import DEFAULT, SHIPPED
-from .subtasks import Subtask
+
+if TYPE_CHECKING:
+    from .subtasks import Subtask
 
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_KIND = "checkpoint"  # the marker kind of a checkpoint folder (see io.atomic_dir)

@@ -18,7 +18,7 @@ def _resolve(args) -> int:
     import re
 
     from .config import load_config
-    from .data import FASHION_MNIST
+    from .info import FASHION_MNIST
     from .checkpoint import checkpoint_vocabulary
     from .grounding import Grounder, GroundingError
     from .text import EncoderError, default_encoder
@@ -512,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     import threading
 
     from .config import ConfigError
-    from .data import DatasetError
+    from .info import DatasetError
     from .io import ArtifactError
 
     args = build_parser().parse_args(argv)

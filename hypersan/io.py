@@ -20,11 +20,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator, Mapping, Optional
+from typing import TYPE_CHECKING, Iterator, Mapping, Optional
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+if TYPE_CHECKING:  # torch and safetensors load when tensors are read or written: JSON alone needs neither
+    import torch
 
 MARKER = ".hypersan.json"
 MARKER_FORMAT = 1
@@ -431,10 +430,15 @@ def read_json(path: Path, max_bytes: Optional[int] = None):
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     if not path.is_file():
         raise ArtifactError(f"{path} is missing")
     try:
@@ -443,9 +447,13 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise ArtifactError(f"{path}: cannot read safetensors ({e}); the file is truncated or corrupt") from None
 
 
-_ST_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-              torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-              torch.bool: "BOOL"}
+_ST_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
+              "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}  # by torch dtype name
+
+
+def _st_dtype(dtype) -> Optional[str]:
+    """The safetensors name of a torch dtype (None when it has none)."""
+    return _ST_DTYPES.get(str(dtype).removeprefix("torch."))
 
 
 def read_safetensors_header(path: Path) -> tuple[dict, int]:
@@ -503,8 +511,8 @@ def check_safetensors(path: Path, expected: Mapping[str, tuple[tuple[int, ...], 
     common = [k for k in expected if k in entries]
     shapes = [f"{k}: file {tuple(entries[k]['shape'])} vs model {expected[k][0]}"
               for k in common if tuple(entries[k]["shape"]) != expected[k][0]]
-    dtypes = [f"{k}: file {entries[k]['dtype']} vs model {_ST_DTYPES.get(expected[k][1], expected[k][1])}"
-              for k in common if entries[k]["dtype"] != _ST_DTYPES.get(expected[k][1])]
+    dtypes = [f"{k}: file {entries[k]['dtype']} vs model {_st_dtype(expected[k][1]) or expected[k][1]}"
+              for k in common if entries[k]["dtype"] != _st_dtype(expected[k][1])]
     _raise_mismatch(source, missing, unexpected, shapes, dtypes)
     # the tensors must tile the data section exactly: then the file's size bounds what loading allocates
     pos = 0

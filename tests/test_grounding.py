@@ -58,14 +58,14 @@ def package_imports(module: str) -> dict[str, set[str]]:
     return {k: v for k, v in found.items() if v}
 
 
-def test_words_is_pure_data_and_vocabulary_needs_only_data_and_words():
+def test_words_is_pure_data_and_vocabulary_needs_only_info_and_words():
     assert package_imports("words") == {}
-    assert package_imports("vocabulary") == {"<module>": {"hypersan.data", "hypersan.words"}}
+    assert package_imports("vocabulary") == {"<module>": {"hypersan.info", "hypersan.words"}}
 
 
-def test_grounding_depends_on_data_words_and_vocabulary_alone():
+def test_grounding_depends_on_info_words_and_vocabulary_alone():
     imports = package_imports("grounding")
-    assert imports.pop("<module>") == {"hypersan.data", "hypersan.words", "hypersan.vocabulary"}
+    assert imports.pop("<module>") == {"hypersan.info", "hypersan.words", "hypersan.vocabulary"}
     assert imports.pop("encoder") == {"hypersan.text"}  # the shared default encoder, loaded on first need
     imports.pop("checkpoint_vocabulary", None)  # reads a checkpoint folder; it is moving out of grounding
     assert imports == {}

@@ -8,7 +8,7 @@ PKG = Path(__file__).resolve().parents[1] / "hypersan"
 
 # The data flow, bottom to top. A module may import modules of its own rank or below, never above.
 RANKS = {
-    "shipped": 0, "words": 0, "quantize": 0, "version": 0,
+    "shipped": 0, "words": 0, "quantize": 0, "version": 0, "info": 0,
     "config": 1, "io": 1, "data": 1, "ablation_report": 1,
     "subtasks": 2, "vocabulary": 2, "descriptions": 2, "text": 2, "glyphs": 2,
     "grounding": 3, "checkpoint": 3, "backbones": 3, "masks": 3, "losses": 3, "optim": 3,
@@ -54,7 +54,20 @@ def test_no_module_imports_one_above_it():
 
 def test_grounding_depends_on_data_alone():
     for m in ("grounding", "vocabulary", "words"):
-        assert _imports(PKG / f"{m}.py") <= {"data", "vocabulary", "words", "text"}, m
+        assert _imports(PKG / f"{m}.py") <= {"info", "vocabulary", "words", "text"}, m
+
+
+def test_resolving_a_request_by_its_words_imports_no_torch():
+    """`hypersan resolve` with lexical hits (names, synonyms, groups) answers without loading torch, which alone
+    takes seconds to import; the sentence encoder loads it only when a request needs embedding."""
+    code = ("import sys\n"
+            "from hypersan.cli import main\n"
+            "assert main(['resolve', 'sneakers and bags']) == 0\n"
+            "assert main(['resolve', '--checkpoint', 'fmnist', '--json', 'shoes']) == 0\n"
+            "print('torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PKG.parent)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False" and '"Sandal"' in out.stdout
 
 
 def test_each_module_imports_on_its_own():
