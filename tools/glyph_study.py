@@ -57,12 +57,18 @@ def gamma_of(name: str) -> float:
     return float(name.rsplit("-g", 1)[1])
 
 
-def splits(cfg):
+def splits(cfg, limit: int = 0):
     from hypersan.data import load_dataset
     from hypersan.train import split_training_data
 
     _, _, vx, vy, _ = split_training_data(cfg)
     tx, ty, _ = load_dataset(cfg.data.dataset, "test", cfg.data.data_dir or None)
+    if limit:  # a smoke run: a seeded sample of each split
+        import torch
+
+        pick = {n: torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[:limit].sort().values
+                for n, y in (("val", vy), ("test", ty))}
+        vx, vy, tx, ty = vx[pick["val"]], vy[pick["val"]], tx[pick["test"]], ty[pick["test"]]
     return {"val": (vx, vy), "test": (tx, ty)}
 
 
@@ -139,7 +145,7 @@ def group_means(rows: list[dict], subtasks: list[dict]) -> dict[str, tuple[float
 def select_gamma(nets: dict, split: str = "val") -> tuple[str | None, dict]:
     """The largest-gamma hypernetwork whose mean accuracy over the subtasks is within SELECT_WITHIN_PT of the
     full-width dense net's on the same subtasks (on validation)."""
-    ref = statistics.fmean(r["acc"] for r in nets["dense-w16"][split]["rows"])
+    ref = statistics.fmean(r["acc"] for r in nets["dense-w16"]["agnostic"][split]["rows"])
     gaps = {}
     for name, res in nets.items():
         if name.startswith("hypernet-g"):
@@ -273,6 +279,7 @@ def main(argv=None) -> int:
     p.add_argument("--peer-steps", type=int, default=2000, help="the peer's fine-tuning steps (0: no peer)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=0, help="score on this many images per split (smoke runs; 0: all)")
     args = p.parse_args(argv)
     import torch
 
@@ -287,7 +294,7 @@ def main(argv=None) -> int:
         p.error(f"{runs}/dense-w16 is not finished: the study needs the full-width dense net (tools/glyph_sweep.sh)")
     dense = PruningEngine.from_pretrained(done["dense-w16"], seed=args.seed)
     cfg = dense.model.config
-    data = splits(cfg)
+    data = splits(cfg, args.limit)
     ref_macs = dense.dense_cost()[0]
     shape = tuple(dense.model.info.input_shape)
     sub_path = out / "subtasks.json"
