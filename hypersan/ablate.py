@@ -165,7 +165,8 @@ class Ablation:
         self.log = log
         self.root = Path(root)
         self.base = load_config(self.root / cfg.base.config, cfg.base.set)
-        self._data: Optional[tuple] = None
+        self._train: Optional[tuple] = None  # (images, labels) of the training split
+        self._splits: dict = {}
         self._engines: dict[str, PruningEngine] = {}
 
     # ------------------------------------------------------------ folders and steps
@@ -194,21 +195,25 @@ class Ablation:
         return read_json(self.out / "steps" / f"{step}.json")["rows"]
 
     # ------------------------------------------------------------ data
-    def data(self):
-        """(train_x, train_y, test_x, test_y) of the base config (training split minus validation)."""
-        if self._data is None:
+    def _load(self) -> None:
+        if self._train is None:
             tx, ty, vx, vy, _ = split_training_data(self.base)
             d = self.base.data
             x, y, _ = load_dataset(d.dataset, "test", d.data_dir or None)
             if d.test_limit:
                 x, y = x[:d.test_limit], y[:d.test_limit]
-            self._data = (tx, ty, x, y)
+            self._train = (tx, ty)
             self._splits = {"val": (vx, vy), "test": (x, y)}
-        return self._data
+
+    def training(self) -> tuple:
+        """(images, labels) of the base config's training split (minus validation): what fine-tunes and
+        calibration read."""
+        self._load()
+        return self._train
 
     def splits(self) -> dict:
         """{"val": (images, labels), "test": (...)}: every net is scored on both; choices are made on "val"."""
-        self.data()
+        self._load()
         return self._splits
 
     def subtasks(self, model) -> list[Subtask]:
@@ -253,7 +258,7 @@ class Ablation:
             t0 = time.perf_counter()
             train(cfg, folder, resume=state.is_file(), log=lambda m: self.log(f"  {name}: {m}"))
             atomic_write_json(folder.parent / f"{name}.time.json", {"train_s": time.perf_counter() - t0})
-        tx = self.data()[0]
+        tx = self.training()[0]
         engine = PruningEngine.from_pretrained(folder, images=tx, seed=seed)
         self._engines[name] = engine
         return engine
@@ -304,7 +309,7 @@ class Ablation:
         engine that has never seen that class set (a fresh statistics cache), then again with its statistics
         cached. The model is loaded and the calibration images are in memory in both, as in a running server."""
         out = {}
-        tx = self.data()[0]
+        tx = self.training()[0]
         for t in subtasks:
             fresh = PruningEngine(engine.model, images=tx, seed=seed)
             t0 = time.perf_counter()
@@ -422,7 +427,7 @@ class Ablation:
         wanted = set(self.subset_subtasks(dense.model))
         targets = {tuple(r["indices"]): r["mac_ratio"] for r in self.rows(f"eval-hypernet-g{gamma:g}-s{seed}")
                    if r["phrasing"] == "canonical" and r["split"] == "test" and tuple(r["indices"]) in wanted}
-        tx, ty, _, _ = self.data()
+        tx, ty = self.training()
         stats = dense.statistics(None, seed=seed)
         spec = dense.calib_spec(seed)
         dense_macs = plain_cost(dense, None)["dense_macs"]
@@ -491,7 +496,7 @@ class Ablation:
             return
         gamma = self.cfg.run.gamma
         dense = self.trained("dense", seed, gamma)
-        tx = self.data()[0]
+        tx = self.training()[0]
         stats = dense.statistics(None, seed=seed)
         spec = dense.calib_spec(seed)
         every = list(range(len(dense.model.classes)))
@@ -517,7 +522,7 @@ class Ablation:
         dense = self.trained("dense", seed, gamma)
         ref = [r for r in self.rows(f"eval-hypernet-g{gamma:g}-s{seed}") if r["size"] == 2
                and r["phrasing"] == "canonical" and r["split"] == "test"][:n]
-        tx, ty, _, _ = self.data()
+        tx, ty = self.training()
         rows = []
         for i, r in enumerate(ref, 1):
             t = tuple(r["indices"])

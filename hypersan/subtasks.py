@@ -61,7 +61,9 @@ def resolve_classes(classes: Iterable[Any], names: Sequence[str]) -> Subtask:
 
                 near = difflib.get_close_matches(key, list(low), n=1, cutoff=0.6)
                 hint = f"did you mean {names[low[near[0]]]!r}? " if near else ""
-                raise ValueError(f"unknown class {c!r}; {hint}known classes: {known}")
+                raise ValueError(f"unknown class {c!r}; {hint}known classes: {known}. Groups and requests in words "
+                                 f"(\"digits\", \"shoes\") go through a request: --request on the command line, "
+                                 "a string in Python")
             idx = low[key]
         elif not 0 <= idx < len(names):
             raise ValueError(f"class index {idx} out of range 0..{len(names) - 1}; known classes: {known}")
