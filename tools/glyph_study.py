@@ -245,18 +245,22 @@ def report(nets: dict, subtasks: list[dict], peer: list[dict] | None, classes: l
                   "training, each hypernetwork's all-classes net), head cut to the subtask; mean over the group's "
                   "subtasks. `MACs / curve`: the adaptive net's MACs over the MACs the curve needs for the same "
                   "accuracy (`—`: the curve never reaches it). `acc − curve`: against the curve at the same MACs.",
-                  "", "| group | n | hypernetwork | MAC ratio | acc | curve MACs at that acc | MACs / curve | "
-                  "acc − curve (pt) |", "|---|---|---|---|---|---|---|---|"]
+                  "`held out`: how many of the group's class sets the hypernetwork never trained on (its held-out "
+                  "combinations).",
+                  "", "| group | n | held out | hypernetwork | MAC ratio | acc | curve MACs at that acc | MACs / curve | "
+                  "acc − curve (pt) |", "|---|---|---|---|---|---|---|---|---|"]
         agn = {n: group_means(r["agnostic"][split]["rows"], subtasks) for n, r in nets.items()}
         groups = list(dict.fromkeys(s["group"] for s in subtasks))
         n_of = {g: sum(s["group"] == g for s in subtasks) for g in groups}
         for g in groups:
             curve = [agn[n][g] for n in agn]
             for name in sorted((n for n in nets if n.startswith("hypernet")), key=gamma_of):
-                mac, acc = group_means(nets[name]["adaptive"][split]["rows"], subtasks)[g]
+                rows = nets[name]["adaptive"][split]["rows"]
+                mac, acc = group_means(rows, subtasks)[g]
+                held = sum(not r["seen"] for s, r in zip(subtasks, rows) if s["group"] == g)
                 e = equal_accuracy(mac, acc, curve)
                 f = (lambda v, fmt: "—" if v is None else format(v, fmt))
-                lines.append(f"| {g} | {n_of[g]} | {name} | {mac:.4f} | {acc:.4f} | {f(e['curve_mac_ratio'], '.4f')} "
+                lines.append(f"| {g} | {n_of[g]} | {held} | {name} | {mac:.4f} | {acc:.4f} | {f(e['curve_mac_ratio'], '.4f')} "
                              f"| {f(e['mac_vs_curve'], '.2f')} | {f(e['acc_gap_pt'], '+.2f')} |")
     if peer:
         lines += ["", f"## Against Torch-Pruning per subset at matched MACs ({chosen})", "",
