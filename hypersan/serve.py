@@ -143,6 +143,9 @@ class SubnetService:
         self._build_pool = ThreadPoolExecutor(1, thread_name_prefix="hypersan-build")
         self._export_pool = ThreadPoolExecutor(1, thread_name_prefix="hypersan-export")
         self._ground_pool = ThreadPoolExecutor(1, thread_name_prefix="hypersan-ground")
+        # ids run the generator (milliseconds): on a worker of their own, never queued behind a build; a built
+        # subnet is found on disk at once after a restart, while another class set calibrates
+        self._id_pool = ThreadPoolExecutor(1, thread_name_prefix="hypersan-ids")
         self._predict_pool = ThreadPoolExecutor(max(1, predict_workers), thread_name_prefix="hypersan-predict")
         self.counts = {"builds": 0, "loads": 0, "exports": 0, "predictions": 0, "images": 0}
         self.started = time.time()
@@ -151,7 +154,7 @@ class SubnetService:
     def subnet_id(self, subtask: tuple[int, ...], round_to: int = 0) -> str:
         """The id of the subnet of a canonical class set (sorted indices) under this checkpoint: named by its
         masks, so that roundings that give the same widths give one id and one folder. Computed once per
-        (class set, rounding); call it on the build worker (it runs the generator)."""
+        (class set, rounding); it runs the generator (the async paths call it on the id worker)."""
         key = (tuple(subtask), round_to)
         if key not in self._ids:
             masks, _ = self.engine.masks(tuple(subtask), round_to=round_to)
@@ -314,10 +317,17 @@ class SubnetService:
     async def create(self, subtask: tuple, round_to: int = 0, grounding: Optional[dict] = None) -> tuple[Subnet, bool]:
         """(subnet, built now) of a class set: from memory, its folder, or built (once for concurrent callers)."""
         key = (tuple(subtask), round_to)
-        subnet_id = self._ids.get(key) or await self._run(self._build_pool, self.subnet_id, subtask, round_to)
+        subnet_id = self._ids.get(key) or await self._run(self._id_pool, self.subnet_id, subtask, round_to)
         sub = self._cached(subnet_id)
         if sub is not None:
             return sub, False
+        if ("subnet", subnet_id) not in self._inflight and self._on_disk(subnet_id) is not None:
+            try:  # built before (by this checkpoint, maybe before a restart): a load, not behind the builds
+                sub = await self._once(("load", subnet_id), self._predict_pool, self._load, subnet_id)
+            except ArtifactError:
+                sub = None  # unreadable: rebuilt below, over the broken folder
+            if sub is not None:
+                return sub, False
         if ("subnet", subnet_id) not in self._inflight and self.pending_builds() >= self.queue_size:
             raise ServeError(503, f"{self.queue_size} builds are queued already (--queue-size); retry in a few "
                                   "seconds", headers={"Retry-After": str(max(1, self.pending_builds()))})
@@ -408,7 +418,7 @@ class SubnetService:
 
     # ------------------------------------------------------------ life
     def close(self) -> None:
-        for pool in (self._build_pool, self._export_pool, self._ground_pool, self._predict_pool):
+        for pool in (self._build_pool, self._export_pool, self._ground_pool, self._id_pool, self._predict_pool):
             pool.shutdown(wait=True, cancel_futures=True)
         if not self.persistent:
             shutil.rmtree(self.dir, ignore_errors=True)  # a private temporary folder of this process

@@ -359,6 +359,18 @@ def test_restarted_server_serves_from_the_cache_folder_without_building(engine, 
         assert counts["builds"] == 0 and counts["exports"] == 0 and counts["loads"] == 1
     assert calls == []
 
+    # a class set built before the restart is found while the build worker is busy with another one
+    import threading
+
+    gate = threading.Event()
+    with TestClient(create_app(engine, cache_dir=cache)) as c:
+        busy = _service(c)._build_pool.submit(gate.wait, 60)  # a long build holds the one build worker
+        try:
+            r = c.post("/v1/subnets", json={"classes": PAIR})
+            assert r.status_code == 200 and r.json()["id"] == info["id"] and not busy.done()
+        finally:
+            gate.set()
+
 
 @needs_fmnist
 def test_lru_keeps_at_most_cache_size_and_reloads_evicted(engine, tmp_path):
