@@ -199,7 +199,7 @@ class Ablation:
         if self._train is None:
             tx, ty, vx, vy, _ = split_training_data(self.base)
             d = self.base.data
-            x, y, _ = load_dataset(d.dataset, "test", d.data_dir or None)
+            x, y, _ = load_dataset(d.dataset, "test", d.data_dir or None, d.channels, d.corrupt_images)
             if d.test_limit:
                 x, y = x[:d.test_limit], y[:d.test_limit]
             self._train = (tx, ty)

@@ -115,7 +115,8 @@ def _eval(args) -> int:
                              f"{len(model.classes)} {tuple(model.info.input_shape)}); render it with the model's "
                              "classes (hypersan data glyphs --all-test)")
     else:
-        x, y, _ = load_dataset(cfg.data.dataset, split, args.data_dir or cfg.data.data_dir or None)
+        x, y, _ = load_dataset(cfg.data.dataset, split, args.data_dir or cfg.data.data_dir or None,
+                               cfg.data.channels, cfg.data.corrupt_images)
     if args.split == "val":
         from .train import split_training_data
 

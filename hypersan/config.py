@@ -18,7 +18,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    dataset: str = "fashion_mnist"  # fashion_mnist | cifar10 | cifar100 | folder (your own: see data_dir)
+    dataset: str = "fashion_mnist"  # fashion_mnist | cifar10 | cifar100 | folder | imagefolder (your own: data_dir)
     data_dir: str = ""  # empty: $HYPERSAN_DATA, then the system location; folder: train.npz, test.npz, dataset.json
     train_limit: int = 0  # >0: use only the first N training images (smoke runs); 0: all
     test_limit: int = 0  # >0: use only the first N test images; 0: all
@@ -30,6 +30,8 @@ class DataConfig:
     crop_padding: int = 2  # training augmentation: random crops after zero padding by this many pixels
     hflip: bool = True  # training augmentation: random horizontal flips
     basic_subtasks: str = "classes"  # classes | groups (named groups become the basic subtasks)
+    channels: int = 0  # imagefolder: 0 = from the images (grayscale: 1, else RGB: 3), or 1 / 3 to convert
+    corrupt_images: str = "error"  # imagefolder: error (refuse a file Pillow cannot decode) | skip (leave out, counted)
 
 
 @dataclass
@@ -238,6 +240,7 @@ RANGES: dict[str, tuple[str, str]] = {
     "data.val_size": ("[0, inf)", "validation images taken out of the training data; 0 = none"),
     "data.val_seed": ("[0, inf)", "seed of the validation split"),
     "data.crop_padding": ("[0, inf)", "0 = no random crop"),
+    "data.channels": ("[0, 3]", "0 = from the images; 1 or 3 converts (image folders)"),
     "model.widths": ("[1, inf)", "channels per stage"),
     "model.blocks": ("[1, inf)", "blocks (resnet) or convs (vgg) per stage"),
     "generator.phrasings": ("[1, inf)", "training descriptions per combination"),
@@ -316,13 +319,16 @@ def validate(cfg: Config) -> None:
     """Check value ranges and choices that types alone do not catch."""
     def choice(value: str, allowed: tuple[str, ...], where: str) -> None:
         if value not in allowed:
-            raise ConfigError(f"{where} = {value!r}; choose one of {', '.join(allowed)}")
+            raise ConfigError(f"{where} = {value!r}; choose one of {', '.join(map(str, allowed))}")
 
-    choice(cfg.data.dataset, ("fashion_mnist", "cifar10", "cifar100", "folder"), "data.dataset")
+    choice(cfg.data.dataset, ("fashion_mnist", "cifar10", "cifar100", "folder", "imagefolder"), "data.dataset")
+    choice(cfg.data.corrupt_images, ("error", "skip"), "data.corrupt_images")
+    choice(cfg.data.channels, (0, 1, 3), "data.channels")
     choice(cfg.data.basic_subtasks, ("classes", "groups"), "data.basic_subtasks")
     choice(cfg.data.val_split, ("sample", "dataset"), "data.val_split")
-    if cfg.data.val_split == "dataset" and cfg.data.dataset != "folder":
-        raise ConfigError("data.val_split = 'dataset' reads the validation split of a dataset folder (val.npz); "
+    if cfg.data.val_split == "dataset" and cfg.data.dataset not in ("folder", "imagefolder"):
+        raise ConfigError("data.val_split = 'dataset' reads the validation split of a dataset folder (val.npz, or "
+                          "an image folder's val/); "
                           f"{cfg.data.dataset} has none: use 'sample' (data.val_size images of the training data)")
     choice(cfg.model.arch, ("resnet", "vgg"), "model.arch")
     choice(cfg.generator.kind, ("hypernet", "pertask"), "generator.kind")

@@ -267,8 +267,10 @@ def load_folder_dataset(split: str, data_dir: str | os.PathLike | None) -> tuple
     return torch.from_numpy(x), torch.from_numpy(y), info
 
 
-def load_dataset(name: str, split: str, data_dir: str | None = None) -> tuple[torch.Tensor, torch.Tensor, DatasetInfo]:
-    """(images uint8 NCHW, labels int64, vocabulary) of a named dataset split."""
+def load_dataset(name: str, split: str, data_dir: str | None = None, channels: int = 0,
+                 corrupt: str = "error") -> tuple[torch.Tensor, torch.Tensor, DatasetInfo]:
+    """(images uint8 NCHW, labels int64, vocabulary) of a named dataset split. `channels`, `corrupt`: for image
+    folders (data.channels, data.corrupt_images; see hypersan.imagefolder)."""
     if name == "fashion_mnist":
         return (*load_fashion_mnist(split, data_dir), FASHION_MNIST)
     if name == "cifar10":
@@ -278,7 +280,11 @@ def load_dataset(name: str, split: str, data_dir: str | None = None) -> tuple[to
         return load_cifar100(split, data_dir)
     if name == "folder":
         return load_folder_dataset(split, data_dir)
-    raise ValueError(f"unknown dataset {name!r}; choose fashion_mnist, cifar10, cifar100 or folder")
+    if name == "imagefolder":
+        from .imagefolder import load_image_folder
+
+        return load_image_folder(split, data_dir, channels, corrupt)
+    raise ValueError(f"unknown dataset {name!r}; choose fashion_mnist, cifar10, cifar100, folder or imagefolder")
 
 
 # ---------------------------------------------------------------- validation split

@@ -54,7 +54,8 @@ def run_demo(out: str | os.PathLike, requests: Optional[Sequence[str]] = None, c
                 raise ValueError(f"the demo has no example requests for the {model.info.name!r} data set: give "
                                  f"some (hypersan demo --checkpoint {checkpoint} \"digits\" ...)")
         log(f"reading the {model.config.data.dataset} test images")
-        x, y, _ = load_dataset(model.config.data.dataset, "test", model.config.data.data_dir or None)
+        d = model.config.data
+        x, y, _ = load_dataset(d.dataset, "test", d.data_dir or None, d.channels, d.corrupt_images)
         subtasks, groundings = [], []
         for r in requests:
             t, g = engine.resolve(r)

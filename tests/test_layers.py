@@ -9,7 +9,7 @@ PKG = Path(__file__).resolve().parents[1] / "hypersan"
 # The data flow, bottom to top. A module may import modules of its own rank or below, never above.
 RANKS = {
     "shipped": 0, "words": 0, "quantize": 0, "version": 0, "info": 0,
-    "config": 1, "io": 1, "data": 1, "ablation_report": 1,
+    "config": 1, "io": 1, "data": 1, "ablation_report": 1, "imagefolder": 1,
     "subtasks": 2, "vocabulary": 2, "descriptions": 2, "text": 2, "glyphs": 2,
     "grounding": 3, "checkpoint": 3, "backbones": 3, "masks": 3, "losses": 3, "optim": 3,
     "generators": 4, "subnet": 4, "metrics": 4,

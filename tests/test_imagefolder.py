@@ -1,0 +1,98 @@
+"""Image folders (data.dataset = "imagefolder"): PNG and JPEG class folders decoded with Pillow, the vocabulary
+from the folder names, normalization from the training images, and a clear error (or a counted skip) for every
+kind of bad input."""
+import numpy as np
+import pytest
+
+PIL = pytest.importorskip("PIL", reason="image folders are decoded with Pillow: pip install pillow")
+from PIL import Image  # noqa: E402
+
+from hypersan.data import DatasetError, load_dataset  # noqa: E402
+from hypersan.imagefolder import last_skipped  # noqa: E402
+
+CLASSES = ["cat", "dog", "fish"]
+
+
+def _make(root, splits=("train", "test"), per_class=4, size=(12, 10), mode="L", fmt="png", seed=0):
+    rng = np.random.default_rng(seed)
+    for split in splits:
+        for k, c in enumerate(CLASSES):
+            d = root / split / c
+            d.mkdir(parents=True)
+            for i in range(per_class):
+                shape = (size[1], size[0]) + (() if mode == "L" else (3,))
+                arr = np.clip(rng.normal(60 * k + 40, 10, shape), 0, 255).astype(np.uint8)
+                Image.fromarray(arr, mode).save(d / f"{i}.{fmt}")
+    return root
+
+
+def test_a_folder_of_class_folders_loads_with_its_vocabulary_and_statistics(tmp_path):
+    root = _make(tmp_path / "pets")
+    x, y, info = load_dataset("imagefolder", "train", str(root))
+    assert str(x.dtype) == "torch.uint8" and tuple(x.shape) == (12, 1, 10, 12) and y.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert info.classes == CLASSES and info.name == "pets" and info.input_shape == (1, 10, 12)
+    assert info.mean[0] == pytest.approx(x.float().mean().item() / 255, rel=1e-5)
+    tx, ty, tinfo = load_dataset("imagefolder", "test", str(root))
+    assert len(ty) == 12 and tinfo.classes == CLASSES and tinfo.mean == info.mean  # the training split's statistics
+    with pytest.raises(DatasetError, match="no val/ folder"):
+        load_dataset("imagefolder", "val", str(root))
+
+
+def test_rgb_jpegs_and_a_root_without_split_folders(tmp_path):
+    _make(tmp_path, splits=("flat",), mode="RGB", fmt="jpg")
+    x, y, info = load_dataset("imagefolder", "train", str(tmp_path / "flat"))  # the class folders at the root
+    assert tuple(x.shape[1:]) == (3, 10, 12) and info.classes == CLASSES and len(info.mean) == 3
+    x1, _, _ = load_dataset("imagefolder", "train", str(tmp_path / "flat"), channels=1)
+    assert tuple(x1.shape[1:]) == (1, 10, 12)
+
+
+def test_bad_input_is_a_clear_error_and_corrupt_images_can_be_skipped_and_counted(tmp_path):
+    root = _make(tmp_path / "a")
+    (root / "train" / "dog" / "3.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(DatasetError, match=r"3.png cannot be decoded .*corrupt_images = \"skip\""):
+        load_dataset("imagefolder", "train", str(root))
+    with pytest.warns(UserWarning, match="1 corrupt image"):
+        x, y, _ = load_dataset("imagefolder", "train", str(root), corrupt="skip")
+    assert len(y) == 11 and (y == 1).sum() == 3
+    assert [p.endswith("3.png") for p in last_skipped[str(root / "train")]] == [True]
+
+    root = _make(tmp_path / "b")
+    (root / "train" / "cat" / "notes.txt").write_text("hello")
+    with pytest.raises(DatasetError, match="notes.txt, which are not .png/.jpg/.jpeg images"):
+        load_dataset("imagefolder", "train", str(root))
+
+    root = _make(tmp_path / "c")
+    Image.fromarray(np.zeros((20, 20), np.uint8), "L").save(root / "train" / "fish" / "big.png")
+    with pytest.raises(DatasetError, match="big.png is 20x20 .* same size"):
+        load_dataset("imagefolder", "train", str(root))
+
+    root = _make(tmp_path / "d")
+    (root / "train" / "bird").mkdir()
+    with pytest.raises(DatasetError, match="bird holds no readable image"):
+        load_dataset("imagefolder", "train", str(root))
+
+    root = _make(tmp_path / "e")
+    (root / "test" / "cow").mkdir()
+    Image.fromarray(np.zeros((10, 12), np.uint8), "L").save(root / "test" / "cow" / "0.png")
+    with pytest.raises(DatasetError, match=r"\['cow'\] are not classes of the training split"):
+        load_dataset("imagefolder", "test", str(root))
+
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_dataset("imagefolder", "train", str(tmp_path / "missing"))
+
+
+def test_a_model_trains_on_an_image_folder_and_prunes_to_named_classes(tmp_path):
+    from hypersan.config import load_config
+    from hypersan.engine import PruningEngine
+    from hypersan.train import train
+
+    root = _make(tmp_path / "pets", splits=("train", "val", "test"), per_class=8, size=(16, 16))
+    cfg = load_config(None, ['data.dataset="imagefolder"', f'data.data_dir="{root}"', 'data.val_split="dataset"',
+                             "model.widths=[4, 8]", "model.blocks=[1, 1]", "generator.hidden=16", "train.epochs=1",
+                             "train.batch_size=8", "train.eval_every=0", "calib.batches=1", "calib.batch_size=8",
+                             "subtasks.size_weights=[1, 1]", "train.progress=false", "vocab.synonyms.dog=['puppy']"])
+    train(cfg, tmp_path / "run", log=lambda m: None)
+    engine = PruningEngine.from_pretrained(tmp_path / "run")
+    assert engine.model.classes == CLASSES
+    net = engine.subnet("puppies and fish")
+    assert net.classes == ["dog", "fish"]
