@@ -50,7 +50,7 @@ NUMERIC_CASES = {
     "data.val_size": (0, -1),
     "data.val_seed": (7, -1),
     "data.crop_padding": (0, -1),
-    "data.channels": (3, 4),
+    "data.channels": (3, -1),
     "model.widths": ([8, 8, 8], [8, 0, 8]),
     "model.blocks": ([2, 1, 1], [1, 1, 0]),
     "generator.phrasings": (1, 0),
