@@ -240,7 +240,7 @@ RANGES: dict[str, tuple[str, str]] = {
     "data.val_size": ("[0, inf)", "validation images taken out of the training data; 0 = none"),
     "data.val_seed": ("[0, inf)", "seed of the validation split"),
     "data.crop_padding": ("[0, inf)", "0 = no random crop"),
-    "data.channels": ("[0, 3]", "0 = from the images; 1 or 3 converts (image folders)"),
+    "data.channels": ("[0, 3]", "0 = from the images; 1 or 3 converts (image folders); 2 is refused"),
     "model.widths": ("[1, inf)", "channels per stage"),
     "model.blocks": ("[1, inf)", "blocks (resnet) or convs (vgg) per stage"),
     "generator.phrasings": ("[1, inf)", "training descriptions per combination"),
@@ -323,7 +323,8 @@ def validate(cfg: Config) -> None:
 
     choice(cfg.data.dataset, ("fashion_mnist", "cifar10", "cifar100", "folder", "imagefolder"), "data.dataset")
     choice(cfg.data.corrupt_images, ("error", "skip"), "data.corrupt_images")
-    choice(cfg.data.channels, (0, 1, 3), "data.channels")
+    if cfg.data.channels == 2:
+        raise ConfigError("data.channels = 2; choose 0 (from the images), 1 (grayscale) or 3 (RGB)")
     choice(cfg.data.basic_subtasks, ("classes", "groups"), "data.basic_subtasks")
     choice(cfg.data.val_split, ("sample", "dataset"), "data.val_split")
     if cfg.data.val_split == "dataset" and cfg.data.dataset not in ("folder", "imagefolder"):
