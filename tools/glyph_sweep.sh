@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The glyph study's training runs (docs/ABLATIONS.md, "Glyphs"): the width check (dense nets at 1/4, 1/2 and full
-# width), the hypernetwork at three values of gamma, and class-agnostic nets: the mask of the all-classes request
-# only (every batch asks for all 135 classes), pruned in training at gamma 2 and 8.
+# width), the hypernetwork at four values of gamma, and a class-agnostic net: the mask of the all-classes request
+# only (every batch asks for all 135 classes), pruned in training at gamma 8.
 # Two lanes of one thread each (small convolutions use two lanes better than one lane of two threads).
 #   tools/glyph_sweep.sh [OUT=runs/glyph-sweep]
 # Every run resumes where it stopped; a finished run (its log ends with the checkpoint) is skipped.
@@ -32,14 +32,14 @@ lane_a() {
     while [ -n "${WAIT_A:-}" ] && kill -0 "$WAIT_A" 2>/dev/null; do sleep 20; done
     run dense-w16 "${dense[@]}"
     run hypernet-g2 loss.gamma=2
-    run hypernet-g8 loss.gamma=8
+    run hypernet-g32 loss.gamma=32
 }
 lane_b() {
     while [ -n "${WAIT_B:-}" ] && kill -0 "$WAIT_B" 2>/dev/null; do sleep 20; done
     run dense-w4 "${dense[@]}" "model.widths=[4,8,16]"
     run dense-w8 "${dense[@]}" "model.widths=[8,16,32]"
     run hypernet-g0.5 loss.gamma=0.5
-    run agnostic-g2 "${agnostic[@]}" loss.gamma=2
+    run hypernet-g8 loss.gamma=8
     run agnostic-g8 "${agnostic[@]}" loss.gamma=8
 }
 lane_a & a=$!
