@@ -51,9 +51,8 @@ def test_shipped_model_reproduces_its_recorded_metrics_from_fresh_statistics(nam
         assert got["mac_ratio"] == pytest.approx(want["mac_ratio"], abs=1e-9)
         assert got["param_ratio"] == pytest.approx(want["param_ratio"], abs=1e-9)
         assert abs(got["map"] - want["map"]) <= ACC_TOL
-        if want["size"] > 1 or "split" in rec:  # fmnist's recorded single classes carry the old constant 1.0
-            assert abs(got["acc"] - want["acc"]) <= ACC_TOL, got["classes"]
-            assert abs(got["dense_acc"] - want["dense_acc"]) <= ACC_TOL
+        assert abs(got["acc"] - want["acc"]) <= ACC_TOL, got["classes"]
+        assert abs(got["dense_acc"] - want["dense_acc"]) <= ACC_TOL
 
 
 @needs_fmnist
