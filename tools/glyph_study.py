@@ -158,14 +158,17 @@ def group_means(rows: list[dict], subtasks: list[dict]) -> dict[str, tuple[float
 
 def select_gamma(nets: dict, split: str = "val") -> tuple[str | None, dict]:
     """The largest-gamma hypernetwork whose mean accuracy over the subtasks is within SELECT_WITHIN_PT of the
-    full-width dense net's on the same subtasks (on validation)."""
+    full-width dense net's on the same subtasks (on validation); when none is, the most accurate one."""
     ref = statistics.fmean(r["acc"] for r in nets["dense-w16"]["agnostic"][split]["rows"])
     gaps = {}
     for name, res in nets.items():
         if name.startswith("hypernet-g"):
             gaps[name] = 100 * (statistics.fmean(r["acc"] for r in res["adaptive"][split]["rows"]) - ref)
     ok = [n for n, g in gaps.items() if g >= -SELECT_WITHIN_PT]
-    return (max(ok, key=gamma_of) if ok else None), gaps
+    if ok:
+        return max(ok, key=gamma_of), gaps
+    # none is that close: the most accurate one (the report says the rule's bound was missed)
+    return (max(gaps, key=gaps.get) if gaps else None), gaps
 
 
 def run_peer(dense, chosen_rows: list[dict], subtasks: list[dict], data: dict, train: tuple, steps: int,
@@ -249,7 +252,8 @@ def report(nets: dict, subtasks: list[dict], peer: list[dict] | None, classes: l
     chosen, gaps = select_gamma(nets) if "dense-w16" in nets else (None, {})
     lines += ["", "## Selection on validation", "",
               f"Rule: the largest gamma whose mean validation accuracy over the study's subtasks is within "
-              f"{SELECT_WITHIN_PT} pt of the full-width dense net's: **{chosen}**.", "",
+              f"{SELECT_WITHIN_PT} pt of the full-width dense net's (when none is, the most accurate one): "
+              f"**{chosen}**.", "",
               "| hypernetwork | val mean acc − dense (pt) |", "|---|---|"]
     lines += [f"| {n} | {g:+.2f} |" for n, g in sorted(gaps.items(), key=lambda kv: gamma_of(kv[0]))]
     for split in ("val", "test"):
