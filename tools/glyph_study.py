@@ -51,7 +51,12 @@ def log(msg: str) -> None:
 
 
 def finished(runs: Path) -> dict[str, Path]:
-    return {p.name: p for p in sorted(runs.iterdir()) if p.is_dir() and (p / "done").exists()}
+    """The sweep's finished runs: marked done, or their log ends with the checkpoint written."""
+    def done(p: Path) -> bool:
+        log_file = p.with_name(p.name + ".log")
+        return (p / "done").exists() or (log_file.is_file() and log_file.read_text().rstrip().splitlines()[-1:]
+                                          == [f"checkpoint written to {p}"])
+    return {p.name: p for p in sorted(runs.iterdir()) if p.is_dir() and done(p)}
 
 
 def gamma_of(name: str) -> float:
