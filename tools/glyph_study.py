@@ -7,7 +7,7 @@ nets much smaller than the class-agnostic nets of the same accuracy?
 Every run folder of the sweep that is finished (`done`) takes part:
 - `dense-w4`, `dense-w8`, `dense-w16`: dense nets at 1/4, 1/2 and full width (the width check, and points of
   the class-agnostic curve);
-- `agnostic-g*`: all-classes nets pruned while training (the mask of the all-classes request only), at gamma *;
+- `agnostic-g*` (when run): all-classes nets pruned while training (the mask of the all-classes request only);
 - `hypernet-g*`: the hypernetwork at gamma *: its own net per subtask (adaptive), and its all-classes net
   (another class-agnostic point).
 
@@ -263,8 +263,8 @@ def report(nets: dict, subtasks: list[dict], peer: list[dict] | None, classes: l
     lines += [f"| {n} | {g:+.2f} |" for n, g in sorted(gaps.items(), key=lambda kv: gamma_of(kv[0]))]
     for split in ("val", "test"):
         lines += ["", f"## Adaptive nets against the class-agnostic curve ({split})", "",
-                  "The curve: the Pareto front of every class-agnostic net (dense widths, all-classes nets pruned in "
-                  "training, each hypernetwork's all-classes net), head cut to the subtask; mean over the group's "
+                  "The curve: the Pareto front of every class-agnostic net (the dense widths, any all-classes net pruned "
+                  "in training, each hypernetwork's all-classes net), head cut to the subtask; mean over the group's "
                   "subtasks. `MACs / curve`: the adaptive net's MACs over the MACs the curve needs for the same "
                   "accuracy (`—`: the curve never reaches it). `acc − curve`: against the curve at the same MACs.",
                   "`held out`: how many of the group's class sets the hypernetwork never trained on (its held-out "
@@ -284,6 +284,17 @@ def report(nets: dict, subtasks: list[dict], peer: list[dict] | None, classes: l
                 f = (lambda v, fmt: "—" if v is None else format(v, fmt))
                 lines.append(f"| {g} | {n_of[g]} | {held} | {name} | {mac:.4f} | {acc:.4f} | {f(e['curve_mac_ratio'], '.4f')} "
                              f"| {f(e['mac_vs_curve'], '.2f')} | {f(e['acc_gap_pt'], '+.2f')} |")
+    lines += ["", "## Within one model: each hypernetwork's subtask nets against its own all-classes net (test)", "",
+              "The same backbone both ways, so this isolates what conditioning on the class set buys from what joint "
+              "training costs the backbone. The all-classes net is cut only at the head.", "",
+              "| group | hypernetwork | subtask nets: MAC ratio | acc | all-classes net: MAC ratio | acc | "
+              "MACs subtask / all-classes | acc gap (pt) |", "|---|---|---|---|---|---|---|---|"]
+    for g in list(dict.fromkeys(s["group"] for s in subtasks)):
+        for name in sorted((n for n in nets if n.startswith("hypernet")), key=gamma_of):
+            mac, acc = group_means(nets[name]["adaptive"]["test"]["rows"], subtasks)[g]
+            amac, aacc = group_means(nets[name]["agnostic"]["test"]["rows"], subtasks)[g]
+            lines.append(f"| {g} | {name} | {mac:.4f} | {acc:.4f} | {amac:.4f} | {aacc:.4f} | {mac / amac:.2f} | "
+                         f"{100 * (acc - aacc):+.2f} |")
     if peer:
         lines += ["", f"## Against Torch-Pruning per subset at matched MACs ({chosen})", "",
                   "| subtask | group | fine-tune steps | MAC ratio (peer / adaptive) | peer val | peer test | "
