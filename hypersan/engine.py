@@ -98,6 +98,8 @@ class PruningEngine:
     def save_pretrained(self, path: str | os.PathLike, force: bool = False) -> Path:
         """Write the model and its statistics cache to a checkpoint directory, atomically (see
         model.save_pretrained)."""
+        if self._source is not None:  # what the cached statistics were calibrated on (see _calibration_source)
+            self.model.meta["calibration_source"] = self._source
         with atomic_dir(path, CHECKPOINT_KIND, force=force) as tmp:
             self.model.write_files(tmp)
             self.cache.save(tmp / STATS_FILE)
@@ -133,6 +135,20 @@ class PruningEngine:
             self._source = f"{source}:{images_fingerprint(self._images)}"
         return self._images
 
+    def _calibration_source(self) -> str:
+        """The name of the default calibration images (their data set and bytes). Where they cannot be read, a
+        checkpoint's recorded name stands in, so that the statistics it ships (calibrated on exactly those
+        images) still serve; a class set it has no statistics for still needs the images, and says so."""
+        if self._source is None:
+            try:
+                self.images()
+            except DatasetError:
+                recorded = self.model.meta.get("calibration_source")
+                if not isinstance(recorded, str) or not recorded:
+                    raise
+                return recorded
+        return self._source
+
     def _say(self, message: str) -> None:
         if self.log is not None:
             self.log(message)
@@ -155,8 +171,7 @@ class PruningEngine:
         if images is not None:
             source = f"images:{images_fingerprint(images)}"
         else:
-            self.images()
-            source = self._source
+            source = self._calibration_source()
         return CalibSpec(c.batches, c.batch_size, self.seed if seed is None else seed, source, d.crop_padding, d.hflip)
 
     def masks(self, subtask: Optional[Subtask], text: Optional[str] = None, round_to: int = 0,

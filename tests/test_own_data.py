@@ -99,6 +99,18 @@ def test_own_data_trains_prunes_exports_and_evaluates(tmp_path):
     rows = json.loads(r.stdout)["subtasks"]
     assert [row["classes"] for row in rows] == [["square", "cross"]]
 
+    # a checkpoint's cached statistics serve without its training images (a shipped model on a machine without
+    # the data); a class set it has none for still needs them, and says so
+    engine.save_pretrained(tmp_path / "ship")
+    assert engine.model.meta["calibration_source"].startswith("folder:train")
+    folder.rename(tmp_path / "moved")
+    away = PruningEngine.from_pretrained(tmp_path / "ship")
+    again = away.subnet(["cross", "stripes"])
+    x = torch.rand(4, 3, 12, 12)
+    assert torch.allclose(again(x), net(x), atol=1e-6)
+    with pytest.raises(DatasetError, match="could not be read"):
+        away.subnet(["circle", "square"])
+
 
 def test_a_dataset_folder_with_its_own_validation_split(tmp_path):
     import numpy as np
