@@ -1,4 +1,4 @@
-"""The Fashion-MNIST models shipped inside the package."""
+"""The models shipped inside the package: the Fashion-MNIST ones, and the glyph model."""
 import pytest
 import torch
 
@@ -15,9 +15,10 @@ from .conftest import needs_fmnist
 # Recomputed statistics differ from the recorded ones by float summation order only (the same seeded batches
 # are drawn); over 1,000-3,000 test images that moves an accuracy by at most a few images.
 ACC_TOL = 0.002
+FMNIST = [n for n in SHIPPED if n.startswith("fmnist")]
 
 
-@pytest.mark.parametrize("name", list(SHIPPED))
+@pytest.mark.parametrize("name", FMNIST)
 def test_shipped_model_is_small_and_self_describing(name):
     d = default_checkpoint(name)
     assert (d / "model.safetensors").is_file(), "the shipped model is missing from the package"
@@ -34,7 +35,7 @@ def test_shipped_model_is_small_and_self_describing(name):
 
 
 @needs_fmnist
-@pytest.mark.parametrize("name", list(SHIPPED))
+@pytest.mark.parametrize("name", FMNIST)
 def test_shipped_model_reproduces_its_recorded_metrics_from_fresh_statistics(name):
     engine = PruningEngine.from_pretrained(name)
     engine.cache.clear()  # recalibrate from the training images: nothing cached is fed back
@@ -111,5 +112,22 @@ def test_the_cli_help_names_the_default_and_every_shipped_model():
     from hypersan.cli import CHECKPOINT_HELP
     from hypersan.shipped import DEFAULT
 
-    assert DEFAULT == "fmnist_b16" and list(SHIPPED) == ["fmnist_b16", "fmnist"]
-    assert CHECKPOINT_HELP == "checkpoint directory, or a shipped model: fmnist_b16 (the default), fmnist"
+    assert DEFAULT == "fmnist_b16" and list(SHIPPED) == ["fmnist_b16", "fmnist", "glyphs"]
+    assert CHECKPOINT_HELP == "checkpoint directory, or a shipped model: fmnist_b16 (the default), fmnist, glyphs"
+
+
+def test_the_glyph_model_is_small_self_describing_and_serves_its_groups_without_the_data(tmp_path, monkeypatch):
+    d = default_checkpoint("glyphs")
+    assert sum(f.stat().st_size for f in d.iterdir()) <= 10 * 2**20
+    monkeypatch.chdir(tmp_path)  # its config's data_dir (data/glyphs) is not there: only shipped statistics serve
+    engine = PruningEngine.from_pretrained("glyphs")
+    meta = engine.model.meta
+    assert len(engine.model.classes) == 135 and "validation" in meta["provenance"]["selection"]
+    named = {r["request"]: r for r in meta["metrics"]["named_requests"]}
+    assert {"digits", "capital letters and digits", "Greek letters"} <= set(named)
+    net = engine.subnet("digits", fold_bn=True)
+    assert net.classes == [f"digit {i}" for i in range(10)]
+    assert engine.cost(net)["mac_ratio"] == pytest.approx(named["digits"]["mac_ratio"], rel=1e-6)
+    assert net(torch.rand(2, 1, 32, 32)).shape == (2, 10)
+    with pytest.raises(Exception, match="could not be read"):  # a class set without shipped statistics
+        engine.subnet(["digit 0", "small q"])
