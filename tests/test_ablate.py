@@ -149,7 +149,7 @@ def test_a_cold_build_calibrates_a_new_class_set_and_a_warm_one_does_not(monkeyp
     real = engine_module.recalibrate
     monkeypatch.setattr(engine_module, "recalibrate", lambda *a, **k: calls.append(1) or real(*a, **k))
     ab = Ablation.__new__(Ablation)
-    ab._data = (_images(), None, None, None)
+    ab._train = (_images(), None)
     times = ab.build_times(eng, [(1, 7), (0, 3, 5)], seed=0)
     # each class set on a fresh cache: one calibration per cold build, none in the warm one
     assert len(calls) == 2
