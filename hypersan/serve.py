@@ -321,8 +321,8 @@ class SubnetService:
         sub = self._cached(subnet_id)
         if sub is not None:
             return sub, False
-        if ("subnet", subnet_id) not in self._inflight and self._on_disk(subnet_id) is not None:
-            try:  # built before (by this checkpoint, maybe before a restart): a load, not behind the builds
+        if ("subnet", subnet_id) not in self._inflight:
+            try:  # built before (maybe before a restart): loaded on the predict pool, not behind the builds
                 sub = await self._once(("load", subnet_id), self._predict_pool, self._load, subnet_id)
             except ArtifactError:
                 sub = None  # unreadable: rebuilt below, over the broken folder
