@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from .config import Config, ConfigError, build_section, load_config, read_toml
-from .data import load_dataset
+from .data import load_split
 from .descriptions import describe
 from .engine import PruningEngine
 from .evaluate import evaluate, plain_logits, subtask_metrics
@@ -199,7 +199,7 @@ class Ablation:
         if self._train is None:
             tx, ty, vx, vy, _ = split_training_data(self.base)
             d = self.base.data
-            x, y, _ = load_dataset(d.dataset, "test", d.data_dir or None, d.channels, d.corrupt_images)
+            x, y, _ = load_split(d, "test")
             if d.test_limit:
                 x, y = x[:d.test_limit], y[:d.test_limit]
             self._train = (tx, ty)

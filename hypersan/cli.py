@@ -94,7 +94,7 @@ def _engine(args):
 
 
 def _eval(args) -> int:
-    from .data import load_dataset
+    from .data import load_split
     from .evaluate import evaluate, parse_subtasks
 
     if args.limit is not None and args.limit < 1:
@@ -115,8 +115,7 @@ def _eval(args) -> int:
                              f"{len(model.classes)} {tuple(model.info.input_shape)}); render it with the model's "
                              "classes (hypersan data glyphs --all-test)")
     else:
-        x, y, _ = load_dataset(cfg.data.dataset, split, args.data_dir or cfg.data.data_dir or None,
-                               cfg.data.channels, cfg.data.corrupt_images)
+        x, y, _ = load_split(cfg.data, split, args.data_dir)
     if args.split == "val":
         from .train import split_training_data
 

@@ -287,6 +287,12 @@ def load_dataset(name: str, split: str, data_dir: str | None = None, channels: i
     raise ValueError(f"unknown dataset {name!r}; choose fashion_mnist, cifar10, cifar100, folder or imagefolder")
 
 
+def load_split(data, split: str, data_dir: str | None = None) -> tuple[torch.Tensor, torch.Tensor, DatasetInfo]:
+    """(images, labels, vocabulary) of one split of the data set a [data] section (a DataConfig) names: its
+    dataset, its folder (`data_dir` overrides it) and its image-folder options."""
+    return load_dataset(data.dataset, split, data_dir or data.data_dir or None, data.channels, data.corrupt_images)
+
+
 # ---------------------------------------------------------------- validation split
 
 def validation_split(labels: torch.Tensor, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

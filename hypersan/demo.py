@@ -17,7 +17,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from .bench import paired_ratio, time_rounds
-from .data import load_dataset
+from .data import load_split
 from .engine import PruningEngine
 from .evaluate import evaluate
 from .io import atomic_dir, check_output_dir, write_json
@@ -54,8 +54,7 @@ def run_demo(out: str | os.PathLike, requests: Optional[Sequence[str]] = None, c
                 raise ValueError(f"the demo has no example requests for the {model.info.name!r} data set: give "
                                  f"some (hypersan demo --checkpoint {checkpoint} \"digits\" ...)")
         log(f"reading the {model.config.data.dataset} test images")
-        d = model.config.data
-        x, y, _ = load_dataset(d.dataset, "test", d.data_dir or None, d.channels, d.corrupt_images)
+        x, y, _ = load_split(model.config.data, "test")
         subtasks, groundings = [], []
         for r in requests:
             t, g = engine.resolve(r)

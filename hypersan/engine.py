@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import CHECKPOINT_KIND, resolve_checkpoint
-from .data import DatasetError, load_dataset, validation_split
+from .data import DatasetError, load_split, validation_split
 from .export import DEFAULT_FORMATS, parse_formats, save_subnet
 from .io import atomic_dir
 from .metrics import kept_widths, subnet_cost
@@ -42,7 +42,7 @@ def training_split(model: SubtaskAdaptiveNet, data_dir: str | None = None) -> tu
     """(uint8 images, labels, source name) of the model's training split (see training_images)."""
     d = model.config.data
     try:
-        x, y, _ = load_dataset(d.dataset, "train", data_dir or d.data_dir or None, d.channels, d.corrupt_images)
+        x, y, _ = load_split(d, "train", data_dir)
     except DatasetError as e:
         raise DatasetError(f"BN statistics of a subtask are recalibrated on the {d.dataset} training images, which "
                            f"could not be read: {e} -- install the dataset (or point $HYPERSAN_DATA / --data-dir at "

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from .checkpoint import CHECKPOINT_KIND
 from .config import Config, ConfigError
-from .data import augment, load_dataset, to_float, validation_split
+from .data import augment, load_split, to_float, validation_split
 from .descriptions import describe
 from .distributed import Context, DistributedError, is_peer_failure, setup, shard, stream_seed
 from .engine import PruningEngine
@@ -100,11 +100,11 @@ def split_training_data(cfg: Config) -> tuple[torch.Tensor, torch.Tensor, torch.
     """(train_x, train_y, val_x, val_y, info): the training split minus the seeded, stratified validation split
     the config names (data.val_size of them). The test split is not read: it gives final figures only."""
     d = cfg.data
-    x, y, info = load_dataset(d.dataset, "train", d.data_dir or None, d.channels, d.corrupt_images)
+    x, y, info = load_split(d, "train")
     if d.train_limit:
         x, y = x[:d.train_limit], y[:d.train_limit]
     if d.val_split == "dataset":  # the data set's own validation split (its own fonts, say)
-        vx, vy, _ = load_dataset(d.dataset, "val", d.data_dir or None, d.channels, d.corrupt_images)
+        vx, vy, _ = load_split(d, "val")
         return x, y, vx, vy, info
     if d.val_size >= len(y):
         raise ConfigError(f"data.val_size = {d.val_size} leaves no training images out of {len(y)}; lower it")
