@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .info import FASHION_MNIST, DatasetError, DatasetInfo  # noqa: F401  (part of this module's interface)
+from .info import FASHION_MNIST, DatasetError, DatasetInfo, channel_stats  # noqa: F401  (part of the interface)
 
 SYSTEM_FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
@@ -196,10 +196,9 @@ def save_folder_dataset(path: str | os.PathLike, classes: list[str], train: tupl
         raise ValueError(f"train images are {arrays['train'][0].shape[1:]} and test images "
                          f"{arrays['test'][0].shape[1:]}; both splits need the same (C, H, W)")
     x = arrays["train"][0]
-    mean = (x.mean(axis=(0, 2, 3), dtype=np.float64) / 255).tolist()
-    std = [max(v, 1e-3) for v in (x.std(axis=(0, 2, 3), dtype=np.float64) / 255).tolist()]
-    info = DatasetInfo(name or Path(os.path.abspath(path)).name, list(classes), tuple(x.shape[1:]), tuple(mean),
-                       tuple(std), dict(groups or {}), dict(synonyms or {}), list(outside or []))
+    mean, std = channel_stats(x)
+    info = DatasetInfo(name or Path(os.path.abspath(path)).name, list(classes), tuple(x.shape[1:]), mean, std,
+                       dict(groups or {}), dict(synonyms or {}), list(outside or []))
     info = DatasetInfo.from_dict(info.to_dict())  # every field checked, as a reader would
     meta = info.to_dict()
     if card is not None:

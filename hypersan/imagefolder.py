@@ -18,12 +18,13 @@ says image, Pillow cannot decode it) is refused, or, with `corrupt = "skip"`, le
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from .info import DatasetError, DatasetInfo
+from .info import DatasetError, DatasetInfo, channel_stats
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SPLITS = ("train", "val", "test")
@@ -141,10 +142,8 @@ def load_image_folder(split: str, data_dir: str | os.PathLike | None, channels: 
     if tx.shape[1:] != x.shape[1:]:
         raise DatasetError(f"the {split} images of {data_dir} are {x.shape[1:]}, the training images {tx.shape[1:]}; "
                            "every split has the same size and channels")
-    mean = (tx.mean(axis=(0, 2, 3), dtype=np.float64) / 255).tolist()
-    std = [max(v, 1e-3) for v in (tx.std(axis=(0, 2, 3), dtype=np.float64) / 255).tolist()]
-    info = DatasetInfo(Path(os.path.abspath(data_dir)).name, list(names), tuple(tx.shape[1:]), tuple(mean),
-                       tuple(std))
+    mean, std = channel_stats(tx)
+    info = DatasetInfo(Path(os.path.abspath(data_dir)).name, list(names), tuple(tx.shape[1:]), mean, std)
     return torch.from_numpy(x), torch.from_numpy(y), info
 
 
@@ -156,7 +155,8 @@ def _signature(root: str, split: str) -> tuple:
     folder = _split_dir(Path(root), split)
     if folder is None:
         return ()
-    return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")) if p.is_file())
+    stats = ((str(p), p.stat()) for p in sorted(folder.rglob("*")))
+    return tuple((name, st.st_size, st.st_mtime_ns) for name, st in stats if stat.S_ISREG(st.st_mode))
 
 
 def _cached(root: str, split: str, channels: int, corrupt: str, classes: Optional[tuple]):

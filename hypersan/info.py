@@ -142,3 +142,11 @@ FASHION_MNIST = DatasetInfo(
         "clothing": ["clothes", "apparel"],
     },
 )
+
+
+def channel_stats(images) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per channel, in [0, 1], of uint8 images (N, C, H, W) as a numpy array: what a net of that
+    data normalizes with (std at least 1e-3, so a constant channel is never divided by 0)."""
+    mean = (images.mean(axis=(0, 2, 3), dtype="float64") / 255).tolist()
+    std = [max(v, 1e-3) for v in (images.std(axis=(0, 2, 3), dtype="float64") / 255).tolist()]
+    return tuple(mean), tuple(std)
