@@ -105,21 +105,17 @@ def choose_subtasks(engine, val, seed: int = 0) -> list[dict]:
 
 def score_body(net, data: dict, subtasks: list[dict], ref_macs: int, shape) -> dict:
     """A class-agnostic net: one body, the head cut to each subtask (its logits restricted to the subtask)."""
-    import torch
-
     from hypersan.ablate import cut_head
-    from hypersan.evaluate import plain_logits, subtask_metrics
-    from hypersan.metrics import count_macs
+    from hypersan.evaluate import plain_logits
+    from hypersan.metrics import count_macs, subset_accuracy
 
     out = {}
     for split, (x, y) in data.items():
         logits = plain_logits(net, x)
         rows = []
-        for s in subtasks:
+        for s in subtasks:  # every subtask has two classes or more: |T|-way accuracy on its own images
             t = s["indices"]
-            full = torch.full_like(logits, float("-inf"))
-            full[:, t] = logits[:, t]
-            rows.append({"acc": subtask_metrics(full, y, t)["acc"],
+            rows.append({"acc": subset_accuracy(logits, y, t),
                          "mac_ratio": count_macs(cut_head(net, t), shape) / ref_macs})
         out[split] = {"rows": rows, "top1": float((logits.argmax(1) == y).float().mean()),
                       "pred": logits.argmax(1).tolist()}
@@ -130,9 +126,7 @@ def score_adaptive(engine, data: dict, subtasks: list[dict], ref_macs: int, seed
     """A hypernetwork's own net per subtask, built as `hypersan eval` builds it (statistics calibrated per class
     set), scored on the subtask's own images: its accuracy (argmax over the subtask, as `hypersan eval`'s acc
     for two classes and more) needs no other image."""
-    import torch
-
-    from hypersan.evaluate import plain_logits, subtask_metrics
+    from hypersan.evaluate import plain_accuracy
 
     out = {split: {"rows": []} for split in data}
     t0 = time.perf_counter()
@@ -142,10 +136,7 @@ def score_adaptive(engine, data: dict, subtasks: list[dict], ref_macs: int, seed
         net = engine.subnet(t, fold_bn=True, seed=seed)
         cost = engine.cost(net)
         for split, (x, y) in data.items():
-            keep = torch.isin(y, torch.tensor(t))
-            full = torch.full((int(keep.sum()), len(engine.model.classes)), float("-inf"))
-            full[:, list(t)] = plain_logits(net, x[keep])
-            out[split]["rows"].append({"acc": subtask_metrics(full, y[keep], t)["acc"],
+            out[split]["rows"].append({"acc": plain_accuracy(net, t, x, y),
                                        "mac_ratio": cost["mac_ratio"] * dense_macs / ref_macs,
                                        "seen": engine.model.is_seen(t)})
     log(f"  {len(subtasks)} subtasks in {time.perf_counter() - t0:.0f} s")
@@ -183,7 +174,7 @@ def run_peer(dense, chosen_rows: list[dict], subtasks: list[dict], data: dict, t
 
     from hypersan import baselines
     from hypersan.ablate import plain_cost
-    from hypersan.evaluate import plain_logits, subtask_metrics
+    from hypersan.evaluate import plain_accuracy
     from hypersan.surgery import prune_backbone
 
     cfg = dense.model.config
@@ -217,9 +208,7 @@ def run_peer(dense, chosen_rows: list[dict], subtasks: list[dict], data: dict, t
                    "mac_ratio": plain_cost(dense, m)["macs"] / ref_macs, "build_s": build,
                    "adaptive_mac_ratio": chosen_rows[i]["mac_ratio"]}
             for split, (x, y) in data.items():
-                full = torch.full((len(x), len(dense.model.classes)), float("-inf"))
-                full[:, list(t)] = plain_logits(m.eval(), x)
-                row[f"{split}_acc"] = subtask_metrics(full, y, t)["acc"]
+                row[f"{split}_acc"] = plain_accuracy(m.eval(), t, x, y)
             out.append(row)
             log(f"    {n_steps} steps: test acc {row['test_acc']:.4f} at {row['mac_ratio']:.3f} ({build:.0f} s)")
     return out
