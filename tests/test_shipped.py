@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from hypersan.checkpoint import default_checkpoint, resolve_checkpoint
-from hypersan.data import load_fashion_mnist
+from hypersan.data import DatasetError, load_fashion_mnist
 from hypersan.engine import PruningEngine
 from hypersan.evaluate import evaluate
 from hypersan.io import ArtifactError
@@ -129,5 +129,5 @@ def test_the_glyph_model_is_small_self_describing_and_serves_its_groups_without_
     assert net.classes == [f"digit {i}" for i in range(10)]
     assert engine.cost(net)["mac_ratio"] == pytest.approx(named["digits"]["mac_ratio"], rel=1e-6)
     assert net(torch.rand(2, 1, 32, 32)).shape == (2, 10)
-    with pytest.raises(Exception, match="could not be read"):  # a class set without shipped statistics
+    with pytest.raises(DatasetError, match="could not be read"):  # a class set without shipped statistics
         engine.subnet(["digit 0", "small q"])
