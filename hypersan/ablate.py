@@ -558,42 +558,56 @@ class Ablation:
                 "images_seen": None, "latency_ratio": None, "widths": r.get("widths")}
 
     # ------------------------------------------------------------ the whole run
-    def run(self, progress: bool = True) -> dict:
-        """Every step not yet done, then the reports; returns {"csv", "table", "plots"} paths."""
+    def run(self, progress: bool = True, seed: Optional[int] = None) -> dict:
+        """Every step not yet done, then the reports; returns {"csv", "table", "plots"} paths.
+
+        With `seed`, only that seed's steps run (the first seed's also carry the scratch nets and the gamma
+        sweep) and no report is written: processes that each run one seed can share the run folder, since every
+        step writes its own files. A last run without `seed` then writes the reports."""
         from tqdm import tqdm
 
-        bar = tqdm(self.plan(), desc="ablation", disable=not progress)
+        if seed is not None and seed not in self.cfg.run.seeds:
+            raise ConfigError(f"seed {seed} is not one of run.seeds {self.cfg.run.seeds} in the ablation config")
+        steps = [(name, fn) for name, s, fn in self.plan() if seed is None or s == seed]
+        bar = tqdm(steps, desc="ablation", disable=not progress)
         for name, fn in bar:
             bar.set_postfix_str(name)
             fn()
             self.log(f"done: {name}")
+        if seed is not None:
+            return {"seed": seed, "steps": len(steps)}
         from .ablation_report import write_reports
 
         return write_reports(self.out, self.all_rows(), self.extras())
 
-    def plan(self) -> list[tuple[str, Callable[[], None]]]:
-        """The steps in order: every step of the first seed (scratch nets included) before the next seed's."""
+    def plan(self) -> list[tuple[str, int, Callable[[], None]]]:
+        """The steps in order, each as (name, seed, run): every step of the first seed (scratch nets included)
+        before the next seed's, the gamma sweep (first seed) last."""
         c = self.cfg.run
-        plan: list[tuple[str, Callable[[], None]]] = []
+        plan: list[tuple[str, int, Callable[[], None]]] = []
         for seed in c.seeds:
+            def wanted(m: str) -> bool:
+                return m in c.methods and (seed == c.seeds[0] or m not in c.first_seed_only)
+
             for m in JOINT:
-                if m in c.methods and (seed == c.seeds[0] or m not in c.first_seed_only):
-                    plan.append((f"{m} seed {seed}", lambda m=m, seed=seed: self.eval_joint(m, seed, c.gamma)))
-            if "agnostic_hypernet" in c.methods and (seed == c.seeds[0] or "agnostic_hypernet" not in c.first_seed_only):
-                plan.append((f"agnostic_hypernet seed {seed}", lambda seed=seed: self.eval_agnostic_hypernet(seed)))
-            plan.append((f"per-subset pruning seed {seed}", lambda seed=seed: self.eval_per_subset(seed)))
-            if "agnostic_tp" in c.methods and (seed == c.seeds[0] or "agnostic_tp" not in c.first_seed_only):
-                plan.append((f"agnostic_tp seed {seed}", lambda seed=seed: self.eval_agnostic_tp(seed)))
+                if wanted(m):
+                    plan.append((f"{m} seed {seed}", seed, lambda m=m, seed=seed: self.eval_joint(m, seed, c.gamma)))
+            if wanted("agnostic_hypernet"):
+                plan.append((f"agnostic_hypernet seed {seed}", seed,
+                             lambda seed=seed: self.eval_agnostic_hypernet(seed)))
+            plan.append((f"per-subset pruning seed {seed}", seed, lambda seed=seed: self.eval_per_subset(seed)))
+            if wanted("agnostic_tp"):
+                plan.append((f"agnostic_tp seed {seed}", seed, lambda seed=seed: self.eval_agnostic_tp(seed)))
         first = c.seeds[0]
         if "scratch" in c.methods:
-            last = max(i for i, (name, _) in enumerate(plan) if name.endswith(f"seed {first}"))
-            plan.insert(last + 1, ("scratch", lambda: self.eval_scratch(first)))
+            last = max(i for i, (_, s, _) in enumerate(plan) if s == first)
+            plan.insert(last + 1, ("scratch", first, lambda: self.eval_scratch(first)))
         for g in c.gammas:
             for m in ("hypernet", "pertask"):
                 if m in c.methods:
-                    plan.append((f"{m} gamma {g:g}", lambda m=m, g=g: self.eval_joint(m, first, g)))
+                    plan.append((f"{m} gamma {g:g}", first, lambda m=m, g=g: self.eval_joint(m, first, g)))
             if "hypernet" in c.methods and self.cfg.baselines.sweep_methods:
-                plan.append((f"per-subset pruning gamma {g:g}",
+                plan.append((f"per-subset pruning gamma {g:g}", first,
                              lambda g=g: self.eval_per_subset(first, g, self.cfg.baselines.sweep_methods)))
         return plan
 
@@ -714,14 +728,15 @@ def monotonicity(engine: PruningEngine, subtasks: list[Subtask]) -> dict:
 
 
 def run_ablation(config: str | os.PathLike, out: str | os.PathLike, quick: bool = False, force: bool = False,
-                 log: Callable[[str], None] = print, progress: bool = True) -> dict:
-    """Run (or resume) an ablation; `quick` uses configs/ablation_tiny.toml instead of `config`."""
+                 log: Callable[[str], None] = print, progress: bool = True, seed: Optional[int] = None) -> dict:
+    """Run (or resume) an ablation; `quick` uses configs/ablation_tiny.toml instead of `config`; `seed` runs one
+    seed's steps only (see `Ablation.run`)."""
     root = Path(config).resolve().parent.parent if not quick else Path(__file__).resolve().parent.parent
     path = root / "configs" / "ablation_tiny.toml" if quick else Path(config)
     cfg = load_ablation_config(path)
     ab = Ablation(cfg, out, log=log, root=root)
     ab.prepare(force=force)
-    return ab.run(progress=progress)
+    return ab.run(progress=progress, seed=seed)
 
 
 __all__ = ["AblationConfig", "Ablation", "load_ablation_config", "run_ablation", "monotonicity", "PER_SUBSET"]

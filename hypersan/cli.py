@@ -289,7 +289,7 @@ def _ablate(args) -> int:
 
     if not args.quick and not args.config:
         raise ValueError("give --config configs/ablation_fmnist.toml (or --quick for the tiny smoke run)")
-    r = run_ablation(args.config, args.out, quick=args.quick, force=args.force,
+    r = run_ablation(args.config, args.out, quick=args.quick, force=args.force, seed=args.seed,
                      log=lambda m: print(m, file=sys.stderr, flush=True), progress=sys.stderr.isatty())
     print(json.dumps(r))
     return 0
@@ -451,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--config", default=None, help="ablation TOML (configs/ablation_fmnist.toml)")
     a.add_argument("--out", required=True, help="run folder; an unfinished run there is resumed")
     a.add_argument("--quick", action="store_true", help="the tiny smoke configuration (configs/ablation_tiny.toml)")
+    a.add_argument("--seed", type=int, default=None,
+                   help="run this seed's steps only and write no report (one process per seed can share --out; "
+                        "a last run without --seed writes the reports)")
     a.add_argument("--force", action="store_true", help=argparse.SUPPRESS)
     a.set_defaults(func=_ablate)
 

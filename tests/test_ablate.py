@@ -108,6 +108,19 @@ def test_ablation_config_is_strict(tmp_path):
     load_ablation_config(ROOT / "configs" / "ablation_tiny.toml")
 
 
+def test_a_seed_shard_plans_that_seeds_steps_only(tmp_path):
+    (tmp_path / "ab.toml").write_text(CONFIG.replace("seeds = [0]", "seeds = [0, 1]"))
+    ab = Ablation(load_ablation_config(tmp_path / "ab.toml"), tmp_path / "run", log=lambda m: None, root=ROOT)
+    plan = ab.plan()
+    by_seed = {s: [name for name, seed, _ in plan if seed == s] for s in (0, 1)}
+    assert len(by_seed[0]) + len(by_seed[1]) == len(plan)
+    # the first seed carries the scratch nets and the gamma sweep; every other step names its own seed
+    assert "scratch" in by_seed[0] and "hypernet gamma 2" in by_seed[0] and "scratch" not in by_seed[1]
+    assert all(name.endswith("seed 1") for name in by_seed[1]) and "hypernet seed 1" in by_seed[1]
+    with pytest.raises(ConfigError, match="seed 7 is not one of run.seeds"):
+        ab.run(progress=False, seed=7)
+
+
 def test_cli_ablate_needs_a_config_or_quick(tmp_path, capsys):
     from hypersan.cli import main
 
