@@ -159,7 +159,10 @@ class Ablation:
     """One ablation run in a folder: steps, their rows, and the reports built from them."""
 
     def __init__(self, cfg: AblationConfig, out: str | os.PathLike, log: Callable[[str], None] = print,
-                 root: str | os.PathLike = "."):
+                 root: str | os.PathLike = ".", threads: Optional[int] = None):
+        if threads is not None and threads < 1:
+            raise ConfigError(f"threads must be at least 1, got {threads}")
+        self.threads = threads  # torch threads for every step, trainings included (an execution setting only)
         self.cfg = cfg
         self.out = Path(out)
         self.log = log
@@ -239,6 +242,8 @@ class Ablation:
             over += ["subtasks.dense_share=1.0"]
         else:
             over += ['generator.kind="hypernet"', 'generator.conditioning="multihot"']
+        if self.threads is not None:
+            over.append(f"train.threads={self.threads}")
         return load_config(self.root / self.cfg.base.config, [*self.cfg.base.set, *over])
 
     def model_dir(self, method: str, seed: int, gamma: float) -> Path:
@@ -569,6 +574,8 @@ class Ablation:
         if seed is not None and seed not in self.cfg.run.seeds:
             raise ConfigError(f"seed {seed} is not one of run.seeds {self.cfg.run.seeds} in the ablation config")
         steps = [(name, fn) for name, s, fn in self.plan() if seed is None or s == seed]
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
         bar = tqdm(steps, desc="ablation", disable=not progress)
         for name, fn in bar:
             bar.set_postfix_str(name)
@@ -728,13 +735,14 @@ def monotonicity(engine: PruningEngine, subtasks: list[Subtask]) -> dict:
 
 
 def run_ablation(config: str | os.PathLike, out: str | os.PathLike, quick: bool = False, force: bool = False,
-                 log: Callable[[str], None] = print, progress: bool = True, seed: Optional[int] = None) -> dict:
+                 log: Callable[[str], None] = print, progress: bool = True, seed: Optional[int] = None,
+                 threads: Optional[int] = None) -> dict:
     """Run (or resume) an ablation; `quick` uses configs/ablation_tiny.toml instead of `config`; `seed` runs one
-    seed's steps only (see `Ablation.run`)."""
+    seed's steps only (see `Ablation.run`); `threads` sets torch's threads for every step."""
     root = Path(config).resolve().parent.parent if not quick else Path(__file__).resolve().parent.parent
     path = root / "configs" / "ablation_tiny.toml" if quick else Path(config)
     cfg = load_ablation_config(path)
-    ab = Ablation(cfg, out, log=log, root=root)
+    ab = Ablation(cfg, out, log=log, root=root, threads=threads)
     ab.prepare(force=force)
     return ab.run(progress=progress, seed=seed)
 

@@ -290,6 +290,7 @@ def _ablate(args) -> int:
     if not args.quick and not args.config:
         raise ValueError("give --config configs/ablation_fmnist.toml (or --quick for the tiny smoke run)")
     r = run_ablation(args.config, args.out, quick=args.quick, force=args.force, seed=args.seed,
+                     threads=args.threads,
                      log=lambda m: print(m, file=sys.stderr, flush=True), progress=sys.stderr.isatty())
     print(json.dumps(r))
     return 0
@@ -454,6 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=int, default=None,
                    help="run this seed's steps only and write no report (one process per seed can share --out; "
                         "a last run without --seed writes the reports)")
+    a.add_argument("--threads", type=int, default=None,
+                   help="torch threads for every step, trainings included (default: the config's train.threads); "
+                        "1 per process when seeds run side by side")
     a.add_argument("--force", action="store_true", help=argparse.SUPPRESS)
     a.set_defaults(func=_ablate)
 

@@ -119,6 +119,12 @@ def test_a_seed_shard_plans_that_seeds_steps_only(tmp_path):
     assert all(name.endswith("seed 1") for name in by_seed[1]) and "hypernet seed 1" in by_seed[1]
     with pytest.raises(ConfigError, match="seed 7 is not one of run.seeds"):
         ab.run(progress=False, seed=7)
+    # threads are an execution setting: they reach every training's config, and nothing else changes
+    one = Ablation(ab.cfg, tmp_path / "run", log=lambda m: None, root=ROOT, threads=1)
+    assert one.method_config("hypernet", 1, 0.5).train.threads == 1
+    assert ab.method_config("hypernet", 1, 0.5).train.threads == ab.base.train.threads
+    with pytest.raises(ConfigError, match="threads must be at least 1"):
+        Ablation(ab.cfg, tmp_path / "run", root=ROOT, threads=0)
 
 
 def test_cli_ablate_needs_a_config_or_quick(tmp_path, capsys):
