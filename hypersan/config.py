@@ -105,7 +105,7 @@ class CalibConfig:
 
 @dataclass
 class VocabConfig:
-    """Words for requests in natural language, added to the dataset's vocabulary (see hypersan.grounding)."""
+    """Words for requests in natural language, added to the dataset's vocabulary (see hypersan.language.grounding)."""
 
     synonyms: dict[str, list[str]] = field(default_factory=dict)  # class or group name -> extra words for it
     groups: dict[str, list[str]] = field(default_factory=dict)  # group name -> class names (new, or replacing one)

@@ -123,7 +123,7 @@ FASHION_MNIST = DatasetInfo(
         "clothing": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Shirt"],
         "accessories": ["Bag"],
     },
-    # Plurals need no entry: grounding (hypersan.grounding) matches singular and plural forms of every phrase.
+    # Plurals need no entry: grounding (hypersan.language.grounding) matches singular and plural forms of every phrase.
     synonyms={
         "T-shirt/top": ["t-shirt", "tshirt", "tee", "tee shirt", "top", "t shirt", "tank top", "singlet", "crop top"],
         "Trouser": ["trousers", "pants", "jeans", "slacks", "chinos", "leggings", "joggers", "bottoms"],

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from hypersan.config import load_config
-from hypersan.data import SYSTEM_FMNIST_DIR
+from hypersan.data.datasets import SYSTEM_FMNIST_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 # an explicit $HYPERSAN_DATA is the only place looked at (hypersan does the same); unset, the system copy

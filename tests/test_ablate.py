@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from hypersan.ablate import Ablation, load_ablation_config
-from hypersan.ablation_report import CSV_COLUMNS
+from hypersan.research.ablate import Ablation, load_ablation_config
+from hypersan.research.report import CSV_COLUMNS
 from hypersan.config import ConfigError
 
 from .conftest import ROOT, needs_fmnist
@@ -128,7 +128,7 @@ def test_a_seed_shard_plans_that_seeds_steps_only(tmp_path):
 
 
 def test_cli_ablate_needs_a_config_or_quick(tmp_path, capsys):
-    from hypersan.cli import main
+    from hypersan.cli.commands import main
 
     assert main(["ablate", "--out", str(tmp_path / "run")]) == 2
     assert "--config configs/ablation_fmnist.toml" in capsys.readouterr().err
@@ -142,9 +142,9 @@ def test_cli_ablate_needs_a_config_or_quick(tmp_path, capsys):
 def test_a_cut_head_drops_logit_columns_only():
     import torch
 
-    from hypersan.ablate import cut_head
-    from hypersan.backbones import build_backbone
-    from hypersan.subnet import build_plain
+    from hypersan.research.ablate import cut_head
+    from hypersan.nn.backbones import build_backbone
+    from hypersan.nn.subnet import build_plain
 
     arch = {"arch": "resnet", "in_channels": 1, "widths": [4, 8], "blocks": [1, 1], "num_classes": 5,
             "mean": [0.5], "std": [0.25]}
@@ -158,7 +158,7 @@ def test_a_cut_head_drops_logit_columns_only():
 
 
 def test_a_cold_build_calibrates_a_new_class_set_and_a_warm_one_does_not(monkeypatch):
-    import hypersan.engine as engine_module
+    import hypersan.prune.engine as engine_module
 
     from .test_surgery import _engine, _images
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from hypersan.metrics import containment_violations, out_of_subtask_false_positive_rate
+from hypersan.prune.metrics import containment_violations, out_of_subtask_false_positive_rate
 
 
 def test_containment_counts_channels_the_superset_drops():

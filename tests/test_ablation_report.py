@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from hypersan.ablation_report import (adaptivity, crossover, equal_accuracy, gap, hardest_pairs, interp_acc,
+from hypersan.research.report import (adaptivity, crossover, equal_accuracy, gap, hardest_pairs, interp_acc,
                                       interp_mac, mean_std, paired_difference, pareto_front, per_seed_means,
                                       read_results, reference_acc, summary_table, write_csv)
 
@@ -110,3 +110,14 @@ def test_the_hardest_pairs_by_confusion_rate_both_ways():
     pred[22] = 0  # 2 -> 0 once: (0, 2) at 1 / 20
     assert hardest_pairs(pred, labels, 2) == [(0, 1), (2, 3)]
     assert hardest_pairs(pred, labels, 5) == [(0, 1), (2, 3), (0, 2)]  # pairs never confused are not listed
+
+
+def test_every_method_has_one_look_of_its_own_in_every_figure():
+    from hypersan.research.ablate import JOINT, PER_SUBSET
+    from hypersan.research.report import METHOD_STYLES
+
+    methods = {*JOINT, *PER_SUBSET, "agnostic_hypernet", "agnostic_tp", "scratch"}
+    assert methods <= set(METHOD_STYLES)
+    colours = [c for _, c, _ in METHOD_STYLES.values()]
+    labels = [label for label, _, _ in METHOD_STYLES.values()]
+    assert len(set(colours)) == len(colours) and len(set(labels)) == len(labels)

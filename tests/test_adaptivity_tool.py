@@ -4,8 +4,8 @@ import importlib.util
 import pytest
 
 from hypersan.config import load_config
-from hypersan.data import FASHION_MNIST
-from hypersan.model import SubtaskAdaptiveNet
+from hypersan.data.datasets import FASHION_MNIST
+from hypersan.nn.model import SubtaskAdaptiveNet
 
 from .conftest import ROOT, needs_fmnist
 

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from hypersan.backbones import build_backbone
-from hypersan.generators import HyperNetwork, PerTaskMasks, mean_utility, to_masks
-from hypersan.metrics import count_macs, count_params
+from hypersan.nn.backbones import build_backbone
+from hypersan.nn.generators import HyperNetwork, PerTaskMasks, mean_utility, to_masks
+from hypersan.prune.metrics import count_macs, count_params
 
 ARCHS = {
     "resnet": {"arch": "resnet", "in_channels": 1, "num_classes": 5, "widths": [4, 6, 8], "blocks": [1, 2, 1],

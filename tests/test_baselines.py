@@ -4,15 +4,15 @@ import math
 import pytest
 import torch
 
-from hypersan.backbones import build_backbone
-from hypersan.metrics import count_macs
-from hypersan.surgery import prune_backbone
+from hypersan.nn.backbones import build_backbone
+from hypersan.prune.metrics import count_macs
+from hypersan.prune.surgery import prune_backbone
 
 from .test_surgery import ARCHS, _randomize
 
 tp = pytest.importorskip("torch_pruning")
 
-from hypersan.baselines import finetune, magnitude_prune, random_prune  # noqa: E402
+from hypersan.research.baselines import finetune, magnitude_prune, random_prune  # noqa: E402
 
 CLASSES = [0, 2, 5]
 SHAPES = {"resnet": (1, 12, 12), "vgg": (3, 12, 12)}
@@ -92,7 +92,7 @@ def _learnable(n=64, seed=0):
 
 
 def test_finetune_trains_a_single_class_against_other_classes_images():
-    from hypersan.surgery import prune_backbone
+    from hypersan.prune.surgery import prune_backbone
 
     torch.manual_seed(0)
     bb = _randomize(build_backbone(dict(ARCHS["resnet"], widths=[16, 24]))).eval()
@@ -105,7 +105,7 @@ def test_finetune_trains_a_single_class_against_other_classes_images():
 
 
 def test_subset_prune_sees_the_subset_and_meets_its_budget():
-    from hypersan.baselines import subset_prune
+    from hypersan.research.baselines import subset_prune
 
     bb, _, dense_macs = _dense("resnet")
     x, y = _learnable(96)
@@ -126,7 +126,7 @@ def test_subset_prune_sees_the_subset_and_meets_its_budget():
 
 
 def test_head_bce_has_negatives_and_weighs_positives():
-    from hypersan.losses import head_bce
+    from hypersan.nn.losses import head_bce
 
     logits = torch.zeros(2, 1)
     # a positive and a negative at logit 0: each log 2
@@ -140,8 +140,8 @@ def test_head_bce_has_negatives_and_weighs_positives():
 def test_the_width_search_counts_macs_as_the_flop_counter_does(arch):
     import random
 
-    from hypersan.baselines import _macs_of
-    from hypersan.metrics import subnet_cost
+    from hypersan.research.baselines import _macs_of
+    from hypersan.prune.metrics import subnet_cost
 
     a = build_backbone(dict(ARCHS[arch], widths=[16, 24])).arch
     rng = random.Random(0)

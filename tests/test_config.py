@@ -146,7 +146,7 @@ def test_config_reference_is_current():
 
 
 def test_error_messages_name_the_file_and_what_it_is(tmp_path):
-    from hypersan.checkpoint import resolve_checkpoint
+    from hypersan.nn.checkpoint import resolve_checkpoint
     from hypersan.io import ArtifactError, write_json
 
     binary = tmp_path / "weights.toml"

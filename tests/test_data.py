@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from hypersan.data import (FASHION_MNIST, DatasetError, DatasetInfo, augment, load_cifar10, load_cifar100,
+from hypersan.data.datasets import (FASHION_MNIST, DatasetError, DatasetInfo, augment, load_cifar10, load_cifar100,
                            load_fashion_mnist, validation_split)
 
 from .conftest import needs_fmnist
@@ -20,7 +20,7 @@ def _write_idx(path, magic, arr):
 
 def test_missing_system_dataset_names_it_and_how_to_install(tmp_path, monkeypatch):
     monkeypatch.delenv("HYPERSAN_DATA", raising=False)
-    monkeypatch.setattr("hypersan.data.SYSTEM_FMNIST_DIR", str(tmp_path / "sys"))
+    monkeypatch.setattr("hypersan.data.datasets.SYSTEM_FMNIST_DIR", str(tmp_path / "sys"))
     with pytest.raises(DatasetError) as e:
         load_fashion_mnist("test", "")  # empty: unset, so the system location is used
     msg = str(e.value)
@@ -34,7 +34,7 @@ def test_a_named_folder_without_the_files_is_an_error_not_a_fallback(tmp_path, m
     system.mkdir()
     _write_idx(system / "t10k-images-idx3-ubyte.gz", 0x803, np.zeros((10000, 28, 28), np.uint8))
     _write_idx(system / "t10k-labels-idx1-ubyte.gz", 0x801, np.zeros(10000, np.uint8))
-    monkeypatch.setattr("hypersan.data.SYSTEM_FMNIST_DIR", str(system))
+    monkeypatch.setattr("hypersan.data.datasets.SYSTEM_FMNIST_DIR", str(system))
     assert load_fashion_mnist("test", None)[0].shape[0] == 10000  # unset: the system copy is fine
     named = tmp_path / "named"
     if state != "missing":

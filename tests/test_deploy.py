@@ -5,10 +5,10 @@ import onnx
 import pytest
 import torch
 
-from hypersan.cli import main
-from hypersan.data import load_fashion_mnist, to_float
-from hypersan.engine import PruningEngine
-from hypersan.runtimes import parse_runtimes, session
+from hypersan.cli.commands import main
+from hypersan.data.datasets import load_fashion_mnist, to_float
+from hypersan.prune.engine import PruningEngine
+from hypersan.deploy.runtimes import parse_runtimes, session
 
 from .conftest import needs_fmnist
 from .test_export import _net, _x, run_without_hypersan

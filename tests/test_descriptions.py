@@ -1,8 +1,8 @@
 import random
 
-from hypersan.data import FASHION_MNIST
-from hypersan.descriptions import HELDOUT_TEMPLATES, TRAIN_TEMPLATES, canonical_description, describe
-from hypersan.grounding import ground
+from hypersan.data.datasets import FASHION_MNIST
+from hypersan.language.descriptions import HELDOUT_TEMPLATES, TRAIN_TEMPLATES, canonical_description, describe
+from hypersan.language.grounding import ground
 
 
 def test_heldout_phrasings_never_appear_in_training():

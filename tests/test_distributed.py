@@ -19,11 +19,11 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from hypersan.config import ConfigError, load_config
-from hypersan.data import load_cifar100
-from hypersan.distributed import shard, stream_seed
-from hypersan.engine import PruningEngine
-from hypersan.model import SubtaskAdaptiveNet
-from hypersan.train import split_training_data, train
+from hypersan.data.datasets import load_cifar100
+from hypersan.training.distributed import shard, stream_seed
+from hypersan.prune.engine import PruningEngine
+from hypersan.nn.model import SubtaskAdaptiveNet
+from hypersan.training.train import split_training_data, train
 
 from .conftest import ROOT, needs_fmnist
 
@@ -142,8 +142,8 @@ def test_emulated_world_refuses_a_batch_that_does_not_split(tmp_path):
 
 def _worker_crash(rank: int, world: int, port: int, tmp: str) -> None:
     """One rank of `hypersan train`; rank 1 fails in its second step."""
-    import hypersan.train as T
-    from hypersan.cli import main
+    import hypersan.training.train as T
+    from hypersan.cli.commands import main
 
     _env(rank, world, port)
     _no_writes_off_rank_0(rank)
@@ -239,8 +239,8 @@ def test_bf16_is_refused_off_cuda(tmp_path):
 
 
 def test_cuda_device_is_refused_without_cuda(monkeypatch):
-    from hypersan.distributed import rank_device
-    from hypersan.train import resolve_device
+    from hypersan.training.distributed import rank_device
+    from hypersan.training.train import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto").type == "cpu" and rank_device("auto", 1).type == "cpu"

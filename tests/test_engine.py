@@ -3,13 +3,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from hypersan.data import DatasetError
-from hypersan.engine import PruningEngine
-from hypersan.evaluate import evaluate, plain_accuracy, subtask_metrics
-from hypersan.metrics import subset_accuracy
-from hypersan.model import StatisticsError, SubtaskAdaptiveNet
-from hypersan.stats import STATS_FILE, StatsCacheError, get_bn_stats, recalibrate, set_bn_stats
-from hypersan.surgery import round_widths
+from hypersan.data.datasets import DatasetError
+from hypersan.prune.engine import PruningEngine
+from hypersan.training.evaluate import evaluate, plain_accuracy, subtask_metrics
+from hypersan.prune.metrics import subset_accuracy
+from hypersan.nn.model import StatisticsError, SubtaskAdaptiveNet
+from hypersan.prune.stats import STATS_FILE, StatsCacheError, get_bn_stats, recalibrate, set_bn_stats
+from hypersan.prune.surgery import round_widths
 
 from .test_surgery import _engine, _images, _model
 
@@ -97,7 +97,7 @@ def test_pruned_calibration_equals_masked_calibration_on_kept_channels():
     masks = model.subtask_masks(t)
     spec = eng.calib_spec()
     want = recalibrate(model.backbone, lambda x: model.backbone(x, masks), spec.stream(_images(), model.device))
-    from hypersan.surgery import kept_channels, layer_plan
+    from hypersan.prune.surgery import kept_channels, layer_plan
 
     keep = kept_channels(masks, model.sites)
     for layer in layer_plan(model.backbone)[0]:
@@ -166,12 +166,12 @@ def test_block_aligned_keep_rule_gives_block_widths_and_stays_exact():
 
 
 def test_missing_training_images_are_a_clear_error(monkeypatch):
-    import hypersan.engine
+    import hypersan.prune.engine
 
     def unavailable(*a, **k):
         raise DatasetError("fashion_mnist not found")
 
-    monkeypatch.setattr(hypersan.engine, "load_split", unavailable)
+    monkeypatch.setattr(hypersan.prune.engine, "load_split", unavailable)
     eng = PruningEngine(_model())
     with pytest.raises(DatasetError, match="recalibrated on the fashion_mnist training images.*install the dataset"):
         eng.subnet(["Bag", "Coat"])

@@ -5,9 +5,9 @@ from collections import Counter
 import pytest
 
 from hypersan.config import load_config
-from hypersan.data import FASHION_MNIST, DatasetInfo
-from hypersan.evaluate import parse_subtasks
-from hypersan.model import SubtaskAdaptiveNet
+from hypersan.data.datasets import FASHION_MNIST, DatasetInfo
+from hypersan.training.evaluate import parse_subtasks
+from hypersan.nn.model import SubtaskAdaptiveNet
 
 from .conftest import ROOT
 

@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import save_file
 
 from hypersan import __version__
-from hypersan.backbones import build_backbone
-from hypersan.export import (ARTIFACT_FORMAT, file_sha256, load_subnet, parse_formats, save_subnet)
+from hypersan.nn.backbones import build_backbone
+from hypersan.deploy.export import (ARTIFACT_FORMAT, file_sha256, load_subnet, parse_formats, save_subnet)
 from hypersan.io import ArtifactError, OutputExistsError, load_tensors
-from hypersan.surgery import prune_backbone
+from hypersan.prune.surgery import prune_backbone
 
 from .test_surgery import ARCHS, _masks, _randomize
 
@@ -35,7 +35,7 @@ def _x(net, b=3):
 def test_artifact_round_trip(tmp_path, arch, folded):
     net = _net(arch)
     if folded:
-        from hypersan.subnet import fold_bn
+        from hypersan.nn.subnet import fold_bn
         net = fold_bn(net)
     files = save_subnet(net, tmp_path / "a", subtask=[0, 2, 3])  # the default formats: safetensors and pt2
     assert files == {"safetensors": tmp_path / "a" / "model.safetensors", "pt2": tmp_path / "a" / "model.pt2"}
@@ -104,7 +104,7 @@ def test_load_rejects_an_unknown_format_version(tmp_path):
 
 
 def test_failed_export_leaves_the_previous_artifact_intact(tmp_path, monkeypatch):
-    import hypersan.export
+    import hypersan.deploy.export
 
     d = _saved(tmp_path)
     before = {p.name: p.read_bytes() for p in d.iterdir()}
@@ -113,7 +113,7 @@ def test_failed_export_leaves_the_previous_artifact_intact(tmp_path, monkeypatch
         Path(path).write_bytes(b"half an onnx file")
         raise RuntimeError("killed mid-export")
 
-    monkeypatch.setattr(hypersan.export, "export_onnx", crash)
+    monkeypatch.setattr(hypersan.deploy.export, "export_onnx", crash)
     with pytest.raises(RuntimeError, match="killed mid-export"):
         save_subnet(_net(seed=1), d, formats=["safetensors", "onnx"], force=True)
     assert {p.name: p.read_bytes() for p in d.iterdir()} == before
@@ -203,11 +203,11 @@ def test_load_refuses_a_bad_config_field_by_name(tmp_path, edit, msg):
 
 
 def _no_body_reads(monkeypatch):
-    import hypersan.export
+    import hypersan.deploy.export
 
     def fail(path):
         raise AssertionError(f"{path}: the tensors were read before the header was checked")
-    monkeypatch.setattr(hypersan.export, "load_tensors", fail)
+    monkeypatch.setattr(hypersan.deploy.export, "load_tensors", fail)
 
 
 def test_load_refuses_a_huge_width_at_once(tmp_path, monkeypatch):

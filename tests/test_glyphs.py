@@ -9,8 +9,8 @@ import pytest
 pytest.importorskip("PIL", reason="the glyph builder needs Pillow: pip install 'hypersan[glyphs]'")
 pytest.importorskip("fontTools", reason="the glyph builder needs fontTools: pip install 'hypersan[glyphs]'")
 
-from hypersan.data import load_folder_dataset  # noqa: E402
-from hypersan.glyphs import (GlyphClass, GlyphDataError, build_glyphs, find_faces, glyph_classes,  # noqa: E402
+from hypersan.data.datasets import load_folder_dataset  # noqa: E402
+from hypersan.data.glyphs import (GlyphClass, GlyphDataError, build_glyphs, find_faces, glyph_classes,  # noqa: E402
                              split_families, vocabulary)
 
 DEJAVU = Path("/usr/share/fonts/truetype/dejavu")
@@ -73,7 +73,7 @@ def test_bad_fonts_and_missing_glyphs_are_clear_errors(tmp_path):
 
 
 def test_split_families_keeps_a_family_together():
-    from hypersan.glyphs import Face
+    from hypersan.data.glyphs import Face
 
     faces = [Face(f"/f/{fam}-{st}.ttf", 0, fam, st, f"{fam}{st}", frozenset())
              for fam in "ABCDEFGHIJ" for st in ("Regular", "Bold")]
@@ -102,10 +102,10 @@ def test_the_classes_and_their_vocabulary():
 
 
 def test_requests_ground_on_the_glyph_vocabulary():
-    from hypersan.data import DatasetInfo
-    from hypersan.grounding import Grounder, GroundingError
+    from hypersan.data.datasets import DatasetInfo
+    from hypersan.language.grounding import Grounder, GroundingError
 
-    from hypersan.glyphs import OUTSIDE
+    from hypersan.data.glyphs import OUTSIDE
 
     classes = glyph_classes()
     groups, synonyms = vocabulary(classes)
@@ -144,12 +144,12 @@ def test_a_tiny_glyph_model_trains_prunes_to_digits_and_exports(tmp_path):
     import torch
 
     from hypersan.config import load_config
-    from hypersan.engine import PruningEngine
-    from hypersan.train import train
+    from hypersan.prune.engine import PruningEngine
+    from hypersan.training.train import train
 
     from .conftest import ROOT
 
-    from hypersan.demo import run_demo
+    from hypersan.cli.demo import run_demo
 
     few = [c for c in glyph_classes() if c.char in "0123ABabα"]
     build_glyphs(tmp_path / "g", FONTS, per_glyph=6, per_glyph_eval=1, classes=few)
@@ -177,7 +177,7 @@ def test_eval_scores_a_test_set_rendered_from_other_fonts(tmp_path):
     import sys
 
     from hypersan.config import load_config
-    from hypersan.train import train
+    from hypersan.training.train import train
 
     from .conftest import ROOT
 
@@ -205,7 +205,7 @@ def test_eval_scores_a_test_set_rendered_from_other_fonts(tmp_path):
 
 
 def test_case_insensitive_accuracy_merges_a_letters_two_cases_only():
-    from hypersan.glyphs import case_insensitive_accuracy, case_key
+    from hypersan.data.glyphs import case_insensitive_accuracy, case_key
 
     names = ["digit 0", "capital O", "small o", "Greek capital Sigma", "Greek small sigma", "Greek small final sigma"]
     assert case_key("capital O") == case_key("small o") == "o"

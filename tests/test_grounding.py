@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 
-import hypersan.grounding as grounding
-import hypersan.vocabulary as vocabulary
-from hypersan.data import FASHION_MNIST, DatasetInfo
-from hypersan.grounding import Grounder, GroundingError, extend_vocabulary
-from hypersan.text import default_encoder
-from hypersan.vocabulary import normalize, tokenize
+import hypersan.language.grounding as grounding
+import hypersan.language.vocabulary as vocabulary
+from hypersan.data.datasets import FASHION_MNIST, DatasetInfo
+from hypersan.language.grounding import Grounder, GroundingError, extend_vocabulary
+from hypersan.language.text import default_encoder
+from hypersan.language.vocabulary import normalize, tokenize
 
 PACKAGE = Path(grounding.__file__).parent
 CLOTHING = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Shirt"]
@@ -49,7 +49,8 @@ def package_imports(module: str) -> dict[str, set[str]]:
             if isinstance(child, ast.If) and getattr(child.test, "id", "") == "TYPE_CHECKING":
                 continue
             if isinstance(child, ast.ImportFrom) and (child.level or (child.module or "").startswith("hypersan")):
-                name = child.module if not child.level else f"hypersan.{child.module or ''}".rstrip(".")
+                base = ["hypersan", "language"][:3 - child.level]  # the module's package, less one per extra dot
+                name = child.module if not child.level else ".".join([*base, *([child.module] if child.module else [])])
                 found.setdefault(where, set()).add(name)
             elif isinstance(child, ast.Import):
                 found.setdefault(where, set()).update(a.name for a in child.names if a.name.startswith("hypersan"))
@@ -60,13 +61,13 @@ def package_imports(module: str) -> dict[str, set[str]]:
 
 def test_words_is_pure_data_and_vocabulary_needs_only_info_and_words():
     assert package_imports("words") == {}
-    assert package_imports("vocabulary") == {"<module>": {"hypersan.info", "hypersan.words"}}
+    assert package_imports("vocabulary") == {"<module>": {"hypersan.info", "hypersan.language.words"}}
 
 
 def test_grounding_depends_on_info_words_and_vocabulary_alone():
     imports = package_imports("grounding")
-    assert imports.pop("<module>") == {"hypersan.info", "hypersan.words", "hypersan.vocabulary"}
-    assert imports.pop("encoder") == {"hypersan.text"}  # the shared default encoder, loaded on first need
+    assert imports.pop("<module>") == {"hypersan.info", "hypersan.language.words", "hypersan.language.vocabulary"}
+    assert imports.pop("encoder") == {"hypersan.language.text"}  # the shared default encoder, loaded on first need
     imports.pop("checkpoint_vocabulary", None)  # reads a checkpoint folder; it is moving out of grounding
     assert imports == {}
 

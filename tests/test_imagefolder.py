@@ -7,8 +7,8 @@ import pytest
 PIL = pytest.importorskip("PIL", reason="image folders are decoded with Pillow: pip install pillow")
 from PIL import Image  # noqa: E402
 
-from hypersan.data import DatasetError, load_dataset  # noqa: E402
-from hypersan.imagefolder import last_skipped  # noqa: E402
+from hypersan.data.datasets import DatasetError, load_dataset  # noqa: E402
+from hypersan.data.imagefolder import last_skipped  # noqa: E402
 
 CLASSES = ["cat", "dog", "fish"]
 
@@ -83,8 +83,8 @@ def test_bad_input_is_a_clear_error_and_corrupt_images_can_be_skipped_and_counte
 
 def test_a_model_trains_on_an_image_folder_and_prunes_to_named_classes(tmp_path):
     from hypersan.config import load_config
-    from hypersan.engine import PruningEngine
-    from hypersan.train import train
+    from hypersan.prune.engine import PruningEngine
+    from hypersan.training.train import train
 
     root = _make(tmp_path / "pets", splits=("train", "val", "test"), per_class=8, size=(16, 16))
     cfg = load_config(None, ['data.dataset="imagefolder"', f'data.data_dir="{root}"', 'data.val_split="dataset"',

@@ -5,11 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import hypersan.train
+import hypersan.training.train
 from hypersan.config import load_config
-from hypersan.data import FASHION_MNIST
-from hypersan.model import SubtaskAdaptiveNet
-from hypersan.train import masked_loss, train
+from hypersan.data.datasets import FASHION_MNIST
+from hypersan.nn.model import SubtaskAdaptiveNet
+from hypersan.training.train import masked_loss, train
 
 from .conftest import ROOT, needs_fmnist
 
@@ -131,7 +131,7 @@ def test_linear_gamma_is_per_sample_by_subtask_size():
 def _count_paths(monkeypatch):
     """Wrap train's dense and masked losses to count the batches that take each path."""
     counts = {"dense": 0, "masked": 0}
-    real_dense, real_masked = hypersan.train.dense_loss, hypersan.train.masked_loss
+    real_dense, real_masked = hypersan.training.train.dense_loss, hypersan.training.train.masked_loss
 
     def dense(*a, **k):
         counts["dense"] += 1
@@ -141,8 +141,8 @@ def _count_paths(monkeypatch):
         counts["masked"] += 1
         return real_masked(*a, **k)
 
-    monkeypatch.setattr(hypersan.train, "dense_loss", dense)
-    monkeypatch.setattr(hypersan.train, "masked_loss", masked)
+    monkeypatch.setattr(hypersan.training.train, "dense_loss", dense)
+    monkeypatch.setattr(hypersan.training.train, "masked_loss", masked)
     return counts
 
 

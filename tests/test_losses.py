@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from hypersan.losses import sparsity_weights, subtask_weighted_bce
+from hypersan.nn.losses import sparsity_weights, subtask_weighted_bce
 
 
 def bce(z, y):

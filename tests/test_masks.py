@@ -1,6 +1,6 @@
 import torch
 
-from hypersan.masks import binarize, combine_max, combine_maxabs, keep_decision
+from hypersan.nn.masks import binarize, combine_max, combine_maxabs, keep_decision
 
 
 def test_ste_forward_is_hard_threshold():

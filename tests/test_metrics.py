@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from hypersan.metrics import average_precision, conv_macs, mean_average_precision, one_vs_rest_ap
+from hypersan.prune.metrics import average_precision, conv_macs, mean_average_precision, one_vs_rest_ap
 
 
 def test_conv_macs_counts_convs_and_rounds_output_channels_up():
@@ -73,9 +73,9 @@ def test_one_vs_rest_ap_errors():
 
 @pytest.mark.parametrize("arch", ["resnet", "vgg"])
 def test_subnet_cost_equals_the_pruned_nets_own_count(arch):
-    from hypersan.metrics import count_macs, count_params, subnet_cost
-    from hypersan.stats import bn_modules
-    from hypersan.surgery import prune_backbone
+    from hypersan.prune.metrics import count_macs, count_params, subnet_cost
+    from hypersan.prune.stats import bn_modules
+    from hypersan.prune.surgery import prune_backbone
 
     from .test_surgery import _engine, _masks
 

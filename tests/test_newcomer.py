@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from hypersan.cli import main
+from hypersan.cli.commands import main
 
 from .conftest import HAVE_FMNIST, ROOT, needs_fmnist
 
@@ -51,7 +51,7 @@ def test_download_check_rejects_corrupt_files():
 
 @pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not installed")
 def test_download_checksums_match_the_installed_dataset():
-    from hypersan.data import SYSTEM_FMNIST_DIR
+    from hypersan.data.datasets import SYSTEM_FMNIST_DIR
 
     import os
     from pathlib import Path
@@ -89,7 +89,7 @@ def test_demo_never_writes_into_a_users_folder(tmp_path, capsys):
 
 
 def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
-    import hypersan.cli as cli
+    import hypersan.cli.commands as cli
 
     def interrupted(args):
         raise KeyboardInterrupt
@@ -104,7 +104,7 @@ def test_sigterm_during_a_write_leaves_no_temporary_folder(monkeypatch, tmp_path
     import os
     import signal
 
-    import hypersan.cli as cli
+    import hypersan.cli.commands as cli
     from hypersan.io import atomic_dir
 
     def killed_midway(args):
@@ -122,7 +122,7 @@ def test_sigterm_during_a_write_leaves_no_temporary_folder(monkeypatch, tmp_path
 
 
 def test_errors_are_one_line_without_traceback_unless_debug(monkeypatch, capsys):
-    import hypersan.cli as cli
+    import hypersan.cli.commands as cli
 
     def bug(args):
         raise RuntimeError("boom")
@@ -138,7 +138,7 @@ def test_errors_are_one_line_without_traceback_unless_debug(monkeypatch, capsys)
 def test_a_full_disk_is_one_clear_line(monkeypatch, capsys):
     import errno
 
-    import hypersan.cli as cli
+    import hypersan.cli.commands as cli
 
     def full(args):
         raise OSError(errno.ENOSPC, "No space left on device", "/data/out/model.safetensors")
@@ -178,7 +178,7 @@ def test_an_empty_selection_says_why(tmp_path, capsys):
 def test_every_option_of_every_subcommand_has_help():
     import argparse
 
-    from hypersan.cli import build_parser
+    from hypersan.cli.commands import build_parser
 
     (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
     missing = [f"{name} {x.option_strings or x.dest}" for name, p in sub.choices.items() for x in p._actions

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from hypersan.config import ConfigError, load_config
-from hypersan.data import DatasetError, load_dataset, save_folder_dataset
-from hypersan.engine import PruningEngine
+from hypersan.data.datasets import DatasetError, load_dataset, save_folder_dataset
+from hypersan.prune.engine import PruningEngine
 from hypersan.io import OutputExistsError
-from hypersan.train import train
+from hypersan.training.train import train
 
 from .conftest import ROOT
 
@@ -117,9 +117,9 @@ def test_a_dataset_folder_with_its_own_validation_split(tmp_path):
     import pytest
 
     from hypersan.config import ConfigError, load_config
-    from hypersan.data import save_folder_dataset
-    from hypersan.engine import training_split
-    from hypersan.train import split_training_data
+    from hypersan.data.datasets import save_folder_dataset
+    from hypersan.prune.engine import training_split
+    from hypersan.training.train import split_training_data
 
     from .conftest import ROOT
 

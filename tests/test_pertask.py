@@ -5,13 +5,13 @@ import pytest
 import torch
 
 from hypersan.config import load_config
-from hypersan.data import FASHION_MNIST
-from hypersan.engine import PruningEngine
-from hypersan.export import load_subnet
-from hypersan.metrics import containment_violations
-from hypersan.model import SubtaskAdaptiveNet
-from hypersan.surgery import kept_channels
-from hypersan.train import train
+from hypersan.data.datasets import FASHION_MNIST
+from hypersan.prune.engine import PruningEngine
+from hypersan.deploy.export import load_subnet
+from hypersan.prune.metrics import containment_violations
+from hypersan.nn.model import SubtaskAdaptiveNet
+from hypersan.prune.surgery import kept_channels
+from hypersan.training.train import train
 
 from .conftest import ROOT, needs_fmnist
 from .test_surgery import _images

@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from hypersan.bench import check, format_table, paired_ratio, run_bench, summarize_checks
-from hypersan.cli import main
-from hypersan.export import load_subnet
+from hypersan.research.bench import check, format_table, paired_ratio, run_bench, summarize_checks
+from hypersan.cli.commands import main
+from hypersan.deploy.export import load_subnet
 
 from .conftest import needs_fmnist
 from .test_surgery import _engine
@@ -95,7 +95,7 @@ def test_allocator_tuning_says_what_it_did():
     import sys
 
     # in a child process: the setting is process-wide
-    code = ("from hypersan.bench import format_table\nfrom hypersan.cli import tune_allocator\n"
+    code = ("from hypersan.research.bench import format_table\nfrom hypersan.cli.commands import tune_allocator\n"
             "done = tune_allocator()\n"
             "r = {'threads': 2, 'batch': 8, 'repeats': 2, 'warmup': 1, 'device': 'cpu', 'allocator': done,"
             " 'subtasks': []}\n"
@@ -109,7 +109,7 @@ def test_allocator_tuning_says_what_it_did():
 
 
 def test_timing_rounds_are_seeded_shuffles():
-    from hypersan.bench import round_orders
+    from hypersan.research.bench import round_orders
 
     keys = ["dense", "masked", "pruned"]
     orders = round_orders(keys, 30, seed=0)
@@ -177,7 +177,7 @@ def test_eval_limit_and_class_lists_are_checked(tmp_path, capsys, checkpoint):
 
 
 def test_bench_verdict_names_the_failing_rows_and_warns_when_busy():
-    from hypersan.bench import busy_warning
+    from hypersan.research.bench import busy_warning
 
     r = run_bench(_engine(), [(7, 8), (0, 1)], batch=4, threads=1, repeats=1, warmup=0)
     for row in r["subtasks"]:  # timings of a tiny net say little: fix the verdicts, then fail one

@@ -22,8 +22,8 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from hypersan import PruningEngine  # noqa: E402
-from hypersan.serve import CACHE_KIND, ID_RE, create_app  # noqa: E402
-from hypersan.wire import InputError, PNG_SIGNATURE, decode_png, encode_png  # noqa: E402
+from hypersan.serve.app import CACHE_KIND, ID_RE, create_app  # noqa: E402
+from hypersan.serve.wire import InputError, PNG_SIGNATURE, decode_png, encode_png  # noqa: E402
 
 from .conftest import ROOT, needs_fmnist  # noqa: E402
 
@@ -387,7 +387,7 @@ def test_lru_keeps_at_most_cache_size_and_reloads_evicted(engine, tmp_path):
 
 @needs_fmnist
 def test_failed_build_leaves_nothing_and_is_retried(client, monkeypatch):
-    import hypersan.export as export
+    import hypersan.deploy.export as export
 
     real = export.save_tensors
 
@@ -409,10 +409,10 @@ def test_failed_build_leaves_nothing_and_is_retried(client, monkeypatch):
 KILLED_BUILD = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    import hypersan.export as export
+    import hypersan.deploy.export as export
     from fastapi.testclient import TestClient
     from hypersan import PruningEngine
-    from hypersan.serve import create_app
+    from hypersan.serve.app import create_app
 
     def stall(path, tensors):
         Path(path).write_bytes(b"half")
@@ -521,8 +521,8 @@ def test_real_uvicorn_on_a_loopback_port(engine, tmp_path):
 
 
 def test_cli_serve_passes_its_options_and_checks_them(monkeypatch, capsys):
-    import hypersan.serve as serve_mod
-    from hypersan.cli import build_parser, main
+    import hypersan.serve.app as serve_mod
+    from hypersan.cli.commands import build_parser, main
 
     seen = {}
     monkeypatch.setattr(serve_mod, "serve", lambda *a, **k: seen.update(args=a))
@@ -549,7 +549,7 @@ def test_an_internal_error_is_logged_and_answered_without_its_text(engine, tmp_p
 
 
 def test_the_token_can_come_from_a_file(tmp_path, capsys):
-    from hypersan.cli import main
+    from hypersan.cli.commands import main
 
     empty = tmp_path / "empty"
     empty.write_text("\n")
@@ -562,7 +562,7 @@ def test_the_token_can_come_from_a_file(tmp_path, capsys):
 def test_pngs_with_alpha_are_read_and_their_alpha_dropped():
     import zlib
 
-    from hypersan.wire import InputError, decode_png
+    from hypersan.serve.wire import InputError, decode_png
 
     def png(pixels, color):  # (H, W, C) uint8, filter none
         h, w, _ = pixels.shape
@@ -586,7 +586,7 @@ def test_pngs_with_alpha_are_read_and_their_alpha_dropped():
 def test_the_server_holds_bounded_resources(engine, tmp_path):
     import asyncio
 
-    from hypersan.serve import ServeError, SubnetService
+    from hypersan.serve.app import ServeError, SubnetService
 
     before = len(engine.cache)
     app = create_app(engine, cache_dir=tmp_path / "c", cache_size=1, disk_items=2, stats_entries=3)
@@ -613,7 +613,7 @@ def test_the_server_holds_bounded_resources(engine, tmp_path):
 
 
 def test_the_statistics_cache_drops_the_least_recently_used():
-    from hypersan.stats import StatsCache
+    from hypersan.prune.stats import StatsCache
 
     eng = PruningEngine.from_pretrained("fmnist_b16")
     keys = eng.cache.keys()[:3]

@@ -2,12 +2,12 @@
 import pytest
 import torch
 
-from hypersan.checkpoint import default_checkpoint, resolve_checkpoint
-from hypersan.data import DatasetError, load_fashion_mnist
-from hypersan.engine import PruningEngine
-from hypersan.evaluate import evaluate
+from hypersan.nn.checkpoint import default_checkpoint, resolve_checkpoint
+from hypersan.data.datasets import DatasetError, load_fashion_mnist
+from hypersan.prune.engine import PruningEngine
+from hypersan.training.evaluate import evaluate
 from hypersan.io import ArtifactError
-from hypersan.model import SubtaskAdaptiveNet
+from hypersan.nn.model import SubtaskAdaptiveNet
 from hypersan.shipped import SHIPPED
 
 from .conftest import needs_fmnist
@@ -64,7 +64,7 @@ def test_shipped_statistics_match_a_recalibration():
     engine.cache.clear()
     fresh = engine.statistics(t)
     masks, _ = engine.masks(t)
-    from hypersan.surgery import kept_channels, layer_plan
+    from hypersan.prune.surgery import kept_channels, layer_plan
 
     keep = kept_channels(masks, engine.model.sites)
     for layer in layer_plan(engine.model.backbone)[0]:  # pruned channels carry no statistics that matter
@@ -109,7 +109,7 @@ def test_shipped_models_by_name_and_clear_errors(tmp_path):
 
 
 def test_the_cli_help_names_the_default_and_every_shipped_model():
-    from hypersan.cli import CHECKPOINT_HELP
+    from hypersan.cli.commands import CHECKPOINT_HELP
     from hypersan.shipped import DEFAULT
 
     assert DEFAULT == "fmnist_b16" and list(SHIPPED) == ["fmnist_b16", "fmnist", "glyphs"]

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-import hypersan.subtasks as subtasks_mod
-from hypersan.subtasks import (MAX_ENUMERATE, Holdout, SubtaskSampler, canonical, enumerate_size, resolve_classes,
+import hypersan.data.subtasks as subtasks_mod
+from hypersan.data.subtasks import (MAX_ENUMERATE, Holdout, SubtaskSampler, canonical, enumerate_size, resolve_classes,
                                sample_combinations)
 
 NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]

@@ -1,15 +1,15 @@
 import pytest
 import torch
 
-from hypersan.backbones import build_backbone
-from hypersan.stats import bn_modules
+from hypersan.nn.backbones import build_backbone
+from hypersan.prune.stats import bn_modules
 from hypersan.config import load_config
-from hypersan.data import FASHION_MNIST
-from hypersan.metrics import count_params
-from hypersan.engine import PruningEngine
-from hypersan.model import SubtaskAdaptiveNet
-from hypersan.subnet import build_plain, fold_bn
-from hypersan.surgery import kept_channels, prune_backbone, round_widths
+from hypersan.data.datasets import FASHION_MNIST
+from hypersan.prune.metrics import count_params
+from hypersan.prune.engine import PruningEngine
+from hypersan.nn.model import SubtaskAdaptiveNet
+from hypersan.nn.subnet import build_plain, fold_bn
+from hypersan.prune.surgery import kept_channels, prune_backbone, round_widths
 
 from .conftest import ROOT
 

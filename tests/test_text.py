@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from hypersan.checkpoint import checkpoint_vocabulary
-from hypersan.cli import main
+from hypersan.nn.checkpoint import checkpoint_vocabulary
+from hypersan.cli.commands import main
 from hypersan.config import ConfigError, config_from_dict, load_config
-from hypersan.data import FASHION_MNIST, DatasetInfo
-from hypersan.grounding import Grounder, GroundingError, Vocabulary, extend_vocabulary, ground, lemma
-from hypersan.text import Encoder, EncoderError, default_encoder
+from hypersan.data.datasets import FASHION_MNIST, DatasetInfo
+from hypersan.language.grounding import Grounder, GroundingError, Vocabulary, extend_vocabulary, ground, lemma
+from hypersan.language.text import Encoder, EncoderError, default_encoder
 
 DATA = Path(__file__).parent / "data"
 TUNING = DATA / "fmnist_requests.jsonl"

@@ -3,15 +3,15 @@ import json
 import pytest
 import torch
 
-from hypersan.cli import main
+from hypersan.cli.commands import main
 from hypersan.config import load_config
-from hypersan.data import FASHION_MNIST
+from hypersan.data.datasets import FASHION_MNIST
 from hypersan.config import ConfigError
-from hypersan.engine import PruningEngine
+from hypersan.prune.engine import PruningEngine
 from hypersan.io import ArtifactError, OutputExistsError
-from hypersan.metrics import kept_widths
-from hypersan.model import SubtaskAdaptiveNet
-from hypersan.train import split_training_data, train
+from hypersan.prune.metrics import kept_widths
+from hypersan.nn.model import SubtaskAdaptiveNet
+from hypersan.training.train import split_training_data, train
 
 from .conftest import ROOT, needs_fmnist
 
@@ -70,16 +70,16 @@ def test_train_never_replaces_what_it_did_not_write(tmp_path):
 
 
 def test_training_uses_a_validation_split_and_never_the_test_set(tmp_path, monkeypatch):
-    import hypersan.train
+    import hypersan.training.train
 
     cfg = _cfg("train.epochs=1", "train.eval_every=1")
     tx, ty, vx, vy, _ = split_training_data(cfg)
     assert len(vx) == 128 and len(tx) == 512 - 128
     share = torch.bincount(torch.cat([ty, vy]), minlength=10).float() * 128 / 512
     assert (torch.bincount(vy, minlength=10).float() - share).abs().max() <= 1  # stratified: classes in proportion
-    import hypersan.data
+    import hypersan.data.datasets
 
-    real = hypersan.data._read_idx
+    real = hypersan.data.datasets._read_idx
     read = []
 
     def no_test(path, *args):  # the lowest reader: every path to the test arrays goes through it
@@ -87,7 +87,7 @@ def test_training_uses_a_validation_split_and_never_the_test_set(tmp_path, monke
         read.append(path.name)
         return real(path, *args)
 
-    monkeypatch.setattr(hypersan.data, "_read_idx", no_test)
+    monkeypatch.setattr(hypersan.data.datasets, "_read_idx", no_test)
     train(cfg, tmp_path / "run", log=lambda m: None)
     assert "train-images-idx3-ubyte.gz" in read  # the patch sat on the path the data took
     meta = json.loads((tmp_path / "run" / "meta.json").read_text())

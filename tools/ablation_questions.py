@@ -2,7 +2,7 @@
 
     python tools/ablation_questions.py --run runs/ablation [--split val] [--hard-pairs]
 
-Every figure comes from `hypersan.ablation_report` (tested on a hand-made results.csv); this script only lays
+Every figure comes from `hypersan.research.report` (tested on a hand-made results.csv); this script only lays
 them out. Every gap is against one reference: the separately trained dense net on the same classes, split and
 seed. Choices are made on `--split val`; conclusions are read on the test split (the default).
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from hypersan.ablation_report import (adaptivity, agnostic_curve, cost_table, costs_text,  # noqa: E402
+from hypersan.research.report import (adaptivity, agnostic_curve, cost_table, costs_text,  # noqa: E402
                                       heldout_vs_pertask, matched_mac_table, mean_std, read_results, size_table)
 
 HARD_PAIRS = [("T-shirt/top", "Shirt"), ("Pullover", "Coat"), ("Pullover", "Shirt"), ("Coat", "Shirt"),
@@ -74,8 +74,8 @@ def breakdown(rows, gamma, split) -> list[str]:
 
 def hard_pairs(run: Path) -> list[str]:
     """Evaluate the hard pairs with the run's trained models (no training) into <run>-hard-pairs."""
-    from hypersan.ablate import Ablation, AblationConfig
-    from hypersan.ablation_report import per_seed_means, select
+    from hypersan.research.ablate import Ablation, AblationConfig
+    from hypersan.research.report import per_seed_means, select
     from hypersan.config import build_section
 
     saved = json.loads((run / "ablation.json").read_text())

@@ -33,16 +33,16 @@ def measure(checkpoint: str, split: str, per_size: int, seed: int = 0, log=print
 
     import torch
 
-    from hypersan.ablate import cut_head
-    from hypersan.data import load_dataset
-    from hypersan.engine import PruningEngine
-    from hypersan.evaluate import evaluate, plain_logits, subtask_metrics
-    from hypersan.subtasks import sample_combinations
+    from hypersan.research.ablate import cut_head
+    from hypersan.data.datasets import load_dataset
+    from hypersan.prune.engine import PruningEngine
+    from hypersan.training.evaluate import evaluate, plain_logits, subtask_metrics
+    from hypersan.data.subtasks import sample_combinations
 
     engine = PruningEngine.from_pretrained(checkpoint, seed=seed)
     model, cfg = engine.model, engine.model.config
     if split == "val":
-        from hypersan.train import split_training_data
+        from hypersan.training.train import split_training_data
 
         _, _, x, y, _ = split_training_data(cfg)
     else:

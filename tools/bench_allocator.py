@@ -4,7 +4,7 @@
 
 Each child process loads the model, builds the dense and the pruned net, times them (with the masked
 net) in seeded random order for --repeats rounds after warm-up, and prints the median per-round ratio.
-Half the children keep glibc's default malloc thresholds, half call `hypersan.cli.tune_allocator()`
+Half the children keep glibc's default malloc thresholds, half call `hypersan.cli.commands.tune_allocator()`
 first; the children alternate. With the defaults, whether a forward page-faults its activations afresh
 depends on the heap's history, so the ratio differs from process to process; tuned, it does not.
 """
@@ -22,13 +22,13 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 
 def child(args) -> dict:
-    from hypersan.bench import paired_ratio, time_rounds
-    from hypersan.cli import tune_allocator
+    from hypersan.research.bench import paired_ratio, time_rounds
+    from hypersan.cli.commands import tune_allocator
 
     allocator = tune_allocator() if args.tuned else "default"
     import torch
 
-    from hypersan.engine import PruningEngine
+    from hypersan.prune.engine import PruningEngine
 
     torch.set_num_threads(args.threads)
     engine = PruningEngine.from_pretrained(args.checkpoint)

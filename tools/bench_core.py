@@ -20,13 +20,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch  # noqa: E402
 
-from hypersan.checkpoint import CHECKPOINT_KIND, resolve_checkpoint  # noqa: E402
-from hypersan.data import load_dataset  # noqa: E402
-from hypersan.engine import PruningEngine  # noqa: E402
-from hypersan.evaluate import evaluate, parse_subtasks  # noqa: E402
+from hypersan.nn.checkpoint import CHECKPOINT_KIND, resolve_checkpoint  # noqa: E402
+from hypersan.data.datasets import load_dataset  # noqa: E402
+from hypersan.prune.engine import PruningEngine  # noqa: E402
+from hypersan.training.evaluate import evaluate, parse_subtasks  # noqa: E402
 from hypersan.io import OutputExistsError, check_output_dir  # noqa: E402
-from hypersan.subtasks import sample_combinations  # noqa: E402
-from hypersan.train import split_training_data  # noqa: E402
+from hypersan.data.subtasks import sample_combinations  # noqa: E402
+from hypersan.training.train import split_training_data  # noqa: E402
 
 
 def spearman(x: list[float], y: list[float]) -> float:

@@ -28,9 +28,9 @@ OLD_CODE = """
 import sys, time, json, torch
 sys.path.insert(0, {root!r})
 torch.set_num_threads({threads})
-from hypersan.data import load_dataset
-from hypersan.evaluate import evaluate, predict
-from hypersan.model import SubtaskAdaptiveNet
+from hypersan.data.datasets import load_dataset
+from hypersan.training.evaluate import evaluate, predict
+from hypersan.nn.model import SubtaskAdaptiveNet
 m = SubtaskAdaptiveNet.from_pretrained({ckpt!r})
 m.bn_cache.clear()
 tx, _, _ = load_dataset("fashion_mnist", "train")
@@ -57,9 +57,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from hypersan.data import load_dataset
-    from hypersan.engine import PruningEngine
-    from hypersan.evaluate import evaluate
+    from hypersan.data.datasets import load_dataset
+    from hypersan.prune.engine import PruningEngine
+    from hypersan.training.evaluate import evaluate
 
     engine = PruningEngine.from_pretrained(args.checkpoint)
     engine.cache.clear()  # every subtask recalibrated: what evaluation of a fresh model costs
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(wt), args.old_ref],
                            check=True, capture_output=True)
             try:
-                from hypersan.checkpoint import resolve_checkpoint
+                from hypersan.nn.checkpoint import resolve_checkpoint
 
                 ckpt = str(resolve_checkpoint(args.checkpoint)).replace(str(ROOT), str(wt))
                 code = OLD_CODE.format(root=str(wt), threads=args.threads, ckpt=ckpt,

@@ -22,13 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch  # noqa: E402
 
-from hypersan.bench import DEFAULT_SUBTASKS, calls_per_round, paired_ratio, time_rounds  # noqa: E402
-from hypersan.data import load_dataset, to_float  # noqa: E402
-from hypersan.engine import PruningEngine  # noqa: E402
-from hypersan.evaluate import parse_subtasks  # noqa: E402
-from hypersan.export import FILES, INT8_FILE, export_onnx  # noqa: E402
-from hypersan.quantize import quantize_int8  # noqa: E402
-from hypersan.runtimes import onnx_session  # noqa: E402
+from hypersan.research.bench import DEFAULT_SUBTASKS, calls_per_round, paired_ratio, time_rounds  # noqa: E402
+from hypersan.data.datasets import load_dataset, to_float  # noqa: E402
+from hypersan.prune.engine import PruningEngine  # noqa: E402
+from hypersan.training.evaluate import parse_subtasks  # noqa: E402
+from hypersan.deploy.export import FILES, INT8_FILE, export_onnx  # noqa: E402
+from hypersan.deploy.quantize import quantize_int8  # noqa: E402
+from hypersan.deploy.runtimes import onnx_session  # noqa: E402
 
 
 def main() -> int:

@@ -4,14 +4,14 @@
 
 Dense, masked and pruned forwards are timed side by side in one process (2 threads, batch 256, 10 timed
 rounds after 3 warm-up rounds, by default; latency ratios are medians of per-round ratios); see
-hypersan/bench.py.
+hypersan/research/bench.py.
 """
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from hypersan.cli import main  # noqa: E402
+from hypersan.cli.commands import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(["bench", *sys.argv[1:]]))

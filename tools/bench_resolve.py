@@ -33,7 +33,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2, help="torch threads of the process (the target is 2 cores)")
     ap.add_argument("--encoder-threads", type=int, default=1,
-                    help="threads while encoding a request (as hypersan.text.default_encoder); 0: the process's")
+                    help="threads while encoding a request (as hypersan.language.text.default_encoder); 0: the process's")
     ap.add_argument("--repeats", type=int, default=3, help="cached passes over the requests")
     ap.add_argument("--files", nargs="+", default=[str(ROOT / "tests/data/fmnist_requests.jsonl"),
                                                    str(ROOT / "tests/data/fmnist_requests_heldout.jsonl")])
@@ -43,9 +43,9 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from hypersan.data import FASHION_MNIST
-    from hypersan.grounding import Grounder, GroundingError
-    from hypersan.text import Encoder
+    from hypersan.data.datasets import FASHION_MNIST
+    from hypersan.language.grounding import Grounder, GroundingError
+    from hypersan.language.text import Encoder
 
     t1 = time.perf_counter()
     encoder = Encoder(threads=args.encoder_threads or None)

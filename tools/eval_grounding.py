@@ -24,7 +24,7 @@ def load_cases(path: str | Path) -> list[dict]:
 
 def score(cases: list[dict], grounder) -> dict:
     """Accuracy on accept cases, rejection rate on reject cases, and the failures."""
-    from hypersan.grounding import GroundingError
+    from hypersan.language.grounding import GroundingError
 
     acc_ok = rej_ok = n_acc = n_rej = 0
     failures = []
@@ -60,9 +60,9 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from hypersan.data import FASHION_MNIST
-    from hypersan.grounding import Grounder
-    from hypersan.text import Encoder
+    from hypersan.data.datasets import FASHION_MNIST
+    from hypersan.language.grounding import Grounder
+    from hypersan.language.text import Encoder
 
     t0 = time.perf_counter()
     grounder = Grounder(FASHION_MNIST, Encoder())

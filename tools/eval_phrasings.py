@@ -25,12 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from hypersan.data import load_dataset  # noqa: E402
-from hypersan.descriptions import canonical_description, describe  # noqa: E402
-from hypersan.engine import PruningEngine  # noqa: E402
-from hypersan.evaluate import plain_accuracy  # noqa: E402
-from hypersan.grounding import GroundingError  # noqa: E402
-from hypersan.surgery import kept_channels  # noqa: E402
+from hypersan.data.datasets import load_dataset  # noqa: E402
+from hypersan.language.descriptions import canonical_description, describe  # noqa: E402
+from hypersan.prune.engine import PruningEngine  # noqa: E402
+from hypersan.training.evaluate import plain_accuracy  # noqa: E402
+from hypersan.language.grounding import GroundingError  # noqa: E402
+from hypersan.prune.surgery import kept_channels  # noqa: E402
 
 
 def mean(v):

@@ -19,11 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch  # noqa: E402
 
-from hypersan.bench import DEFAULT_SUBTASKS  # noqa: E402
-from hypersan.checkpoint import resolve_checkpoint  # noqa: E402
-from hypersan.data import load_dataset  # noqa: E402
-from hypersan.engine import PruningEngine  # noqa: E402
-from hypersan.evaluate import parse_subtasks, plain_accuracy  # noqa: E402
+from hypersan.research.bench import DEFAULT_SUBTASKS  # noqa: E402
+from hypersan.nn.checkpoint import resolve_checkpoint  # noqa: E402
+from hypersan.data.datasets import load_dataset  # noqa: E402
+from hypersan.prune.engine import PruningEngine  # noqa: E402
+from hypersan.training.evaluate import parse_subtasks, plain_accuracy  # noqa: E402
 
 
 def main() -> int:

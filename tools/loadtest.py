@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hypersan.wire import encode_png  # noqa: E402
+from hypersan.serve.wire import encode_png  # noqa: E402
 
 KINDS = ("new_subnet", "cached_subnet", "predict", "infer")
 
@@ -168,7 +168,7 @@ def main(argv=None) -> int:
     if args.port is None:
         args.port = _free_port()
         tmp = tempfile.mkdtemp(prefix="hypersan-loadtest-")
-        cmd = [sys.executable, "-m", "hypersan.cli", "serve", "--host", "127.0.0.1", "--port", str(args.port),
+        cmd = [sys.executable, "-m", "hypersan.cli.commands", "serve", "--host", "127.0.0.1", "--port", str(args.port),
                "--cache-dir", str(Path(tmp) / "cache"), "--cache-size", str(args.cache_size)]
         if args.checkpoint:
             cmd += ["--checkpoint", args.checkpoint]

@@ -1,7 +1,7 @@
 """Re-key the BN-statistics cache of a checkpoint written before statistics keys named their settings.
 
 Older checkpoints filed statistics under the subtask alone ("dense", "7-8"). This rewrites each entry under a
-full `hypersan.stats.StatsKey`, *assuming* what older hypersan always did unless told otherwise: calibration
+full `hypersan.prune.stats.StatsKey`, *assuming* what older hypersan always did unless told otherwise: calibration
 with seed 0 on the whole training split, with the config's [calib] batches. Entries under other keys (text
 or rounding variants) are dropped; they are recalibrated when needed. The folder's config.json gets
 `data.val_size = 0` unless --val-size says otherwise (older runs trained on the whole training split).
@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from hypersan.checkpoint import parse_subtask_key  # noqa: E402
+from hypersan.nn.checkpoint import parse_subtask_key  # noqa: E402
 from hypersan.io import load_tensors, read_json, write_json  # noqa: E402
-from hypersan.stats import STATS_FILE, CalibSpec, StatsKey, weights_fingerprint  # noqa: E402
+from hypersan.prune.stats import STATS_FILE, CalibSpec, StatsKey, weights_fingerprint  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     cfg["data"].setdefault("val_seed", 0)
     write_json(folder / "config.json", cfg)
 
-    from hypersan.model import SubtaskAdaptiveNet
+    from hypersan.nn.model import SubtaskAdaptiveNet
 
     model = SubtaskAdaptiveNet.from_pretrained(folder)
     d, c = model.config.data, model.config.calib

@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from hypersan.checkpoint import parse_subtask_key  # noqa: E402
+from hypersan.nn.checkpoint import parse_subtask_key  # noqa: E402
 from hypersan.io import load_tensors  # noqa: E402
-from hypersan.stats import STATS_FILE, CalibSpec  # noqa: E402
+from hypersan.prune.stats import STATS_FILE, CalibSpec  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     p.add_argument("checkpoint")
     args = p.parse_args(argv)
     folder = Path(args.checkpoint)
-    from hypersan.engine import PruningEngine
+    from hypersan.prune.engine import PruningEngine
 
     engine = PruningEngine.from_pretrained(folder)
     model = engine.model

@@ -1,0 +1,139 @@
+"""`hypersan demo`: the main job end to end on the shipped model, in about a minute on 2 CPU cores.
+
+For each example request: ground it in the model's classes, build its pruned net, measure its test accuracy
+beside the dense net on the same classes, its MACs and its latency beside the dense net (side by side, in
+one process), write its artifact (safetensors + ONNX), and draw the kept channels of every layer. Everything
+goes into one output folder, written atomically.
+"""
+from __future__ import annotations
+
+import os
+import re
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from ..research.bench import paired_ratio, time_rounds
+from ..data.datasets import load_split
+from ..prune.engine import PruningEngine
+from ..training.evaluate import evaluate
+from ..io import atomic_dir, check_output_dir, write_json
+
+DEMO_KIND = "demo"
+DEFAULT_REQUESTS = ("sneakers and bags", "shoes", "tops and outerwear")
+# the demo's requests when none are given, by the model's data set
+REQUESTS_BY_DATASET = {"fashion_mnist": DEFAULT_REQUESTS,
+                       "glyphs": ("digits", "capital letters and digits", "Greek letters")}
+
+
+def slug(text: str) -> str:
+    """A folder name for a request: lower-case words joined by dashes."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "subtask"
+
+
+def run_demo(out: str | os.PathLike, requests: Optional[Sequence[str]] = None, checkpoint: Optional[str] = None,
+             force: bool = False, threads: int = 2, log: Callable[[str], None] = print) -> dict:
+    """Run the demo into `out` (a new folder, or an earlier demo's with force); returns the summary. `requests`:
+    requests in words; None: the examples of the model's data set (REQUESTS_BY_DATASET)."""
+    if requests is not None and not requests:
+        raise ValueError("give at least one request")
+    check_output_dir(out, DEMO_KIND, force)  # before any work
+    t_start = time.perf_counter()
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        log(f"loading the model ({checkpoint or 'the shipped default, fmnist_b16'})")
+        engine = PruningEngine.from_pretrained(checkpoint)
+        model = engine.model
+        if requests is None:
+            requests = REQUESTS_BY_DATASET.get(model.info.name)
+            if requests is None:
+                raise ValueError(f"the demo has no example requests for the {model.info.name!r} data set: give "
+                                 f"some (hypersan demo --checkpoint {checkpoint} \"digits\" ...)")
+        log(f"reading the {model.config.data.dataset} test images")
+        x, y, _ = load_split(model.config.data, "test")
+        subtasks, groundings = [], []
+        for r in requests:
+            t, g = engine.resolve(r)
+            subtasks.append(t)
+            groundings.append(g)
+            log(f'"{r}" -> {", ".join(model.classes[i] for i in t)}')
+        log(f"building and evaluating {len(subtasks)} subnets on {len(x):,} test images (BN statistics are "
+            "calibrated on training images the first time a class set is asked for)")
+        ev = evaluate(engine, x, y, subtasks, progress=False)
+        dense = engine.subnet(None, fold_bn=True)
+        batch = torch.rand(256, *model.info.input_shape, generator=torch.Generator().manual_seed(0))
+        rows = []
+        with atomic_dir(out, DEMO_KIND, force) as tmp:
+            for r, t, e in zip(requests, subtasks, ev["subtasks"]):
+                net = engine.subnet(t, fold_bn=True)
+                log(f'timing "{r}" beside the dense net (batch 256, {threads} threads)')
+                times = time_rounds({"dense": lambda: dense(batch), "pruned": lambda: net(batch)}, warmup=2,
+                                    repeats=7)
+                summary = engine.export(list(t), tmp / slug(r), formats=["safetensors", "onnx"])
+                rows.append({"request": r, "classes": e["classes"], "acc": e["acc"], "dense_acc": e["dense_acc"],
+                             "mac_ratio": e["mac_ratio"], "param_ratio": e["param_ratio"],
+                             "latency_ratio": paired_ratio(times["pruned"], times["dense"]),
+                             "pruned_ms": 1e3 * statistics.median(times["pruned"]),
+                             "dense_ms": 1e3 * statistics.median(times["dense"]),
+                             "onnx_bytes": summary["bytes"]["onnx"], "folder": slug(r), "widths": e["widths"]})
+            png = plot_kept_channels(rows, dict(model.backbone.arch["site_widths"]), tmp / "kept_channels.png")
+            result = {"checkpoint": str(model.source), "rows": rows, "plot": "kept_channels.png" if png else None,
+                      "seconds": time.perf_counter() - t_start}
+            write_json(tmp / "summary.json", result)
+        return result
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def plot_kept_channels(rows: list[dict], full: dict, path: Path) -> Optional[Path]:
+    """Bars of the kept fraction of every layer, one group per subnet; None when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    sites = list(full)
+    fig, ax = plt.subplots(figsize=(1.5 + 0.9 * len(sites), 3.6))
+    w = 0.8 / len(rows)
+    for i, r in enumerate(rows):
+        ax.bar([j + i * w for j in range(len(sites))], [r["widths"][s] / full[s] for s in sites], width=w,
+               label=f"{r['request']} ({r['mac_ratio']:.2f} of the MACs)")
+    ax.set_xticks([j + 0.4 - w / 2 for j in range(len(sites))], [f"{s}\n({full[s]})" for s in sites], fontsize=7)
+    ax.set_ylabel("kept fraction of channels")
+    ax.set_ylim(0, 1)
+    ax.set_title("channels each subnet keeps, per layer (dense width in brackets)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def format_demo(result: dict, out: str) -> str:
+    """The demo's table: one line per request."""
+    head = (f"{'request':<22} {'classes':<36} {'acc':>6} {'dense acc':>9} {'MAC ratio':>9} {'latency ratio':>13} "
+            f"{'ONNX size':>9}")
+    lines = [head]
+    for r in result["rows"]:
+        cls = ", ".join(r["classes"])
+        cls = cls if len(cls) <= 36 else cls[:33] + "..."
+        lines.append(f"{r['request']:<22} {cls:<36} {100 * r['acc']:5.1f}% {100 * r['dense_acc']:8.1f}% "
+                     f"{r['mac_ratio']:9.3f} {r['latency_ratio']:13.3f} {r['onnx_bytes'] / 1024:7.0f} KB")
+    lines += ["acc: test accuracy of the subnet on its classes' test images (one-vs-rest for a single class); dense "
+              "acc: the full net restricted to the same classes",
+              "MAC ratio, latency ratio: the subnet's over the dense net's (latency: batch 256, median of per-round "
+              "ratios, measured side by side)",
+              f"written to {out}/: one artifact folder per request (model.safetensors, model.onnx, config.json), "
+              + ("kept_channels.png, " if result.get("plot") else "(no plot: install matplotlib) ")
+              + "summary.json",
+              f"done in {result['seconds']:.0f} s"]
+    return "\n".join(lines)
+
+
+__all__ = ["run_demo", "format_demo", "DEFAULT_REQUESTS"]

@@ -1,0 +1,45 @@
+"""Subtask-weighted BCE and the utility sparsity term."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..config import GAMMA_SIZE_MODES
+
+
+def subtask_weighted_bce(logits: Tensor, labels: Tensor, in_task: Tensor, beta: float) -> Tensor:
+    """Mean over samples of the class-summed BCE with weight beta on the sample's subtask classes and 1
+    elsewhere, divided by alpha = (|C| + (beta - 1)|T|) / |C|, so it keeps the scale of the unweighted sum.
+    logits, in_task: (B, C); labels: (B,)."""
+    num_classes = logits.shape[1]
+    target = F.one_hot(labels, num_classes).to(logits.dtype)
+    per = F.binary_cross_entropy_with_logits(logits, target, reduction="none")  # (B, C)
+    w = 1.0 + (beta - 1.0) * in_task.to(logits.dtype)
+    alpha = (num_classes + (beta - 1.0) * in_task.sum(dim=1).to(logits.dtype)) / num_classes  # (B,)
+    return ((w * per).sum(dim=1) / alpha).mean()
+
+
+def sparsity_weights(task_sizes: Tensor, num_classes: int, gamma: float, mode: str) -> Tensor:
+    """Per-sample weight of the utility L1 term: gamma, or (mode "linear") gamma * (|C| - |T|) / (|C| - 1),
+    so that larger subtasks are pushed less hard towards small networks, or (mode "quadratic") gamma times the
+    square of that fraction: a stronger size dependence, which spares large subtasks more than small ones."""
+    if mode not in GAMMA_SIZE_MODES:
+        raise ValueError(f"gamma_size mode {mode!r}; choose one of {', '.join(GAMMA_SIZE_MODES)}")
+    if mode == "constant" or num_classes == 1:
+        return torch.full_like(task_sizes, gamma, dtype=torch.float32)
+    share = (num_classes - task_sizes.float()) / (num_classes - 1)
+    return gamma * (share if mode == "linear" else share * share)
+
+
+def head_bce(logits: Tensor, positions: Tensor, beta: float = 1.0) -> Tensor:
+    """BCE of a net whose logits are all one subtask's classes: `positions` (B,) is each image's class among the
+    logits, or -1 for an image of another class (a negative: every target 0). The class-summed loss of an image of
+    the subtask weighs `beta`, as subtask_weighted_bce weighs the subtask's classes; the mean over the batch is
+    divided by the mean weight, so beta shifts the balance and not the scale."""
+    target = torch.zeros_like(logits)
+    pos = positions >= 0
+    target[pos, positions[pos]] = 1.0
+    per = F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(dim=1)
+    w = torch.where(pos, torch.full_like(per, beta), torch.ones_like(per))
+    return (w * per).sum() / w.sum()

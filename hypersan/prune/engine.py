@@ -1,0 +1,353 @@
+"""PruningEngine: the object users talk to. It owns what the nn.Module must not: calibration data, the validated
+BN-statistics cache, grounding of requests in words, surgery and export.
+
+    engine = PruningEngine.from_pretrained("fmnist_b16")
+    net = engine.subnet("sneakers and bags")          # a plain, physically smaller nn.Module
+    engine.export(["Sneaker", "Bag"], "out/shoes")    # safetensors + JSON artifact
+
+Statistics are calibrated through the physically pruned net (about a fifth of the dense MACs for a typical
+subtask); for its kept channels that is the same computation as a masked forward at dense width.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..nn.checkpoint import CHECKPOINT_KIND, resolve_checkpoint
+from ..data.datasets import DatasetError, load_split, validation_split
+from ..deploy.export import DEFAULT_FORMATS, parse_formats, save_subnet
+from ..io import atomic_dir
+from .metrics import kept_widths, subnet_cost
+from ..nn.model import SubtaskAdaptiveNet
+from .stats import (STATS_FILE, BNStats, CalibSpec, StatsCache, StatsKey, get_bn_stats, images_fingerprint,
+                    masks_fingerprint, recalibrate, set_bn_stats, weights_fingerprint)
+from ..data.subtasks import Subtask
+from .surgery import ROUND_MODES, expand_bn_stats, prune_backbone, round_widths
+
+
+def training_images(model: SubtaskAdaptiveNet, data_dir: str | None = None) -> tuple[Tensor, str]:
+    """(uint8 images, source name) of the model's training split: the dataset's training images minus the
+    validation split its config names, as the model was trained on."""
+    x, _, source = training_split(model, data_dir)
+    return x, source
+
+
+def training_split(model: SubtaskAdaptiveNet, data_dir: str | None = None) -> tuple[Tensor, Tensor, str]:
+    """(uint8 images, labels, source name) of the model's training split (see training_images)."""
+    d = model.config.data
+    try:
+        x, y, _ = load_split(d, "train", data_dir)
+    except DatasetError as e:
+        raise DatasetError(f"BN statistics of a subtask are recalibrated on the {d.dataset} training images, which "
+                           f"could not be read: {e} -- install the dataset (or point $HYPERSAN_DATA / --data-dir at "
+                           "it), or pass images= to PruningEngine") from None
+    if d.train_limit:
+        x, y = x[:d.train_limit], y[:d.train_limit]
+    if d.val_split == "dataset":  # the validation split is a file of its own: every training image trains
+        return x, y, f"{d.dataset}:train:limit{d.train_limit}:val-dataset"
+    if d.val_size:
+        train_idx, _ = validation_split(y, d.val_size, d.val_seed)
+        x, y = x[train_idx], y[train_idx]
+    return x, y, f"{d.dataset}:train:limit{d.train_limit}:val{d.val_size}@{d.val_seed}"
+
+
+def _cost(arch: dict, widths: dict, num_classes: int, input_shape) -> tuple[int, int]:
+    """metrics.subnet_cost on the meta device: shapes only, no weights allocated or initialized (15x faster)."""
+    with torch.device("meta"):
+        return subnet_cost(arch, widths, num_classes, input_shape)
+
+
+class PruningEngine:
+    """A SubtaskAdaptiveNet with its calibration data, BN-statistics cache, grounding, surgery and export."""
+
+    def __init__(self, model: SubtaskAdaptiveNet, images: Optional[Tensor] = None, data_dir: Optional[str] = None,
+                 seed: int = 0, cache: Optional[StatsCache] = None, log: Optional[Callable[[str], None]] = None):
+        """`images`: uint8 calibration images (default: the model's training split, read when first needed).
+        `log`: called with one line per slow step (reading data, BN calibration, each file written); silent
+        by default."""
+        self.model = model.eval()
+        self.log = log
+        self.cache = cache if cache is not None else StatsCache(model.backbone)
+        self.data_dir = data_dir
+        self.seed = seed
+        self._images = images
+        self._labels: Optional[Tensor] = None  # of the training split, when the images are read from it
+        self._source = None if images is None else f"images:{images_fingerprint(images)}"
+        self._grounder = None
+        self._dense_cost: Optional[tuple[int, int]] = None
+        self._weights: Optional[tuple[tuple, str]] = None
+
+    # ------------------------------------------------------------ loading and saving
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike | None = None, map_location: str | torch.device = "cpu",
+                        **kwargs) -> "PruningEngine":
+        """Load a checkpoint directory or shipped model by name, with its statistics cache (every tensor checked)."""
+        p = resolve_checkpoint(path)
+        model = SubtaskAdaptiveNet.from_pretrained(p, map_location)
+        engine = cls(model, **kwargs)
+        if (p / STATS_FILE).exists():
+            engine.cache.load(p / STATS_FILE)
+        return engine
+
+    def save_pretrained(self, path: str | os.PathLike, force: bool = False) -> Path:
+        """Write the model and its statistics cache to a checkpoint directory, atomically (see
+        model.save_pretrained)."""
+        if self._source is not None:  # what the cached statistics were calibrated on (see _calibration_source)
+            self.model.meta["calibration_source"] = self._source
+        with atomic_dir(path, CHECKPOINT_KIND, force=force) as tmp:
+            self.model.write_files(tmp)
+            self.cache.save(tmp / STATS_FILE)
+        return Path(path)
+
+    # ------------------------------------------------------------ requests
+    def ground(self, request: str):
+        """Ground a request in words to this model's classes (raises GroundingError when it cannot)."""
+        if self._grounder is None:
+            from ..language.grounding import Grounder
+            from ..language.vocabulary import extend_vocabulary
+
+            v = self.model.config.vocab
+            self._grounder = Grounder(extend_vocabulary(self.model.info, v.synonyms, v.groups))
+        return self._grounder.ground(request)
+
+    def resolve(self, classes) -> tuple[Optional[Subtask], Optional[object]]:
+        """(subtask, grounding) of a request: words are grounded, a list of names / indices resolved, None dense."""
+        if classes is None:
+            return None, None
+        if isinstance(classes, str):
+            g = self.ground(classes)
+            return tuple(g.indices), g
+        return self.model.resolve(classes), None
+
+    # ------------------------------------------------------------ calibration data and keys
+    def images(self) -> Tensor:
+        """The calibration images (uint8), read from the training split on first use."""
+        if self._images is None:
+            self._say("reading the training images")
+            self._images, self._labels, source = training_split(self.model, self.data_dir)
+            # the images' own bytes name them: a dataset changed in place is new calibration data
+            self._source = f"{source}:{images_fingerprint(self._images)}"
+        return self._images
+
+    def _calibration_source(self) -> str:
+        """The name of the default calibration images (their data set and bytes). Where they cannot be read, a
+        checkpoint's recorded name stands in, so that the statistics it ships (calibrated on exactly those
+        images) still serve; a class set it has no statistics for still needs the images, and says so."""
+        if self._source is None:
+            try:
+                self.images()
+            except DatasetError:
+                recorded = self.model.meta.get("calibration_source")
+                if not isinstance(recorded, str) or not recorded:
+                    raise
+                return recorded
+        return self._source
+
+    def _say(self, message: str) -> None:
+        if self.log is not None:
+            self.log(message)
+
+    def subtask_images(self, subtask: Optional[Subtask], limit: int = 1024, seed: int = 0) -> Tensor:
+        """Up to `limit` training images of the subtask's classes (float32 in [0, 1]), a seeded sample: what an
+        INT8 calibration of that subtask's net sees. Calibration images given by the user carry no labels, so
+        all of them are sampled from."""
+        from ..data.datasets import to_float
+
+        x, y = self.images(), self._labels
+        if subtask is not None and y is not None:
+            x = x[torch.isin(y, torch.tensor(sorted(subtask)))]
+        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:limit]
+        return to_float(x[idx.sort().values])
+
+    def calib_spec(self, seed: Optional[int] = None, images: Optional[Tensor] = None) -> CalibSpec:
+        """The calibration settings for the default images (or `images`) and seed (default: the engine's)."""
+        c, d = self.model.config.calib, self.model.config.data
+        if images is not None:
+            source = f"images:{images_fingerprint(images)}"
+        else:
+            source = self._calibration_source()
+        return CalibSpec(c.batches, c.batch_size, self.seed if seed is None else seed, source, d.crop_padding, d.hflip)
+
+    def masks(self, subtask: Optional[Subtask], text: Optional[str] = None, round_to: int = 0,
+              round_mode: str = "up") -> tuple[Optional[dict], Optional[str]]:
+        """(masks {site: (1, C)}, rounding name) of a subtask; None masks for the dense net."""
+        if round_to < 0:
+            raise ValueError(f"round_to must be a positive integer (or 0: no rounding), got {round_to}")
+        if round_mode not in ROUND_MODES:
+            raise ValueError(f"round mode must be one of {', '.join(ROUND_MODES)}, got {round_mode!r}")
+        if text is not None and (subtask is None or self.model.config.generator.conditioning != "text"):
+            raise ValueError("text= conditions a text-conditioned generator on a description of a subtask; this model "
+                             f"is conditioned on {self.model.config.generator.conditioning!r}"
+                             + ("" if subtask is not None else ", and no subtask was given"))
+        if subtask is None:
+            return None, None
+        with torch.no_grad():
+            masks, raw = self.model.generate(self.model.select([subtask]), None if text is None else [text])
+        if round_to > 1:
+            rounded = round_widths(masks, raw, self.model.sites, round_to, round_mode)
+            if any(not torch.equal(rounded[s.name], masks[s.name]) for s in self.model.sites if s.kind == "utility"):
+                return rounded, f"{round_mode}{round_to}"
+        return masks, None
+
+    def key(self, subtask: Optional[Subtask], text: Optional[str] = None, rounding: Optional[str] = None,
+            seed: Optional[int] = None, images: Optional[Tensor] = None, masks: Optional[dict] = None) -> StatsKey:
+        """The cache key of a subtask's statistics under the current weights, masks (so every setting that
+        decides the kept channels: threshold, min_keep, keep_multiple, rounding) and calibration images."""
+        if masks is None and subtask is not None:  # the masks the rounding name ("up16", "nearest8") stands for
+            mode = "nearest" if rounding and rounding.startswith("nearest") else "up"
+            masks = self.masks(subtask, text, int(rounding[len(mode):]) if rounding else 0, mode)[0]
+        spec = self.calib_spec(seed, images)
+        return StatsKey(subtask, text, rounding, spec.fingerprint(), self.weights_fingerprint(),
+                        masks_fingerprint(masks))
+
+    def weights_fingerprint(self) -> str:
+        """stats.weights_fingerprint of the model, recomputed only when a tensor was replaced or changed in place
+        (every in-place write, an optimizer step or load_state_dict included, bumps a tensor's version)."""
+        bufs = [b for n, b in self.model.named_buffers()
+                if not n.endswith((".running_mean", ".running_var", ".num_batches_tracked"))]
+        versions = tuple((id(t), t._version) for t in (*self.model.parameters(), *bufs))
+        if self._weights is None or self._weights[0] != versions:
+            self._weights = (versions, weights_fingerprint(self.model))
+        return self._weights[1]
+
+    # ------------------------------------------------------------ statistics
+    def statistics(self, subtask: Optional[Subtask], text: Optional[str] = None, round_to: int = 0,
+                   round_mode: str = "up", seed: Optional[int] = None, images: Optional[Tensor] = None) -> BNStats:
+        """Full-width BN statistics of a subtask's masks: from the cache when every setting matches, else
+        recalibrated through the physically pruned net and cached."""
+        masks, rounding = self.masks(subtask, text, round_to, round_mode)
+        return self._statistics(subtask, masks, text, rounding, seed, images)[0]
+
+    def _statistics(self, subtask, masks, text, rounding, seed, images) -> tuple[BNStats, StatsKey]:
+        key = self.key(subtask, text, rounding, seed, images, masks)
+        hit = self.cache.get(key)
+        if hit is not None:
+            return hit, key
+        spec = self.calib_spec(seed, images)
+        src = images if images is not None else self.images()
+        bb = self.model.backbone
+        t0 = time.perf_counter()
+        net = prune_backbone(bb, masks, range(len(self.model.classes)), physical=True)
+        self._say(f"calibrating BN statistics on {spec.batches} x {spec.batch_size} training images")
+        small = recalibrate(net, net, spec.stream(src, self.model.device))
+        self._say(f"calibrated in {time.perf_counter() - t0:.1f} s")
+        return self.cache.put(key, expand_bn_stats(bb, masks, small)), key
+
+    @contextlib.contextmanager
+    def using_statistics(self, classes=None, text: Optional[str] = None, round_to: int = 0, round_mode: str = "up",
+                         seed: Optional[int] = None, images: Optional[Tensor] = None) -> Iterator[SubtaskAdaptiveNet]:
+        """Load a subtask's statistics into the module for the duration (an eval-mode forward then accepts it)."""
+        subtask, _ = self.resolve(classes)
+        masks, rounding = self.masks(subtask, text, round_to, round_mode)
+        stats, key = self._statistics(subtask, masks, text, rounding, seed, images)
+        model = self.model
+        saved, tag = get_bn_stats(model.backbone), model.stats_tag
+        set_bn_stats(model.backbone, {k: v.to(model.device) for k, v in stats.items()})
+        model.stats_tag = key.tag
+        try:
+            yield model
+        finally:
+            set_bn_stats(model.backbone, saved)
+            model.stats_tag = tag
+
+    @torch.no_grad()
+    def predict(self, x: Tensor, classes=None, batch_size: int = 1000) -> Tensor:
+        """Logits (N, num_classes) of the masked module for a subtask (None: dense), with its own statistics.
+        `x` is float in [0, 1] or uint8 (divided by 255)."""
+        subtask, _ = self.resolve(classes)
+        select = None if subtask is None else self.model.select([subtask])
+        out = []
+        with self.using_statistics(subtask):
+            for i in range(0, len(x), batch_size):
+                xb = x[i:i + batch_size].to(self.model.device)
+                xb = xb.float().div_(255.0) if xb.dtype == torch.uint8 else xb.float()
+                sel = None if select is None else select.expand(len(xb), -1)
+                out.append(self.model(xb, sel).float().cpu())
+        return torch.cat(out)
+
+    # ------------------------------------------------------------ surgery and export
+    @torch.no_grad()
+    def subnet(self, classes=None, fold_bn: bool = False, round_to: int = 0, round_mode: str = "up",
+               physical: bool = True, text: Optional[str] = None, seed: Optional[int] = None,
+               images: Optional[Tensor] = None) -> nn.Module:
+        """The physically pruned plain network of a subtask, in eval mode.
+
+        `classes`: class names / indices, a request in words ("shoes and handbags"), or None (the dense net).
+        With a text-conditioned generator a request in words conditions it on the request's own embedding
+        (pass text= to choose another description); the grounded classes decide the head. `physical=False`
+        gives the masked form (dense widths, pruned channels zeroed). `round_to`/`round_mode`: see
+        surgery.round_widths. BN statistics are the subtask's own (cached, or calibrated first).
+        """
+        subtask, grounding = self.resolve(classes)
+        if grounding is not None and text is None:
+            text = self.model.request_text(classes)
+        masks, rounding = self.masks(subtask, text, round_to, round_mode)
+        stats, _ = self._statistics(subtask, masks, text, rounding, seed, images)
+        cls = list(range(len(self.model.classes))) if subtask is None else list(subtask)
+        net = prune_backbone(self.model.backbone, masks, cls, [self.model.classes[i] for i in cls], bn_stats=stats,
+                             fold_bn=fold_bn, input_shape=self.model.info.input_shape, physical=physical)
+        if grounding is not None:
+            net.request = grounding.request
+            net.grounding = grounding.to_dict()
+        net.conditioned_on = text
+        net.rounding = rounding
+        return net
+
+    def cost(self, net: nn.Module) -> dict:
+        """MACs and parameters of a plain net built from this model (counted on a network of its widths, with
+        BN), and their ratios to the dense net's."""
+        arch, shape = self.model.backbone.arch, self.model.info.input_shape
+        dense_macs, dense_params = self.dense_cost()
+        macs, params = _cost(arch, net.arch["site_widths"], net.arch["num_classes"], shape)
+        return {"macs": macs, "params": params, "mac_ratio": macs / dense_macs, "param_ratio": params / dense_params}
+
+    def dense_cost(self) -> tuple[int, int]:
+        """(MACs, parameters) of the dense net, counted once."""
+        if self._dense_cost is None:
+            arch = self.model.backbone.arch
+            self._dense_cost = _cost(arch, arch["site_widths"], len(self.model.classes), self.model.info.input_shape)
+        return self._dense_cost
+
+    def export(self, classes, out: str | os.PathLike, formats: Iterable[str] | str = DEFAULT_FORMATS,
+               round_to: int = 0, fold_bn: bool = True, round_mode: str = "up", text: Optional[str] = None,
+               force: bool = False, quantize: Optional[str] = None, int8_images: int = 1024) -> dict:
+        """Prune to a subtask and write its artifact atomically; returns a JSON-able summary. An existing
+        artifact at `out` is replaced only with force=True; any other folder never.
+
+        quantize="int8" also writes model.int8.onnx (and the float model.onnx it is quantized from), calibrated
+        on `int8_images` of the subtask's training images."""
+        formats = parse_formats(list(formats) if not isinstance(formats, str) else formats)
+        if quantize not in (None, "int8"):
+            raise ValueError(f"unknown quantization {quantize!r}; the one supported is int8")
+        net = self.subnet(classes, fold_bn=fold_bn, round_to=round_to, round_mode=round_mode, text=text)
+        subtask = [self.model.classes.index(c) for c in net.classes]
+        cost = self.cost(net)
+        ratios = {k: cost[k] for k in ("mac_ratio", "param_ratio")}
+        extra = dict(ratios, round_to=round_to, round_mode=round_mode, conditioned_on=net.conditioned_on)
+        if getattr(net, "grounding", None) is not None:
+            extra.update(request=net.request, grounding=net.grounding)
+        calib = self.subtask_images(tuple(subtask), int8_images, self.seed) if quantize else None
+        files = save_subnet(net, out, formats, subtask=subtask, source=getattr(self.model, "source", None),
+                            extra=extra, force=force, int8_images=calib, log=self.log)
+        summary = {"classes": list(net.classes), "subtask": subtask, **ratios,
+                   "widths": dict(net.arch["site_widths"]), "files": {f: str(p) for f, p in files.items()},
+                   "bytes": {f: p.stat().st_size for f, p in files.items()}}
+        if getattr(net, "grounding", None) is not None:
+            summary["grounding"] = net.grounding
+        return summary
+
+    def widths(self, subtask: Optional[Subtask]) -> dict[str, int]:
+        """Kept channels per utility site of a subtask's masks (the dense widths for None)."""
+        masks, _ = self.masks(subtask)
+        if masks is None:
+            return dict(self.model.backbone.arch["site_widths"])
+        return kept_widths(masks, self.model.sites)
+
+
+__all__ = ["PruningEngine", "training_images"]

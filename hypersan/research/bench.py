@@ -1,0 +1,388 @@
+"""Benchmark of physical pruning: dense, masked and pruned latency side by side, build time, artifact size.
+
+Everything runs in one process with a fixed thread count; the forwards are timed interleaved (one of
+each per round, in a seeded random order per round), and a latency ratio is the median of per-round
+ratios, so drifting machine load affects the nets alike. The three nets compared share one
+inference form (plain net, BN folded unless `fold_bn=False`, channels-last activations):
+
+- dense: the net of all classes at full width;
+- masked: the subtask's masks applied without removing anything (dense widths, pruned channels zeroed,
+  scalings folded into the weights), the way weight-masking tools leave a model;
+- pruned: the physically smaller net.
+
+The training-time masked path (the maskable backbone multiplying activations by per-sample masks) is
+timed too, against the same backbone without masks: `activation_masked_latency_ratio`.
+"""
+from __future__ import annotations
+
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from ..prune.engine import PruningEngine
+from ..deploy.export import save_subnet
+from ..prune.metrics import conv_macs, subnet_cost
+from ..data.subtasks import Subtask
+
+DEFAULT_SUBTASKS = ["size=2,n=6", "size=3,n=4", "size=5,n=2", "all"]
+# conv MACs with output channels rounded up to 16, the vector block of oneDNN's AVX-512 kernels: on such
+# CPUs a conv with 17-32 output channels costs what one with 32 does (see tools/conv_widths.py)
+BLOCK = 16
+
+def round_orders(keys: Sequence[str], repeats: int, seed: int = 0) -> List[List[str]]:
+    """The order in which each timing round calls the nets: a fresh seeded shuffle per round, so no net
+    always runs first, or always right after the same other net (whose allocator and cache state it would
+    inherit in every round)."""
+    rng = random.Random(seed)
+    orders = []
+    for _ in range(repeats):
+        order = list(keys)
+        rng.shuffle(order)
+        orders.append(order)
+    return orders
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def latency_bound(mac_ratio: float) -> float:
+    """The pruned / dense latency a net of this mac_ratio should not exceed: 1.3 x mac_ratio + 0.05."""
+    return 1.3 * mac_ratio + 0.05
+
+
+def bound_applies(mac_ratio: float) -> bool:
+    """Whether the latency bound is checked for a net of this mac_ratio: [0.15, 0.7]."""
+    return 0.15 <= mac_ratio <= 0.7
+
+
+def latency_bound_met(latency_ratio: float, mac_ratio: float) -> Optional[bool]:
+    """pruned / dense latency <= latency_bound, where the bound applies (else None)."""
+    return latency_ratio <= latency_bound(mac_ratio) if bound_applies(mac_ratio) else None
+
+
+CRITERIA = {
+    "pruned_latency": "pruned / dense latency <= 1.3 x MAC ratio + 0.05 (where the MAC ratio is in [0.15, 0.7])",
+    "masked_latency": "masked / dense latency within [0.9, 1.1] (masks alone save nothing)",
+    "build": "building a subnet (masks + surgery, statistics cached) takes at most one dense batch forward",
+    "size": "artifact size / dense artifact size within 10% of the param ratio",
+}
+
+
+def load_average() -> Optional[float]:
+    """The 1-minute load average (None where the OS does not report it)."""
+    import os
+
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+
+
+def busy_warning(load: Optional[float], threads: int) -> Optional[str]:
+    """A warning when other work ran during a timing: the load average above the threads the bench used."""
+    if load is not None and load > threads + 0.5:
+        return (f"warning: the machine was busy (load average {load:.1f} with {threads} bench threads): other "
+                "processes shared the cores, so latencies are noisy; rerun on an idle machine for figures to keep")
+    return None
+
+
+def check(row: dict) -> dict:
+    """The issue's acceptance checks for one benchmarked subtask (None where a check does not apply)."""
+    return {
+        "pruned_latency": latency_bound_met(row["pruned_latency_ratio"], row["mac_ratio"]),
+        "masked_latency": 0.9 <= row["masked_latency_ratio"] <= 1.1,
+        "build": row["build_ratio"] <= 1.0,
+        "size": abs(row["size_ratio"] / row["param_ratio"] - 1.0) <= 0.1,
+    }
+
+
+@torch.inference_mode()
+def time_rounds(fns: dict[str, Callable[[], object]], warmup: int, repeats: int,
+                seed: int = 0) -> dict[str, list[float]]:
+    """Seconds per call of each function: `repeats` rounds that each call every function once, in the
+    orders of `round_orders`."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for order in round_orders(list(fns), repeats, seed):
+        for k in order:
+            times[k].append(_timed(fns[k]))
+    return times
+
+
+def paired_ratio(num: Sequence[float], den: Sequence[float]) -> float:
+    """Median over rounds of num[i] / den[i]: timings taken in the same round share the machine's state
+    (load from elsewhere, clock speed), so their ratio is steadier than the ratio of two medians."""
+    if len(num) != len(den) or not num:
+        raise ValueError(f"paired_ratio needs two equally long, non-empty series (got {len(num)} and {len(den)})")
+    return statistics.median(a / b for a, b in zip(num, den))
+
+
+def run_bench(engine: PruningEngine, subtasks: Sequence[Subtask], batch: int = 256,
+              threads: int = 2, repeats: int = 10, warmup: int = 3, round_to: int = 0, seed: int = 0,
+              fold_bn: bool = True, round_mode: str = "up", log: Optional[Callable[[str], None]] = None) -> dict:
+    """Benchmark each subtask against the dense net; returns the JSON summary (see `hypersan bench --json`)."""
+    if repeats < 1 or warmup < 0 or batch < 1 or threads < 1:
+        raise ValueError("bench needs repeats >= 1, warmup >= 0, batch >= 1 and threads >= 1")
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _run(engine, subtasks, batch, threads, repeats, warmup, round_to, round_mode, seed, fold_bn,
+                    log or (lambda m: None))
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _run(engine, subtasks, batch, threads, repeats, warmup, round_to, round_mode, seed, fold_bn, log) -> dict:
+    model = engine.model.eval()
+    info, arch = model.info, model.backbone.arch
+    x = torch.rand(batch, *info.input_shape, generator=torch.Generator().manual_seed(seed)).to(model.device)
+    dense_macs, dense_params = subnet_cost(arch, arch["site_widths"], len(info.classes), info.input_shape)
+    dense = engine.subnet(None, fold_bn=fold_bn, seed=seed)
+    dense_block = conv_macs(dense, info.input_shape, BLOCK)
+    # first build every net (recalibrations included), then time: the big allocations of calibration
+    # would otherwise change the allocator's state, and the timings, between the first subtasks and the rest
+    built = []
+    with tempfile.TemporaryDirectory(prefix="hypersan-bench-") as tmp:
+        dense_size = save_subnet(dense, Path(tmp) / "dense", ["safetensors"])["safetensors"].stat().st_size
+        for i, t in enumerate(subtasks):
+            b = {"t": t, "calib_s": None}
+            if engine.key(t, seed=seed) not in engine.cache:  # recalibration is reported, not counted in the build
+                b["calib_s"] = _timed(lambda: engine.statistics(t, seed=seed))
+            b["builds"] = []
+            for _ in range(3):  # masks + surgery (+ BN folding), statistics cached; the last build is timed too
+                t0 = time.perf_counter()
+                b["net"] = engine.subnet(t, fold_bn=fold_bn, seed=seed)
+                b["builds"].append(time.perf_counter() - t0)
+            b["masked"] = engine.subnet(t, fold_bn=fold_bn, physical=False, seed=seed)
+            b["masks"] = model.subtask_masks(t)
+            if round_to > 1:
+                b["rnet"] = engine.subnet(t, fold_bn=fold_bn, round_to=round_to, round_mode=round_mode, seed=seed)
+            b["size"] = save_subnet(b["net"], Path(tmp) / f"s{i}", ["safetensors"])["safetensors"].stat().st_size
+            built.append(b)
+            log(f"built {i + 1}/{len(subtasks)}: {','.join(info.classes[c] for c in t)}")
+    rows = []
+    for i, b in enumerate(built):
+        t, net, masked, masks = b["t"], b["net"], b["masked"], b["masks"]
+        names = [info.classes[c] for c in t]
+        fns = {"dense": lambda: dense(x), "masked": lambda: masked(x), "pruned": lambda: net(x)}
+        if "rnet" in b:
+            fns["rounded"] = lambda: b["rnet"](x)
+        # the plain nets are timed among themselves: interleaving the maskable backbone (another memory
+        # layout, several times the activations) would leave its cache and allocator state to whichever
+        # plain net follows it
+        times = time_rounds(fns, warmup, repeats, seed)
+        times.update(time_rounds({"backbone": lambda: model.backbone(x),
+                                  "backbone_masked": lambda: model.backbone(x, masks)}, warmup, repeats, seed))
+        med = {k: statistics.median(v) for k, v in times.items()}
+        ratio = {k: paired_ratio(times[k], times["dense"]) for k in ("masked", "pruned", "rounded") if k in times}
+        macs, params = subnet_cost(arch, net.arch["site_widths"], len(t), info.input_shape)
+        build = statistics.median(b["builds"])
+        row = {"classes": names, "indices": list(t), "mac_ratio": macs / dense_macs,
+               f"block{BLOCK}_mac_ratio": conv_macs(net, info.input_shape, BLOCK) / dense_block,
+               "param_ratio": params / dense_params,
+               "pruned_latency_ratio": ratio["pruned"],
+               "latency_bound": latency_bound(macs / dense_macs),
+               "masked_latency_ratio": ratio["masked"],
+               "activation_masked_latency_ratio": paired_ratio(times["backbone_masked"], times["backbone"]),
+               "build_ratio": build / med["dense"],
+               "size_ratio": b["size"] / dense_size,
+               "dense_ms": 1e3 * med["dense"], "masked_ms": 1e3 * med["masked"], "pruned_ms": 1e3 * med["pruned"],
+               "backbone_ms": 1e3 * med["backbone"], "backbone_masked_ms": 1e3 * med["backbone_masked"],
+               "build_ms": 1e3 * build, "calib_ms": None if b["calib_s"] is None else 1e3 * b["calib_s"],
+               "widths": net.arch["site_widths"]}
+        if "rnet" in b:
+            rmacs, _ = subnet_cost(arch, b["rnet"].arch["site_widths"], len(t), info.input_shape)
+            row["rounded"] = {"round_to": round_to, "mode": round_mode, "mac_ratio": rmacs / dense_macs,
+                              "widths": b["rnet"].arch["site_widths"],
+                              "latency_ratio": ratio["rounded"], "ms": 1e3 * med["rounded"]}
+            row["rounded"]["pruned_latency_check"] = latency_bound_met(row["rounded"]["latency_ratio"],
+                                                                       row["rounded"]["mac_ratio"])
+        row["checks"] = check(row)
+        rows.append(row)
+        log(f"[{i + 1}/{len(subtasks)}] {','.join(names)}: mac {row['mac_ratio']:.3f} "
+            f"pruned {row['pruned_latency_ratio']:.3f} masked {row['masked_latency_ratio']:.3f}")
+    passed = summarize_checks(rows)
+    return {"threads": threads, "batch": batch, "repeats": repeats, "warmup": warmup, "bn_folded": fold_bn,
+            "device": str(model.device), "subtasks": rows, "passed": passed, "load_average": load_average()}
+
+
+def summarize_checks(rows: List[dict]) -> Dict[str, Optional[bool]]:
+    """Per check: True if every subtask it applies to passed, None if it applied to none (e.g. no subtask
+    with mac_ratio in [0.15, 0.7]), False otherwise."""
+    out: Dict[str, Optional[bool]] = {}
+    for k in (rows[0]["checks"] if rows else {}):
+        applied = [r["checks"][k] for r in rows if r["checks"][k] is not None]
+        out[k] = all(applied) if applied else None
+    return out
+
+
+def _verdict(passed: Optional[bool]) -> str:
+    return "n/a (no subtask in range)" if passed is None else "pass" if passed else "FAIL"
+
+
+def _flag(mac_ratio: float) -> str:
+    return " " if bound_applies(mac_ratio) else "*"
+
+
+def format_table(result: dict) -> str:
+    """A plain-text table of a bench result."""
+    rnd = any("rounded" in r for r in result["subtasks"])
+    head = (f"{'classes':<40} {'MACs':>6} {'MAC16':>6} {'params':>6} {'pruned':>7} {'bound':>6} {'masked':>7} {'build':>6} {'size':>6}"
+            + (f" {'rMACs':>6} {'round':>7}" if rnd else "") + f" {'act-mask':>8}   (ratios to dense)")
+    form = "BN folded" if result.get("bn_folded", True) else "BN kept"
+    lines = [f"threads {result['threads']}, batch {result['batch']}, {result['repeats']} rounds after "
+             f"{result['warmup']} warm-up rounds, latency ratios: median of per-round ratios, {result['device']}, "
+             f"{form}" + (f", allocator: {result['allocator']}" if "allocator" in result else ""), head]
+    for r in result["subtasks"]:
+        name = ",".join(r["classes"])
+        name = name if len(name) <= 40 else name[:37] + "..."
+        line = (f"{name:<40} {r['mac_ratio']:6.3f} {r.get(f'block{BLOCK}_mac_ratio', float('nan')):6.3f} "
+                f"{r['param_ratio']:6.3f} {r['pruned_latency_ratio']:7.3f} "
+                f"{r.get('latency_bound', latency_bound(r['mac_ratio'])):5.3f}{_flag(r['mac_ratio'])} "
+                f"{r['masked_latency_ratio']:7.3f} {r['build_ratio']:6.3f} {r['size_ratio']:6.3f}")
+        if rnd:
+            line += (f" {r['rounded']['mac_ratio']:6.3f} {r['rounded']['latency_ratio']:7.3f}" if "rounded" in r
+                     else f" {'':>6} {'':>7}")
+        lines.append(line + f" {r.get('activation_masked_latency_ratio', float('nan')):8.3f}")
+    if result["subtasks"]:
+        med = lambda k: statistics.median(r.get(k, float("nan")) for r in result["subtasks"])  # noqa: E731
+        lines.append(f"dense batch forward: {med('dense_ms'):.1f} ms, maskable backbone without masks "
+                     f"{med('backbone_ms'):.1f} ms (medians over subtasks)")
+        if rnd:
+            r0 = next(r["rounded"] for r in result["subtasks"] if "rounded" in r)
+            lines.append(f"rMACs, round: MACs and latency of the pruned net with widths rounded {r0['mode']} to "
+                         f"multiples of {r0['round_to']}")
+        lines.append("bound: 1.3 x MACs + 0.05, which pruned should not exceed; * where MACs lie outside "
+                     "[0.15, 0.7] and the bound is not checked")
+        lines.append(f"MAC{BLOCK}: conv MACs with output channels rounded up to multiples of {BLOCK}")
+        lines.append("act-mask: the training-time masked path (activations multiplied by masks) over the same "
+                     "backbone without masks")
+        lines.append("checks: " + ", ".join(f"{k} {_verdict(v)}" for k, v in result["passed"].items()))
+        for k, v in result["passed"].items():
+            if v is False:
+                bad = [",".join(r["classes"]) for r in result["subtasks"] if r["checks"].get(k) is False]
+                lines.append(f"  {k} FAILED on {len(bad)} subtask(s): {'; '.join(bad)}")
+                lines.append(f"    criterion: {CRITERIA.get(k, k)}")
+    warn = busy_warning(result.get("load_average"), result["threads"])
+    if warn:
+        lines.append(warn)
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- deployment runtimes
+
+def calls_per_round(batch: int, images: int = 64) -> int:
+    """Forwards per timed call at a batch size: at least `images` images, so that a batch-1 forward (well under a
+    millisecond) is timed over enough work for the clock and the machine's noise."""
+    return max(1, -(-images // batch))
+
+
+def run_runtime_bench(engine: PruningEngine, subtasks: Sequence[Subtask], runtimes: Sequence[str],
+                      batches: Sequence[int] = (1, 256), threads: int = 2, repeats: int = 10, warmup: int = 3,
+                      seed: int = 0, log: Optional[Callable[[str], None]] = None) -> dict:
+    """Dense vs pruned latency in each deployment runtime (runtimes.RUNTIMES), at each batch size: both nets run
+    in the same runtime, timed in the same shuffled rounds; the ratio is the median of per-round ratios. The
+    int8 runtime quantizes each net on its own classes' training images. Returns the JSON summary."""
+    from ..deploy.runtimes import session
+
+    log = log or (lambda m: None)
+    if repeats < 1 or warmup < 0 or threads < 1 or not batches or min(batches) < 1:
+        raise ValueError("bench needs repeats >= 1, warmup >= 0, threads >= 1 and batch sizes >= 1")
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    model = engine.model.eval()
+    info = model.info
+    gen = torch.Generator().manual_seed(seed)
+    xs = {b: torch.rand(b, *info.input_shape, generator=gen) for b in batches}
+    rows = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="hypersan-runtimes-") as tmp:
+            dense = engine.subnet(None, fold_bn=True, seed=seed)
+            dense_s = {}
+            for rt in runtimes:
+                calib = engine.subtask_images(None, 256, seed) if rt.endswith("int8") else None
+                dense_s[rt] = session(dense, rt, Path(tmp) / "dense" / rt, threads, calib)
+            for i, t in enumerate(subtasks):
+                net = engine.subnet(t, fold_bn=True, seed=seed)
+                mac_ratio = engine.cost(net)["mac_ratio"]
+                names = [info.classes[c] for c in t]
+                with torch.inference_mode():
+                    want = net(xs[max(batches)])
+                for rt in runtimes:
+                    calib = engine.subtask_images(t, 256, seed) if rt.endswith("int8") else None
+                    run = session(net, rt, Path(tmp) / f"s{i}" / rt, threads, calib)
+                    with torch.inference_mode():
+                        err = (run(xs[max(batches)]) - want).abs().max().item()
+                    for b in batches:
+                        x, n = xs[b], calls_per_round(b)
+                        d, p = dense_s[rt], run
+                        times = time_rounds({"dense": lambda: [d(x) for _ in range(n)],
+                                             "pruned": lambda: [p(x) for _ in range(n)]}, warmup, repeats, seed)
+                        ratio = paired_ratio(times["pruned"], times["dense"])
+                        row = {"runtime": rt, "batch": b, "classes": names, "indices": list(t),
+                               "mac_ratio": mac_ratio, "latency_ratio": ratio,
+                               "dense_ms": 1e3 * statistics.median(times["dense"]) / n,
+                               "pruned_ms": 1e3 * statistics.median(times["pruned"]) / n,
+                               "max_abs_diff_to_eager": err, "latency_bound": latency_bound(mac_ratio),
+                               "bound_met": latency_bound_met(ratio, mac_ratio) if b >= 64 else None}
+                        rows.append(row)
+                        log(f"[{i + 1}/{len(subtasks)}] {rt} batch {b} {','.join(names)}: mac {mac_ratio:.3f} "
+                            f"latency {ratio:.3f} ({row['pruned_ms']:.3f} / {row['dense_ms']:.3f} ms)")
+    finally:
+        torch.set_num_threads(old_threads)
+    return {"mode": "runtimes", "threads": threads, "batches": list(batches), "repeats": repeats, "warmup": warmup,
+            "runtimes": list(runtimes), "subtasks": rows, "summary": runtime_summary(rows),
+            "load_average": load_average()}
+
+
+def runtime_summary(rows: List[dict]) -> List[dict]:
+    """Per runtime and batch: the median and range of latency ratios and milliseconds, and the bound's count."""
+    out = []
+    groups: Dict[tuple, List[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["runtime"], r["batch"]), []).append(r)
+    for (rt, b), g in groups.items():
+        checked = [r["bound_met"] for r in g if r["bound_met"] is not None]
+        out.append({"runtime": rt, "batch": b, "subtasks": len(g),
+                    "latency_ratio_median": statistics.median(r["latency_ratio"] for r in g),
+                    "latency_ratio_min": min(r["latency_ratio"] for r in g),
+                    "latency_ratio_max": max(r["latency_ratio"] for r in g),
+                    "mac_ratio_median": statistics.median(r["mac_ratio"] for r in g),
+                    "dense_ms_median": statistics.median(r["dense_ms"] for r in g),
+                    "pruned_ms_median": statistics.median(r["pruned_ms"] for r in g),
+                    "bound_met": f"{sum(checked)}/{len(checked)}" if checked else "n/a",
+                    "max_abs_diff_to_eager": max(r["max_abs_diff_to_eager"] for r in g)})
+    return out
+
+
+def format_runtime_table(result: dict) -> str:
+    """A plain-text table of a runtime bench: one line per runtime and batch size, then one per subtask."""
+    lines = [f"threads {result['threads']}, {result['repeats']} rounds after {result['warmup']} warm-up rounds; "
+             "latency ratio = pruned / dense in the same runtime (median of per-round ratios)",
+             f"{'runtime':<17} {'batch':>5} {'n':>3} {'MAC ratio':>9} {'latency ratio (min-max)':>24} "
+             f"{'dense ms':>9} {'pruned ms':>9} {'bound met':>9} {'max |diff|':>10}"]
+    for s in result["summary"]:
+        lines.append(f"{s['runtime']:<17} {s['batch']:>5} {s['subtasks']:>3} {s['mac_ratio_median']:9.3f} "
+                     f"{s['latency_ratio_median']:8.3f} ({s['latency_ratio_min']:.3f}-{s['latency_ratio_max']:.3f})"
+                     f" {s['dense_ms_median']:9.3f} {s['pruned_ms_median']:9.3f} {s['bound_met']:>9} "
+                     f"{s['max_abs_diff_to_eager']:10.2e}")
+    lines.append("medians over subtasks; bound: pruned / dense <= 1.3 x MAC ratio + 0.05, checked at batch >= 64 "
+                 "for MAC ratios in [0.15, 0.7]; max |diff|: largest logit difference to the eager pruned net")
+    for r in result["subtasks"]:
+        if r["bound_met"] is False:
+            lines.append(f"  bound missed: {r['runtime']} batch {r['batch']} {','.join(r['classes'])}: "
+                         f"{r['latency_ratio']:.3f} > {r['latency_bound']:.3f}")
+    warn = busy_warning(result.get("load_average"), result["threads"])
+    if warn:
+        lines.append(warn)
+    return "\n".join(lines)

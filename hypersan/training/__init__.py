@@ -1,0 +1,7 @@
+"""Training: the joint training of base network and generator, and the evaluation it validates with.
+
+Modules: `optim` (the SGD step loop), `distributed` (torchrun), `evaluate` (per-subtask accuracy, mAP, MACs),
+`train` (the trainer: resumable, atomic checkpoints).
+
+Imports: everything below it (`prune` and lower).
+"""

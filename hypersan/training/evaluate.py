@@ -1,0 +1,147 @@
+"""Evaluation of a subtask-adaptive net: accuracy, mAP and compute per subtask, beside the dense net.
+
+Every subtask is evaluated through its physically pruned net (BN folded), with statistics recalibrated
+through that same pruned net: for its kept channels this is the computation a masked forward at dense
+width does, at a fraction of the cost. The dense net's pass over the test set is done once.
+
+Metrics, per subtask T:
+- `acc`: |T|-way accuracy on the test images whose label is in T (argmax over T's logits). For a single
+  class (|T| = 1) that would always be 1, so `acc` is then the one-vs-rest accuracy of the class's sigmoid
+  (logit > 0 means "this class") over the whole test set; `dense_acc` is the same for the dense net.
+- `map`: mean over T's classes of the average precision of each class's logit over the whole test set.
+- `fp_rate`: on test images of classes outside T, the share where some output of the T-net fires
+  (sigmoid > 0.5); `dense_fp_rate` is the same for the dense net's T outputs. None when T is every class.
+"""
+from __future__ import annotations
+
+import re
+import time
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from ..prune.engine import PruningEngine
+from ..prune.metrics import mean_average_precision, out_of_subtask_false_positive_rate, subset_accuracy
+from ..data.subtasks import Subtask, sample_combinations
+
+
+@torch.no_grad()
+def plain_logits(net: nn.Module, images: Tensor, batch_size: int = 256) -> Tensor:
+    """Logits (N, len(net.classes)) of a plain net on uint8 images, on the CPU."""
+    dev = next(net.parameters()).device
+    out = [net(images[i:i + batch_size].to(dev).float().div_(255.0)).float().cpu()
+           for i in range(0, len(images), batch_size)]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def plain_accuracy(net, classes: Sequence[int], images: Tensor, labels: Tensor, batch_size: int = 256) -> float:
+    """|T|-way accuracy of a plain (pruned) net of the classes T on the uint8 images whose label is in T.
+    The net's logits are T in ascending class-index order, as surgery builds them."""
+    cls = torch.tensor(sorted(set(int(c) for c in classes)))
+    keep = torch.isin(labels, cls)
+    if not bool(keep.any()):
+        raise ValueError("no sample has a label in the subtask")
+    pred = plain_logits(net, images[keep], batch_size).argmax(1)
+    return (cls[pred] == labels[keep]).float().mean().item()
+
+
+def one_vs_rest_accuracy(logits: Tensor, labels: Tensor, cls: int) -> float:
+    """Accuracy of "is it class cls?" by the sign of its logit (sigmoid > 0.5), over every sample."""
+    return ((logits[:, cls] > 0) == (labels == cls)).float().mean().item()
+
+
+def subtask_metrics(logits: Tensor, labels: Tensor, classes: Sequence[int]) -> dict:
+    """acc and map of a subtask's classes from (N, num_classes) logits (see the module docstring)."""
+    cls = list(classes)
+    acc = one_vs_rest_accuracy(logits, labels, cls[0]) if len(cls) == 1 else subset_accuracy(logits, labels, cls)
+    outside = not bool(torch.isin(labels, torch.tensor(cls)).all())
+    fp = out_of_subtask_false_positive_rate(logits[:, cls], labels, cls) if outside else None
+    return {"acc": acc, "map": mean_average_precision(logits, labels, cls), "fp_rate": fp}
+
+
+def parse_subtasks(model, specs: Sequence[str], seed: int = 0, per_size: int = 5) -> list[Subtask]:
+    """Subtasks from specs: "Sneaker,Bag" (names or indices), "seen", "unseen", "all", "size=K[,n=M]".
+
+    "seen" / "unseen" draw up to `per_size` combinations of every size that were / were not held out of
+    training; nothing is ever enumerated, so this is fast for 100 classes too.
+    """
+    k = len(model.basic)
+    out: list[Subtask] = []
+    for spec in specs:
+        s = spec.strip()
+        m = re.fullmatch(r"size=(\d+)(?:,\s*n=(\d+))?", s)
+        if m:
+            size = int(m.group(1))
+            if not 1 <= size <= k:
+                raise ValueError(f"subtask spec {spec!r}: size must lie in 1..{k}")
+            n = int(m.group(2)) if m.group(2) else None
+            if n is not None and n < 1:
+                raise ValueError(f"subtask spec {spec!r}: n must be a positive integer")
+            out += [model.classes_of(b) for b in sample_combinations(k, size, n, seed)]
+        elif s in ("seen", "unseen"):
+            for size in range(1, k + 1):
+                if s == "unseen" and not 2 <= size < k:
+                    # the hashed fraction holds out sizes 2..K-1 only; explicit entries may have any size
+                    out += [model.classes_of(b) for b in sorted(model.holdout.explicit) if len(b) == size]
+                    continue
+                basics = sample_combinations(k, size, per_size, seed, holdout=model.holdout, seen=(s == "seen"))
+                out += [model.classes_of(b) for b in basics]
+        elif s == "all":
+            out.append(tuple(range(len(model.classes))))
+        else:
+            names = [c.strip() for c in re.split(r"[,;]", s)]
+            if not any(names):
+                raise ValueError(f"empty subtask spec {spec!r}; give class names or indices, e.g. \"Sneaker,Bag\"")
+            if not all(names):
+                raise ValueError(f"subtask spec {spec!r} has an empty class name between separators")
+            out.append(model.resolve(int(c) if c.isdigit() else c for c in names))
+    return list(dict.fromkeys(out))
+
+
+def evaluate(engine: PruningEngine, test_x: Tensor, test_y: Tensor, subtasks: Sequence[Subtask],
+             progress: bool = True, seed: int = 0, images: Optional[Tensor] = None,
+             log: Optional[Callable[[str], None]] = None) -> dict:
+    """Per-subtask acc / mAP / mac_ratio / param_ratio, beside the dense net restricted to each subtask.
+
+    Statistics are recalibrated per subtask with `seed` on the engine's calibration images (or `images`).
+    `log`, if given, gets one line per step (for logs off a terminal, where the progress bar is off).
+    """
+    t0 = time.perf_counter()
+    model = engine.model
+    info = model.info
+    n_cls = len(info.classes)
+    dense = engine.subnet(None, fold_bn=True, seed=seed, images=images)
+    dense_logits = plain_logits(dense, test_x)
+    if log is not None:
+        log(f"dense pass over {len(test_x):,} images: {time.perf_counter() - t0:.1f} s")
+    all_cls = list(range(n_cls))
+    d_cost = engine.cost(dense)
+    result = {"dense": {"acc": subset_accuracy(dense_logits, test_y, all_cls),
+                        "map": mean_average_precision(dense_logits, test_y, all_cls),
+                        "macs": d_cost["macs"], "params": d_cost["params"]},
+              "subtasks": [], "metric_notes": "single-class acc: one-vs-rest accuracy (logit > 0) on all test images"}
+    times = []
+    for t in tqdm(subtasks, desc="subtasks", disable=not progress, leave=False):
+        t1 = time.perf_counter()
+        net = engine.subnet(t, fold_bn=True, seed=seed, images=images)
+        logits = torch.full((len(test_x), n_cls), float("-inf"))
+        logits[:, list(t)] = plain_logits(net, test_x)
+        cost = engine.cost(net)
+        got, ref = subtask_metrics(logits, test_y, t), subtask_metrics(dense_logits, test_y, t)
+        result["subtasks"].append({
+            "classes": [info.classes[i] for i in t], "indices": list(t), "size": len(t), "seen": model.is_seen(t),
+            "acc": got["acc"], "dense_acc": ref["acc"], "map": got["map"], "dense_map": ref["map"],
+            "fp_rate": got["fp_rate"], "dense_fp_rate": ref["fp_rate"],
+            "mac_ratio": cost["mac_ratio"], "param_ratio": cost["param_ratio"],
+            "widths": dict(net.arch["site_widths"]),
+        })
+        times.append(time.perf_counter() - t1)
+        if log is not None:
+            log(f"[{len(times)}/{len(subtasks)}] {','.join(info.classes[i] for i in t)}: acc "
+                f"{result['subtasks'][-1]['acc']:.4f}, MAC ratio {cost['mac_ratio']:.3f} ({times[-1]:.1f} s)")
+    result["seconds"] = time.perf_counter() - t0
+    result["seconds_per_subtask"] = sorted(times)[len(times) // 2] if times else None
+    return result

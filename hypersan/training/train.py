@@ -1,0 +1,443 @@
+"""Joint training of backbone and mask generator, with atomic checkpoints and exact resume."""
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from ..nn.checkpoint import CHECKPOINT_KIND
+from ..config import Config, ConfigError
+from ..data.datasets import augment, load_split, to_float, validation_split
+from ..language.descriptions import describe
+from .distributed import Context, DistributedError, is_peer_failure, setup, shard, stream_seed
+from ..prune.engine import PruningEngine
+from .evaluate import evaluate
+from ..nn.generators import mean_utility
+from ..io import ArtifactError, OutputExistsError, check_output_dir, is_hypersan_dir, load_tensors, read_json
+from ..nn.losses import sparsity_weights, subtask_weighted_bce
+from ..nn.model import SubtaskAdaptiveNet
+from .optim import lr_factor
+from ..data.subtasks import SubtaskSampler, sample_combinations
+
+# [train] settings that change how a run executes, not what it computes: a resumed run may change them
+EXECUTION_KEYS = ("progress", "threads", "device", "dist_timeout")
+# config keys added after runs were saved, with the value that describes those runs (a resume compares configs)
+ADDED_KEYS = {"train": {"bf16": False, "dist_timeout": 1800.0}}
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available; use 'cpu' or 'auto'")
+    return torch.device(name)
+
+
+def make_optimizers(model: SubtaskAdaptiveNet, cfg: Config) -> list[torch.optim.Optimizer]:
+    """One optimizer for the backbone (SGD or AdamW) and an Adam for the generator."""
+    t = cfg.train
+    bb = list(model.backbone.parameters())
+    if t.optimizer == "sgd":
+        opt = torch.optim.SGD(bb, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=True)
+    else:
+        opt = torch.optim.AdamW(bb, lr=t.lr, weight_decay=t.weight_decay)
+    return [opt, torch.optim.Adam(model.generator.parameters(), lr=t.generator_lr)]
+
+
+def _opt_state(opts: list[torch.optim.Optimizer]) -> tuple[dict, dict]:
+    """Optimizer states split into tensors (safetensors) and plain data (JSON)."""
+    tensors, plain = {}, []
+    for j, o in enumerate(opts):
+        sd = o.state_dict()
+        st = {}
+        for pid, entry in sd["state"].items():
+            st[str(pid)] = {}
+            for k, v in entry.items():
+                if torch.is_tensor(v):
+                    tensors[f"{j}.{pid}.{k}"] = v
+                else:
+                    st[str(pid)][k] = v
+        plain.append({"param_groups": sd["param_groups"], "state": st})
+    return tensors, {"optimizers": plain}
+
+
+def _load_opt_state(opts: list[torch.optim.Optimizer], tensors: dict, plain: dict) -> None:
+    for j, o in enumerate(opts):
+        entry = plain["optimizers"][j]
+        state: dict = {int(pid): dict(v) for pid, v in entry["state"].items()}
+        for key, v in tensors.items():
+            oj, pid, k = key.split(".", 2)
+            if int(oj) == j:
+                state.setdefault(int(pid), {})[k] = v
+        o.load_state_dict({"state": state, "param_groups": entry["param_groups"]})
+
+
+def _batches(n: int, bs: int) -> int:
+    return (n + bs - 1) // bs
+
+
+def config_changes(saved: dict, new: dict) -> dict[str, list]:
+    """{"section.key": [saved, new]} for every value that differs between two config dicts."""
+    out = {}
+    for section in sorted(set(saved) | set(new)):
+        a, b = saved.get(section, {}), new.get(section, {})
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                out[f"{section}.{key}"] = [a.get(key), b.get(key)]
+    return out
+
+
+def split_training_data(cfg: Config) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, object]:
+    """(train_x, train_y, val_x, val_y, info): the training split minus the seeded, stratified validation split
+    the config names (data.val_size of them). The test split is not read: it gives final figures only."""
+    d = cfg.data
+    x, y, info = load_split(d, "train")
+    if d.train_limit:
+        x, y = x[:d.train_limit], y[:d.train_limit]
+    if d.val_split == "dataset":  # the data set's own validation split (its own fonts, say)
+        vx, vy, _ = load_split(d, "val")
+        return x, y, vx, vy, info
+    if d.val_size >= len(y):
+        raise ConfigError(f"data.val_size = {d.val_size} leaves no training images out of {len(y)}; lower it")
+    tr, va = validation_split(y, d.val_size, d.val_seed)
+    return x[tr], y[tr], x[va], y[va], info
+
+
+def _autocast(device: torch.device, amp: bool):
+    """bf16 autocast on `device` when amp (training on CUDA with train.bf16); a no-op otherwise."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
+
+
+def dense_loss(model: SubtaskAdaptiveNet, x: torch.Tensor, y: torch.Tensor, num_classes: int,
+               amp: bool = False) -> torch.Tensor:
+    """Loss of a dense batch: the class-summed BCE of the unmasked backbone, averaged over samples.
+    amp: the backbone's forward under bf16 autocast (the loss in float32)."""
+    with _autocast(x.device, amp):
+        logits = model.backbone(x)
+    logits = logits.float()
+    target = F.one_hot(y, num_classes).float()
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / len(y)
+
+
+def masked_loss(model: SubtaskAdaptiveNet, x: torch.Tensor, y: torch.Tensor, select: torch.Tensor,
+                texts: list[str] | None, cfg: Config, basic_to_class: torch.Tensor, amp: bool = False
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
+    """(loss, masks, raw, per-sample mean utility) of a batch run with each sample's sampled subtask (B, K).
+    amp: the backbone's forward under bf16 autocast; masks (the keep rule's thresholds) stay in float32."""
+    masks, raw = model.generate(select, texts)
+    with _autocast(x.device, amp):
+        logits = model.backbone(x, masks)
+    logits = logits.float()
+    # beta weighs the classes of the sampled subtask (basic_to_class: (K, C)), whatever the sample's label
+    in_task = (select.to(x.device).float() @ basic_to_class) > 0
+    per_sample = mean_utility(raw, model.sites)  # (B,)
+    gammas = sparsity_weights(in_task.sum(dim=1), len(model.classes), cfg.loss.gamma, cfg.loss.gamma_size)
+    loss = subtask_weighted_bce(logits, y, in_task, cfg.loss.beta) + (gammas * per_sample).mean()
+    return loss, masks, raw, per_sample
+
+
+class _TrainStep(nn.Module):
+    """The forward and loss of one shard's batch as a module, so that DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: SubtaskAdaptiveNet, cfg: Config, basic_to_class: torch.Tensor, amp: bool):
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self.basic_to_class = basic_to_class
+        self.amp = amp
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, select: torch.Tensor, texts: list[str] | None, dense: bool
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(loss, [mean utility, kept fraction] or None for a dense batch)."""
+        model = self.model
+        if dense:
+            return dense_loss(model, x, y, len(model.classes), amp=self.amp), None
+        loss, masks, raw, per_sample = masked_loss(model, x, y, select, texts, self.cfg, self.basic_to_class,
+                                                   amp=self.amp)
+        with torch.no_grad():
+            kept = sum(masks[x_.name].sum() for x_ in model.sites if x_.kind == "utility")
+            kept = kept / sum(x_.size for x_ in model.sites if x_.kind == "utility") / len(y)
+            return loss, torch.stack([per_sample.mean(), kept])
+
+
+def train(cfg: Config, out: str | Path, resume: bool = False, log: Callable[[str], None] = print,
+          stop_after_epoch: int | None = None, force: bool = False, allow_config_change: bool = False,
+          provenance: dict | None = None, emulate_ranks: int = 0) -> SubtaskAdaptiveNet:
+    """Train a SubtaskAdaptiveNet as the config says; checkpoint to `out` after every epoch.
+
+    With resume=True, training continues from the checkpoint in `out` and gives the same weights as an
+    uninterrupted run (every epoch reseeds its own generator). A resumed run refuses a config that differs
+    from the saved one, except in [train] execution settings (progress, threads, device, dist_timeout); with
+    allow_config_change=True other [train] values (and the number of processes) may change, and the change is
+    recorded in the run's meta.json. Without resume, an existing run in `out` is replaced only with force=True,
+    and a folder that is not a hypersan checkpoint is never replaced. stop_after_epoch stops early (for tests).
+
+    Started by torchrun with more than one process (or inside a process group the caller initialized), the
+    run is data-parallel (DistributedDataParallel; see hypersan.training.distributed and docs/SCALING.md):
+    train.batch_size is the global batch, split evenly among the processes; rank 0 alone logs, evaluates and
+    writes checkpoints. emulate_ranks=N (N >= 2, one process, no process group) trains exactly as N such
+    processes would, one after the other within each step: the single-process reference of a distributed run.
+    """
+    out = Path(out)
+    t = cfg.train
+    if isinstance(emulate_ranks, bool) or not isinstance(emulate_ranks, int) or emulate_ranks < 0 or emulate_ranks == 1:
+        raise ValueError(f"emulate_ranks = {emulate_ranks!r}; give 0 (an ordinary run) or a number of processes >= 2")
+    if resume:
+        if not (out / "train_state.json").exists():
+            raise ArtifactError(f"--resume: no training state in {out}; start without --resume")
+    elif is_hypersan_dir(out, CHECKPOINT_KIND) and not force:
+        done = ""
+        if (out / "train_state.json").exists():
+            st = read_json(out / "train_state.json")
+            done = f" (epoch {st.get('epoch')} of {read_json(out / 'config.json').get('train', {}).get('epochs')})"
+        raise OutputExistsError(f"{out} already holds a training run{done}; continue it with --resume, write to "
+                                "another --out folder, or pass --force to replace it")
+    else:
+        check_output_dir(out, CHECKPOINT_KIND, force=force)  # fail now, not after the first epoch (reads only)
+    ctx = setup(t.device, t.dist_timeout)
+    if ctx is not None and emulate_ranks:
+        raise ValueError("emulate_ranks emulates a distributed run in one process; it cannot run inside a process "
+                         f"group of {ctx.world_size}")
+    try:
+        return _train(cfg, out, resume, log, stop_after_epoch, allow_config_change, provenance, ctx, emulate_ranks)
+    except BaseException as e:
+        if ctx is None or isinstance(e, DistributedError):
+            raise
+        if is_peer_failure(e):
+            raise ctx.peer_failure(e) from e
+        ctx.report_failure(e)  # for the other ranks' messages
+        raise
+    finally:
+        if ctx is not None:
+            ctx.close()
+
+
+def _train(cfg: Config, out: Path, resume: bool, log: Callable[[str], None], stop_after_epoch: int | None,
+           allow_config_change: bool, provenance: dict | None, ctx: Context | None,
+           emulate_ranks: int) -> SubtaskAdaptiveNet:
+    t, d, s = cfg.train, cfg.data, cfg.subtasks
+    world = ctx.world_size if ctx is not None else max(1, emulate_ranks)
+    sharded = world > 1  # otherwise the one-process path, unchanged: its runs stay bit-identical
+    if sharded and t.batch_size % world:
+        raise ConfigError(f"train.batch_size = {t.batch_size} is the global batch and must split evenly among the "
+                          f"{world} processes; use a multiple of {world} (e.g. {t.batch_size // world * world or world})")
+    local_bs = t.batch_size // world
+    device = ctx.device if ctx is not None else resolve_device(t.device)
+    if t.bf16 and device.type != "cuda":
+        raise ConfigError(f"train.bf16 = true needs a CUDA device, but this run trains on {device}; set "
+                          "train.bf16 = false, or train on device 'cuda'")
+    main = ctx is None or ctx.is_main
+    if not main:
+        log = lambda m: None  # noqa: E731 - rank 0 alone logs
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    train_x, train_y, val_x, val_y, info = split_training_data(cfg)
+
+    torch.manual_seed(t.seed)
+    model = SubtaskAdaptiveNet(cfg, info).to(device)
+    opts = make_optimizers(model, cfg)
+    base_lrs = [[g["lr"] for g in o.param_groups] for o in opts]
+    start_epoch, history, changes = 0, [], []
+    if resume:
+        saved_cfg = read_json(out / "config.json")
+        for section, added in ADDED_KEYS.items():  # a run saved before these keys existed ran with these values
+            for key, value in added.items():
+                saved_cfg.setdefault(section, {}).setdefault(key, value)
+        diff = config_changes(saved_cfg, cfg.to_dict())
+        outside = [k for k in diff if not k.startswith("train.")]
+        inside = [k for k in diff if k.startswith("train.") and k.split(".", 1)[1] not in EXECUTION_KEYS]
+        if outside:
+            raise ConfigError(f"--resume: the config differs from the one the run in {out} started with, in "
+                              f"{', '.join(outside)}; a resumed run must train the same model")
+        if inside and not allow_config_change:
+            detail = "; ".join(f"{k}: {diff[k][0]!r} -> {diff[k][1]!r}" for k in inside)
+            raise ConfigError(f"--resume: [train] settings differ from the run in {out} ({detail}); the result would "
+                              "not match an uninterrupted run. Pass --allow-config-change to change them "
+                              "deliberately (the change is recorded in meta.json)")
+        loaded = SubtaskAdaptiveNet.from_pretrained(out, map_location=device)
+        model.load_state_dict(loaded.state_dict())
+        state = read_json(out / "train_state.json")
+        saved_world = state.get("world_size", 1)
+        if saved_world != world and not allow_config_change:
+            raise ConfigError(f"--resume: the run in {out} trained on {saved_world} process(es), this one runs on "
+                              f"{world}; data shards and random streams depend on the number of processes, so the "
+                              f"result would not match an uninterrupted run. Resume it with {saved_world} "
+                              "process(es), or pass --allow-config-change to continue anyway (recorded in meta.json)")
+        _load_opt_state(opts, load_tensors(out / "optimizer.safetensors"), state)
+        start_epoch, history = state["epoch"], state["history"]
+        changes = list(state.get("config_changes", []))
+        changed = {k: diff[k] for k in inside}
+        if saved_world != world:
+            changed["world_size"] = [saved_world, world]
+        if changed:
+            changes.append({"at_epoch": start_epoch, "changes": changed})
+        log(f"resuming {out} after epoch {start_epoch}")
+
+    sampler = SubtaskSampler(len(model.basic), model.class_to_basic, s.size_weights, s.include_own, model.holdout)
+    basic_to_class = torch.zeros(len(model.basic), len(info.classes))
+    for k, b in enumerate(model.basic):
+        basic_to_class[k, list(b)] = 1.0
+    basic_to_class = basic_to_class.to(device)
+    step_module = _TrainStep(model, cfg, basic_to_class, amp=t.bf16)
+    ddp = None
+    if ctx is not None:
+        # find_unused_parameters: a dense batch (drawn alike on every rank) leaves the generator out of the graph.
+        # BatchNorm normalizes with each rank's own batch statistics (torch's SyncBatchNorm runs on GPUs only);
+        # rank 0's running statistics are broadcast at every forward, and recalibrated after training anyway.
+        ddp = DistributedDataParallel(step_module, device_ids=[device.index] if device.type == "cuda" else None,
+                                      find_unused_parameters=True)
+    ranks_here = [] if not sharded else [ctx.rank] if ctx is not None else list(range(world))
+
+    def to_device(v: torch.Tensor) -> torch.Tensor:
+        if device.type == "cuda":  # page-locked, so the copy overlaps the host's work
+            return v.pin_memory().to(device, non_blocking=True)
+        return v.to(device)
+
+    def draw(idx: torch.Tensor, gen: torch.Generator, x: torch.Tensor, dense: bool) -> tuple:
+        """(x, y, select, texts) of one shard's batch: its subtasks (and descriptions) drawn from gen."""
+        select = sampler.sample(train_y[idx], gen)
+        texts = None if dense or model.encoder is None else _descriptions(model, select, gen, cfg)
+        return to_device(x), to_device(train_y[idx]), to_device(select), texts
+
+    n = len(train_x)
+    per_rank = -(-n // world)  # DistributedSampler pads every shard to ceil(n / world)
+    steps = _batches(per_rank if sharded else n, local_bs)
+    total, warmup = t.epochs * steps, int(t.warmup_epochs * steps)
+    for epoch in range(start_epoch, t.epochs):
+        t0 = time.perf_counter()
+        if sharded:
+            shared = torch.Generator().manual_seed(stream_seed(t.seed, epoch, "shared"))  # dense or masked
+            orders = {r: torch.tensor(shard(n, world, r, t.seed, epoch)) for r in ranks_here}
+            gens = {r: torch.Generator().manual_seed(stream_seed(t.seed, epoch, f"rank{r}")) for r in ranks_here}
+        else:
+            gen = torch.Generator().manual_seed(t.seed * 1_000_003 + epoch)
+            perm = torch.randperm(n, generator=gen)
+        model.train()
+        sums = {"loss": 0.0, "mean_utility": 0.0, "kept": 0.0, "masked_batches": 0}
+        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{t.epochs}", disable=not (t.progress and main), leave=False)
+        for i in bar:
+            if sharded:
+                dense = torch.rand((), generator=shared).item() < s.dense_share
+                parts = []
+                for r in ranks_here:
+                    idx = orders[r][i * local_bs:(i + 1) * local_bs]
+                    x = augment(to_float(train_x[idx]), d.crop_padding, d.hflip, gens[r])
+                    parts.append(draw(idx, gens[r], x, dense))
+            else:
+                idx = perm[i * t.batch_size:(i + 1) * t.batch_size]
+                x = augment(to_float(train_x[idx]), d.crop_padding, d.hflip, gen)
+                dense = torch.rand((), generator=gen).item() < s.dense_share
+                parts = [draw(idx, gen, x, dense)]
+            f = lr_factor(epoch * steps + i, total, warmup)
+            for o, lrs in zip(opts, base_lrs):
+                for g, lr in zip(o.param_groups, lrs):
+                    g["lr"] = lr * f
+            if ddp is not None:
+                loss, stats = ddp(*parts[0], dense)
+                after_first = None
+            else:
+                # one process: each (emulated) rank's batch in turn; gradients are averaged as DDP averages them,
+                # and BN keeps the running statistics of the first, as DDP keeps rank 0's
+                results, after_first = [], None
+                for j, part in enumerate(parts):
+                    results.append(step_module(*part, dense))
+                    if j == 0 and len(parts) > 1:
+                        after_first = [b.detach().clone() for b in model.buffers()]
+                if len(results) == 1:
+                    loss, stats = results[0]
+                else:
+                    loss = torch.stack([r[0] for r in results]).mean()
+                    stats = None if dense else torch.stack([r[1] for r in results]).mean(dim=0)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}, step {i}; lower train.lr")
+            for o in opts:
+                o.zero_grad(set_to_none=True)
+            loss.backward()
+            if dense:  # the generator took no part: no gradient, so Adam leaves it alone (as on one process)
+                for p in model.generator.parameters():
+                    p.grad = None
+            if after_first is not None:
+                with torch.no_grad():
+                    for b, v in zip(model.buffers(), after_first):
+                        b.copy_(v)
+            for o in opts:
+                o.step()
+            sums["loss"] += loss.item()
+            if stats is not None:
+                mu, kept = stats.tolist()
+                sums["mean_utility"] += mu
+                sums["kept"] += kept
+                sums["masked_batches"] += 1
+            if i % 20 == 0:
+                bar.set_postfix(loss=f"{sums['loss'] / (i + 1):.4f}",
+                                kept=f"{sums['kept'] / max(1, sums['masked_batches']):.2f}")
+        if ctx is not None:
+            # the epoch's figures over every rank's batches; every rank takes rank 0's BN buffers
+            total_sums = ctx.all_sum([sums["loss"], sums["mean_utility"], sums["kept"]])
+            sums["loss"], sums["mean_utility"], sums["kept"] = (v / world for v in total_sums)
+            ctx.broadcast_buffers(model)
+        mb = max(1, sums["masked_batches"])
+        # mean_utility: the mean |utility| the sparsity term pushes down (not a share of pruned channels; that is
+        # 1 - kept_fraction)
+        rec = {"epoch": epoch + 1, "loss": sums["loss"] / steps, "mean_utility": sums["mean_utility"] / mb,
+               "kept_fraction": sums["kept"] / mb, "seconds": time.perf_counter() - t0}
+        if main:  # rank 0 alone evaluates and writes; the others wait at the barrier below
+            last = epoch + 1 == t.epochs
+            if len(val_y) and ((t.eval_every and (epoch + 1) % t.eval_every == 0) or last):
+                rec.update(_quick_eval(model, cfg, val_x, val_y, train_x, epoch))  # no validation split: no figures
+            history.append(rec)
+            log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in rec.items()}))
+            tensors, plain = _opt_state(opts)
+            plain.update({"epoch": epoch + 1, "history": history, "config_changes": changes, "world_size": world})
+            model.meta = {"history": history, "epoch": epoch + 1, "config_changes": changes, "world_size": world,
+                          "selection": "periodic evaluation on the validation split (data.val_size images of the "
+                                       "training data); the test split is not read in training"}
+            if provenance:
+                model.meta["provenance"] = provenance
+            # each epoch replaces this run's own previous checkpoint (checked up front to be ours, or new)
+            model.save_pretrained(out, force=True, extra_files={"train_state.json": plain},
+                                  extra_tensors={"optimizer.safetensors": tensors})
+        else:
+            history.append(rec)
+        if ctx is not None:
+            ctx.barrier()
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+            break
+    return model
+
+
+def _descriptions(model: SubtaskAdaptiveNet, select: torch.Tensor, gen: torch.Generator, cfg: Config) -> list[str]:
+    """One training description per row: phrasing i of cfg.generator.phrasings fixed ones per combination."""
+    pick = torch.randint(0, cfg.generator.phrasings, (len(select),), generator=gen).tolist()
+    out = []
+    for row, i in zip(select, pick):
+        classes = model.classes_of(tuple(row.nonzero().flatten().tolist()))
+        rng = random.Random(f"{cfg.train.seed}:{','.join(map(str, classes))}:{i}")
+        out.append(describe(classes, model.info, rng, "train"))
+    return out
+
+
+def _quick_eval(model: SubtaskAdaptiveNet, cfg: Config, val_x, val_y, train_x, epoch: int) -> dict:
+    """Dense accuracy and a few random subtasks on the validation split (the module's statistics untouched)."""
+    k = len(model.basic)
+    subtasks = []
+    for size in sorted({2, min(k, 5)}):
+        n = max(1, cfg.train.eval_subtasks // 2)
+        subtasks += [model.classes_of(b) for b in sample_combinations(k, size, n, epoch, model.holdout, seen=True)]
+    engine = PruningEngine(model, images=train_x)
+    r = evaluate(engine, val_x, val_y, subtasks, progress=False, seed=epoch)
+    model.train()
+    sub = r["subtasks"]
+    return {"val_dense_acc": r["dense"]["acc"],
+            "val_sub_acc": sum(x["acc"] for x in sub) / len(sub),
+            "val_sub_dense_acc": sum(x["dense_acc"] for x in sub) / len(sub),
+            "sub_mac_ratio": sum(x["mac_ratio"] for x in sub) / len(sub)}
