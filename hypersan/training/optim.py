@@ -1,10 +1,10 @@
-"""Learning-rate schedule and the SGD loop over a training subset, shared by the trainer's schedule, the
-baselines' fine-tuning and the scratch nets."""
+"""Learning-rate schedule, the one optimization step, and the SGD loop over a training subset: the trainer, the
+baselines' fine-tuning and the scratch nets all step through `descend`."""
 from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -15,6 +15,19 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def descend(optimizers: Sequence[torch.optim.Optimizer], loss: Tensor,
+            between: Optional[Callable[[], None]] = None) -> None:
+    """One optimization step: clear every optimizer's gradients, backpropagate `loss`, run `between` (edits of
+    gradients or buffers before the update), then step every optimizer."""
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if between is not None:
+        between()
+    for opt in optimizers:
+        opt.step()
 
 
 def sgd_steps(net: nn.Module, batch_loss: Callable[[Tensor], Tensor], n_images: int, steps: int, lr: float,
@@ -37,9 +50,7 @@ def sgd_steps(net: nn.Module, batch_loss: Callable[[Tensor], Tensor], n_images: 
                 g["lr"] = lr * lr_factor(step, steps, warmup)
         idx = torch.randint(0, n_images, (min(batch_size, n_images),), generator=gen)
         loss = batch_loss(idx, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        descend([opt], loss)
         losses.append(loss.item())
     net.eval()
     return {"steps": steps, "images_seen": steps * min(batch_size, n_images), "wall_s": time.perf_counter() - t0,

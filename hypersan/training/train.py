@@ -24,7 +24,7 @@ from ..nn.generators import mean_utility
 from ..io import ArtifactError, OutputExistsError, check_output_dir, is_hypersan_dir, load_tensors, read_json
 from ..nn.losses import sparsity_weights, subtask_weighted_bce
 from ..nn.model import SubtaskAdaptiveNet
-from .optim import lr_factor
+from .optim import descend, lr_factor
 from ..data.subtasks import SubtaskSampler, sample_combinations
 
 # [train] settings that change how a run executes, not what it computes: a resumed run may change them
@@ -359,18 +359,16 @@ def _train(cfg: Config, out: Path, resume: bool, log: Callable[[str], None], sto
                     stats = None if dense else torch.stack([r[1] for r in results]).mean(dim=0)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}, step {i}; lower train.lr")
-            for o in opts:
-                o.zero_grad(set_to_none=True)
-            loss.backward()
-            if dense:  # the generator took no part: no gradient, so Adam leaves it alone (as on one process)
-                for p in model.generator.parameters():
-                    p.grad = None
-            if after_first is not None:
-                with torch.no_grad():
-                    for b, v in zip(model.buffers(), after_first):
-                        b.copy_(v)
-            for o in opts:
-                o.step()
+            def between(dense=dense, after_first=after_first) -> None:
+                if dense:  # the generator took no part: no gradient, so Adam leaves it alone (as on one process)
+                    for p in model.generator.parameters():
+                        p.grad = None
+                if after_first is not None:
+                    with torch.no_grad():
+                        for b, v in zip(model.buffers(), after_first):
+                            b.copy_(v)
+
+            descend(opts, loss, between)
             sums["loss"] += loss.item()
             if stats is not None:
                 mu, kept = stats.tolist()
