@@ -55,6 +55,9 @@ class GeneratorConfig:
     surrogate_temp: float = 0.1  # width of the sigmoid surrogate gradient around the threshold
     min_keep: int = 1  # every site keeps at least this many channels (the top ones by utility)
     keep_multiple: int = 1  # kept counts rounded down to a multiple of this (16: AVX-512 conv blocks)
+    budget: bool = False  # budget-conditioned: the generator also reads a MAC budget (docs/BUDGETS.md)
+    budget_min: float = 0.02  # the smallest budget (MAC ratio to the dense net) trained and accepted
+    budget_free_share: float = 0.1  # share of training samples drawn with no limit (budget 1)
 
 
 GAMMA_SIZE_MODES = ("constant", "linear", "quadratic")  # loss.gamma_size (see losses.sparsity_weights)
@@ -65,6 +68,8 @@ class LossConfig:
     beta: float = 4.0  # BCE weight on the classes of the sample's subtask
     gamma: float = 0.05  # weight of the L1 sparsity term on utilities
     gamma_size: str = "constant"  # constant | linear: per-sample gamma * (|C| - |T|) / (|C| - 1) | quadratic: its square
+    budget_over: float = 4.0  # budget-conditioned: weight of the relative excess of MACs over the budget
+    budget_under: float = 0.5  # budget-conditioned: weight of the relative shortfall (spare budget buys accuracy)
 
 
 @dataclass
@@ -253,6 +258,10 @@ RANGES: dict[str, tuple[str, str]] = {
     "generator.keep_multiple": ("[1, inf)", "1 = no rounding"),
     "loss.beta": ("[0, inf)", "weight of the subtask's classes in the BCE"),
     "loss.gamma": ("[0, inf)", "weight of the sparsity term; 0 = none"),
+    "loss.budget_over": ("[0, inf)", "weight of MACs over the budget"),
+    "loss.budget_under": ("[0, inf)", "weight of MACs under the budget; 0 = no pull"),
+    "generator.budget_min": ("(0, 1]", "a MAC ratio to the dense net"),
+    "generator.budget_free_share": ("[0, 1]", "a share of training samples"),
     "subtasks.size_weights": ("[0, inf)", "relative probability of each subtask size"),
     "subtasks.include_own": ("[0, 1]", "a probability"),
     "subtasks.dense_share": ("[0, 1]", "a share of batches"),
@@ -334,6 +343,9 @@ def validate(cfg: Config) -> None:
     choice(cfg.model.arch, ("resnet", "vgg"), "model.arch")
     choice(cfg.generator.kind, ("hypernet", "pertask"), "generator.kind")
     choice(cfg.generator.conditioning, ("multihot", "text"), "generator.conditioning")
+    if cfg.generator.budget and cfg.generator.kind != "hypernet":
+        raise ConfigError("generator.budget = true feeds the budget to the hypernetwork; per-task masks take no input "
+                          "but the class set: set generator.kind = 'hypernet', or generator.budget = false")
     if cfg.generator.kind == "pertask" and cfg.generator.conditioning != "multihot":
         raise ConfigError("generator.kind = 'pertask' learns one vector per basic subtask and needs "
                           "generator.conditioning = 'multihot'; use kind = 'hypernet' for text conditioning")

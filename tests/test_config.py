@@ -45,6 +45,10 @@ def test_keep_rule_values_are_checked():
 
 # One valid and one invalid value (None: nothing is invalid) for every numeric field of every config section.
 NUMERIC_CASES = {
+    "loss.budget_over": (4.0, -1.0),
+    "loss.budget_under": (0.0, -0.5),
+    "generator.budget_min": (0.05, 0.0),
+    "generator.budget_free_share": (0.1, 1.5),
     "data.train_limit": (100, -5),
     "data.test_limit": (100, -1),
     "data.val_size": (0, -1),

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Optional
 
 from ..version import __version__
 from ..shipped import checkpoint_help
@@ -136,20 +137,22 @@ def _eval(args) -> int:
     print(f"evaluating {len(subtasks)} subtasks ({n_seen} seen, {len(subtasks) - n_seen} held-out) on {len(y):,} "
           f"{args.split} images: one dense pass, then per subtask BN calibration (unless cached) and a pass through "
           "its pruned net", file=sys.stderr, flush=True)
+    budgets = _budgets(engine, args.budget)
     r = evaluate(engine, x, y, subtasks, progress=not args.json and tty, seed=args.seed,
-                 log=None if tty else (lambda m: print(m, file=sys.stderr, flush=True)))
+                 log=None if tty else (lambda m: print(m, file=sys.stderr, flush=True)), budgets=budgets)
     r = {"checkpoint": str(model.source), "split": args.split, **r}
     if args.json:
         print(json.dumps(r))
         return 0
     print(f"checkpoint {model.source}, {args.split} split ({len(y)} images)")
     print(f"dense: acc {r['dense']['acc']:.4f}  mAP {r['dense']['map']:.4f}  MACs {r['dense']['macs']:,}")
-    print(f"{'classes':<44} {'seen':>5} {'acc':>7} {'dense acc':>9} {'mAP':>7} {'dense mAP':>9} {'MAC ratio':>9} "
-          f"{'param ratio':>11}")
+    print(f"{'classes':<44} {'seen':>5}{' budget' if budgets else ''} {'acc':>7} {'dense acc':>9} {'mAP':>7} "
+          f"{'dense mAP':>9} {'MAC ratio':>9} {'param ratio':>11}")
     for s in r["subtasks"]:
         name = ",".join(s["classes"])
         name = name if len(name) <= 44 else name[:41] + "..."
-        print(f"{name:<44} {str(s['seen']):>5} {s['acc']:7.4f} {s['dense_acc']:9.4f} {s['map']:7.4f} "
+        bud = f" {s['budget']:6g}" if budgets else ""
+        print(f"{name:<44} {str(s['seen']):>5}{bud} {s['acc']:7.4f} {s['dense_acc']:9.4f} {s['map']:7.4f} "
               f"{s['dense_map']:9.4f} {s['mac_ratio']:9.3f} {s['param_ratio']:11.3f}")
     print("dense acc, dense mAP: the dense net restricted to the same classes; MAC ratio, param ratio: the pruned "
           "net's over the dense net's")
@@ -182,6 +185,18 @@ def _train(args) -> int:
     return 0
 
 
+def _budgets(engine, text: Optional[str]) -> Optional[list[float]]:
+    """--budget "0.1,0.2": budgets checked against the model (BudgetError on one that takes none); None without."""
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--budget {text!r}: give MAC ratios to the dense net separated by commas, e.g. --budget "
+                         "0.1,0.2,0.4") from None
+    return [engine.check_budget(v) for v in values]
+
+
 def _prune(args) -> int:
     import time
 
@@ -205,9 +220,12 @@ def _prune(args) -> int:
         classes = [int(c) if c.isdigit() else c for c in classes]
     if args.int8_images < 1:
         raise ValueError(f"--int8-images must be at least 1, got {args.int8_images}")
+    budgets = _budgets(engine, args.budget)
+    if budgets is not None and len(budgets) != 1:
+        raise ValueError(f"--budget {args.budget!r}: prune builds one net; give one budget, e.g. --budget 0.1")
     summary = engine.export(classes, args.out, formats, round_to=args.round_to, fold_bn=not args.keep_bn,
                             round_mode=args.round_mode, force=args.force, quantize=args.quantize,
-                            int8_images=args.int8_images)
+                            int8_images=args.int8_images, budget=None if budgets is None else budgets[0])
     extra = {}
     if args.request is not None:
         extra = {"request": args.request}
@@ -382,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the model's own training images), e.g. glyphs rendered from your fonts with --all-test")
     e.add_argument("--limit", type=int, default=None, help="use only the first N images of the split")
     e.add_argument("--seed", type=int, default=0, help="seed of the sampled subtasks and of BN calibration")
+    e.add_argument("--budget", default=None, metavar="B[,B...]",
+                   help="a budget-conditioned model: MAC budgets (ratios to the dense net), e.g. 0.1,0.2,0.4; one "
+                        "entry per subtask and budget (default: no limit)")
     e.add_argument("--data-dir", default=None, help="Fashion-MNIST folder, if not the system one or $HYPERSAN_DATA (training images: BN calibration)")
     e.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     e.set_defaults(func=_eval)
@@ -401,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "training images (adds the float model.onnx it is quantized from)")
     pr.add_argument("--int8-images", type=int, default=1024, metavar="N",
                     help="calibration images for --quantize (default 1024)")
+    pr.add_argument("--budget", default=None, metavar="B",
+                    help="a budget-conditioned model: the largest MAC ratio to the dense net, e.g. 0.1 (met exactly; "
+                         "a --request may also say it: 'shoes under 10%% of the compute')")
     pr.add_argument("--round-to", type=int, default=0, metavar="N",
                     help="round every kept width to a multiple of N (see --round-mode)")
     pr.add_argument("--round-mode", choices=["up", "nearest"], default="up",

@@ -5,6 +5,7 @@ signed scalings on scaling sites. `to_masks` turns them into channel multipliers
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, List
 
 import torch
@@ -12,6 +13,29 @@ from torch import Tensor, nn
 
 from .backbones import Site
 from .masks import binarize, combine_max, combine_maxabs
+
+
+class BudgetError(ValueError):
+    """A budget no subnet can meet, one outside a model's range, or one given to a model that takes none."""
+
+
+def budget_label(budget: float) -> str | None:
+    """The name of a budget in statistics keys and subnet ids ("b0.1"); None for no limit (1)."""
+    return None if budget >= 1.0 else f"b{budget:g}"
+
+
+BUDGET_FEATURES = 7  # t, and sin / cos of pi k t for k = 1..3, with t = log b / log b_min in [0, 1]
+
+
+def budget_features(budgets: Tensor, b_min: float) -> Tensor:
+    """(B, BUDGET_FEATURES) generator input of budgets (B,) in [b_min, 1]: t = log b / log b_min (0 at no limit,
+    1 at the smallest budget) and a few of its sines and cosines, so that the generator can interpolate."""
+    if b_min >= 1.0:  # one budget only: nothing to tell apart
+        t = torch.zeros_like(budgets).unsqueeze(1)
+    else:
+        t = (budgets.clamp(b_min, 1.0).log() / math.log(b_min)).unsqueeze(1)
+    k = torch.arange(1, 4, device=budgets.device, dtype=budgets.dtype)
+    return torch.cat([t, torch.sin(math.pi * k * t), torch.cos(math.pi * k * t)], dim=1)
 
 
 def to_masks(raw: Dict[str, Tensor], sites: List[Site], threshold: float, temp: float, min_keep: int,

@@ -1,5 +1,7 @@
-"""Subtask-weighted BCE and the utility sparsity term."""
+"""Subtask-weighted BCE, the utility sparsity term, and the budget term of budget-conditioned training."""
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -43,3 +45,18 @@ def head_bce(logits: Tensor, positions: Tensor, beta: float = 1.0) -> Tensor:
     per = F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(dim=1)
     w = torch.where(pos, torch.full_like(per, beta), torch.ones_like(per))
     return (w * per).sum() / w.sum()
+
+
+def sample_budgets(n: int, gen: torch.Generator, b_min: float, free_share: float) -> Tensor:
+    """n training budgets: 1 (no limit) with probability free_share, else log-uniform in [b_min, 1]."""
+    u = torch.rand(n, generator=gen)
+    free = torch.rand(n, generator=gen) < free_share
+    return torch.where(free, torch.ones(n), torch.exp(u * math.log(b_min)))
+
+
+def budget_loss(ratio: Tensor, budgets: Tensor, over: float, under: float) -> Tensor:
+    """Per-sample budget term (B,): `over` x the relative excess max(0, r / b - 1), plus `under` x the relative
+    shortfall max(0, 1 - r / b). Relative, so that a 0.05 budget is held as firmly as a 0.5 one; the pull from
+    below is weaker, so that spare budget is spent where the task loss says it buys accuracy."""
+    rel = ratio / budgets
+    return over * torch.relu(rel - 1) + under * torch.relu(1 - rel)

@@ -23,7 +23,8 @@ from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_KIND, read_checkpoint, sub
 from ..config import Config
 from ..data.datasets import DatasetInfo
 from ..language.descriptions import canonical_description
-from .generators import HyperNetwork, PerTaskMasks, to_masks
+from .generators import (BUDGET_FEATURES, BudgetError, HyperNetwork, PerTaskMasks, budget_features, budget_label,
+                         to_masks)
 from ..io import atomic_dir, load_checked, load_tensors, save_tensors, write_json
 from ..data.subtasks import Holdout, Subtask, canonical, resolve_classes
 
@@ -70,6 +71,8 @@ class SubtaskAdaptiveNet(nn.Module):
 
             self.encoder = Encoder(g.encoder or None)
             cond_dim = self.encoder.dim
+        if g.budget:
+            cond_dim += BUDGET_FEATURES  # the budget's features follow the class set's condition
         if g.kind == "hypernet":
             self.generator: nn.Module = HyperNetwork(self.sites, cond_dim, g.hidden, g.layers, g.sigma, g.linear_skip)
         else:
@@ -117,42 +120,66 @@ class SubtaskAdaptiveNet(nn.Module):
         return request if self.config.generator.conditioning == "text" else None
 
     # ------------------------------------------------------------ masks and forward
-    def condition(self, select: Tensor, texts: Sequence[str] | None = None) -> Tensor:
-        """Generator input for a (B, K) selection over basic subtasks: the multi-hot itself, or (text
-        conditioning) the sentence embeddings of `texts`, by default the canonical description of each row."""
-        if self.encoder is None:
-            return select.to(dtype=torch.float32, device=self.device)
-        if texts is None:
-            texts = [canonical_description(self.classes_of(tuple(r.nonzero().flatten().tolist())), self.info)
-                     for r in select]
-        if len(texts) != len(select):
-            raise ValueError(f"{len(texts)} texts for {len(select)} conditions")
-        return self.encoder.encode(list(texts), convert_to_tensor=True).to(self.device)
+    @property
+    def budgeted(self) -> bool:
+        """Whether the generator reads a MAC budget besides the class set (generator.budget)."""
+        return bool(self.config.generator.budget)
 
-    def generate(self, select: Tensor, texts: Sequence[str] | None = None
+    def condition(self, select: Tensor, texts: Sequence[str] | None = None, budgets: Tensor | None = None
+                  ) -> Tensor:
+        """Generator input for a (B, K) selection over basic subtasks: the multi-hot itself, or (text
+        conditioning) the sentence embeddings of `texts`, by default the canonical description of each row;
+        then, for a budget-conditioned model, the features of each row's budget (B,) (default 1: no limit)."""
+        if budgets is not None and not self.budgeted:
+            raise BudgetError("this model is not budget-conditioned (generator.budget = false): it takes no budget; "
+                              "train one with generator.budget = true, or leave the budget out")
+        if self.encoder is None:
+            cond = select.to(dtype=torch.float32, device=self.device)
+        else:
+            if texts is None:
+                texts = [canonical_description(self.classes_of(tuple(r.nonzero().flatten().tolist())), self.info)
+                         for r in select]
+            if len(texts) != len(select):
+                raise ValueError(f"{len(texts)} texts for {len(select)} conditions")
+            cond = self.encoder.encode(list(texts), convert_to_tensor=True).to(self.device)
+        if not self.budgeted:
+            return cond
+        if budgets is None:
+            budgets = torch.ones(len(cond), device=cond.device)
+        budgets = budgets.to(device=cond.device, dtype=cond.dtype).reshape(-1)
+        if len(budgets) != len(cond):
+            raise ValueError(f"{len(budgets)} budgets for {len(cond)} conditions")
+        return torch.cat([cond, budget_features(budgets, self.config.generator.budget_min)], dim=1)
+
+    def generate(self, select: Tensor, texts: Sequence[str] | None = None, budgets: Tensor | None = None
                  ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """(masks, raw generator output) for a (B, K) selection (and, with text conditioning, its descriptions)."""
+        """(masks, raw generator output) for a (B, K) selection (and, with text conditioning, its descriptions;
+        for a budget-conditioned model, its budgets (B,))."""
         g = self.config.generator
-        raw = self.generator(self.condition(select, texts))
+        raw = self.generator(self.condition(select, texts, budgets))
         return to_masks(raw, self.sites, g.threshold, g.surrogate_temp, g.min_keep, g.keep_multiple), raw
 
     @torch.no_grad()
-    def subtask_masks(self, subtask: Subtask, text: str | None = None) -> dict[str, Tensor]:
-        """Masks (1, C) of one subtask (optionally conditioned on a description), in inference mode."""
-        return self.generate(self.select([subtask]), None if text is None else [text])[0]
+    def subtask_masks(self, subtask: Subtask, text: str | None = None, budget: float | None = None
+                      ) -> dict[str, Tensor]:
+        """Masks (1, C) of one subtask (optionally conditioned on a description and a budget), in inference mode.
+        These are the generator's masks: PruningEngine.masks also cuts them to meet the budget exactly."""
+        budgets = None if budget is None else torch.tensor([float(budget)])
+        return self.generate(self.select([subtask]), None if text is None else [text], budgets)[0]
 
-    def forward(self, x: Tensor, select: Tensor | None = None) -> Tensor:
-        """Logits (B, num_classes); select=None runs the dense net.
+    def forward(self, x: Tensor, select: Tensor | None = None, budgets: Tensor | None = None) -> Tensor:
+        """Logits (B, num_classes); select=None runs the dense net; `budgets` (B,): a budget-conditioned model's
+        budgets (default: no limit).
 
         In eval mode the backbone's BN statistics must be those of the requested subtask: load them with
         `PruningEngine.using_statistics(subtask)` (or call `PruningEngine.predict`). Anything else raises.
         """
         if not self.training:
-            self._check_stats(select)
-        masks = None if select is None else self.generate(select)[0]
+            self._check_stats(select, budgets)
+        masks = None if select is None else self.generate(select, None, budgets)[0]
         return self.backbone(x, masks)
 
-    def _check_stats(self, select: Tensor | None) -> None:
+    def _check_stats(self, select: Tensor | None, budgets: Tensor | None = None) -> None:
         if select is None:
             want = subtask_key(None)
         else:
@@ -162,8 +189,15 @@ class SubtaskAdaptiveNet(nn.Module):
                                       "subtask); this batch mixes several. Split it by subtask, or use "
                                       "PruningEngine.predict for each")
             want = subtask_key(self.classes_of(tuple(rows[0].nonzero().flatten().tolist())))
+        label = None
+        if budgets is not None and select is not None:
+            b = budgets.reshape(-1)
+            if len(b) > 1 and not bool((b == b[0]).all()):
+                raise StatisticsError("an eval-mode forward runs one budget at a time (BN statistics are per "
+                                      "subnet); this batch mixes several")
+            label = budget_label(float(b[0]))
         have = self.stats_tag
-        if have is None or have[0] != want or any(have[1:]):
+        if have is None or have[0] != want or have[1] is not None or have[2] != label:
             loaded = "the mixture learned in training" if have is None else f"those of {have}"
             raise StatisticsError(
                 f"eval-mode forward of subtask {want!r}, but the BN statistics in the module are {loaded}; the "

@@ -11,6 +11,7 @@ subtask); for its kept channels that is the same computation as a masked forward
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from pathlib import Path
@@ -28,6 +29,8 @@ from ..nn.model import SubtaskAdaptiveNet
 from .stats import (STATS_FILE, BNStats, CalibSpec, StatsCache, StatsKey, get_bn_stats, images_fingerprint,
                     masks_fingerprint, recalibrate, set_bn_stats, weights_fingerprint)
 from ..data.subtasks import Subtask
+from .budget import BudgetError, MacModel, enforce_budget
+from ..nn.generators import budget_label
 from .surgery import ROUND_MODES, expand_bn_stats, prune_backbone, round_widths
 
 
@@ -82,6 +85,8 @@ class PruningEngine:
         self._grounder = None
         self._dense_cost: Optional[tuple[int, int]] = None
         self._weights: Optional[tuple[tuple, str]] = None
+        self._mac_model: Optional[MacModel] = None
+        self.budget_cuts = {"requests": 0, "cut": 0, "channels": 0}  # budgeted masks, those cut to fit, channels cut
 
     # ------------------------------------------------------------ loading and saving
     @classmethod
@@ -115,6 +120,48 @@ class PruningEngine:
             v = self.model.config.vocab
             self._grounder = Grounder(extend_vocabulary(self.model.info, v.synonyms, v.groups))
         return self._grounder.ground(request)
+
+    def split_budget(self, classes, budget: Optional[float] = None) -> tuple[object, Optional[float]]:
+        """(classes, budget) of a request: a request in words may state its budget ("under 10% of the compute"),
+        which is taken out of the words; `budget` given as well must agree with it. Returns the budget checked
+        against the model (None: no limit asked for)."""
+        said = None
+        if isinstance(classes, str):
+            from ..language.budgets import SMALLEST, split_budget
+
+            rest, said = split_budget(classes)
+            if said is not None:
+                classes = rest
+                if said == SMALLEST:
+                    said = self.model.config.generator.budget_min if self.model.budgeted else SMALLEST
+        if said is not None and budget is not None and said != budget:
+            raise BudgetError(f"the request states a budget of {said} and budget={budget} was given too; give one")
+        return classes, self.check_budget(said if said is not None else budget)
+
+    def check_budget(self, budget) -> Optional[float]:
+        """A budget as a float in [generator.budget_min, 1], or None; BudgetError on a model that takes none."""
+        if budget is None:
+            return None
+        if not self.model.budgeted:
+            what = "'as small as possible'" if isinstance(budget, str) else f"a budget of {budget}"
+            raise BudgetError(f"{what} was asked of a model that is not budget-conditioned (generator.budget = "
+                              "false in its config): its subnets' size was fixed in training; leave the budget out, "
+                              "or use a budget-conditioned model (fmnist_budget)")
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget):
+            raise BudgetError(f"budget must be a number in (0, 1], the largest MAC ratio to the dense net; got "
+                              f"{budget!r}")
+        b_min = self.model.config.generator.budget_min
+        if not b_min <= budget <= 1:
+            raise BudgetError(f"budget {budget:g} is outside this model's range [{b_min:g}, 1] (the MAC ratio to the "
+                              f"dense net it was trained for); ask for a budget in that range")
+        return float(budget)
+
+    @property
+    def mac_model(self) -> MacModel:
+        """The differentiable MAC count of this model's subnets (built on first use)."""
+        if self._mac_model is None:
+            self._mac_model = MacModel(self.model.backbone, self.model.info.input_shape)
+        return self._mac_model
 
     def resolve(self, classes) -> tuple[Optional[Subtask], Optional[object]]:
         """(subtask, grounding) of a request: words are grounded, a list of names / indices resolved, None dense."""
@@ -175,8 +222,14 @@ class PruningEngine:
         return CalibSpec(c.batches, c.batch_size, self.seed if seed is None else seed, source, d.crop_padding, d.hflip)
 
     def masks(self, subtask: Optional[Subtask], text: Optional[str] = None, round_to: int = 0,
-              round_mode: str = "up") -> tuple[Optional[dict], Optional[str]]:
-        """(masks {site: (1, C)}, rounding name) of a subtask; None masks for the dense net."""
+              round_mode: str = "up", budget: Optional[float] = None) -> tuple[Optional[dict], Optional[str]]:
+        """(masks {site: (1, C)}, label) of a subtask; None masks for the dense net. The label names what besides
+        the subtask and text decided the masks: the rounding ("up16") and the budget ("b0.1"), joined by a comma.
+
+        With a budget the generator's masks are then cut, lowest utilities first, until the subnet's MACs are at
+        most budget x the dense net's (`budget.enforce_budget`): the budget is met exactly, not on average.
+        `budget_cuts` counts how often that was needed and how many channels it dropped."""
+        budget = self.check_budget(budget)
         if round_to < 0:
             raise ValueError(f"round_to must be a positive integer (or 0: no rounding), got {round_to}")
         if round_mode not in ROUND_MODES:
@@ -187,21 +240,34 @@ class PruningEngine:
                              + ("" if subtask is not None else ", and no subtask was given"))
         if subtask is None:
             return None, None
+        budgets = None if budget is None else torch.tensor([budget])
         with torch.no_grad():
-            masks, raw = self.model.generate(self.model.select([subtask]), None if text is None else [text])
+            masks, raw = self.model.generate(self.model.select([subtask]), None if text is None else [text], budgets)
+        rounding = None
         if round_to > 1:
             rounded = round_widths(masks, raw, self.model.sites, round_to, round_mode)
             if any(not torch.equal(rounded[s.name], masks[s.name]) for s in self.model.sites if s.kind == "utility"):
-                return rounded, f"{round_mode}{round_to}"
-        return masks, None
+                masks, rounding = rounded, f"{round_mode}{round_to}"
+        if budget is not None and budget < 1:
+            g = self.model.config.generator
+            masks, dropped = enforce_budget(masks, raw, self.mac_model, budget, len(subtask), g.min_keep,
+                                            round_to if round_to > 1 else g.keep_multiple)
+            self.budget_cuts["requests"] += 1
+            self.budget_cuts["cut"] += int(dropped > 0)
+            self.budget_cuts["channels"] += dropped
+        label = ",".join(x for x in (rounding, budget_label(budget) if budget is not None else None) if x)
+        return masks, label or None
 
     def key(self, subtask: Optional[Subtask], text: Optional[str] = None, rounding: Optional[str] = None,
             seed: Optional[int] = None, images: Optional[Tensor] = None, masks: Optional[dict] = None) -> StatsKey:
         """The cache key of a subtask's statistics under the current weights, masks (so every setting that
         decides the kept channels: threshold, min_keep, keep_multiple, rounding) and calibration images."""
-        if masks is None and subtask is not None:  # the masks the rounding name ("up16", "nearest8") stands for
-            mode = "nearest" if rounding and rounding.startswith("nearest") else "up"
-            masks = self.masks(subtask, text, int(rounding[len(mode):]) if rounding else 0, mode)[0]
+        if masks is None and subtask is not None:  # the masks the label ("up16", "nearest8,b0.1") stands for
+            parts = (rounding or "").split(",")
+            r = next((p for p in parts if p.startswith(("up", "nearest"))), "")
+            b = next((float(p[1:]) for p in parts if p.startswith("b")), None)
+            mode = "nearest" if r.startswith("nearest") else "up"
+            masks = self.masks(subtask, text, int(r[len(mode):]) if r else 0, mode, b)[0]
         spec = self.calib_spec(seed, images)
         return StatsKey(subtask, text, rounding, spec.fingerprint(), self.weights_fingerprint(),
                         masks_fingerprint(masks))
@@ -218,10 +284,11 @@ class PruningEngine:
 
     # ------------------------------------------------------------ statistics
     def statistics(self, subtask: Optional[Subtask], text: Optional[str] = None, round_to: int = 0,
-                   round_mode: str = "up", seed: Optional[int] = None, images: Optional[Tensor] = None) -> BNStats:
+                   round_mode: str = "up", seed: Optional[int] = None, images: Optional[Tensor] = None,
+                   budget: Optional[float] = None) -> BNStats:
         """Full-width BN statistics of a subtask's masks: from the cache when every setting matches, else
         recalibrated through the physically pruned net and cached."""
-        masks, rounding = self.masks(subtask, text, round_to, round_mode)
+        masks, rounding = self.masks(subtask, text, round_to, round_mode, budget)
         return self._statistics(subtask, masks, text, rounding, seed, images)[0]
 
     def _statistics(self, subtask, masks, text, rounding, seed, images) -> tuple[BNStats, StatsKey]:
@@ -241,10 +308,12 @@ class PruningEngine:
 
     @contextlib.contextmanager
     def using_statistics(self, classes=None, text: Optional[str] = None, round_to: int = 0, round_mode: str = "up",
-                         seed: Optional[int] = None, images: Optional[Tensor] = None) -> Iterator[SubtaskAdaptiveNet]:
+                         seed: Optional[int] = None, images: Optional[Tensor] = None,
+                         budget: Optional[float] = None) -> Iterator[SubtaskAdaptiveNet]:
         """Load a subtask's statistics into the module for the duration (an eval-mode forward then accepts it)."""
+        classes, budget = self.split_budget(classes, budget)
         subtask, _ = self.resolve(classes)
-        masks, rounding = self.masks(subtask, text, round_to, round_mode)
+        masks, rounding = self.masks(subtask, text, round_to, round_mode, budget)
         stats, key = self._statistics(subtask, masks, text, rounding, seed, images)
         model = self.model
         saved, tag = get_bn_stats(model.backbone), model.stats_tag
@@ -257,37 +326,49 @@ class PruningEngine:
             model.stats_tag = tag
 
     @torch.no_grad()
-    def predict(self, x: Tensor, classes=None, batch_size: int = 1000) -> Tensor:
+    def predict(self, x: Tensor, classes=None, batch_size: int = 1000, budget: Optional[float] = None) -> Tensor:
         """Logits (N, num_classes) of the masked module for a subtask (None: dense), with its own statistics.
-        `x` is float in [0, 1] or uint8 (divided by 255)."""
+        `x` is float in [0, 1] or uint8 (divided by 255). With a budget the generator's masks are used as they
+        come (the masked module does not cut them to the budget; `subnet` does)."""
+        classes, budget = self.split_budget(classes, budget)
         subtask, _ = self.resolve(classes)
         select = None if subtask is None else self.model.select([subtask])
+        if budget is not None and subtask is not None and budget < 1:
+            masks = self.masks(subtask, None, 0, "up", budget)[0]
+            raw = self.model.generate(select, None, torch.tensor([budget]))[0]
+            if any(not torch.equal(masks[k], raw[k]) for k in masks):
+                raise BudgetError(f"the generator's net for {subtask} is over the budget {budget:g}: cut to fit, it "
+                                  "is no longer the masked module's; use engine.subnet(..., budget=...) for it")
         out = []
-        with self.using_statistics(subtask):
+        with self.using_statistics(subtask, budget=budget):
             for i in range(0, len(x), batch_size):
                 xb = x[i:i + batch_size].to(self.model.device)
                 xb = xb.float().div_(255.0) if xb.dtype == torch.uint8 else xb.float()
                 sel = None if select is None else select.expand(len(xb), -1)
-                out.append(self.model(xb, sel).float().cpu())
+                bud = None if budget is None or sel is None else torch.full((len(xb),), budget)
+                out.append(self.model(xb, sel, bud).float().cpu())
         return torch.cat(out)
 
     # ------------------------------------------------------------ surgery and export
     @torch.no_grad()
     def subnet(self, classes=None, fold_bn: bool = False, round_to: int = 0, round_mode: str = "up",
                physical: bool = True, text: Optional[str] = None, seed: Optional[int] = None,
-               images: Optional[Tensor] = None) -> nn.Module:
+               images: Optional[Tensor] = None, budget: Optional[float] = None) -> nn.Module:
         """The physically pruned plain network of a subtask, in eval mode.
 
         `classes`: class names / indices, a request in words ("shoes and handbags"), or None (the dense net).
         With a text-conditioned generator a request in words conditions it on the request's own embedding
         (pass text= to choose another description); the grounded classes decide the head. `physical=False`
         gives the masked form (dense widths, pruned channels zeroed). `round_to`/`round_mode`: see
-        surgery.round_widths. BN statistics are the subtask's own (cached, or calibrated first).
+        surgery.round_widths. BN statistics are the subtask's own (cached, or calibrated first). `budget`: the
+        largest MAC ratio to the dense net (a budget-conditioned model only; a request in words may state it,
+        "shoes under 10% of the compute"); the net meets it exactly.
         """
+        classes, budget = self.split_budget(classes, budget)
         subtask, grounding = self.resolve(classes)
         if grounding is not None and text is None:
             text = self.model.request_text(classes)
-        masks, rounding = self.masks(subtask, text, round_to, round_mode)
+        masks, rounding = self.masks(subtask, text, round_to, round_mode, budget)
         stats, _ = self._statistics(subtask, masks, text, rounding, seed, images)
         cls = list(range(len(self.model.classes))) if subtask is None else list(subtask)
         net = prune_backbone(self.model.backbone, masks, cls, [self.model.classes[i] for i in cls], bn_stats=stats,
@@ -297,6 +378,7 @@ class PruningEngine:
             net.grounding = grounding.to_dict()
         net.conditioned_on = text
         net.rounding = rounding
+        net.budget = budget
         return net
 
     def cost(self, net: nn.Module) -> dict:
@@ -316,7 +398,8 @@ class PruningEngine:
 
     def export(self, classes, out: str | os.PathLike, formats: Iterable[str] | str = DEFAULT_FORMATS,
                round_to: int = 0, fold_bn: bool = True, round_mode: str = "up", text: Optional[str] = None,
-               force: bool = False, quantize: Optional[str] = None, int8_images: int = 1024) -> dict:
+               force: bool = False, quantize: Optional[str] = None, int8_images: int = 1024,
+               budget: Optional[float] = None) -> dict:
         """Prune to a subtask and write its artifact atomically; returns a JSON-able summary. An existing
         artifact at `out` is replaced only with force=True; any other folder never.
 
@@ -325,26 +408,27 @@ class PruningEngine:
         formats = parse_formats(list(formats) if not isinstance(formats, str) else formats)
         if quantize not in (None, "int8"):
             raise ValueError(f"unknown quantization {quantize!r}; the one supported is int8")
-        net = self.subnet(classes, fold_bn=fold_bn, round_to=round_to, round_mode=round_mode, text=text)
+        net = self.subnet(classes, fold_bn=fold_bn, round_to=round_to, round_mode=round_mode, text=text, budget=budget)
         subtask = [self.model.classes.index(c) for c in net.classes]
         cost = self.cost(net)
         ratios = {k: cost[k] for k in ("mac_ratio", "param_ratio")}
-        extra = dict(ratios, round_to=round_to, round_mode=round_mode, conditioned_on=net.conditioned_on)
+        extra = dict(ratios, round_to=round_to, round_mode=round_mode, conditioned_on=net.conditioned_on,
+                     budget=net.budget)
         if getattr(net, "grounding", None) is not None:
             extra.update(request=net.request, grounding=net.grounding)
         calib = self.subtask_images(tuple(subtask), int8_images, self.seed) if quantize else None
         files = save_subnet(net, out, formats, subtask=subtask, source=getattr(self.model, "source", None),
                             extra=extra, force=force, int8_images=calib, log=self.log)
-        summary = {"classes": list(net.classes), "subtask": subtask, **ratios,
+        summary = {"classes": list(net.classes), "subtask": subtask, **ratios, "budget": net.budget,
                    "widths": dict(net.arch["site_widths"]), "files": {f: str(p) for f, p in files.items()},
                    "bytes": {f: p.stat().st_size for f, p in files.items()}}
         if getattr(net, "grounding", None) is not None:
             summary["grounding"] = net.grounding
         return summary
 
-    def widths(self, subtask: Optional[Subtask]) -> dict[str, int]:
+    def widths(self, subtask: Optional[Subtask], budget: Optional[float] = None) -> dict[str, int]:
         """Kept channels per utility site of a subtask's masks (the dense widths for None)."""
-        masks, _ = self.masks(subtask)
+        masks, _ = self.masks(subtask, budget=budget)
         if masks is None:
             return dict(self.model.backbone.arch["site_widths"])
         return kept_widths(masks, self.model.sites)

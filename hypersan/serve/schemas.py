@@ -19,6 +19,8 @@ class SubnetRequest(BaseModel):
     classes: Optional[list[_CLASS_NAME]] = Field(None, max_length=10000, description="class names or indices")
     round_to: StrictInt = Field(0, ge=0, le=MAX_ROUND_TO,
                                 description="round every kept width up to a multiple of this (0: the exact widths)")
+    budget: Optional[float] = Field(None, gt=0, le=1, description="a budget-conditioned model: the largest MAC "
+                                    "ratio to the dense net (met exactly); a request in words may also state it")
 
 
 class SubnetInfo(BaseModel):
@@ -42,6 +44,8 @@ class PredictRequest(BaseModel):
     subnet: Optional[StrictStr] = Field(None, description="a subnet id from POST /v1/subnets")
     request: Optional[StrictStr] = Field(None, max_length=1000, description="or the class set in words")
     classes: Optional[list[_CLASS_NAME]] = Field(None, max_length=10000, description="or class names / indices")
+    budget: Optional[float] = Field(None, gt=0, le=1, description="with request or classes: a budget-conditioned "
+                                    "model's MAC budget")
     images: list[Any] = Field(..., description="each a nested uint8 array [C][H][W] (or [H][W] for one channel), "
                                                "or a base64-encoded 8-bit grayscale / RGB PNG")
 

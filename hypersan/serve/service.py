@@ -133,15 +133,18 @@ class SubnetService:
         self.started = time.time()
 
     # ------------------------------------------------------------ ids
-    def subnet_id(self, subtask: tuple[int, ...], round_to: int = 0) -> str:
+    def subnet_id(self, subtask: tuple[int, ...], round_to: int = 0, budget: Optional[float] = None) -> str:
         """The id of the subnet of a canonical class set (sorted indices) under this checkpoint: named by its
-        masks, so that roundings that give the same widths give one id and one folder. Computed once per
-        (class set, rounding); it runs the generator (the async paths call it on the id worker)."""
-        key = (tuple(subtask), round_to)
+        masks, so that roundings that give the same widths give one id and one folder, and by its budget (a
+        budget-conditioned model's). Computed once per (class set, rounding, budget); it runs the generator (the
+        async paths call it on the id worker)."""
+        key = (tuple(subtask), round_to, budget)
         if key not in self._ids:
-            masks, _ = self.engine.masks(tuple(subtask), round_to=round_to)
-            blob = json.dumps({"checkpoint": self.fingerprint, "classes": list(subtask),
-                               "masks": masks_fingerprint(masks)})
+            masks, _ = self.engine.masks(tuple(subtask), round_to=round_to, budget=budget)
+            named = {"checkpoint": self.fingerprint, "classes": list(subtask), "masks": masks_fingerprint(masks)}
+            if budget is not None:
+                named["budget"] = budget
+            blob = json.dumps(named)
             self._ids[key] = hashlib.blake2b(blob.encode(), digest_size=12).hexdigest()
         return self._ids[key]
 
@@ -153,26 +156,35 @@ class SubnetService:
                                   "POST /v1/subnets")
         return subnet_id
 
-    async def resolve(self, request: Optional[str] = None, classes: Optional[list] = None) -> tuple[tuple, Optional[dict]]:
-        """(canonical subtask, grounding dict or None) of a request in words or a list of classes; 422 when the
-        words cannot be grounded or a class is unknown."""
+    async def resolve(self, request: Optional[str] = None, classes: Optional[list] = None,
+                      budget: Optional[float] = None) -> tuple[tuple, Optional[dict], Optional[float]]:
+        """(canonical subtask, grounding dict or None, budget or None) of a request in words or a list of classes,
+        and a budget (given, or stated in the words); 422 when the words cannot be grounded, a class is unknown, or
+        the budget is not one this model takes."""
+        from ..language.grounding import GroundingError
+        from ..nn.generators import BudgetError
+
         if (request is None) == (classes is None):
             raise ServeError(422, 'give exactly one of "request" (words, e.g. "shoes and bags") or "classes" (a list '
                                   'of class names or indices)')
-        if classes is not None:
-            try:
-                return self.engine.model.resolve(classes), None
-            except ValueError as e:
-                raise ServeError(422, str(e), known_classes=list(self.engine.model.classes)) from None
-        if not request.strip():
-            raise ServeError(422, 'the request is empty; name classes or groups in words, e.g. "shoes and bags"')
-        from ..language.grounding import GroundingError
-
         try:
-            g = await self._run(self._ground_pool, self.engine.ground, request)
+            words, budget = self.engine.split_budget(request if request is not None else classes, budget)
         except GroundingError as e:
             raise ServeError(422, str(e), grounding=e.to_dict()) from None
-        return tuple(g.indices), g.to_dict()
+        except BudgetError as e:
+            raise ServeError(422, str(e)) from None
+        if classes is not None:
+            try:
+                return self.engine.model.resolve(classes), None, budget
+            except ValueError as e:
+                raise ServeError(422, str(e), known_classes=list(self.engine.model.classes)) from None
+        if not words.strip():
+            raise ServeError(422, 'the request is empty; name classes or groups in words, e.g. "shoes and bags"')
+        try:
+            g = await self._run(self._ground_pool, self.engine.ground, words)
+        except GroundingError as e:
+            raise ServeError(422, str(e), grounding=e.to_dict()) from None
+        return tuple(g.indices), g.to_dict(), budget
 
     # ------------------------------------------------------------ single flight and pools
     async def _run(self, pool: ThreadPoolExecutor, fn: Callable, *args):
@@ -267,7 +279,8 @@ class SubnetService:
             self.counts["loads"] += 1
         return self._remember(Subnet(subnet_id, meta, net, self.dir / subnet_id))
 
-    def _build(self, subnet_id: str, subtask: tuple, round_to: int, grounding: Optional[dict]) -> tuple[Subnet, bool]:
+    def _build(self, subnet_id: str, subtask: tuple, round_to: int, grounding: Optional[dict],
+               budget: Optional[float] = None) -> tuple[Subnet, bool]:
         """(subnet, built): loaded from its folder when there, else pruned, calibrated if needed, and written."""
         sub = self._cached(subnet_id) or self._load(subnet_id)
         if sub is not None:
@@ -275,9 +288,10 @@ class SubnetService:
         t0 = time.perf_counter()
         engine = self.engine
         names = [engine.model.classes[i] for i in subtask]
-        net = engine.subnet(names, fold_bn=True, round_to=round_to)
+        net = engine.subnet(names, fold_bn=True, round_to=round_to, budget=budget)
         cost = engine.cost(net)
         meta = {"id": subnet_id, "classes": list(net.classes), "subtask": list(subtask), "round_to": round_to,
+                "budget": budget,
                 "mac_ratio": cost["mac_ratio"], "param_ratio": cost["param_ratio"], "macs": cost["macs"],
                 "params": cost["params"], "widths": dict(net.arch["site_widths"]), "input_shape": list(self.input_shape),
                 "checkpoint": self.fingerprint, "source": str(getattr(engine.model, "source", "") or ""),
@@ -296,10 +310,15 @@ class SubnetService:
         self._trim_disk()
         return sub, True
 
-    async def create(self, subtask: tuple, round_to: int = 0, grounding: Optional[dict] = None) -> tuple[Subnet, bool]:
-        """(subnet, built now) of a class set: from memory, its folder, or built (once for concurrent callers)."""
-        key = (tuple(subtask), round_to)
-        subnet_id = self._ids.get(key) or await self._run(self._id_pool, self.subnet_id, subtask, round_to)
+    async def create(self, subtask: tuple, round_to: int = 0, grounding: Optional[dict] = None,
+                     budget: Optional[float] = None) -> tuple[Subnet, bool]:
+        """(subnet, built now) of a class set (at a budget): from memory, its folder, or built (once for concurrent
+        callers)."""
+        key = (tuple(subtask), round_to, budget)
+        try:
+            subnet_id = self._ids.get(key) or await self._run(self._id_pool, self.subnet_id, subtask, round_to, budget)
+        except ValueError as e:  # a budget below the smallest subnet of these classes
+            raise ServeError(422, str(e)) from None
         sub = self._cached(subnet_id)
         if sub is not None:
             return sub, False
@@ -315,7 +334,7 @@ class SubnetService:
                                   "seconds", headers={"Retry-After": str(max(1, self.pending_builds()))})
         try:
             return await self._once(("subnet", subnet_id), self._build_pool, self._build, subnet_id, subtask,
-                                    round_to, grounding)
+                                    round_to, grounding, budget)
         except DatasetError as e:
             raise ServeError(503, f"cannot build this subnet: {e}") from None
         except (ArtifactError, OSError) as e:

@@ -103,11 +103,12 @@ def parse_subtasks(model, specs: Sequence[str], seed: int = 0, per_size: int = 5
 
 def evaluate(engine: PruningEngine, test_x: Tensor, test_y: Tensor, subtasks: Sequence[Subtask],
              progress: bool = True, seed: int = 0, images: Optional[Tensor] = None,
-             log: Optional[Callable[[str], None]] = None) -> dict:
+             log: Optional[Callable[[str], None]] = None, budgets: Optional[Sequence[float]] = None) -> dict:
     """Per-subtask acc / mAP / mac_ratio / param_ratio, beside the dense net restricted to each subtask.
 
     Statistics are recalibrated per subtask with `seed` on the engine's calibration images (or `images`).
     `log`, if given, gets one line per step (for logs off a terminal, where the progress bar is off).
+    `budgets` (a budget-conditioned model): one entry per (subtask, budget), each with its "budget".
     """
     t0 = time.perf_counter()
     model = engine.model
@@ -124,9 +125,10 @@ def evaluate(engine: PruningEngine, test_x: Tensor, test_y: Tensor, subtasks: Se
                         "macs": d_cost["macs"], "params": d_cost["params"]},
               "subtasks": [], "metric_notes": "single-class acc: one-vs-rest accuracy (logit > 0) on all test images"}
     times = []
-    for t in tqdm(subtasks, desc="subtasks", disable=not progress, leave=False):
+    jobs = [(t, b) for t in subtasks for b in (budgets if budgets else [None])]
+    for t, b in tqdm(jobs, desc="subtasks", disable=not progress, leave=False):
         t1 = time.perf_counter()
-        net = engine.subnet(t, fold_bn=True, seed=seed, images=images)
+        net = engine.subnet(t, fold_bn=True, seed=seed, images=images, budget=b)
         logits = torch.full((len(test_x), n_cls), float("-inf"))
         logits[:, list(t)] = plain_logits(net, test_x)
         cost = engine.cost(net)
@@ -137,10 +139,12 @@ def evaluate(engine: PruningEngine, test_x: Tensor, test_y: Tensor, subtasks: Se
             "fp_rate": got["fp_rate"], "dense_fp_rate": ref["fp_rate"],
             "mac_ratio": cost["mac_ratio"], "param_ratio": cost["param_ratio"],
             "widths": dict(net.arch["site_widths"]),
+            **({"budget": b} if budgets else {}),
         })
         times.append(time.perf_counter() - t1)
         if log is not None:
-            log(f"[{len(times)}/{len(subtasks)}] {','.join(info.classes[i] for i in t)}: acc "
+            log(f"[{len(times)}/{len(jobs)}] {','.join(info.classes[i] for i in t)}"
+                f"{'' if b is None else f' at budget {b:g}'}: acc "
                 f"{result['subtasks'][-1]['acc']:.4f}, MAC ratio {cost['mac_ratio']:.3f} ({times[-1]:.1f} s)")
     result["seconds"] = time.perf_counter() - t0
     result["seconds_per_subtask"] = sorted(times)[len(times) // 2] if times else None

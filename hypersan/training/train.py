@@ -18,11 +18,12 @@ from ..config import Config, ConfigError
 from ..data.datasets import augment, load_split, to_float, validation_split
 from ..language.descriptions import describe
 from .distributed import Context, DistributedError, is_peer_failure, setup, shard, stream_seed
+from ..prune.budget import MacModel
 from ..prune.engine import PruningEngine
 from .evaluate import evaluate
 from ..nn.generators import mean_utility
 from ..io import ArtifactError, OutputExistsError, check_output_dir, is_hypersan_dir, load_tensors, read_json
-from ..nn.losses import sparsity_weights, subtask_weighted_bce
+from ..nn.losses import budget_loss, sample_budgets, sparsity_weights, subtask_weighted_bce
 from ..nn.model import SubtaskAdaptiveNet
 from .optim import descend, lr_factor
 from ..data.subtasks import SubtaskSampler, sample_combinations
@@ -129,11 +130,14 @@ def dense_loss(model: SubtaskAdaptiveNet, x: torch.Tensor, y: torch.Tensor, num_
 
 
 def masked_loss(model: SubtaskAdaptiveNet, x: torch.Tensor, y: torch.Tensor, select: torch.Tensor,
-                texts: list[str] | None, cfg: Config, basic_to_class: torch.Tensor, amp: bool = False
+                texts: list[str] | None, cfg: Config, basic_to_class: torch.Tensor, amp: bool = False,
+                budgets: torch.Tensor | None = None, macs: MacModel | None = None
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
     """(loss, masks, raw, per-sample mean utility) of a batch run with each sample's sampled subtask (B, K).
-    amp: the backbone's forward under bf16 autocast; masks (the keep rule's thresholds) stay in float32."""
-    masks, raw = model.generate(select, texts)
+    amp: the backbone's forward under bf16 autocast; masks (the keep rule's thresholds) stay in float32.
+    A budget-conditioned model also takes each sample's budget (B,), and the loss adds the budget term on the
+    subnet's MAC ratio, counted by `macs` from the straight-through masks (exact forward, surrogate gradient)."""
+    masks, raw = model.generate(select, texts, budgets)
     with _autocast(x.device, amp):
         logits = model.backbone(x, masks)
     logits = logits.float()
@@ -142,6 +146,9 @@ def masked_loss(model: SubtaskAdaptiveNet, x: torch.Tensor, y: torch.Tensor, sel
     per_sample = mean_utility(raw, model.sites)  # (B,)
     gammas = sparsity_weights(in_task.sum(dim=1), len(model.classes), cfg.loss.gamma, cfg.loss.gamma_size)
     loss = subtask_weighted_bce(logits, y, in_task, cfg.loss.beta) + (gammas * per_sample).mean()
+    if budgets is not None:
+        ratio = macs.ratio(masks, in_task.sum(dim=1))
+        loss = loss + budget_loss(ratio, budgets.to(ratio.device), cfg.loss.budget_over, cfg.loss.budget_under).mean()
     return loss, masks, raw, per_sample
 
 
@@ -154,15 +161,16 @@ class _TrainStep(nn.Module):
         self.cfg = cfg
         self.basic_to_class = basic_to_class
         self.amp = amp
+        self.macs = MacModel(model.backbone, model.info.input_shape) if model.budgeted else None
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, select: torch.Tensor, texts: list[str] | None, dense: bool
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, y: torch.Tensor, select: torch.Tensor, texts: list[str] | None,
+                budgets: torch.Tensor | None, dense: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(loss, [mean utility, kept fraction] or None for a dense batch)."""
         model = self.model
         if dense:
             return dense_loss(model, x, y, len(model.classes), amp=self.amp), None
         loss, masks, raw, per_sample = masked_loss(model, x, y, select, texts, self.cfg, self.basic_to_class,
-                                                   amp=self.amp)
+                                                   amp=self.amp, budgets=budgets, macs=self.macs)
         with torch.no_grad():
             kept = sum(masks[x_.name].sum() for x_ in model.sites if x_.kind == "utility")
             kept = kept / sum(x_.size for x_ in model.sites if x_.kind == "utility") / len(y)
@@ -303,10 +311,15 @@ def _train(cfg: Config, out: Path, resume: bool, log: Callable[[str], None], sto
         return v.to(device)
 
     def draw(idx: torch.Tensor, gen: torch.Generator, x: torch.Tensor, dense: bool) -> tuple:
-        """(x, y, select, texts) of one shard's batch: its subtasks (and descriptions) drawn from gen."""
+        """(x, y, select, texts, budgets) of one shard's batch: its subtasks (and descriptions, and budgets for
+        a budget-conditioned model) drawn from gen."""
         select = sampler.sample(train_y[idx], gen)
         texts = None if dense or model.encoder is None else _descriptions(model, select, gen, cfg)
-        return to_device(x), to_device(train_y[idx]), to_device(select), texts
+        budgets = None
+        if model.budgeted and not dense:
+            budgets = to_device(sample_budgets(len(idx), gen, cfg.generator.budget_min,
+                                               cfg.generator.budget_free_share))
+        return to_device(x), to_device(train_y[idx]), to_device(select), texts, budgets
 
     n = len(train_x)
     per_rank = -(-n // world)  # DistributedSampler pads every shard to ceil(n / world)

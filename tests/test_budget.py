@@ -1,0 +1,211 @@
+"""Budget-conditioned requests: the MAC count the loss differentiates, budgets met exactly, budgets in words."""
+import json
+import random
+
+import pytest
+import torch
+
+from hypersan.language.budgets import SMALLEST, split_budget
+from hypersan.language.grounding import GroundingError
+from hypersan.nn.generators import BudgetError, budget_features
+from hypersan.nn.losses import budget_loss, sample_budgets
+from hypersan.nn.masks import binarize
+from hypersan.prune.budget import MacModel, enforce_budget
+from hypersan.prune.metrics import count_macs, subnet_cost
+from hypersan.prune.surgery import prune_backbone
+
+from .conftest import ROOT, needs_fmnist
+from .test_surgery import _engine, _model
+
+BUDGETED = ["generator.budget=true", "generator.budget_min=0.05"]
+
+
+def _random_masks(model, gen, p_keep):
+    return {s.name: (torch.rand(1, s.size, generator=gen) < p_keep).float().index_fill_(
+        1, torch.tensor([0]), 1.0) for s in model.sites if s.kind == "utility"}
+
+
+@pytest.mark.parametrize("arch", ["resnet", "vgg"])
+def test_the_mac_count_of_hard_masks_is_the_pruned_nets_exact_count(arch):
+    model = _model(arch)
+    mac = MacModel(model.backbone, model.info.input_shape)
+    shape = tuple(model.info.input_shape)
+    assert mac.dense == count_macs(model.backbone, shape)
+    gen = torch.Generator().manual_seed(3)
+    for trial in range(6):
+        masks = _random_masks(model, gen, p_keep=0.2 + 0.15 * trial)
+        classes = [c for c in range(10) if torch.rand(1, generator=gen).item() < 0.5] or [4]
+        widths = {k: int(v.sum()) for k, v in masks.items()}
+        exact, _ = subnet_cost(model.backbone.arch, widths, len(classes), shape)
+        assert mac(widths, len(classes)) == exact
+        full = {**masks, **{s.name: torch.ones(1, s.size) for s in model.sites if s.kind == "scaling"}}
+        net = prune_backbone(model.backbone, full, classes)  # the physically pruned net, counted by running it
+        assert count_macs(net, shape) == exact
+        ratio = mac.ratio(masks, torch.tensor([float(len(classes))]))
+        assert ratio.item() == pytest.approx(exact / mac.dense, rel=1e-6)
+
+
+def test_the_mac_ratio_is_differentiable_through_straight_through_masks():
+    model = _model()
+    mac = MacModel(model.backbone, model.info.input_shape)
+    gen = torch.Generator().manual_seed(0)
+    u = {s.name: (torch.rand(2, s.size, generator=gen) * 0.4).requires_grad_() for s in model.sites
+         if s.kind == "utility"}
+    masks = {k: binarize(v, 0.2, 0.1) for k, v in u.items()}
+    ratio = mac.ratio(masks, torch.tensor([2.0, 5.0]))
+    budgets = torch.tensor([0.05, 0.05])
+    budget_loss(ratio, budgets, over=4.0, under=0.5).sum().backward()
+    # over budget: every utility's gradient is >= 0 (descent lowers it), and some channels feel it
+    grads = torch.cat([v.grad.flatten() for v in u.values()])
+    assert (grads >= 0).all() and (grads > 0).any()
+    # forward value: exact counts of the hard masks
+    widths = {k: int(m[0].sum()) for k, m in masks.items()}
+    assert ratio[0].item() == pytest.approx(mac(widths, 2) / mac.dense, rel=1e-6)
+
+
+def test_budget_loss_weighs_excess_and_shortfall_relative_to_the_budget():
+    r = torch.tensor([0.2, 0.05, 0.1])
+    b = torch.tensor([0.1, 0.1, 0.1])
+    assert budget_loss(r, b, 4.0, 0.5).tolist() == pytest.approx([4.0, 0.25, 0.0])
+
+
+def test_training_budgets_cover_the_range_and_no_limit():
+    b = sample_budgets(4000, torch.Generator().manual_seed(0), 0.02, 0.1)
+    assert b.min() >= 0.02 and b.max() == 1.0
+    assert 0.07 < (b == 1).float().mean() < 0.13
+    assert ((b > 0.02) & (b < 0.05)).any() and ((b > 0.4) & (b < 0.9)).any()
+    f = budget_features(torch.tensor([1.0, 0.02]), 0.02)
+    assert f.shape == (2, 7) and f[0, 0] == 0 and f[1, 0] == pytest.approx(1.0)
+
+
+def test_enforcement_never_exceeds_the_budget_on_random_generators():
+    rng = random.Random(0)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        eng = _engine(extra=BUDGETED)
+        with torch.no_grad():  # utilities spread widely: most nets come out over their budget
+            for s, head in zip(eng.model.generator.sites, eng.model.generator.heads):
+                if s.kind == "utility":
+                    head.bias.normal_(0.5, 0.4)
+        mac = eng.mac_model
+        for _ in range(12):
+            t = tuple(sorted(rng.sample(range(10), rng.choice([1, 2, 3, 5]))))
+            b = rng.choice([0.08, 0.12, 0.2, 0.3, 0.5])
+            for multiple in (1, 4):
+                try:
+                    masks, _ = eng.masks(t, round_to=multiple if multiple > 1 else 0, budget=b)
+                except BudgetError as e:  # widths of 4 at every site (the floor of multiples of 4) are over b
+                    floor = {k: multiple for k in mac.sizes}
+                    assert multiple > 1 and mac(floor, len(t)) > b * mac.dense and "at least" in str(e)
+                    continue
+                widths = {k: int((masks[k][0] != 0).sum()) for k in mac.sizes}
+                assert mac(widths, len(t)) <= b * mac.dense, (t, b, widths)
+                if multiple > 1:
+                    assert all(w % multiple == 0 or w == mac.sizes[k] for k, w in widths.items())
+        assert eng.budget_cuts["cut"] > 0  # the test exercised the cut
+    net = eng.subnet(["Sneaker", "Bag"], budget=0.12)  # the whole path: the built net's own count
+    assert eng.cost(net)["mac_ratio"] <= 0.12 and net.budget == 0.12
+
+
+def test_enforcement_drops_lowest_utilities_first_and_refuses_the_impossible():
+    model = _model()
+    mac = MacModel(model.backbone, model.info.input_shape)
+    raw = {s.name: torch.linspace(1.0, 2.0, s.size).unsqueeze(0) for s in model.sites if s.kind == "utility"}
+    masks = {k: torch.ones_like(v) for k, v in raw.items()}
+    cut, dropped = enforce_budget(masks, raw, mac, 0.5, 2)
+    assert dropped > 0
+    for k, m in cut.items():  # what is kept is a top block of utilities (here: the highest indices)
+        kept = m[0].nonzero().flatten().tolist()
+        assert kept == list(range(m.shape[1] - len(kept), m.shape[1]))
+    with pytest.raises(BudgetError, match="below the smallest subnet"):
+        enforce_budget(masks, raw, mac, 1e-6, 2)
+
+
+def test_budget_phrases_ground_to_numbers_and_unknown_ones_are_refused():
+    cases = {"shoes and bags, under 10% of the compute": ("shoes and bags", 0.1),
+             "sneakers at most a fifth of the MACs": ("sneakers", 0.2),
+             "coats with a budget of 0.25": ("coats", 0.25),
+             "bags as small as possible": ("bags", SMALLEST),
+             "capital letters, full accuracy": ("capital letters", 1.0),
+             "tops under 12.5 percent": ("tops", 0.125),
+             "trousers": ("trousers", None)}
+    for request, want in cases.items():
+        assert split_budget(request) == want, request
+    for bad, match in (("shoes under lots of compute", "could not understand the budget"),
+                       ("bags under 10% and under 20% of the compute", "more than one budget"),
+                       ("shoes under 150%", "between 0 and 100%")):
+        with pytest.raises(GroundingError, match=match):
+            split_budget(bad)
+
+
+def test_a_budget_reaches_the_engine_from_words_and_is_checked():
+    eng = _engine(extra=BUDGETED)
+    classes, b = eng.split_budget("sneakers and bags under 20% of the compute")
+    assert (classes, b) == ("sneakers and bags", 0.2)
+    assert eng.split_budget("bags, as small as possible") == ("bags", 0.05)  # the model's smallest budget
+    with pytest.raises(BudgetError, match=r"outside this model's range \[0.05, 1\]"):
+        eng.split_budget(["Bag"], 0.01)
+    with pytest.raises(BudgetError, match="budget=0.3 was given too"):
+        eng.split_budget("bags under 20% of the compute", 0.3)
+
+
+def test_a_budget_on_a_model_that_takes_none_is_a_clear_error(tmp_path, capsys):
+    eng = _engine()
+    with pytest.raises(BudgetError, match="not budget-conditioned"):
+        eng.subnet(["Bag"], budget=0.1)
+    with pytest.raises(BudgetError, match="not budget-conditioned"):
+        eng.subnet("bags under 10% of the compute")
+    with pytest.raises(BudgetError, match="not budget-conditioned"):
+        eng.model.generate(eng.model.select([(8,)]), None, torch.tensor([0.1]))
+
+
+def test_the_server_takes_a_budget_and_names_the_subnet_by_it(tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from hypersan.serve import create_app
+
+    with TestClient(create_app(_engine(extra=BUDGETED), cache_dir=tmp_path / "c")) as c:
+        small = c.post("/v1/subnets", json={"classes": ["Sneaker", "Bag"], "budget": 0.2})
+        assert small.status_code == 201, small.text
+        assert small.json()["budget"] == 0.2 and small.json()["mac_ratio"] <= 0.2
+        words = c.post("/v1/subnets", json={"request": "sneakers and bags under 20% of the compute"})
+        assert words.status_code == 200 and words.json()["id"] == small.json()["id"]  # the same net, found
+        free = c.post("/v1/subnets", json={"classes": ["Sneaker", "Bag"]})
+        assert free.json()["id"] != small.json()["id"] and free.json()["budget"] is None
+        bad = c.post("/v1/subnets", json={"classes": ["Bag"], "budget": 0.01})
+        assert bad.status_code == 422 and "outside this model's range" in bad.json()["error"]
+    with TestClient(create_app(_engine(), cache_dir=tmp_path / "d")) as c:
+        r = c.post("/v1/subnets", json={"request": "bags under 10% of the compute"})
+        assert r.status_code == 422 and "not budget-conditioned" in r.json()["error"]
+
+
+@needs_fmnist
+def test_a_budget_conditioned_model_trains_and_answers_budgets_on_the_command_line(tmp_path, capsys):
+    from hypersan.cli import main
+
+    out = tmp_path / "run"
+    over = ["data.train_limit=768", "data.test_limit=200", "data.val_size=128", "train.epochs=1",
+            "train.eval_every=0", *BUDGETED]
+    args = ["train", "--config", str(ROOT / "configs" / "tiny.toml"), "--out", str(out)]
+    for o in over:
+        args += ["--set", o]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out), "--subtasks", "Sneaker,Bag", "--budget", "0.1,0.3", "--json",
+                 "--limit", "200"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert [(s["classes"], s["budget"]) for s in r["subtasks"]] == [(["Sneaker", "Bag"], 0.1), (["Sneaker", "Bag"], 0.3)]
+    assert all(s["mac_ratio"] <= s["budget"] for s in r["subtasks"])
+    assert main(["prune", "--checkpoint", str(out), "--request", "sneakers, at most a tenth of the MACs", "--out",
+                 str(tmp_path / "art")]) == 0
+    p = json.loads(capsys.readouterr().out)
+    assert p["budget"] == 0.1 and p["mac_ratio"] <= 0.1 and p["classes"] == ["Sneaker"]
+    # a model that is not budget-conditioned refuses --budget with a clear line
+    plain = tmp_path / "plain"
+    assert main(["train", "--config", str(ROOT / "configs" / "tiny.toml"), "--out", str(plain), "--set",
+                 "train.epochs=1", "--set", "data.train_limit=512", "--set", "data.val_size=128"]) == 0
+    capsys.readouterr()
+    assert main(["prune", "--checkpoint", str(plain), "--classes", "Bag", "--budget", "0.1", "--out",
+                 str(tmp_path / "x")]) != 0
+    assert "not budget-conditioned" in capsys.readouterr().err
