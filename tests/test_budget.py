@@ -209,3 +209,13 @@ def test_a_budget_conditioned_model_trains_and_answers_budgets_on_the_command_li
     assert main(["prune", "--checkpoint", str(plain), "--classes", "Bag", "--budget", "0.1", "--out",
                  str(tmp_path / "x")]) != 0
     assert "not budget-conditioned" in capsys.readouterr().err
+
+
+def test_resolve_shows_a_budget_said_in_words_and_refuses_an_unreadable_one(capsys):
+    from hypersan.cli import main
+
+    assert main(["resolve", "--json", "sneakers and bags under 10% of the compute"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["classes"] == ["Sneaker", "Bag"] and r["budget"] == 0.1
+    assert main(["resolve", "bags under lots of compute"]) == 2
+    assert "could not understand the budget" in capsys.readouterr().err

@@ -51,11 +51,18 @@ def _resolve(args) -> int:
                   if args.json else "\n".join(f"{n:<14} index {i}" for n, i in zip(names, t)))
             return 0
         if args.text is not None:
+            from ..language.budgets import split_budget
+
             try:
-                print(show(grounder.ground(args.text)))
+                words, budget = split_budget(args.text)  # a budget stated in words is shown, not grounded
+                g = grounder.ground(words)
             except GroundingError as e:
                 print(f"hypersan resolve: {e}", file=sys.stderr)
                 return 2
+            if args.json:
+                print(json.dumps({**g.to_dict(), **({"budget": budget} if budget is not None else {})}))
+            else:
+                print(show(g) + ("" if budget is None else f"\nbudget         {budget}"))
             return 0
         try:
             text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()

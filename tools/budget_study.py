@@ -1,0 +1,223 @@
+"""One budget-conditioned model against a family of fixed-gamma models: is the budget met, does one model match the
+family's accuracy/compute front, does accuracy rise with the budget, and is a budgeted build cheap?
+
+    python tools/budget_study.py --budget runs/budget-study/budget-s0 \
+        --fixed runs/budget-study/hypernet-g1-s0 runs/budget-study/hypernet-g2-s0 \
+                runs/ablation/models/hypernet-g4-s0 runs/budget-study/hypernet-g8-s0 \
+        --dense runs/ablation/models/dense-g4-s0 --out runs/budget-study/report
+
+Every model is scored on the validation split (where choices are made) and on the test split (the final figures),
+on the same 30 subtasks (10 pairs, 10 triples, 10 five-class sets, seen and held-out as sampled) and the budgets
+{0.08, 0.12, 0.2, 0.3, 0.5}. Accuracy is |T|-way accuracy of the pruned net on the images of its classes. Writes
+budget_study.json, budget_study.md and budget_front.png to --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hypersan.data.datasets import load_split  # noqa: E402
+from hypersan.data.subtasks import sample_combinations  # noqa: E402
+from hypersan.io import atomic_write_json, atomic_write_text  # noqa: E402
+from hypersan.prune.engine import PruningEngine  # noqa: E402
+from hypersan.research.report import interp_acc, method_style  # noqa: E402
+from hypersan.prune.metrics import subset_accuracy  # noqa: E402
+from hypersan.training.evaluate import plain_accuracy, plain_logits  # noqa: E402
+from hypersan.training.train import split_training_data  # noqa: E402
+
+BUDGETS = (0.08, 0.12, 0.2, 0.3, 0.5)
+
+
+def subtasks(engine: PruningEngine, per_size: int, seed: int) -> list[tuple]:
+    model = engine.model
+    out = []
+    for size in (2, 3, 5):
+        out += [model.classes_of(b) for b in sample_combinations(len(model.basic), size, per_size, seed)]
+    return out
+
+
+def splits(engine: PruningEngine, limit: int) -> dict:
+    cfg = engine.model.config
+    _, _, vx, vy, _ = split_training_data(cfg)
+    tx, ty, _ = load_split(cfg.data, "test")
+    return {"val": (vx[:limit] if limit else vx, vy[:limit] if limit else vy),
+            "test": (tx[:limit] if limit else tx, ty[:limit] if limit else ty)}
+
+
+def score(engine: PruningEngine, t: tuple, data: dict, budget=None, seed: int = 0) -> dict:
+    t0 = time.perf_counter()
+    net = engine.subnet(list(t), fold_bn=True, budget=budget, seed=seed)
+    build = time.perf_counter() - t0
+    cost = engine.cost(net)
+    row = {"classes": list(t), "size": len(t), "seen": engine.model.is_seen(t), "budget": budget,
+           "mac_ratio": cost["mac_ratio"], "build_s": build}
+    for split, (x, y) in data.items():
+        row[f"acc_{split}"] = plain_accuracy(net, t, x, y)
+    return row
+
+
+def dense_forward_seconds(engine: PruningEngine, repeats: int = 20) -> float:
+    """Median time of one batch-256 forward of the dense net (the build-cost yardstick)."""
+    net = engine.subnet(None, fold_bn=True)
+    x = torch.rand(256, *engine.model.info.input_shape)
+    times = []
+    with torch.no_grad():
+        for i in range(repeats + 3):
+            t0 = time.perf_counter()
+            net(x)
+            if i >= 3:
+                times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def analyse(budget_rows: list[dict], fixed_rows: dict[str, list[dict]], dense_rows: list[dict], split: str) -> dict:
+    key = f"acc_{split}"
+    met = [r["mac_ratio"] <= r["budget"] + 0.005 for r in budget_rows]
+    per_budget = {}
+    for b in BUDGETS:
+        rows = [r for r in budget_rows if r["budget"] == b]
+        gaps = []
+        for r in rows:  # the family's front of this subtask, at the budget model's own MAC ratio
+            pts = [(f["mac_ratio"], f[key]) for fam in fixed_rows.values() for f in fam if f["classes"] == r["classes"]]
+            same = interp_acc(pts, r["mac_ratio"])
+            if same is not None:
+                gaps.append(100 * (r[key] - same))
+        ref = {tuple(d["classes"]): d[key] for d in dense_rows}
+        per_budget[str(b)] = {
+            "acc": statistics.mean(r[key] for r in rows), "mac_ratio": statistics.mean(r["mac_ratio"] for r in rows),
+            "vs_dense_pt": statistics.mean(100 * (r[key] - ref[tuple(r["classes"])]) for r in rows),
+            "vs_family_pt": statistics.mean(gaps) if gaps else None, "family_compared": len(gaps),
+            "family_within_0.3pt": (statistics.mean(gaps) >= -0.3) if gaps else None}
+    rising = 0
+    names = sorted({tuple(r["classes"]) for r in budget_rows})
+    for t in names:
+        accs = [next(r[key] for r in budget_rows if tuple(r["classes"]) == t and r["budget"] == b) for b in BUDGETS]
+        rising += all(b >= a - 0.002 for a, b in zip(accs, accs[1:]))
+    family = {name: {"acc": statistics.mean(r[key] for r in rows),
+                     "mac_ratio": statistics.mean(r["mac_ratio"] for r in rows)} for name, rows in fixed_rows.items()}
+    return {"budget_met": sum(met) / len(met), "cases": len(met), "per_budget": per_budget,
+            "rising_share": rising / len(names), "family": family}
+
+
+def plot(out: Path, result: dict, split: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    a = result["analysis"][split]
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fam = sorted(a["family"].items(), key=lambda kv: kv[1]["mac_ratio"])
+    ax.plot([v["mac_ratio"] for _, v in fam], [100 * v["acc"] for _, v in fam], linewidth=1.2,
+            **{**method_style("hypernet"), "label": "fixed-γ hypernetworks (one model per γ)"})
+    for name, v in fam:
+        ax.annotate(name.split("/")[-1], (v["mac_ratio"], 100 * v["acc"]), fontsize=7, xytext=(4, -10),
+                    textcoords="offset points")
+    pb = sorted(a["per_budget"].items(), key=lambda kv: float(kv[0]))
+    ax.plot([v["mac_ratio"] for _, v in pb], [100 * v["acc"] for _, v in pb], linewidth=1.2,
+            **{**method_style("pertask"), "label": "one budget-conditioned model", "marker": "s"})
+    for b, v in pb:
+        ax.annotate(f"b={b}", (v["mac_ratio"], 100 * v["acc"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("MAC ratio to the dense net (log scale), mean over 30 subtasks")
+    ax.set_ylabel(f"{split} accuracy on the subtask's classes (%)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "budget_front.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def report(result: dict) -> str:
+    lines = ["# Budget-conditioned model against fixed-γ models", "",
+             f"Command: `{result['command']}`", "",
+             f"Subtasks: {result['subtasks']} (pairs, triples, 5-class sets); budgets {list(BUDGETS)}.", ""]
+    for split in ("val", "test"):
+        a = result["analysis"][split]
+        lines += [f"## {split}", "",
+                  f"- budget met (MAC ratio ≤ b + 0.005): {100 * a['budget_met']:.1f}% of {a['cases']} cases",
+                  f"- accuracy does not fall by more than 0.2 pt from one budget to the next: "
+                  f"{100 * a['rising_share']:.0f}% of subtasks", "",
+                  "| budget | mean MAC ratio | acc | vs dense (pt) | vs fixed-γ front at the same MACs (pt) | compared |",
+                  "|---|---|---|---|---|---|"]
+        for b, v in a["per_budget"].items():
+            fam = "—" if v["vs_family_pt"] is None else f"{v['vs_family_pt']:+.2f}"
+            lines.append(f"| {b} | {v['mac_ratio']:.3f} | {100 * v['acc']:.2f}% | {v['vs_dense_pt']:+.2f} | {fam} | "
+                         f"{v['family_compared']}/{len(result['subtasks_list'])} |")
+        lines += ["", "| fixed model | mean MAC ratio | acc |", "|---|---|---|"]
+        for name, v in sorted(a["family"].items(), key=lambda kv: kv[1]["mac_ratio"]):
+            lines.append(f"| {name} | {v['mac_ratio']:.3f} | {100 * v['acc']:.2f}% |")
+        lines.append("")
+    c = result["costs"]
+    lines += ["## Build cost", "",
+              f"- median cold build of a budgeted subnet (masks, cut, BN calibration, surgery): {c['build_s']:.3f} s",
+              f"- one dense batch-256 forward: {c['dense_forward_s']:.4f} s",
+              f"- cuts: {c['cuts']['cut']} of {c['cuts']['requests']} budgeted nets were over budget as generated; "
+              f"{c['cuts']['channels']} channels dropped in all", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--budget", required=True, help="the budget-conditioned checkpoint")
+    p.add_argument("--fixed", nargs="+", required=True, help="fixed-gamma checkpoints of the same backbone")
+    p.add_argument("--dense", required=True, help="the separately trained dense net (the reference)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--per-size", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=0, help="images per split (0: all): for smoke runs")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    budget = PruningEngine.from_pretrained(args.budget, seed=args.seed)
+    data = splits(budget, args.limit)
+    tasks = subtasks(budget, args.per_size, args.seed)
+    say(f"{len(tasks)} subtasks x {len(BUDGETS)} budgets; {len(data['val'][1])} val and {len(data['test'][1])} "
+        "test images")
+    budget_rows = []
+    for i, t in enumerate(tasks):
+        for b in BUDGETS:
+            budget_rows.append(score(budget, t, data, b, args.seed))
+        say(f"[{i + 1}/{len(tasks)}] {t}: " + ", ".join(f"{r['budget']}: {r['mac_ratio']:.3f}/{r['acc_val']:.4f}"
+                                                         for r in budget_rows[-len(BUDGETS):]))
+    fixed_rows = {}
+    for path in args.fixed:
+        eng = PruningEngine.from_pretrained(path, seed=args.seed)
+        fixed_rows[Path(path).name] = [score(eng, t, data, None, args.seed) for t in tasks]
+        say(f"{Path(path).name}: mean MAC ratio "
+            f"{statistics.mean(r['mac_ratio'] for r in fixed_rows[Path(path).name]):.3f}")
+    dense = PruningEngine.from_pretrained(args.dense, seed=args.seed)
+    net = dense.subnet(None, fold_bn=True)
+    logits = {split: plain_logits(net, x) for split, (x, _) in data.items()}
+    dense_rows = [{"classes": list(t), **{f"acc_{split}": subset_accuracy(logits[split], y, list(t))
+                                          for split, (_, y) in data.items()}} for t in tasks]
+    result = {"command": "python tools/budget_study.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "subtasks": len(tasks), "subtasks_list": [list(t) for t in tasks], "budgets": list(BUDGETS),
+              "budget_rows": budget_rows, "fixed_rows": fixed_rows, "dense_rows": dense_rows,
+              "analysis": {s: analyse(budget_rows, fixed_rows, dense_rows, s) for s in ("val", "test")},
+              "costs": {"build_s": statistics.median(r["build_s"] for r in budget_rows),
+                        "dense_forward_s": dense_forward_seconds(budget), "cuts": dict(budget.budget_cuts)}}
+    atomic_write_json(out / "budget_study.json", result)
+    atomic_write_text(out / "budget_study.md", report(result))
+    try:
+        plot(out, result, "test")
+    except ImportError:
+        pass
+    print(report(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
