@@ -12,7 +12,7 @@ LAYERS = {"": 0, "language": 1, "data": 2, "nn": 3, "deploy": 4, "prune": 5, "tr
 
 # Within a package, bottom to top: a module may import modules of its own package of its rank or below.
 RANKS = {
-    "version": 0, "info": 0, "shipped": 0, "config": 1, "io": 1, "__init__": 2, "__main__": 0,
+    "version": 0, "info": 0, "shipped": 0, "lazy": 0, "config": 1, "io": 1, "__init__": 2, "__main__": 0,
     "language.words": 0, "language.vocabulary": 1, "language.text": 1, "language.descriptions": 1,
     "language.grounding": 2, "language.budgets": 3, "language.__init__": 4,
     "data.imagefolder": 0, "data.subtasks": 0, "data.datasets": 1, "data.glyphs": 2, "data.__init__": 3,

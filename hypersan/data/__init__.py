@@ -7,20 +7,6 @@ canonical form, held-out combinations, sampling).
 Imports: the package root and `language`. `from hypersan.data import load_dataset` reads the names of
 `datasets`.
 """
-from __future__ import annotations
+from ..lazy import forward_names
 
-import importlib
-from typing import Any
-
-
-_SUBMODULES = ("datasets", "imagefolder", "glyphs", "subtasks")
-
-
-def __getattr__(name: str) -> Any:
-    if name.startswith("__") or name in _SUBMODULES:  # a submodule not imported yet: the import system's to find
-        raise AttributeError(name)
-    module = importlib.import_module(f"{__name__}.datasets")
-    try:
-        return getattr(module, name)
-    except AttributeError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+__getattr__ = forward_names(__name__, "datasets", ("datasets", "imagefolder", "glyphs", "subtasks"))

@@ -7,20 +7,6 @@ and `serve`).
 Imports: the package root, `language`, `data`, `nn`, `deploy` and `prune`.
 `from hypersan.serve import create_app` reads the names of `app`.
 """
-from __future__ import annotations
+from ..lazy import forward_names
 
-import importlib
-from typing import Any
-
-
-_SUBMODULES = ("app", "service", "schemas", "v1", "v2", "wire")
-
-
-def __getattr__(name: str) -> Any:
-    if name.startswith("__") or name in _SUBMODULES:  # a submodule not imported yet: the import system's to find
-        raise AttributeError(name)
-    module = importlib.import_module(f"{__name__}.app")
-    try:
-        return getattr(module, name)
-    except AttributeError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+__getattr__ = forward_names(__name__, "app", ("app", "service", "schemas", "v1", "v2", "wire"))
