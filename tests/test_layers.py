@@ -19,7 +19,7 @@ RANKS = {
     "nn.backbones": 0, "nn.masks": 0, "nn.losses": 0, "nn.checkpoint": 0, "nn.generators": 1, "nn.subnet": 1,
     "nn.model": 2, "nn.__init__": 3,
     "deploy.quantize": 0, "deploy.export": 1, "deploy.runtimes": 2, "deploy.__init__": 3,
-    "prune.metrics": 0, "prune.stats": 0, "prune.surgery": 1, "prune.budget": 1, "prune.engine": 2, "prune.__init__": 3,
+    "prune.metrics": 0, "prune.stats": 0, "prune.graph": 0, "prune.surgery": 1, "prune.budget": 1, "prune.engine": 2, "prune.__init__": 3,
     "training.optim": 0, "training.distributed": 0, "training.evaluate": 0, "training.train": 1,
     "training.__init__": 2,
     "research.report": 0, "research.baselines": 0, "research.bench": 0, "research.ablate": 1, "research.__init__": 2,

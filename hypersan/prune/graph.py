@@ -1,0 +1,192 @@
+"""Mask sites of any CNN, found by Torch-Pruning's dependency graph: masks applied by hooks, surgery by group pruning.
+
+A user's network is traced once from an example input (`torch_pruning.DependencyGraph`). Every coupled channel
+group (the channels that a residual add, a concatenation or a depthwise conv ties together) becomes one utility
+site: one mask entry per channel of the group's root conv. The classifier's outputs are no group: the head is cut
+to the subtask's classes by surgery.
+
+- **Masks in training and evaluation** (`GraphMasks`): forward hooks multiply the outputs of every conv,
+  normalization and linear layer of a group by the group's mask (scattered to where the group's channels sit in
+  that layer: a concatenation shifts them). Masking every producer, a BN after its conv included, makes a masked
+  channel exactly zero wherever it flows, as its removal would. The user's module is not rewritten.
+- **Surgery** (`prune_groups`): a deep copy, each group's masked channels removed with Torch-Pruning's group
+  pruning, and the head's rows cut to the subtask's classes. Pruned and masked nets agree (tested within 1e-4).
+
+What Torch-Pruning cannot follow, this cannot either (docs/DESIGN.md, *Custom models*): a channel shuffle ties
+channels across groups in a way its graph does not record; a custom autograd function is opaque to it; a frozen
+BN (its statistics as buffers of another module type) is not pruned with its conv. Such layers are named in a
+`GraphError` where they can be detected.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Dict, List, Optional
+
+import torch
+from torch import Tensor, nn
+
+_MASKED = (nn.Conv2d, nn.BatchNorm2d, nn.Linear)  # layers whose outputs carry a group's channels
+
+
+class GraphError(ValueError):
+    """A network that Torch-Pruning's dependency graph cannot turn into channel groups, with the layer and why."""
+
+
+@dataclasses.dataclass
+class ChannelGroup:
+    """One coupled channel group: a utility site of `size` channels (those of its root conv)."""
+
+    name: str  # the root module's name
+    size: int
+    outputs: Dict[str, List[tuple[int, int]]]  # module name -> (channel in that module, channel of the group)
+    consumers: List[str]  # modules that read these channels as inputs (for the record)
+
+
+def _tp():
+    try:
+        import torch_pruning as tp
+    except ImportError as e:  # pragma: no cover - the message is the point
+        raise ImportError("custom models need Torch-Pruning's dependency graph: pip install 'hypersan[baselines]' "
+                          f"(torch-pruning==1.6.1); {e}") from e
+    return tp
+
+
+def find_head(model: nn.Module, example_input: Tensor) -> str:
+    """The classifier: the last nn.Linear (or 1x1 nn.Conv2d) whose outputs are the model's outputs, by name."""
+    with torch.no_grad():
+        out = model.eval()(example_input)
+    if not isinstance(out, Tensor) or out.dim() != 2:
+        raise GraphError(f"{type(model).__name__} returns {type(out).__name__}"
+                         f"{'' if not isinstance(out, Tensor) else ' of shape ' + str(tuple(out.shape))}; a custom "
+                         "model must map (B, C, H, W) images to (B, num_classes) logits")
+    k = out.shape[1]
+    heads = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and m.out_features == k]
+    if not heads:
+        raise GraphError(f"{type(model).__name__} has no nn.Linear with {k} outputs (its number of classes): the "
+                         "head must be a linear layer, or name it with head=")
+    return heads[-1]
+
+
+def find_groups(model: nn.Module, example_input: Tensor, head: Optional[str] = None) -> tuple[list[ChannelGroup], str]:
+    """(channel groups, head name) of a network, from one traced forward of `example_input`."""
+    tp = _tp()
+    head = head or find_head(model, example_input)
+    try:
+        head_module = model.get_submodule(head)
+    except AttributeError:
+        raise GraphError(f"head={head!r}: {type(model).__name__} has no such module") from None
+    for name, m in model.named_modules():  # layers whose channels the graph would not keep consistent
+        if isinstance(m, nn.Conv2d) and 1 < m.groups < m.in_channels:
+            raise GraphError(f"{name}: a grouped convolution ({m.groups} groups of {m.in_channels // m.groups} "
+                             "channels) ties channels within groups that the dependency graph does not track; "
+                             "custom models may use plain or depthwise convolutions")
+        if isinstance(m, (nn.GroupNorm, nn.ChannelShuffle)):
+            raise GraphError(f"{name}: {type(m).__name__} mixes channels across groups; it cannot be pruned per "
+                             "channel")
+    names = {m: n for n, m in model.named_modules()}
+    was = model.training
+    try:
+        dg = tp.DependencyGraph().build_dependency(model.eval(), example_inputs=example_input, verbose=False)
+        raw = list(dg.get_all_groups(ignored_layers=[head_module], root_module_types=(nn.Conv2d, nn.Linear)))
+    except Exception as e:
+        raise GraphError(f"Torch-Pruning could not trace {type(model).__name__}: {type(e).__name__}: {e}") from e
+    finally:
+        model.train(was)
+    groups = []
+    for g in raw:
+        items = list(g._group)
+        root = names[items[0].dep.target.module]
+        outputs: Dict[str, List[tuple[int, int]]] = {}
+        consumers = []
+        for item in items:
+            module = item.dep.target.module
+            if module not in names or not isinstance(module, _MASKED):
+                continue
+            name = names[module]
+            if item.dep.handler.__name__ == "prune_out_channels" and module is not head_module:
+                outputs.setdefault(name, [])
+                outputs[name] += [(int(i), int(r)) for i, r in zip(item.idxs, item.root_idxs)]
+            elif item.dep.handler.__name__ == "prune_in_channels":
+                consumers.append(name)
+        size = len(items[0].idxs)
+        groups.append(ChannelGroup(root, size, {k: sorted(set(v)) for k, v in outputs.items()}, consumers))
+    unknown = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))
+               and not any(n in g.outputs for g in groups)]
+    if unknown:
+        raise GraphError(f"{', '.join(unknown)}: layers whose output channels belong to no group of the dependency "
+                         "graph (a custom autograd function or an operation Torch-Pruning does not know on their "
+                         "path?); they cannot be masked consistently")
+    return groups, head
+
+
+class GraphMasks:
+    """Forward hooks that apply group masks to a network's layer outputs, for the duration of a `with` block.
+
+        with GraphMasks(model, groups, masks):   # masks: {group name: (B, size) or (size,)}
+            logits = model(x)
+    """
+
+    def __init__(self, model: nn.Module, groups: list[ChannelGroup], masks: Dict[str, Tensor]):
+        self.model, self.groups, self.masks = model, groups, masks
+        self.handles: list = []
+
+    def _full(self, name: str, out: Tensor) -> Tensor:
+        """The mask of one layer's output channels (B or 1, width): each group's mask where its channels sit."""
+        parts = [(g, self.masks[g.name].reshape(-1, g.size).to(out.device, out.dtype)) for g in self.groups
+                 if g.outputs.get(name)]
+        full = torch.ones(max(m.shape[0] for _, m in parts), out.shape[1], dtype=out.dtype, device=out.device)
+        for g, m in parts:
+            pairs = g.outputs[name]
+            at = torch.tensor([i for i, _ in pairs], device=out.device)
+            src = torch.tensor([r for _, r in pairs], device=out.device)
+            full[:, at] = m[:, src].expand(full.shape[0], -1)
+        return full
+
+    def __enter__(self) -> nn.Module:
+        touched = {n for g in self.groups for n in g.outputs}
+        for name, module in self.model.named_modules():
+            if name in touched:
+                def hook(mod, args, out, name=name):
+                    full = self._full(name, out)
+                    return out * (full[:, :, None, None] if out.dim() == 4 else full)
+                self.handles.append(module.register_forward_hook(hook))
+        return self.model
+
+    def __exit__(self, *exc) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+
+def prune_groups(model: nn.Module, groups: list[ChannelGroup], masks: Dict[str, Tensor], example_input: Tensor,
+                 head: str, classes: Optional[List[int]] = None) -> nn.Module:
+    """A physically smaller copy of `model`: every group's masked channels removed (Torch-Pruning's group
+    pruning), the head cut to `classes` (ascending; None keeps every class), in eval mode."""
+    tp = _tp()
+    net = copy.deepcopy(model).eval()
+    dg = tp.DependencyGraph().build_dependency(net, example_inputs=example_input.to(next(net.parameters()).device),
+                                               verbose=False)
+    for g in groups:
+        keep = masks[g.name].reshape(-1, g.size)[0] != 0
+        if not bool(keep.any()):
+            raise GraphError(f"group {g.name}: every channel is masked; keep at least one (generator.min_keep)")
+        removed = (~keep).nonzero().flatten().tolist()
+        if removed:
+            root = net.get_submodule(g.name)
+            fn = tp.prune_conv_out_channels if isinstance(root, nn.Conv2d) else tp.prune_linear_out_channels
+            dg.get_pruning_group(root, fn, idxs=removed).prune()
+    if classes is not None:
+        old = net.get_submodule(head)
+        rows = torch.tensor(sorted(classes), device=old.weight.device)
+        new = nn.Linear(old.in_features, len(rows), bias=old.bias is not None).to(old.weight.device)
+        with torch.no_grad():
+            new.weight.copy_(old.weight[rows])
+            if old.bias is not None:
+                new.bias.copy_(old.bias[rows])
+        parent, _, leaf = head.rpartition(".")
+        setattr(net.get_submodule(parent) if parent else net, leaf, new)
+    return net
+
+
+__all__ = ["ChannelGroup", "GraphError", "GraphMasks", "find_groups", "find_head", "prune_groups"]

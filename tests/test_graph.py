@@ -1,0 +1,112 @@
+"""Custom models through Torch-Pruning's dependency graph: the groups found, masks by hooks, pruned == masked."""
+import pytest
+import torch
+from torch import nn
+
+from .models import densenet, mobilenet, resnet18
+
+tp = pytest.importorskip("torch_pruning")
+
+from hypersan.prune.graph import GraphError, GraphMasks, find_groups, prune_groups  # noqa: E402
+
+MODELS = {"mobilenet": mobilenet.build, "densenet": densenet.build, "resnet18": resnet18.build}
+
+
+def _randomize(model: nn.Module, seed: int) -> nn.Module:
+    """Non-trivial BN statistics and affine parameters, so that a masked channel's BN shift would show."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.3)
+                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=gen) * 0.3)
+    return model.eval()
+
+
+def _groups(name):
+    model = _randomize(MODELS[name](), 0)
+    x = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    return model, x, *find_groups(model, x)
+
+
+def test_the_groups_tie_what_residuals_concatenations_and_depthwise_convs_tie():
+    model, _, groups, head = _groups("resnet18")
+    assert head == "linear" and len(groups) == 12  # 4 residual streams + 8 block-internal widths
+    stream = next(g for g in groups if g.name == "conv1")
+    assert {"conv1", "bn1", "layers.0.conv2", "layers.0.bn2", "layers.1.conv2", "layers.1.bn2"} <= set(stream.outputs)
+    assert stream.size == 8
+    proj = next(g for g in groups if "layers.2.shortcut.0" in g.outputs)  # the projection joins the next stream
+    assert {"layers.2.bn2", "layers.3.bn2", "layers.2.shortcut.1"} <= set(proj.outputs)
+
+    model, _, groups, head = _groups("mobilenet")
+    assert head == "classifier" and len(groups) == 6
+    # expand conv, depthwise conv and their BNs: one group (the depthwise conv maps channel i to channel i)
+    dw = next(g for g in groups if "blocks.0.block.1.0" in g.outputs)
+    assert set(dw.outputs) == {"blocks.0.block.0.0", "blocks.0.block.0.1", "blocks.0.block.1.0", "blocks.0.block.1.1"}
+    # the stem and the first block's projection share the residual stream
+    assert {"stem.0", "blocks.0.block.2.0"} <= set(next(g for g in groups if "stem.0" in g.outputs).outputs)
+
+    model, _, groups, head = _groups("densenet")
+    assert len(groups) == 6
+    stem = next(g for g in groups if g.name == "stem")  # concatenated on: later BNs read its channels in place
+    assert stem.outputs["block1.1.bn"] == [(i, i) for i in range(12)]
+    late = next(g for g in groups if g.name == "block1.0.conv")
+    assert late.outputs["block1.1.bn"] == [(12 + i, i) for i in range(6)]  # shifted by the concatenation
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_pruned_equals_masked_for_random_masks(name):
+    model, x, groups, head = _groups(name)
+    gen = torch.Generator().manual_seed(7)
+    for trial in range(3):
+        masks = {}
+        for k, g in enumerate(groups):
+            m = (torch.rand(g.size, generator=gen) < 0.5).float()
+            m[int(torch.randint(0, g.size, (1,), generator=gen))] = 1.0
+            if k == trial:  # a group that keeps one channel
+                m = torch.zeros(g.size)
+                m[g.size - 1] = 1.0
+            masks[g.name] = m.unsqueeze(0)
+        classes = [1, 4, 7]
+        with torch.no_grad(), GraphMasks(model, groups, masks):
+            want = model(x)[:, classes]
+        net = prune_groups(model, groups, masks, x, head, classes)
+        with torch.no_grad():
+            got = net(x)
+        assert got.shape == (2, 3)
+        assert (got - want).abs().max().item() <= 1e-4, name
+        kept = {g.name: int(masks[g.name].sum()) for g in groups}
+        for g in groups:  # the root conv lost exactly the masked channels
+            root = net.get_submodule(g.name)
+            assert (root.out_channels if isinstance(root, nn.Conv2d) else root.out_features) == kept[g.name]
+    with torch.no_grad(), GraphMasks(model, groups, {g.name: torch.ones(1, g.size) for g in groups}):
+        assert torch.equal(model(x), model(x))  # all-ones masks: the model as it is
+    assert not any(m._forward_hooks for m in model.modules())  # hooks are gone after the block
+
+
+def test_untraceable_or_unsupported_models_are_named_in_a_clear_error():
+    class Shuffle(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 8, 3, padding=1)
+            self.shuffle = nn.ChannelShuffle(2)
+            self.head = nn.Linear(8, 10)
+
+        def forward(self, x):
+            return self.head(self.shuffle(self.conv(x)).mean(dim=(2, 3)))
+
+    with pytest.raises(GraphError, match="shuffle: ChannelShuffle mixes channels"):
+        find_groups(Shuffle(), torch.rand(1, 1, 28, 28))
+
+    class Dict(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3)
+
+        def forward(self, x):
+            return {"logits": self.conv(x).mean(dim=(2, 3))}
+
+    with pytest.raises(GraphError, match="must map .* to \\(B, num_classes\\) logits"):
+        find_groups(Dict(), torch.rand(1, 1, 28, 28))
