@@ -9,6 +9,7 @@ from PIL import Image  # noqa: E402
 
 from hypersan.data.datasets import DatasetError, load_dataset  # noqa: E402
 from hypersan.data.imagefolder import last_skipped  # noqa: E402
+from .conftest import ROOT, needs_fmnist  # noqa: E402
 
 CLASSES = ["cat", "dog", "fish"]
 
@@ -96,3 +97,24 @@ def test_a_model_trains_on_an_image_folder_and_prunes_to_named_classes(tmp_path)
     assert engine.model.classes == CLASSES
     net = engine.subnet("puppies and fish")
     assert net.classes == ["dog", "fish"]
+
+
+@needs_fmnist
+def test_fashion_mnist_written_as_an_image_folder_reads_back_the_same_pixels(tmp_path):
+    pytest.importorskip("PIL")
+    import importlib.util
+
+    from hypersan.data.datasets import load_dataset
+    from hypersan.data.imagefolder import load_image_folder
+
+    spec = importlib.util.spec_from_file_location("fmnist_to_images", ROOT / "tools" / "fmnist_to_images.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main(["--out", str(tmp_path / "png"), "--limit", "40"]) == 0
+    assert tool.main(["--out", str(tmp_path / "png"), "--limit", "40"]) == 2  # never over an existing folder
+    x, y, info = load_image_folder("test", tmp_path / "png")
+    want_x, want_y, fm = load_dataset("fashion_mnist", "test")
+    order = sorted(range(40), key=lambda i: (tool.folder_name(fm.classes[int(want_y[i])]), i))
+    assert info.classes == sorted(tool.folder_name(c) for c in fm.classes if any(
+        fm.classes[int(v)] == c for v in want_y[:40]))
+    assert x.shape == (40, 1, 28, 28) and (x.numpy() == want_x[order].numpy()).all()

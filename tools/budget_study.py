@@ -14,7 +14,6 @@ budget_study.json, budget_study.md and budget_front.png to --out.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
