@@ -130,23 +130,26 @@ class GraphMasks:
     def __init__(self, model: nn.Module, groups: list[ChannelGroup], masks: Dict[str, Tensor]):
         self.model, self.groups, self.masks = model, groups, masks
         self.handles: list = []
+        # per layer, once: each group whose channels it outputs, with where they sit there and in the group
+        self._where: Dict[str, list[tuple[ChannelGroup, Tensor, Tensor]]] = {}
+        for g in groups:
+            for name, pairs in g.outputs.items():
+                if pairs:
+                    self._where.setdefault(name, []).append(
+                        (g, torch.tensor([i for i, _ in pairs]), torch.tensor([r for _, r in pairs])))
 
     def _full(self, name: str, out: Tensor) -> Tensor:
         """The mask of one layer's output channels (B or 1, width): each group's mask where its channels sit."""
-        parts = [(g, self.masks[g.name].reshape(-1, g.size).to(out.device, out.dtype)) for g in self.groups
-                 if g.outputs.get(name)]
-        full = torch.ones(max(m.shape[0] for _, m in parts), out.shape[1], dtype=out.dtype, device=out.device)
-        for g, m in parts:
-            pairs = g.outputs[name]
-            at = torch.tensor([i for i, _ in pairs], device=out.device)
-            src = torch.tensor([r for _, r in pairs], device=out.device)
+        parts = [(self.masks[g.name].reshape(-1, g.size).to(out.device, out.dtype), at.to(out.device),
+                  src.to(out.device)) for g, at, src in self._where[name]]
+        full = torch.ones(max(m.shape[0] for m, _, _ in parts), out.shape[1], dtype=out.dtype, device=out.device)
+        for m, at, src in parts:
             full[:, at] = m[:, src].expand(full.shape[0], -1)
         return full
 
     def __enter__(self) -> nn.Module:
-        touched = {n for g in self.groups for n in g.outputs}
         for name, module in self.model.named_modules():
-            if name in touched:
+            if name in self._where:
                 def hook(mod, args, out, name=name):
                     full = self._full(name, out)
                     return out * (full[:, :, None, None] if out.dim() == 4 else full)
