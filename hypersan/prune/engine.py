@@ -146,7 +146,7 @@ class PruningEngine:
             what = "'as small as possible'" if isinstance(budget, str) else f"a budget of {budget}"
             raise BudgetError(f"{what} was asked of a model that is not budget-conditioned (generator.budget = "
                               "false in its config): its subnets' size was fixed in training; leave the budget out, "
-                              "or use a budget-conditioned model (fmnist_budget)")
+                              "or train a budget-conditioned one (generator.budget = true, configs/fmnist_budget.toml)")
         if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget):
             raise BudgetError(f"budget must be a number in (0, 1], the largest MAC ratio to the dense net; got "
                               f"{budget!r}")
@@ -229,6 +229,10 @@ class PruningEngine:
         With a budget the generator's masks are then cut, lowest utilities first, until the subnet's MACs are at
         most budget x the dense net's (`budget.enforce_budget`): the budget is met exactly, not on average.
         `budget_cuts` counts how often that was needed and how many channels it dropped."""
+        return self._masks(subtask, text, round_to, round_mode, budget)[:2]
+
+    def _masks(self, subtask, text, round_to, round_mode, budget) -> tuple[Optional[dict], Optional[str], int]:
+        """masks() and the number of channels the budget cut from the generator's masks."""
         budget = self.check_budget(budget)
         if round_to < 0:
             raise ValueError(f"round_to must be a positive integer (or 0: no rounding), got {round_to}")
@@ -239,11 +243,11 @@ class PruningEngine:
                              f"is conditioned on {self.model.config.generator.conditioning!r}"
                              + ("" if subtask is not None else ", and no subtask was given"))
         if subtask is None:
-            return None, None
+            return None, None, 0
         budgets = None if budget is None else torch.tensor([budget])
         with torch.no_grad():
             masks, raw = self.model.generate(self.model.select([subtask]), None if text is None else [text], budgets)
-        rounding = None
+        rounding, dropped = None, 0
         if round_to > 1:
             rounded = round_widths(masks, raw, self.model.sites, round_to, round_mode)
             if any(not torch.equal(rounded[s.name], masks[s.name]) for s in self.model.sites if s.kind == "utility"):
@@ -256,7 +260,7 @@ class PruningEngine:
             self.budget_cuts["cut"] += int(dropped > 0)
             self.budget_cuts["channels"] += dropped
         label = ",".join(x for x in (rounding, budget_label(budget) if budget is not None else None) if x)
-        return masks, label or None
+        return masks, label or None, dropped
 
     def key(self, subtask: Optional[Subtask], text: Optional[str] = None, rounding: Optional[str] = None,
             seed: Optional[int] = None, images: Optional[Tensor] = None, masks: Optional[dict] = None) -> StatsKey:
@@ -328,15 +332,14 @@ class PruningEngine:
     @torch.no_grad()
     def predict(self, x: Tensor, classes=None, batch_size: int = 1000, budget: Optional[float] = None) -> Tensor:
         """Logits (N, num_classes) of the masked module for a subtask (None: dense), with its own statistics.
-        `x` is float in [0, 1] or uint8 (divided by 255). With a budget the generator's masks are used as they
-        come (the masked module does not cut them to the budget; `subnet` does)."""
+        `x` is float in [0, 1] or uint8 (divided by 255). With a budget, the masked module runs the generator's
+        masks as they come; where those are over the budget (the engine would cut them) it raises BudgetError:
+        `subnet` builds the net cut to fit."""
         classes, budget = self.split_budget(classes, budget)
         subtask, _ = self.resolve(classes)
         select = None if subtask is None else self.model.select([subtask])
-        if budget is not None and subtask is not None and budget < 1:
-            masks = self.masks(subtask, None, 0, "up", budget)[0]
-            raw = self.model.generate(select, None, torch.tensor([budget]))[0]
-            if any(not torch.equal(masks[k], raw[k]) for k in masks):
+        if budget is not None and subtask is not None:
+            if self._masks(subtask, None, 0, "up", budget)[2]:
                 raise BudgetError(f"the generator's net for {subtask} is over the budget {budget:g}: cut to fit, it "
                                   "is no longer the masked module's; use engine.subnet(..., budget=...) for it")
         out = []
