@@ -4,15 +4,9 @@ Imports: anything. Every command imports what it needs when it runs, so that qui
 """
 from __future__ import annotations
 
-from typing import Any
-
 
 def main(argv=None) -> int:
     """`hypersan ...`: see `hypersan.cli.commands.main`."""
     from .commands import main as run
 
     return run(argv)
-
-
-def __getattr__(name: str) -> Any:
-    raise AttributeError(f"module 'hypersan.cli' has no attribute {name!r}")

@@ -60,10 +60,10 @@ def split_budget(request: str) -> tuple[str, Optional[float | str]]:
     if found:
         a, b, _ = found[0]
         rest = request[:a] + " " + request[b:]
-    if _CUES.search(rest):
-        cue = _CUES.search(rest).group(0)
+    cue = _CUES.search(rest)
+    if cue:
         raise GroundingError(
-            f"could not understand the budget in {request!r} (it mentions {cue!r}): state it as 'under 10% of the "
+            f"could not understand the budget in {request!r} (it mentions {cue.group(0)!r}): state it as 'under 10% of the "
             "compute', 'at most a fifth of the MACs', 'budget 0.1', 'as small as possible' or 'full accuracy'",
             request, unknown=[rest.strip()])
     for _ in range(3):  # "shoes and bags, with" -> "shoes and bags"
