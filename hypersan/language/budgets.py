@@ -63,8 +63,8 @@ def split_budget(request: str) -> tuple[str, Optional[float | str]]:
     cue = _CUES.search(rest)
     if cue:
         raise GroundingError(
-            f"could not understand the budget in {request!r} (it mentions {cue.group(0)!r}): state it as 'under 10% of the "
-            "compute', 'at most a fifth of the MACs', 'budget 0.1', 'as small as possible' or 'full accuracy'",
+            f"could not understand the budget in {request!r} (it mentions {cue.group(0)!r}): state it as 'under 10% "
+            "of the compute', 'at most a fifth of the MACs', 'budget 0.1', 'as small as possible' or 'full accuracy'",
             request, unknown=[rest.strip()])
     for _ in range(3):  # "shoes and bags, with" -> "shoes and bags"
         rest = _LEFTOVER.sub("", rest.strip())
