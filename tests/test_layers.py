@@ -41,13 +41,13 @@ def _package(name: str) -> str:
 def _imports(path: Path) -> dict[str, set[str]]:
     """Package modules a file imports anywhere (module level or inside functions), each with the names it takes."""
     me = _name(path)
-    here = me.split(".")[:-1] if not me.endswith("__init__") else me.split(".")[:-1]
+    here = me.split(".")[:-1]  # the module's package (an __init__'s own package)
     out: dict[str, set[str]] = {}
     for node in ast.walk(ast.parse(path.read_text())):
         if not isinstance(node, ast.ImportFrom):
             continue
         if node.level:
-            base = here[:len(here) - (node.level - 1)] if node.level > 1 else here
+            base = here[:len(here) - node.level + 1]  # one package up per dot after the first
             target = [*base, *(node.module.split(".") if node.module else [])]
         elif (node.module or "").startswith("hypersan."):
             target = node.module.split(".")[1:]
@@ -61,6 +61,11 @@ def _imports(path: Path) -> dict[str, set[str]]:
             else:
                 out.setdefault(dotted or "__init__", set()).add(a.name)
     return {(m if m in RANKS or m.endswith("__init__") else f"{m}.__init__"): n for m, n in out.items()}
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    """`code` run by a fresh interpreter in the repository root (nothing of hypersan imported before)."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PKG.parent)
 
 
 def _modules() -> dict[str, Path]:
@@ -118,7 +123,7 @@ def test_the_old_module_names_still_import_with_a_warning():
             "from hypersan.serve import create_app\n"
             "from hypersan import PruningEngine as top\n"
             "print(old is new is top, hypersan.ablation_report is hypersan.research.report)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PKG.parent)
+    out = _python(code)
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.strip().splitlines()
     assert "hypersan.engine moved to hypersan.prune.engine" in lines[0] and lines[-1] == "True True"
@@ -132,7 +137,7 @@ def test_resolving_a_request_by_its_words_imports_no_torch():
             "assert main(['resolve', 'sneakers and bags']) == 0\n"
             "assert main(['resolve', '--checkpoint', 'fmnist', '--json', 'shoes']) == 0\n"
             "print('torch' in sys.modules)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PKG.parent)
+    out = _python(code)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "False" and '"Sandal"' in out.stdout
 
@@ -144,5 +149,5 @@ def test_each_module_imports_on_its_own():
             "        del sys.modules[k]\n"
             "    importlib.import_module('hypersan.' + m)\n"
             "print('ok')\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PKG.parent)
+    out = _python(code)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
