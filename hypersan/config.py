@@ -70,6 +70,7 @@ class LossConfig:
     gamma_size: str = "constant"  # constant | linear: per-sample gamma * (|C| - |T|) / (|C| - 1) | quadratic: its square
     budget_over: float = 4.0  # budget-conditioned: weight of the relative excess of MACs over the budget
     budget_under: float = 0.5  # budget-conditioned: weight of the relative shortfall (spare budget buys accuracy)
+    distill: float = 0.0  # in-place distillation: share of the unmasked net's outputs in a masked batch's targets
 
 
 @dataclass
@@ -260,6 +261,7 @@ RANGES: dict[str, tuple[str, str]] = {
     "loss.gamma": ("[0, inf)", "weight of the sparsity term; 0 = none"),
     "loss.budget_over": ("[0, inf)", "weight of MACs over the budget"),
     "loss.budget_under": ("[0, inf)", "weight of MACs under the budget; 0 = no pull"),
+    "loss.distill": ("[0, 1]", "a share of the targets; 0 = no distillation"),
     "generator.budget_min": ("(0, 1]", "a MAC ratio to the dense net"),
     "generator.budget_free_share": ("[0, 1]", "a share of training samples"),
     "subtasks.size_weights": ("[0, inf)", "relative probability of each subtask size"),

@@ -31,13 +31,16 @@ def _select(model, subtasks):
     return model.select([tuple(t) for t in subtasks])
 
 
-def _hand_bce(logits, labels, in_task, beta):
-    """Per-sample BCE by hand: weight beta on in-task classes, 1 elsewhere, over alpha = (C + (beta-1)|T|) / C."""
+def _hand_bce(logits, labels, in_task, beta, soft=None, distill=0.0):
+    """Per-sample BCE by hand: weight beta on in-task classes, 1 elsewhere, over alpha = (C + (beta-1)|T|) / C.
+    soft: teacher probabilities, mixed into the targets with weight distill."""
     out = []
     for i in range(len(labels)):
         total = 0.0
         for c in range(C):
             z, t = logits[i, c].item(), 1.0 if c == labels[i] else 0.0
+            if soft is not None:
+                t = (1 - distill) * t + distill * soft[i][c]
             bce = F.softplus(torch.tensor(z, dtype=torch.float64)).item() - t * z  # -log sigmoid terms
             total += (beta if in_task[i][c] else 1.0) * bce
         out.append(total / ((C + (beta - 1.0) * sum(in_task[i])) / C))
@@ -123,6 +126,25 @@ def test_linear_gamma_is_per_sample_by_subtask_size():
     swapped = bce + (weights[1] * util[0] + weights[0] * util[1]) / 2
     constant = bce + gamma * (util[0] + util[1]) / 2
     assert abs(swapped - want) > 1e-4 and abs(constant - want) > 1e-3
+
+
+def test_in_place_distillation_takes_the_unmasked_net_as_teacher():
+    model, cfg, b2c = _setup("loss.distill=0.4")
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(4))
+    y = torch.tensor([2, 5, 8])
+    subtasks = [(1, 2), (5, 7), (0, 8, 9)]
+    sel = _select(model, subtasks)
+    with torch.no_grad():
+        soft = torch.sigmoid(model.backbone(x)).tolist()  # the unmasked net, in training mode, on the same images
+    loss, *_ = masked_loss(model, x, y, sel, None, cfg, b2c)
+    logits, raw = _forward(model, x, sel)
+    util = _hand_utility(raw, model.sites)
+    in_task = [[c in t for c in range(C)] for t in subtasks]
+    reg = cfg.loss.gamma * sum(util) / 3
+    want = sum(_hand_bce(logits, y.tolist(), in_task, cfg.loss.beta, soft, 0.4)) / 3 + reg
+    assert loss.item() == pytest.approx(want, rel=1e-5)
+    hard = sum(_hand_bce(logits, y.tolist(), in_task, cfg.loss.beta)) / 3 + reg
+    assert abs(hard - want) > 1e-3
 
 
 # ------------------------------------------------------------------ the dense share, through train()

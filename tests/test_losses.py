@@ -32,6 +32,19 @@ def test_beta_one_is_plain_summed_bce():
     assert torch.allclose(subtask_weighted_bce(logits, labels, in_task, 1.0), plain)
 
 
+def test_distillation_mixes_the_teacher_into_the_targets():
+    g = torch.Generator().manual_seed(0)
+    logits, teacher = torch.randn(5, 6, generator=g), torch.randn(5, 6, generator=g)
+    labels = torch.randint(0, 6, (5,), generator=g)
+    in_task = torch.rand(5, 6, generator=g) > 0.5
+    hard = subtask_weighted_bce(logits, labels, in_task, 3.0)
+    assert torch.equal(subtask_weighted_bce(logits, labels, in_task, 3.0, teacher, 0.0), hard)
+    mixed = 0.7 * torch.nn.functional.one_hot(labels, 6).float() + 0.3 * torch.sigmoid(teacher)
+    plain = torch.nn.functional.binary_cross_entropy_with_logits(logits, mixed, reduction="sum") / 5
+    assert torch.allclose(subtask_weighted_bce(logits, labels, in_task, 1.0, teacher, 0.3), plain)
+    assert abs(subtask_weighted_bce(logits, labels, in_task, 3.0, teacher, 0.3).item() - hard.item()) > 1e-3
+
+
 def test_sparsity_weights_linear_and_constant():
     sizes = torch.tensor([1, 4, 10])
     linear = sparsity_weights(sizes, 10, 0.05, "linear")

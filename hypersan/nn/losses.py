@@ -10,12 +10,17 @@ from torch import Tensor
 from ..config import GAMMA_SIZE_MODES
 
 
-def subtask_weighted_bce(logits: Tensor, labels: Tensor, in_task: Tensor, beta: float) -> Tensor:
+def subtask_weighted_bce(logits: Tensor, labels: Tensor, in_task: Tensor, beta: float,
+                         teacher: Tensor | None = None, distill: float = 0.0) -> Tensor:
     """Mean over samples of the class-summed BCE with weight beta on the sample's subtask classes and 1
     elsewhere, divided by alpha = (|C| + (beta - 1)|T|) / |C|, so it keeps the scale of the unweighted sum.
-    logits, in_task: (B, C); labels: (B,)."""
+    logits, in_task: (B, C); labels: (B,).
+    teacher (B, C): logits of a teacher (in-place distillation: the unmasked net on the same images); the
+    targets become (1 - distill) x one-hot + distill x sigmoid(teacher)."""
     num_classes = logits.shape[1]
     target = F.one_hot(labels, num_classes).to(logits.dtype)
+    if teacher is not None and distill > 0:
+        target = (1.0 - distill) * target + distill * torch.sigmoid(teacher.to(logits.dtype))
     per = F.binary_cross_entropy_with_logits(logits, target, reduction="none")  # (B, C)
     w = 1.0 + (beta - 1.0) * in_task.to(logits.dtype)
     alpha = (num_classes + (beta - 1.0) * in_task.sum(dim=1).to(logits.dtype)) / num_classes  # (B,)

@@ -136,7 +136,13 @@ def masked_loss(model: SubtaskAdaptiveNet, x: torch.Tensor, y: torch.Tensor, sel
     """(loss, masks, raw, per-sample mean utility) of a batch run with each sample's sampled subtask (B, K).
     amp: the backbone's forward under bf16 autocast; masks (the keep rule's thresholds) stay in float32.
     A budget-conditioned model also takes each sample's budget (B,), and the loss adds the budget term on the
-    subnet's MAC ratio, counted by `macs` from the straight-through masks (exact forward, surrogate gradient)."""
+    subnet's MAC ratio, counted by `macs` from the straight-through masks (exact forward, surrogate gradient).
+    With loss.distill > 0 the unmasked net is run on the same images first, without gradients (in-place
+    distillation, as slimmable and once-for-all networks train their subnets), and its outputs join the targets."""
+    teacher = None
+    if cfg.loss.distill > 0:
+        with torch.no_grad(), _autocast(x.device, amp):
+            teacher = model.backbone(x).float()
     masks, raw = model.generate(select, texts, budgets)
     with _autocast(x.device, amp):
         logits = model.backbone(x, masks)
@@ -145,7 +151,8 @@ def masked_loss(model: SubtaskAdaptiveNet, x: torch.Tensor, y: torch.Tensor, sel
     in_task = (select.to(x.device).float() @ basic_to_class) > 0
     per_sample = mean_utility(raw, model.sites)  # (B,)
     gammas = sparsity_weights(in_task.sum(dim=1), len(model.classes), cfg.loss.gamma, cfg.loss.gamma_size)
-    loss = subtask_weighted_bce(logits, y, in_task, cfg.loss.beta) + (gammas * per_sample).mean()
+    loss = subtask_weighted_bce(logits, y, in_task, cfg.loss.beta, teacher, cfg.loss.distill) + \
+        (gammas * per_sample).mean()
     if budgets is not None:
         ratio = macs.ratio(masks, in_task.sum(dim=1))
         loss = loss + budget_loss(ratio, budgets.to(ratio.device), cfg.loss.budget_over, cfg.loss.budget_under).mean()
