@@ -94,6 +94,9 @@ def test_the_pareto_front_drops_beaten_nets_and_equal_accuracy_reads_it():
     e = equal_accuracy(0.05, 0.85, pts)
     assert e["curve_mac_ratio"] == pytest.approx(0.15) and e["mac_vs_curve"] == pytest.approx(1 / 3)
     assert e["curve_acc"] is None and e["acc_gap_pt"] is None  # 0.05 lies below the curve's cheapest net
+    assert not e["below"]
+    e = equal_accuracy(0.05, 0.75, pts)  # less accurate than the cheapest net: its MACs bound what the curve needs
+    assert e["below"] and e["curve_mac_ratio"] == pytest.approx(0.1) and e["mac_vs_curve"] == pytest.approx(0.5)
     e = equal_accuracy(0.6, 0.97, pts)  # more accurate than any point: the curve never gets there
     assert e["curve_mac_ratio"] is None and e["mac_vs_curve"] is None
     assert e["curve_acc"] == pytest.approx(0.90 + 0.05 * 0.4 / 0.8) and e["acc_gap_pt"] == pytest.approx(

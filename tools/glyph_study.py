@@ -44,6 +44,7 @@ NAMED = {"digits": "digits", "capitals": "capital letters", "small letters": "sm
 SAMPLED = (("random pairs", 2, 20), ("random 5-class sets", 5, 20), ("random 20-class sets", 20, 10))
 HARD_PAIRS = 20
 SELECT_WITHIN_PT = 1.0  # ship the largest gamma whose mean val accuracy is within this of the dense net's
+BUDGETS = (0.03, 0.05, 0.08, 0.12, 0.2, 0.3, 0.5)  # a budget-conditioned model is scored at each of these
 
 
 def log(msg: str) -> None:
@@ -122,10 +123,11 @@ def score_body(net, data: dict, subtasks: list[dict], ref_macs: int, shape) -> d
     return out
 
 
-def score_adaptive(engine, data: dict, subtasks: list[dict], ref_macs: int, seed: int = 0) -> dict:
+def score_adaptive(engine, data: dict, subtasks: list[dict], ref_macs: int, seed: int = 0,
+                   budget: float | None = None) -> dict:
     """A hypernetwork's own net per subtask, built as `hypersan eval` builds it (statistics calibrated per class
     set), scored on the subtask's own images: its accuracy (argmax over the subtask, as `hypersan eval`'s acc
-    for two classes and more) needs no other image."""
+    for two classes and more) needs no other image. budget: a budget-conditioned model's net at that budget."""
     from hypersan.training.evaluate import plain_accuracy
 
     out = {split: {"rows": []} for split in data}
@@ -133,13 +135,27 @@ def score_adaptive(engine, data: dict, subtasks: list[dict], ref_macs: int, seed
     dense_macs = engine.dense_cost()[0]
     for s in subtasks:
         t = tuple(s["indices"])
-        net = engine.subnet(t, fold_bn=True, seed=seed)
+        net = engine.subnet(t, fold_bn=True, seed=seed, budget=budget)
         cost = engine.cost(net)
         for split, (x, y) in data.items():
             out[split]["rows"].append({"acc": plain_accuracy(net, t, x, y),
                                        "mac_ratio": cost["mac_ratio"] * dense_macs / ref_macs,
                                        "seen": engine.model.is_seen(t)})
-    log(f"  {len(subtasks)} subtasks in {time.perf_counter() - t0:.0f} s")
+    log(f"  {len(subtasks)} subtasks{'' if budget is None else f' at budget {budget:g}'} in "
+        f"{time.perf_counter() - t0:.0f} s")
+    return out
+
+
+def score_budgeted(engine, data: dict, subtasks: list[dict], ref_macs: int, shape, seed: int = 0) -> dict:
+    """A budget-conditioned model at every budget of BUDGETS: its own net per subtask (adaptive), and its
+    all-classes net at the same budget with the head cut to each subtask (a class-agnostic net pruned in
+    training, a point of the curve)."""
+    every = tuple(range(len(engine.model.classes)))
+    out = {}
+    for b in BUDGETS:
+        body = engine.subnet(every, fold_bn=True, seed=seed, budget=b)
+        out[f"{b:g}"] = {"agnostic": score_body(body, data, subtasks, ref_macs, shape),
+                         "adaptive": score_adaptive(engine, data, subtasks, ref_macs, seed, budget=b)}
     return out
 
 
@@ -167,9 +183,18 @@ def select_gamma(nets: dict, split: str = "val") -> tuple[str | None, dict]:
     return (max(gaps, key=gaps.get) if gaps else None), gaps
 
 
-def run_peer(dense, chosen_rows: list[dict], subtasks: list[dict], data: dict, train: tuple, steps: int,
+def peer_picks(subtasks: list[dict]) -> list[int]:
+    """The peer's subtasks (the CPU budget): digits, the two hardest pairs and one 20-class set."""
+    picks = [i for i, s in enumerate(subtasks) if s["group"] == "digits"]
+    picks += [i for i, s in enumerate(subtasks) if s["group"] == "hardest pairs"][:2]
+    picks += [i for i, s in enumerate(subtasks) if s["group"] == "random 20-class sets"][:1]
+    return picks
+
+
+def run_peer(dense, targets: dict[int, float], subtasks: list[dict], data: dict, train: tuple, steps: int,
              ref_macs: int, seed: int = 0) -> list[dict]:
-    """Torch-Pruning per subset on the full-width dense net at the adaptive net's MACs, then fine-tuned."""
+    """Torch-Pruning per subset on the full-width dense net, then fine-tuned: for each subtask index in `targets`,
+    at that MAC ratio (to the full-width dense net)."""
     import torch
 
     from hypersan import baselines
@@ -183,12 +208,9 @@ def run_peer(dense, chosen_rows: list[dict], subtasks: list[dict], data: dict, t
     spec = dense.calib_spec(seed)
     dense_macs = plain_cost(dense, None)["dense_macs"]
     ft_args = dict(lr=0.01, seed=seed, beta=cfg.loss.beta, crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip)
-    picks = [i for i, s in enumerate(subtasks) if s["group"] == "digits"]
-    picks += [i for i, s in enumerate(subtasks) if s["group"] == "hardest pairs"][:2]
-    picks += [i for i, s in enumerate(subtasks) if s["group"] == "random 20-class sets"][:1]
     out = []
-    for i in picks:
-        s, target = subtasks[i], chosen_rows[i]["mac_ratio"] * ref_macs / dense_macs
+    for i, ratio in targets.items():
+        s, target = subtasks[i], ratio * ref_macs / dense_macs
         t = tuple(s["indices"])
         log(f"  peer: {s['name'][:60]} at MAC ratio {target:.3f}")
         t0 = time.perf_counter()
@@ -206,7 +228,7 @@ def run_peer(dense, chosen_rows: list[dict], subtasks: list[dict], data: dict, t
             build = prune_s + time.perf_counter() - t1
             row = {"subtask": i, "group": s["group"], "name": s["name"], "finetune_steps": n_steps,
                    "mac_ratio": plain_cost(dense, m)["macs"] / ref_macs, "build_s": build,
-                   "adaptive_mac_ratio": chosen_rows[i]["mac_ratio"]}
+                   "adaptive_mac_ratio": ratio}
             for split, (x, y) in data.items():
                 row[f"{split}_acc"] = plain_accuracy(m.eval(), t, x, y)
             out.append(row)
@@ -214,7 +236,94 @@ def run_peer(dense, chosen_rows: list[dict], subtasks: list[dict], data: dict, t
     return out
 
 
-def report(nets: dict, subtasks: list[dict], peer: list[dict] | None, classes: list[str], data_y: dict) -> str:
+def curve_points(nets: dict, split: str) -> dict[str, dict[str, tuple[float, float]]]:
+    """{net: {group: (mac, acc)}} of every class-agnostic net: each run's unmasked or all-classes net, and a
+    budget-conditioned model's all-classes net at each budget."""
+    out = {n: r["agnostic"][split]["rows"] for n, r in nets.items()}
+    for n, r in nets.items():
+        for b, res in r.get("budgets", {}).items():
+            out[f"{n}@{b}"] = res["agnostic"][split]["rows"]
+    return out
+
+
+def _fmt(v, fmt: str, below: bool = False) -> str:
+    return "—" if v is None else ("≥ " if below else "") + format(v, fmt)
+
+
+def budget_report(nets: dict, subtasks: list[dict], fixed: dict) -> list[str]:
+    """The budget-conditioned models' sections: per group and budget against the class-agnostic curve, the budget
+    chosen per group on validation, within the model, and against the peer at fixed MACs."""
+    from hypersan.research.report import equal_accuracy
+
+    lines = []
+    groups = list(dict.fromkeys(s["group"] for s in subtasks))
+    for name in sorted(n for n in nets if n.startswith("budget")):
+        res = nets[name]["budgets"]
+        best: dict[str, tuple[float, str]] = {}
+        for split in ("val", "test"):
+            pts = curve_points(nets, split)
+            agn = {n: group_means(rows, subtasks) for n, rows in pts.items()}
+            lines += ["", f"## {name}: its nets per budget against the class-agnostic curve ({split})", "",
+                      "One budget-conditioned model, its own net per subtask at each budget (the engine's exact "
+                      "budget rule), against the curve of every class-agnostic net (as above, with this model's "
+                      "all-classes net at every budget added). `≥`: the net is less accurate than the curve's "
+                      "cheapest net, so the ratio is a lower bound.", "",
+                      "| group | budget | MAC ratio | acc | curve MACs at that acc | MACs / curve | acc − curve (pt) |",
+                      "|---|---|---|---|---|---|---|"]
+            for g in groups:
+                curve = [agn[n][g] for n in agn]
+                for b, r in res.items():
+                    mac, acc = group_means(r["adaptive"][split]["rows"], subtasks)[g]
+                    e = equal_accuracy(mac, acc, curve)
+                    lines.append(f"| {g} | {b} | {mac:.4f} | {acc:.4f} | {_fmt(e['curve_mac_ratio'], '.4f')} | "
+                                 f"{_fmt(e['mac_vs_curve'], '.2f', e['below'])} | {_fmt(e['acc_gap_pt'], '+.2f')} |")
+                    if split == "val" and e["mac_vs_curve"] is not None and not e["below"]:
+                        if g not in best or e["mac_vs_curve"] < best[g][0]:
+                            best[g] = (e["mac_vs_curve"], b)
+        pts = curve_points(nets, "test")
+        agn = {n: group_means(rows, subtasks) for n, rows in pts.items()}
+        lines += ["", f"## {name}: the budget chosen per group on validation (test figures)", "",
+                  "Per group, the budget whose nets need the fewest MACs against the curve on validation (nets "
+                  "under the curve's cheapest point left out); its test figures.", "",
+                  "| group | budget | val MACs / curve | test MAC ratio | test acc | test MACs / curve | "
+                  "test acc − curve (pt) |", "|---|---|---|---|---|---|---|"]
+        for g in groups:
+            if g not in best:
+                lines.append(f"| {g} | — | — | — | — | — | — |")
+                continue
+            ratio, b = best[g]
+            mac, acc = group_means(res[b]["adaptive"]["test"]["rows"], subtasks)[g]
+            e = equal_accuracy(mac, acc, [agn[n][g] for n in agn])
+            lines.append(f"| {g} | {b} | {ratio:.2f} | {mac:.4f} | {acc:.4f} | "
+                         f"{_fmt(e['mac_vs_curve'], '.2f', e['below'])} | {_fmt(e['acc_gap_pt'], '+.2f')} |")
+        lines += ["", f"## {name}: subtask nets against its own all-classes net at the same budget (test)", "",
+                  "| group | budget | subtask nets: MAC ratio | acc | all-classes net: MAC ratio | acc | acc gap (pt) |",
+                  "|---|---|---|---|---|---|---|"]
+        for g in groups:
+            for b, r in res.items():
+                mac, acc = group_means(r["adaptive"]["test"]["rows"], subtasks)[g]
+                amac, aacc = group_means(r["agnostic"]["test"]["rows"], subtasks)[g]
+                lines.append(f"| {g} | {b} | {mac:.4f} | {acc:.4f} | {amac:.4f} | {aacc:.4f} | "
+                             f"{100 * (acc - aacc):+.2f} |")
+        for ratio, peer in sorted(fixed.items()):
+            if f"{ratio:g}" not in res:
+                continue
+            rows = res[f"{ratio:g}"]["adaptive"]
+            lines += ["", f"## {name} at budget {ratio:g} against Torch-Pruning per subset at MAC ratio {ratio:g}",
+                      "", "| subtask | group | fine-tune steps | MAC ratio (peer / adaptive) | peer val | peer test | "
+                      "adaptive val | adaptive test | adaptive − peer, test (pt) | peer build (s) |",
+                      "|---|---|---|---|---|---|---|---|---|---|"]
+            for p in peer:
+                a = {split: rows[split]["rows"][p["subtask"]] for split in ("val", "test")}
+                lines.append(f"| {p['name'][:50]} | {p['group']} | {p['finetune_steps']} | {p['mac_ratio']:.4f} / "
+                             f"{a['test']['mac_ratio']:.4f} | {p['val_acc']:.4f} | {p['test_acc']:.4f} | "
+                             f"{a['val']['acc']:.4f} | {a['test']['acc']:.4f} | "
+                             f"{100 * (a['test']['acc'] - p['test_acc']):+.2f} | {p['build_s']:.0f} |")
+    return lines
+
+
+def report(nets: dict, subtasks: list[dict], peer: list[dict] | None, classes: list[str], data_y: dict,
+           fixed: dict | None = None) -> str:
     from hypersan.research.report import equal_accuracy
     from hypersan.data.glyphs import case_insensitive_accuracy
 
@@ -222,7 +331,7 @@ def report(nets: dict, subtasks: list[dict], peer: list[dict] | None, classes: l
              "Generated by `python tools/glyph_study.py --runs runs/glyph-sweep --out runs/glyph-study`.", "",
              "## Width check (dense nets, all classes, top-1)", "",
              "| net | MAC ratio | val top-1 | test top-1 | test top-1, case-insensitive |", "|---|---|---|---|---|"]
-    for name in ("dense-w4", "dense-w8", "dense-w16"):
+    for name in ("dense-w2", "dense-w4", "dense-w8", "dense-w16"):
         if name in nets:
             r = nets[name]["agnostic"]
             every = r["test"]["rows"][-1]
@@ -260,7 +369,7 @@ def report(nets: dict, subtasks: list[dict], peer: list[dict] | None, classes: l
                   "combinations).",
                   "", "| group | n | held out | hypernetwork | MAC ratio | acc | curve MACs at that acc | MACs / curve | "
                   "acc − curve (pt) |", "|---|---|---|---|---|---|---|---|---|"]
-        agn = {n: group_means(r["agnostic"][split]["rows"], subtasks) for n, r in nets.items()}
+        agn = {n: group_means(rows, subtasks) for n, rows in curve_points(nets, split).items()}
         groups = list(dict.fromkeys(s["group"] for s in subtasks))
         n_of = {g: sum(s["group"] == g for s in subtasks) for g in groups}
         for g in groups:
@@ -270,9 +379,9 @@ def report(nets: dict, subtasks: list[dict], peer: list[dict] | None, classes: l
                 mac, acc = group_means(rows, subtasks)[g]
                 held = sum(not r["seen"] for s, r in zip(subtasks, rows) if s["group"] == g)
                 e = equal_accuracy(mac, acc, curve)
-                f = (lambda v, fmt: "—" if v is None else format(v, fmt))
-                lines.append(f"| {g} | {n_of[g]} | {held} | {name} | {mac:.4f} | {acc:.4f} | {f(e['curve_mac_ratio'], '.4f')} "
-                             f"| {f(e['mac_vs_curve'], '.2f')} | {f(e['acc_gap_pt'], '+.2f')} |")
+                lines.append(f"| {g} | {n_of[g]} | {held} | {name} | {mac:.4f} | {acc:.4f} | "
+                             f"{_fmt(e['curve_mac_ratio'], '.4f')} | {_fmt(e['mac_vs_curve'], '.2f', e['below'])} | "
+                             f"{_fmt(e['acc_gap_pt'], '+.2f')} |")
     lines += ["", "## Within one model: each hypernetwork's subtask nets against its own all-classes net (test)", "",
               "The same backbone both ways, so this isolates what conditioning on the class set buys from what joint "
               "training costs the backbone. The all-classes net is cut only at the head.", "",
@@ -303,6 +412,9 @@ def main(argv=None) -> int:
     p.add_argument("--runs", default="runs/glyph-sweep", help="the folder of tools/glyph_sweep.sh")
     p.add_argument("--out", default="runs/glyph-study")
     p.add_argument("--peer-steps", type=int, default=2000, help="the peer's fine-tuning steps (0: no peer)")
+    p.add_argument("--peer-macs", type=lambda v: [float(x) for x in v.split(",") if x], default=[],
+                   metavar="R,R", help="also run the peer at these MAC ratios (to the full-width dense net), against "
+                                       "the budget-conditioned models at the same budgets")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=0, help="score on this many images per split (smoke runs; 0: all)")
@@ -342,6 +454,8 @@ def main(argv=None) -> int:
             res = {"agnostic": score_body(body, data, subtasks, ref_macs, shape)}
             if name.startswith("hypernet"):
                 res["adaptive"] = score_adaptive(engine, data, subtasks, ref_macs, args.seed)
+            if name.startswith("budget"):
+                res["budgets"] = score_budgeted(engine, data, subtasks, ref_macs, shape, args.seed)
             atomic_write_json(path, res)
         nets[name] = read_json(path)
     peer = None
@@ -353,10 +467,22 @@ def main(argv=None) -> int:
             from hypersan.training.train import split_training_data
 
             tx, ty, _, _, _ = split_training_data(cfg)
-            atomic_write_json(path, run_peer(dense, nets[chosen]["adaptive"]["test"]["rows"], subtasks, data,
-                                             (tx, ty), args.peer_steps, ref_macs, args.seed))
+            rows = nets[chosen]["adaptive"]["test"]["rows"]
+            atomic_write_json(path, run_peer(dense, {i: rows[i]["mac_ratio"] for i in peer_picks(subtasks)},
+                                             subtasks, data, (tx, ty), args.peer_steps, ref_macs, args.seed))
         peer = read_json(path)
-    text = report(nets, subtasks, peer, dense.model.classes, {s: y.tolist() for s, (_, y) in data.items()})
+    fixed = {}
+    for r in args.peer_macs:
+        path = out / f"peer-m{r:g}.json"
+        if not path.exists():
+            log(f"Torch-Pruning per subset at MAC ratio {r:g}")
+            from hypersan.training.train import split_training_data
+
+            tx, ty, _, _, _ = split_training_data(cfg)
+            atomic_write_json(path, run_peer(dense, {i: r for i in peer_picks(subtasks)}, subtasks, data, (tx, ty),
+                                             args.peer_steps, ref_macs, args.seed))
+        fixed[r] = read_json(path)
+    text = report(nets, subtasks, peer, dense.model.classes, {s: y.tolist() for s, (_, y) in data.items()}, fixed)
     atomic_write_text(out / "report.md", text)
     print(text)
     if args.ship and chosen:

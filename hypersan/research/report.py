@@ -173,11 +173,12 @@ def pareto_front(points: Iterable[tuple[float, float]]) -> list[tuple[float, flo
 def equal_accuracy(mac: float, acc: float, curve: Iterable[tuple[float, float]]) -> dict:
     """A net at (mac, acc) against a curve of other nets (its Pareto front): the MACs the curve needs for the same
     accuracy (None when it never reaches it), mac over those MACs, and the curve's accuracy at the same MACs (None
-    outside the curve) with the gap in points."""
+    outside the curve) with the gap in points. `below`: the accuracy is at or under the curve's cheapest point, so
+    the curve's MACs are an upper bound of what it needs (and mac over them a lower bound of the ratio)."""
     front = pareto_front(curve)
     need = interp_mac(front, acc)
     same = interp_acc(front, mac)
-    return {"mac_ratio": mac, "acc": acc, "curve_mac_ratio": need,
+    return {"mac_ratio": mac, "acc": acc, "curve_mac_ratio": need, "below": bool(front) and acc <= front[0][1],
             "mac_vs_curve": None if need is None or need <= 0 else mac / need,
             "curve_acc": same, "acc_gap_pt": None if same is None else 100 * (acc - same)}
 
