@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from hypersan import baselines  # noqa: E402
+from hypersan.research import baselines  # noqa: E402
 from hypersan.prune.engine import PruningEngine  # noqa: E402
 from hypersan.prune.metrics import count_macs  # noqa: E402
 from hypersan.prune.surgery import prune_backbone  # noqa: E402

@@ -197,7 +197,7 @@ def run_peer(dense, targets: dict[int, float], subtasks: list[dict], data: dict,
     at that MAC ratio (to the full-width dense net)."""
     import torch
 
-    from hypersan import baselines
+    from hypersan.research import baselines
     from hypersan.research.ablate import plain_cost
     from hypersan.training.evaluate import plain_accuracy
     from hypersan.prune.surgery import prune_backbone
