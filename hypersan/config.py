@@ -36,9 +36,11 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = "resnet"  # resnet | vgg
+    arch: str = "resnet"  # resnet | vgg | custom (your own network, from factory; docs/CUSTOM.md)
     widths: list[int] = field(default_factory=lambda: [16, 32, 64])  # channels of each stage (dense widths)
     blocks: list[int] = field(default_factory=lambda: [1, 1, 1])  # resnet: blocks per stage; vgg: convs per stage
+    factory: str = ""  # custom: "package.module:function" returning the nn.Module; called with kwargs, num_classes
+    kwargs: dict[str, Any] = field(default_factory=dict)  # custom: keyword arguments of the factory
 
 
 @dataclass
@@ -156,6 +158,8 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is Any:  # a value of the TOML file as it is (a factory's keyword arguments)
         return value
     if tp in (str, bool):
         if not isinstance(value, tp):
@@ -342,7 +346,15 @@ def validate(cfg: Config) -> None:
         raise ConfigError("data.val_split = 'dataset' reads the validation split of a dataset folder (val.npz, or "
                           "an image folder's val/); "
                           f"{cfg.data.dataset} has none: use 'sample' (data.val_size images of the training data)")
-    choice(cfg.model.arch, ("resnet", "vgg"), "model.arch")
+    choice(cfg.model.arch, ("resnet", "vgg", "custom"), "model.arch")
+    if (cfg.model.arch == "custom") != bool(cfg.model.factory):
+        raise ConfigError("model.arch = 'custom' builds your network with model.factory = 'package.module:function'"
+                          if cfg.model.arch == "custom" else
+                          f"model.factory is read with model.arch = 'custom' only (it is {cfg.model.arch!r}); "
+                          "set arch = 'custom', or remove factory")
+    if cfg.model.arch == "custom" and cfg.generator.budget:
+        raise ConfigError("generator.budget = true counts MACs from the built-in backbones' structure; a custom "
+                          "model takes no budget yet: set generator.budget = false")
     choice(cfg.generator.kind, ("hypernet", "pertask"), "generator.kind")
     choice(cfg.generator.conditioning, ("multihot", "text"), "generator.conditioning")
     if cfg.generator.budget and cfg.generator.kind != "hypernet":

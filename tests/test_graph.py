@@ -7,7 +7,7 @@ from .models import densenet, mobilenet, resnet18
 
 tp = pytest.importorskip("torch_pruning")
 
-from hypersan.prune.graph import GraphError, GraphMasks, find_groups, prune_groups  # noqa: E402
+from hypersan.nn.graph import GraphError, GraphMasks, find_groups, prune_groups  # noqa: E402
 
 MODELS = {"mobilenet": mobilenet.build, "densenet": densenet.build, "resnet18": resnet18.build}
 

@@ -42,6 +42,9 @@ MAX_WIDTH = 1 << 16  # channels of one layer (and image channels)
 MAX_LAYERS = 1 << 10  # blocks (ResNet) or convs (VGG) in all stages together
 MAX_IMAGE_SIDE = 1 << 16
 _ARCH_KEYS = ("arch", "in_channels", "widths", "blocks", "mean", "std")
+# a custom network's arch: its factory and what rebuilds the pruned net from it (nn.custom.rebuild_subnet)
+_CUSTOM_KEYS = ("arch", "factory", "kwargs", "in_channels", "input_shape", "mean", "std", "dense_num_classes", "kept",
+                "classes_kept")
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -251,6 +254,8 @@ def _check_config(cfg, where: str) -> tuple[dict, list[str], bool, list[int]]:
     arch = cfg["arch"]
     if not isinstance(arch, dict):
         raise bad("arch", "must be a JSON object")
+    if arch.get("arch") == "custom":
+        return _check_custom(arch, cfg, classes, bad), list(classes), bn_folded, list(cfg["input_shape"])
     unknown = sorted(set(arch) - set(_ARCH_KEYS))
     lacking = [k for k in _ARCH_KEYS if k not in arch]
     if unknown or lacking:
@@ -293,6 +298,49 @@ def _check_config(cfg, where: str) -> tuple[dict, list[str], bool, list[int]]:
     return dict(arch, site_widths=dict(sw), num_classes=len(classes)), list(classes), bn_folded, list(shape)
 
 
+def _check_custom(arch: dict, cfg: dict, classes: list, bad: Callable[[str, str], ArtifactError]) -> dict:
+    """The arch of a custom network's artifact, type-checked (the factory's own code checks the rest)."""
+    unknown = sorted(set(arch) - set(_CUSTOM_KEYS))
+    lacking = [k for k in _CUSTOM_KEYS if k not in arch]
+    if unknown or lacking:
+        raise bad("arch", f"of a custom network must have the keys {', '.join(_CUSTOM_KEYS)}"
+                  + (f"; unknown: {', '.join(unknown)}" if unknown else "")
+                  + (f"; missing: {', '.join(lacking)}" if lacking else ""))
+    if not isinstance(arch["factory"], str) or ":" not in arch["factory"]:
+        raise bad("arch.factory", "must name a function as 'package.module:function'")
+    if not isinstance(arch["kwargs"], dict):
+        raise bad("arch.kwargs", "must be a JSON object")
+    shape = cfg["input_shape"]
+    if (not isinstance(shape, list) or len(shape) != 3 or not all(_pos_int(d, MAX_IMAGE_SIDE) for d in shape)
+            or arch["input_shape"] != shape or arch["in_channels"] != shape[0]):
+        raise bad("input_shape", f"must be [channels, height, width] as arch.input_shape, not {shape!r}")
+    n = arch["dense_num_classes"]
+    kept_cls = arch["classes_kept"]
+    if (not _pos_int(n, 10 ** 6) or not isinstance(kept_cls, list) or len(kept_cls) != len(classes)
+            or not all(type(i) is int and 0 <= i < n for i in kept_cls)):
+        raise bad("arch.classes_kept", f"must list one class index below {n!r} per class name")
+    kept = arch["kept"]
+    if not isinstance(kept, dict) or not all(isinstance(v, list) and v and all(type(i) is int and 0 <= i < MAX_WIDTH
+                                                                             for i in v) for v in kept.values()):
+        raise bad("arch.kept", "must map each channel group to a non-empty list of channel indices")
+    return dict(arch, site_widths=dict(cfg["site_widths"]), num_classes=len(classes))
+
+
+def _load_custom(p: Path, arch: dict, classes: list, map_location) -> nn.Module:
+    """A custom network's pruned net, rebuilt by its factory and the kept channels, then its weights loaded."""
+    from ..nn.custom import rebuild_subnet
+    from ..nn.graph import GraphError
+
+    weights = p / FILES["safetensors"]
+    try:
+        net = rebuild_subnet(arch, classes)
+    except GraphError as e:
+        raise ArtifactError(f"{p}: cannot rebuild the custom network: {e}") from None
+    check_safetensors(weights, expected_tensors(net), str(weights))
+    net.load_state_dict(load_tensors(weights), strict=True)
+    return net.to(map_location).eval()
+
+
 def load_subnet(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a plain net from an artifact directory's widths and load its weights (nothing is unpickled).
 
@@ -308,6 +356,8 @@ def load_subnet(path: str | os.PathLike, map_location: str | torch.device = "cpu
     if not weights.is_file():
         raise ArtifactError(f"{weights} is missing; export the artifact with the safetensors format to load it "
                             "with load_subnet (model.pt and model.onnx load with torch.jit.load / onnxruntime)")
+    if arch["arch"] == "custom":  # rebuilt by the user's factory (code, not a pickle), then loaded
+        return _load_custom(p, arch, classes, map_location)
     # built on the meta device: the shapes and dtypes to check the header against, with no memory behind them
     try:
         with torch.device("meta"):

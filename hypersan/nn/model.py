@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ..version import __version__
 from .backbones import build_backbone
+from .custom import CustomBackbone
 from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_KIND, read_checkpoint, subtask_key
 from ..config import Config
 from ..data.datasets import DatasetInfo
@@ -54,9 +55,13 @@ class SubtaskAdaptiveNet(nn.Module):
         self.info = info
         m = config.model
         c, h, w = info.input_shape
-        self.backbone = build_backbone({"arch": m.arch, "in_channels": c, "num_classes": len(info.classes),
-                                        "widths": m.widths, "blocks": m.blocks, "mean": list(info.mean),
-                                        "std": list(info.std)})
+        if m.arch == "custom":  # the user's network, from its factory; its channel groups are the sites
+            self.backbone = CustomBackbone(m.factory, m.kwargs, c, len(info.classes), [c, h, w], list(info.mean),
+                                           list(info.std))
+        else:
+            self.backbone = build_backbone({"arch": m.arch, "in_channels": c, "num_classes": len(info.classes),
+                                            "widths": m.widths, "blocks": m.blocks, "mean": list(info.mean),
+                                            "std": list(info.std)})
         self.sites = self.backbone.sites()
         self.basic = basic_subtasks(info, config.data.basic_subtasks)
         self.class_to_basic = [0] * len(info.classes)

@@ -24,7 +24,8 @@ from ..nn.checkpoint import CHECKPOINT_KIND, resolve_checkpoint
 from ..data.datasets import DatasetError, load_split, validation_split
 from ..deploy.export import DEFAULT_FORMATS, parse_formats, save_subnet
 from ..io import atomic_dir
-from .metrics import kept_widths, subnet_cost
+from .metrics import count_macs, count_params, kept_widths, subnet_cost
+from ..nn.custom import CustomBackbone, prune_custom
 from ..nn.model import SubtaskAdaptiveNet
 from .stats import (STATS_FILE, BNStats, CalibSpec, StatsCache, StatsKey, get_bn_stats, images_fingerprint,
                     masks_fingerprint, recalibrate, set_bn_stats, weights_fingerprint)
@@ -304,11 +305,14 @@ class PruningEngine:
         src = images if images is not None else self.images()
         bb = self.model.backbone
         t0 = time.perf_counter()
-        net = prune_backbone(bb, masks, range(len(self.model.classes)), physical=True)
         self._say(f"calibrating BN statistics on {spec.batches} x {spec.batch_size} training images")
-        small = recalibrate(net, net, spec.stream(src, self.model.device))
+        if isinstance(bb, CustomBackbone):  # through the masked module: a masked channel's statistics are unused
+            stats = recalibrate(bb, lambda x: bb(x, masks), spec.stream(src, self.model.device))
+        else:  # through the pruned net (cheaper), expanded to the full widths
+            net = prune_backbone(bb, masks, range(len(self.model.classes)), physical=True)
+            stats = expand_bn_stats(bb, masks, recalibrate(net, net, spec.stream(src, self.model.device)))
         self._say(f"calibrated in {time.perf_counter() - t0:.1f} s")
-        return self.cache.put(key, expand_bn_stats(bb, masks, small)), key
+        return self.cache.put(key, stats), key
 
     @contextlib.contextmanager
     def using_statistics(self, classes=None, text: Optional[str] = None, round_to: int = 0, round_mode: str = "up",
@@ -374,8 +378,15 @@ class PruningEngine:
         masks, rounding = self.masks(subtask, text, round_to, round_mode, budget)
         stats, _ = self._statistics(subtask, masks, text, rounding, seed, images)
         cls = list(range(len(self.model.classes))) if subtask is None else list(subtask)
-        net = prune_backbone(self.model.backbone, masks, cls, [self.model.classes[i] for i in cls], bn_stats=stats,
-                             fold_bn=fold_bn, input_shape=self.model.info.input_shape, physical=physical)
+        names = [self.model.classes[i] for i in cls]
+        if isinstance(self.model.backbone, CustomBackbone):
+            if not physical:
+                raise ValueError("physical=False (the masked form) is built for the built-in backbones only; a custom "
+                                 "model's masked form is engine.predict")
+            net = prune_custom(self.model.backbone, masks, cls, names, stats)  # BN stays unfolded
+        else:
+            net = prune_backbone(self.model.backbone, masks, cls, names, bn_stats=stats, fold_bn=fold_bn,
+                                 input_shape=self.model.info.input_shape, physical=physical)
         if grounding is not None:
             net.request = grounding.request
             net.grounding = grounding.to_dict()
@@ -389,14 +400,20 @@ class PruningEngine:
         BN), and their ratios to the dense net's."""
         arch, shape = self.model.backbone.arch, self.model.info.input_shape
         dense_macs, dense_params = self.dense_cost()
-        macs, params = _cost(arch, net.arch["site_widths"], net.arch["num_classes"], shape)
+        if arch["arch"] == "custom":  # counted on the net itself: its widths alone do not give its layers
+            macs, params = count_macs(net, tuple(shape)), count_params(net)
+        else:
+            macs, params = _cost(arch, net.arch["site_widths"], net.arch["num_classes"], shape)
         return {"macs": macs, "params": params, "mac_ratio": macs / dense_macs, "param_ratio": params / dense_params}
 
     def dense_cost(self) -> tuple[int, int]:
         """(MACs, parameters) of the dense net, counted once."""
         if self._dense_cost is None:
-            arch = self.model.backbone.arch
-            self._dense_cost = _cost(arch, arch["site_widths"], len(self.model.classes), self.model.info.input_shape)
+            bb, shape = self.model.backbone, self.model.info.input_shape
+            if isinstance(bb, CustomBackbone):
+                self._dense_cost = count_macs(bb, tuple(shape)), count_params(bb.net)
+            else:
+                self._dense_cost = _cost(bb.arch, bb.arch["site_widths"], len(self.model.classes), shape)
         return self._dense_cost
 
     def export(self, classes, out: str | os.PathLike, formats: Iterable[str] | str = DEFAULT_FORMATS,

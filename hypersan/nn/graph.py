@@ -87,7 +87,8 @@ def find_groups(model: nn.Module, example_input: Tensor, head: Optional[str] = N
     names = {m: n for n, m in model.named_modules()}
     was = model.training
     try:
-        dg = tp.DependencyGraph().build_dependency(model.eval(), example_inputs=example_input, verbose=False)
+        with torch.enable_grad():  # the graph is traced through autograd, even under a caller's no_grad
+            dg = tp.DependencyGraph().build_dependency(model.eval(), example_inputs=example_input, verbose=False)
         raw = list(dg.get_all_groups(ignored_layers=[head_module], root_module_types=(nn.Conv2d, nn.Linear)))
     except Exception as e:
         raise GraphError(f"Torch-Pruning could not trace {type(model).__name__}: {type(e).__name__}: {e}") from e
@@ -168,8 +169,9 @@ def prune_groups(model: nn.Module, groups: list[ChannelGroup], masks: Dict[str, 
     pruning), the head cut to `classes` (ascending; None keeps every class), in eval mode."""
     tp = _tp()
     net = copy.deepcopy(model).eval()
-    dg = tp.DependencyGraph().build_dependency(net, example_inputs=example_input.to(next(net.parameters()).device),
-                                               verbose=False)
+    with torch.enable_grad():
+        dg = tp.DependencyGraph().build_dependency(net, example_inputs=example_input.to(next(net.parameters()).device),
+                                                   verbose=False)
     for g in groups:
         keep = masks[g.name].reshape(-1, g.size)[0] != 0
         if not bool(keep.any()):

@@ -1,0 +1,173 @@
+"""A user's own network as a maskable backbone: `[model] arch = "custom"`.
+
+The network comes from a factory named in the config (`factory = "package.module:function"`, called with the
+config's `kwargs` and `num_classes`), so a checkpoint rebuilds it from code the user controls, never from a
+pickle. Its channel groups are found by Torch-Pruning's dependency graph (`nn.graph`), traced once from a zero
+image of the data set's shape; each group is one utility site, and masks reach it through forward hooks, so the
+user's module is not rewritten. Scaling sites are not declared: a group's consumers may be any layer, and
+utility masks alone decide what is kept.
+"""
+from __future__ import annotations
+
+import copy
+import importlib
+from typing import Callable, Dict, List, Optional
+
+import torch
+from torch import Tensor, nn
+
+from .backbones import Normalize, Site
+from .graph import ChannelGroup, GraphError, GraphMasks, find_groups, prune_groups
+
+ARCH = "custom"
+
+
+def load_factory(spec: str) -> Callable[..., nn.Module]:
+    """The function named by "package.module:function", imported from the Python path."""
+    module_name, sep, attr = (spec or "").partition(":")
+    if not sep or not module_name or not attr:
+        raise GraphError(f"model.factory = {spec!r}; name the function that builds the network as "
+                         "'package.module:function' (importable from the Python path)")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise GraphError(f"model.factory = {spec!r}: module {module_name!r} cannot be imported ({e}); is it on the "
+                         "Python path (PYTHONPATH, or installed)?") from e
+    fn = module
+    for part in attr.split("."):
+        fn = getattr(fn, part, None)
+        if fn is None:
+            raise GraphError(f"model.factory = {spec!r}: {module_name} has no {attr!r}")
+    if not callable(fn):
+        raise GraphError(f"model.factory = {spec!r} is a {type(fn).__name__}, not a function")
+    return fn
+
+
+def make_network(factory: str, kwargs: dict, num_classes: int) -> nn.Module:
+    """The user's network: factory(**kwargs, num_classes=...) unless kwargs give num_classes themselves."""
+    kw = dict(kwargs)
+    if "num_classes" in kw and kw["num_classes"] != num_classes:
+        raise GraphError(f"model.kwargs.num_classes = {kw['num_classes']} but the data set has {num_classes} classes")
+    kw["num_classes"] = num_classes
+    try:
+        net = load_factory(factory)(**kw)
+    except GraphError:
+        raise
+    except TypeError as e:
+        raise GraphError(f"model.factory = {factory!r} called with {sorted(kw)}: {e}") from e
+    if not isinstance(net, nn.Module):
+        raise GraphError(f"model.factory = {factory!r} returned a {type(net).__name__}, not an nn.Module")
+    return net
+
+
+class CustomBackbone(nn.Module):
+    """Normalization, then the user's network with its channel groups as utility sites."""
+
+    ARCH = ARCH
+
+    def __init__(self, factory: str, kwargs: dict, in_channels: int, num_classes: int, input_shape: List[int],
+                 mean: List[float], std: List[float]):
+        super().__init__()
+        self.norm = Normalize(mean, std)
+        self.net = make_network(factory, kwargs, num_classes)
+        self.input_shape = [int(v) for v in input_shape]
+        if self.input_shape[0] != in_channels:
+            raise GraphError(f"input shape {self.input_shape} does not have {in_channels} channels")
+        self.groups, self.head_name = find_groups(self.net, self.example())
+        out = self.net.get_submodule(self.head_name).out_features
+        if out != num_classes:
+            raise GraphError(f"model.factory = {factory!r} built a head of {out} outputs for {num_classes} classes")
+        self._sites = [Site(g.name, g.size, "utility") for g in self.groups]
+        self.arch = {"arch": ARCH, "factory": factory, "kwargs": dict(kwargs), "in_channels": in_channels,
+                     "num_classes": num_classes, "input_shape": list(self.input_shape), "mean": list(mean),
+                     "std": list(std), "site_widths": {s.name: s.size for s in self._sites}}
+
+    def example(self, batch: int = 2) -> Tensor:
+        """A zero batch of the input shape, on the network's device: what the graph is traced with."""
+        p = next(self.net.parameters(), None)
+        return torch.zeros(batch, *self.input_shape, device=None if p is None else p.device)
+
+    def sites(self) -> List[Site]:
+        return list(self._sites)
+
+    def forward(self, x: Tensor, masks: Optional[Dict[str, Tensor]] = None) -> Tensor:
+        x = self.norm(x)
+        if not masks:
+            return self.net(x)
+        with GraphMasks(self.net, self.groups, masks):
+            return self.net(x)
+
+
+class CustomSubnet(nn.Module):
+    """A physically pruned custom network: normalization, the pruned copy of the user's network (head cut to the
+    subtask's classes), and what rebuilds it (`arch`: the factory, kwargs and kept channels per group)."""
+
+    def __init__(self, norm: Normalize, net: nn.Module, classes: List[str], arch: dict):
+        super().__init__()
+        self.norm = norm
+        self.net = net
+        self.classes = list(classes)
+        self.arch = arch
+        self.input_shape = list(arch["input_shape"])
+        self.bn_folded = False
+        self.channels_last = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(self.norm(x))
+
+
+def kept_indices(groups: List[ChannelGroup], masks: Optional[Dict[str, Tensor]]) -> Dict[str, List[int]]:
+    """The kept channels of every group (all of them without masks)."""
+    out = {}
+    for g in groups:
+        if masks is None or g.name not in masks:
+            out[g.name] = list(range(g.size))
+        else:
+            out[g.name] = (masks[g.name].reshape(-1, g.size)[0] != 0).nonzero().flatten().tolist()
+    return out
+
+
+def prune_custom(backbone: CustomBackbone, masks: Optional[Dict[str, Tensor]], classes: List[int],
+                 class_names: List[str], bn_stats: Optional[Dict[str, Tensor]] = None) -> CustomSubnet:
+    """The pruned net of a subtask: a copy of the user's network with the subtask's BN statistics, every group's
+    masked channels removed by Torch-Pruning's group pruning, the head cut to `classes`."""
+    net = copy.deepcopy(backbone.net).eval()
+    if bn_stats is not None:
+        prefix = "net."
+        with torch.no_grad():
+            for name, m in net.named_modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.running_mean.copy_(bn_stats[f"{prefix}{name}.running_mean"])
+                    m.running_var.copy_(bn_stats[f"{prefix}{name}.running_var"])
+    kept = kept_indices(backbone.groups, masks)
+    full = {g.name: _mask_of(kept[g.name], g.size) for g in backbone.groups}
+    pruned = prune_groups(net, backbone.groups, full, backbone.example().to(next(net.parameters()).device),
+                          backbone.head_name, list(classes))
+    arch = dict(backbone.arch, num_classes=len(classes), dense_num_classes=backbone.arch["num_classes"], kept=kept,
+                classes_kept=list(classes), site_widths={g: len(k) for g, k in kept.items()})
+    return CustomSubnet(copy.deepcopy(backbone.norm), pruned, class_names, arch).eval()
+
+
+def _mask_of(kept: List[int], size: int) -> Tensor:
+    m = torch.zeros(size)
+    m[kept] = 1.0
+    return m
+
+
+def rebuild_subnet(arch: dict, classes: List[str]) -> CustomSubnet:
+    """The pruned net's modules from its artifact's `arch` (factory, kwargs, kept channels, kept classes), with
+    the dense net's initial weights: load the artifact's tensors into it."""
+    dense = CustomBackbone(arch["factory"], arch["kwargs"], arch["input_shape"][0], arch["dense_num_classes"],
+                           arch["input_shape"], arch["mean"], arch["std"])
+    kept = arch["kept"]
+    unknown = sorted(set(kept) - {g.name for g in dense.groups})
+    if unknown:
+        raise GraphError(f"the artifact names channel groups {unknown} that {arch['factory']} no longer has: the "
+                         "network's code changed since the artifact was written")
+    masks = {g.name: _mask_of(kept.get(g.name, list(range(g.size))), g.size) for g in dense.groups}
+    net = prune_groups(dense.net, dense.groups, masks, dense.example(), dense.head_name, list(arch["classes_kept"]))
+    return CustomSubnet(dense.norm, net, classes, dict(arch)).eval()
+
+
+__all__ = ["ARCH", "CustomBackbone", "CustomSubnet", "kept_indices", "load_factory", "make_network", "prune_custom",
+           "rebuild_subnet"]

@@ -1,0 +1,127 @@
+"""`[model] arch = "custom"`: a user's own network (tests/models, no hypersan code inside) trained subtask-adaptively
+through hooks, pruned by the engine (pruned == masked), exported and reloaded from its factory in a fresh process."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from hypersan.config import ConfigError, load_config
+from hypersan.data.datasets import save_folder_dataset
+
+from .conftest import ROOT
+
+tp = pytest.importorskip("torch_pruning")
+
+from hypersan.nn.custom import load_factory, make_network  # noqa: E402
+from hypersan.nn.graph import GraphError  # noqa: E402
+
+CLASSES = ["circle", "square", "cross", "stripes"]
+FACTORIES = {"resnet18": ("tests.models.resnet18:build", "{in_channels = 3, width = 4}"),
+             "mobilenet": ("tests.models.mobilenet:build", "{in_channels = 3, width = 4}"),
+             "densenet": ("tests.models.densenet:build", "{in_channels = 3, growth = 4}")}
+
+
+def _images(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % len(CLASSES)
+    x = rng.integers(0, 60, (n, 3, 12, 12)).astype(np.uint8)
+    yy, xx = np.mgrid[:12, :12]
+    shapes = [(yy - 6) ** 2 + (xx - 6) ** 2 < 12, (abs(yy - 6) < 4) & (abs(xx - 6) < 4),
+              (yy == xx) | (yy == 11 - xx), yy % 3 == 0]
+    for i, c in enumerate(y):
+        x[i, c % 3][shapes[c]] = 250
+    return x, y
+
+
+def _config(tmp_path, model: str, *extra):
+    folder = tmp_path / "data"
+    if not folder.exists():
+        save_folder_dataset(folder, CLASSES, _images(96, 0), _images(32, 1))
+    factory, kwargs = FACTORIES[model]
+    return load_config(None, [
+        'data.dataset="folder"', f'data.data_dir="{folder}"', "data.val_size=16", 'model.arch="custom"',
+        f'model.factory="{factory}"', f"model.kwargs={kwargs}", "generator.hidden=16", "train.epochs=1",
+        "train.batch_size=32", "train.eval_every=0", "train.progress=false", "train.threads=2", "calib.batches=1",
+        "calib.batch_size=32", "subtasks.size_weights=[1, 1, 1]", *extra])
+
+
+def _trained(tmp_path, model: str):
+    """A trained custom model's engine, its generator then randomized so that its masks drop channels."""
+    from hypersan.prune.engine import PruningEngine
+    from hypersan.training.train import train
+
+    train(_config(tmp_path, model), tmp_path / "run", log=lambda m: None)
+    engine = PruningEngine.from_pretrained(tmp_path / "run")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in engine.model.generator.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.05)  # utilities |v| around the threshold 0.1
+    return engine
+
+
+@pytest.mark.parametrize("model", list(FACTORIES))
+def test_a_custom_network_trains_and_its_pruned_net_equals_the_masked_one(tmp_path, model):
+    engine = _trained(tmp_path, model)
+    assert engine.model.backbone.arch["arch"] == "custom"
+    x = torch.from_numpy(_images(8, 2)[0]).float() / 255
+    for classes in (["circle", "cross"], ["square", "cross", "stripes"]):
+        idx = [CLASSES.index(c) for c in classes]
+        net = engine.subnet(classes)
+        assert net.classes == classes
+        widths = engine.widths(tuple(idx))
+        full = engine.model.backbone.arch["site_widths"]
+        assert any(widths[g] < full[g] for g in full), "the randomized generator should drop channels"
+        assert engine.cost(net)["mac_ratio"] < 1
+        with torch.no_grad():
+            pruned = net(x)
+        masked = engine.predict(x, classes)[:, idx]
+        assert torch.allclose(pruned, masked, atol=1e-4), (pruned - masked).abs().max()
+
+
+def test_a_custom_networks_exports_load_in_a_fresh_process(tmp_path):
+    engine = _trained(tmp_path, "resnet18")
+    summary = engine.export(["circle", "cross"], tmp_path / "art", ["safetensors", "pt2", "onnx"])
+    assert summary["classes"] == ["circle", "cross"] and 0 < summary["mac_ratio"] < 1
+    x = torch.from_numpy(_images(4, 3)[0]).float() / 255
+    with torch.no_grad():
+        want = engine.subnet(["circle", "cross"])(x)
+    np.save(tmp_path / "x.npy", x.numpy())
+    code = f"""
+import json, numpy as np, torch, onnxruntime
+from hypersan.deploy.export import load_subnet
+x = torch.from_numpy(np.load({str(tmp_path / 'x.npy')!r}))
+net = load_subnet({str(tmp_path / 'art')!r})
+a = net(x).detach()
+b = torch.export.load({str(tmp_path / 'art' / 'model.pt2')!r}).module()(x).detach()
+s = onnxruntime.InferenceSession({str(tmp_path / 'art' / 'model.onnx')!r}, providers=["CPUExecutionProvider"])
+c = s.run(None, {{s.get_inputs()[0].name: x.numpy()}})[0]
+print(json.dumps({{"classes": net.classes, "a": a.tolist(), "b": b.tolist(), "c": c.tolist()}}))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["classes"] == ["circle", "cross"]
+    for key in ("a", "b", "c"):
+        assert torch.allclose(torch.tensor(got[key]), want, atol=1e-5), key
+
+
+def test_bad_factories_and_configs_are_clear_errors(tmp_path):
+    with pytest.raises(GraphError, match="'package.module:function'"):
+        load_factory("tests.models.resnet18.build")
+    with pytest.raises(GraphError, match="cannot be imported"):
+        load_factory("no_such_package_here.models:build")
+    with pytest.raises(GraphError, match="has no 'nope'"):
+        load_factory("tests.models.resnet18:nope")
+    with pytest.raises(GraphError, match="not an nn.Module"):
+        make_network("builtins:dict", {}, 3)  # returns {"num_classes": 3}
+    with pytest.raises(GraphError, match="num_classes = 5 but the data set has 4"):
+        make_network("tests.models.resnet18:build", {"num_classes": 5}, 4)
+    with pytest.raises(ConfigError, match="model.factory"):
+        _config(tmp_path, "resnet18", 'model.factory=""')
+    with pytest.raises(ConfigError, match="read with model.arch = 'custom' only"):
+        _config(tmp_path, "resnet18", 'model.arch="resnet"')
+    with pytest.raises(ConfigError, match="takes no budget"):
+        _config(tmp_path, "resnet18", "generator.budget=true")
