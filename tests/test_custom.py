@@ -125,3 +125,25 @@ def test_bad_factories_and_configs_are_clear_errors(tmp_path):
         _config(tmp_path, "resnet18", 'model.arch="resnet"')
     with pytest.raises(ConfigError, match="takes no budget"):
         _config(tmp_path, "resnet18", "generator.budget=true")
+
+
+def test_a_custom_model_is_served(tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from hypersan.serve.app import create_app
+
+    engine = _trained(tmp_path, "mobilenet")
+    with TestClient(create_app(engine, cache_dir=tmp_path / "cache", max_images=8)) as c:
+        r = c.post("/v1/subnets", json={"classes": ["cross", "circle"]})
+        assert r.status_code == 201, r.text
+        info = r.json()
+        assert info["classes"] == ["circle", "cross"] and 0 < info["mac_ratio"] < 1
+        x = torch.from_numpy(_images(2, 4)[0])
+        with torch.no_grad():
+            want = torch.sigmoid(engine.subnet(["circle", "cross"])(x.float() / 255))
+        r = c.post("/v1/predict", json={"subnet": info["id"], "images": x.tolist()})
+        assert r.status_code == 200, r.text
+        got = [[p["scores"][k] for k in ("circle", "cross")] for p in r.json()["predictions"]]
+        assert torch.allclose(torch.tensor(got), want, atol=1e-5)
+        assert c.get(f"/v1/subnets/{info['id']}/model.onnx").status_code == 200

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import importlib
+import os
+import sys
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -22,14 +24,31 @@ from .graph import ChannelGroup, GraphError, GraphMasks, find_groups, prune_grou
 ARCH = "custom"
 
 
+def _import(module_name: str):
+    """The module, from the Python path or else the working directory (as a console script runs without it)."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        cwd = os.getcwd()
+        if cwd in sys.path or "" in sys.path or not (e.name and module_name.startswith(e.name)):
+            raise
+        sys.path.append(cwd)
+        try:
+            return importlib.import_module(module_name)
+        except ModuleNotFoundError:
+            sys.path.remove(cwd)
+            raise e from None
+
+
 def load_factory(spec: str) -> Callable[..., nn.Module]:
-    """The function named by "package.module:function", imported from the Python path."""
+    """The function named by "package.module:function", imported from the Python path or, failing that, from
+    the working directory."""
     module_name, sep, attr = (spec or "").partition(":")
     if not sep or not module_name or not attr:
         raise GraphError(f"model.factory = {spec!r}; name the function that builds the network as "
                          "'package.module:function' (importable from the Python path)")
     try:
-        module = importlib.import_module(module_name)
+        module = _import(module_name)
     except ImportError as e:
         raise GraphError(f"model.factory = {spec!r}: module {module_name!r} cannot be imported ({e}); is it on the "
                          "Python path (PYTHONPATH, or installed)?") from e

@@ -16,6 +16,7 @@ timed too, against the same backbone without masks: `activation_masked_latency_r
 from __future__ import annotations
 
 import random
+import functools
 import statistics
 import tempfile
 import time
@@ -26,7 +27,7 @@ import torch
 
 from ..prune.engine import PruningEngine
 from ..deploy.export import save_subnet
-from ..prune.metrics import conv_macs, subnet_cost
+from ..prune.metrics import conv_macs
 from ..data.subtasks import Subtask
 
 DEFAULT_SUBTASKS = ["size=2,n=6", "size=3,n=4", "size=5,n=2", "all"]
@@ -98,7 +99,9 @@ def check(row: dict) -> dict:
     """The issue's acceptance checks for one benchmarked subtask (None where a check does not apply)."""
     return {
         "pruned_latency": latency_bound_met(row["pruned_latency_ratio"], row["mac_ratio"]),
-        "masked_latency": 0.9 <= row["masked_latency_ratio"] <= 1.1,
+        # a plain net of dense widths with zeroed channels costs what the dense net costs; a custom model's masked
+        # form runs hooks, so the check does not apply to it
+        "masked_latency": None if row.get("custom") else 0.9 <= row["masked_latency_ratio"] <= 1.1,
         "build": row["build_ratio"] <= 1.0,
         "size": abs(row["size_ratio"] / row["param_ratio"] - 1.0) <= 0.1,
     }
@@ -146,7 +149,8 @@ def _run(engine, subtasks, batch, threads, repeats, warmup, round_to, round_mode
     model = engine.model.eval()
     info, arch = model.info, model.backbone.arch
     x = torch.rand(batch, *info.input_shape, generator=torch.Generator().manual_seed(seed)).to(model.device)
-    dense_macs, dense_params = subnet_cost(arch, arch["site_widths"], len(info.classes), info.input_shape)
+    dense_macs, dense_params = engine.dense_cost()
+    custom = arch["arch"] == "custom"
     dense = engine.subnet(None, fold_bn=fold_bn, seed=seed)
     dense_block = conv_macs(dense, info.input_shape, BLOCK)
     # first build every net (recalibrations included), then time: the big allocations of calibration
@@ -163,8 +167,11 @@ def _run(engine, subtasks, batch, threads, repeats, warmup, round_to, round_mode
                 t0 = time.perf_counter()
                 b["net"] = engine.subnet(t, fold_bn=fold_bn, seed=seed)
                 b["builds"].append(time.perf_counter() - t0)
-            b["masked"] = engine.subnet(t, fold_bn=fold_bn, physical=False, seed=seed)
             b["masks"] = model.subtask_masks(t)
+            # the masked form: a plain net of dense widths with zeroed channels; a custom model's is its backbone
+            # run with the masks (hooks)
+            b["masked"] = (functools.partial(model.backbone, masks=b["masks"]) if custom else
+                           engine.subnet(t, fold_bn=fold_bn, physical=False, seed=seed))
             if round_to > 1:
                 b["rnet"] = engine.subnet(t, fold_bn=fold_bn, round_to=round_to, round_mode=round_mode, seed=seed)
             b["size"] = save_subnet(b["net"], Path(tmp) / f"s{i}", ["safetensors"])["safetensors"].stat().st_size
@@ -185,7 +192,8 @@ def _run(engine, subtasks, batch, threads, repeats, warmup, round_to, round_mode
                                   "backbone_masked": lambda: model.backbone(x, masks)}, warmup, repeats, seed))
         med = {k: statistics.median(v) for k, v in times.items()}
         ratio = {k: paired_ratio(times[k], times["dense"]) for k in ("masked", "pruned", "rounded") if k in times}
-        macs, params = subnet_cost(arch, net.arch["site_widths"], len(t), info.input_shape)
+        cost = engine.cost(net)
+        macs, params = cost["macs"], cost["params"]
         build = statistics.median(b["builds"])
         row = {"classes": names, "indices": list(t), "mac_ratio": macs / dense_macs,
                f"block{BLOCK}_mac_ratio": conv_macs(net, info.input_shape, BLOCK) / dense_block,
@@ -199,9 +207,9 @@ def _run(engine, subtasks, batch, threads, repeats, warmup, round_to, round_mode
                "dense_ms": 1e3 * med["dense"], "masked_ms": 1e3 * med["masked"], "pruned_ms": 1e3 * med["pruned"],
                "backbone_ms": 1e3 * med["backbone"], "backbone_masked_ms": 1e3 * med["backbone_masked"],
                "build_ms": 1e3 * build, "calib_ms": None if b["calib_s"] is None else 1e3 * b["calib_s"],
-               "widths": net.arch["site_widths"]}
+               "widths": net.arch["site_widths"], "custom": custom}
         if "rnet" in b:
-            rmacs, _ = subnet_cost(arch, b["rnet"].arch["site_widths"], len(t), info.input_shape)
+            rmacs = engine.cost(b["rnet"])["macs"]
             row["rounded"] = {"round_to": round_to, "mode": round_mode, "mac_ratio": rmacs / dense_macs,
                               "widths": b["rnet"].arch["site_widths"],
                               "latency_ratio": ratio["rounded"], "ms": 1e3 * med["rounded"]}
