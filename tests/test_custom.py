@@ -147,3 +147,36 @@ def test_a_custom_model_is_served(tmp_path):
         got = [[p["scores"][k] for k in ("circle", "cross")] for p in r.json()["predictions"]]
         assert torch.allclose(torch.tensor(got), want, atol=1e-5)
         assert c.get(f"/v1/subnets/{info['id']}/model.onnx").status_code == 200
+
+
+def _image_folder(root, n: int = 48):
+    from PIL import Image
+
+    x, y = _images(n, 5)
+    for split in ("train", "test"):
+        for i, (img, c) in enumerate(zip(x, y)):
+            d = root / split / CLASSES[c]
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img.transpose(1, 2, 0)).save(d / f"{i}.png")
+    return root
+
+
+def test_adapt_trains_a_factory_on_an_image_folder(tmp_path):
+    import hypersan
+    from tests.models import densenet
+
+    folder = _image_folder(tmp_path / "images")
+    tiny = ["data.val_size=8", "generator.hidden=16", "train.epochs=1", "train.batch_size=16", "train.eval_every=0",
+            "train.progress=false", "calib.batches=1", "calib.batch_size=16", "subtasks.size_weights=[1, 1]"]
+    engine = hypersan.adapt(densenet.build, folder, tmp_path / "run", kwargs={"growth": 4, "in_channels": 3},
+                            overrides=tiny, log=lambda m: None)
+    assert engine.model.config.model.factory == "tests.models.densenet:build"
+    assert engine.model.config.model.kwargs == {"growth": 4, "in_channels": 3}
+    assert engine.model.classes == sorted(CLASSES)  # the class folders, in order
+    net = engine.subnet(["cross", "circle"])
+    assert net.classes == ["circle", "cross"] and net(torch.rand(2, 3, 12, 12)).shape == (2, 2)
+    with pytest.raises(ConfigError, match="not a built network"):
+        hypersan.adapt(densenet.build(), folder, tmp_path / "x")
+    with pytest.raises(ConfigError, match="cannot be imported by name"):
+        hypersan.adapt(lambda num_classes: densenet.build(num_classes), folder, tmp_path / "x")
+    assert not (tmp_path / "x").exists()

@@ -21,7 +21,7 @@ RANKS = {
     "deploy.quantize": 0, "deploy.export": 1, "deploy.runtimes": 2, "deploy.__init__": 3,
     "prune.metrics": 0, "prune.stats": 0, "prune.surgery": 1, "prune.budget": 1, "prune.engine": 2, "prune.__init__": 3,
     "training.optim": 0, "training.distributed": 0, "training.evaluate": 0, "training.train": 1,
-    "training.__init__": 2,
+    "training.adapt": 2, "training.__init__": 3,
     "research.report": 0, "research.baselines": 0, "research.bench": 0, "research.ablate": 1, "research.__init__": 2,
     "serve.wire": 0, "serve.service": 0, "serve.schemas": 1, "serve.v1": 2, "serve.v2": 2, "serve.app": 3,
     "serve.__init__": 4,

@@ -1,0 +1,68 @@
+"""`hypersan.adapt`: your own network, made subtask-adaptive on your own image folder, in one call.
+
+    import hypersan
+    from mypkg.models import build          # returns an nn.Module mapping (B, C, H, W) to (B, num_classes)
+
+    engine = hypersan.adapt(build, "data/my-images", "runs/mine", kwargs={"width": 16})
+    net = engine.subnet(["cat", "dog"])     # a physically smaller copy of your network, for those classes
+    engine.export(["cat", "dog"], "cat-dog", formats="safetensors,pt2,onnx")
+
+It writes the config that `hypersan train` would read (`[model] arch = "custom"`, `[data] dataset =
+"imagefolder"`), trains with the same trainer, and returns the checkpoint's PruningEngine. It takes the function
+that builds the network, not a built network: the checkpoint rebuilds the network by calling it (nothing is
+pickled), so it must be importable by name ("package.module:function").
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional, Sequence
+
+from torch import nn
+
+from ..config import ConfigError, load_config, validate
+from ..prune.engine import PruningEngine
+from .train import train
+
+
+def factory_name(factory: str | Callable[..., nn.Module]) -> str:
+    """"package.module:function" for a factory given as that string or as the function itself."""
+    if isinstance(factory, str):
+        return factory
+    if isinstance(factory, nn.Module):
+        raise ConfigError("adapt() takes the function that builds your network, not a built network: checkpoints "
+                          "rebuild it by calling that function (nothing is pickled). Pass e.g. mypkg.models.build "
+                          "or 'mypkg.models:build', and its keyword arguments as kwargs=")
+    if not callable(factory):
+        raise ConfigError(f"adapt() takes a network's factory function, not a {type(factory).__name__}")
+    module, qual = getattr(factory, "__module__", None), getattr(factory, "__qualname__", "")
+    if not module or module == "__main__" or "<locals>" in qual or "<lambda>" in qual:
+        raise ConfigError(f"{qual or factory!r} cannot be imported by name from another process (it lives in "
+                          f"{module or 'no module'}{', inside a function' if '<locals>' in qual else ''}); define "
+                          "it at the top level of a module on the Python path, so checkpoints can rebuild the network")
+    return f"{module}:{qual}"
+
+
+def adapt(factory: str | Callable[..., nn.Module], data_dir: Optional[str | os.PathLike], out: str | os.PathLike,
+          *, kwargs: Optional[dict] = None, config: Optional[str | os.PathLike] = None,
+          overrides: Sequence[str] = (), resume: bool = False, force: bool = False,
+          log: Callable[[str], None] = print) -> PruningEngine:
+    """Train your network subtask-adaptively on an image folder and return its PruningEngine.
+
+    `factory`: the function that builds the network (or its name, "package.module:function"), called with
+    `kwargs` and `num_classes`. `data_dir`: the image folder (`train/<class>/*.png|jpg`, optionally `val/` and
+    `test/`; docs/DATA.md), or None to keep the config's data. `config`: a TOML config to start from (the
+    defaults otherwise); `overrides`: "section.key=value" strings on top. `out`: the checkpoint folder, written
+    after every epoch; `resume` continues it, `force` replaces an earlier run there (never another folder)."""
+    base = [] if data_dir is None else ['data.dataset="imagefolder"', f"data.data_dir={str(data_dir)!r}"]
+    cfg = load_config(config, [*base, 'model.arch="custom"', f"model.factory={factory_name(factory)!r}",
+                               *overrides])
+    if kwargs is not None:
+        if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+            raise ConfigError(f"kwargs must be a dict of keyword arguments, not {kwargs!r}")
+        cfg.model.kwargs = dict(kwargs)
+        validate(cfg)
+    train(cfg, out, resume=resume, force=force, log=log)
+    return PruningEngine.from_pretrained(out)
+
+
+__all__ = ["adapt", "factory_name"]
