@@ -110,3 +110,74 @@ def test_untraceable_or_unsupported_models_are_named_in_a_clear_error():
 
     with pytest.raises(GraphError, match="must map .* to \\(B, num_classes\\) logits"):
         find_groups(Dict(), torch.rand(1, 1, 28, 28))
+
+
+class _Reverse(torch.autograd.Function):
+    """A custom autograd function that reverses the channel order: opaque to the graph, and not element-wise."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.flip(1)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.flip(1)
+
+
+class _Square(torch.autograd.Function):
+    """An element-wise custom autograd function: the graph may take it as it takes ReLU."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return 2 * x * g
+
+
+class _FrozenBN(nn.Module):
+    """A frozen BN written as a plain module with buffers (as detection codebases write it)."""
+
+    def __init__(self, n):
+        super().__init__()
+        for k, v in (("weight", 1.0), ("bias", 0.5), ("running_mean", 0.0), ("running_var", 1.0)):
+            self.register_buffer(k, torch.full((n,), v))
+
+    def forward(self, x):
+        scale = self.weight * (self.running_var + 1e-5).rsqrt()
+        return x * scale[None, :, None, None] + (self.bias - self.running_mean * scale)[None, :, None, None]
+
+
+class _Small(nn.Module):
+    def __init__(self, middle=None, fn=None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 3, padding=1)
+        self.bn1 = middle if middle is not None else nn.BatchNorm2d(6)
+        self.conv2 = nn.Conv2d(6, 8, 3, padding=1)
+        self.head = nn.Linear(8, 3)
+        self.fn = fn
+
+    def forward(self, x):
+        h = torch.relu(self.bn1(self.conv1(x)))
+        if self.fn is not None:
+            h = self.fn.apply(h)
+        return self.head(self.conv2(h).mean(dim=(2, 3)))
+
+
+def test_frozen_bn_modules_and_channel_mixing_functions_are_refused():
+    from hypersan.nn.graph import check_groups
+
+    x = torch.rand(2, 1, 8, 8)
+    with pytest.raises(GraphError, match="bn1: _FrozenBN holds tensors of its own"):
+        find_groups(_Small(_FrozenBN(6)), x)
+    torch.manual_seed(0)
+    ok = _Small(fn=_Square)
+    groups, head = find_groups(ok, x)
+    assert check_groups(ok, groups, head, x) <= 1e-4  # element-wise: pruned == masked
+    bad = _Small(fn=_Reverse)
+    groups, head = find_groups(bad, x)  # the graph cannot see the reversal ...
+    with pytest.raises(GraphError, match="the pruned net disagrees with the masked one"):
+        check_groups(bad, groups, head, x)  # ... the check does

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .backbones import Normalize, Site
-from .graph import ChannelGroup, GraphError, GraphMasks, find_groups, prune_groups
+from .graph import ChannelGroup, GraphError, GraphMasks, check_groups, find_groups, prune_groups
 
 ARCH = "custom"
 
@@ -93,6 +93,7 @@ class CustomBackbone(nn.Module):
         if self.input_shape[0] != in_channels:
             raise GraphError(f"input shape {self.input_shape} does not have {in_channels} channels")
         self.groups, self.head_name = find_groups(self.net, self.example())
+        check_groups(self.net, self.groups, self.head_name, self.example())  # pruned == masked, or a GraphError
         out = self.net.get_submodule(self.head_name).out_features
         if out != num_classes:
             raise GraphError(f"model.factory = {factory!r} built a head of {out} outputs for {num_classes} classes")

@@ -27,6 +27,9 @@ import torch
 from torch import Tensor, nn
 
 _MASKED = (nn.Conv2d, nn.BatchNorm2d, nn.Linear)  # layers whose outputs carry a group's channels
+# layers with tensors of their own that group pruning cuts consistently; any other layer holding parameters or
+# buffers (a frozen BN written as a plain module, a learned per-channel scale) would keep its full width
+_PRUNABLE = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 class GraphError(ValueError):
@@ -84,6 +87,12 @@ def find_groups(model: nn.Module, example_input: Tensor, head: Optional[str] = N
         if isinstance(m, (nn.GroupNorm, nn.ChannelShuffle)):
             raise GraphError(f"{name}: {type(m).__name__} mixes channels across groups; it cannot be pruned per "
                              "channel")
+        own = [n for n, _ in (*m.named_parameters(recurse=False), *m.named_buffers(recurse=False))]
+        if own and not isinstance(m, _PRUNABLE):
+            raise GraphError(f"{name}: {type(m).__name__} holds tensors of its own ({', '.join(own[:4])}) that "
+                             "Torch-Pruning's group pruning does not cut with its channels (a frozen BN written as a "
+                             "plain module is one); use nn.BatchNorm2d (frozen: eval mode, requires_grad False), or "
+                             "a layer built from nn.Conv2d / nn.Linear / nn.BatchNorm2d")
     names = {m: n for n, m in model.named_modules()}
     was = model.training
     try:
@@ -119,6 +128,44 @@ def find_groups(model: nn.Module, example_input: Tensor, head: Optional[str] = N
                          "graph (a custom autograd function or an operation Torch-Pruning does not know on their "
                          "path?); they cannot be masked consistently")
     return groups, head
+
+
+def check_groups(model: nn.Module, groups: list[ChannelGroup], head: str, example_input: Tensor,
+                 seed: int = 0, tol: float = 1e-4) -> float:
+    """Prune a copy with random weights, statistics and masks and compare it with the masked copy on the example
+    input: a GraphError when they disagree (a layer mixes channels in a way the dependency graph does not see, a
+    custom autograd function that is not element-wise say). Returns the largest difference."""
+    net = copy.deepcopy(model).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in (*net.named_parameters(), *net.named_buffers()):
+            if t.is_floating_point():
+                if name.endswith("running_var"):
+                    t.copy_(torch.rand(t.shape, generator=gen) + 0.5)
+                else:
+                    t.add_(torch.randn(t.shape, generator=gen).to(t) * 0.1)
+    masks = {}
+    for g in groups:
+        keep = (torch.rand(g.size, generator=gen) < 0.5).float()
+        keep[int(torch.randint(g.size, (1,), generator=gen))] = 1.0  # at least one channel
+        masks[g.name] = keep
+    x = torch.rand(example_input.shape, generator=gen).to(example_input)
+    with torch.no_grad():
+        with GraphMasks(net, groups, masks):
+            want = net(x)
+        try:
+            pruned = prune_groups(net, groups, masks, example_input, head)
+            got = pruned(x)
+        except Exception as e:
+            raise GraphError(f"Torch-Pruning could not prune {type(model).__name__} consistently: {type(e).__name__}: "
+                             f"{e}") from e
+    diff = float((want - got).abs().max()) if got.shape == want.shape else float("inf")
+    if not diff <= tol * max(1.0, float(want.abs().max())):
+        raise GraphError(f"{type(model).__name__}: the pruned net disagrees with the masked one (largest difference "
+                         f"{diff:.3g}): a layer mixes channels in a way the dependency graph does not record (a custom "
+                         "autograd function that is not element-wise, a channel shuffle written with view and "
+                         "permute, ...); such a network cannot be pruned per channel group")
+    return diff
 
 
 class GraphMasks:
@@ -194,4 +241,4 @@ def prune_groups(model: nn.Module, groups: list[ChannelGroup], masks: Dict[str, 
     return net
 
 
-__all__ = ["ChannelGroup", "GraphError", "GraphMasks", "find_groups", "find_head", "prune_groups"]
+__all__ = ["ChannelGroup", "GraphError", "GraphMasks", "check_groups", "find_groups", "find_head", "prune_groups"]
