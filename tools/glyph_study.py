@@ -5,11 +5,15 @@ nets much smaller than the class-agnostic nets of the same accuracy?
     python tools/glyph_study.py --runs runs/glyph-sweep --out runs/glyph-study [--peer-steps 2000]
 
 Every run folder of the sweep that is finished (`done`) takes part:
-- `dense-w4`, `dense-w8`, `dense-w16`: dense nets at 1/4, 1/2 and full width (the width check, and points of
-  the class-agnostic curve);
+- `dense-w2`, `dense-w4`, `dense-w8`, `dense-w16`: dense nets at 1/8, 1/4, 1/2 and full width (the width check,
+  and points of the class-agnostic curve);
 - `agnostic-g*` (when run): all-classes nets pruned while training (the mask of the all-classes request only);
 - `hypernet-g*`: the hypernetwork at gamma *: its own net per subtask (adaptive), and its all-classes net
-  (another class-agnostic point).
+  (another class-agnostic point);
+- `budget*`: a budget-conditioned model (configs/glyphs_budget.toml), scored at every budget of BUDGETS: its own
+  net per subtask, and its all-classes net at the same budget (a class-agnostic net pruned in training, added to
+  the curve). Its report chooses, per subtask group, the budget whose nets need the fewest MACs against the curve
+  on validation.
 
 Steps, each saved in OUT as JSON and skipped when already there:
 1. `subtasks.json`: the named groups (grounded through the vocabulary: digits, capitals, small letters, vowels,
@@ -22,7 +26,9 @@ Steps, each saved in OUT as JSON and skipped when already there:
    iterative; as in the Fashion-MNIST ablation) on the full-width dense net at the MACs of the selected
    hypernetwork's net for the same subtask, then fine-tuned for --peer-steps steps: digits, the two hardest
    pairs and one 20-class set (the CPU budget).
-4. `report.md`: the width check, the confusions, the selection on validation, and per subtask group the MACs the
+4. `peer-mR.json` (with --peer-macs R,...): the same peer at MAC ratio R on the same subtasks, reported against
+   the budget-conditioned models at budget R.
+5. `report.md`: the width check, the confusions, the selection on validation, and per subtask group the MACs the
    class-agnostic curve needs for the adaptive nets' accuracy.
 
 Choices (the gamma to ship) read the validation split only; the test split gives the figures.
