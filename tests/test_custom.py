@@ -48,23 +48,32 @@ def _config(tmp_path, model: str, *extra):
         "calib.batch_size=32", "subtasks.size_weights=[1, 1, 1]", *extra])
 
 
-def _trained(tmp_path, model: str):
-    """A trained custom model's engine, its generator then randomized so that its masks drop channels."""
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """trained(model): a trained custom model's engine (one per model for the module), its generator then
+    randomized so that its masks drop channels."""
     from hypersan.prune.engine import PruningEngine
     from hypersan.training.train import train
 
-    train(_config(tmp_path, model), tmp_path / "run", log=lambda m: None)
-    engine = PruningEngine.from_pretrained(tmp_path / "run")
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in engine.model.generator.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.05)  # utilities |v| around the threshold 0.1
-    return engine
+    engines = {}
+
+    def get(model: str):
+        if model not in engines:
+            tmp = tmp_path_factory.mktemp(model)
+            train(_config(tmp, model), tmp / "run", log=lambda m: None)
+            engine = PruningEngine.from_pretrained(tmp / "run")
+            gen = torch.Generator().manual_seed(0)
+            with torch.no_grad():
+                for p in engine.model.generator.parameters():
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.05)  # utilities |v| around the threshold 0.1
+            engines[model] = engine
+        return engines[model]
+    return get
 
 
 @pytest.mark.parametrize("model", list(FACTORIES))
-def test_a_custom_network_trains_and_its_pruned_net_equals_the_masked_one(tmp_path, model):
-    engine = _trained(tmp_path, model)
+def test_a_custom_network_trains_and_its_pruned_net_equals_the_masked_one(trained, model):
+    engine = trained(model)
     assert engine.model.backbone.arch["arch"] == "custom"
     x = torch.from_numpy(_images(8, 2)[0]).float() / 255
     for classes in (["circle", "cross"], ["square", "cross", "stripes"]):
@@ -81,8 +90,9 @@ def test_a_custom_network_trains_and_its_pruned_net_equals_the_masked_one(tmp_pa
         assert torch.allclose(pruned, masked, atol=1e-4), (pruned - masked).abs().max()
 
 
-def test_a_custom_networks_exports_load_in_a_fresh_process(tmp_path):
-    engine = _trained(tmp_path, "resnet18")
+@pytest.mark.parametrize("model", list(FACTORIES))
+def test_a_custom_networks_exports_load_in_a_fresh_process(trained, tmp_path, model):
+    engine = trained(model)
     summary = engine.export(["circle", "cross"], tmp_path / "art", ["safetensors", "pt2", "onnx"])
     assert summary["classes"] == ["circle", "cross"] and 0 < summary["mac_ratio"] < 1
     x = torch.from_numpy(_images(4, 3)[0]).float() / 255
@@ -127,13 +137,13 @@ def test_bad_factories_and_configs_are_clear_errors(tmp_path):
         _config(tmp_path, "resnet18", "generator.budget=true")
 
 
-def test_a_custom_model_is_served(tmp_path):
+def test_a_custom_model_is_served(trained, tmp_path):
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
     from hypersan.serve.app import create_app
 
-    engine = _trained(tmp_path, "mobilenet")
+    engine = trained("mobilenet")
     with TestClient(create_app(engine, cache_dir=tmp_path / "cache", max_images=8)) as c:
         r = c.post("/v1/subnets", json={"classes": ["cross", "circle"]})
         assert r.status_code == 201, r.text
