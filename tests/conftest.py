@@ -1,6 +1,7 @@
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -24,3 +25,19 @@ def _seed():
 @pytest.fixture
 def tiny_config():
     return load_config(ROOT / "configs" / "tiny.toml")
+
+
+PATTERN_CLASSES = ["circle", "square", "cross", "stripes"]
+
+
+def pattern_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Three-channel 12x12 images whose class is a drawn pattern, with noise: learnable in a few steps."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % len(PATTERN_CLASSES)
+    x = rng.integers(0, 60, (n, 3, 12, 12)).astype(np.uint8)
+    yy, xx = np.mgrid[:12, :12]
+    shapes = [(yy - 6) ** 2 + (xx - 6) ** 2 < 12, (abs(yy - 6) < 4) & (abs(xx - 6) < 4),
+              (yy == xx) | (yy == 11 - xx), yy % 3 == 0]
+    for i, c in enumerate(y):
+        x[i, c % 3][shapes[c]] = 250
+    return x, y

@@ -11,29 +11,18 @@ import torch
 from hypersan.config import ConfigError, load_config
 from hypersan.data.datasets import save_folder_dataset
 
+from .conftest import PATTERN_CLASSES as CLASSES
 from .conftest import ROOT
+from .conftest import pattern_images as _images
 
 tp = pytest.importorskip("torch_pruning")
 
 from hypersan.nn.custom import load_factory, make_network  # noqa: E402
 from hypersan.nn.graph import GraphError  # noqa: E402
 
-CLASSES = ["circle", "square", "cross", "stripes"]
 FACTORIES = {"resnet18": ("tests.models.resnet18:build", "{in_channels = 3, width = 4}"),
              "mobilenet": ("tests.models.mobilenet:build", "{in_channels = 3, width = 4}"),
              "densenet": ("tests.models.densenet:build", "{in_channels = 3, growth = 4}")}
-
-
-def _images(n: int, seed: int):
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % len(CLASSES)
-    x = rng.integers(0, 60, (n, 3, 12, 12)).astype(np.uint8)
-    yy, xx = np.mgrid[:12, :12]
-    shapes = [(yy - 6) ** 2 + (xx - 6) ** 2 < 12, (abs(yy - 6) < 4) & (abs(xx - 6) < 4),
-              (yy == xx) | (yy == 11 - xx), yy % 3 == 0]
-    for i, c in enumerate(y):
-        x[i, c % 3][shapes[c]] = 250
-    return x, y
 
 
 def _config(tmp_path, model: str, *extra):

@@ -13,23 +13,9 @@ from hypersan.prune.engine import PruningEngine
 from hypersan.io import OutputExistsError
 from hypersan.training.train import train
 
+from .conftest import PATTERN_CLASSES as CLASSES
 from .conftest import ROOT
-
-CLASSES = ["circle", "square", "cross", "stripes"]
-
-
-def _images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Three-channel 12x12 images whose class is a drawn pattern, with noise: learnable in a few steps."""
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % len(CLASSES)
-    x = rng.integers(0, 60, (n, 3, 12, 12)).astype(np.uint8)
-    yy, xx = np.mgrid[:12, :12]
-    shapes = [(yy - 6) ** 2 + (xx - 6) ** 2 < 12, (abs(yy - 6) < 4) & (abs(xx - 6) < 4),
-              (yy == xx) | (yy == 11 - xx), yy % 3 == 0]
-    for i, c in enumerate(y):
-        x[i, c % 3][shapes[c]] = 250
-    return x, y
-
+from .conftest import pattern_images as _images
 
 def _folder(tmp_path, **kw):
     return save_folder_dataset(tmp_path / "mine", CLASSES, _images(96, 0), _images(32, 1),

@@ -256,12 +256,7 @@ def _check_config(cfg, where: str) -> tuple[dict, list[str], bool, list[int]]:
         raise bad("arch", "must be a JSON object")
     if arch.get("arch") == "custom":
         return _check_custom(arch, cfg, classes, bad), list(classes), bn_folded, list(cfg["input_shape"])
-    unknown = sorted(set(arch) - set(_ARCH_KEYS))
-    lacking = [k for k in _ARCH_KEYS if k not in arch]
-    if unknown or lacking:
-        raise bad("arch", f"must have exactly the keys {', '.join(_ARCH_KEYS)}"
-                  + (f"; unknown: {', '.join(unknown)}" if unknown else "")
-                  + (f"; missing: {', '.join(lacking)}" if lacking else ""))
+    _check_keys(arch, _ARCH_KEYS, "must have exactly the keys", bad)
     if arch["arch"] not in ("resnet", "vgg"):
         raise bad("arch.arch", f"must be \"resnet\" or \"vgg\", not {arch['arch']!r}")
     c = arch["in_channels"]
@@ -298,14 +293,18 @@ def _check_config(cfg, where: str) -> tuple[dict, list[str], bool, list[int]]:
     return dict(arch, site_widths=dict(sw), num_classes=len(classes)), list(classes), bn_folded, list(shape)
 
 
+def _check_keys(arch: dict, keys: tuple, what: str, bad: Callable[[str, str], ArtifactError]) -> None:
+    """An ArtifactError unless `arch` has exactly `keys`, naming the unknown and the missing ones."""
+    unknown = sorted(set(arch) - set(keys))
+    lacking = [k for k in keys if k not in arch]
+    if unknown or lacking:
+        raise bad("arch", f"{what} {', '.join(keys)}" + (f"; unknown: {', '.join(unknown)}" if unknown else "")
+                  + (f"; missing: {', '.join(lacking)}" if lacking else ""))
+
+
 def _check_custom(arch: dict, cfg: dict, classes: list, bad: Callable[[str, str], ArtifactError]) -> dict:
     """The arch of a custom network's artifact, type-checked (the factory's own code checks the rest)."""
-    unknown = sorted(set(arch) - set(_CUSTOM_KEYS))
-    lacking = [k for k in _CUSTOM_KEYS if k not in arch]
-    if unknown or lacking:
-        raise bad("arch", f"of a custom network must have the keys {', '.join(_CUSTOM_KEYS)}"
-                  + (f"; unknown: {', '.join(unknown)}" if unknown else "")
-                  + (f"; missing: {', '.join(lacking)}" if lacking else ""))
+    _check_keys(arch, _CUSTOM_KEYS, "of a custom network must have the keys", bad)
     if not isinstance(arch["factory"], str) or ":" not in arch["factory"]:
         raise bad("arch.factory", "must name a function as 'package.module:function'")
     if not isinstance(arch["kwargs"], dict):
