@@ -66,3 +66,12 @@ def test_the_budget_report_chooses_per_group_on_validation_and_marks_lower_bound
     assert "≥ 0.80" in pairs
     pairs_chosen = next(line for line in chosen.splitlines() if line.startswith("| pairs"))
     assert pairs_chosen.split(" | ")[1] == "0.2"
+
+
+def test_the_full_report_carries_the_budget_sections(study):
+    nets = _nets()
+    for r in nets.values():  # the width check reads top-1 and predictions of every net
+        for split in ("val", "test"):
+            r["agnostic"][split]["pred"] = [0]
+    text = study.report(nets, SUBTASKS, None, ["x"], {"val": [0], "test": [0]})
+    assert "## budget: the budget chosen per group on validation (test figures)" in text

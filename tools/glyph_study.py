@@ -410,6 +410,7 @@ def report(nets: dict, subtasks: list[dict], peer: list[dict] | None, classes: l
             lines.append(f"| {p['name'][:50]} | {p['group']} | {p['finetune_steps']} | {p['mac_ratio']:.4f} / "
                          f"{p['adaptive_mac_ratio']:.4f} | {p['val_acc']:.4f} | {p['test_acc']:.4f} | {a_val:.4f} | "
                          f"{a_test:.4f} | {100 * (a_test - p['test_acc']):+.2f} | {p['build_s']:.0f} |")
+    lines += budget_report(nets, subtasks, fixed or {})
     return "\n".join(lines) + "\n"
 
 
