@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .backbones import Normalize, Site
-from .graph import ChannelGroup, GraphError, GraphMasks, check_groups, find_groups, prune_groups
+from .graph import ChannelGroup, GraphError, GraphMasks, check_groups, find_groups, layer_index, prune_groups
 
 ARCH = "custom"
 
@@ -94,6 +94,7 @@ class CustomBackbone(nn.Module):
             raise GraphError(f"input shape {self.input_shape} does not have {in_channels} channels")
         self.groups, self.head_name = find_groups(self.net, self.example())
         check_groups(self.net, self.groups, self.head_name, self.example())  # pruned == masked, or a GraphError
+        self._index = layer_index(self.groups)  # once, not at every masked forward
         out = self.net.get_submodule(self.head_name).out_features
         if out != num_classes:
             raise GraphError(f"model.factory = {factory!r} built a head of {out} outputs for {num_classes} classes")
@@ -114,7 +115,7 @@ class CustomBackbone(nn.Module):
         x = self.norm(x)
         if not masks:
             return self.net(x)
-        with GraphMasks(self.net, self.groups, masks):
+        with GraphMasks(self.net, self.groups, masks, self._index):
             return self.net(x)
 
 

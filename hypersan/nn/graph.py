@@ -168,6 +168,20 @@ def check_groups(model: nn.Module, groups: list[ChannelGroup], head: str, exampl
     return diff
 
 
+LayerIndex = Dict[str, List[tuple[ChannelGroup, Tensor, Tensor]]]
+
+
+def layer_index(groups: list[ChannelGroup]) -> LayerIndex:
+    """Per layer: each group whose channels it outputs, with where they sit there and in the group (as tensors)."""
+    out: LayerIndex = {}
+    for g in groups:
+        for name, pairs in g.outputs.items():
+            if pairs:
+                out.setdefault(name, []).append(
+                    (g, torch.tensor([i for i, _ in pairs]), torch.tensor([r for _, r in pairs])))
+    return out
+
+
 class GraphMasks:
     """Forward hooks that apply group masks to a network's layer outputs, for the duration of a `with` block.
 
@@ -175,16 +189,12 @@ class GraphMasks:
             logits = model(x)
     """
 
-    def __init__(self, model: nn.Module, groups: list[ChannelGroup], masks: Dict[str, Tensor]):
+    def __init__(self, model: nn.Module, groups: list[ChannelGroup], masks: Dict[str, Tensor],
+                 index: Optional[LayerIndex] = None):
+        """`index`: layer_index(groups), when the caller keeps it (a forward per batch need not rebuild it)."""
         self.model, self.groups, self.masks = model, groups, masks
         self.handles: list = []
-        # per layer, once: each group whose channels it outputs, with where they sit there and in the group
-        self._where: Dict[str, list[tuple[ChannelGroup, Tensor, Tensor]]] = {}
-        for g in groups:
-            for name, pairs in g.outputs.items():
-                if pairs:
-                    self._where.setdefault(name, []).append(
-                        (g, torch.tensor([i for i, _ in pairs]), torch.tensor([r for _, r in pairs])))
+        self._where = layer_index(groups) if index is None else index
 
     def _full(self, name: str, out: Tensor) -> Tensor:
         """The mask of one layer's output channels (B or 1, width): each group's mask where its channels sit."""
@@ -241,4 +251,5 @@ def prune_groups(model: nn.Module, groups: list[ChannelGroup], masks: Dict[str, 
     return net
 
 
-__all__ = ["ChannelGroup", "GraphError", "GraphMasks", "check_groups", "find_groups", "find_head", "prune_groups"]
+__all__ = ["ChannelGroup", "GraphError", "GraphMasks", "check_groups", "find_groups", "find_head", "layer_index",
+           "prune_groups"]
