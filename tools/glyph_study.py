@@ -263,12 +263,14 @@ def budget_report(nets: dict, subtasks: list[dict], fixed: dict) -> list[str]:
 
     lines = []
     groups = list(dict.fromkeys(s["group"] for s in subtasks))
+    # every class-agnostic net's group means, per split: the curve each budget model is read against
+    agns = {split: {n: group_means(rows, subtasks) for n, rows in curve_points(nets, split).items()}
+            for split in ("val", "test")}
     for name in sorted(n for n in nets if n.startswith("budget")):
         res = nets[name]["budgets"]
         best: dict[str, tuple[float, str]] = {}
         for split in ("val", "test"):
-            pts = curve_points(nets, split)
-            agn = {n: group_means(rows, subtasks) for n, rows in pts.items()}
+            agn = agns[split]
             lines += ["", f"## {name}: its nets per budget against the class-agnostic curve ({split})", "",
                       "One budget-conditioned model, its own net per subtask at each budget (the engine's exact "
                       "budget rule), against the curve of every class-agnostic net (as above, with this model's "
@@ -286,8 +288,7 @@ def budget_report(nets: dict, subtasks: list[dict], fixed: dict) -> list[str]:
                     if split == "val" and e["mac_vs_curve"] is not None and not e["below"]:
                         if g not in best or e["mac_vs_curve"] < best[g][0]:
                             best[g] = (e["mac_vs_curve"], b)
-        pts = curve_points(nets, "test")
-        agn = {n: group_means(rows, subtasks) for n, rows in pts.items()}
+        agn = agns["test"]
         lines += ["", f"## {name}: the budget chosen per group on validation (test figures)", "",
                   "Per group, the budget whose nets need the fewest MACs against the curve on validation (nets "
                   "under the curve's cheapest point left out); its test figures.", "",
@@ -465,30 +466,27 @@ def main(argv=None) -> int:
                 res["budgets"] = score_budgeted(engine, data, subtasks, ref_macs, shape, args.seed)
             atomic_write_json(path, res)
         nets[name] = read_json(path)
+    train_xy: list = []  # the training split, read once, when a peer first needs it
+
+    def peer_file(path: Path, targets: dict[int, float], what: str) -> list[dict]:
+        if not path.exists():
+            log(f"Torch-Pruning per subset {what}")
+            if not train_xy:
+                from hypersan.training.train import split_training_data
+
+                train_xy.extend(split_training_data(cfg)[:2])
+            atomic_write_json(path, run_peer(dense, targets, subtasks, data, tuple(train_xy), args.peer_steps,
+                                             ref_macs, args.seed))
+        return read_json(path)
+
     peer = None
     chosen, _ = select_gamma(nets)
     if args.peer_steps and chosen:
-        path = out / "peer.json"
-        if not path.exists():
-            log(f"Torch-Pruning per subset at the MACs of {chosen}")
-            from hypersan.training.train import split_training_data
-
-            tx, ty, _, _, _ = split_training_data(cfg)
-            rows = nets[chosen]["adaptive"]["test"]["rows"]
-            atomic_write_json(path, run_peer(dense, {i: rows[i]["mac_ratio"] for i in peer_picks(subtasks)},
-                                             subtasks, data, (tx, ty), args.peer_steps, ref_macs, args.seed))
-        peer = read_json(path)
-    fixed = {}
-    for r in args.peer_macs:
-        path = out / f"peer-m{r:g}.json"
-        if not path.exists():
-            log(f"Torch-Pruning per subset at MAC ratio {r:g}")
-            from hypersan.training.train import split_training_data
-
-            tx, ty, _, _, _ = split_training_data(cfg)
-            atomic_write_json(path, run_peer(dense, {i: r for i in peer_picks(subtasks)}, subtasks, data, (tx, ty),
-                                             args.peer_steps, ref_macs, args.seed))
-        fixed[r] = read_json(path)
+        rows = nets[chosen]["adaptive"]["test"]["rows"]
+        peer = peer_file(out / "peer.json", {i: rows[i]["mac_ratio"] for i in peer_picks(subtasks)},
+                         f"at the MACs of {chosen}")
+    fixed = {r: peer_file(out / f"peer-m{r:g}.json", {i: r for i in peer_picks(subtasks)}, f"at MAC ratio {r:g}")
+             for r in args.peer_macs}
     text = report(nets, subtasks, peer, dense.model.classes, {s: y.tolist() for s, (_, y) in data.items()}, fixed)
     atomic_write_text(out / "report.md", text)
     print(text)
