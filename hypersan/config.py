@@ -103,6 +103,7 @@ class TrainConfig:
     bf16: bool = False  # bf16 autocast of the backbone's forward in training; CUDA only (an error on CPU)
     dist_timeout: float = 1800.0  # distributed runs: seconds a process waits for the others before the run fails
     progress: bool = True  # a progress bar on a terminal (a line per epoch either way)
+    init_from: str = ""  # a checkpoint whose backbone weights start this run (same backbone and classes); "" = random
 
 
 @dataclass

@@ -191,3 +191,28 @@ def test_resume_of_a_run_saved_before_the_scaling_keys(tmp_path):
     assert meta["epoch"] == 2 and meta["config_changes"] == []
     with pytest.raises(ConfigError, match="train.bf16"):
         train(_cfg("train.epochs=2", "train.bf16=true"), tmp_path / "run", resume=True, log=lambda m: None)
+
+
+def test_init_from_starts_the_backbone_from_another_run(tmp_path):
+    from hypersan.training.train import _init_backbone
+    source = train(_cfg("train.epochs=1"), tmp_path / "src", log=lambda m: None)
+    cfg = _cfg("generator.budget=true", "train.epochs=1")  # another generator, the same backbone
+    info = split_training_data(cfg)[4]
+    fresh = SubtaskAdaptiveNet(cfg, info)
+    _init_backbone(fresh, str(tmp_path / "src"))
+    for k, v in source.backbone.state_dict().items():
+        assert torch.equal(fresh.backbone.state_dict()[k], v), k
+    # through train(): logged, recorded in the config, and the run goes on from those weights
+    lines = []
+    run = train(_cfg("train.epochs=1", f"train.init_from={tmp_path / 'src'}"), tmp_path / "warm", log=lines.append)
+    assert any("backbone initialized from" in m for m in lines)
+    assert json.loads((tmp_path / "warm" / "config.json").read_text())["train"]["init_from"] == str(tmp_path / "src")
+    scratch = train(_cfg("train.epochs=1", "train.seed=1"), tmp_path / "cold", log=lambda m: None)
+    name = next(k for k in source.backbone.state_dict() if k.endswith("weight"))
+    warm_moved = (run.backbone.state_dict()[name] - source.backbone.state_dict()[name]).abs().mean()
+    cold_moved = (scratch.backbone.state_dict()[name] - source.backbone.state_dict()[name]).abs().mean()
+    assert warm_moved < 0.5 * cold_moved  # one more epoch moves a warm start less than a fresh start lies away
+    with pytest.raises(ConfigError, match="another network"):
+        _init_backbone(SubtaskAdaptiveNet(_cfg("model.widths=[8,8]"), info), str(tmp_path / "src"))
+    with pytest.raises(ConfigError, match="cannot load a checkpoint"):
+        _init_backbone(fresh, str(tmp_path / "nowhere"))

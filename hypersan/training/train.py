@@ -31,7 +31,26 @@ from ..data.subtasks import SubtaskSampler, sample_combinations
 # [train] settings that change how a run executes, not what it computes: a resumed run may change them
 EXECUTION_KEYS = ("progress", "threads", "device", "dist_timeout")
 # config keys added after runs were saved, with the value that describes those runs (a resume compares configs)
-ADDED_KEYS = {"train": {"bf16": False, "dist_timeout": 1800.0}}
+ADDED_KEYS = {"train": {"bf16": False, "dist_timeout": 1800.0, "init_from": ""}}
+
+
+def _init_backbone(model: SubtaskAdaptiveNet, path: str) -> None:
+    """Copy the backbone weights (and BN statistics) of the checkpoint at path into model's backbone; the
+    generator keeps its fresh initialization. The two backbones must be the same network over the same classes."""
+    try:
+        source = SubtaskAdaptiveNet.from_pretrained(path)
+    except (ArtifactError, OSError, ValueError) as e:
+        raise ConfigError(f"train.init_from: cannot load a checkpoint from {path!r}: {e}") from e
+    if list(source.classes) != list(model.classes):
+        raise ConfigError(f"train.init_from: {path} was trained on other classes ({len(source.classes)} against "
+                          f"{len(model.classes)} here, or in another order); initialize from a run on this data set")
+    theirs, ours = source.backbone.state_dict(), model.backbone.state_dict()
+    wrong = [k for k in ours if k not in theirs or theirs[k].shape != ours[k].shape]
+    if wrong or len(theirs) != len(ours):
+        raise ConfigError(f"train.init_from: the backbone of {path} is another network than [model] describes here "
+                          f"({len(wrong)} tensor(s) missing or of another shape, e.g. {wrong[:3]}); use a checkpoint "
+                          "trained with the same [model] settings")
+    model.backbone.load_state_dict({k: v.to(ours[k].device) for k, v in theirs.items()})
 
 
 def resolve_device(name: str) -> torch.device:
@@ -262,6 +281,9 @@ def _train(cfg: Config, out: Path, resume: bool, log: Callable[[str], None], sto
     opts = make_optimizers(model, cfg)
     base_lrs = [[g["lr"] for g in o.param_groups] for o in opts]
     start_epoch, history, changes = 0, [], []
+    if t.init_from and not resume:  # a resumed run's weights come from its own checkpoint
+        _init_backbone(model, t.init_from)
+        log(f"backbone initialized from {t.init_from}")
     if resume:
         saved_cfg = read_json(out / "config.json")
         for section, added in ADDED_KEYS.items():  # a run saved before these keys existed ran with these values
