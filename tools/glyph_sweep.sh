@@ -9,22 +9,7 @@
 set -euo pipefail
 out=${1:-runs/glyph-sweep}
 mkdir -p "$out"
-hs=${HYPERSAN:-hypersan}
-run() {  # name, then --set overrides
-    local name=$1; shift
-    if [ -f "$out/$name/done" ] || tail -n 1 "$out/$name.log" 2>/dev/null | grep -q '^checkpoint written'; then
-        touch "$out/$name/done"; echo "skip $name"; return
-    fi
-    local args=()
-    for s in "$@"; do args+=(--set "$s"); done
-    local resume=()
-    [ -d "$out/$name" ] && resume=(--resume)
-    echo "$(date +%T) train $name"
-    $hs train --config "${CONFIG:-configs/glyphs.toml}" --out "$out/$name" "${resume[@]}" "${args[@]}" \
-        --set train.threads=1 --set train.progress=false > "$out/$name.log" 2>&1
-    touch "$out/$name/done"
-    echo "$(date +%T) done $name"
-}
+source "$(dirname "$0")/glyph_run.sh"   # run NAME [--set overrides...], into $out
 dense=("subtasks.dense_share=1.0" "loss.gamma=0")  # every batch unmasked: a dense net
 # every batch masked for the all-classes request (size 135 only), no held-out combinations
 every="subtasks.size_weights=[$(printf '0,%.0s' $(seq 134))1]"
