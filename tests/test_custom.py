@@ -97,14 +97,31 @@ a = net(x).detach()
 b = torch.export.load({str(tmp_path / 'art' / 'model.pt2')!r}).module()(x).detach()
 s = onnxruntime.InferenceSession({str(tmp_path / 'art' / 'model.onnx')!r}, providers=["CPUExecutionProvider"])
 c = s.run(None, {{s.get_inputs()[0].name: x.numpy()}})[0]
-print(json.dumps({{"classes": net.classes, "a": a.tolist(), "b": b.tolist(), "c": c.tolist()}}))
+bns = sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+print(json.dumps({{"classes": net.classes, "a": a.tolist(), "b": b.tolist(), "c": c.tolist(), "bns": bns}}))
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
     got = json.loads(r.stdout.strip().splitlines()[-1])
     assert got["classes"] == ["circle", "cross"]
+    arch = json.loads((tmp_path / "art" / "config.json").read_text())["arch"]
+    dense_bns = sum(isinstance(m, torch.nn.BatchNorm2d) for m in engine.model.backbone.net.modules())
+    if model == "densenet":  # pre-activation: no BN follows a conv alone, so none is folded
+        assert arch["folded"] == [] and got["bns"] == dense_bns
+    else:  # exports fold every BN that follows a conv alone: the rebuilt net has none left
+        assert len(arch["folded"]) == dense_bns and got["bns"] == 0
     for key in ("a", "b", "c"):
         assert torch.allclose(torch.tensor(got[key]), want, atol=1e-5), key
+    if arch["folded"]:  # an artifact whose folded pairs the network does not have is refused, with the reason
+        from hypersan.deploy.export import load_subnet
+        from hypersan.io import ArtifactError
+
+        cfg_path = tmp_path / "art" / "config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg["arch"]["folded"][0][0] = "no.such.conv"
+        cfg_path.write_text(json.dumps(cfg))
+        with pytest.raises(ArtifactError, match="folds BN into convs"):
+            load_subnet(tmp_path / "art")
 
 
 def test_bad_factories_and_configs_are_clear_errors(tmp_path):

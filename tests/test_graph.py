@@ -181,3 +181,48 @@ def test_frozen_bn_modules_and_channel_mixing_functions_are_refused():
     groups, head = find_groups(bad, x)  # the graph cannot see the reversal ...
     with pytest.raises(GraphError, match="the pruned net disagrees with the masked one"):
         check_groups(bad, groups, head, x)  # ... the check does
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_bn_folding_after_group_pruning_keeps_the_outputs(name):
+    from hypersan.nn.graph import conv_bn_pairs, fold_pairs
+
+    model, x, groups, head = _groups(name)
+    gen = torch.Generator().manual_seed(3)
+    masks = {}
+    for g in groups:
+        m = (torch.rand(g.size, generator=gen) < 0.6).float()
+        m[0] = 1.0
+        masks[g.name] = m.unsqueeze(0)
+    net = prune_groups(model, groups, masks, x, head, [0, 2])
+    pairs = conv_bn_pairs(net, x)
+    bns = [n for n, m in net.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(bn in bns for _, bn in pairs)
+    if name == "resnet18":
+        assert ["conv1", "bn1"] in pairs and len(pairs) == len(bns)  # conv -> BN everywhere
+    if name == "mobilenet":
+        assert ["blocks.0.block.1.0", "blocks.0.block.1.1"] in pairs and len(pairs) == len(bns)  # depthwise too
+    if name == "densenet":  # pre-activation: every BN reads a concatenation or a conv whose output is concatenated
+        assert pairs == []
+    with torch.no_grad():
+        want = net(x)
+        folded = fold_pairs(net, pairs)
+        got = folded(x)
+    assert (got - want).abs().max().item() <= 1e-4
+    left = {n for n, m in folded.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    assert left == set(bns) - {bn for _, bn in pairs}
+
+
+def test_a_bn_whose_conv_output_also_goes_elsewhere_is_not_folded():
+    from hypersan.nn.graph import conv_bn_pairs
+
+    class Tap(nn.Module):  # the conv's raw output is also added back: folding the BN would change that path
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.head = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Linear(4, 3)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.head((self.bn(y) + y).mean((2, 3)))
+
+    assert conv_bn_pairs(_randomize(Tap(), 0), torch.rand(2, 1, 8, 8)) == []

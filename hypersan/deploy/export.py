@@ -44,7 +44,7 @@ MAX_IMAGE_SIDE = 1 << 16
 _ARCH_KEYS = ("arch", "in_channels", "widths", "blocks", "mean", "std")
 # a custom network's arch: its factory and what rebuilds the pruned net from it (nn.custom.rebuild_subnet)
 _CUSTOM_KEYS = ("arch", "factory", "kwargs", "in_channels", "input_shape", "mean", "std", "dense_num_classes", "kept",
-                "classes_kept")
+                "classes_kept", "folded")
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -322,6 +322,12 @@ def _check_custom(arch: dict, cfg: dict, classes: list, bad: Callable[[str, str]
     if not isinstance(kept, dict) or not all(isinstance(v, list) and v and all(type(i) is int and 0 <= i < MAX_WIDTH
                                                                              for i in v) for v in kept.values()):
         raise bad("arch.kept", "must map each channel group to a non-empty list of channel indices")
+    folded = arch["folded"]
+    if not isinstance(folded, list) or not all(isinstance(p, list) and len(p) == 2 and all(isinstance(n, str) for n in p)
+                                               for p in folded):
+        raise bad("arch.folded", "must list [conv, bn] module name pairs")
+    if folded and not cfg["bn_folded"]:
+        raise bad("arch.folded", "names folded BN layers, but bn_folded is false")
     return dict(arch, site_widths=dict(cfg["site_widths"]), num_classes=len(classes))
 
 

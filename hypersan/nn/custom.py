@@ -4,7 +4,8 @@ The network comes from a factory named in the config (`factory = "package.module
 config's `kwargs` and `num_classes`), so a checkpoint rebuilds it from code the user controls, never from a
 pickle. Its channel groups are found by Torch-Pruning's dependency graph (`nn.graph`), traced once from a zero
 image of the data set's shape; each group is one utility site, and masks reach it through forward hooks, so the
-user's module is not rewritten. Scaling sites are not declared: a group's consumers may be any layer, and
+user's module is not rewritten. A pruned net may fold each BN that directly follows a conv into it (`fold_bn`).
+Scaling sites are not declared: a group's consumers may be any layer, and
 utility masks alone decide what is kept.
 """
 from __future__ import annotations
@@ -19,7 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from .backbones import Normalize, Site
-from .graph import ChannelGroup, GraphError, GraphMasks, check_groups, find_groups, layer_index, prune_groups
+from .graph import (ChannelGroup, GraphError, GraphMasks, check_groups, conv_bn_pairs, find_groups, fold_pairs,
+                    layer_index, prune_groups)
 
 ARCH = "custom"
 
@@ -149,9 +151,11 @@ def kept_indices(groups: List[ChannelGroup], masks: Optional[Dict[str, Tensor]])
 
 
 def prune_custom(backbone: CustomBackbone, masks: Optional[Dict[str, Tensor]], classes: List[int],
-                 class_names: List[str], bn_stats: Optional[Dict[str, Tensor]] = None) -> CustomSubnet:
+                 class_names: List[str], bn_stats: Optional[Dict[str, Tensor]] = None,
+                 fold_bn: bool = False) -> CustomSubnet:
     """The pruned net of a subtask: a copy of the user's network with the subtask's BN statistics, every group's
-    masked channels removed by Torch-Pruning's group pruning, the head cut to `classes`."""
+    masked channels removed by Torch-Pruning's group pruning, the head cut to `classes`; with fold_bn, every BN
+    that directly follows a conv (and only it) folded into that conv (`arch["folded"]` names the pairs)."""
     net = copy.deepcopy(backbone.net).eval()
     if bn_stats is not None:
         prefix = "net."
@@ -164,9 +168,13 @@ def prune_custom(backbone: CustomBackbone, masks: Optional[Dict[str, Tensor]], c
     full = {g.name: _mask_of(kept[g.name], g.size) for g in backbone.groups}
     pruned = prune_groups(net, backbone.groups, full, backbone.example().to(next(net.parameters()).device),
                           backbone.head_name, list(classes))
+    pairs = conv_bn_pairs(pruned, backbone.example().to(next(pruned.parameters()).device)) if fold_bn else []
+    fold_pairs(pruned, pairs)
     arch = dict(backbone.arch, num_classes=len(classes), dense_num_classes=backbone.arch["num_classes"], kept=kept,
-                classes_kept=list(classes), site_widths={g: len(k) for g, k in kept.items()})
-    return CustomSubnet(copy.deepcopy(backbone.norm), pruned, class_names, arch).eval()
+                classes_kept=list(classes), site_widths={g: len(k) for g, k in kept.items()}, folded=pairs)
+    out = CustomSubnet(copy.deepcopy(backbone.norm), pruned, class_names, arch).eval()
+    out.bn_folded = fold_bn
+    return out
 
 
 def _mask_of(kept: List[int], size: int) -> Tensor:
@@ -187,7 +195,17 @@ def rebuild_subnet(arch: dict, classes: List[str]) -> CustomSubnet:
                          "network's code changed since the artifact was written")
     masks = {g.name: _mask_of(kept.get(g.name, list(range(g.size))), g.size) for g in dense.groups}
     net = prune_groups(dense.net, dense.groups, masks, dense.example(), dense.head_name, list(arch["classes_kept"]))
-    return CustomSubnet(dense.norm, net, classes, dict(arch)).eval()
+    folded = arch.get("folded", [])
+    names = dict(net.named_modules())
+    wrong = [p for p in folded if not (isinstance(p, list) and len(p) == 2 and isinstance(names.get(p[0]), nn.Conv2d)
+                                       and isinstance(names.get(p[1]), nn.BatchNorm2d))]
+    if wrong:
+        raise GraphError(f"the artifact folds BN into convs that {arch['factory']} does not have as a conv and a "
+                         f"BatchNorm2d ({wrong[:3]}): the network's code changed since the artifact was written")
+    fold_pairs(net, folded)  # the folded form's modules; the artifact's tensors replace the values
+    out = CustomSubnet(dense.norm, net, classes, dict(arch)).eval()
+    out.bn_folded = bool(folded)
+    return out
 
 
 __all__ = ["ARCH", "CustomBackbone", "CustomSubnet", "kept_indices", "load_factory", "make_network", "prune_custom",

@@ -251,5 +251,54 @@ def prune_groups(model: nn.Module, groups: list[ChannelGroup], masks: Dict[str, 
     return net
 
 
-__all__ = ["ChannelGroup", "GraphError", "GraphMasks", "check_groups", "find_groups", "find_head", "layer_index",
-           "prune_groups"]
+def conv_bn_pairs(model: nn.Module, example_input: Tensor) -> List[List[str]]:
+    """[conv, bn] names of the BNs that can be folded into the conv before them: the BN's one input is the conv's
+    output, that output goes nowhere else, and each runs once per forward (from Torch-Pruning's graph and one
+    forward of `example_input`). Any other BN stays as it is."""
+    tp = _tp()
+    names = {m: n for n, m in model.named_modules()}
+    calls: Dict[nn.Module, int] = {}
+    hooks = [m.register_forward_hook(lambda mod, a, o: calls.__setitem__(mod, calls.get(mod, 0) + 1))
+             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
+    was = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(example_input)
+        for h in hooks:
+            h.remove()
+        hooks = []
+        with torch.enable_grad():
+            dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    pairs = []
+    for bn, node in dg.module2node.items():
+        if type(bn) is not nn.BatchNorm2d or not bn.track_running_stats or calls.get(bn) != 1 or len(node.inputs) != 1:
+            continue
+        conv = node.inputs[0].module
+        if (type(conv) is nn.Conv2d and calls.get(conv) == 1 and conv in names and bn in names
+                and [o.module for o in node.inputs[0].outputs] == [bn]):
+            pairs.append([names[conv], names[bn]])
+    return sorted(pairs)
+
+
+def fold_pairs(model: nn.Module, pairs: List[List[str]]) -> nn.Module:
+    """Fold each [conv, bn] pair's BN (eval-mode statistics) into its conv, in place: the conv gains the bias,
+    the BN becomes nn.Identity. The pairs come from `conv_bn_pairs`."""
+    with torch.no_grad():
+        for conv_name, bn_name in pairs:
+            conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
+            scale = (bn.weight if bn.affine else torch.ones_like(bn.running_var)) / torch.sqrt(bn.running_var + bn.eps)
+            shift = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+            conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
+            conv.bias = nn.Parameter((bias - bn.running_mean) * scale + shift)
+            parent, _, leaf = bn_name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, leaf, nn.Identity())
+    return model
+
+
+__all__ = ["ChannelGroup", "GraphError", "GraphMasks", "check_groups", "conv_bn_pairs", "find_groups", "find_head",
+           "fold_pairs", "layer_index", "prune_groups"]

@@ -383,7 +383,7 @@ class PruningEngine:
             if not physical:
                 raise ValueError("physical=False (the masked form) is built for the built-in backbones only; a custom "
                                  "model's masked form is engine.predict")
-            net = prune_custom(self.model.backbone, masks, cls, names, stats)  # BN stays unfolded
+            net = prune_custom(self.model.backbone, masks, cls, names, stats, fold_bn=fold_bn)
         else:
             net = prune_backbone(self.model.backbone, masks, cls, names, bn_stats=stats, fold_bn=fold_bn,
                                  input_shape=self.model.info.input_shape, physical=physical)
