@@ -9,7 +9,7 @@
 set -euo pipefail
 out=${1:-runs/glyph-sweep}
 mkdir -p "$out"
-source "$(dirname "$0")/glyph_run.sh"   # run NAME [--set overrides...], into $out
+source "$(dirname "$0")/train_run.sh"   # run NAME [--set overrides...], into $out
 dense=("subtasks.dense_share=1.0" "loss.gamma=0")  # every batch unmasked: a dense net
 # every batch masked for the all-classes request (size 135 only), no held-out combinations
 every="subtasks.size_weights=[$(printf '0,%.0s' $(seq 134))1]"

@@ -14,7 +14,7 @@ for w in 2 4 8 16; do
     [ -f "$sweep/dense-w$w/done" ] || { echo "error: $sweep/dense-w$w is not finished (tools/glyph_sweep.sh)"; exit 1; }
     [ -e "$out/dense-w$w" ] || ln -s "$sweep/dense-w$w" "$out/dense-w$w"
 done
-source "$(dirname "$0")/glyph_run.sh"
+source "$(dirname "$0")/train_run.sh"
 more=("train.epochs=2" "train.lr=0.02" "train.warmup_epochs=0.1")   # the extra epochs, alike for every net
 dense=("subtasks.dense_share=1.0" "loss.gamma=0")
 widths() { case $1 in 2) echo "model.widths=[2,4,8]";; 4) echo "model.widths=[4,8,16]";;

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Budget-conditioned Fashion-MNIST from a trained body (docs/BUDGETS.md, "Started from the shipped body"): the
+# budget model and the fixed-γ hypernetworks it is measured against, each started from the shipped fmnist model's
+# backbone (50 epochs) and trained 3 more epochs at the same learning rate, so that every model of the comparison
+# has had the same training.
+#   tools/budget_warm.sh [OUT=runs/budget-warm]
+#   python tools/budget_study.py --budget runs/budget-warm/budget --fixed runs/budget-warm/hypernet-g{0.25,1,4} \
+#       --dense runs/ablation/models/dense-g4-s0 --out runs/budget-warm/report
+set -euo pipefail
+out=${1:-runs/budget-warm}
+mkdir -p "$out"
+source "$(dirname "$0")/train_run.sh"
+more=("train.epochs=3" "train.lr=0.02" "train.warmup_epochs=0.1" "train.eval_every=0" "train.init_from=fmnist")
+lane_a() {
+    CONFIG=configs/fmnist_budget.toml run budget "${more[@]}"
+    CONFIG=configs/fmnist.toml run hypernet-g4 "${more[@]}" loss.gamma=4
+}
+lane_b() {
+    CONFIG=configs/fmnist.toml run hypernet-g1 "${more[@]}" loss.gamma=1
+    CONFIG=configs/fmnist.toml run hypernet-g0.25 "${more[@]}" loss.gamma=0.25
+}
+lane_a & a=$!
+lane_b & b=$!
+wait $a; wait $b
