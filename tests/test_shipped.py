@@ -15,7 +15,7 @@ from .conftest import needs_fmnist
 # Recomputed statistics differ from the recorded ones by float summation order only (the same seeded batches
 # are drawn); over 1,000-3,000 test images that moves an accuracy by at most a few images.
 ACC_TOL = 0.002
-FMNIST = [n for n in SHIPPED if n.startswith("fmnist")]
+FMNIST = [n for n in SHIPPED if n.startswith("fmnist") and n != "fmnist_budget"]  # fixed-size models
 
 
 @pytest.mark.parametrize("name", FMNIST)
@@ -112,8 +112,9 @@ def test_the_cli_help_names_the_default_and_every_shipped_model():
     from hypersan.cli.commands import CHECKPOINT_HELP
     from hypersan.shipped import DEFAULT
 
-    assert DEFAULT == "fmnist_b16" and list(SHIPPED) == ["fmnist_b16", "fmnist", "glyphs"]
-    assert CHECKPOINT_HELP == "checkpoint directory, or a shipped model: fmnist_b16 (the default), fmnist, glyphs"
+    assert DEFAULT == "fmnist_b16" and list(SHIPPED) == ["fmnist_b16", "fmnist", "fmnist_budget", "glyphs"]
+    assert CHECKPOINT_HELP == ("checkpoint directory, or a shipped model: fmnist_b16 (the default), fmnist, "
+                               "fmnist_budget, glyphs")
 
 
 def test_the_glyph_model_is_small_self_describing_and_serves_its_groups_without_the_data(tmp_path, monkeypatch):
@@ -131,3 +132,31 @@ def test_the_glyph_model_is_small_self_describing_and_serves_its_groups_without_
     assert net(torch.rand(2, 1, 32, 32)).shape == (2, 10)
     with pytest.raises(DatasetError, match="could not be read"):  # a class set without shipped statistics
         engine.subnet(["digit 0", "small q"])
+
+
+def test_the_budget_model_is_small_self_describing_and_says_where_its_figures_come_from():
+    d = default_checkpoint("fmnist_budget")
+    assert sum(f.stat().st_size for f in d.iterdir()) <= 10 * 2**20
+    assert not (d / "optimizer.safetensors").exists()
+    model = SubtaskAdaptiveNet.from_pretrained("fmnist_budget")
+    assert model.budgeted and model.config.generator.budget_min == 0.02
+    prov, metrics = model.meta["provenance"], model.meta["metrics"]
+    assert prov["train_command"].startswith("tools/budget_warm.sh") and prov["init_from"] == "fmnist"
+    assert prov["metrics_command"].startswith("python tools/budget_study.py") and "test" in prov["selection"]
+    assert metrics["analysis"]["test"]["budget_met"] == 1.0
+    assert len(metrics["rows"]) == 150 and {r["budget"] for r in metrics["rows"]} == {0.08, 0.12, 0.2, 0.3, 0.5}
+
+
+@needs_fmnist
+def test_the_budget_model_reproduces_its_recorded_figures_from_fresh_statistics():
+    from hypersan.training.evaluate import plain_accuracy
+
+    engine = PruningEngine.from_pretrained("fmnist_budget")
+    rows = engine.model.meta["metrics"]["rows"]
+    test_x, test_y = load_fashion_mnist("test")
+    for want in (rows[0], rows[-1]):  # a pair at the smallest budget, a 5-class set at the largest
+        net = engine.subnet(want["classes"], fold_bn=True, budget=want["budget"])
+        got = engine.cost(net)["mac_ratio"]
+        assert got == pytest.approx(want["mac_ratio"], abs=1e-9) and got <= want["budget"] + 0.005
+        acc = plain_accuracy(net, tuple(want["classes"]), test_x, test_y)
+        assert abs(acc - want["acc_test"]) <= ACC_TOL, want["classes"]
