@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hypersan.io import read_json  # noqa: E402
+from hypersan.nn.model import SubtaskAdaptiveNet  # noqa: E402
 from hypersan.prune.engine import PruningEngine  # noqa: E402
 
 ROW_KEYS = ("classes", "size", "seen", "budget", "mac_ratio", "generated_mac_ratio", "acc_val", "acc_test")
@@ -51,11 +52,19 @@ def main(argv=None) -> int:
     engine.cache.clear()
     model.meta["metrics"] = budget_metrics(study)
     model.meta["source_checkpoint"] = str(args.checkpoint)
+    data = (f"{model.config.data.dataset}: the training split less data.val_size={model.config.data.val_size} "
+            "validation images")
+    init = model.config.train.init_from
+    if init:
+        source = SubtaskAdaptiveNet.from_pretrained(init).config.data
+        data += (f"; the backbone started from {init}, trained on " +
+                 ("every training image, these validation images among them: validation figures are optimistic, "
+                  "the test figures are clean" if source.val_size == 0 or source.dataset != model.config.data.dataset
+                  else f"the same split (data.val_size={source.val_size})"))
     model.meta["provenance"] = {
         "train_command": args.train_command,
-        "init_from": model.config.train.init_from or None,
-        "training_data": f"{model.config.data.dataset}: the training split less data.val_size="
-                         f"{model.config.data.val_size} validation images",
+        "init_from": init or None,
+        "training_data": data,
         "metrics_command": study["command"], "selection": args.selection}
     engine.save_pretrained(args.dest, force=True)
     print(f"shipped {args.checkpoint} to {args.dest}")
