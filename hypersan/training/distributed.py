@@ -127,8 +127,15 @@ class Context:
             f" (rank {self.rank} saw: {seen}). The last complete checkpoint stays in place; fix the cause and "
             "continue it with the same torchrun command plus --resume")
 
-    def close(self) -> None:
+    def close(self, synchronize: bool = False) -> None:
+        """Destroy the group this context made. synchronize (after a run that ended well on every rank): meet the
+        other ranks first, so that no rank tears its connections down while another still uses them."""
         if self.owns_group and dist.is_initialized():
+            if synchronize:
+                try:
+                    dist.barrier()
+                except Exception:  # noqa: BLE001 - a peer already gone: destroy this rank's side anyway
+                    pass
             dist.destroy_process_group()
 
 

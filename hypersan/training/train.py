@@ -241,8 +241,11 @@ def train(cfg: Config, out: str | Path, resume: bool = False, log: Callable[[str
     if ctx is not None and emulate_ranks:
         raise ValueError("emulate_ranks emulates a distributed run in one process; it cannot run inside a process "
                          f"group of {ctx.world_size}")
+    finished = False
     try:
-        return _train(cfg, out, resume, log, stop_after_epoch, allow_config_change, provenance, ctx, emulate_ranks)
+        model = _train(cfg, out, resume, log, stop_after_epoch, allow_config_change, provenance, ctx, emulate_ranks)
+        finished = True
+        return model
     except BaseException as e:
         if ctx is None or isinstance(e, DistributedError):
             raise
@@ -252,7 +255,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False, log: Callable[[str
         raise
     finally:
         if ctx is not None:
-            ctx.close()
+            ctx.close(synchronize=finished)
 
 
 def _train(cfg: Config, out: Path, resume: bool, log: Callable[[str], None], stop_after_epoch: int | None,
