@@ -80,3 +80,14 @@ def test_the_full_report_carries_the_budget_sections(study):
     widths = text.split("## Width check")[1].split("\n## ")[0]
     names = [line.split(" | ")[0][2:] for line in widths.splitlines() if line.startswith("| dense")]
     assert names == ["dense-w4", "dense-w4-e6", "dense-w16"]
+
+
+def test_the_peer_at_a_fixed_mac_ratio_is_read_against_the_budget_model_and_names_its_base(study):
+    peer = [{"subtask": 0, "group": "digits", "name": "digits", "finetune_steps": 2000, "mac_ratio": 0.051,
+             "val_acc": 0.95, "test_acc": 0.90, "build_s": 100.0}]
+    text = "\n".join(study.budget_report(_nets(), SUBTASKS, {0.05: peer}, "dense-w16-e6"))
+    section = text.split("## budget at budget 0.05 against Torch-Pruning per subset at MAC ratio 0.05")[1]
+    assert "The peer prunes dense-w16-e6." in section
+    row = next(line for line in section.splitlines() if line.startswith("| digits"))
+    # the budget model's digits net at 0.05: 0.93 on test, against the peer's 0.90
+    assert row.split(" | ")[-2] == "+3.00" and "0.0510 / 0.0500" in row

@@ -27,7 +27,8 @@ Steps, each saved in OUT as JSON and skipped when already there:
    hypernetwork's net for the same subtask, then fine-tuned for --peer-steps steps: digits, the two hardest
    pairs and one 20-class set (the CPU budget).
 4. `peer-mR.json` (with --peer-macs R,...): the same peer at MAC ratio R on the same subtasks, reported against
-   the budget-conditioned models at budget R.
+   the budget-conditioned models at budget R. With --peer-base NAME the peer prunes that dense net instead of
+   dense-w16, and its files are named `peer-NAME.json`, `peer-mR-NAME.json`.
 5. `report.md`: the width check, the confusions, the selection on validation, and per subtask group the MACs the
    class-agnostic curve needs for the adaptive nets' accuracy.
 
@@ -256,7 +257,7 @@ def _fmt(v, fmt: str, below: bool = False) -> str:
     return "—" if v is None else ("≥ " if below else "") + format(v, fmt)
 
 
-def budget_report(nets: dict, subtasks: list[dict], fixed: dict) -> list[str]:
+def budget_report(nets: dict, subtasks: list[dict], fixed: dict, peer_base: str = "dense-w16") -> list[str]:
     """The budget-conditioned models' sections: per group and budget against the class-agnostic curve, the budget
     chosen per group on validation, within the model, and against the peer at fixed MACs."""
     from hypersan.research.report import equal_accuracy
@@ -317,7 +318,7 @@ def budget_report(nets: dict, subtasks: list[dict], fixed: dict) -> list[str]:
                 continue
             rows = res[f"{ratio:g}"]["adaptive"]
             lines += ["", f"## {name} at budget {ratio:g} against Torch-Pruning per subset at MAC ratio {ratio:g}",
-                      "", "| subtask | group | fine-tune steps | MAC ratio (peer / adaptive) | peer val | peer test | "
+                      "", f"The peer prunes {peer_base}.", "", "| subtask | group | fine-tune steps | MAC ratio (peer / adaptive) | peer val | peer test | "
                       "adaptive val | adaptive test | adaptive − peer, test (pt) | peer build (s) |",
                       "|---|---|---|---|---|---|---|---|---|---|"]
             for p in peer:
@@ -330,7 +331,8 @@ def budget_report(nets: dict, subtasks: list[dict], fixed: dict) -> list[str]:
 
 
 def report(nets: dict, subtasks: list[dict], peer: list[dict] | None, classes: list[str], data_y: dict,
-           fixed: dict | None = None, command: str = "python tools/glyph_study.py") -> str:
+           fixed: dict | None = None, command: str = "python tools/glyph_study.py", peer_base: str = "dense-w16"
+           ) -> str:
     from hypersan.research.report import equal_accuracy
     from hypersan.data.glyphs import case_insensitive_accuracy
 
@@ -414,7 +416,7 @@ def report(nets: dict, subtasks: list[dict], peer: list[dict] | None, classes: l
             lines.append(f"| {p['name'][:50]} | {p['group']} | {p['finetune_steps']} | {p['mac_ratio']:.4f} / "
                          f"{p['adaptive_mac_ratio']:.4f} | {p['val_acc']:.4f} | {p['test_acc']:.4f} | {a_val:.4f} | "
                          f"{a_test:.4f} | {100 * (a_test - p['test_acc']):+.2f} | {p['build_s']:.0f} |")
-    lines += budget_report(nets, subtasks, fixed or {})
+    lines += budget_report(nets, subtasks, fixed or {}, peer_base)
     return "\n".join(lines) + "\n"
 
 
@@ -423,6 +425,9 @@ def main(argv=None) -> int:
     p.add_argument("--runs", default="runs/glyph-sweep", help="the folder of tools/glyph_sweep.sh")
     p.add_argument("--out", default="runs/glyph-study")
     p.add_argument("--peer-steps", type=int, default=2000, help="the peer's fine-tuning steps (0: no peer)")
+    p.add_argument("--peer-base", default="dense-w16",
+                   help="the dense net of --runs that the peer prunes (default dense-w16; another base's peer files "
+                        "are named after it, e.g. peer-m0.08-dense-w16-e6.json)")
     p.add_argument("--peer-macs", type=lambda v: [float(x) for x in v.split(",") if x], default=[],
                    metavar="R,R", help="also run the peer at these MAC ratios (to the full-width dense net), against "
                                        "the budget-conditioned models at the same budgets")
@@ -478,21 +483,26 @@ def main(argv=None) -> int:
                 from hypersan.training.train import split_training_data
 
                 train_xy.extend(split_training_data(cfg)[:2])
-            atomic_write_json(path, run_peer(dense, targets, subtasks, data, tuple(train_xy), args.peer_steps,
+            atomic_write_json(path, run_peer(peer_base, targets, subtasks, data, tuple(train_xy), args.peer_steps,
                                              ref_macs, args.seed))
         return read_json(path)
 
+    if args.peer_base not in done or not args.peer_base.startswith("dense"):
+        p.error(f"--peer-base {args.peer_base}: no finished dense net of that name in {runs}")
+    peer_base = dense if args.peer_base == "dense-w16" else PruningEngine.from_pretrained(done[args.peer_base],
+                                                                                       seed=args.seed)
+    tag = "" if args.peer_base == "dense-w16" else f"-{args.peer_base}"
     peer = None
     chosen, _ = select_gamma(nets)
     if args.peer_steps and chosen:
         rows = nets[chosen]["adaptive"]["test"]["rows"]
-        peer = peer_file(out / "peer.json", {i: rows[i]["mac_ratio"] for i in peer_picks(subtasks)},
+        peer = peer_file(out / f"peer{tag}.json", {i: rows[i]["mac_ratio"] for i in peer_picks(subtasks)},
                          f"at the MACs of {chosen}")
-    fixed = {r: peer_file(out / f"peer-m{r:g}.json", {i: r for i in peer_picks(subtasks)}, f"at MAC ratio {r:g}")
+    fixed = {r: peer_file(out / f"peer-m{r:g}{tag}.json", {i: r for i in peer_picks(subtasks)}, f"at MAC ratio {r:g}")
              for r in args.peer_macs}
     command = "python tools/glyph_study.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = report(nets, subtasks, peer, dense.model.classes, {s: y.tolist() for s, (_, y) in data.items()}, fixed,
-                  command)
+                  command, args.peer_base)
     atomic_write_text(out / "report.md", text)
     print(text)
     if args.ship and chosen:
