@@ -9,6 +9,8 @@ import pytest
 
 from hypersan.cli.commands import main
 
+from hypersan.cli.demo import slug
+
 from .conftest import HAVE_FMNIST, ROOT, needs_fmnist
 
 
@@ -184,3 +186,18 @@ def test_every_option_of_every_subcommand_has_help():
     missing = [f"{name} {x.option_strings or x.dest}" for name, p in sub.choices.items() for x in p._actions
                if not x.help and x.dest != "help"]
     assert not missing, missing
+
+
+@needs_fmnist
+def test_demo_takes_a_budget_in_words_on_the_budget_model_and_refuses_it_elsewhere(tmp_path, capsys):
+    out = tmp_path / "demo"
+    request = "shoes and bags, under 10% of the compute"
+    assert main(["demo", request, "--checkpoint", "fmnist_budget", "--out", str(out)]) == 0
+    row = json.loads((out / "summary.json").read_text())["rows"][0]
+    assert row["budget"] == 0.1 and 0 < row["mac_ratio"] <= 0.105
+    assert row["classes"] == ["Sandal", "Sneaker", "Bag", "Ankle boot"]
+    art = json.loads((out / slug(request) / "config.json").read_text())
+    assert art["budget"] == 0.1
+    capsys.readouterr()
+    assert main(["demo", request, "--out", str(tmp_path / "other")]) == 2  # fmnist_b16 takes no budget
+    assert "not budget-conditioned" in capsys.readouterr().err

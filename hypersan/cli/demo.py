@@ -55,26 +55,29 @@ def run_demo(out: str | os.PathLike, requests: Optional[Sequence[str]] = None, c
                                  f"some (hypersan demo --checkpoint {checkpoint} \"digits\" ...)")
         log(f"reading the {model.config.data.dataset} test images")
         x, y, _ = load_split(model.config.data, "test")
-        subtasks, groundings = [], []
+        subtasks, budgets = [], []
         for r in requests:
-            t, g = engine.resolve(r)
+            words, b = engine.split_budget(r)  # "..., under 10% of the compute" (a budget-conditioned model)
+            t, _ = engine.resolve(words)
             subtasks.append(t)
-            groundings.append(g)
-            log(f'"{r}" -> {", ".join(model.classes[i] for i in t)}')
+            budgets.append(b)
+            log(f'"{r}" -> {", ".join(model.classes[i] for i in t)}' + ("" if b is None else f" at budget {b:g}"))
         log(f"building and evaluating {len(subtasks)} subnets on {len(x):,} test images (BN statistics are "
             "calibrated on training images the first time a class set is asked for)")
-        ev = evaluate(engine, x, y, subtasks, progress=False)
+        ev = [evaluate(engine, x, y, [t], progress=False, budgets=None if b is None else [b])["subtasks"][0]
+              for t, b in zip(subtasks, budgets)]
         dense = engine.subnet(None, fold_bn=True)
         batch = torch.rand(256, *model.info.input_shape, generator=torch.Generator().manual_seed(0))
         rows = []
         with atomic_dir(out, DEMO_KIND, force) as tmp:
-            for r, t, e in zip(requests, subtasks, ev["subtasks"]):
-                net = engine.subnet(t, fold_bn=True)
+            for r, t, b, e in zip(requests, subtasks, budgets, ev):
+                net = engine.subnet(t, fold_bn=True, budget=b)
                 log(f'timing "{r}" beside the dense net (batch 256, {threads} threads)')
                 times = time_rounds({"dense": lambda: dense(batch), "pruned": lambda: net(batch)}, warmup=2,
                                     repeats=7)
-                summary = engine.export(list(t), tmp / slug(r), formats=["safetensors", "onnx"])
-                rows.append({"request": r, "classes": e["classes"], "acc": e["acc"], "dense_acc": e["dense_acc"],
+                summary = engine.export(list(t), tmp / slug(r), formats=["safetensors", "onnx"], budget=b)
+                rows.append({"request": r, "budget": b, "classes": e["classes"], "acc": e["acc"],
+                             "dense_acc": e["dense_acc"],
                              "mac_ratio": e["mac_ratio"], "param_ratio": e["param_ratio"],
                              "latency_ratio": paired_ratio(times["pruned"], times["dense"]),
                              "pruned_ms": 1e3 * statistics.median(times["pruned"]),
