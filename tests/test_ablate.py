@@ -173,4 +173,6 @@ def test_a_cold_build_calibrates_a_new_class_set_and_a_warm_one_does_not(monkeyp
     # each class set on a fresh cache: one calibration per cold build, none in the warm one
     assert len(calls) == 2
     assert set(times) == {(1, 7), (0, 3, 5)}
-    assert all(cold > warm > 0 for cold, warm in times.values())
+    # both timed; which is faster is not asserted (timings on tiny shapes are noise: the calibration count above
+    # is what tells a cold build from a warm one)
+    assert all(cold > 0 and warm > 0 for cold, warm in times.values())
