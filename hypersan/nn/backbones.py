@@ -40,6 +40,13 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+def bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+    """(scale, shift) per channel of a BN in eval mode, bn(x) == x * scale + shift: what folding it into the conv
+    before it multiplies that conv's output channels by, and adds to them."""
+    scale = (bn.weight if bn.affine else 1.0) / torch.sqrt(bn.running_var + bn.eps)
+    return scale, (bn.bias if bn.affine else 0.0) - bn.running_mean * scale
+
+
 class ConvBN(nn.Sequential):
     """Conv (no bias) followed by BatchNorm."""
 

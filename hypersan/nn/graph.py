@@ -26,6 +26,8 @@ from typing import Dict, List, Optional
 import torch
 from torch import Tensor, nn
 
+from .backbones import bn_scale_shift
+
 _MASKED = (nn.Conv2d, nn.BatchNorm2d, nn.Linear)  # layers whose outputs carry a group's channels
 # layers with tensors of their own that group pruning cuts consistently; any other layer holding parameters or
 # buffers (a frozen BN written as a plain module, a learned per-channel scale) would keep its full width
@@ -262,16 +264,15 @@ def conv_bn_pairs(model: nn.Module, example_input: Tensor) -> List[List[str]]:
              for m in model.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
     was = model.training
     try:
-        with torch.no_grad():
-            model.eval()(example_input)
-        for h in hooks:
-            h.remove()
-        hooks = []
+        try:
+            with torch.no_grad():
+                model.eval()(example_input)
+        finally:
+            for h in hooks:
+                h.remove()
         with torch.enable_grad():
             dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
     finally:
-        for h in hooks:
-            h.remove()
         model.train(was)
     pairs = []
     for bn, node in dg.module2node.items():
@@ -290,11 +291,9 @@ def fold_pairs(model: nn.Module, pairs: List[List[str]]) -> nn.Module:
     with torch.no_grad():
         for conv_name, bn_name in pairs:
             conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
-            scale = (bn.weight if bn.affine else torch.ones_like(bn.running_var)) / torch.sqrt(bn.running_var + bn.eps)
-            shift = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
-            bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+            scale, shift = bn_scale_shift(bn)
             conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
-            conv.bias = nn.Parameter((bias - bn.running_mean) * scale + shift)
+            conv.bias = nn.Parameter(shift if conv.bias is None else conv.bias * scale + shift)
             parent, _, leaf = bn_name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, leaf, nn.Identity())
     return model

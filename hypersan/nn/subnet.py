@@ -16,7 +16,7 @@ from typing import Dict, List, Optional
 import torch
 from torch import Tensor, nn
 
-from .backbones import ConvBN, Normalize
+from .backbones import ConvBN, Normalize, bn_scale_shift
 from ..io import load_checked
 
 
@@ -188,9 +188,9 @@ def fold_bn(net: nn.Module) -> nn.Module:
     for name, mod in net.named_modules():
         if isinstance(mod, ConvBN):
             conv, bn = mod[0], mod[1]
-            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (Cout,)
+            scale, shift = bn_scale_shift(bn)  # (Cout,) each
             dst[f"{name}.0.weight"] = conv.weight * scale[:, None, None, None]
-            dst[f"{name}.0.bias"] = bn.bias - bn.running_mean * scale
+            dst[f"{name}.0.bias"] = shift
     for k in ("norm.mean", "norm.std", "head.weight", "head.bias"):
         dst[k] = src[k]
     load_checked(out, dst, "fold_bn")
