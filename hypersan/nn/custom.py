@@ -97,6 +97,7 @@ class CustomBackbone(nn.Module):
         self.groups, self.head_name = find_groups(self.net, self.example())
         check_groups(self.net, self.groups, self.head_name, self.example())  # pruned == masked, or a GraphError
         self._index = layer_index(self.groups)  # once, not at every masked forward
+        self._bn_pairs: Optional[List[List[str]]] = None  # conv -> BN pairs, read at the first folded build
         out = self.net.get_submodule(self.head_name).out_features
         if out != num_classes:
             raise GraphError(f"model.factory = {factory!r} built a head of {out} outputs for {num_classes} classes")
@@ -109,6 +110,13 @@ class CustomBackbone(nn.Module):
         """A zero batch of the input shape, on the network's device: what the graph is traced with."""
         p = next(self.net.parameters(), None)
         return torch.zeros(batch, *self.input_shape, device=None if p is None else p.device)
+
+    def bn_pairs(self) -> List[List[str]]:
+        """The [conv, bn] pairs a pruned net can fold (nn.graph.conv_bn_pairs). Pruning removes channels, not
+        layers or connections, so the pairs of the dense network are those of every pruned one: traced once."""
+        if self._bn_pairs is None:
+            self._bn_pairs = conv_bn_pairs(self.net, self.example())
+        return self._bn_pairs
 
     def sites(self) -> List[Site]:
         return list(self._sites)
@@ -168,7 +176,7 @@ def prune_custom(backbone: CustomBackbone, masks: Optional[Dict[str, Tensor]], c
     full = {g.name: _mask_of(kept[g.name], g.size) for g in backbone.groups}
     pruned = prune_groups(net, backbone.groups, full, backbone.example().to(next(net.parameters()).device),
                           backbone.head_name, list(classes))
-    pairs = conv_bn_pairs(pruned, backbone.example().to(next(pruned.parameters()).device)) if fold_bn else []
+    pairs = backbone.bn_pairs() if fold_bn else []
     fold_pairs(pruned, pairs)
     arch = dict(backbone.arch, num_classes=len(classes), dense_num_classes=backbone.arch["num_classes"], kept=kept,
                 classes_kept=list(classes), site_widths={g: len(k) for g, k in kept.items()}, folded=pairs)
