@@ -344,12 +344,11 @@ def report(nets: dict, subtasks: list[dict], peer: list[dict] | None, classes: l
         w, _, rest = name[len("dense-w"):].partition("-")
         return (int(w), rest) if w.isdigit() else (1 << 30, name)
     for name in sorted((n for n in nets if n.startswith("dense-w")), key=width):
-        if name in nets:
-            r = nets[name]["agnostic"]
-            every = r["test"]["rows"][-1]
-            ci = case_insensitive_accuracy(r["test"]["pred"], data_y["test"], classes)
-            lines.append(f"| {name} | {every['mac_ratio']:.3f} | {r['val']['top1']:.4f} | {r['test']['top1']:.4f} "
-                         f"| {ci:.4f} |")
+        r = nets[name]["agnostic"]
+        every = r["test"]["rows"][-1]
+        ci = case_insensitive_accuracy(r["test"]["pred"], data_y["test"], classes)
+        lines.append(f"| {name} | {every['mac_ratio']:.3f} | {r['val']['top1']:.4f} | {r['test']['top1']:.4f} "
+                     f"| {ci:.4f} |")
     for name in sorted(n for n in nets if not n.startswith("dense")):
         r = nets[name]["agnostic"]
         ci = case_insensitive_accuracy(r["test"]["pred"], data_y["test"], classes)
@@ -450,6 +449,8 @@ def main(argv=None) -> int:
     done = finished(runs)
     if "dense-w16" not in done:
         p.error(f"{runs}/dense-w16 is not finished: the study needs the full-width dense net (tools/glyph_sweep.sh)")
+    if args.peer_base not in done or not args.peer_base.startswith("dense"):  # before any scoring
+        p.error(f"--peer-base {args.peer_base}: no finished dense net of that name in {runs}")
     dense = PruningEngine.from_pretrained(done["dense-w16"], seed=args.seed)
     cfg = dense.model.config
     data = splits(cfg, args.limit)
@@ -487,8 +488,6 @@ def main(argv=None) -> int:
                                              ref_macs, args.seed))
         return read_json(path)
 
-    if args.peer_base not in done or not args.peer_base.startswith("dense"):
-        p.error(f"--peer-base {args.peer_base}: no finished dense net of that name in {runs}")
     peer_base = dense if args.peer_base == "dense-w16" else PruningEngine.from_pretrained(done[args.peer_base],
                                                                                        seed=args.seed)
     tag = "" if args.peer_base == "dense-w16" else f"-{args.peer_base}"

@@ -64,8 +64,12 @@ def run_demo(out: str | os.PathLike, requests: Optional[Sequence[str]] = None, c
             log(f'"{r}" -> {", ".join(model.classes[i] for i in t)}' + ("" if b is None else f" at budget {b:g}"))
         log(f"building and evaluating {len(subtasks)} subnets on {len(x):,} test images (BN statistics are "
             "calibrated on training images the first time a class set is asked for)")
-        ev = [evaluate(engine, x, y, [t], progress=False, budgets=None if b is None else [b])["subtasks"][0]
-              for t, b in zip(subtasks, budgets)]
+        ev = [None] * len(subtasks)
+        for b in dict.fromkeys(budgets):  # one evaluation (one dense pass) per distinct budget
+            at = [i for i, bi in enumerate(budgets) if bi == b]
+            got = evaluate(engine, x, y, [subtasks[i] for i in at], progress=False, budgets=None if b is None else [b])
+            for i, e in zip(at, got["subtasks"]):
+                ev[i] = e
         dense = engine.subnet(None, fold_bn=True)
         batch = torch.rand(256, *model.info.input_shape, generator=torch.Generator().manual_seed(0))
         rows = []
