@@ -60,6 +60,7 @@ class GeneratorConfig:
     budget: bool = False  # budget-conditioned: the generator also reads a MAC budget (docs/BUDGETS.md)
     budget_min: float = 0.02  # the smallest budget (MAC ratio to the dense net) trained and accepted
     budget_free_share: float = 0.1  # share of training samples drawn with no limit (budget 1)
+    budget_nested: bool = False  # budget-conditioned: one channel order per class set; nets nested across budgets
 
 
 GAMMA_SIZE_MODES = ("constant", "linear", "quadratic")  # loss.gamma_size (see losses.sparsity_weights)
@@ -361,6 +362,9 @@ def validate(cfg: Config) -> None:
     if cfg.generator.budget and cfg.generator.kind != "hypernet":
         raise ConfigError("generator.budget = true feeds the budget to the hypernetwork; per-task masks take no input "
                           "but the class set: set generator.kind = 'hypernet', or generator.budget = false")
+    if cfg.generator.budget_nested and not cfg.generator.budget:
+        raise ConfigError("generator.budget_nested = true nests a budget-conditioned model's nets; this model takes "
+                          "no budget: set generator.budget = true, or budget_nested = false")
     if cfg.generator.kind == "pertask" and cfg.generator.conditioning != "multihot":
         raise ConfigError("generator.kind = 'pertask' learns one vector per basic subtask and needs "
                           "generator.conditioning = 'multihot'; use kind = 'hypernet' for text conditioning")

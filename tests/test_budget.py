@@ -230,3 +230,33 @@ def test_a_text_conditioned_model_takes_a_budget_too():
     free = eng.model.subtask_masks((7, 8), "sneakers and bags")
     tight = eng.model.subtask_masks((7, 8), "sneakers and bags", budget=0.05)
     assert any(not torch.equal(free[k], tight[k]) for k in free)  # the budget reaches the generator
+
+
+def test_nested_budgets_keep_every_smaller_budgets_channels():
+    eng = _engine(extra=[*BUDGETED, "generator.budget_nested=true"])
+    model = eng.model
+    torch.manual_seed(5)
+    with torch.no_grad():  # a trained-looking shift: intercepts and slopes that vary with the class set
+        for p in model.generator.nested.mlp.parameters():
+            p.normal_(0.0, 0.5)
+    budgets = [0.05, 0.08, 0.12, 0.2, 0.3, 0.5, 1.0]
+    shrank = 0
+    for t in [(0,), (7, 8), (1, 4, 6), (0, 2, 3, 5, 9)]:
+        kept = [{k: v[0] != 0 for k, v in model.subtask_masks(t, budget=b).items() if k in eng.mac_model.sizes}
+                for b in budgets]
+        for small, large in zip(kept, kept[1:]):
+            for k in small:  # every channel of the smaller budget's net is in the larger one's
+                assert not (small[k] & ~large[k]).any(), (t, k)
+                shrank += int(small[k].sum() < large[k].sum())
+        scal = [model.subtask_masks(t, budget=b) for b in (0.05, 1.0)]
+        for s in model.sites:  # the scalings are the class set's own, whatever the budget
+            if s.kind == "scaling":
+                assert torch.equal(scal[0][s.name], scal[1][s.name])
+    assert shrank > 0  # the budget did change the nets
+
+
+def test_nested_budgets_need_a_budget_conditioned_model():
+    from hypersan.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="budget_nested"):
+        load_config(ROOT / "configs" / "tiny.toml", ["generator.budget_nested=true"])

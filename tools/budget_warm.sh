@@ -2,7 +2,8 @@
 # Budget-conditioned Fashion-MNIST from a trained body (docs/BUDGETS.md, "Started from the shipped body"): the
 # budget model and the fixed-γ hypernetworks it is measured against, each started from the shipped fmnist model's
 # backbone (50 epochs) and trained 3 more epochs at the same learning rate, so that every model of the comparison
-# has had the same training.
+# has had the same training. budget-nested*: the same budget model with nets nested across budgets
+# (generator.budget_nested), alone and with in-place distillation from the unmasked net.
 #   tools/budget_warm.sh [OUT=runs/budget-warm]
 #   python tools/budget_study.py --budget runs/budget-warm/budget --fixed runs/budget-warm/hypernet-g{0.25,1,4} \
 #       --dense runs/ablation/models/dense-g4-s0 --out runs/budget-warm/report
@@ -14,10 +15,12 @@ more=("train.epochs=3" "train.lr=0.02" "train.warmup_epochs=0.1" "train.eval_eve
 lane_a() {
     CONFIG=configs/fmnist_budget.toml run budget "${more[@]}"
     CONFIG=configs/fmnist.toml run hypernet-g4 "${more[@]}" loss.gamma=4
+    CONFIG=configs/fmnist_budget.toml run budget-nested "${more[@]}" generator.budget_nested=true
 }
 lane_b() {
     CONFIG=configs/fmnist.toml run hypernet-g1 "${more[@]}" loss.gamma=1
     CONFIG=configs/fmnist.toml run hypernet-g0.25 "${more[@]}" loss.gamma=0.25
+    CONFIG=configs/fmnist_budget.toml run budget-nested-d0.5 "${more[@]}" generator.budget_nested=true loss.distill=0.5
 }
 lane_a & a=$!
 lane_b & b=$!

@@ -78,14 +78,50 @@ class PerTaskMasks(nn.Module):
         return out
 
 
+NESTED_KNOTS = (0.0, 0.25, 0.5, 0.75)  # knots of the nested budget shift: a monotone piecewise-linear function of t
+
+
+class NestedBudgetShift(nn.Module):
+    """Per utility site, a log-scale g(class set, b) of every utility that never rises as the budget shrinks:
+    g = c - sum_k softplus(w_k) relu(t - knot_k), with c and w_k read from the class set alone (not the budget,
+    which would break the monotony), and t = log b / log b_min. Scaling a site's utilities by exp(g) keeps their order, and a smaller budget only
+    lowers them, so the channels kept at a budget are kept at every larger one: a class set's nets are nested."""
+
+    def __init__(self, num_sites: int, cond_dim: int, hidden: int = 64):
+        super().__init__()
+        self.num_sites = num_sites
+        self.mlp = nn.Sequential(nn.Linear(cond_dim, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, num_sites * (1 + len(NESTED_KNOTS))))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)  # c = 0 and softplus(0) slopes: every site shrinks with t from the start
+        self.register_buffer("knots", torch.tensor(NESTED_KNOTS), persistent=False)
+
+    def forward(self, condition: Tensor, t: Tensor) -> Tensor:
+        """(B, num_sites) log-scales for class conditions (B, D) whose budgets have t (B,)."""
+        p = self.mlp(condition).view(len(condition), self.num_sites, 1 + len(NESTED_KNOTS))
+        ramps = torch.relu(t[:, None] - self.knots.to(t.dtype))  # (B, K), each non-decreasing in t
+        return p[..., 0] - (nn.functional.softplus(p[..., 1:]) * ramps[:, None, :]).sum(dim=2)
+
+
 class HyperNetwork(nn.Module):
-    """MLP from a condition vector (multi-hot or text embedding) to utilities and scalings of every site."""
+    """MLP from a condition vector (multi-hot or text embedding) to utilities and scalings of every site.
+
+    With `nested_budget` (a budget-conditioned model whose condition ends with the BUDGET_FEATURES of its
+    budget), the MLP reads the class set alone, and a NestedBudgetShift scales each site's utilities by a factor
+    that falls with the budget: one channel order per class set and site, and nets nested across budgets."""
 
     def __init__(self, sites: List[Site], cond_dim: int, hidden: int = 256, layers: int = 2, sigma: float = 1.0,
-                 linear_skip: bool = True):
+                 linear_skip: bool = True, nested_budget: bool = False):
         super().__init__()
         self.sites = list(sites)
         self.cond_dim = cond_dim
+        self.nested = None
+        if nested_budget:
+            if cond_dim <= BUDGET_FEATURES:
+                raise ValueError(f"a nested budget needs a class condition before the {BUDGET_FEATURES} budget "
+                                 f"features; the condition has {cond_dim} entries")
+            cond_dim -= BUDGET_FEATURES  # the MLP, the linear path and the shift read the class set only
+            self.nested = NestedBudgetShift(sum(s.kind == "utility" for s in self.sites), cond_dim)
         trunk: List[nn.Module] = []
         d = cond_dim
         for _ in range(layers):
@@ -107,11 +143,22 @@ class HyperNetwork(nn.Module):
     def forward(self, condition: Tensor) -> Dict[str, Tensor]:
         if condition.shape[-1] != self.cond_dim:
             raise ValueError(f"condition has {condition.shape[-1]} entries, expected {self.cond_dim}")
+        shift = None
+        if self.nested is not None:
+            t = condition[:, -BUDGET_FEATURES]  # budget_features' first entry
+            condition = condition[:, :-BUDGET_FEATURES]
+            shift = self.nested(condition, t).exp()  # (B, utility sites)
         h = self.trunk(condition)  # (B, hidden)
         out = {}
+        u = 0
         for i, (s, head) in enumerate(zip(self.sites, self.heads)):
             v = head(h)  # (B, C)
             if self.skips is not None:
                 v = v + self.skips[i](condition)
-            out[s.name] = v.abs() if s.kind == "utility" else v
+            if s.kind == "utility":
+                v = v.abs()
+                if shift is not None:
+                    v = v * shift[:, u:u + 1]
+                u += 1
+            out[s.name] = v
         return out

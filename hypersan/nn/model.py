@@ -79,7 +79,8 @@ class SubtaskAdaptiveNet(nn.Module):
         if g.budget:
             cond_dim += BUDGET_FEATURES  # the budget's features follow the class set's condition
         if g.kind == "hypernet":
-            self.generator: nn.Module = HyperNetwork(self.sites, cond_dim, g.hidden, g.layers, g.sigma, g.linear_skip)
+            self.generator: nn.Module = HyperNetwork(self.sites, cond_dim, g.hidden, g.layers, g.sigma, g.linear_skip,
+                                                        nested_budget=g.budget and g.budget_nested)
         else:
             self.generator = PerTaskMasks(self.sites, len(self.basic), g.sigma)
         s = config.subtasks
