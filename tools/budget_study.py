@@ -222,6 +222,7 @@ def main(argv=None) -> int:
     dense_rows = [{"classes": list(t), **{f"acc_{split}": subset_accuracy(logits[split], y, list(t))
                                           for split, (_, y) in data.items()}} for t in tasks]
     result = {"command": "python tools/budget_study.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "checkpoints": {"budget": args.budget, "fixed": list(args.fixed), "dense": args.dense},
               "subtasks": len(tasks), "subtasks_list": [list(t) for t in tasks], "budgets": list(BUDGETS),
               "budget_rows": budget_rows, "fixed_rows": fixed_rows, "dense_rows": dense_rows,
               "analysis": {s: analyse(budget_rows, fixed_rows, dense_rows, s) for s in ("val", "test")},

@@ -47,7 +47,9 @@ def main(argv=None) -> int:
     model = engine.model
     if not model.budgeted:
         p.error(f"{args.checkpoint} is not budget-conditioned (generator.budget = false)")
-    if Path(study["command"].split("--budget ")[1].split()[0]).resolve() != Path(args.checkpoint).resolve():
+    studied = (study["checkpoints"]["budget"] if "checkpoints" in study  # older studies: read from the command
+               else study["command"].split("--budget ")[1].split()[0])
+    if Path(studied).resolve() != Path(args.checkpoint).resolve():
         p.error(f"{args.study} studied another checkpoint ({study['command']})")
     engine.cache.clear()
     model.meta["metrics"] = budget_metrics(study)
