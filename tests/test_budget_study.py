@@ -1,0 +1,47 @@
+"""The budget study's analysis (tools/budget_study.py) on hand-made rows: the budget met, the gap to the fixed-γ
+front at the budget model's own MACs, and the share of class sets whose accuracy does not fall with the budget."""
+import importlib.util
+
+import pytest
+
+from .conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def study():
+    spec = importlib.util.spec_from_file_location("budget_study", ROOT / "tools" / "budget_study.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _budget_rows(study, accs_of):
+    rows = []
+    for classes, accs in accs_of.items():
+        for b, acc in zip(study.BUDGETS, accs):
+            rows.append({"classes": list(classes), "budget": b, "mac_ratio": b - 0.01, "generated_mac_ratio": b * 1.05
+                         if classes == (0, 1) and b == 0.2 else b - 0.01, "acc_val": acc, "acc_test": acc})
+    return rows
+
+
+def test_the_analysis_counts_met_budgets_rising_sets_and_the_gap_to_the_family(study):
+    assert len(study.BUDGETS) == 5
+    rising = (0.90, 0.91, 0.93, 0.93, 0.94)
+    dip = (0.90, 0.897, 0.93, 0.935, 0.94)  # loses 0.3 pt from the first budget to the second
+    small_dip = (0.90, 0.899, 0.93, 0.93, 0.94)  # loses 0.1 pt: within the 0.2 pt allowed
+    rows = _budget_rows(study, {(0, 1): rising, (2, 3): dip, (4, 5): small_dip})
+    rows[-1]["mac_ratio"] = rows[-1]["budget"] + 0.006  # one case over budget + 0.005
+    # the family: two fixed models per class set at 0.15 and 0.25 of the MACs, 0.92 and 0.94
+    fixed = {name: [{"classes": list(t), "mac_ratio": m, "acc_val": a, "acc_test": a}
+                    for t in [(0, 1), (2, 3), (4, 5)]] for name, m, a in [("g4", 0.15, 0.92), ("g1", 0.25, 0.94)]}
+    dense = [{"classes": list(t), "acc_val": 0.95, "acc_test": 0.95} for t in [(0, 1), (2, 3), (4, 5)]]
+    a = study.analyse(rows, fixed, dense, "test")
+    assert a["cases"] == 15 and a["budget_met"] == pytest.approx(14 / 15)
+    assert a["rising_share"] == pytest.approx(2 / 3)
+    at_02 = a["per_budget"]["0.2"]  # MACs 0.19: the family gives 0.92 + 0.4 x 0.02 = 0.928 there
+    assert at_02["family_compared"] == 3
+    assert at_02["vs_family_pt"] == pytest.approx(100 * (0.93 - 0.928), abs=1e-6) and at_02["family_within_0.3pt"]
+    assert a["per_budget"]["0.08"]["family_compared"] == 0 and a["per_budget"]["0.08"]["vs_family_pt"] is None
+    assert at_02["vs_dense_pt"] == pytest.approx(-2.0)
+    assert a["generated_over"] == 1 and a["generated_over_max"] == pytest.approx(1.05)
+    assert a["family"]["g4"] == {"acc": pytest.approx(0.92), "mac_ratio": pytest.approx(0.15)}
