@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The glyph study's training runs (docs/ABLATIONS.md, "Glyphs"): the width check (dense nets at 1/8, 1/4, 1/2 and
 # full width), the hypernetwork at four values of gamma, and the budget-conditioned model (configs/glyphs_budget.toml)
-# with and without in-place distillation. An all-classes net pruned in training (every batch masked for the
+# with and without in-place distillation, and with its nets nested across budgets (generator.budget_nested). An all-classes net pruned in training (every batch masked for the
 # all-classes request) is configured in lane_b and was not run (budget).
 # Two lanes of one thread each (small convolutions use two lanes better than one lane of two threads).
 #   tools/glyph_sweep.sh [OUT=runs/glyph-sweep]
@@ -20,6 +20,7 @@ lane_a() {
     run hypernet-g2 loss.gamma=2
     run hypernet-g32 loss.gamma=32
     CONFIG=configs/glyphs_budget.toml run budget
+    CONFIG=configs/glyphs_budget.toml run budget-nested generator.budget_nested=true   # nets nested across budgets
 }
 lane_b() {
     while [ -n "${WAIT_B:-}" ] && kill -0 "$WAIT_B" 2>/dev/null; do sleep 20; done
