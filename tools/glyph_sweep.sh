@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The glyph study's training runs (docs/ABLATIONS.md, "Glyphs"): the width check (dense nets at 1/8, 1/4, 1/2 and
 # full width), the hypernetwork at four values of gamma, and the budget-conditioned model (configs/glyphs_budget.toml)
-# with and without in-place distillation, and with its nets nested across budgets (generator.budget_nested). An all-classes net pruned in training (every batch masked for the
-# all-classes request) is configured in lane_b and was not run (budget).
+# with and without in-place distillation, and with its nets nested across budgets (generator.budget_nested). An
+# all-classes net pruned in training (every batch masked for the all-classes request) is configured in lane_b and
+# was not run (budget).
 # Two lanes of one thread each (small convolutions use two lanes better than one lane of two threads).
 #   tools/glyph_sweep.sh [OUT=runs/glyph-sweep]
 # Every run resumes where it stopped; a finished run (its log ends with the checkpoint) is skipped.
