@@ -3,7 +3,8 @@
 # budget model and the fixed-γ hypernetworks it is measured against, each started from the shipped fmnist model's
 # backbone (50 epochs) and trained 3 more epochs at the same learning rate, so that every model of the comparison
 # has had the same training. budget-nested*: the same budget model with nets nested across budgets
-# (generator.budget_nested), alone and with in-place distillation from the unmasked net.
+# (generator.budget_nested), alone and with in-place distillation from the unmasked net, and the latter trained
+# on budgets from 0.05 (not 0.02) up.
 #   tools/budget_warm.sh [OUT=runs/budget-warm]
 #   python tools/budget_study.py --budget runs/budget-warm/budget --fixed runs/budget-warm/hypernet-g{0.25,1,4} \
 #       --dense runs/ablation/models/dense-g4-s0 --out runs/budget-warm/report
@@ -16,6 +17,8 @@ lane_a() {
     CONFIG=configs/fmnist_budget.toml run budget "${more[@]}"
     CONFIG=configs/fmnist.toml run hypernet-g4 "${more[@]}" loss.gamma=4
     CONFIG=configs/fmnist_budget.toml run budget-nested "${more[@]}" generator.budget_nested=true
+    CONFIG=configs/fmnist_budget.toml run budget-nested-d0.5-b0.05 "${more[@]}" generator.budget_nested=true \
+        loss.distill=0.5 generator.budget_min=0.05
 }
 lane_b() {
     CONFIG=configs/fmnist.toml run hypernet-g1 "${more[@]}" loss.gamma=1
