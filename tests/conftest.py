@@ -41,3 +41,13 @@ def pattern_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     for i, c in enumerate(y):
         x[i, c % 3][shapes[c]] = 250
     return x, y
+
+
+def load_tool(name: str):
+    """A script of tools/ imported as a module (tools/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

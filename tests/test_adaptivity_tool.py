@@ -1,5 +1,4 @@
 """tools/adaptivity.py: per-subtask nets against the all-classes net with its head cut, on a tiny checkpoint."""
-import importlib.util
 
 import pytest
 
@@ -7,14 +6,11 @@ from hypersan.config import load_config
 from hypersan.data.datasets import FASHION_MNIST
 from hypersan.nn.model import SubtaskAdaptiveNet
 
-from .conftest import ROOT, needs_fmnist
+from .conftest import ROOT, load_tool, needs_fmnist
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("adaptivity", ROOT / "tools" / "adaptivity.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("adaptivity")
 
 
 @needs_fmnist

@@ -1,18 +1,14 @@
 """The budget study's analysis (tools/budget_study.py) on hand-made rows: the budget met, the gap to the fixed-γ
 front at the budget model's own MACs, and the share of class sets whose accuracy does not fall with the budget."""
-import importlib.util
 
 import pytest
 
-from .conftest import ROOT
+from .conftest import load_tool
 
 
 @pytest.fixture(scope="module")
 def study():
-    spec = importlib.util.spec_from_file_location("budget_study", ROOT / "tools" / "budget_study.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("budget_study")
 
 
 def _budget_rows(study, accs_of):

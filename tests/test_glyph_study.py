@@ -1,18 +1,14 @@
 """The glyph study's report (tools/glyph_study.py) on hand-made results: the class-agnostic curve it reads, the
 budget it chooses per group on validation, and the lower bound it marks when a net is under the curve."""
-import importlib.util
 
 import pytest
 
-from .conftest import ROOT
+from .conftest import load_tool
 
 
 @pytest.fixture(scope="module")
 def study():
-    spec = importlib.util.spec_from_file_location("glyph_study", ROOT / "tools" / "glyph_study.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("glyph_study")
 
 
 SUBTASKS = [{"group": "digits", "name": "digits", "indices": [0, 1, 2]},

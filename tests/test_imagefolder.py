@@ -9,7 +9,7 @@ from PIL import Image  # noqa: E402
 
 from hypersan.data.datasets import DatasetError, load_dataset  # noqa: E402
 from hypersan.data.imagefolder import last_skipped  # noqa: E402
-from .conftest import ROOT, needs_fmnist  # noqa: E402
+from .conftest import load_tool, needs_fmnist  # noqa: E402
 
 CLASSES = ["cat", "dog", "fish"]
 
@@ -102,14 +102,11 @@ def test_a_model_trains_on_an_image_folder_and_prunes_to_named_classes(tmp_path)
 @needs_fmnist
 def test_fashion_mnist_written_as_an_image_folder_reads_back_the_same_pixels(tmp_path):
     pytest.importorskip("PIL")
-    import importlib.util
 
     from hypersan.data.datasets import load_dataset
     from hypersan.data.imagefolder import load_image_folder
 
-    spec = importlib.util.spec_from_file_location("fmnist_to_images", ROOT / "tools" / "fmnist_to_images.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("fmnist_to_images")
     assert tool.main(["--out", str(tmp_path / "png"), "--limit", "40"]) == 0
     assert tool.main(["--out", str(tmp_path / "png"), "--limit", "40"]) == 2  # never over an existing folder
     x, y, info = load_image_folder("test", tmp_path / "png")

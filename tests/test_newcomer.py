@@ -1,6 +1,5 @@
 """The newcomer's path: the README's two commands match the Makefile and CI; the demo; the data download check."""
 import gzip
-import importlib.util
 import json
 import re
 import subprocess
@@ -11,7 +10,7 @@ from hypersan.cli.commands import main
 
 from hypersan.cli.demo import slug
 
-from .conftest import HAVE_FMNIST, ROOT, needs_fmnist
+from .conftest import HAVE_FMNIST, ROOT, load_tool, needs_fmnist
 
 
 def _quick_start_commands() -> list[str]:
@@ -38,10 +37,7 @@ def test_make_knows_the_quick_start_targets():
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("get_fashion_mnist", ROOT / "tools" / "get_fashion_mnist.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("get_fashion_mnist")
 
 
 def test_download_check_rejects_corrupt_files():
