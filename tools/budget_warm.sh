@@ -21,7 +21,8 @@ lane_a() {
         generator.budget_min=0.02
     CONFIG=configs/fmnist_budget.toml run budget-nested-d0.5-b0.05 "${more[@]}" generator.budget_nested=true \
         loss.distill=0.5 generator.budget_min=0.05
-    CONFIG=configs/fmnist.toml run hypernet-g64 "${more[@]}" loss.gamma=64   # the family below 0.14 of the MACs
+    CONFIG=configs/fmnist.toml run hypernet-g64 "${more[@]}" loss.gamma=64   # collapsed: 0.002 of the MACs
+    CONFIG=configs/fmnist.toml run hypernet-g16 "${more[@]}" loss.gamma=16   # the family below 0.14 of the MACs
 }
 lane_b() {
     CONFIG=configs/fmnist.toml run hypernet-g1 "${more[@]}" loss.gamma=1
@@ -29,6 +30,7 @@ lane_b() {
     CONFIG=configs/fmnist_budget.toml run budget-nested-d0.5 "${more[@]}" generator.budget_nested=true \
         loss.distill=0.5 generator.budget_min=0.02
     CONFIG=configs/fmnist.toml run hypernet-g0.02 "${more[@]}" loss.gamma=0.02   # and above 0.27
+    CONFIG=configs/fmnist.toml run hypernet-g0.08 "${more[@]}" loss.gamma=0.08
 }
 lane_a & a=$!
 lane_b & b=$!
