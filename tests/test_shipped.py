@@ -139,7 +139,7 @@ def test_the_budget_model_is_small_self_describing_and_says_where_its_figures_co
     assert sum(f.stat().st_size for f in d.iterdir()) <= 10 * 2**20
     assert not (d / "optimizer.safetensors").exists()
     model = SubtaskAdaptiveNet.from_pretrained("fmnist_budget")
-    assert model.budgeted and model.config.generator.budget_min == 0.02
+    assert model.budgeted and model.config.generator.budget_min == 0.05 and model.config.generator.budget_nested
     prov, metrics = model.meta["provenance"], model.meta["metrics"]
     assert prov["train_command"].startswith("tools/budget_warm.sh") and prov["init_from"] == "fmnist"
     assert prov["metrics_command"].startswith("python tools/budget_study.py") and "test" in prov["selection"]
