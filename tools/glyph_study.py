@@ -318,7 +318,8 @@ def budget_report(nets: dict, subtasks: list[dict], fixed: dict, peer_base: str 
                 continue
             rows = res[f"{ratio:g}"]["adaptive"]
             lines += ["", f"## {name} at budget {ratio:g} against Torch-Pruning per subset at MAC ratio {ratio:g}",
-                      "", f"The peer prunes {peer_base}.", "", "| subtask | group | fine-tune steps | MAC ratio (peer / adaptive) | peer val | peer test | "
+                      "", f"The peer prunes {peer_base}.", "",
+                      "| subtask | group | fine-tune steps | MAC ratio (peer / adaptive) | peer val | peer test | "
                       "adaptive val | adaptive test | adaptive − peer, test (pt) | peer build (s) |",
                       "|---|---|---|---|---|---|---|---|---|---|"]
             for p in peer:

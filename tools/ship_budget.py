@@ -3,7 +3,8 @@ budget study (tools/budget_study.py) and its provenance in meta.json.
 
     python tools/ship_budget.py --checkpoint runs/budget-warm/budget \
         --study runs/budget-warm/report/budget_study.json --dest hypersan/pretrained/fmnist_budget \
-        --train-command "tools/budget_warm.sh runs/budget-warm (run budget)"
+        --train-command "tools/budget_warm.sh runs/budget-warm (run budget)" \
+        --selection "how it was chosen, on which split"
 
 The statistics are not shipped: each (class set, budget) calibrates on the training images on first use (1-3 s),
 as the budget study's cold builds did. An earlier checkpoint at --dest is replaced; any other folder never is.
@@ -38,9 +39,8 @@ def main(argv=None) -> int:
     p.add_argument("--study", required=True, help="its budget_study.json")
     p.add_argument("--dest", required=True, help="hypersan/pretrained/NAME")
     p.add_argument("--train-command", required=True, help="how the checkpoint was trained (for meta.json)")
-    p.add_argument("--selection", default="no choice was made on either split: the schedule (3 epochs at learning "
-                   "rate 0.02 from the shipped fmnist body) was fixed before training, alike for the budget model "
-                   "and its fixed-γ peers; the test split was read only for the reported figures")
+    p.add_argument("--selection", required=True,
+                   help="how the checkpoint was chosen, and on which split (for meta.json)")
     args = p.parse_args(argv)
     study = read_json(Path(args.study))
     engine = PruningEngine.from_pretrained(args.checkpoint)

@@ -84,8 +84,9 @@ NESTED_KNOTS = (0.0, 0.25, 0.5, 0.75)  # knots of the nested budget shift: a mon
 class NestedBudgetShift(nn.Module):
     """Per utility site, a log-scale g(class set, b) of every utility that never rises as the budget shrinks:
     g = c - sum_k softplus(w_k) relu(t - knot_k), with c and w_k read from the class set alone (not the budget,
-    which would break the monotony), and t = log b / log b_min. Scaling a site's utilities by exp(g) keeps their order, and a smaller budget only
-    lowers them, so the channels kept at a budget are kept at every larger one: a class set's nets are nested."""
+    which would break the monotony), and t = log b / log b_min. Scaling a site's utilities by exp(g) keeps their
+    order, and a smaller budget only lowers them, so the channels kept at a budget are kept at every larger one: a
+    class set's nets are nested."""
 
     def __init__(self, num_sites: int, cond_dim: int, hidden: int = 64):
         super().__init__()
