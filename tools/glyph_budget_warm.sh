@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The budget-conditioned glyph model in Fashion-MNIST's protocol (docs/BUDGETS.md, "Glyphs, started from the
+# body"): every model of the comparison starts from the sweep's finished full-width dense net (train.init_from)
+# and trains 2 more epochs alike (learning rate 0.02), the budget models and the fixed-γ family they are
+# measured against. The budget models nest their nets across budgets (generator.budget_nested) and train on
+# budgets from 0.05, with and without in-place distillation from the unmasked net. The non-nested budget models
+# with the same extra training are tools/glyph_warm.sh's budget-warm and budget-warm-distill.
+#   tools/glyph_budget_warm.sh [SWEEP=runs/glyph-sweep] [OUT=runs/glyph-budget-warm]
+#   python tools/budget_study.py --budget runs/glyph-budget-warm/budget-nested-d0.5-b0.05 \
+#       --fixed runs/glyph-budget-warm/hypernet-g{0.5,2,4,8} --dense runs/glyph-warm/dense-w16-e6 \
+#       --out runs/glyph-budget-warm/report-nested-d0.5-b0.05
+set -euo pipefail
+sweep=$(realpath "${1:-runs/glyph-sweep}")
+out=${2:-runs/glyph-budget-warm}
+[ -f "$sweep/dense-w16/done" ] || { echo "error: $sweep/dense-w16 is not finished (tools/glyph_sweep.sh)"; exit 1; }
+mkdir -p "$out"
+source "$(dirname "$0")/train_run.sh"
+more=("train.epochs=2" "train.lr=0.02" "train.warmup_epochs=0.1" "train.init_from=$sweep/dense-w16")
+nested=("generator.budget_nested=true" "generator.budget_min=0.05")
+lane_a() {
+    CONFIG=configs/glyphs_budget.toml run budget-nested-d0.5-b0.05 "${more[@]}" "${nested[@]}" loss.distill=0.5
+    run hypernet-g2 "${more[@]}" loss.gamma=2
+    run hypernet-g8 "${more[@]}" loss.gamma=8
+}
+lane_b() {
+    CONFIG=configs/glyphs_budget.toml run budget-nested-b0.05 "${more[@]}" "${nested[@]}" loss.distill=0
+    run hypernet-g4 "${more[@]}" loss.gamma=4
+    run hypernet-g0.5 "${more[@]}" loss.gamma=0.5
+}
+lane_a & a=$!
+lane_b & b=$!
+wait $a; wait $b
