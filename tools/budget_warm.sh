@@ -4,7 +4,8 @@
 # backbone (50 epochs) and trained 3 more epochs at the same learning rate, so that every model of the comparison
 # has had the same training. Each budget run states its settings, whatever configs/fmnist_budget.toml says today.
 # budget-nested*: the same budget model with nets nested across budgets (generator.budget_nested), alone and with
-# in-place distillation from the unmasked net, and the latter trained on budgets from 0.05 (not 0.02) up.
+# in-place distillation from the unmasked net, and the latter trained on budgets from 0.05 (not 0.02) up, with
+# a second training seed.
 #   tools/budget_warm.sh [OUT=runs/budget-warm]
 #   python tools/budget_study.py --budget runs/budget-warm/budget --fixed runs/budget-warm/hypernet-g{0.25,1,4} \
 #       --dense runs/ablation/models/dense-g4-s0 --out runs/budget-warm/report
@@ -23,6 +24,7 @@ lane_a() {
         loss.distill=0.5 generator.budget_min=0.05
     CONFIG=configs/fmnist.toml run hypernet-g64 "${more[@]}" loss.gamma=64   # collapsed: 0.002 of the MACs
     CONFIG=configs/fmnist.toml run hypernet-g16 "${more[@]}" loss.gamma=16   # the family below 0.14 of the MACs
+    CONFIG=configs/fmnist.toml run hypernet-g8 "${more[@]}" loss.gamma=8     # and between 0.04 and 0.14
 }
 lane_b() {
     CONFIG=configs/fmnist.toml run hypernet-g1 "${more[@]}" loss.gamma=1
@@ -31,6 +33,9 @@ lane_b() {
         loss.distill=0.5 generator.budget_min=0.02
     CONFIG=configs/fmnist.toml run hypernet-g0.02 "${more[@]}" loss.gamma=0.02   # and above 0.27
     CONFIG=configs/fmnist.toml run hypernet-g0.08 "${more[@]}" loss.gamma=0.08
+    # the chosen budget model again with another training seed (same body)
+    CONFIG=configs/fmnist_budget.toml run budget-nested-d0.5-b0.05-s1 "${more[@]}" generator.budget_nested=true \
+        loss.distill=0.5 generator.budget_min=0.05 train.seed=1
 }
 lane_a & a=$!
 lane_b & b=$!
