@@ -41,3 +41,25 @@ def test_the_analysis_counts_met_budgets_rising_sets_and_the_gap_to_the_family(s
     assert at_02["vs_dense_pt"] == pytest.approx(-2.0)
     assert a["generated_over"] == 1 and a["generated_over_max"] == pytest.approx(1.05)
     assert a["family"]["g4"] == {"acc": pytest.approx(0.92), "mac_ratio": pytest.approx(0.15)}
+
+
+def test_an_earlier_studys_rows_are_reused_only_for_the_same_weights_subtasks_seed_and_limit(study, tmp_path):
+    from safetensors.torch import save_file
+    import torch
+
+    for name, value in [("a", 1.0), ("b", 1.0), ("c", 2.0)]:
+        (tmp_path / name).mkdir()
+        save_file({"w": torch.full((3,), value)}, str(tmp_path / name / "model.safetensors"))
+    ha, hb, hc = (study.weights_hash(str(tmp_path / n)) for n in "abc")
+    assert ha == hb != hc  # the hash reads the weights, not the folder name
+    tasks = [(0, 1), (2, 3, 4)]
+    rows = [{"classes": [0, 1], "mac_ratio": 0.1}, {"classes": [2, 3, 4], "mac_ratio": 0.2}]
+    prev = {"subtasks_list": [[0, 1], [2, 3, 4]], "seed": 0, "limit": 0,
+            "hashes": {"g1": ha, "g4": hc, "dense": ha}, "fixed_rows": {"g1": rows, "g4": rows}, "dense_rows": rows}
+    got = study.reusable_rows(prev, {"g1": ha, "g4": ha, "dense": ha}, tasks, 0, 0)
+    assert sorted(got) == ["dense", "g1"] and got["g1"] is rows  # g4 was retrained since: its weights differ
+    assert study.reusable_rows(prev, {"g1": ha}, tasks, 1, 0) == {}  # another seed
+    assert study.reusable_rows(prev, {"g1": ha}, tasks, 0, 500) == {}  # another image limit
+    assert study.reusable_rows(prev, {"g1": ha}, tasks[:1], 0, 0) == {}  # other subtasks
+    old = {k: v for k, v in prev.items() if k != "hashes"}  # a study written before the hashes were recorded
+    assert study.reusable_rows(old, {"g1": ha}, tasks, 0, 0) == {}

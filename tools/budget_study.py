@@ -14,6 +14,8 @@ budget_study.json, budget_study.md and budget_front.png to --out.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import statistics
 import sys
 import time
@@ -85,6 +87,33 @@ def dense_forward_seconds(engine: PruningEngine, repeats: int = 20) -> float:
             if i >= 3:
                 times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def weights_hash(path: str) -> str:
+    """sha256 of a checkpoint's weights: a study's rows may be reused only for the very same weights."""
+    h = hashlib.sha256()
+    with open(Path(path) / "model.safetensors", "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def reusable_rows(prev: dict, hashes: dict[str, str], tasks: list[tuple], seed: int, limit: int) -> dict[str, list]:
+    """The rows of an earlier study (its budget_study.json) that this one may take as they are: those of a fixed
+    or dense checkpoint with the same weights (by hash), scored on the same subtasks, seed and image limit.
+    Returns {checkpoint name: rows}, with "dense" for the dense rows; an earlier study that differs in subtasks,
+    seed or limit, or that predates the hashes, gives nothing."""
+    same = (prev.get("subtasks_list") == [list(t) for t in tasks] and prev.get("seed") == seed
+            and prev.get("limit") == limit and "hashes" in prev)
+    if not same:
+        return {}
+    out = {}
+    for name, rows in prev.get("fixed_rows", {}).items():
+        if name in hashes and prev["hashes"].get(name) == hashes[name]:
+            out[name] = rows
+    if "dense" in hashes and prev["hashes"].get("dense") == hashes["dense"]:
+        out["dense"] = prev["dense_rows"]
+    return out
 
 
 def analyse(budget_rows: list[dict], fixed_rows: dict[str, list[dict]], dense_rows: list[dict], split: str) -> dict:
@@ -195,6 +224,8 @@ def main(argv=None) -> int:
     p.add_argument("--per-size", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=0, help="images per split (0: all): for smoke runs")
+    p.add_argument("--reuse", help="an earlier study's budget_study.json: its rows of fixed and dense checkpoints "
+                   "with the same weights, subtasks, seed and limit are taken as they are, not scored again")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -210,20 +241,34 @@ def main(argv=None) -> int:
             budget_rows.append(score(budget, t, data, b, args.seed))
         say(f"[{i + 1}/{len(tasks)}] {t}: " + ", ".join(f"{r['budget']}: {r['mac_ratio']:.3f}/{r['acc_val']:.4f}"
                                                          for r in budget_rows[-len(BUDGETS):]))
+    names = [Path(path).name for path in args.fixed]
+    if len(set(names)) != len(names) or "dense" in names:
+        p.error(f"--fixed checkpoints need distinct folder names other than 'dense' (got {names})")
+    hashes = {**{Path(path).name: weights_hash(path) for path in args.fixed}, "dense": weights_hash(args.dense)}
+    reused = {}
+    if args.reuse:
+        reused = reusable_rows(json.loads(Path(args.reuse).read_text()), hashes, tasks, args.seed, args.limit)
+        say(f"reused from {args.reuse}: {', '.join(sorted(reused)) or 'nothing (other subtasks, seed or limit)'}")
     fixed_rows = {}
-    for path in args.fixed:
-        eng = PruningEngine.from_pretrained(path, seed=args.seed)
-        fixed_rows[Path(path).name] = [score(eng, t, data, None, args.seed) for t in tasks]
-        say(f"{Path(path).name}: mean MAC ratio "
-            f"{statistics.mean(r['mac_ratio'] for r in fixed_rows[Path(path).name]):.3f}")
-    dense = PruningEngine.from_pretrained(args.dense, seed=args.seed)
-    net = dense.subnet(None, fold_bn=True)
-    logits = {split: plain_logits(net, x) for split, (x, _) in data.items()}
-    dense_rows = [{"classes": list(t), **{f"acc_{split}": subset_accuracy(logits[split], y, list(t))
-                                          for split, (_, y) in data.items()}} for t in tasks]
+    for path, name in zip(args.fixed, names):
+        if name in reused:
+            fixed_rows[name] = reused[name]
+        else:
+            eng = PruningEngine.from_pretrained(path, seed=args.seed)
+            fixed_rows[name] = [score(eng, t, data, None, args.seed) for t in tasks]
+        say(f"{name}: mean MAC ratio {statistics.mean(r['mac_ratio'] for r in fixed_rows[name]):.3f}")
+    if "dense" in reused:
+        dense_rows = reused["dense"]
+    else:
+        dense = PruningEngine.from_pretrained(args.dense, seed=args.seed)
+        net = dense.subnet(None, fold_bn=True)
+        logits = {split: plain_logits(net, x) for split, (x, _) in data.items()}
+        dense_rows = [{"classes": list(t), **{f"acc_{split}": subset_accuracy(logits[split], y, list(t))
+                                              for split, (_, y) in data.items()}} for t in tasks]
     result = {"command": "python tools/budget_study.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "checkpoints": {"budget": args.budget, "fixed": list(args.fixed), "dense": args.dense},
               "subtasks": len(tasks), "subtasks_list": [list(t) for t in tasks], "budgets": list(BUDGETS),
+              "seed": args.seed, "limit": args.limit, "hashes": hashes, "reused": sorted(reused),
               "budget_rows": budget_rows, "fixed_rows": fixed_rows, "dense_rows": dense_rows,
               "analysis": {s: analyse(budget_rows, fixed_rows, dense_rows, s) for s in ("val", "test")},
               "costs": {"build_s": statistics.median(r["build_s"] for r in budget_rows),
