@@ -55,9 +55,11 @@ def test_an_earlier_studys_rows_are_reused_only_for_the_same_weights_subtasks_se
     tasks = [(0, 1), (2, 3, 4)]
     rows = [{"classes": [0, 1], "mac_ratio": 0.1}, {"classes": [2, 3, 4], "mac_ratio": 0.2}]
     prev = {"subtasks_list": [[0, 1], [2, 3, 4]], "seed": 0, "limit": 0,
-            "hashes": {"g1": ha, "g4": hc, "dense": ha}, "fixed_rows": {"g1": rows, "g4": rows}, "dense_rows": rows}
-    got = study.reusable_rows(prev, {"g1": ha, "g4": ha, "dense": ha}, tasks, 0, 0)
-    assert sorted(got) == ["dense", "g1"] and got["g1"] is rows  # g4 was retrained since: its weights differ
+            "hashes": {"g1": ha, "g4": hc, "budget": hc, "dense": ha}, "fixed_rows": {"g1": rows, "g4": rows},
+            "budget_rows": rows, "dense_rows": rows}
+    got = study.reusable_rows(prev, {"g1": ha, "g4": ha, "budget": ha, "dense": ha}, tasks, 0, 0)
+    assert sorted(got) == ["dense", "g1"] and got["g1"] is rows  # g4 and the budget model have other weights now
+    assert sorted(study.reusable_rows(prev, {"budget": hc}, tasks, 0, 0)) == ["budget"]
     assert study.reusable_rows(prev, {"g1": ha}, tasks, 1, 0) == {}  # another seed
     assert study.reusable_rows(prev, {"g1": ha}, tasks, 0, 500) == {}  # another image limit
     assert study.reusable_rows(prev, {"g1": ha}, tasks[:1], 0, 0) == {}  # other subtasks

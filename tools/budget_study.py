@@ -99,10 +99,10 @@ def weights_hash(path: str) -> str:
 
 
 def reusable_rows(prev: dict, hashes: dict[str, str], tasks: list[tuple], seed: int, limit: int) -> dict[str, list]:
-    """The rows of an earlier study (its budget_study.json) that this one may take as they are: those of a fixed
-    or dense checkpoint with the same weights (by hash), scored on the same subtasks, seed and image limit.
-    Returns {checkpoint name: rows}, with "dense" for the dense rows; an earlier study that differs in subtasks,
-    seed or limit, or that predates the hashes, gives nothing."""
+    """The rows of an earlier study (its budget_study.json) that this one may take as they are: those of a
+    checkpoint with the same weights (by hash), scored on the same subtasks, seed and image limit. Returns
+    {checkpoint name: rows}, with "budget" and "dense" for the budget model's and the dense net's rows; an earlier
+    study that differs in subtasks, seed or limit, or that predates the hashes, gives nothing."""
     same = (prev.get("subtasks_list") == [list(t) for t in tasks] and prev.get("seed") == seed
             and prev.get("limit") == limit and "hashes" in prev)
     if not same:
@@ -111,8 +111,9 @@ def reusable_rows(prev: dict, hashes: dict[str, str], tasks: list[tuple], seed: 
     for name, rows in prev.get("fixed_rows", {}).items():
         if name in hashes and prev["hashes"].get(name) == hashes[name]:
             out[name] = rows
-    if "dense" in hashes and prev["hashes"].get("dense") == hashes["dense"]:
-        out["dense"] = prev["dense_rows"]
+    for key in ("budget", "dense"):
+        if key in hashes and prev["hashes"].get(key) == hashes[key]:
+            out[key] = prev[f"{key}_rows"]
     return out
 
 
@@ -235,20 +236,22 @@ def main(argv=None) -> int:
     tasks = subtasks(budget, args.per_size, args.seed)
     say(f"{len(tasks)} subtasks x {len(BUDGETS)} budgets; {len(data['val'][1])} val and {len(data['test'][1])} "
         "test images")
-    budget_rows = []
-    for i, t in enumerate(tasks):
+    names = [Path(path).name for path in args.fixed]
+    if len(set(names)) != len(names) or {"budget", "dense"} & set(names):
+        p.error(f"--fixed checkpoints need distinct folder names other than 'budget' and 'dense' (got {names})")
+    hashes = {**{Path(path).name: weights_hash(path) for path in args.fixed}, "budget": weights_hash(args.budget),
+              "dense": weights_hash(args.dense)}
+    reused, prev = {}, {}
+    if args.reuse:
+        prev = json.loads(Path(args.reuse).read_text())
+        reused = reusable_rows(prev, hashes, tasks, args.seed, args.limit)
+        say(f"reused from {args.reuse}: {', '.join(sorted(reused)) or 'nothing (other subtasks, seed or limit)'}")
+    budget_rows = reused.get("budget", [])
+    for i, t in enumerate(tasks if not budget_rows else []):
         for b in BUDGETS:
             budget_rows.append(score(budget, t, data, b, args.seed))
         say(f"[{i + 1}/{len(tasks)}] {t}: " + ", ".join(f"{r['budget']}: {r['mac_ratio']:.3f}/{r['acc_val']:.4f}"
                                                          for r in budget_rows[-len(BUDGETS):]))
-    names = [Path(path).name for path in args.fixed]
-    if len(set(names)) != len(names) or "dense" in names:
-        p.error(f"--fixed checkpoints need distinct folder names other than 'dense' (got {names})")
-    hashes = {**{Path(path).name: weights_hash(path) for path in args.fixed}, "dense": weights_hash(args.dense)}
-    reused = {}
-    if args.reuse:
-        reused = reusable_rows(json.loads(Path(args.reuse).read_text()), hashes, tasks, args.seed, args.limit)
-        say(f"reused from {args.reuse}: {', '.join(sorted(reused)) or 'nothing (other subtasks, seed or limit)'}")
     fixed_rows = {}
     for path, name in zip(args.fixed, names):
         if name in reused:
@@ -271,9 +274,11 @@ def main(argv=None) -> int:
               "seed": args.seed, "limit": args.limit, "hashes": hashes, "reused": sorted(reused),
               "budget_rows": budget_rows, "fixed_rows": fixed_rows, "dense_rows": dense_rows,
               "analysis": {s: analyse(budget_rows, fixed_rows, dense_rows, s) for s in ("val", "test")},
-              "costs": {"build_s": statistics.median(r["build_s"] for r in budget_rows),
-                        "build_warm_s": statistics.median(r["build_warm_s"] for r in budget_rows),
-                        "dense_forward_s": dense_forward_seconds(budget), "cuts": dict(budget.budget_cuts)}}
+              # reused budget rows bring the costs measured with them (build and dense forward in one run)
+              "costs": prev["costs"] if "budget" in reused else {
+                  "build_s": statistics.median(r["build_s"] for r in budget_rows),
+                  "build_warm_s": statistics.median(r["build_warm_s"] for r in budget_rows),
+                  "dense_forward_s": dense_forward_seconds(budget), "cuts": dict(budget.budget_cuts)}}
     atomic_write_json(out / "budget_study.json", result)
     atomic_write_text(out / "budget_study.md", report(result))
     try:
