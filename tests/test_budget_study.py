@@ -42,6 +42,8 @@ def test_the_analysis_counts_met_budgets_rising_sets_and_the_gap_to_the_family(s
     assert a["generated_over"] == 1 and a["generated_over_max"] == pytest.approx(1.05)
     assert a["family"]["g4"] == {"acc": pytest.approx(0.92), "mac_ratio": pytest.approx(0.15)}
     assert "rising_one_image_share" not in a
+    alone = study.analyse(rows, {}, dense, "test")  # no family given: no comparison with one
+    assert alone["family"] == {} and all(v["vs_family_pt"] is None for v in alone["per_budget"].values())
     # with 250 images per class set one image is 0.4 pt: the 0.3-pt dip is within one image; with 500 it is not
     a = study.analyse(rows, fixed, dense, "test", {(0, 1): 250, (2, 3): 250, (4, 5): 250})
     assert a["rising_share"] == pytest.approx(2 / 3) and a["rising_one_image_share"] == 1.0

@@ -231,7 +231,9 @@ def report(result: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget", required=True, help="the budget-conditioned checkpoint")
-    p.add_argument("--fixed", nargs="+", required=True, help="fixed-gamma checkpoints of the same backbone")
+    p.add_argument("--fixed", nargs="*", default=[],
+                   help="fixed-gamma checkpoints of the same backbone (none: the budget model and the dense net "
+                        "only, and no comparison with a family; a later study can --reuse those rows)")
     p.add_argument("--dense", required=True, help="the separately trained dense net (the reference)")
     p.add_argument("--out", required=True)
     p.add_argument("--per-size", type=int, default=10)
