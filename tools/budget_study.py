@@ -239,8 +239,9 @@ def main(argv=None) -> int:
     p.add_argument("--per-size", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=0, help="images per split (0: all): for smoke runs")
-    p.add_argument("--reuse", help="an earlier study's budget_study.json: its rows of fixed and dense checkpoints "
-                   "with the same weights, subtasks, seed and limit are taken as they are, not scored again")
+    p.add_argument("--reuse", nargs="+", default=[],
+                   help="earlier studies' budget_study.json files: their rows of checkpoints with the same weights, "
+                        "subtasks, seed and limit are taken as they are, not scored again (the first file wins)")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -255,11 +256,14 @@ def main(argv=None) -> int:
         p.error(f"--fixed checkpoints need distinct folder names other than 'budget' and 'dense' (got {names})")
     hashes = {**{Path(path).name: weights_hash(path) for path in args.fixed}, "budget": weights_hash(args.budget),
               "dense": weights_hash(args.dense)}
-    reused, prev = {}, {}
-    if args.reuse:
-        prev = json.loads(Path(args.reuse).read_text())
-        reused = reusable_rows(prev, hashes, tasks, args.seed, args.limit)
-        say(f"reused from {args.reuse}: {', '.join(sorted(reused)) or 'nothing (other subtasks, seed or limit)'}")
+    reused, costs = {}, None
+    for path in args.reuse:
+        prev = json.loads(Path(path).read_text())
+        got = {k: v for k, v in reusable_rows(prev, hashes, tasks, args.seed, args.limit).items() if k not in reused}
+        if "budget" in got:
+            costs = prev["costs"]
+        reused.update(got)
+        say(f"reused from {path}: {', '.join(sorted(got)) or 'nothing'}")
     images = {split: {t: int(sum(int((y == c).sum()) for c in t)) for t in tasks} for split, (_, y) in data.items()}
     budget_rows = reused.get("budget", [])
     for i, t in enumerate(tasks if not budget_rows else []):
@@ -290,7 +294,7 @@ def main(argv=None) -> int:
               "budget_rows": budget_rows, "fixed_rows": fixed_rows, "dense_rows": dense_rows,
               "analysis": {s: analyse(budget_rows, fixed_rows, dense_rows, s, images[s]) for s in ("val", "test")},
               # reused budget rows bring the costs measured with them (build and dense forward in one run)
-              "costs": prev["costs"] if "budget" in reused else {
+              "costs": costs if costs is not None else {
                   "build_s": statistics.median(r["build_s"] for r in budget_rows),
                   "build_warm_s": statistics.median(r["build_warm_s"] for r in budget_rows),
                   "dense_forward_s": dense_forward_seconds(budget), "cuts": dict(budget.budget_cuts)}}
