@@ -10,6 +10,15 @@ Every model is scored on the validation split (where choices are made) and on th
 on the same 30 subtasks (10 pairs, 10 triples, 10 five-class sets, seen and held-out as sampled) and the budgets
 {0.08, 0.12, 0.2, 0.3, 0.5}. Accuracy is |T|-way accuracy of the pruned net on the images of its classes. Writes
 budget_study.json, budget_study.md and budget_front.png to --out.
+
+Several budget models against one family: score each model alone (no --fixed), the family once, and reuse the
+rows (the study records a sha256 of every checkpoint's weights and reuses rows only for the same weights):
+
+    python tools/budget_study.py --budget runs/A --dense runs/dense --out runs/rows-A
+    python tools/budget_study.py --budget runs/A --fixed runs/g1 runs/g4 --dense runs/dense --out runs/report-A \
+        --reuse runs/rows-A/budget_study.json
+    python tools/budget_study.py --budget runs/B --fixed runs/g1 runs/g4 --dense runs/dense --out runs/report-B \
+        --reuse runs/report-A/budget_study.json
 """
 from __future__ import annotations
 
