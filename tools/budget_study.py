@@ -273,13 +273,17 @@ def main(argv=None) -> int:
             costs = prev["costs"]
         reused.update(got)
         say(f"reused from {path}: {', '.join(sorted(got)) or 'nothing'}")
-    images = {split: {t: int(sum(int((y == c).sum()) for c in t)) for t in tasks} for split, (_, y) in data.items()}
-    budget_rows = reused.get("budget", [])
-    for i, t in enumerate(tasks if not budget_rows else []):
-        for b in BUDGETS:
-            budget_rows.append(score(budget, t, data, b, args.seed))
-        say(f"[{i + 1}/{len(tasks)}] {t}: " + ", ".join(f"{r['budget']}: {r['mac_ratio']:.3f}/{r['acc_val']:.4f}"
-                                                         for r in budget_rows[-len(BUDGETS):]))
+    # the images each accuracy is taken on, selected as plain_accuracy selects them
+    images = {split: {t: int(torch.isin(y, torch.tensor(t)).sum()) for t in tasks} for split, (_, y) in data.items()}
+    if "budget" in reused:
+        budget_rows = reused["budget"]
+    else:
+        budget_rows = []
+        for i, t in enumerate(tasks):
+            for b in BUDGETS:
+                budget_rows.append(score(budget, t, data, b, args.seed))
+            say(f"[{i + 1}/{len(tasks)}] {t}: " + ", ".join(f"{r['budget']}: {r['mac_ratio']:.3f}/{r['acc_val']:.4f}"
+                                                             for r in budget_rows[-len(BUDGETS):]))
     fixed_rows = {}
     for path, name in zip(args.fixed, names):
         if name in reused:
