@@ -74,6 +74,7 @@ class LossConfig:
     budget_over: float = 4.0  # budget-conditioned: weight of the relative excess of MACs over the budget
     budget_under: float = 0.5  # budget-conditioned: weight of the relative shortfall (spare budget buys accuracy)
     distill: float = 0.0  # in-place distillation: share of the unmasked net's outputs in a masked batch's targets
+    budget_monotone: float = 0.0  # budget-conditioned: weight of the hinge on a sample's loss rising with the budget
 
 
 @dataclass
@@ -268,6 +269,7 @@ RANGES: dict[str, tuple[str, str]] = {
     "loss.budget_over": ("[0, inf)", "weight of MACs over the budget"),
     "loss.budget_under": ("[0, inf)", "weight of MACs under the budget; 0 = no pull"),
     "loss.distill": ("[0, 1]", "a share of the targets; 0 = no distillation"),
+    "loss.budget_monotone": ("[0, inf)", "weight of the hinge; 0 = one budget per sample"),
     "generator.budget_min": ("(0, 1]", "a MAC ratio to the dense net"),
     "generator.budget_free_share": ("[0, 1]", "a share of training samples"),
     "subtasks.size_weights": ("[0, inf)", "relative probability of each subtask size"),
@@ -362,6 +364,9 @@ def validate(cfg: Config) -> None:
     if cfg.generator.budget and cfg.generator.kind != "hypernet":
         raise ConfigError("generator.budget = true feeds the budget to the hypernetwork; per-task masks take no input "
                           "but the class set: set generator.kind = 'hypernet', or generator.budget = false")
+    if cfg.loss.budget_monotone > 0 and not cfg.generator.budget:
+        raise ConfigError("loss.budget_monotone > 0 compares each sample's loss at two budgets; this model takes no "
+                          "budget: set generator.budget = true, or loss.budget_monotone = 0")
     if cfg.generator.budget_nested and not cfg.generator.budget:
         raise ConfigError("generator.budget_nested = true nests a budget-conditioned model's nets; this model takes "
                           "no budget: set generator.budget = true, or budget_nested = false")

@@ -11,12 +11,13 @@ from ..config import GAMMA_SIZE_MODES
 
 
 def subtask_weighted_bce(logits: Tensor, labels: Tensor, in_task: Tensor, beta: float,
-                         teacher: Tensor | None = None, distill: float = 0.0) -> Tensor:
+                         teacher: Tensor | None = None, distill: float = 0.0, reduce: bool = True) -> Tensor:
     """Mean over samples of the class-summed BCE with weight beta on the sample's subtask classes and 1
     elsewhere, divided by alpha = (|C| + (beta - 1)|T|) / |C|, so it keeps the scale of the unweighted sum.
     logits, in_task: (B, C); labels: (B,).
     teacher (B, C): logits of a teacher (in-place distillation: the unmasked net on the same images); the
-    targets become (1 - distill) x one-hot + distill x sigmoid(teacher)."""
+    targets become (1 - distill) x one-hot + distill x sigmoid(teacher).
+    reduce=False: each sample's loss (B,) instead of their mean."""
     num_classes = logits.shape[1]
     target = F.one_hot(labels, num_classes).to(logits.dtype)
     if teacher is not None and distill > 0:
@@ -24,7 +25,8 @@ def subtask_weighted_bce(logits: Tensor, labels: Tensor, in_task: Tensor, beta: 
     per = F.binary_cross_entropy_with_logits(logits, target, reduction="none")  # (B, C)
     w = 1.0 + (beta - 1.0) * in_task.to(logits.dtype)
     alpha = (num_classes + (beta - 1.0) * in_task.sum(dim=1).to(logits.dtype)) / num_classes  # (B,)
-    return ((w * per).sum(dim=1) / alpha).mean()
+    each = (w * per).sum(dim=1) / alpha
+    return each.mean() if reduce else each
 
 
 def sparsity_weights(task_sizes: Tensor, num_classes: int, gamma: float, mode: str) -> Tensor:
@@ -57,6 +59,24 @@ def sample_budgets(n: int, gen: torch.Generator, b_min: float, free_share: float
     u = torch.rand(n, generator=gen)
     free = torch.rand(n, generator=gen) < free_share
     return torch.where(free, torch.ones(n), torch.exp(u * math.log(b_min)))
+
+
+MONOTONE_RATIO_MAX = 3.0  # the larger budget of a monotony pair is b x r, r log-uniform in [1, 3], at most 1
+
+
+def larger_budgets(budgets: Tensor, gen: torch.Generator) -> Tensor:
+    """For each training budget b, a larger one min(1, b r) with r log-uniform in [1, MONOTONE_RATIO_MAX]: the
+    partner of b in the monotony hinge. Evaluation budgets a user steps through (0.08, 0.12, 0.2, 0.3, 0.5) are
+    1.5 to 1.7 apart; the range covers such steps and a few of them at once."""
+    r = torch.exp(torch.rand(len(budgets), generator=gen) * math.log(MONOTONE_RATIO_MAX))
+    return torch.clamp(budgets * r.to(budgets.device), max=1.0)
+
+
+def monotone_hinge(smaller: Tensor, larger: Tensor) -> Tensor:
+    """Per-sample hinge (B,) on a loss that rises with the budget: max(0, loss at the larger budget - loss at the
+    smaller one), with the smaller budget's loss a fixed target (no gradient): the larger net is pushed to do at
+    least as well on each image, never the smaller one to do worse."""
+    return torch.relu(larger - smaller.detach())
 
 
 def budget_loss(ratio: Tensor, budgets: Tensor, over: float, under: float) -> Tensor:

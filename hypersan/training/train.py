@@ -23,7 +23,8 @@ from ..prune.engine import PruningEngine
 from .evaluate import evaluate
 from ..nn.generators import mean_utility
 from ..io import ArtifactError, OutputExistsError, check_output_dir, is_hypersan_dir, load_tensors, read_json
-from ..nn.losses import budget_loss, sample_budgets, sparsity_weights, subtask_weighted_bce
+from ..nn.losses import (budget_loss, larger_budgets, monotone_hinge, sample_budgets, sparsity_weights,
+                         subtask_weighted_bce)
 from ..nn.model import SubtaskAdaptiveNet
 from .optim import descend, lr_factor
 from ..data.subtasks import SubtaskSampler, sample_combinations
@@ -156,12 +157,23 @@ def masked_loss(model: SubtaskAdaptiveNet, x: torch.Tensor, y: torch.Tensor, sel
     amp: the backbone's forward under bf16 autocast; masks (the keep rule's thresholds) stay in float32.
     A budget-conditioned model also takes each sample's budget (B,), and the loss adds the budget term on the
     subnet's MAC ratio, counted by `macs` from the straight-through masks (exact forward, surrogate gradient).
+    Budgets (B, 2), a budget and a larger one per sample (loss.budget_monotone > 0): every image runs at both,
+    each run is a sample of the loss, and loss.budget_monotone weighs the hinge on an image's loss rising from
+    the smaller budget to the larger (losses.monotone_hinge); masks, raw and utilities are then (2B, ...), the
+    smaller budgets first.
     With loss.distill > 0 the unmasked net is run on the same images first, without gradients (in-place
     distillation, as slimmable and once-for-all networks train their subnets), and its outputs join the targets."""
     teacher = None
     if cfg.loss.distill > 0:
         with torch.no_grad(), _autocast(x.device, amp):
             teacher = model.backbone(x).float()
+    pairs = budgets is not None and budgets.dim() == 2
+    if pairs:
+        n = len(y)
+        x, y, select = torch.cat([x, x]), torch.cat([y, y]), torch.cat([select, select])
+        texts = None if texts is None else texts + texts
+        teacher = None if teacher is None else torch.cat([teacher, teacher])
+        budgets = torch.cat([budgets[:, 0], budgets[:, 1]])
     masks, raw = model.generate(select, texts, budgets)
     with _autocast(x.device, amp):
         logits = model.backbone(x, masks)
@@ -170,11 +182,13 @@ def masked_loss(model: SubtaskAdaptiveNet, x: torch.Tensor, y: torch.Tensor, sel
     in_task = (select.to(x.device).float() @ basic_to_class) > 0
     per_sample = mean_utility(raw, model.sites)  # (B,)
     gammas = sparsity_weights(in_task.sum(dim=1), len(model.classes), cfg.loss.gamma, cfg.loss.gamma_size)
-    loss = subtask_weighted_bce(logits, y, in_task, cfg.loss.beta, teacher, cfg.loss.distill) + \
-        (gammas * per_sample).mean()
+    task = subtask_weighted_bce(logits, y, in_task, cfg.loss.beta, teacher, cfg.loss.distill, reduce=False)
+    loss = task.mean() + (gammas * per_sample).mean()
     if budgets is not None:
         ratio = macs.ratio(masks, in_task.sum(dim=1))
         loss = loss + budget_loss(ratio, budgets.to(ratio.device), cfg.loss.budget_over, cfg.loss.budget_under).mean()
+    if pairs:
+        loss = loss + cfg.loss.budget_monotone * monotone_hinge(task[:n], task[n:]).mean()
     return loss, masks, raw, per_sample
 
 
@@ -199,7 +213,7 @@ class _TrainStep(nn.Module):
                                                    amp=self.amp, budgets=budgets, macs=self.macs)
         with torch.no_grad():
             kept = sum(masks[x_.name].sum() for x_ in model.sites if x_.kind == "utility")
-            kept = kept / sum(x_.size for x_ in model.sites if x_.kind == "utility") / len(y)
+            kept = kept / sum(x_.size for x_ in model.sites if x_.kind == "utility") / len(per_sample)
             return loss, torch.stack([per_sample.mean(), kept])
 
 
@@ -349,8 +363,10 @@ def _train(cfg: Config, out: Path, resume: bool, log: Callable[[str], None], sto
         texts = None if dense or model.encoder is None else _descriptions(model, select, gen, cfg)
         budgets = None
         if model.budgeted and not dense:
-            budgets = to_device(sample_budgets(len(idx), gen, cfg.generator.budget_min,
-                                               cfg.generator.budget_free_share))
+            budgets = sample_budgets(len(idx), gen, cfg.generator.budget_min, cfg.generator.budget_free_share)
+            if cfg.loss.budget_monotone > 0:  # a larger partner per budget, for the monotony hinge
+                budgets = torch.stack([budgets, larger_budgets(budgets, gen)], dim=1)
+            budgets = to_device(budgets)
         return to_device(x), to_device(train_y[idx]), to_device(select), texts, budgets
 
     n = len(train_x)
