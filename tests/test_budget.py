@@ -8,7 +8,7 @@ import torch
 from hypersan.language.budgets import SMALLEST, split_budget
 from hypersan.language.grounding import GroundingError
 from hypersan.nn.generators import BudgetError, budget_features
-from hypersan.nn.losses import budget_loss, sample_budgets
+from hypersan.nn.losses import MONOTONE_RATIO_MAX, budget_loss, larger_budgets, monotone_hinge, sample_budgets
 from hypersan.nn.masks import binarize
 from hypersan.prune.budget import MacModel, enforce_budget
 from hypersan.prune.metrics import count_macs, subnet_cost
@@ -76,6 +76,57 @@ def test_training_budgets_cover_the_range_and_no_limit():
     assert ((b > 0.02) & (b < 0.05)).any() and ((b > 0.4) & (b < 0.9)).any()
     f = budget_features(torch.tensor([1.0, 0.02]), 0.02)
     assert f.shape == (2, 7) and f[0, 0] == 0 and f[1, 0] == pytest.approx(1.0)
+
+
+def test_each_budget_gets_a_larger_partner_and_the_hinge_pushes_only_the_larger_net():
+    b = sample_budgets(2000, torch.Generator().manual_seed(1), 0.05, 0.1)
+    big = larger_budgets(b, torch.Generator().manual_seed(2))
+    assert (big >= b).all() and (big <= 1.0).all()
+    assert (big <= b * MONOTONE_RATIO_MAX * (1 + 1e-6)).all()
+    assert (big[b == 1] == 1).all() and (big[b < 0.2] > 1.3 * b[b < 0.2]).any()
+    small = torch.tensor([0.5, 0.2, 0.3], requires_grad=True)
+    large = torch.tensor([0.4, 0.6, 0.3], requires_grad=True)
+    h = monotone_hinge(small, large)
+    assert h.tolist() == pytest.approx([0.0, 0.4, 0.0])
+    h.sum().backward()
+    assert small.grad is None or not small.grad.any()  # the smaller budget's loss is a target, never pushed up
+    assert large.grad.tolist() == [0.0, 1.0, 0.0]
+
+
+def test_the_monotony_hinge_joins_the_loss_of_both_budgets():
+    from hypersan.training.train import masked_loss
+
+    from .test_loss_assembly import _setup
+
+    model, cfg, b2c = _setup(*BUDGETED, "loss.budget_monotone=2.0")
+    mac = MacModel(model.backbone, model.info.input_shape)
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(6))
+    y = torch.tensor([1, 7, 8])
+    sel = model.select([(1, 2), (7, 8), (0, 8, 9)])
+    pairs = torch.tensor([[0.05, 0.3], [0.1, 0.1], [0.2, 1.0]])
+    torch.manual_seed(0)
+    loss, masks, raw, util = masked_loss(model, x, y, sel, None, cfg, b2c, budgets=pairs, macs=mac)
+    assert all(m.shape[0] == 6 for m in masks.values()) and util.shape == (6,)
+    # the same batch with each image twice and one budget each: every term but the hinge
+    twice = (torch.cat([x, x]), torch.cat([y, y]), torch.cat([sel, sel]))
+    torch.manual_seed(0)
+    plain, *_ = masked_loss(model, *twice, None, cfg, b2c, budgets=torch.cat([pairs[:, 0], pairs[:, 1]]), macs=mac)
+    with torch.no_grad():
+        m, _ = model.generate(twice[2], None, torch.cat([pairs[:, 0], pairs[:, 1]]))
+        logits = model.backbone(twice[0], m)
+    from hypersan.nn.losses import subtask_weighted_bce
+    in_task = (twice[2].float() @ b2c) > 0
+    each = subtask_weighted_bce(logits, twice[1], in_task, cfg.loss.beta, reduce=False)
+    hinge = torch.relu(each[3:] - each[:3]).mean()
+    assert hinge.item() > 1e-4  # some image does worse at its larger budget, so a missing hinge would show
+    assert loss.item() == pytest.approx(plain.item() + 2.0 * hinge.item(), rel=1e-5)
+
+
+def test_the_monotony_hinge_needs_a_budget_conditioned_model():
+    from hypersan.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="budget_monotone"):
+        load_config(ROOT / "configs" / "tiny.toml", ["loss.budget_monotone=1"])
 
 
 def test_enforcement_never_exceeds_the_budget_on_random_generators():

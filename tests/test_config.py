@@ -48,6 +48,7 @@ NUMERIC_CASES = {
     "loss.budget_over": (4.0, -1.0),
     "loss.budget_under": (0.0, -0.5),
     "loss.distill": (0.5, 1.5),
+    "loss.budget_monotone": (0.0, -1.0),  # a positive weight needs generator.budget (a cross-field check)
     "generator.budget_min": (0.05, 0.0),
     "generator.budget_free_share": (0.1, 1.5),
     "data.train_limit": (100, -5),
