@@ -42,7 +42,12 @@ def test_the_analysis_counts_met_budgets_rising_sets_and_the_gap_to_the_family(s
     assert a["generated_over"] == 1 and a["generated_over_max"] == pytest.approx(1.05)
     assert a["family"]["g4"] == {"acc": pytest.approx(0.92), "mac_ratio": pytest.approx(0.15)}
     assert "rising_one_image_share" not in a
+    assert a["family_rising_share"] == 1.0  # every class set: 0.92 at 0.15 of the MACs, then 0.94 at 0.25
+    fixed["g1"][1]["acc_test"] = 0.917  # (2, 3) loses 0.3 pt from the smaller model to the larger
+    assert study.analyse(rows, fixed, dense, "test")["family_rising_share"] == pytest.approx(2 / 3)
+    fixed["g1"][1]["acc_test"] = 0.94
     alone = study.analyse(rows, {}, dense, "test")  # no family given: no comparison with one
+    assert alone["family_rising_share"] is None
     assert alone["family"] == {} and all(v["vs_family_pt"] is None for v in alone["per_budget"].values())
     # with 250 images per class set one image is 0.4 pt: the 0.3-pt dip is within one image; with 500 it is not
     a = study.analyse(rows, fixed, dense, "test", {(0, 1): 250, (2, 3): 250, (4, 5): 250})

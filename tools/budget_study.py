@@ -159,11 +159,20 @@ def analyse(budget_rows: list[dict], fixed_rows: dict[str, list[dict]], dense_ro
             rising_one += all(b >= a - slack for a, b in zip(accs, accs[1:]))
     family = {name: {"acc": statistics.mean(r[key] for r in rows),
                      "mac_ratio": statistics.mean(r["mac_ratio"] for r in rows)} for name, rows in fixed_rows.items()}
+    # the peer's own monotony: each class set's fixed models, in the order of the family's mean MACs
+    order = sorted(family, key=lambda n: family[n]["mac_ratio"])
+    fam_rising = None
+    if len(order) > 1:
+        fam_rising = 0
+        for t in names:
+            accs = [next(r[key] for r in fixed_rows[n] if tuple(r["classes"]) == t) for n in order]
+            fam_rising += all(b >= a - 0.002 for a, b in zip(accs, accs[1:]))
+        fam_rising /= len(names)
     over = [r["generated_mac_ratio"] / r["budget"] for r in budget_rows if r["generated_mac_ratio"] > r["budget"]]
     return {"budget_met": sum(met) / len(met), "cases": len(met), "per_budget": per_budget,
             "generated_over": len(over), "generated_over_max": max(over) if over else None,
             "generated_over_median": statistics.median(over) if over else None,
-            "rising_share": rising / len(names), "family": family,
+            "rising_share": rising / len(names), "family": family, "family_rising_share": fam_rising,
             **({"rising_one_image_share": rising_one / len(names),
                 "images_median": statistics.median(images[t] for t in names)} if images else {})}
 
@@ -212,6 +221,10 @@ def report(result: dict) -> str:
                   + ("" if "rising_one_image_share" not in a else
                      f" ({100 * a['rising_one_image_share']:.0f}% when a fall of one image is allowed too; median "
                      f"{a['images_median']:.0f} images per class set)"),
+                  *([] if a.get("family_rising_share") is None else
+                    [f"- the same for the fixed-γ family, its models in the order of their mean MACs "
+                     f"({len(a['family'])} models, {len(a['family']) - 1} steps): "
+                     f"{100 * a['family_rising_share']:.0f}% of subtasks"]),
                   f"- the generator's own net was over budget in {a['generated_over']} of {a['cases']} cases"
                   + ("" if not a["generated_over"] else f" (median {a['generated_over_median']:.2f}x, at most "
                      f"{a['generated_over_max']:.2f}x the budget) and was cut to fit"), "",
