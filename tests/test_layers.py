@@ -16,7 +16,7 @@ RANKS = {
     "language.words": 0, "language.vocabulary": 1, "language.text": 1, "language.descriptions": 1,
     "language.grounding": 2, "language.budgets": 3, "language.__init__": 4,
     "data.imagefolder": 0, "data.subtasks": 0, "data.datasets": 1, "data.glyphs": 2, "data.__init__": 3,
-    "nn.backbones": 0, "nn.graph": 0, "nn.custom": 1, "nn.masks": 0, "nn.losses": 0, "nn.checkpoint": 0, "nn.generators": 1, "nn.subnet": 1,
+    "nn.backbones": 0, "nn.graph": 0, "nn.custom": 1, "nn.masks": 0, "nn.bn": 0, "nn.losses": 0, "nn.checkpoint": 0, "nn.generators": 1, "nn.subnet": 1,
     "nn.model": 2, "nn.__init__": 3,
     "deploy.quantize": 0, "deploy.export": 1, "deploy.runtimes": 2, "deploy.__init__": 3,
     "prune.metrics": 0, "prune.stats": 0, "prune.surgery": 1, "prune.budget": 1, "prune.engine": 2, "prune.__init__": 3,

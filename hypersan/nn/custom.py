@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .backbones import Normalize, Site
+from .bn import set_bn_stats
 from .graph import (ChannelGroup, GraphError, GraphMasks, check_groups, conv_bn_pairs, find_groups, fold_pairs,
                     layer_index, prune_groups)
 
@@ -166,12 +167,7 @@ def prune_custom(backbone: CustomBackbone, masks: Optional[Dict[str, Tensor]], c
     that directly follows a conv (and only it) folded into that conv (`arch["folded"]` names the pairs)."""
     net = copy.deepcopy(backbone.net).eval()
     if bn_stats is not None:
-        prefix = "net."
-        with torch.no_grad():
-            for name, m in net.named_modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.running_mean.copy_(bn_stats[f"{prefix}{name}.running_mean"])
-                    m.running_var.copy_(bn_stats[f"{prefix}{name}.running_var"])
+        set_bn_stats(net, bn_stats, prefix="net.")  # the statistics are the backbone's, whose `net` this is
     kept = kept_indices(backbone.groups, masks)
     full = {g.name: _mask_of(kept[g.name], g.size) for g in backbone.groups}
     pruned = prune_groups(net, backbone.groups, full, backbone.example().to(next(net.parameters()).device),

@@ -14,17 +14,17 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
 
+from ..nn.bn import BNStats, bn_modules, get_bn_stats, set_bn_stats  # noqa: F401 (re-exported)
 from ..nn.checkpoint import parse_subtask_key, subtask_key
 from ..data.datasets import augment, to_float
 from ..io import ArtifactError, load_tensors, save_tensors
 from ..data.subtasks import Subtask
 
-BNStats = Dict[str, Tensor]  # "<bn module name>.running_mean" / ".running_var" -> tensor
 STATS_FILE = "bn_cache.safetensors"
 _SUFFIXES = (".running_mean", ".running_var")
 
@@ -34,27 +34,6 @@ class StatsCacheError(ArtifactError):
 
 
 # ---------------------------------------------------------------- recalibration
-
-def bn_modules(net: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
-    """Every BatchNorm layer of a net, by module name."""
-    return {n: m for n, m in net.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
-
-
-def get_bn_stats(net: nn.Module) -> BNStats:
-    """A copy of every BN layer's running mean and variance."""
-    out = {}
-    for n, m in bn_modules(net).items():
-        out[f"{n}.running_mean"] = m.running_mean.detach().clone()
-        out[f"{n}.running_var"] = m.running_var.detach().clone()
-    return out
-
-
-def set_bn_stats(net: nn.Module, stats: BNStats) -> None:
-    """Load running statistics produced by get_bn_stats or recalibrate."""
-    for n, m in bn_modules(net).items():
-        m.running_mean.copy_(stats[f"{n}.running_mean"])
-        m.running_var.copy_(stats[f"{n}.running_var"])
-
 
 @torch.no_grad()
 def recalibrate(net: nn.Module, forward: Callable[[Tensor], object], batches) -> BNStats:
