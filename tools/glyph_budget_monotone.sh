@@ -8,16 +8,10 @@
 # larger budget gives the same net. The fixed-γ family and the reference are glyph_budget_warm.sh's:
 #   tools/glyph_budget_monotone.sh [SWEEP=runs/glyph-sweep] [OUT=runs/glyph-budget-warm]
 #   python tools/budget_study.py --budget runs/glyph-budget-warm/budget-nested-b0.05-m1 \
-#       --fixed runs/glyph-budget-warm/hypernet-g{2,4,8,32} --dense runs/glyph-warm/dense-w16-e6 \
+#       --fixed runs/glyph-budget-warm/hypernet-g{2,4,8,12,16,32} --dense runs/glyph-warm/dense-w16-e6 \
 #       --out runs/glyph-budget-warm/report-nested-b0.05-m1
-set -euo pipefail
-sweep=$(realpath "${1:-runs/glyph-sweep}")
-out=${2:-runs/glyph-budget-warm}
-[ -f "$sweep/dense-w16/done" ] || { echo "error: $sweep/dense-w16 is not finished (tools/glyph_sweep.sh)"; exit 1; }
-mkdir -p "$out"
-source "$(dirname "$0")/train_run.sh"
-more=("train.epochs=2" "train.lr=0.02" "train.warmup_epochs=0.1" "train.init_from=$sweep/dense-w16")
-nested=("generator.budget_nested=true" "generator.budget_min=0.05" "loss.distill=0")
+source "$(dirname "$0")/glyph_body.sh" "$@"
+nested+=("loss.distill=0")
 export CONFIG=configs/glyphs_budget.toml
 run budget-nested-b0.05-m1 "${more[@]}" "${nested[@]}" loss.budget_monotone=1 &
 a=$!
