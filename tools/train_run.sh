@@ -1,5 +1,6 @@
-# The studies' training step, sourced by tools/glyph_sweep.sh, tools/glyph_warm.sh, tools/glyph_body.sh and tools/budget_warm.sh: one
-# run of ${CONFIG:-configs/glyphs.toml} into $out/NAME, one thread, resumed where it stopped; a finished run is skipped.
+# The studies' training step, sourced by tools/glyph_sweep.sh, tools/glyph_warm.sh, tools/glyph_body.sh and
+# tools/budget_warm.sh: one run of ${CONFIG:-configs/glyphs.toml} into $out/NAME, one thread, resumed where it
+# stopped; a finished run is skipped.
 hs=${HYPERSAN:-hypersan}
 run() {  # name, then --set overrides
     local name=$1; shift
