@@ -8,7 +8,7 @@
 # larger budget gives the same net. The fixed-γ family and the reference are glyph_budget_warm.sh's:
 #   tools/glyph_budget_monotone.sh [SWEEP=runs/glyph-sweep] [OUT=runs/glyph-budget-warm]
 #   python tools/budget_study.py --budget runs/glyph-budget-warm/budget-nested-b0.05-m1 \
-#       --fixed runs/glyph-budget-warm/hypernet-g{2,4,8,12,16,32} --dense runs/glyph-warm/dense-w16-e6 \
+#       --fixed runs/glyph-budget-warm/hypernet-g{2,4,8,12,16,20,24,32} --dense runs/glyph-warm/dense-w16-e6 \
 #       --out runs/glyph-budget-warm/report-nested-b0.05-m1
 source "$(dirname "$0")/glyph_body.sh" "$@"
 nested+=("loss.distill=0")

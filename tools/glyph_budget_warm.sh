@@ -7,7 +7,7 @@
 # with the same extra training are tools/glyph_warm.sh's budget-warm and budget-warm-distill.
 #   tools/glyph_budget_warm.sh [SWEEP=runs/glyph-sweep] [OUT=runs/glyph-budget-warm]
 #   python tools/budget_study.py --budget runs/glyph-budget-warm/budget-nested-d0.5-b0.05 \
-#       --fixed runs/glyph-budget-warm/hypernet-g{2,4,8,12,16,32} --dense runs/glyph-warm/dense-w16-e6 \
+#       --fixed runs/glyph-budget-warm/hypernet-g{2,4,8,12,16,20,24,32} --dense runs/glyph-warm/dense-w16-e6 \
 #       --out runs/glyph-budget-warm/report-nested-d0.5-b0.05
 source "$(dirname "$0")/glyph_body.sh" "$@"
 lane_a() {
@@ -15,12 +15,14 @@ lane_a() {
     run hypernet-g2 "${more[@]}" loss.gamma=2
     run hypernet-g8 "${more[@]}" loss.gamma=8
     run hypernet-g16 "${more[@]}" loss.gamma=16   # the family between γ = 8 (0.21 of the MACs) and 32 (0.003)
+    run hypernet-g20 "${more[@]}" loss.gamma=20   # γ = 16 lands at 0.10: the family's point near the 0.08 budget
 }
 lane_b() {
     CONFIG=configs/glyphs_budget.toml run budget-nested-b0.05 "${more[@]}" "${nested[@]}" loss.distill=0
     run hypernet-g4 "${more[@]}" loss.gamma=4     # 0.42 of the MACs: started from a dense body, the nets stay wide
     run hypernet-g32 "${more[@]}" loss.gamma=32   # so the family's small end takes a larger γ (0.5 is not run)
     run hypernet-g12 "${more[@]}" loss.gamma=12
+    run hypernet-g24 "${more[@]}" loss.gamma=24
 }
 lane_a & a=$!
 lane_b & b=$!
