@@ -57,6 +57,17 @@ def test_the_analysis_counts_met_budgets_rising_sets_and_the_gap_to_the_family(s
     assert a["rising_one_image_share"] == pytest.approx(2 / 3)
 
 
+def test_the_family_is_read_at_full_strength(study):
+    pts = [(0.05, 0.90), (0.10, 0.95), (0.12, 0.93), (0.20, 0.96), (0.40, 0.955)]
+    # (0.12, 0.93) is beaten by (0.10, 0.95): the front runs from 0.10 straight to 0.20
+    assert study.family_at(pts, 0.15) == pytest.approx(0.955)
+    assert study.family_at(pts, 0.075) == pytest.approx(0.925)
+    # past the front's last model, up to the family's largest MACs: that model, the best a user can pick
+    assert study.family_at(pts, 0.30) == pytest.approx(0.96)
+    assert study.family_at(pts, 0.45) is None and study.family_at(pts, 0.04) is None
+    assert study.family_at([], 0.1) is None
+
+
 def test_an_earlier_studys_rows_are_reused_only_for_the_same_weights_subtasks_seed_and_limit(study, tmp_path):
     from safetensors.torch import save_file
     import torch

@@ -8,7 +8,9 @@ family's accuracy/compute front, does accuracy rise with the budget, and is a bu
 
 Every model is scored on the validation split (where choices are made) and on the test split (the final figures),
 on the same 30 subtasks (10 pairs, 10 triples, 10 five-class sets, seen and held-out as sampled) and the budgets
-{0.08, 0.12, 0.2, 0.3, 0.5}. Accuracy is |T|-way accuracy of the pruned net on the images of its classes. Writes
+{0.08, 0.12, 0.2, 0.3, 0.5}. Accuracy is |T|-way accuracy of the pruned net on the images of its classes. The family is
+read at full strength: per class set, its Pareto front (a γ model that another beats at no more MACs is left out),
+linear between its models (family_at). Writes
 budget_study.json, budget_study.md and budget_front.png to --out.
 
 Several budget models against one family: score each model alone (no --fixed), the family once, and reuse the
@@ -39,7 +41,7 @@ from hypersan.data.datasets import load_split  # noqa: E402
 from hypersan.data.subtasks import sample_combinations  # noqa: E402
 from hypersan.io import atomic_write_json, atomic_write_text  # noqa: E402
 from hypersan.prune.engine import PruningEngine  # noqa: E402
-from hypersan.research.report import interp_acc, method_style  # noqa: E402
+from hypersan.research.report import interp_acc, method_style, pareto_front  # noqa: E402
 from hypersan.prune.metrics import subset_accuracy  # noqa: E402
 from hypersan.training.evaluate import plain_accuracy, plain_logits  # noqa: E402
 from hypersan.training.train import split_training_data  # noqa: E402
@@ -126,6 +128,18 @@ def reusable_rows(prev: dict, hashes: dict[str, str], tasks: list[tuple], seed: 
     return out
 
 
+def family_at(points: list[tuple[float, float]], mac: float) -> float | None:
+    """The fixed-γ family's accuracy at `mac` on one class set, at full strength: its Pareto front (a model that
+    another beats at no more MACs is left out, as a user would leave it), linear between the front's models, and
+    the front's best past its last model up to the family's largest MACs; None outside the family's range."""
+    if not points:
+        return None
+    front = pareto_front(points)
+    if front[-1][0] < mac <= max(m for m, _ in points):
+        return front[-1][1]
+    return interp_acc(front, mac)
+
+
 def analyse(budget_rows: list[dict], fixed_rows: dict[str, list[dict]], dense_rows: list[dict], split: str,
             images: dict | None = None) -> dict:
     """The study's figures on one split. `images` ({class tuple: number of the split's images of that class set})
@@ -139,7 +153,7 @@ def analyse(budget_rows: list[dict], fixed_rows: dict[str, list[dict]], dense_ro
         gaps = []
         for r in rows:  # the family's front of this subtask, at the budget model's own MAC ratio
             pts = [(f["mac_ratio"], f[key]) for fam in fixed_rows.values() for f in fam if f["classes"] == r["classes"]]
-            same = interp_acc(pts, r["mac_ratio"])
+            same = family_at(pts, r["mac_ratio"])
             if same is not None:
                 gaps.append(100 * (r[key] - same))
         ref = {tuple(d["classes"]): d[key] for d in dense_rows}
