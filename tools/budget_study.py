@@ -8,10 +8,10 @@ family's accuracy/compute front, does accuracy rise with the budget, and is a bu
 
 Every model is scored on the validation split (where choices are made) and on the test split (the final figures),
 on the same 30 subtasks (10 pairs, 10 triples, 10 five-class sets, seen and held-out as sampled) and the budgets
-{0.08, 0.12, 0.2, 0.3, 0.5}. Accuracy is |T|-way accuracy of the pruned net on the images of its classes. The family is
-read at full strength: per class set, its Pareto front (a γ model that another beats at no more MACs is left out),
-linear between its models (family_at). Writes
-budget_study.json, budget_study.md and budget_front.png to --out.
+{0.08, 0.12, 0.2, 0.3, 0.5}. Accuracy is |T|-way accuracy of the pruned net on the images of its classes. The
+family is read at full strength: per class set, its Pareto front (a γ model that another beats at no more MACs is
+left out), linear between its models (family_at). Writes budget_study.json, budget_study.md and budget_front.png
+to --out.
 
 Several budget models against one family: score each model alone (no --fixed), the family once, and reuse the
 rows (the study records a sha256 of every checkpoint's weights and reuses rows only for the same weights):
