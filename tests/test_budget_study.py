@@ -58,14 +58,30 @@ def test_the_analysis_counts_met_budgets_rising_sets_and_the_gap_to_the_family(s
 
 
 def test_the_family_is_read_at_full_strength(study):
-    pts = [(0.05, 0.90), (0.10, 0.95), (0.12, 0.93), (0.20, 0.96), (0.40, 0.955)]
-    # (0.12, 0.93) is beaten by (0.10, 0.95): the front runs from 0.10 straight to 0.20
-    assert study.family_at(pts, 0.15) == pytest.approx(0.955)
-    assert study.family_at(pts, 0.075) == pytest.approx(0.925)
-    # past the front's last model, up to the family's largest MACs: that model, the best a user can pick
-    assert study.family_at(pts, 0.30) == pytest.approx(0.96)
-    assert study.family_at(pts, 0.45) is None and study.family_at(pts, 0.04) is None
-    assert study.family_at([], 0.1) is None
+    # g16 is beaten on average (validation) by g20 at fewer MACs: a user would not keep it
+    macs = {"g24": 0.07, "g20": 0.09, "g16": 0.10, "g8": 0.20, "g2": 0.60}
+    val = {"g24": 0.97, "g20": 0.98, "g16": 0.975, "g8": 0.99, "g2": 0.995}
+    fixed = {n: [{"classes": [0, 1], "mac_ratio": macs[n], "acc_val": val[n], "acc_test": val[n]},
+                 {"classes": [2, 3], "mac_ratio": macs[n], "acc_val": val[n], "acc_test": val[n]}] for n in macs}
+    assert study.family_front(fixed) == ["g24", "g20", "g8", "g2"]
+    fixed["g16"][0]["acc_val"] = 0.984  # better than g20 on one class set, not on average: the mean decides
+    assert "g16" not in study.family_front(fixed)
+    pts = [(0.09, 0.98), (0.20, 0.99), (0.40, 0.985)]
+    assert study.family_at(pts, 0.145, 0.6) == pytest.approx(0.985)
+    assert study.family_at(pts, 0.5, 0.6) == pytest.approx(0.985)  # past the costliest kept model: that model
+    assert study.family_at(pts, 0.5, 0.4) is None and study.family_at(pts, 0.05, 0.6) is None
+    assert study.family_at([], 0.1, 0.6) is None
+    # in the analysis: a budget net at 0.095 is read on the g20-g8 line, not on g16's dip
+    rows = _budget_rows(study, {(0, 1): (0.9,) * 5, (2, 3): (0.9,) * 5})
+    for r in rows:
+        r["mac_ratio"] = 0.095 if r["budget"] == 0.12 else r["mac_ratio"]
+    dense = [{"classes": [0, 1], "acc_val": 1.0, "acc_test": 1.0}, {"classes": [2, 3], "acc_val": 1.0, "acc_test": 1.0}]
+    front = study.family_front(fixed)
+    a = study.analyse(rows, fixed, dense, "test", front=front)
+    want = 0.98 + 0.01 * 0.005 / 0.11
+    assert a["per_budget"]["0.12"]["vs_family_pt"] == pytest.approx(100 * (0.9 - want))
+    every = study.analyse(rows, fixed, dense, "test")  # all models kept: g16's lower accuracy pulls the line down
+    assert every["per_budget"]["0.12"]["vs_family_pt"] > a["per_budget"]["0.12"]["vs_family_pt"] + 0.1
 
 
 def test_an_earlier_studys_rows_are_reused_only_for_the_same_weights_subtasks_seed_and_limit(study, tmp_path):

@@ -9,9 +9,9 @@ family's accuracy/compute front, does accuracy rise with the budget, and is a bu
 Every model is scored on the validation split (where choices are made) and on the test split (the final figures),
 on the same 30 subtasks (10 pairs, 10 triples, 10 five-class sets, seen and held-out as sampled) and the budgets
 {0.08, 0.12, 0.2, 0.3, 0.5}. Accuracy is |T|-way accuracy of the pruned net on the images of its classes. The
-family is read at full strength: per class set, its Pareto front (a γ model that another beats at no more MACs is
-left out), linear between its models (family_at). Writes budget_study.json, budget_study.md and budget_front.png
-to --out.
+family is read at full strength: the γ models that no other beats on average at no more MACs, on validation
+(family_front), linear between them on each class set (family_at). Writes budget_study.json, budget_study.md
+and budget_front.png to --out.
 
 Several budget models against one family: score each model alone (no --fixed), the family once, and reuse the
 rows (the study records a sha256 of every checkpoint's weights and reuses rows only for the same weights):
@@ -128,23 +128,33 @@ def reusable_rows(prev: dict, hashes: dict[str, str], tasks: list[tuple], seed: 
     return out
 
 
-def family_at(points: list[tuple[float, float]], mac: float) -> float | None:
-    """The fixed-γ family's accuracy at `mac` on one class set, at full strength: its Pareto front (a model that
-    another beats at no more MACs is left out, as a user would leave it), linear between the front's models, and
-    the front's best past its last model up to the family's largest MACs; None outside the family's range."""
+def family_front(fixed_rows: dict[str, list[dict]], key: str = "acc_val") -> list[str]:
+    """The fixed-γ models a user would keep, by name: the Pareto front of the family's mean MACs and mean accuracy
+    (`key`, by default on validation, where choices are made). A γ that another beats on average at no more MACs
+    is left out, as its user would leave it; no γ is picked per class set with hindsight."""
+    means = {n: (statistics.mean(r["mac_ratio"] for r in rows), statistics.mean(r[key] for r in rows))
+             for n, rows in fixed_rows.items()}
+    kept = set(pareto_front(means.values()))
+    return sorted((n for n in means if means[n] in kept), key=lambda n: means[n][0])
+
+
+def family_at(points: list[tuple[float, float]], mac: float, reach: float) -> float | None:
+    """The family's accuracy at `mac` on one class set, from its kept models' (mac, acc) `points`: linear between
+    them, and the costliest kept model's past it up to `reach` (the largest MACs of any of the family's models on
+    this class set: a budget there buys that model); None outside the family's range."""
     if not points:
         return None
-    front = pareto_front(points)
-    if front[-1][0] < mac <= max(m for m, _ in points):
-        return front[-1][1]
-    return interp_acc(front, mac)
+    pts = sorted(points)
+    if pts[-1][0] < mac <= reach:
+        return pts[-1][1]
+    return interp_acc(pts, mac)
 
 
 def analyse(budget_rows: list[dict], fixed_rows: dict[str, list[dict]], dense_rows: list[dict], split: str,
-            images: dict | None = None) -> dict:
+            images: dict | None = None, front: list[str] | None = None) -> dict:
     """The study's figures on one split. `images` ({class tuple: number of the split's images of that class set})
     adds the share of class sets that rise when a fall of one image is allowed as well (the 0.2-pt criterion
-    counts single images on small sets)."""
+    counts single images on small sets). `front`: the family's kept models (family_front; default: all)."""
     key = f"acc_{split}"
     met = [r["mac_ratio"] <= r["budget"] + 0.005 for r in budget_rows]
     per_budget = {}
@@ -152,8 +162,10 @@ def analyse(budget_rows: list[dict], fixed_rows: dict[str, list[dict]], dense_ro
         rows = [r for r in budget_rows if r["budget"] == b]
         gaps = []
         for r in rows:  # the family's front of this subtask, at the budget model's own MAC ratio
-            pts = [(f["mac_ratio"], f[key]) for fam in fixed_rows.values() for f in fam if f["classes"] == r["classes"]]
-            same = family_at(pts, r["mac_ratio"])
+            pts = {n: (f["mac_ratio"], f[key]) for n, fam in fixed_rows.items() for f in fam
+                   if f["classes"] == r["classes"]}
+            kept = [p for n, p in pts.items() if front is None or n in front]
+            same = family_at(kept, r["mac_ratio"], max((m for m, _ in pts.values()), default=0.0))
             if same is not None:
                 gaps.append(100 * (r[key] - same))
         ref = {tuple(d["classes"]): d[key] for d in dense_rows}
@@ -250,9 +262,11 @@ def report(result: dict) -> str:
             lines.append(f"| {b} | {v['generated_mac_ratio']:.3f} | {v['mac_ratio']:.3f} | {100 * v['acc']:.2f}% | "
                          f"{v['vs_dense_pt']:+.2f} | {fam} | "
                          f"{v['family_compared']}/{len(result['subtasks_list'])} |")
-        lines += ["", "| fixed model | mean MAC ratio | acc |", "|---|---|---|"]
+        kept = result.get("family_front")
+        lines += ["", "| fixed model | mean MAC ratio | acc | on the front (val) |", "|---|---|---|---|"]
         for name, v in sorted(a["family"].items(), key=lambda kv: kv[1]["mac_ratio"]):
-            lines.append(f"| {name} | {v['mac_ratio']:.3f} | {100 * v['acc']:.2f}% |")
+            on = "yes" if kept is None or name in kept else "no: beaten at no more MACs"
+            lines.append(f"| {name} | {v['mac_ratio']:.3f} | {100 * v['acc']:.2f}% | {on} |")
         lines.append("")
     c = result["costs"]
     lines += ["## Build cost", "",
@@ -327,12 +341,15 @@ def main(argv=None) -> int:
         logits = {split: plain_logits(net, x) for split, (x, _) in data.items()}
         dense_rows = [{"classes": list(t), **{f"acc_{split}": subset_accuracy(logits[split], y, list(t))
                                               for split, (_, y) in data.items()}} for t in tasks]
+    front = family_front(fixed_rows) if fixed_rows else None
     result = {"command": "python tools/budget_study.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "checkpoints": {"budget": args.budget, "fixed": list(args.fixed), "dense": args.dense},
               "subtasks": len(tasks), "subtasks_list": [list(t) for t in tasks], "budgets": list(BUDGETS),
               "seed": args.seed, "limit": args.limit, "hashes": hashes, "reused": sorted(reused),
               "budget_rows": budget_rows, "fixed_rows": fixed_rows, "dense_rows": dense_rows,
-              "analysis": {s: analyse(budget_rows, fixed_rows, dense_rows, s, images[s]) for s in ("val", "test")},
+              "family_front": front,
+              "analysis": {s: analyse(budget_rows, fixed_rows, dense_rows, s, images[s], front)
+                           for s in ("val", "test")},
               # reused budget rows bring the costs measured with them (build and dense forward in one run)
               "costs": costs if costs is not None else {
                   "build_s": statistics.median(r["build_s"] for r in budget_rows),
