@@ -34,6 +34,7 @@ def test_the_analysis_counts_met_budgets_rising_sets_and_the_gap_to_the_family(s
     a = study.analyse(rows, fixed, dense, "test")
     assert a["cases"] == 15 and a["budget_met"] == pytest.approx(14 / 15)
     assert a["rising_share"] == pytest.approx(2 / 3)
+    assert a["falls_per_step"] == [1, 0, 0, 0]  # the dip's 0.3 pt, from the first budget to the second
     at_02 = a["per_budget"]["0.2"]  # MACs 0.19: the family gives 0.92 + 0.4 x 0.02 = 0.928 there
     assert at_02["family_compared"] == 3
     assert at_02["vs_family_pt"] == pytest.approx(100 * (0.93 - 0.928), abs=1e-6) and at_02["family_within_0.3pt"]

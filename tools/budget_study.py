@@ -176,10 +176,13 @@ def analyse(budget_rows: list[dict], fixed_rows: dict[str, list[dict]], dense_ro
             "vs_family_pt": statistics.mean(gaps) if gaps else None, "family_compared": len(gaps),
             "family_within_0.3pt": (statistics.mean(gaps) >= -0.3) if gaps else None}
     rising = rising_one = 0
+    falls = [0] * (len(BUDGETS) - 1)  # class sets that lose more than 0.2 pt at each step
     names = sorted({tuple(r["classes"]) for r in budget_rows})
     for t in names:
         accs = [next(r[key] for r in budget_rows if tuple(r["classes"]) == t and r["budget"] == b) for b in BUDGETS]
         rising += all(b >= a - 0.002 for a, b in zip(accs, accs[1:]))
+        for i, (a, b) in enumerate(zip(accs, accs[1:])):
+            falls[i] += b < a - 0.002
         if images:
             slack = max(0.002, 1 / images[t] + 1e-9)
             rising_one += all(b >= a - slack for a, b in zip(accs, accs[1:]))
@@ -198,7 +201,8 @@ def analyse(budget_rows: list[dict], fixed_rows: dict[str, list[dict]], dense_ro
     return {"budget_met": sum(met) / len(met), "cases": len(met), "per_budget": per_budget,
             "generated_over": len(over), "generated_over_max": max(over) if over else None,
             "generated_over_median": statistics.median(over) if over else None,
-            "rising_share": rising / len(names), "family": family, "family_rising_share": fam_rising,
+            "rising_share": rising / len(names), "falls_per_step": falls, "family": family,
+            "family_rising_share": fam_rising,
             **({"rising_one_image_share": rising_one / len(names),
                 "images_median": statistics.median(images[t] for t in names)} if images else {})}
 
@@ -247,6 +251,9 @@ def report(result: dict) -> str:
                   + ("" if "rising_one_image_share" not in a else
                      f" ({100 * a['rising_one_image_share']:.0f}% when a fall of one image is allowed too; median "
                      f"{a['images_median']:.0f} images per class set)"),
+                  *([] if "falls_per_step" not in a else
+                    ["- class sets that lose more than 0.2 pt, at each step "
+                     + ", ".join(f"{b0}→{b1}: {n}" for b0, b1, n in zip(BUDGETS, BUDGETS[1:], a["falls_per_step"]))]),
                   *([] if a.get("family_rising_share") is None else
                     [f"- the same for the fixed-γ family, its models in the order of their mean MACs "
                      f"({len(a['family'])} models, {len(a['family']) - 1} steps): "
