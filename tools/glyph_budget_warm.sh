@@ -19,6 +19,8 @@ lane_a() {
 }
 lane_b() {
     CONFIG=configs/glyphs_budget.toml run budget-nested-b0.05 "${more[@]}" "${nested[@]}" loss.distill=0
+    CONFIG=configs/glyphs_budget.toml run budget-nested-b0.05-s1 "${more[@]}" "${nested[@]}" loss.distill=0 \
+        train.seed=1   # the model chosen on validation, a second training seed
     run hypernet-g4 "${more[@]}" loss.gamma=4     # 0.42 of the MACs: started from a dense body, the nets stay wide
     run hypernet-g32 "${more[@]}" loss.gamma=32   # so the family's small end takes a larger γ (0.5 is not run)
     run hypernet-g12 "${more[@]}" loss.gamma=12
