@@ -180,7 +180,7 @@ def masked_loss(model: SubtaskAdaptiveNet, x: torch.Tensor, y: torch.Tensor, sel
     logits = logits.float()
     # beta weighs the classes of the sampled subtask (basic_to_class: (K, C)), whatever the sample's label
     in_task = (select.to(x.device).float() @ basic_to_class) > 0
-    per_sample = mean_utility(raw, model.sites)  # (B,)
+    per_sample = mean_utility(raw, model.sites)  # (B,); (2B,) with budget pairs
     gammas = sparsity_weights(in_task.sum(dim=1), len(model.classes), cfg.loss.gamma, cfg.loss.gamma_size)
     task = subtask_weighted_bce(logits, y, in_task, cfg.loss.beta, teacher, cfg.loss.distill, reduce=False)
     loss = task.mean() + (gammas * per_sample).mean()
