@@ -75,6 +75,7 @@ class LossConfig:
     budget_under: float = 0.5  # budget-conditioned: weight of the relative shortfall (spare budget buys accuracy)
     distill: float = 0.0  # in-place distillation: share of the unmasked net's outputs in a masked batch's targets
     budget_monotone: float = 0.0  # budget-conditioned: weight of the hinge on a sample's loss rising with the budget
+    budget_agree: float = 0.0  # budget-conditioned: weight of the disagreement of a sample's predictions at two budgets
 
 
 @dataclass
@@ -270,6 +271,7 @@ RANGES: dict[str, tuple[str, str]] = {
     "loss.budget_under": ("[0, inf)", "weight of MACs under the budget; 0 = no pull"),
     "loss.distill": ("[0, 1]", "a share of the targets; 0 = no distillation"),
     "loss.budget_monotone": ("[0, inf)", "weight of the hinge; 0 = one budget per sample"),
+    "loss.budget_agree": ("[0, inf)", "weight of the symmetric KL; 0 = none"),
     "generator.budget_min": ("(0, 1]", "a MAC ratio to the dense net"),
     "generator.budget_free_share": ("[0, 1]", "a share of training samples"),
     "subtasks.size_weights": ("[0, inf)", "relative probability of each subtask size"),
@@ -367,6 +369,9 @@ def validate(cfg: Config) -> None:
     if cfg.loss.budget_monotone > 0 and not cfg.generator.budget:
         raise ConfigError("loss.budget_monotone > 0 compares each sample's loss at two budgets; this model takes no "
                           "budget: set generator.budget = true, or loss.budget_monotone = 0")
+    if cfg.loss.budget_agree > 0 and not cfg.generator.budget:
+        raise ConfigError("loss.budget_agree > 0 compares each sample's predictions at two budgets; this model takes no "
+                          "budget: set generator.budget = true, or loss.budget_agree = 0")
     if cfg.generator.budget_nested and not cfg.generator.budget:
         raise ConfigError("generator.budget_nested = true nests a budget-conditioned model's nets; this model takes "
                           "no budget: set generator.budget = true, or budget_nested = false")

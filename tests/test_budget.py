@@ -8,7 +8,8 @@ import torch
 from hypersan.language.budgets import SMALLEST, split_budget
 from hypersan.language.grounding import GroundingError
 from hypersan.nn.generators import BudgetError, budget_features
-from hypersan.nn.losses import MONOTONE_RATIO_MAX, budget_loss, larger_budgets, monotone_hinge, sample_budgets
+from hypersan.nn.losses import (MONOTONE_RATIO_MAX, agreement, budget_loss, larger_budgets, monotone_hinge,
+                                sample_budgets)
 from hypersan.nn.masks import binarize
 from hypersan.prune.budget import MacModel, enforce_budget
 from hypersan.prune.metrics import count_macs, subnet_cost
@@ -122,11 +123,64 @@ def test_the_monotony_hinge_joins_the_loss_of_both_budgets():
     assert loss.item() == pytest.approx(plain.item() + 2.0 * hinge.item(), rel=1e-5)
 
 
+def test_agreement_is_a_symmetric_kl_over_the_subtasks_classes_only():
+    gen = torch.Generator().manual_seed(4)
+    a, b = torch.randn(4, 6, generator=gen), torch.randn(4, 6, generator=gen)
+    in_task = torch.tensor([[1, 1, 0, 0, 0, 0], [0, 1, 1, 1, 0, 0], [1, 0, 0, 0, 0, 1], [0, 0, 0, 1, 0, 0]]).bool()
+    d = agreement(a, b, in_task)
+    assert torch.isfinite(d).all() and d.shape == (4,)
+    assert d.tolist() == pytest.approx(agreement(b, a, in_task).tolist())
+    for i in range(3):  # by hand: 0.5 (KL(p||q) + KL(q||p)) of the softmax over the subtask's classes
+        p, q = a[i][in_task[i]].softmax(0), b[i][in_task[i]].softmax(0)
+        kl = lambda u, v: (u * (u / v).log()).sum()  # noqa: E731
+        assert d[i].item() == pytest.approx(0.5 * (kl(p, q) + kl(q, p)).item(), rel=1e-5)
+    assert d[3].item() == pytest.approx(0.0, abs=1e-6)  # one class: nothing to disagree on
+    moved = b.clone()
+    moved[~in_task] += 50.0  # the left-out classes never count
+    assert agreement(a, moved, in_task).tolist() == pytest.approx(d.tolist(), rel=1e-5)
+    assert agreement(a, a, in_task).abs().max().item() < 1e-6
+
+
+def test_the_agreement_term_joins_the_loss_and_pulls_both_budgets():
+    from hypersan.training.train import masked_loss
+
+    from .test_loss_assembly import _setup
+
+    model, cfg, b2c = _setup(*BUDGETED, "loss.budget_agree=3.0")
+    with torch.no_grad():  # untrained, the budget barely moves the masks and the logits are near 0: make the
+        gen = torch.Generator().manual_seed(1)  # two budgets' nets and predictions differ
+        for p in model.generator.parameters():
+            p.add_(torch.randn(p.shape, generator=gen))
+        head = [m for m in model.backbone.modules() if isinstance(m, torch.nn.Linear)][-1]
+        head.weight.mul_(30.0)
+    mac = MacModel(model.backbone, model.info.input_shape)
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(6))
+    y = torch.tensor([1, 7, 8])
+    sel = model.select([(1, 2), (7, 8), (0, 8, 9)])
+    pairs = torch.tensor([[0.05, 0.3], [0.1, 0.1], [0.2, 1.0]])
+    torch.manual_seed(0)
+    loss, masks, *_ = masked_loss(model, x, y, sel, None, cfg, b2c, budgets=pairs, macs=mac)
+    assert all(m.shape[0] == 6 for m in masks.values())
+    twice = (torch.cat([x, x]), torch.cat([y, y]), torch.cat([sel, sel]))
+    flat = torch.cat([pairs[:, 0], pairs[:, 1]])
+    torch.manual_seed(0)
+    plain, *_ = masked_loss(model, *twice, None, cfg, b2c, budgets=flat, macs=mac)
+    with torch.no_grad():
+        m, _ = model.generate(twice[2], None, flat)
+        logits = model.backbone(twice[0], m)
+    in_task = (sel.float() @ b2c) > 0
+    agree = agreement(logits[:3], logits[3:], in_task).mean()
+    assert 3.0 * agree.item() > 1e-3 * plain.item()  # the nets differ: a missing term would fail the check below
+    assert loss.item() == pytest.approx(plain.item() + 3.0 * agree.item(), rel=1e-5)
+
+
 def test_the_monotony_hinge_needs_a_budget_conditioned_model():
     from hypersan.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match="budget_monotone"):
         load_config(ROOT / "configs" / "tiny.toml", ["loss.budget_monotone=1"])
+    with pytest.raises(ConfigError, match="budget_agree"):
+        load_config(ROOT / "configs" / "tiny.toml", ["loss.budget_agree=1"])
 
 
 def test_enforcement_never_exceeds_the_budget_on_random_generators():

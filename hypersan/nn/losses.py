@@ -79,6 +79,17 @@ def monotone_hinge(smaller: Tensor, larger: Tensor) -> Tensor:
     return torch.relu(larger - smaller.detach())
 
 
+def agreement(a: Tensor, b: Tensor, in_task: Tensor) -> Tensor:
+    """Per-sample symmetric KL (B,) between two runs' class distributions over each sample's subtask classes:
+    softmax of the logits a and b (B, C) with the classes outside the subtask left out, since a subnet predicts
+    the arg max over its own classes. Both runs get gradients: the nets of two budgets are pulled towards the
+    same predictions, so that a larger budget has fewer images to decide differently. 0 when they agree."""
+    far = -1e4  # not -inf: 0 x inf would make the left-out classes' terms nan
+    la = torch.log_softmax(a.float().masked_fill(~in_task, far), dim=1)
+    lb = torch.log_softmax(b.float().masked_fill(~in_task, far), dim=1)
+    return 0.5 * ((la.exp() - lb.exp()) * (la - lb)).sum(dim=1)
+
+
 def budget_loss(ratio: Tensor, budgets: Tensor, over: float, under: float) -> Tensor:
     """Per-sample budget term (B,): `over` x the relative excess max(0, r / b - 1), plus `under` x the relative
     shortfall max(0, 1 - r / b). Relative, so that a 0.05 budget is held as firmly as a 0.5 one; the pull from

@@ -23,7 +23,7 @@ from ..prune.engine import PruningEngine
 from .evaluate import evaluate
 from ..nn.generators import mean_utility
 from ..io import ArtifactError, OutputExistsError, check_output_dir, is_hypersan_dir, load_tensors, read_json
-from ..nn.losses import (budget_loss, larger_budgets, monotone_hinge, sample_budgets, sparsity_weights,
+from ..nn.losses import (agreement, budget_loss, larger_budgets, monotone_hinge, sample_budgets, sparsity_weights,
                          subtask_weighted_bce)
 from ..nn.model import SubtaskAdaptiveNet
 from .optim import descend, lr_factor
@@ -157,9 +157,10 @@ def masked_loss(model: SubtaskAdaptiveNet, x: torch.Tensor, y: torch.Tensor, sel
     amp: the backbone's forward under bf16 autocast; masks (the keep rule's thresholds) stay in float32.
     A budget-conditioned model also takes each sample's budget (B,), and the loss adds the budget term on the
     subnet's MAC ratio, counted by `macs` from the straight-through masks (exact forward, surrogate gradient).
-    Budgets (B, 2), a budget and a larger one per sample (loss.budget_monotone > 0): every image runs at both,
-    each run is a sample of the loss, and loss.budget_monotone weighs the hinge on an image's loss rising from
-    the smaller budget to the larger (losses.monotone_hinge); masks, raw and utilities are then (2B, ...), the
+    Budgets (B, 2), a budget and a larger one per sample (loss.budget_monotone or loss.budget_agree > 0): every
+    image runs at both, each run is a sample of the loss, loss.budget_monotone weighs the hinge on an image's
+    loss rising from the smaller budget to the larger (losses.monotone_hinge) and loss.budget_agree the
+    disagreement of its two predictions (losses.agreement); masks, raw and utilities are then (2B, ...), the
     smaller budgets first.
     With loss.distill > 0 the unmasked net is run on the same images first, without gradients (in-place
     distillation, as slimmable and once-for-all networks train their subnets), and its outputs join the targets."""
@@ -188,7 +189,10 @@ def masked_loss(model: SubtaskAdaptiveNet, x: torch.Tensor, y: torch.Tensor, sel
         ratio = macs.ratio(masks, in_task.sum(dim=1))
         loss = loss + budget_loss(ratio, budgets.to(ratio.device), cfg.loss.budget_over, cfg.loss.budget_under).mean()
     if pairs:
-        loss = loss + cfg.loss.budget_monotone * monotone_hinge(task[:n], task[n:]).mean()
+        if cfg.loss.budget_monotone > 0:
+            loss = loss + cfg.loss.budget_monotone * monotone_hinge(task[:n], task[n:]).mean()
+        if cfg.loss.budget_agree > 0:
+            loss = loss + cfg.loss.budget_agree * agreement(logits[:n], logits[n:], in_task[:n]).mean()
     return loss, masks, raw, per_sample
 
 
@@ -364,7 +368,7 @@ def _train(cfg: Config, out: Path, resume: bool, log: Callable[[str], None], sto
         budgets = None
         if model.budgeted and not dense:
             budgets = sample_budgets(len(idx), gen, cfg.generator.budget_min, cfg.generator.budget_free_share)
-            if cfg.loss.budget_monotone > 0:  # a larger partner per budget, for the monotony hinge
+            if cfg.loss.budget_monotone > 0 or cfg.loss.budget_agree > 0:  # a larger partner per budget
                 budgets = torch.stack([budgets, larger_budgets(budgets, gen)], dim=1)
             budgets = to_device(budgets)
         return to_device(x), to_device(train_y[idx]), to_device(select), texts, budgets
