@@ -107,3 +107,42 @@ def test_an_earlier_studys_rows_are_reused_only_for_the_same_weights_subtasks_se
     assert study.reusable_rows(prev, {"g1": ha}, tasks[:1], 0, 0) == {}  # other subtasks
     old = {k: v for k, v in prev.items() if k != "hashes"}  # a study written before the hashes were recorded
     assert study.reusable_rows(old, {"g1": ha}, tasks, 0, 0) == {}
+
+
+def test_a_fall_is_significant_only_beyond_what_a_coin_gives(study):
+    assert study.fall_p([1, 2], [1, 2]) == 1.0  # the same errors
+    assert study.fall_p([1, 2, 3], [1]) == 1.0  # it lost nothing
+    assert study.fall_p([], [7]) == 0.5  # one image lost, none gained: a coin gives that half the time
+    assert study.fall_p([], [4, 5, 6, 7, 8]) == pytest.approx(1 / 32)
+    assert study.fall_p([9], [4, 5, 6, 7, 8]) == pytest.approx(7 / 64)  # 5 lost, 1 gained: P(X >= 5 | n = 6)
+    # by the budget: (0, 1) loses 5 images from 0.12 to 0.2 (significant); (2, 3) swaps one image per step
+    wrong = {(0, 1): [[1], [1], [1, 10, 11, 12, 13, 14], [1], [1]], (2, 3): [[5], [6], [5], [6], [5]]}
+    rows = [{"classes": list(t), "budget": b, "wrong_test": w} for t, ws in wrong.items()
+            for b, w in zip(study.BUDGETS, ws)]
+    sig = study.significant_falls(rows, "test")
+    assert sig["per_step"] == [0, 1, 0, 0] and sig["rising_share"] == 0.5
+    assert sig["images_changed_median"] == 2 and sig["images_changed_max"] == 5
+    assert study.significant_falls(rows, "val") is None  # rows scored before the errors were recorded
+
+
+def test_the_twin_spread_counts_class_sets_that_retraining_moves_by_more_than_the_rule(study):
+    mine = _budget_rows(study, {(0, 1): (0.90,) * 5, (2, 3): (0.95,) * 5})
+    other = _budget_rows(study, {(0, 1): (0.90, 0.903, 0.897, 0.9, 0.9), (2, 3): (0.95, 0.94, 0.95, 0.95, 0.951)})
+    assert study.twin_spread(mine, other, "test") == {"0.08": 0.0, "0.12": 1.0, "0.2": 0.5, "0.3": 0.0, "0.5": 0.0}
+    with pytest.raises(ValueError, match="same subtasks"):
+        study.twin_spread(mine, [r for r in other if r["budget"] != 0.5], "test")
+
+
+def test_accuracy_and_errors_agree_with_the_plain_accuracy(study):
+    import torch
+
+    from hypersan.training.evaluate import plain_accuracy
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()  # logits of the classes (2, 5, 7)
+    x = torch.randint(0, 256, (40, 1, 4, 4), dtype=torch.uint8)
+    y = torch.tensor([2, 5, 7, 1] * 10)
+    acc, wrong = study.accuracy_and_errors(net, (7, 2, 5), x, y)
+    assert acc == pytest.approx(plain_accuracy(net, (7, 2, 5), x, y))
+    assert all(int(y[i]) in (2, 5, 7) for i in wrong) and 0 < len(wrong) < 30
+    assert acc == pytest.approx(1 - len(wrong) / 30)

@@ -21,12 +21,22 @@ rows (the study records a sha256 of every checkpoint's weights and reuses rows o
         --reuse runs/rows-A/budget_study.json
     python tools/budget_study.py --budget runs/B --fixed runs/g1 runs/g4 --dense runs/dense --out runs/report-B \
         --reuse runs/report-A/budget_study.json
+
+A family scored once stands in for its checkpoints (which need not be on the machine any more), and a second
+training run of the budget model gives the spread that retraining alone causes:
+
+    python tools/budget_study.py --budget runs/C --family-from runs/report-A/budget_study.json --out runs/report-C \
+        --twin runs/report-A/budget_study.json
+
+Every budget row records the images its net gets wrong, so that two budgets' nets are also compared image by
+image (significant_falls: how many falls are beyond chance).
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
+import math
 import statistics
 import sys
 import time
@@ -43,7 +53,7 @@ from hypersan.io import atomic_write_json, atomic_write_text  # noqa: E402
 from hypersan.prune.engine import PruningEngine  # noqa: E402
 from hypersan.research.report import interp_acc, method_style, pareto_front  # noqa: E402
 from hypersan.prune.metrics import subset_accuracy  # noqa: E402
-from hypersan.training.evaluate import plain_accuracy, plain_logits  # noqa: E402
+from hypersan.training.evaluate import plain_logits  # noqa: E402
 from hypersan.training.train import split_training_data  # noqa: E402
 
 BUDGETS = (0.08, 0.12, 0.2, 0.3, 0.5)
@@ -65,6 +75,16 @@ def splits(engine: PruningEngine, limit: int) -> dict:
             "test": (tx[:limit] if limit else tx, ty[:limit] if limit else ty)}
 
 
+def accuracy_and_errors(net, t: tuple, x: torch.Tensor, y: torch.Tensor) -> tuple[float, list[int]]:
+    """(|T|-way accuracy of a pruned net of the classes t on the images whose label is in t, as
+    evaluate.plain_accuracy takes it, and the indices into the split of the images it gets wrong): the errors
+    let two nets be compared image by image (significant_falls)."""
+    cls = torch.tensor(sorted(set(int(c) for c in t)))
+    keep = torch.isin(y, cls)
+    right = cls[plain_logits(net, x[keep]).argmax(1)] == y[keep]
+    return right.float().mean().item(), keep.nonzero().flatten()[~right].tolist()
+
+
 def score(engine: PruningEngine, t: tuple, data: dict, budget=None, seed: int = 0) -> dict:
     t0 = time.perf_counter()
     net = engine.subnet(list(t), fold_bn=True, budget=budget, seed=seed)
@@ -82,7 +102,7 @@ def score(engine: PruningEngine, t: tuple, data: dict, budget=None, seed: int = 
         widths = {k: int(masks[k][0].sum()) for k in mac.sizes}
         row["generated_mac_ratio"] = mac(widths, len(t)) / mac.dense
     for split, (x, y) in data.items():
-        row[f"acc_{split}"] = plain_accuracy(net, t, x, y)
+        row[f"acc_{split}"], row[f"wrong_{split}"] = accuracy_and_errors(net, t, x, y)
     return row
 
 
@@ -156,6 +176,58 @@ def falls(accs: list[float], slack: float = 0.002) -> list[bool]:
     return [b < a - slack for a, b in zip(accs, accs[1:])]
 
 
+def fall_p(wrong_before: list[int], wrong_after: list[int]) -> float:
+    """One-sided exact McNemar test that a net got worse on the same images: of the images exactly one of the two
+    nets gets wrong, the chance that a fair coin puts at least as many on the second net's side as it lost.
+    1.0 when it lost none."""
+    before, after = set(wrong_before), set(wrong_after)
+    lost, gained = len(after - before), len(before - after)
+    n = lost + gained
+    if lost == 0:
+        return 1.0
+    return sum(math.comb(n, k) for k in range(lost, n + 1)) / 2 ** n
+
+
+SIGNIFICANT = 0.05  # a fall whose one-sided McNemar p-value is below this is one chance would rarely give
+
+
+def significant_falls(budget_rows: list[dict], split: str) -> dict | None:
+    """Image by image, the steps from one budget to the next where a class set's net got worse beyond chance
+    (fall_p < SIGNIFICANT): per step, and the share of class sets with none. Next to the 0.2-pt rule, which
+    on a few hundred images counts one image: how many of those falls are more than a coin's. Each step is a
+    test of its own (no correction for the 120 of them, which makes falls easier to find, not harder). None for
+    rows scored before the errors were recorded."""
+    key = f"wrong_{split}"
+    if not budget_rows or any(key not in r for r in budget_rows):
+        return None
+    per_step, changed, clean = [0] * (len(BUDGETS) - 1), [], 0
+    for t in sorted({tuple(r["classes"]) for r in budget_rows}):
+        wrong = [next(r[key] for r in budget_rows if tuple(r["classes"]) == t and r["budget"] == b) for b in BUDGETS]
+        ps = [fall_p(a, b) for a, b in zip(wrong, wrong[1:])]
+        per_step = [n + (p < SIGNIFICANT) for n, p in zip(per_step, ps)]
+        clean += all(p >= SIGNIFICANT for p in ps)
+        changed += [len(set(a) ^ set(b)) for a, b in zip(wrong, wrong[1:])]
+    return {"per_step": per_step, "rising_share": clean / len({tuple(r["classes"]) for r in budget_rows}),
+            "images_changed_median": statistics.median(changed), "images_changed_max": max(changed)}
+
+
+def twin_spread(rows: list[dict], twin: list[dict], split: str) -> dict:
+    """The same study's budget rows of another training run of the same model (a second seed): per budget, the
+    share of class sets whose accuracy differs between the two by more than 0.2 pt. The 0.2-pt rule on steps of
+    one model is read against it: where retraining alone moves that many class sets, a step's fall of that size
+    says little."""
+    key = f"acc_{split}"
+    other = {(tuple(r["classes"]), r["budget"]): r[key] for r in twin}
+    out = {}
+    for b in BUDGETS:
+        mine = [r for r in rows if r["budget"] == b and (tuple(r["classes"]), b) in other]
+        if not mine:
+            raise ValueError(f"the twin study has no rows at budget {b} for these class sets: score both on the "
+                             "same subtasks, seed and limit")
+        out[str(b)] = sum(abs(r[key] - other[(tuple(r["classes"]), b)]) > 0.002 for r in mine) / len(mine)
+    return out
+
+
 def analyse(budget_rows: list[dict], fixed_rows: dict[str, list[dict]], dense_rows: list[dict], split: str,
             images: dict | None = None, front: list[str] | None = None) -> dict:
     """The study's figures on one split. `images` ({class tuple: number of the split's images of that class set})
@@ -207,7 +279,7 @@ def analyse(budget_rows: list[dict], fixed_rows: dict[str, list[dict]], dense_ro
             "generated_over": len(over), "generated_over_max": max(over) if over else None,
             "generated_over_median": statistics.median(over) if over else None,
             "rising_share": rising / len(names), "falls_per_step": per_step, "family": family,
-            "family_rising_share": fam_rising,
+            "family_rising_share": fam_rising, "significant_falls": significant_falls(budget_rows, split),
             **({"rising_one_image_share": rising_one / len(names),
                 "images_median": statistics.median(images[t] for t in names)} if images else {})}
 
@@ -258,6 +330,17 @@ def report(result: dict) -> str:
                      f"{a['images_median']:.0f} images per class set)"),
                   "- class sets that lose more than 0.2 pt, at each step "
                   + ", ".join(f"{b0}→{b1}: {n}" for b0, b1, n in zip(BUDGETS, BUDGETS[1:], a["falls_per_step"])),
+                  *([] if a.get("significant_falls") is None else
+                    [f"- image by image, steps where a class set's net got worse beyond chance (one-sided McNemar, "
+                     f"p < {SIGNIFICANT}): " + ", ".join(f"{b0}→{b1}: {n}" for b0, b1, n in zip(
+                         BUDGETS, BUDGETS[1:], a["significant_falls"]["per_step"]))
+                     + f"; class sets with none: {100 * a['significant_falls']['rising_share']:.0f}% (a step changes "
+                     f"the answer on {a['significant_falls']['images_changed_median']:g} image(s) at the median, "
+                     f"{a['significant_falls']['images_changed_max']} at most)"]),
+                  *([] if "twin" not in result else
+                    [f"- another training run of the model ({result['twin']['study']}) differs by more than 0.2 pt "
+                     "on " + ", ".join(f"{100 * v:.0f}%" for v in result["twin"][split].values())
+                     + " of the class sets at the budgets " + ", ".join(result["twin"][split])]),
                   *([] if a.get("family_rising_share") is None else
                     [f"- the same for the fixed-γ family, its models in the order of their mean MACs "
                      f"({len(a['family'])} models, {len(a['family']) - 1} steps): "
@@ -295,7 +378,7 @@ def main(argv=None) -> int:
     p.add_argument("--fixed", nargs="*", default=[],
                    help="fixed-gamma checkpoints of the same backbone (none: the budget model and the dense net "
                         "only, and no comparison with a family; a later study can --reuse those rows)")
-    p.add_argument("--dense", required=True, help="the separately trained dense net (the reference)")
+    p.add_argument("--dense", help="the separately trained dense net (the reference)")
     p.add_argument("--out", required=True)
     p.add_argument("--per-size", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
@@ -303,7 +386,19 @@ def main(argv=None) -> int:
     p.add_argument("--reuse", nargs="+", default=[],
                    help="earlier studies' budget_study.json files: their rows of checkpoints with the same weights, "
                         "subtasks, seed and limit are taken as they are, not scored again (the first file wins)")
+    p.add_argument("--family-from", metavar="STUDY_JSON",
+                   help="an earlier study's budget_study.json whose fixed-γ family and dense net (rows, checkpoint "
+                        "paths and weight hashes) this study takes instead of --fixed and --dense, whose checkpoints "
+                        "need not be here; same subtasks, seed and limit")
+    p.add_argument("--twin", metavar="STUDY_JSON",
+                   help="the study of another training run of the same budget model (a second seed), same "
+                        "subtasks, seed and limit: adds how many class sets the two differ on by > 0.2 pt")
     args = p.parse_args(argv)
+    if args.family_from and (args.fixed or args.dense):
+        p.error("--family-from takes the family and the dense net from an earlier study: leave out --fixed and "
+                "--dense")
+    if not args.family_from and not args.dense:
+        p.error("give the dense reference: --dense CHECKPOINT, or --family-from an earlier study")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
@@ -312,11 +407,28 @@ def main(argv=None) -> int:
     tasks = subtasks(budget, args.per_size, args.seed)
     say(f"{len(tasks)} subtasks x {len(BUDGETS)} budgets; {len(data['val'][1])} val and {len(data['test'][1])} "
         "test images")
+    same = lambda prev: (prev.get("subtasks_list") == [list(t) for t in tasks]  # noqa: E731
+                         and prev.get("seed") == args.seed and prev.get("limit") == args.limit)
+    family = None
+    if args.family_from:
+        family = json.loads(Path(args.family_from).read_text())
+        if not same(family) or "hashes" not in family or not family.get("fixed_rows"):
+            p.error(f"{args.family_from}: no family rows with weight hashes for these subtasks, seed {args.seed} and "
+                    f"limit {args.limit}; score the family with --fixed and --dense instead")
+    twin = None
+    if args.twin:
+        twin = json.loads(Path(args.twin).read_text())
+        if not same(twin):
+            p.error(f"{args.twin}: another study's subtasks, seed or limit; score the twin with --seed {args.seed} "
+                    f"--limit {args.limit}")
     names = [Path(path).name for path in args.fixed]
     if len(set(names)) != len(names) or {"budget", "dense"} & set(names):
         p.error(f"--fixed checkpoints need distinct folder names other than 'budget' and 'dense' (got {names})")
-    hashes = {**{Path(path).name: weights_hash(path) for path in args.fixed}, "budget": weights_hash(args.budget),
-              "dense": weights_hash(args.dense)}
+    hashes = {**{Path(path).name: weights_hash(path) for path in args.fixed}, "budget": weights_hash(args.budget)}
+    if family is not None:
+        hashes.update({k: v for k, v in family["hashes"].items() if k != "budget"})
+    else:
+        hashes["dense"] = weights_hash(args.dense)
     reused, costs = {}, None
     for path in args.reuse:
         prev = json.loads(Path(path).read_text())
@@ -336,7 +448,7 @@ def main(argv=None) -> int:
                 budget_rows.append(score(budget, t, data, b, args.seed))
             say(f"[{i + 1}/{len(tasks)}] {t}: " + ", ".join(f"{r['budget']}: {r['mac_ratio']:.3f}/{r['acc_val']:.4f}"
                                                              for r in budget_rows[-len(BUDGETS):]))
-    fixed_rows = {}
+    fixed_rows = {} if family is None else family["fixed_rows"]
     for path, name in zip(args.fixed, names):
         if name in reused:
             fixed_rows[name] = reused[name]
@@ -344,7 +456,9 @@ def main(argv=None) -> int:
             eng = PruningEngine.from_pretrained(path, seed=args.seed)
             fixed_rows[name] = [score(eng, t, data, None, args.seed) for t in tasks]
         say(f"{name}: mean MAC ratio {statistics.mean(r['mac_ratio'] for r in fixed_rows[name]):.3f}")
-    if "dense" in reused:
+    if family is not None:
+        dense_rows = family["dense_rows"]
+    elif "dense" in reused:
         dense_rows = reused["dense"]
     else:
         dense = PruningEngine.from_pretrained(args.dense, seed=args.seed)
@@ -354,13 +468,17 @@ def main(argv=None) -> int:
                                               for split, (_, y) in data.items()}} for t in tasks]
     front = family_front(fixed_rows) if fixed_rows else None
     result = {"command": "python tools/budget_study.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "checkpoints": {"budget": args.budget, "fixed": list(args.fixed), "dense": args.dense},
+              "checkpoints": {"budget": args.budget, "fixed": list(args.fixed), "dense": args.dense}
+              if family is None else {**family["checkpoints"], "budget": args.budget},
+              **({} if family is None else {"family_from": args.family_from}),
               "subtasks": len(tasks), "subtasks_list": [list(t) for t in tasks], "budgets": list(BUDGETS),
               "seed": args.seed, "limit": args.limit, "hashes": hashes, "reused": sorted(reused),
               "budget_rows": budget_rows, "fixed_rows": fixed_rows, "dense_rows": dense_rows,
               "family_front": front,
               "analysis": {s: analyse(budget_rows, fixed_rows, dense_rows, s, images[s], front)
                            for s in ("val", "test")},
+              **({} if twin is None else {"twin": {"study": args.twin, **{
+                  s: twin_spread(budget_rows, twin["budget_rows"], s) for s in ("val", "test")}}}),
               # reused budget rows bring the costs measured with them (build and dense forward in one run)
               "costs": costs if costs is not None else {
                   "build_s": statistics.median(r["build_s"] for r in budget_rows),
