@@ -94,30 +94,38 @@ def test_each_budget_gets_a_larger_partner_and_the_hinge_pushes_only_the_larger_
     assert large.grad.tolist() == [0.0, 1.0, 0.0]
 
 
-def test_the_monotony_hinge_joins_the_loss_of_both_budgets():
+def _paired_losses(model, cfg, b2c):
+    """(loss of a batch with a budget pair per image, its masks and utilities, the loss of the same batch with
+    each image twice and one budget each, that batch's logits, the images' in-task classes)."""
     from hypersan.training.train import masked_loss
 
-    from .test_loss_assembly import _setup
-
-    model, cfg, b2c = _setup(*BUDGETED, "loss.budget_monotone=2.0")
     mac = MacModel(model.backbone, model.info.input_shape)
     x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(6))
     y = torch.tensor([1, 7, 8])
     sel = model.select([(1, 2), (7, 8), (0, 8, 9)])
     pairs = torch.tensor([[0.05, 0.3], [0.1, 0.1], [0.2, 1.0]])
     torch.manual_seed(0)
-    loss, masks, raw, util = masked_loss(model, x, y, sel, None, cfg, b2c, budgets=pairs, macs=mac)
-    assert all(m.shape[0] == 6 for m in masks.values()) and util.shape == (6,)
-    # the same batch with each image twice and one budget each: every term but the hinge
+    loss, masks, _, util = masked_loss(model, x, y, sel, None, cfg, b2c, budgets=pairs, macs=mac)
     twice = (torch.cat([x, x]), torch.cat([y, y]), torch.cat([sel, sel]))
+    flat = torch.cat([pairs[:, 0], pairs[:, 1]])
     torch.manual_seed(0)
-    plain, *_ = masked_loss(model, *twice, None, cfg, b2c, budgets=torch.cat([pairs[:, 0], pairs[:, 1]]), macs=mac)
+    plain, *_ = masked_loss(model, *twice, None, cfg, b2c, budgets=flat, macs=mac)
     with torch.no_grad():
-        m, _ = model.generate(twice[2], None, torch.cat([pairs[:, 0], pairs[:, 1]]))
+        m, _ = model.generate(twice[2], None, flat)
         logits = model.backbone(twice[0], m)
+    return loss, masks, util, plain, logits, twice[1], (twice[2].float() @ b2c) > 0
+
+
+def test_the_monotony_hinge_joins_the_loss_of_both_budgets():
     from hypersan.nn.losses import subtask_weighted_bce
-    in_task = (twice[2].float() @ b2c) > 0
-    each = subtask_weighted_bce(logits, twice[1], in_task, cfg.loss.beta, reduce=False)
+
+    from .test_loss_assembly import _setup
+
+    model, cfg, b2c = _setup(*BUDGETED, "loss.budget_monotone=2.0")
+    loss, masks, util, plain, logits, y, in_task = _paired_losses(model, cfg, b2c)
+    assert all(m.shape[0] == 6 for m in masks.values()) and util.shape == (6,)
+    # every term but the hinge is the loss of each image twice, one budget each
+    each = subtask_weighted_bce(logits, y, in_task, cfg.loss.beta, reduce=False)
     hinge = torch.relu(each[3:] - each[:3]).mean()
     assert hinge.item() > 1e-4  # some image does worse at its larger budget, so a missing hinge would show
     assert loss.item() == pytest.approx(plain.item() + 2.0 * hinge.item(), rel=1e-5)
@@ -142,8 +150,6 @@ def test_agreement_is_a_symmetric_kl_over_the_subtasks_classes_only():
 
 
 def test_the_agreement_term_joins_the_loss_and_pulls_both_budgets():
-    from hypersan.training.train import masked_loss
-
     from .test_loss_assembly import _setup
 
     model, cfg, b2c = _setup(*BUDGETED, "loss.budget_agree=3.0")
@@ -153,23 +159,9 @@ def test_the_agreement_term_joins_the_loss_and_pulls_both_budgets():
             p.add_(torch.randn(p.shape, generator=gen))
         head = [m for m in model.backbone.modules() if isinstance(m, torch.nn.Linear)][-1]
         head.weight.mul_(30.0)
-    mac = MacModel(model.backbone, model.info.input_shape)
-    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(6))
-    y = torch.tensor([1, 7, 8])
-    sel = model.select([(1, 2), (7, 8), (0, 8, 9)])
-    pairs = torch.tensor([[0.05, 0.3], [0.1, 0.1], [0.2, 1.0]])
-    torch.manual_seed(0)
-    loss, masks, *_ = masked_loss(model, x, y, sel, None, cfg, b2c, budgets=pairs, macs=mac)
+    loss, masks, _, plain, logits, _, in_task = _paired_losses(model, cfg, b2c)
     assert all(m.shape[0] == 6 for m in masks.values())
-    twice = (torch.cat([x, x]), torch.cat([y, y]), torch.cat([sel, sel]))
-    flat = torch.cat([pairs[:, 0], pairs[:, 1]])
-    torch.manual_seed(0)
-    plain, *_ = masked_loss(model, *twice, None, cfg, b2c, budgets=flat, macs=mac)
-    with torch.no_grad():
-        m, _ = model.generate(twice[2], None, flat)
-        logits = model.backbone(twice[0], m)
-    in_task = (sel.float() @ b2c) > 0
-    agree = agreement(logits[:3], logits[3:], in_task).mean()
+    agree = agreement(logits[:3], logits[3:], in_task[:3]).mean()
     assert 3.0 * agree.item() > 1e-3 * plain.item()  # the nets differ: a missing term would fail the check below
     assert loss.item() == pytest.approx(plain.item() + 3.0 * agree.item(), rel=1e-5)
 
