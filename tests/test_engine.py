@@ -11,6 +11,7 @@ from hypersan.nn.model import StatisticsError, SubtaskAdaptiveNet
 from hypersan.prune.stats import STATS_FILE, StatsCacheError, get_bn_stats, recalibrate, set_bn_stats
 from hypersan.prune.surgery import round_widths
 
+from .conftest import load_tool, needs_fmnist
 from .test_surgery import _engine, _images, _model
 
 
@@ -258,3 +259,47 @@ def test_statistics_are_keyed_by_the_settings_that_decide_the_widths_and_by_the_
     # the same settings on other calibration images: another key
     other = PruningEngine(eng.model, images=_images(seed=5))
     assert other.key(t) != before
+
+
+def test_a_masks_fingerprint_names_the_kept_channels_not_the_scalings_last_bits():
+    from hypersan.prune.stats import masks_fingerprint
+
+    eng = _engine()
+    masks, _ = eng.masks((1, 7, 8))
+    fp = masks_fingerprint(masks)
+    scaling = next(s.name for s in eng.model.sites if s.kind == "scaling")
+    utility = next(s.name for s in eng.model.sites if s.kind == "utility")
+    assert not torch.all((masks[scaling] == 0) | (masks[scaling] == 1))  # real scalings, not 0/1
+    # another CPU's kernels round the generator's scalings differently in the last bits: the same masks
+    nudged = {**masks, scaling: masks[scaling] * (1 + 2 ** -22)}
+    assert not torch.equal(nudged[scaling], masks[scaling]) and masks_fingerprint(nudged) == fp
+    # one channel more or less, at a utility site or a scaling site: other masks
+    for site in (utility, scaling):
+        flipped = masks[site].clone()
+        flipped[0, -1] = 1.0 - float(flipped[0, -1] != 0)
+        assert masks_fingerprint({**masks, site: flipped}) != fp, site
+    assert masks_fingerprint(None) == "dense"
+
+
+@needs_fmnist
+def test_rekeying_files_a_cache_whose_keys_named_the_scalings_bits_under_todays_keys(tmp_path):
+    from hypersan.io import load_tensors
+
+    eng = PruningEngine(_model())  # calibrates on the training split, as a saved checkpoint's engine does
+    t = (1, 7, 8)
+    stats = eng.statistics(t, seed=0)
+    folder = eng.save_pretrained(tmp_path / "ckpt")
+    # as a cache written on another CPU reads here: the masks part of every key names other bits
+    other = {}
+    for name, v in load_tensors(folder / STATS_FILE).items():
+        key, _, tensor = name.partition("/")
+        parts = key.split("|")
+        parts[2] = parts[2].partition("~")[0] + "~0123456789abcdef"
+        other["|".join(parts) + "/" + tensor] = v
+    save_file(other, str(folder / STATS_FILE))
+    assert PruningEngine.from_pretrained(folder).key(t, seed=0) not in PruningEngine.from_pretrained(folder).cache
+    assert load_tool("rekey_bn_cache").main([str(folder)]) == 0
+    again = PruningEngine.from_pretrained(folder)
+    found = again.cache.get(again.key(t, seed=0))
+    assert found is not None and found.keys() == stats.keys()
+    assert all(torch.equal(found[k], stats[k]) for k in stats)

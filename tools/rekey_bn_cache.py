@@ -1,11 +1,13 @@
-"""Re-key a checkpoint's BN-statistics cache written before keys named the masks and the calibration images.
+"""Re-key a checkpoint's BN-statistics cache written under an older key format.
 
-Keys of that format (`subtask|t=..|r=ROUNDING|c=..|w=..`) named the calibration source by dataset and split
-only, and the masks not at all. Each entry whose settings match what the checkpoint's engine does today (same
-weights, same calibration settings with seed 0, the same training split, which this tool reads) is filed again
-under today's key, which adds the masks' fingerprint and the images' own hash. Nothing is recomputed; entries
-that match nothing are dropped (they are recalibrated when needed). tests/test_shipped.py recomputes entries
-and compares.
+Two older formats are read. Keys of the oldest (`subtask|t=..|r=ROUNDING|c=..|w=..`) named the calibration source
+by dataset and split only, and the masks not at all. Later keys (`..|r=ROUNDING~MASKS|..`) named the masks by
+the bits of their values, scalings included, whose last bits depend on the CPU that ran the generator: a cache
+written on one machine missed on another. Today's keys name the kept channels only (stats.masks_fingerprint).
+Each entry whose settings match what the checkpoint's engine does today (same weights, same calibration
+settings with seed 0, the same training split, which this tool reads; canonical text) is filed again under
+today's key. Nothing is recomputed; entries that match nothing are dropped (they are recalibrated when needed).
+tests/test_shipped.py recomputes entries and compares.
 
     python tools/rekey_bn_cache.py CHECKPOINT_DIR
 """
@@ -36,18 +38,26 @@ def main(argv=None) -> int:
     engine.images()  # today's source names the images' bytes
     old_source = f"{d.dataset}:train:limit{d.train_limit}:val{d.val_size}@{d.val_seed}"
     old_calib = CalibSpec(c.batches, c.batch_size, 0, old_source, d.crop_padding, d.hflip).fingerprint()
+    calib = engine.calib_spec(0).fingerprint()
     weights = engine.weights_fingerprint()
+    if not (folder / STATS_FILE).exists():
+        print(json.dumps({"rekeyed": 0, "dropped": 0, "note": f"{folder} has no {STATS_FILE}: nothing to re-key"}))
+        return 0
     old = load_tensors(folder / STATS_FILE)
     new, kept, dropped = {}, set(), set()
     for name, v in old.items():
         key, _, tensor = name.partition("/")
         parts = key.split("|")
-        if (len(parts) != 5 or parts[1] != "t=-" or parts[2] != "r=-" or parts[3] != f"c={old_calib}"
-                or parts[4] != f"w={weights}"):
+        if len(parts) != 5 or parts[1] != "t=-" or parts[4] != f"w={weights}":
+            dropped.add(key)
+            continue
+        label, named_masks, _ = parts[2][2:].partition("~")
+        # the oldest keys: no masks, the old calibration source; later ones: today's calibration fingerprint
+        if parts[3] != (f"c={calib}" if named_masks else f"c={old_calib}") or (not named_masks and label != "-"):
             dropped.add(key)
             continue
         subtask = parse_subtask_key(parts[0])
-        new[f"{engine.key(subtask, seed=0)}/{tensor}"] = v
+        new[f"{engine.key(subtask, rounding=None if label == '-' else label, seed=0)}/{tensor}"] = v
         kept.add(key)
     from safetensors.torch import save_file
 

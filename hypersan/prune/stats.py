@@ -84,13 +84,17 @@ def weights_fingerprint(net: nn.Module) -> str:
 
 
 def masks_fingerprint(masks: Optional[dict]) -> str:
-    """Short hash of a subtask's masks {site: tensor} (values and shapes); "dense" for None (no masks)."""
+    """Short hash of a subtask's masks {site: tensor}: which channels each site keeps (its non-zero entries) and
+    the shapes; "dense" for None (no masks). That is what the keep rule, rounding and a budget's cut decide. The
+    scalings' values are left out: they follow from the weights and the condition, which a statistics key names
+    on its own, and their last bits depend on the CPU's kernels (AVX2 and AVX-512 round differently), so a cache
+    or a subnet id written on one machine would not be found on another."""
     if masks is None:
         return "dense"
     h = hashlib.sha256()
     for name in sorted(masks):
-        t = masks[name].detach().to("cpu", torch.float32).contiguous()
-        h.update(f"{name}:{tuple(t.shape)}:".encode() + t.view(-1).numpy().tobytes())
+        kept = (masks[name].detach().to("cpu") != 0).to(torch.uint8).contiguous()
+        h.update(f"{name}:{tuple(kept.shape)}:".encode() + kept.view(-1).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -138,8 +142,8 @@ class StatsKey:
     rounding: Optional[str]  # e.g. "up16" / "nearest16" (None: the widths the keep rule gave)
     calib: str  # CalibSpec.fingerprint()
     weights: str  # weights_fingerprint() of the model
-    masks: str = "-"  # masks_fingerprint() of the masks: the kept channels and scalings, whatever decided them
-    # (threshold, min_keep, keep_multiple, rounding)
+    masks: str = "-"  # masks_fingerprint() of the masks: the kept channels, whatever decided them (threshold,
+    # min_keep, keep_multiple, rounding, a budget)
 
     def __str__(self) -> str:
         text = "-" if self.text is None else _sha(self.text.encode())
