@@ -334,9 +334,9 @@ def report(result: dict) -> str:
                     [f"- image by image, steps where a class set's net got worse beyond chance (one-sided McNemar, "
                      f"p < {SIGNIFICANT}): " + ", ".join(f"{b0}→{b1}: {n}" for b0, b1, n in zip(
                          BUDGETS, BUDGETS[1:], a["significant_falls"]["per_step"]))
-                     + f"; class sets with none: {100 * a['significant_falls']['rising_share']:.0f}% (a step changes "
-                     f"the answer on {a['significant_falls']['images_changed_median']:g} image(s) at the median, "
-                     f"{a['significant_falls']['images_changed_max']} at most)"]),
+                     + f"; class sets with none: {100 * a['significant_falls']['rising_share']:.0f}% (a step turns "
+                     f"{a['significant_falls']['images_changed_median']:g} image(s) from right to wrong or back at "
+                     f"the median, {a['significant_falls']['images_changed_max']} at most)"]),
                   *([] if "twin" not in result else
                     [f"- another training run of the model ({result['twin']['study']}) differs by more than 0.2 pt "
                      "on " + ", ".join(f"{100 * v:.0f}%" for v in result["twin"][split].values())
