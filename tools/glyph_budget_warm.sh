@@ -16,6 +16,8 @@ lane_a() {
     run hypernet-g8 "${more[@]}" loss.gamma=8
     run hypernet-g16 "${more[@]}" loss.gamma=16   # the family between γ = 8 (0.21 of the MACs) and 32 (0.003)
     run hypernet-g20 "${more[@]}" loss.gamma=20   # γ = 16 lands at 0.10: the family's point near the 0.08 budget
+    CONFIG=configs/glyphs_budget.toml run budget-nested-b0.05-s2 "${more[@]}" "${nested[@]}" loss.distill=0 \
+        train.seed=2   # more training seeds: how much the rising share moves from run to run
 }
 lane_b() {
     CONFIG=configs/glyphs_budget.toml run budget-nested-b0.05 "${more[@]}" "${nested[@]}" loss.distill=0
@@ -25,6 +27,8 @@ lane_b() {
     run hypernet-g32 "${more[@]}" loss.gamma=32   # so the family's small end takes a larger γ (0.5 is not run)
     run hypernet-g12 "${more[@]}" loss.gamma=12
     run hypernet-g24 "${more[@]}" loss.gamma=24
+    CONFIG=configs/glyphs_budget.toml run budget-nested-b0.05-s3 "${more[@]}" "${nested[@]}" loss.distill=0 \
+        train.seed=3
 }
 lane_a & a=$!
 lane_b & b=$!
