@@ -18,6 +18,7 @@ lane_a() {
     run hypernet-g20 "${more[@]}" loss.gamma=20   # γ = 16 lands at 0.10: the family's point near the 0.08 budget
     CONFIG=configs/glyphs_budget.toml run budget-nested-b0.05-s2 "${more[@]}" "${nested[@]}" loss.distill=0 \
         train.seed=2   # more training seeds: how much the rising share moves from run to run
+    run hypernet-g20-s1 "${more[@]}" loss.gamma=20 train.seed=1   # the family's small end, a second seed
 }
 lane_b() {
     CONFIG=configs/glyphs_budget.toml run budget-nested-b0.05 "${more[@]}" "${nested[@]}" loss.distill=0
@@ -29,6 +30,7 @@ lane_b() {
     run hypernet-g24 "${more[@]}" loss.gamma=24
     CONFIG=configs/glyphs_budget.toml run budget-nested-b0.05-s3 "${more[@]}" "${nested[@]}" loss.distill=0 \
         train.seed=3
+    run hypernet-g24-s1 "${more[@]}" loss.gamma=24 train.seed=1
 }
 lane_a & a=$!
 lane_b & b=$!
