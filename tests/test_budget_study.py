@@ -132,17 +132,3 @@ def test_the_twin_spread_counts_class_sets_that_retraining_moves_by_more_than_th
     with pytest.raises(ValueError, match="same subtasks"):
         study.twin_spread(mine, [r for r in other if r["budget"] != 0.5], "test")
 
-
-def test_accuracy_and_errors_agree_with_the_plain_accuracy(study):
-    import torch
-
-    from hypersan.training.evaluate import plain_accuracy
-
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()  # logits of the classes (2, 5, 7)
-    x = torch.randint(0, 256, (40, 1, 4, 4), dtype=torch.uint8)
-    y = torch.tensor([2, 5, 7, 1] * 10)
-    acc, wrong = study.accuracy_and_errors(net, (7, 2, 5), x, y)
-    assert acc == pytest.approx(plain_accuracy(net, (7, 2, 5), x, y))
-    assert all(int(y[i]) in (2, 5, 7) for i in wrong) and 0 < len(wrong) < 30
-    assert acc == pytest.approx(1 - len(wrong) / 30)

@@ -104,3 +104,20 @@ def test_seen_and_unseen_are_fast_for_100_classes():
     with pytest.raises(ValueError, match="too many to list"):
         parse_subtasks(m, ["size=5"])  # every combination of 5 of 100: refused, not enumerated
     assert len(parse_subtasks(m, ["size=50,n=4"])) == 4
+
+
+def test_the_errors_agree_with_the_plain_accuracy():
+    import torch
+
+    from hypersan.training.evaluate import plain_accuracy, plain_accuracy_and_errors
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()  # logits of the classes (2, 5, 7)
+    x = torch.randint(0, 256, (40, 1, 4, 4), dtype=torch.uint8)
+    y = torch.tensor([2, 5, 7, 1] * 10)
+    acc, wrong = plain_accuracy_and_errors(net, (7, 2, 5), x, y)
+    assert acc == pytest.approx(plain_accuracy(net, (7, 2, 5), x, y))
+    assert all(int(y[i]) in (2, 5, 7) for i in wrong) and 0 < len(wrong) < 30
+    assert acc == pytest.approx(1 - len(wrong) / 30)
+    with pytest.raises(ValueError, match="no sample"):
+        plain_accuracy_and_errors(net, (3,), x, y)

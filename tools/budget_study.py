@@ -53,7 +53,7 @@ from hypersan.io import atomic_write_json, atomic_write_text  # noqa: E402
 from hypersan.prune.engine import PruningEngine  # noqa: E402
 from hypersan.research.report import interp_acc, method_style, pareto_front  # noqa: E402
 from hypersan.prune.metrics import subset_accuracy  # noqa: E402
-from hypersan.training.evaluate import plain_logits  # noqa: E402
+from hypersan.training.evaluate import plain_accuracy_and_errors, plain_logits  # noqa: E402
 from hypersan.training.train import split_training_data  # noqa: E402
 
 BUDGETS = (0.08, 0.12, 0.2, 0.3, 0.5)
@@ -75,16 +75,6 @@ def splits(engine: PruningEngine, limit: int) -> dict:
             "test": (tx[:limit] if limit else tx, ty[:limit] if limit else ty)}
 
 
-def accuracy_and_errors(net, t: tuple, x: torch.Tensor, y: torch.Tensor) -> tuple[float, list[int]]:
-    """(|T|-way accuracy of a pruned net of the classes t on the images whose label is in t, as
-    evaluate.plain_accuracy takes it, and the indices into the split of the images it gets wrong): the errors
-    let two nets be compared image by image (significant_falls)."""
-    cls = torch.tensor(sorted(set(int(c) for c in t)))
-    keep = torch.isin(y, cls)
-    right = cls[plain_logits(net, x[keep]).argmax(1)] == y[keep]
-    return right.float().mean().item(), keep.nonzero().flatten()[~right].tolist()
-
-
 def score(engine: PruningEngine, t: tuple, data: dict, budget=None, seed: int = 0) -> dict:
     t0 = time.perf_counter()
     net = engine.subnet(list(t), fold_bn=True, budget=budget, seed=seed)
@@ -102,7 +92,7 @@ def score(engine: PruningEngine, t: tuple, data: dict, budget=None, seed: int = 
         widths = {k: int(masks[k][0].sum()) for k in mac.sizes}
         row["generated_mac_ratio"] = mac(widths, len(t)) / mac.dense
     for split, (x, y) in data.items():
-        row[f"acc_{split}"], row[f"wrong_{split}"] = accuracy_and_errors(net, t, x, y)
+        row[f"acc_{split}"], row[f"wrong_{split}"] = plain_accuracy_and_errors(net, t, x, y)
     return row
 
 
@@ -129,14 +119,19 @@ def weights_hash(path: str) -> str:
     return h.hexdigest()
 
 
+def same_study(prev: dict, tasks: list[tuple], seed: int, limit: int) -> bool:
+    """Whether an earlier study (its budget_study.json) scored the same subtasks with the same seed and image
+    limit, so that its rows line up with this one's."""
+    return (prev.get("subtasks_list") == [list(t) for t in tasks] and prev.get("seed") == seed
+            and prev.get("limit") == limit)
+
+
 def reusable_rows(prev: dict, hashes: dict[str, str], tasks: list[tuple], seed: int, limit: int) -> dict[str, list]:
     """The rows of an earlier study (its budget_study.json) that this one may take as they are: those of a
     checkpoint with the same weights (by hash), scored on the same subtasks, seed and image limit. Returns
     {checkpoint name: rows}, with "budget" and "dense" for the budget model's and the dense net's rows; an earlier
     study that differs in subtasks, seed or limit, or that predates the hashes, gives nothing."""
-    same = (prev.get("subtasks_list") == [list(t) for t in tasks] and prev.get("seed") == seed
-            and prev.get("limit") == limit and "hashes" in prev)
-    if not same:
+    if not same_study(prev, tasks, seed, limit) or "hashes" not in prev:
         return {}
     out = {}
     for name, rows in prev.get("fixed_rows", {}).items():
@@ -170,6 +165,12 @@ def family_at(points: list[tuple[float, float]], mac: float, reach: float) -> fl
     return interp_acc(pts, mac)
 
 
+def by_class_set(budget_rows: list[dict], key: str) -> dict[tuple, list]:
+    """{class set: its rows' `key` at each of BUDGETS, in order}."""
+    at = {(tuple(r["classes"]), r["budget"]): r[key] for r in budget_rows}
+    return {t: [at[(t, b)] for b in BUDGETS] for t in sorted({t for t, _ in at})}
+
+
 def falls(accs: list[float], slack: float = 0.002) -> list[bool]:
     """For accuracies at rising budgets (or MACs), whether each step loses more than `slack` (0.2 pt by default):
     the one rule behind every rising share of the study."""
@@ -201,13 +202,13 @@ def significant_falls(budget_rows: list[dict], split: str) -> dict | None:
     if not budget_rows or any(key not in r for r in budget_rows):
         return None
     per_step, changed, clean = [0] * (len(BUDGETS) - 1), [], 0
-    for t in sorted({tuple(r["classes"]) for r in budget_rows}):
-        wrong = [next(r[key] for r in budget_rows if tuple(r["classes"]) == t and r["budget"] == b) for b in BUDGETS]
+    wrong_at = by_class_set(budget_rows, key)
+    for wrong in wrong_at.values():
         ps = [fall_p(a, b) for a, b in zip(wrong, wrong[1:])]
         per_step = [n + (p < SIGNIFICANT) for n, p in zip(per_step, ps)]
         clean += all(p >= SIGNIFICANT for p in ps)
         changed += [len(set(a) ^ set(b)) for a, b in zip(wrong, wrong[1:])]
-    return {"per_step": per_step, "rising_share": clean / len({tuple(r["classes"]) for r in budget_rows}),
+    return {"per_step": per_step, "rising_share": clean / len(wrong_at),
             "images_changed_median": statistics.median(changed), "images_changed_max": max(changed)}
 
 
@@ -255,9 +256,9 @@ def analyse(budget_rows: list[dict], fixed_rows: dict[str, list[dict]], dense_ro
             "family_within_0.3pt": (statistics.mean(gaps) >= -0.3) if gaps else None}
     rising = rising_one = 0
     per_step = [0] * (len(BUDGETS) - 1)  # class sets that lose more than 0.2 pt at each step
-    names = sorted({tuple(r["classes"]) for r in budget_rows})
-    for t in names:
-        accs = [next(r[key] for r in budget_rows if tuple(r["classes"]) == t and r["budget"] == b) for b in BUDGETS]
+    accs_at = by_class_set(budget_rows, key)
+    names = list(accs_at)
+    for t, accs in accs_at.items():
         fell = falls(accs)
         rising += not any(fell)
         per_step = [n + f for n, f in zip(per_step, fell)]
@@ -407,18 +408,17 @@ def main(argv=None) -> int:
     tasks = subtasks(budget, args.per_size, args.seed)
     say(f"{len(tasks)} subtasks x {len(BUDGETS)} budgets; {len(data['val'][1])} val and {len(data['test'][1])} "
         "test images")
-    same = lambda prev: (prev.get("subtasks_list") == [list(t) for t in tasks]  # noqa: E731
-                         and prev.get("seed") == args.seed and prev.get("limit") == args.limit)
     family = None
     if args.family_from:
         family = json.loads(Path(args.family_from).read_text())
-        if not same(family) or "hashes" not in family or not family.get("fixed_rows"):
+        if (not same_study(family, tasks, args.seed, args.limit) or "hashes" not in family
+                or not family.get("fixed_rows")):
             p.error(f"{args.family_from}: no family rows with weight hashes for these subtasks, seed {args.seed} and "
                     f"limit {args.limit}; score the family with --fixed and --dense instead")
     twin = None
     if args.twin:
         twin = json.loads(Path(args.twin).read_text())
-        if not same(twin):
+        if not same_study(twin, tasks, args.seed, args.limit):
             p.error(f"{args.twin}: another study's subtasks, seed or limit; score the twin with --seed {args.seed} "
                     f"--limit {args.limit}")
     names = [Path(path).name for path in args.fixed]

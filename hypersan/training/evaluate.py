@@ -37,15 +37,28 @@ def plain_logits(net: nn.Module, images: Tensor, batch_size: int = 256) -> Tenso
 
 
 @torch.no_grad()
-def plain_accuracy(net, classes: Sequence[int], images: Tensor, labels: Tensor, batch_size: int = 256) -> float:
-    """|T|-way accuracy of a plain (pruned) net of the classes T on the uint8 images whose label is in T.
-    The net's logits are T in ascending class-index order, as surgery builds them."""
+def _plain_right(net, classes: Sequence[int], images: Tensor, labels: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
+    """(which images have a label in T, whether the net's |T|-way answer on each of those is right)."""
     cls = torch.tensor(sorted(set(int(c) for c in classes)))
     keep = torch.isin(labels, cls)
     if not bool(keep.any()):
         raise ValueError("no sample has a label in the subtask")
     pred = plain_logits(net, images[keep], batch_size).argmax(1)
-    return (cls[pred] == labels[keep]).float().mean().item()
+    return keep, cls[pred] == labels[keep]
+
+
+def plain_accuracy(net, classes: Sequence[int], images: Tensor, labels: Tensor, batch_size: int = 256) -> float:
+    """|T|-way accuracy of a plain (pruned) net of the classes T on the uint8 images whose label is in T.
+    The net's logits are T in ascending class-index order, as surgery builds them."""
+    return _plain_right(net, classes, images, labels, batch_size)[1].float().mean().item()
+
+
+def plain_accuracy_and_errors(net, classes: Sequence[int], images: Tensor, labels: Tensor,
+                              batch_size: int = 256) -> tuple[float, list[int]]:
+    """plain_accuracy, and the indices into `images` of the images of T the net gets wrong (so that two nets can
+    be compared image by image)."""
+    keep, right = _plain_right(net, classes, images, labels, batch_size)
+    return right.float().mean().item(), keep.nonzero().flatten()[~right].tolist()
 
 
 def one_vs_rest_accuracy(logits: Tensor, labels: Tensor, cls: int) -> float:
