@@ -12,6 +12,7 @@ from hypersan.nn.losses import (MONOTONE_RATIO_MAX, agreement, budget_loss, larg
                                 sample_budgets)
 from hypersan.nn.masks import binarize
 from hypersan.prune.budget import MacModel, enforce_budget
+from hypersan.prune.engine import PruningEngine
 from hypersan.prune.metrics import count_macs, subnet_cost
 from hypersan.prune.surgery import prune_backbone
 
@@ -294,10 +295,21 @@ def test_a_budget_conditioned_model_trains_and_answers_budgets_on_the_command_li
     r = json.loads(capsys.readouterr().out)
     assert [(s["classes"], s["budget"]) for s in r["subtasks"]] == [(["Sneaker", "Bag"], 0.1), (["Sneaker", "Bag"], 0.3)]
     assert all(s["mac_ratio"] <= s["budget"] for s in r["subtasks"])
+    assert main(["eval", "--checkpoint", str(out), "--subtasks", "Sneaker,Bag", "--budget", "0.1,0.3", "--json",
+                 "--limit", "200", "--guard"]) == 0
+    g = json.loads(capsys.readouterr().out)["subtasks"]
+    assert [s["guard"]["requested"] for s in g] == [0.1, 0.3] and [s["budget"] for s in g] == [0.1, 0.3]
+    assert all(s["guard"]["budget"] <= s["budget"] and s["mac_ratio"] <= s["guard"]["budget"] for s in g)
+    assert [c for c, _ in g[1]["guard"]["weighed"]] == [0.08, 0.12, 0.2, 0.3]  # the grid below 0.3, and 0.3
     assert main(["prune", "--checkpoint", str(out), "--request", "sneakers, at most a tenth of the MACs", "--out",
                  str(tmp_path / "art")]) == 0
     p = json.loads(capsys.readouterr().out)
     assert p["budget"] == 0.1 and p["mac_ratio"] <= 0.1 and p["classes"] == ["Sneaker"]
+    assert main(["prune", "--checkpoint", str(out), "--classes", "Sneaker,Bag", "--budget", "0.3", "--guard", "--out",
+                 str(tmp_path / "guarded")]) == 0
+    p = json.loads(capsys.readouterr().out)
+    assert p["guard"] == g[1]["guard"] and p["budget"] == 0.3  # the same decision as eval's
+    assert json.loads((tmp_path / "guarded" / "config.json").read_text())["guard"] == p["guard"]
     # a model that is not budget-conditioned refuses --budget with a clear line
     plain = tmp_path / "plain"
     assert main(["train", "--config", str(ROOT / "configs" / "tiny.toml"), "--out", str(plain), "--set",
@@ -357,3 +369,66 @@ def test_nested_budgets_need_a_budget_conditioned_model():
 
     with pytest.raises(ConfigError, match="budget_nested"):
         load_config(ROOT / "configs" / "tiny.toml", ["generator.budget_nested=true"])
+
+
+def _guarded_engine(n_val=96, seed=0):
+    """A budget-conditioned _engine with labelled random validation images of Sneaker (7) and Bag (8)."""
+    from hypersan.nn.bn import bn_modules
+
+    gen = torch.Generator().manual_seed(seed)
+    vx = torch.randint(0, 256, (n_val, 1, 28, 28), dtype=torch.uint8, generator=gen)
+    vy = torch.tensor([7, 8])[torch.randint(0, 2, (n_val,), generator=gen)]
+    eng = _engine(extra=BUDGETED)
+    with torch.no_grad():  # no constant shifts: the nets' answers then depend on the image, and differ by budget
+        eng.model.backbone.head.bias.zero_()
+        for bn in bn_modules(eng.model.backbone).values():
+            bn.bias.zero_()
+    return PruningEngine(eng.model, images=eng.images(), validation=(vx, vy))
+
+
+def test_a_guard_serves_the_smallest_budget_whose_net_is_most_accurate_on_validation():
+    from hypersan.prune.metrics import plain_accuracy_and_errors
+
+    eng = _guarded_engine()
+    vx, vy = eng.validation()
+    right = {}
+    for b in (*eng.guard_grid, 0.4, 1.0):  # every net a guard may weigh, scored by hand
+        net = eng.subnet([7, 8], fold_bn=True, budget=None if b == 1 else b)
+        right[b] = len(vy) - len(plain_accuracy_and_errors(net, [7, 8], vx, vy)[1])
+    assert len(set(right.values())) > 1  # the nets differ on validation: the choice is not vacuous
+    held = []
+    for b in (0.08, 0.12, 0.2, 0.3, 0.4, 0.5, 1.0):
+        g = eng.guard([7, 8], b)
+        weighed = [c for c in (*eng.guard_grid, b) if c <= b]
+        assert [c for c, _ in g["weighed"]] == sorted(set(weighed))
+        assert [n for _, n in g["weighed"]] == [right[c] for c in sorted(set(weighed))]
+        best = max(right[c] for c in weighed)
+        assert g["budget"] == min(c for c in weighed if right[c] == best) and g["images"] == len(vy)
+        held.append(right[g["budget"]])
+        net = eng.subnet([7, 8], fold_bn=True, budget=b, guard=True)  # the served net is that budget's own
+        want = eng.subnet([7, 8], fold_bn=True, budget=None if g["budget"] == 1 else g["budget"])
+        x = torch.rand(8, 1, 28, 28)
+        assert torch.equal(net(x), want(x)) and net.budget == b and net.guard == g
+        assert eng.cost(net)["mac_ratio"] <= b + 1e-9
+    assert held == sorted(held)  # more budget never serves a net that is worse on validation
+
+
+def test_a_guard_decides_once_and_refuses_what_it_cannot_weigh():
+    eng = _guarded_engine()
+    lines = []
+    eng.log = lines.append
+    first = eng.guard("sneakers and bags under 30% of the compute")
+    assert first["requested"] == 0.3 and any("calibrating" in m for m in lines)
+    lines.clear()
+    assert eng.guard(["Sneaker", "Bag"], 0.3) == first and not any("calibrating" in m for m in lines)  # cached
+    with pytest.raises(BudgetError, match="give the classes"):
+        eng.guard(None, 0.3)
+    with pytest.raises(BudgetError, match="no images of Coat"):
+        eng.guard(["Coat"], 0.3)
+    with pytest.raises(BudgetError, match="not budget-conditioned"):
+        _engine().subnet(["Bag"], guard=True)
+    with pytest.raises(ValueError, match="as many labels as images"):
+        PruningEngine(eng.model, images=eng.images(), validation=(eng.images(), torch.tensor([7])))
+    empty = PruningEngine(eng.model, images=eng.images(), validation=(eng.images()[:0], torch.zeros(0).long()))
+    with pytest.raises(BudgetError, match="there are none"):
+        empty.guard(["Bag"], 0.3)

@@ -56,6 +56,12 @@ def test_the_analysis_counts_met_budgets_rising_sets_and_the_gap_to_the_family(s
     assert a["images_median"] == 250
     a = study.analyse(rows, fixed, dense, "test", {(0, 1): 500, (2, 3): 500, (4, 5): 500})
     assert a["rising_one_image_share"] == pytest.approx(2 / 3)
+    assert a["served_smaller"] == 0
+    # a guarded request served at a smaller budget: counted, and its generated net is judged by that budget
+    rows[2] = {**rows[2], "served_budget": 0.12, "generated_mac_ratio": 0.125, "mac_ratio": 0.11}
+    a = study.analyse(rows, fixed, dense, "test")
+    assert a["served_smaller"] == 1 and a["generated_over"] == 1
+    assert a["generated_over_max"] == pytest.approx(0.125 / 0.12)  # over 0.12, not the 0.2 asked for
 
 
 def test_the_family_is_read_at_full_strength(study):
@@ -102,6 +108,9 @@ def test_an_earlier_studys_rows_are_reused_only_for_the_same_weights_subtasks_se
     got = study.reusable_rows(prev, {"g1": ha, "g4": ha, "budget": ha, "dense": ha}, tasks, 0, 0)
     assert sorted(got) == ["dense", "g1"] and got["g1"] is rows  # g4 and the budget model have other weights now
     assert sorted(study.reusable_rows(prev, {"budget": hc}, tasks, 0, 0)) == ["budget"]
+    # guarded requests serve other nets: the budget model's rows are reused only under the same guard setting
+    assert sorted(study.reusable_rows(prev, {"budget": hc, "g1": ha}, tasks, 0, 0, guard=True)) == ["g1"]
+    assert sorted(study.reusable_rows({**prev, "guard": True}, {"budget": hc}, tasks, 0, 0, guard=True)) == ["budget"]
     assert study.reusable_rows(prev, {"g1": ha}, tasks, 1, 0) == {}  # another seed
     assert study.reusable_rows(prev, {"g1": ha}, tasks, 0, 500) == {}  # another image limit
     assert study.reusable_rows(prev, {"g1": ha}, tasks[:1], 0, 0) == {}  # other subtasks

@@ -172,7 +172,7 @@ def test_missing_training_images_are_a_clear_error(monkeypatch):
     def unavailable(*a, **k):
         raise DatasetError("fashion_mnist not found")
 
-    monkeypatch.setattr(hypersan.prune.engine, "load_split", unavailable)
+    monkeypatch.setattr(hypersan.prune.engine, "split_train_val", unavailable)
     eng = PruningEngine(_model())
     with pytest.raises(DatasetError, match="recalibrated on the fashion_mnist training images.*install the dataset"):
         eng.subnet(["Bag", "Coat"])

@@ -75,16 +75,21 @@ def splits(engine: PruningEngine, limit: int) -> dict:
             "test": (tx[:limit] if limit else tx, ty[:limit] if limit else ty)}
 
 
-def score(engine: PruningEngine, t: tuple, data: dict, budget=None, seed: int = 0) -> dict:
+def score(engine: PruningEngine, t: tuple, data: dict, budget=None, seed: int = 0, guard: bool = False) -> dict:
+    """One net's row: its MACs, build times and accuracy (and wrong images) on each split. `guard`: the guarded
+    request (PruningEngine.guard), whose row records the budget it was served at."""
     t0 = time.perf_counter()
-    net = engine.subnet(list(t), fold_bn=True, budget=budget, seed=seed)
+    net = engine.subnet(list(t), fold_bn=True, budget=budget, seed=seed, guard=guard)
     build = time.perf_counter() - t0
     t0 = time.perf_counter()
-    engine.subnet(list(t), fold_bn=True, budget=budget, seed=seed)  # warm: the statistics are cached now
+    engine.subnet(list(t), fold_bn=True, budget=budget, seed=seed, guard=guard)  # warm: statistics cached now
     warm = time.perf_counter() - t0
     cost = engine.cost(net)
     row = {"classes": list(t), "size": len(t), "seen": engine.model.is_seen(t), "budget": budget,
            "mac_ratio": cost["mac_ratio"], "build_s": build, "build_warm_s": warm}
+    if guard:
+        row["served_budget"] = net.guard["budget"]
+        budget = net.guard["budget"]
     if budget is not None:  # the generator's own net, before the engine cut it to the budget
         with torch.no_grad():
             masks, _ = engine.model.generate(engine.model.select([t]), None, torch.tensor([budget]))
@@ -126,11 +131,13 @@ def same_study(prev: dict, tasks: list[tuple], seed: int, limit: int) -> bool:
             and prev.get("limit") == limit)
 
 
-def reusable_rows(prev: dict, hashes: dict[str, str], tasks: list[tuple], seed: int, limit: int) -> dict[str, list]:
+def reusable_rows(prev: dict, hashes: dict[str, str], tasks: list[tuple], seed: int, limit: int,
+                  guard: bool = False) -> dict[str, list]:
     """The rows of an earlier study (its budget_study.json) that this one may take as they are: those of a
-    checkpoint with the same weights (by hash), scored on the same subtasks, seed and image limit. Returns
-    {checkpoint name: rows}, with "budget" and "dense" for the budget model's and the dense net's rows; an earlier
-    study that differs in subtasks, seed or limit, or that predates the hashes, gives nothing."""
+    checkpoint with the same weights (by hash), scored on the same subtasks, seed and image limit, and the budget
+    model's only if scored with the same guard setting. Returns {checkpoint name: rows}, with "budget" and "dense"
+    for the budget model's and the dense net's rows; an earlier study that differs in subtasks, seed or limit, or
+    that predates the hashes, gives nothing."""
     if not same_study(prev, tasks, seed, limit) or "hashes" not in prev:
         return {}
     out = {}
@@ -140,6 +147,8 @@ def reusable_rows(prev: dict, hashes: dict[str, str], tasks: list[tuple], seed: 
     for key in ("budget", "dense"):
         if key in hashes and prev["hashes"].get(key) == hashes[key]:
             out[key] = prev[f"{key}_rows"]
+    if prev.get("guard", False) != guard:
+        out.pop("budget", None)
     return out
 
 
@@ -275,8 +284,10 @@ def analyse(budget_rows: list[dict], fixed_rows: dict[str, list[dict]], dense_ro
             accs = [next(r[key] for r in fixed_rows[n] if tuple(r["classes"]) == t) for n in order]
             fam_rising += not any(falls(accs))
         fam_rising /= len(names)
-    over = [r["generated_mac_ratio"] / r["budget"] for r in budget_rows if r["generated_mac_ratio"] > r["budget"]]
-    return {"budget_met": sum(met) / len(met), "cases": len(met), "per_budget": per_budget,
+    served = [r.get("served_budget", r["budget"]) for r in budget_rows]  # a guarded request's own budget
+    over = [r["generated_mac_ratio"] / b for r, b in zip(budget_rows, served) if r["generated_mac_ratio"] > b]
+    return {"served_smaller": sum(b < r["budget"] for r, b in zip(budget_rows, served)),
+            "budget_met": sum(met) / len(met), "cases": len(met), "per_budget": per_budget,
             "generated_over": len(over), "generated_over_max": max(over) if over else None,
             "generated_over_median": statistics.median(over) if over else None,
             "rising_share": rising / len(names), "falls_per_step": per_step, "family": family,
@@ -346,6 +357,9 @@ def report(result: dict) -> str:
                     [f"- the same for the fixed-γ family, its models in the order of their mean MACs "
                      f"({len(a['family'])} models, {len(a['family']) - 1} steps): "
                      f"{100 * a['family_rising_share']:.0f}% of subtasks"]),
+                  *([] if not result.get("guard") else
+                    [f"- guarded requests: {a['served_smaller']} of {a['cases']} were served the net of a smaller "
+                     "budget (the smallest weighed budget whose net gets the most validation images right)"]),
                   f"- the generator's own net was over budget in {a['generated_over']} of {a['cases']} cases"
                   + ("" if not a["generated_over"] else f" (median {a['generated_over_median']:.2f}x, at most "
                      f"{a['generated_over_max']:.2f}x the budget) and was cut to fit"), "",
@@ -391,6 +405,9 @@ def main(argv=None) -> int:
                    help="an earlier study's budget_study.json whose fixed-γ family and dense net (rows, checkpoint "
                         "paths and weight hashes) this study takes instead of --fixed and --dense, whose checkpoints "
                         "need not be here; same subtasks, seed and limit")
+    p.add_argument("--guard", action="store_true",
+                   help="score guarded requests (PruningEngine.guard): at each budget, the net of the smallest "
+                        "budget up to it whose net is the most accurate on the validation split")
     p.add_argument("--twin", metavar="STUDY_JSON",
                    help="the study of another training run of the same budget model (a second seed), same "
                         "subtasks, seed and limit: adds how many class sets the two differ on by > 0.2 pt")
@@ -432,7 +449,8 @@ def main(argv=None) -> int:
     reused, costs = {}, None
     for path in args.reuse:
         prev = json.loads(Path(path).read_text())
-        got = {k: v for k, v in reusable_rows(prev, hashes, tasks, args.seed, args.limit).items() if k not in reused}
+        got = {k: v for k, v in reusable_rows(prev, hashes, tasks, args.seed, args.limit,
+                                                           args.guard).items() if k not in reused}
         if "budget" in got:
             costs = prev["costs"]
         reused.update(got)
@@ -445,7 +463,7 @@ def main(argv=None) -> int:
         budget_rows = []
         for i, t in enumerate(tasks):
             for b in BUDGETS:
-                budget_rows.append(score(budget, t, data, b, args.seed))
+                budget_rows.append(score(budget, t, data, b, args.seed, args.guard))
             say(f"[{i + 1}/{len(tasks)}] {t}: " + ", ".join(f"{r['budget']}: {r['mac_ratio']:.3f}/{r['acc_val']:.4f}"
                                                              for r in budget_rows[-len(BUDGETS):]))
     fixed_rows = {} if family is None else family["fixed_rows"]
@@ -472,7 +490,7 @@ def main(argv=None) -> int:
               if family is None else {**family["checkpoints"], "budget": args.budget},
               **({} if family is None else {"family_from": args.family_from}),
               "subtasks": len(tasks), "subtasks_list": [list(t) for t in tasks], "budgets": list(BUDGETS),
-              "seed": args.seed, "limit": args.limit, "hashes": hashes, "reused": sorted(reused),
+              "seed": args.seed, "limit": args.limit, "guard": args.guard, "hashes": hashes, "reused": sorted(reused),
               "budget_rows": budget_rows, "fixed_rows": fixed_rows, "dense_rows": dense_rows,
               "family_front": front,
               "analysis": {s: analyse(budget_rows, fixed_rows, dense_rows, s, images[s], front)

@@ -146,7 +146,8 @@ def _eval(args) -> int:
           "its pruned net", file=sys.stderr, flush=True)
     budgets = _budgets(engine, args.budget)
     r = evaluate(engine, x, y, subtasks, progress=not args.json and tty, seed=args.seed,
-                 log=None if tty else (lambda m: print(m, file=sys.stderr, flush=True)), budgets=budgets)
+                 log=None if tty else (lambda m: print(m, file=sys.stderr, flush=True)), budgets=budgets,
+                 guard=args.guard)
     r = {"checkpoint": str(model.source), "split": args.split, **r}
     if args.json:
         print(json.dumps(r))
@@ -232,7 +233,8 @@ def _prune(args) -> int:
         raise ValueError(f"--budget {args.budget!r}: prune builds one net; give one budget, e.g. --budget 0.1")
     summary = engine.export(classes, args.out, formats, round_to=args.round_to, fold_bn=not args.keep_bn,
                             round_mode=args.round_mode, force=args.force, quantize=args.quantize,
-                            int8_images=args.int8_images, budget=None if budgets is None else budgets[0])
+                            int8_images=args.int8_images, budget=None if budgets is None else budgets[0],
+                            guard=args.guard)
     extra = {}
     if args.request is not None:
         extra = {"request": args.request}
@@ -240,6 +242,9 @@ def _prune(args) -> int:
     return 0
 
 
+GUARD_HELP = ("a budget-conditioned model: weigh the nets at the smaller budgets 0.08, 0.12, 0.2, 0.3, 0.5 as well "
+              "on the validation split, and serve the smallest whose net is the most accurate there (more budget "
+              "then never buys a net that is worse on validation; costs a calibration per budget, once)")
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
 
 
@@ -410,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--budget", default=None, metavar="B[,B...]",
                    help="a budget-conditioned model: MAC budgets (ratios to the dense net), e.g. 0.1,0.2,0.4; one "
                         "entry per subtask and budget (default: no limit)")
+    e.add_argument("--guard", action="store_true", help=GUARD_HELP)
     e.add_argument("--data-dir", default=None, help="Fashion-MNIST folder, if not the system one or $HYPERSAN_DATA (training images: BN calibration)")
     e.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     e.set_defaults(func=_eval)
@@ -432,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--budget", default=None, metavar="B",
                     help="a budget-conditioned model: the largest MAC ratio to the dense net, e.g. 0.1 (met exactly; "
                          "a --request may also say it: 'shoes under 10%% of the compute')")
+    pr.add_argument("--guard", action="store_true", help=GUARD_HELP)
     pr.add_argument("--round-to", type=int, default=0, metavar="N",
                     help="round every kept width to a multiple of N (see --round-mode)")
     pr.add_argument("--round-mode", choices=["up", "nearest"], default="up",

@@ -294,6 +294,28 @@ def load_split(data, split: str, data_dir: str | None = None) -> tuple[torch.Ten
 
 # ---------------------------------------------------------------- validation split
 
+def split_train_val(data, data_dir: str | None = None, val: bool = True) -> tuple[torch.Tensor, torch.Tensor,
+                                                                               torch.Tensor | None,
+                                                                               torch.Tensor | None, DatasetInfo]:
+    """(train_x, train_y, val_x, val_y, info) of the data set a [data] section names: its training images (the
+    first data.train_limit, if set) minus the seeded, stratified validation split of data.val_size images, or,
+    with data.val_split = "dataset", all of them and the data set's own validation split (read only when `val`;
+    else val_x and val_y are None). With neither, the validation tensors are empty. The test split is not read."""
+    x, y, info = load_split(data, "train", data_dir)
+    if data.train_limit:
+        x, y = x[:data.train_limit], y[:data.train_limit]
+    if data.val_split == "dataset":
+        vx, vy = load_split(data, "val", data_dir)[:2] if val else (None, None)
+        return x, y, vx, vy, info
+    if data.val_size >= len(y):
+        from ..config import ConfigError
+
+        raise ConfigError(f"data.val_size = {data.val_size} leaves no training images out of {len(y)}; lower it")
+    tr, va = validation_split(y, data.val_size, data.val_seed)
+    return x[tr], y[tr], x[va], y[va], info
+
+
+
 def validation_split(labels: torch.Tensor, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(train_indices, val_indices), both sorted: a seeded, stratified split with `size` validation samples.
 

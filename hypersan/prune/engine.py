@@ -21,10 +21,10 @@ import torch
 from torch import Tensor, nn
 
 from ..nn.checkpoint import CHECKPOINT_KIND, resolve_checkpoint
-from ..data.datasets import DatasetError, load_split, validation_split
+from ..data.datasets import DatasetError, split_train_val
 from ..deploy.export import DEFAULT_FORMATS, parse_formats, save_subnet
 from ..io import atomic_dir
-from .metrics import count_macs, count_params, kept_widths, subnet_cost
+from .metrics import count_macs, count_params, kept_widths, plain_accuracy_and_errors, subnet_cost
 from ..nn.custom import CustomBackbone, prune_custom
 from ..nn.model import SubtaskAdaptiveNet
 from .stats import (STATS_FILE, BNStats, CalibSpec, StatsCache, StatsKey, get_bn_stats, images_fingerprint,
@@ -33,6 +33,12 @@ from ..data.subtasks import Subtask
 from .budget import BudgetError, MacModel, enforce_budget
 from ..nn.generators import budget_label
 from .surgery import ROUND_MODES, expand_bn_stats, prune_backbone, round_widths
+
+
+# A guarded request for budget b weighs the nets at these smaller budgets too (docs/BUDGETS.md, "Guarded budgets"):
+# the budgets the studies score. A finer grid weighs more nets on the same validation images, so it picks by noise
+# more often and costs a calibration per budget.
+GUARD_GRID = (0.08, 0.12, 0.2, 0.3, 0.5)
 
 
 def training_images(model: SubtaskAdaptiveNet, data_dir: str | None = None) -> tuple[Tensor, str]:
@@ -46,18 +52,13 @@ def training_split(model: SubtaskAdaptiveNet, data_dir: str | None = None) -> tu
     """(uint8 images, labels, source name) of the model's training split (see training_images)."""
     d = model.config.data
     try:
-        x, y, _ = load_split(d, "train", data_dir)
+        x, y, _, _, _ = split_train_val(d, data_dir, val=False)
     except DatasetError as e:
         raise DatasetError(f"BN statistics of a subtask are recalibrated on the {d.dataset} training images, which "
                            f"could not be read: {e} -- install the dataset (or point $HYPERSAN_DATA / --data-dir at "
                            "it), or pass images= to PruningEngine") from None
-    if d.train_limit:
-        x, y = x[:d.train_limit], y[:d.train_limit]
     if d.val_split == "dataset":  # the validation split is a file of its own: every training image trains
         return x, y, f"{d.dataset}:train:limit{d.train_limit}:val-dataset"
-    if d.val_size:
-        train_idx, _ = validation_split(y, d.val_size, d.val_seed)
-        x, y = x[train_idx], y[train_idx]
     return x, y, f"{d.dataset}:train:limit{d.train_limit}:val{d.val_size}@{d.val_seed}"
 
 
@@ -71,10 +72,12 @@ class PruningEngine:
     """A SubtaskAdaptiveNet with its calibration data, BN-statistics cache, grounding, surgery and export."""
 
     def __init__(self, model: SubtaskAdaptiveNet, images: Optional[Tensor] = None, data_dir: Optional[str] = None,
-                 seed: int = 0, cache: Optional[StatsCache] = None, log: Optional[Callable[[str], None]] = None):
+                 seed: int = 0, cache: Optional[StatsCache] = None, log: Optional[Callable[[str], None]] = None,
+                 validation: Optional[tuple[Tensor, Tensor]] = None):
         """`images`: uint8 calibration images (default: the model's training split, read when first needed).
         `log`: called with one line per slow step (reading data, BN calibration, each file written); silent
-        by default."""
+        by default. `validation`: (uint8 images, labels) that guarded budgets pick on (default: the model's
+        validation split, read when first needed)."""
         self.model = model.eval()
         self.log = log
         self.cache = cache if cache is not None else StatsCache(model.backbone)
@@ -88,6 +91,17 @@ class PruningEngine:
         self._weights: Optional[tuple[tuple, str]] = None
         self._mac_model: Optional[MacModel] = None
         self.budget_cuts = {"requests": 0, "cut": 0, "channels": 0}  # budgeted masks, those cut to fit, channels cut
+        self.guard_grid: tuple[float, ...] = GUARD_GRID  # the smaller budgets a guarded request weighs (see guard)
+        self._val: Optional[tuple[Tensor, Tensor]] = None  # what a guard picks on: read when first needed
+        self._val_source: Optional[str] = None
+        if validation is not None:
+            vx, vy = validation
+            if vx.dtype != torch.uint8 or vy.ndim != 1 or len(vx) != len(vy):
+                raise ValueError("validation= takes (uint8 images, labels), as many labels as images; got "
+                                 f"{vx.dtype} images of shape {tuple(vx.shape)} and labels of shape {tuple(vy.shape)}")
+            self._val = vx, vy
+            self._val_source = f"images:{images_fingerprint(vx)}:{images_fingerprint(vy)}"
+        self._guards: dict[tuple, dict] = {}  # guard decisions, by everything they depend on
 
     # ------------------------------------------------------------ loading and saving
     @classmethod
@@ -356,11 +370,74 @@ class PruningEngine:
                 out.append(self.model(xb, sel, bud).float().cpu())
         return torch.cat(out)
 
+    # ------------------------------------------------------------ guarded budgets
+    def validation(self) -> tuple[Tensor, Tensor]:
+        """(uint8 images, labels) of the model's validation split, read on first use: what a guard picks on."""
+        if self._val is None:
+            d = self.model.config.data
+            try:
+                _, _, vx, vy, _ = split_train_val(d, self.data_dir)
+            except DatasetError as e:
+                raise DatasetError(f"a guarded budget picks its net on the {d.dataset} validation split, which could "
+                                   f"not be read: {e} -- install the dataset (or point $HYPERSAN_DATA / --data-dir at "
+                                   "it), or leave the guard off") from None
+            self._val = vx, vy
+            self._val_source = f"{d.dataset}:val"
+        if not len(self._val[1]):
+            raise BudgetError("a guarded budget picks its net on validation images, and there are none (the model was "
+                              "trained with data.val_size = 0, or validation= was empty); leave the guard off")
+        return self._val
+
+    def guard(self, classes, budget: Optional[float] = None, text: Optional[str] = None, round_to: int = 0,
+              round_mode: str = "up", seed: Optional[int] = None, images: Optional[Tensor] = None) -> dict:
+        """The budget a guarded request is served at. The nets at `budget` and at every smaller budget of
+        `guard_grid` (within the model's range) are weighed on the class set's validation images; the smallest
+        budget whose net gets the most of them right is served. So a larger guarded budget never serves a net
+        that is less accurate on validation than a smaller one's, and spare budget is left unspent where it buys
+        nothing there. Costs a BN calibration and a validation pass per weighed budget, once: the decision is
+        cached with everything it depends on (weights, calibration, rounding, text). Returns {"requested",
+        "budget" (the one served), "weighed" ([[budget, validation images right], ...], budgets ascending),
+        "images" (the class set's validation images)}."""
+        classes, budget = self.split_budget(classes, budget)
+        if not self.model.budgeted:
+            raise BudgetError("a guard weighs a budget-conditioned model's nets at several budgets; this model is not "
+                              "budget-conditioned (generator.budget = false in its config): leave the guard off")
+        subtask, grounding = self.resolve(classes)
+        if subtask is None:
+            raise BudgetError("a guard weighs a class set's nets at several budgets; give the classes (the dense net "
+                              "has one size)")
+        if grounding is not None and text is None:
+            text = self.model.request_text(classes)
+        b = 1.0 if budget is None else budget
+        vx, vy = self.validation()
+        spec = self.calib_spec(seed, images)
+        key = (subtask, text, round_to, round_mode, b, tuple(self.guard_grid), spec.fingerprint(),
+               self.weights_fingerprint(), self._val_source)
+        if key in self._guards:
+            return {**self._guards[key], "weighed": [list(w) for w in self._guards[key]["weighed"]]}
+        keep = torch.isin(vy, torch.tensor(sorted(subtask)))
+        if not bool(keep.any()):
+            names = ", ".join(self.model.classes[i] for i in subtask)
+            raise BudgetError(f"the validation split has no images of {names}, so a guard has nothing to pick on; "
+                              "leave the guard off")
+        x, y = vx[keep], vy[keep]
+        b_min = self.model.config.generator.budget_min
+        weighed = []
+        for c in sorted({g for g in self.guard_grid if b_min <= g < b} | {b}):
+            net = self.subnet(list(subtask), fold_bn=True, round_to=round_to, round_mode=round_mode, text=text,
+                              seed=seed, images=images, budget=None if c >= 1 else c)
+            weighed.append([c, len(y) - len(plain_accuracy_and_errors(net, subtask, x, y)[1])])
+        held, right = max(weighed, key=lambda w: (w[1], -w[0]))  # the most right; of those, the smallest budget
+        out = {"requested": b, "budget": held, "weighed": weighed, "images": len(y)}
+        self._guards[key] = out
+        self._say(f"guard: budget {b:g} serves the net at {held:g} ({right} of {len(y)} validation images right)")
+        return {**out, "weighed": [list(w) for w in weighed]}
+
     # ------------------------------------------------------------ surgery and export
     @torch.no_grad()
     def subnet(self, classes=None, fold_bn: bool = False, round_to: int = 0, round_mode: str = "up",
                physical: bool = True, text: Optional[str] = None, seed: Optional[int] = None,
-               images: Optional[Tensor] = None, budget: Optional[float] = None) -> nn.Module:
+               images: Optional[Tensor] = None, budget: Optional[float] = None, guard: bool = False) -> nn.Module:
         """The physically pruned plain network of a subtask, in eval mode.
 
         `classes`: class names / indices, a request in words ("shoes and handbags"), or None (the dense net).
@@ -369,13 +446,20 @@ class PruningEngine:
         gives the masked form (dense widths, pruned channels zeroed). `round_to`/`round_mode`: see
         surgery.round_widths. BN statistics are the subtask's own (cached, or calibrated first). `budget`: the
         largest MAC ratio to the dense net (a budget-conditioned model only; a request in words may state it,
-        "shoes under 10% of the compute"); the net meets it exactly.
+        "shoes under 10% of the compute"); the net meets it exactly. `guard=True`: the net at a smaller budget of
+        `guard_grid` where the validation split finds the larger ones no more accurate (see guard; the net's
+        `guard` records the decision), so that more budget never buys a net that is worse on validation.
         """
         classes, budget = self.split_budget(classes, budget)
         subtask, grounding = self.resolve(classes)
         if grounding is not None and text is None:
             text = self.model.request_text(classes)
-        masks, rounding = self.masks(subtask, text, round_to, round_mode, budget)
+        guarded = None
+        if guard:
+            guarded = self.guard(None if subtask is None else list(subtask), budget, text, round_to, round_mode, seed,
+                                 images)
+        served = budget if guarded is None else (None if guarded["budget"] >= 1 else guarded["budget"])
+        masks, rounding = self.masks(subtask, text, round_to, round_mode, served)
         stats, _ = self._statistics(subtask, masks, text, rounding, seed, images)
         cls = list(range(len(self.model.classes))) if subtask is None else list(subtask)
         names = [self.model.classes[i] for i in cls]
@@ -393,6 +477,7 @@ class PruningEngine:
         net.conditioned_on = text
         net.rounding = rounding
         net.budget = budget
+        net.guard = guarded
         return net
 
     def cost(self, net: nn.Module) -> dict:
@@ -419,27 +504,29 @@ class PruningEngine:
     def export(self, classes, out: str | os.PathLike, formats: Iterable[str] | str = DEFAULT_FORMATS,
                round_to: int = 0, fold_bn: bool = True, round_mode: str = "up", text: Optional[str] = None,
                force: bool = False, quantize: Optional[str] = None, int8_images: int = 1024,
-               budget: Optional[float] = None) -> dict:
+               budget: Optional[float] = None, guard: bool = False) -> dict:
         """Prune to a subtask and write its artifact atomically; returns a JSON-able summary. An existing
-        artifact at `out` is replaced only with force=True; any other folder never.
+        artifact at `out` is replaced only with force=True; any other folder never. `budget`, `guard`: see subnet.
 
         quantize="int8" also writes model.int8.onnx (and the float model.onnx it is quantized from), calibrated
         on `int8_images` of the subtask's training images."""
         formats = parse_formats(list(formats) if not isinstance(formats, str) else formats)
         if quantize not in (None, "int8"):
             raise ValueError(f"unknown quantization {quantize!r}; the one supported is int8")
-        net = self.subnet(classes, fold_bn=fold_bn, round_to=round_to, round_mode=round_mode, text=text, budget=budget)
+        net = self.subnet(classes, fold_bn=fold_bn, round_to=round_to, round_mode=round_mode, text=text, budget=budget,
+                          guard=guard)
         subtask = [self.model.classes.index(c) for c in net.classes]
         cost = self.cost(net)
         ratios = {k: cost[k] for k in ("mac_ratio", "param_ratio")}
         extra = dict(ratios, round_to=round_to, round_mode=round_mode, conditioned_on=net.conditioned_on,
-                     budget=net.budget)
+                     budget=net.budget, **({"guard": net.guard} if net.guard else {}))
         if getattr(net, "grounding", None) is not None:
             extra.update(request=net.request, grounding=net.grounding)
         calib = self.subtask_images(tuple(subtask), int8_images, self.seed) if quantize else None
         files = save_subnet(net, out, formats, subtask=subtask, source=getattr(self.model, "source", None),
                             extra=extra, force=force, int8_images=calib, log=self.log)
         summary = {"classes": list(net.classes), "subtask": subtask, **ratios, "budget": net.budget,
+                   **({"guard": net.guard} if net.guard else {}),
                    "widths": dict(net.arch["site_widths"]), "files": {f: str(p) for f, p in files.items()},
                    "bytes": {f: p.stat().st_size for f, p in files.items()}}
         if getattr(net, "grounding", None) is not None:

@@ -1,6 +1,8 @@
 """Accuracy, average precision, and MAC / parameter counts of (sub)networks."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -16,6 +18,40 @@ def subset_accuracy(logits: Tensor, labels: Tensor, classes: list[int]) -> float
         raise ValueError("no sample has a label in the subtask")
     pred = cls[logits[keep][:, cls].argmax(dim=1)]
     return (pred == labels[keep]).float().mean().item()
+
+
+@torch.no_grad()
+def plain_logits(net: nn.Module, images: Tensor, batch_size: int = 256) -> Tensor:
+    """Logits (N, len(net.classes)) of a plain net on uint8 images, on the CPU."""
+    dev = next(net.parameters()).device
+    out = [net(images[i:i + batch_size].to(dev).float().div_(255.0)).float().cpu()
+           for i in range(0, len(images), batch_size)]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def _plain_right(net, classes: Sequence[int], images: Tensor, labels: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
+    """(which images have a label in T, whether the net's |T|-way answer on each of those is right)."""
+    cls = torch.tensor(sorted(set(int(c) for c in classes)))
+    keep = torch.isin(labels, cls)
+    if not bool(keep.any()):
+        raise ValueError("no sample has a label in the subtask")
+    pred = plain_logits(net, images[keep], batch_size).argmax(1)
+    return keep, cls[pred] == labels[keep]
+
+
+def plain_accuracy(net, classes: Sequence[int], images: Tensor, labels: Tensor, batch_size: int = 256) -> float:
+    """|T|-way accuracy of a plain (pruned) net of the classes T on the uint8 images whose label is in T.
+    The net's logits are T in ascending class-index order, as surgery builds them."""
+    return _plain_right(net, classes, images, labels, batch_size)[1].float().mean().item()
+
+
+def plain_accuracy_and_errors(net, classes: Sequence[int], images: Tensor, labels: Tensor,
+                              batch_size: int = 256) -> tuple[float, list[int]]:
+    """plain_accuracy, and the indices into `images` of the images of T the net gets wrong (so that two nets can
+    be compared image by image)."""
+    keep, right = _plain_right(net, classes, images, labels, batch_size)
+    return right.float().mean().item(), keep.nonzero().flatten()[~right].tolist()
 
 
 def average_precision(scores: Tensor, positives: Tensor, ties: str = "stable") -> float:

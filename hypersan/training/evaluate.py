@@ -23,42 +23,9 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ..prune.engine import PruningEngine
-from ..prune.metrics import mean_average_precision, out_of_subtask_false_positive_rate, subset_accuracy
+from ..prune.metrics import (mean_average_precision, out_of_subtask_false_positive_rate, plain_accuracy,  # noqa: F401
+                             plain_accuracy_and_errors, plain_logits, subset_accuracy)
 from ..data.subtasks import Subtask, sample_combinations
-
-
-@torch.no_grad()
-def plain_logits(net: nn.Module, images: Tensor, batch_size: int = 256) -> Tensor:
-    """Logits (N, len(net.classes)) of a plain net on uint8 images, on the CPU."""
-    dev = next(net.parameters()).device
-    out = [net(images[i:i + batch_size].to(dev).float().div_(255.0)).float().cpu()
-           for i in range(0, len(images), batch_size)]
-    return torch.cat(out)
-
-
-@torch.no_grad()
-def _plain_right(net, classes: Sequence[int], images: Tensor, labels: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
-    """(which images have a label in T, whether the net's |T|-way answer on each of those is right)."""
-    cls = torch.tensor(sorted(set(int(c) for c in classes)))
-    keep = torch.isin(labels, cls)
-    if not bool(keep.any()):
-        raise ValueError("no sample has a label in the subtask")
-    pred = plain_logits(net, images[keep], batch_size).argmax(1)
-    return keep, cls[pred] == labels[keep]
-
-
-def plain_accuracy(net, classes: Sequence[int], images: Tensor, labels: Tensor, batch_size: int = 256) -> float:
-    """|T|-way accuracy of a plain (pruned) net of the classes T on the uint8 images whose label is in T.
-    The net's logits are T in ascending class-index order, as surgery builds them."""
-    return _plain_right(net, classes, images, labels, batch_size)[1].float().mean().item()
-
-
-def plain_accuracy_and_errors(net, classes: Sequence[int], images: Tensor, labels: Tensor,
-                              batch_size: int = 256) -> tuple[float, list[int]]:
-    """plain_accuracy, and the indices into `images` of the images of T the net gets wrong (so that two nets can
-    be compared image by image)."""
-    keep, right = _plain_right(net, classes, images, labels, batch_size)
-    return right.float().mean().item(), keep.nonzero().flatten()[~right].tolist()
 
 
 def one_vs_rest_accuracy(logits: Tensor, labels: Tensor, cls: int) -> float:
@@ -116,12 +83,14 @@ def parse_subtasks(model, specs: Sequence[str], seed: int = 0, per_size: int = 5
 
 def evaluate(engine: PruningEngine, test_x: Tensor, test_y: Tensor, subtasks: Sequence[Subtask],
              progress: bool = True, seed: int = 0, images: Optional[Tensor] = None,
-             log: Optional[Callable[[str], None]] = None, budgets: Optional[Sequence[float]] = None) -> dict:
+             log: Optional[Callable[[str], None]] = None, budgets: Optional[Sequence[float]] = None,
+             guard: bool = False) -> dict:
     """Per-subtask acc / mAP / mac_ratio / param_ratio, beside the dense net restricted to each subtask.
 
     Statistics are recalibrated per subtask with `seed` on the engine's calibration images (or `images`).
     `log`, if given, gets one line per step (for logs off a terminal, where the progress bar is off).
     `budgets` (a budget-conditioned model): one entry per (subtask, budget), each with its "budget".
+    `guard`: guarded requests (PruningEngine.guard); each entry also gets "guard", the decision.
     """
     t0 = time.perf_counter()
     model = engine.model
@@ -141,7 +110,7 @@ def evaluate(engine: PruningEngine, test_x: Tensor, test_y: Tensor, subtasks: Se
     jobs = [(t, b) for t in subtasks for b in (budgets if budgets else [None])]
     for t, b in tqdm(jobs, desc="subtasks", disable=not progress, leave=False):
         t1 = time.perf_counter()
-        net = engine.subnet(t, fold_bn=True, seed=seed, images=images, budget=b)
+        net = engine.subnet(t, fold_bn=True, seed=seed, images=images, budget=b, guard=guard)
         logits = torch.full((len(test_x), n_cls), float("-inf"))
         logits[:, list(t)] = plain_logits(net, test_x)
         cost = engine.cost(net)
@@ -153,6 +122,7 @@ def evaluate(engine: PruningEngine, test_x: Tensor, test_y: Tensor, subtasks: Se
             "mac_ratio": cost["mac_ratio"], "param_ratio": cost["param_ratio"],
             "widths": dict(net.arch["site_widths"]),
             **({"budget": b} if budgets else {}),
+            **({"guard": net.guard} if guard else {}),
         })
         times.append(time.perf_counter() - t1)
         if log is not None:

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from ..nn.checkpoint import CHECKPOINT_KIND
 from ..config import Config, ConfigError
-from ..data.datasets import augment, load_split, to_float, validation_split
+from ..data.datasets import augment, split_train_val, to_float
 from ..language.descriptions import describe
 from .distributed import Context, DistributedError, is_peer_failure, setup, shard, stream_seed
 from ..prune.budget import MacModel
@@ -119,18 +119,9 @@ def config_changes(saved: dict, new: dict) -> dict[str, list]:
 
 def split_training_data(cfg: Config) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, object]:
     """(train_x, train_y, val_x, val_y, info): the training split minus the seeded, stratified validation split
-    the config names (data.val_size of them). The test split is not read: it gives final figures only."""
-    d = cfg.data
-    x, y, info = load_split(d, "train")
-    if d.train_limit:
-        x, y = x[:d.train_limit], y[:d.train_limit]
-    if d.val_split == "dataset":  # the data set's own validation split (its own fonts, say)
-        vx, vy, _ = load_split(d, "val")
-        return x, y, vx, vy, info
-    if d.val_size >= len(y):
-        raise ConfigError(f"data.val_size = {d.val_size} leaves no training images out of {len(y)}; lower it")
-    tr, va = validation_split(y, d.val_size, d.val_seed)
-    return x[tr], y[tr], x[va], y[va], info
+    the config names (data.val_size of them; datasets.split_train_val). The test split is not read: it gives
+    final figures only."""
+    return split_train_val(cfg.data)
 
 
 def _autocast(device: torch.device, amp: bool):
