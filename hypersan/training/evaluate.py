@@ -19,7 +19,7 @@ import time
 from typing import Callable, Optional, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm import tqdm
 
 from ..prune.engine import PruningEngine
