@@ -94,6 +94,8 @@ def test_training_uses_a_validation_split_and_never_the_test_set(tmp_path, monke
     rec = meta["history"][-1]
     assert {"val_dense_acc", "val_sub_acc", "val_sub_dense_acc"} <= set(rec) and "dense_acc" not in rec
     assert "validation" in meta["selection"]
+    n = meta["numerics"]  # what a run's bits depend on besides config and seed
+    assert n["torch"] == torch.__version__ and n["device"] == "cpu" and n["cpu_capability"]
 
 
 def test_checkpoint_roundtrip_and_corruption(tmp_path):

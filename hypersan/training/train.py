@@ -117,6 +117,24 @@ def config_changes(saved: dict, new: dict) -> dict[str, list]:
     return out
 
 
+def numerics(device: torch.device) -> dict:
+    """What decides a run's floating-point bits besides its config and seed: torch, the device, the CPU and the
+    kernels chosen for it. A run repeats bit for bit where these match; on another CPU (MKL picks its matrix
+    kernels by instruction set: MKL_CBWR pins them) the weights differ in their last bits, and training drifts."""
+    import os
+    import platform
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"torch": torch.__version__, "device": str(device), "cpu": cpu or None,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "mkl_cbwr": os.environ.get("MKL_CBWR"), "threads": torch.get_num_threads()}
+
+
 def split_training_data(cfg: Config) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, object]:
     """(train_x, train_y, val_x, val_y, info): the training split minus the seeded, stratified validation split
     the config names (data.val_size of them; datasets.split_train_val). The test split is not read: it gives
@@ -454,7 +472,8 @@ def _train(cfg: Config, out: Path, resume: bool, log: Callable[[str], None], sto
             plain.update({"epoch": epoch + 1, "history": history, "config_changes": changes, "world_size": world})
             model.meta = {"history": history, "epoch": epoch + 1, "config_changes": changes, "world_size": world,
                           "selection": "periodic evaluation on the validation split (data.val_size images of the "
-                                       "training data); the test split is not read in training"}
+                                       "training data); the test split is not read in training",
+                          "numerics": numerics(device)}
             if provenance:
                 model.meta["provenance"] = provenance
             # each epoch replaces this run's own previous checkpoint (checked up front to be ours, or new)
