@@ -432,3 +432,22 @@ def test_a_guard_decides_once_and_refuses_what_it_cannot_weigh():
     empty = PruningEngine(eng.model, images=eng.images(), validation=(eng.images()[:0], torch.zeros(0).long()))
     with pytest.raises(BudgetError, match="there are none"):
         empty.guard(["Bag"], 0.3)
+
+
+def test_the_guard_cost_tool_times_cold_and_cached_guarded_builds():
+    from .conftest import load_tool
+
+    tool = load_tool("guard_cost")
+    base = _guarded_engine()
+    images, val = base.images(), base.validation()
+    made = []
+
+    def fresh():
+        made.append(PruningEngine(base.model, images=images, validation=val))
+        return made[-1]
+
+    r = tool.guard_costs(fresh, [[7, 8], [1, 7, 8]], 0.3)
+    assert len(made) == 4 and all(len(e.cache) for e in made)  # two fresh engines per class set, each used
+    assert [row["weighed"] for row in r["rows"]] == [4, 4]  # 0.08, 0.12, 0.2 and the budget itself
+    assert all(row["served"] <= 0.3 and row["guarded_warm_s"] < row["guarded_cold_s"] for row in r["rows"])
+    assert set(r["median"]) == {"cold_s", "guarded_cold_s", "guarded_warm_s"}

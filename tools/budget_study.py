@@ -51,6 +51,7 @@ from hypersan.data.datasets import load_split  # noqa: E402
 from hypersan.data.subtasks import sample_combinations  # noqa: E402
 from hypersan.io import atomic_write_json, atomic_write_text  # noqa: E402
 from hypersan.prune.engine import PruningEngine  # noqa: E402
+from hypersan.research.bench import dense_forward_seconds  # noqa: E402
 from hypersan.research.report import interp_acc, method_style, pareto_front  # noqa: E402
 from hypersan.prune.metrics import subset_accuracy  # noqa: E402
 from hypersan.training.evaluate import plain_accuracy_and_errors, plain_logits  # noqa: E402
@@ -99,20 +100,6 @@ def score(engine: PruningEngine, t: tuple, data: dict, budget=None, seed: int = 
     for split, (x, y) in data.items():
         row[f"acc_{split}"], row[f"wrong_{split}"] = plain_accuracy_and_errors(net, t, x, y)
     return row
-
-
-def dense_forward_seconds(engine: PruningEngine, repeats: int = 20) -> float:
-    """Median time of one batch-256 forward of the dense net (the build-cost yardstick)."""
-    net = engine.subnet(None, fold_bn=True)
-    x = torch.rand(256, *engine.model.info.input_shape)
-    times = []
-    with torch.no_grad():
-        for i in range(repeats + 3):
-            t0 = time.perf_counter()
-            net(x)
-            if i >= 3:
-                times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def weights_hash(path: str) -> str:

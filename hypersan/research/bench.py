@@ -48,10 +48,19 @@ def round_orders(keys: Sequence[str], repeats: int, seed: int = 0) -> List[List[
     return orders
 
 
-def _timed(fn: Callable[[], object]) -> float:
+def timed(fn: Callable[[], object]) -> float:
+    """Seconds one call of fn takes."""
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
+
+
+@torch.no_grad()
+def dense_forward_seconds(engine: PruningEngine, repeats: int = 20, warmup: int = 3) -> float:
+    """Median time of one batch-256 forward of the dense net (the yardstick of a subnet's build cost)."""
+    net = engine.subnet(None, fold_bn=True)
+    x = torch.rand(256, *engine.model.info.input_shape)
+    return statistics.median([timed(lambda: net(x)) for _ in range(warmup + repeats)][warmup:])
 
 
 def latency_bound(mac_ratio: float) -> float:
@@ -118,7 +127,7 @@ def time_rounds(fns: dict[str, Callable[[], object]], warmup: int, repeats: int,
     times: dict[str, list[float]] = {k: [] for k in fns}
     for order in round_orders(list(fns), repeats, seed):
         for k in order:
-            times[k].append(_timed(fns[k]))
+            times[k].append(timed(fns[k]))
     return times
 
 
@@ -161,7 +170,7 @@ def _run(engine, subtasks, batch, threads, repeats, warmup, round_to, round_mode
         for i, t in enumerate(subtasks):
             b = {"t": t, "calib_s": None}
             if engine.key(t, seed=seed) not in engine.cache:  # recalibration is reported, not counted in the build
-                b["calib_s"] = _timed(lambda: engine.statistics(t, seed=seed))
+                b["calib_s"] = timed(lambda: engine.statistics(t, seed=seed))
             b["builds"] = []
             for _ in range(3):  # masks + surgery (+ BN folding), statistics cached; the last build is timed too
                 t0 = time.perf_counter()
