@@ -451,3 +451,30 @@ def test_the_guard_cost_tool_times_cold_and_cached_guarded_builds():
     assert [row["weighed"] for row in r["rows"]] == [4, 4]  # 0.08, 0.12, 0.2 and the budget itself
     assert all(row["served"] <= 0.3 and row["guarded_warm_s"] < row["guarded_cold_s"] for row in r["rows"])
     assert set(r["median"]) == {"cold_s", "guarded_cold_s", "guarded_warm_s"}
+
+
+def test_the_server_serves_a_guarded_budget_under_an_id_of_its_own(tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from hypersan.serve import create_app
+
+    eng = _guarded_engine()
+    want = eng.guard([7, 8], 0.5)
+    with TestClient(create_app(eng, cache_dir=tmp_path / "c")) as c:
+        r = c.post("/v1/subnets", json={"classes": ["Sneaker", "Bag"], "budget": 0.5, "guard": True})
+        assert r.status_code == 201, r.text
+        got = r.json()
+        assert got["guard"] == want and got["budget"] == 0.5 and got["mac_ratio"] <= want["budget"] + 1e-9
+        again = c.post("/v1/subnets", json={"request": "sneakers and bags under 50% of the compute", "guard": True})
+        assert again.status_code == 200 and again.json()["id"] == got["id"]
+        plain = c.post("/v1/subnets", json={"classes": ["Sneaker", "Bag"], "budget": 0.5})
+        assert plain.json()["id"] != got["id"] and "guard" not in plain.json()
+        x = torch.randint(0, 256, (2, 28, 28)).tolist()
+        p = c.post("/v1/predict", json={"classes": ["Sneaker", "Bag"], "budget": 0.5, "guard": True, "images": x})
+        assert p.status_code == 200 and p.json()["subnet"] == got["id"]
+        bad = c.post("/v1/predict", json={"subnet": got["id"], "guard": True, "images": x})
+        assert bad.status_code == 422 and "goes with" in bad.json()["error"]
+    with TestClient(create_app(_engine(), cache_dir=tmp_path / "d")) as c:
+        r = c.post("/v1/subnets", json={"classes": ["Bag"], "guard": True})
+        assert r.status_code == 422 and "not budget-conditioned" in r.json()["error"]

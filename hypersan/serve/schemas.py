@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from .service import MAX_ROUND_TO
 
@@ -21,6 +21,9 @@ class SubnetRequest(BaseModel):
                                 description="round every kept width up to a multiple of this (0: the exact widths)")
     budget: Optional[float] = Field(None, gt=0, le=1, description="a budget-conditioned model: the largest MAC "
                                     "ratio to the dense net (met exactly); a request in words may also state it")
+    guard: StrictBool = Field(False, description="a budget-conditioned model: serve the smallest of the nets at the "
+                              "budget and at the smaller budgets 0.08, 0.12, 0.2, 0.3, 0.5 that is the most accurate "
+                              "on the validation split (docs/BUDGETS.md, guarded budgets)")
 
 
 class SubnetInfo(BaseModel):
@@ -46,6 +49,7 @@ class PredictRequest(BaseModel):
     classes: Optional[list[_CLASS_NAME]] = Field(None, max_length=10000, description="or class names / indices")
     budget: Optional[float] = Field(None, gt=0, le=1, description="with request or classes: a budget-conditioned "
                                     "model's MAC budget")
+    guard: StrictBool = Field(False, description="with request or classes: a guarded budget (see POST /v1/subnets)")
     images: list[Any] = Field(..., description="each a nested uint8 array [C][H][W] (or [H][W] for one channel), "
                                                "or a base64-encoded 8-bit grayscale / RGB PNG")
 

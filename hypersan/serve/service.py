@@ -113,7 +113,7 @@ class SubnetService:
         # the engine's statistics are bounded too: what it was loaded with, plus stats_entries more
         engine.cache.max_entries = len(engine.cache) + stats_entries
         self._used: dict[str, float] = {}  # artifact folder -> last use (monotonic order of use)
-        self._ids: dict[tuple, str] = {}  # (class set, round_to) -> subnet id
+        self._ids: dict[tuple, str] = {}  # (class set, round_to, budget, guard) -> subnet id
         self.fingerprint = checkpoint_fingerprint(engine)
         self.input_shape = tuple(int(d) for d in engine.model.info.input_shape)
         self.persistent = cache_dir is not None
@@ -133,15 +133,21 @@ class SubnetService:
         self.started = time.time()
 
     # ------------------------------------------------------------ ids
-    def subnet_id(self, subtask: tuple[int, ...], round_to: int = 0, budget: Optional[float] = None) -> str:
+    def subnet_id(self, subtask: tuple[int, ...], round_to: int = 0, budget: Optional[float] = None,
+                  guard: bool = False) -> str:
         """The id of the subnet of a canonical class set (sorted indices) under this checkpoint: named by its
         masks, so that roundings that give the same widths give one id and one folder, and by its budget (a
-        budget-conditioned model's). Computed once per (class set, rounding, budget); it runs the generator (the
-        async paths call it on the id worker)."""
-        key = (tuple(subtask), round_to, budget)
+        budget-conditioned model's). Computed once per (class set, rounding, budget, guard); it runs the generator
+        (the async paths call it on the id worker). A guarded request is named by its request alone (which net
+        it serves is decided by calibrating several, on the build worker)."""
+        key = (tuple(subtask), round_to, budget, guard)
         if key not in self._ids:
-            masks, _ = self.engine.masks(tuple(subtask), round_to=round_to, budget=budget)
-            named = {"checkpoint": self.fingerprint, "classes": list(subtask), "masks": masks_fingerprint(masks)}
+            if guard:
+                named = {"checkpoint": self.fingerprint, "classes": list(subtask), "round_to": round_to,
+                         "guard": True}
+            else:
+                masks, _ = self.engine.masks(tuple(subtask), round_to=round_to, budget=budget)
+                named = {"checkpoint": self.fingerprint, "classes": list(subtask), "masks": masks_fingerprint(masks)}
             if budget is not None:
                 named["budget"] = budget
             blob = json.dumps(named)
@@ -280,7 +286,7 @@ class SubnetService:
         return self._remember(Subnet(subnet_id, meta, net, self.dir / subnet_id))
 
     def _build(self, subnet_id: str, subtask: tuple, round_to: int, grounding: Optional[dict],
-               budget: Optional[float] = None) -> tuple[Subnet, bool]:
+               budget: Optional[float] = None, guard: bool = False) -> tuple[Subnet, bool]:
         """(subnet, built): loaded from its folder when there, else pruned, calibrated if needed, and written."""
         sub = self._cached(subnet_id) or self._load(subnet_id)
         if sub is not None:
@@ -288,10 +294,10 @@ class SubnetService:
         t0 = time.perf_counter()
         engine = self.engine
         names = [engine.model.classes[i] for i in subtask]
-        net = engine.subnet(names, fold_bn=True, round_to=round_to, budget=budget)
+        net = engine.subnet(names, fold_bn=True, round_to=round_to, budget=budget, guard=guard)
         cost = engine.cost(net)
         meta = {"id": subnet_id, "classes": list(net.classes), "subtask": list(subtask), "round_to": round_to,
-                "budget": budget,
+                "budget": budget, **({"guard": net.guard} if guard else {}),
                 "mac_ratio": cost["mac_ratio"], "param_ratio": cost["param_ratio"], "macs": cost["macs"],
                 "params": cost["params"], "widths": dict(net.arch["site_widths"]), "input_shape": list(self.input_shape),
                 "checkpoint": self.fingerprint, "source": str(getattr(engine.model, "source", "") or ""),
@@ -311,12 +317,16 @@ class SubnetService:
         return sub, True
 
     async def create(self, subtask: tuple, round_to: int = 0, grounding: Optional[dict] = None,
-                     budget: Optional[float] = None) -> tuple[Subnet, bool]:
-        """(subnet, built now) of a class set (at a budget): from memory, its folder, or built (once for concurrent
-        callers)."""
-        key = (tuple(subtask), round_to, budget)
+                     budget: Optional[float] = None, guard: bool = False) -> tuple[Subnet, bool]:
+        """(subnet, built now) of a class set (at a budget, guarded or not): from memory, its folder, or built
+        (once for concurrent callers)."""
+        if guard and not self.engine.model.budgeted:
+            raise ServeError(422, '"guard" weighs a budget-conditioned model\'s nets at several budgets; this model is '
+                                  'not budget-conditioned: leave "guard" out')
+        key = (tuple(subtask), round_to, budget, guard)
         try:
-            subnet_id = self._ids.get(key) or await self._run(self._id_pool, self.subnet_id, subtask, round_to, budget)
+            subnet_id = self._ids.get(key) or await self._run(self._id_pool, self.subnet_id, subtask, round_to, budget,
+                                                              guard)
         except ValueError as e:  # a budget below the smallest subnet of these classes
             raise ServeError(422, str(e)) from None
         sub = self._cached(subnet_id)
@@ -334,7 +344,7 @@ class SubnetService:
                                   "seconds", headers={"Retry-After": str(max(1, self.pending_builds()))})
         try:
             return await self._once(("subnet", subnet_id), self._build_pool, self._build, subnet_id, subtask,
-                                    round_to, grounding, budget)
+                                    round_to, grounding, budget, guard)
         except DatasetError as e:
             raise ServeError(503, f"cannot build this subnet: {e}") from None
         except (ArtifactError, OSError) as e:

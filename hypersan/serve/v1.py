@@ -27,7 +27,8 @@ def links(subnet_id: str) -> dict[str, str]:
 
 def info(sub: Subnet) -> dict:
     """What GET /v1/subnets/{id} answers."""
-    keys = ("classes", "mac_ratio", "param_ratio", "round_to", "budget", "macs", "params", "widths", "input_shape",
+    keys = ("classes", "mac_ratio", "param_ratio", "round_to", "budget", "guard", "macs", "params", "widths",
+            "input_shape",
             "subtask", "request", "created", "build_seconds")
     return {"id": sub.id, **{k: sub.meta[k] for k in keys if k in sub.meta}, "links": links(sub.id)}
 
@@ -56,7 +57,7 @@ def router(service: SubnetService, token: Optional[str], max_images: int, secure
         built now, 200 when it was there. The same class set (and round_to) always gives the same id."""
         subtask, grounding, budget = await service.resolve(body.request, body.classes, body.budget)
         round_to = body.round_to if body.round_to > 1 else 0
-        sub, built = await service.create(subtask, round_to, grounding, budget)
+        sub, built = await service.create(subtask, round_to, grounding, budget, body.guard)
         out = info(sub)
         if grounding is not None:
             out["grounding"] = grounding
@@ -87,9 +88,9 @@ def router(service: SubnetService, token: Optional[str], max_images: int, secure
         if len(named) != 1:
             raise ServeError(422, 'give exactly one of "subnet" (an id), "request" (words) or "classes"'
                                   + (f"; got {', '.join(named)}" if named else ""))
-        if body.subnet is not None and body.budget is not None:
-            raise ServeError(422, 'a "budget" goes with "request" or "classes": a subnet id names a built net, its '
-                                  "budget included")
+        if body.subnet is not None and (body.budget is not None or body.guard):
+            raise ServeError(422, 'a "budget" or "guard" goes with "request" or "classes": a subnet id names a built '
+                                  "net, its budget included")
         if len(body.images) > max_images:  # before decoding any of them
             raise InputError(f"{len(body.images)} images in one request; at most {max_images} are accepted: split "
                              "the batch")
@@ -98,7 +99,7 @@ def router(service: SubnetService, token: Optional[str], max_images: int, secure
             sub = await service.get(body.subnet)
         else:
             subtask, grounding, budget = await service.resolve(body.request, body.classes, body.budget)
-            sub, _ = await service.create(subtask, 0, grounding, budget)
+            sub, _ = await service.create(subtask, 0, grounding, budget, body.guard)
         logits, ms = await service.forward(sub, x)
         classes = sub.meta["classes"]
         probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
