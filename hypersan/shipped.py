@@ -10,6 +10,8 @@ SHIPPED = {
                      "(prune --budget 0.1, or 'under 10% of the compute' in words)",
     "glyphs": "135 characters (digits, Latin, Greek, Cyrillic letters) from real fonts; the named groups' statistics "
               "are shipped, other class sets calibrate on the glyph set (make glyphs)",
+    "glyphs_budget": "the 135 glyph classes, budget-conditioned (MAC budgets in [0.05, 1]; guard=True for accuracy "
+                     "that rises with the budget); calibrates on the glyph set (make glyphs)",
 }
 
 

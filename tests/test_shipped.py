@@ -10,7 +10,11 @@ from hypersan.io import ArtifactError
 from hypersan.nn.model import SubtaskAdaptiveNet
 from hypersan.shipped import SHIPPED
 
-from .conftest import needs_fmnist
+from .conftest import ROOT, needs_fmnist
+
+GLYPHS = ROOT / "data" / "glyphs"  # make glyphs
+needs_glyphs = pytest.mark.skipif(not (GLYPHS / "dataset.json").exists(), reason="the glyph set is not built: make "
+                                  "glyphs")
 
 # Recomputed statistics differ from the recorded ones by float summation order only (the same seeded batches
 # are drawn); over 1,000-3,000 test images that moves an accuracy by at most a few images.
@@ -112,9 +116,10 @@ def test_the_cli_help_names_the_default_and_every_shipped_model():
     from hypersan.cli.commands import CHECKPOINT_HELP
     from hypersan.shipped import DEFAULT
 
-    assert DEFAULT == "fmnist_b16" and list(SHIPPED) == ["fmnist_b16", "fmnist", "fmnist_budget", "glyphs"]
+    assert DEFAULT == "fmnist_b16"
+    assert list(SHIPPED) == ["fmnist_b16", "fmnist", "fmnist_budget", "glyphs", "glyphs_budget"]
     assert CHECKPOINT_HELP == ("checkpoint directory, or a shipped model: fmnist_b16 (the default), fmnist, "
-                               "fmnist_budget, glyphs")
+                               "fmnist_budget, glyphs, glyphs_budget")
 
 
 def test_the_glyph_model_is_small_self_describing_and_serves_its_groups_without_the_data(tmp_path, monkeypatch):
@@ -134,17 +139,26 @@ def test_the_glyph_model_is_small_self_describing_and_serves_its_groups_without_
         engine.subnet(["digit 0", "small q"])
 
 
-def test_the_budget_model_is_small_self_describing_and_says_where_its_figures_come_from():
-    d = default_checkpoint("fmnist_budget")
+@pytest.mark.parametrize("name, script, init", [("fmnist_budget", "tools/budget_warm.sh", "fmnist"),
+                                                 ("glyphs_budget", "tools/glyph_budget_warm.sh",
+                                                  "runs/glyph-sweep/dense-w16")])
+def test_the_budget_models_are_small_self_describing_and_say_where_their_figures_come_from(name, script, init):
+    d = default_checkpoint(name)
     assert sum(f.stat().st_size for f in d.iterdir()) <= 10 * 2**20
     assert not (d / "optimizer.safetensors").exists()
-    model = SubtaskAdaptiveNet.from_pretrained("fmnist_budget")
+    model = SubtaskAdaptiveNet.from_pretrained(name)
     assert model.budgeted and model.config.generator.budget_min == 0.05 and model.config.generator.budget_nested
     prov, metrics = model.meta["provenance"], model.meta["metrics"]
-    assert prov["train_command"].startswith("tools/budget_warm.sh") and prov["init_from"] == "fmnist"
+    assert prov["train_command"].startswith(script) and prov["init_from"] == init
+    assert model.config.train.init_from == init  # named as the repository's scripts name it, not by one machine
     assert prov["metrics_command"].startswith("python tools/budget_study.py") and "test" in prov["selection"]
     assert metrics["analysis"]["test"]["budget_met"] == 1.0
     assert len(metrics["rows"]) == 150 and {r["budget"] for r in metrics["rows"]} == {0.08, 0.12, 0.2, 0.3, 0.5}
+    if name == "glyphs_budget":  # its guarded requests' figures too: each served at a budget no larger than asked
+        rows = metrics["guarded"]["rows"]
+        assert len(rows) == 150 and metrics["guarded"]["command"].split().count("--guard") == 1
+        assert all(r["served_budget"] <= r["budget"] and r["mac_ratio"] <= r["served_budget"] + 0.005 for r in rows)
+        assert any(r["served_budget"] < r["budget"] for r in rows)
 
 
 @needs_fmnist
@@ -158,5 +172,22 @@ def test_the_budget_model_reproduces_its_recorded_figures_from_fresh_statistics(
         net = engine.subnet(want["classes"], fold_bn=True, budget=want["budget"])
         got = engine.cost(net)["mac_ratio"]
         assert got == pytest.approx(want["mac_ratio"], abs=1e-9) and got <= want["budget"] + 0.005
+        acc = plain_accuracy(net, tuple(want["classes"]), test_x, test_y)
+        assert abs(acc - want["acc_test"]) <= ACC_TOL, want["classes"]
+
+
+@needs_glyphs
+def test_the_glyph_budget_model_reproduces_its_recorded_figures_guarded_and_not():
+    from hypersan.data.datasets import load_split
+    from hypersan.training.evaluate import plain_accuracy
+
+    engine = PruningEngine.from_pretrained("glyphs_budget", data_dir=str(GLYPHS))
+    metrics = engine.model.meta["metrics"]
+    test_x, test_y, _ = load_split(engine.model.config.data, "test", str(GLYPHS))
+    for want, guard in ((metrics["rows"][0], False), (metrics["guarded"]["rows"][-1], True)):
+        net = engine.subnet(want["classes"], fold_bn=True, budget=want["budget"], guard=guard)
+        assert engine.cost(net)["mac_ratio"] == pytest.approx(want["mac_ratio"], abs=1e-9)
+        if guard:
+            assert net.guard["budget"] == want["served_budget"]
         acc = plain_accuracy(net, tuple(want["classes"]), test_x, test_y)
         assert abs(acc - want["acc_test"]) <= ACC_TOL, want["classes"]
