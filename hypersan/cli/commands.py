@@ -154,12 +154,15 @@ def _eval(args) -> int:
         return 0
     print(f"checkpoint {model.source}, {args.split} split ({len(y)} images)")
     print(f"dense: acc {r['dense']['acc']:.4f}  mAP {r['dense']['map']:.4f}  MACs {r['dense']['macs']:,}")
-    print(f"{'classes':<44} {'seen':>5}{' budget' if budgets else ''} {'acc':>7} {'dense acc':>9} {'mAP':>7} "
+    print(f"{'classes':<44} {'seen':>5}{' budget' if budgets and not args.guard else ''}"
+          f"{'guarded b'.rjust(10) if args.guard else ''} {'acc':>7} {'dense acc':>9} {'mAP':>7} "
           f"{'dense mAP':>9} {'MAC ratio':>9} {'param ratio':>11}")
     for s in r["subtasks"]:
         name = ",".join(s["classes"])
         name = name if len(name) <= 44 else name[:41] + "..."
         bud = f" {s['budget']:6g}" if budgets else ""
+        if "guard" in s:  # the budget asked for, and the one whose net the guard served
+            bud = f" {s['guard']['requested']:g}→{s['guard']['budget']:g}".rjust(10)
         print(f"{name:<44} {str(s['seen']):>5}{bud} {s['acc']:7.4f} {s['dense_acc']:9.4f} {s['map']:7.4f} "
               f"{s['dense_map']:9.4f} {s['mac_ratio']:9.3f} {s['param_ratio']:11.3f}")
     print("dense acc, dense mAP: the dense net restricted to the same classes; MAC ratio, param ratio: the pruned "
