@@ -38,6 +38,8 @@ def test_the_analysis_counts_met_budgets_rising_sets_and_the_gap_to_the_family(s
     at_02 = a["per_budget"]["0.2"]  # MACs 0.19: the family gives 0.92 + 0.4 x 0.02 = 0.928 there
     assert at_02["family_compared"] == 3
     assert at_02["vs_family_pt"] == pytest.approx(100 * (0.93 - 0.928), abs=1e-6) and at_02["family_within_0.3pt"]
+    # at the budget asked for (0.2 of the MACs, where the family gives 0.93) rather than the 0.19 the nets use
+    assert at_02["vs_family_at_budget_pt"] == pytest.approx(0.0, abs=1e-6)
     assert a["per_budget"]["0.08"]["family_compared"] == 0 and a["per_budget"]["0.08"]["vs_family_pt"] is None
     assert at_02["vs_dense_pt"] == pytest.approx(-2.0)
     assert a["generated_over"] == 1 and a["generated_over_max"] == pytest.approx(1.05)
