@@ -339,6 +339,15 @@ def test_a_text_conditioned_model_takes_a_budget_too():
     free = eng.model.subtask_masks((7, 8), "sneakers and bags")
     tight = eng.model.subtask_masks((7, 8), "sneakers and bags", budget=0.05)
     assert any(not torch.equal(free[k], tight[k]) for k in free)  # the budget reaches the generator
+    # a guarded request conditions every weighed net on the same words
+    vy = torch.tensor([7, 8] * 16)
+    guarded = PruningEngine(eng.model, images=eng.images(), validation=(eng.images()[:32], vy))
+    net = guarded.subnet("sneakers and bags under 20% of the compute", guard=True)
+    assert net.conditioned_on == "sneakers and bags" and net.guard["requested"] == 0.2
+    assert [c for c, _ in net.guard["weighed"]] == [0.08, 0.12, 0.2]
+    want = guarded.subnet(["Sneaker", "Bag"], text="sneakers and bags", budget=net.guard["budget"])
+    x = torch.rand(4, 1, 28, 28)
+    assert torch.equal(net(x), want(x))
 
 
 def test_nested_budgets_keep_every_smaller_budgets_channels():
