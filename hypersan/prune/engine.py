@@ -393,8 +393,8 @@ class PruningEngine:
         """The budget a guarded request is served at. The nets at `budget` and at every smaller budget of
         `guard_grid` (within the model's range) are weighed on the class set's validation images; the smallest
         budget whose net gets the most of them right is served. So a larger guarded budget never serves a net
-        that is less accurate on validation than a smaller one's, and spare budget is left unspent where it buys
-        nothing there. Costs a BN calibration and a validation pass per weighed budget, once: the decision is
+        that is less accurate on validation than a smaller grid budget's (two budgets off the grid are not weighed
+        against each other), and spare budget is left unspent where it buys nothing there. Costs a BN calibration and a validation pass per weighed budget, once: the decision is
         cached with everything it depends on (weights, calibration, rounding, text). Returns {"requested",
         "budget" (the one served), "weighed" ([[budget, validation images right], ...], budgets ascending),
         "images" (the class set's validation images)}."""
