@@ -484,6 +484,10 @@ def test_the_server_serves_a_guarded_budget_under_an_id_of_its_own(tmp_path):
         assert p.status_code == 200 and p.json()["subnet"] == got["id"]
         bad = c.post("/v1/predict", json={"subnet": got["id"], "guard": True, "images": x})
         assert bad.status_code == 422 and "goes with" in bad.json()["error"]
+        eng.guard_grid = (0.12, 0.3)  # another grid weighs other nets: another id
+        other = c.post("/v1/subnets", json={"classes": ["Sneaker", "Bag"], "budget": 0.5, "guard": True})
+        assert other.status_code == 201 and other.json()["id"] != got["id"]
+        assert [b for b, _ in other.json()["guard"]["weighed"]] == [0.12, 0.3, 0.5]
     with TestClient(create_app(_engine(), cache_dir=tmp_path / "d")) as c:
         r = c.post("/v1/subnets", json={"classes": ["Bag"], "guard": True})
         assert r.status_code == 422 and "not budget-conditioned" in r.json()["error"]

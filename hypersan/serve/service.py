@@ -113,7 +113,7 @@ class SubnetService:
         # the engine's statistics are bounded too: what it was loaded with, plus stats_entries more
         engine.cache.max_entries = len(engine.cache) + stats_entries
         self._used: dict[str, float] = {}  # artifact folder -> last use (monotonic order of use)
-        self._ids: dict[tuple, str] = {}  # (class set, round_to, budget, guard) -> subnet id
+        self._ids: dict[tuple, str] = {}  # (class set, round_to, budget, guard grid or False) -> subnet id
         self.fingerprint = checkpoint_fingerprint(engine)
         self.input_shape = tuple(int(d) for d in engine.model.info.input_shape)
         self.persistent = cache_dir is not None
@@ -140,11 +140,11 @@ class SubnetService:
         budget-conditioned model's). Computed once per (class set, rounding, budget, guard); it runs the generator
         (the async paths call it on the id worker). A guarded request is named by its request alone (which net
         it serves is decided by calibrating several, on the build worker)."""
-        key = (tuple(subtask), round_to, budget, guard)
+        key = (tuple(subtask), round_to, budget, guard and tuple(self.engine.guard_grid))
         if key not in self._ids:
             if guard:
                 named = {"checkpoint": self.fingerprint, "classes": list(subtask), "round_to": round_to,
-                         "guard": True}
+                         "guard": list(self.engine.guard_grid)}
             else:
                 masks, _ = self.engine.masks(tuple(subtask), round_to=round_to, budget=budget)
                 named = {"checkpoint": self.fingerprint, "classes": list(subtask), "masks": masks_fingerprint(masks)}
@@ -323,7 +323,7 @@ class SubnetService:
         if guard and not self.engine.model.budgeted:
             raise ServeError(422, '"guard" weighs a budget-conditioned model\'s nets at several budgets; this model is '
                                   'not budget-conditioned: leave "guard" out')
-        key = (tuple(subtask), round_to, budget, guard)
+        key = (tuple(subtask), round_to, budget, guard and tuple(self.engine.guard_grid))
         try:
             subnet_id = self._ids.get(key) or await self._run(self._id_pool, self.subnet_id, subtask, round_to, budget,
                                                               guard)
