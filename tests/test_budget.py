@@ -318,6 +318,9 @@ def test_a_budget_conditioned_model_trains_and_answers_budgets_on_the_command_li
     assert main(["prune", "--checkpoint", str(plain), "--classes", "Bag", "--budget", "0.1", "--out",
                  str(tmp_path / "x")]) != 0
     assert "not budget-conditioned" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(plain), "--subtasks", "Bag,Coat", "--guard", "--limit", "50"]) != 0
+    err = capsys.readouterr().err
+    assert "not budget-conditioned" in err and "dense pass" not in err  # refused before any work
 
 
 def test_resolve_shows_a_budget_said_in_words_and_refuses_an_unreadable_one(capsys):

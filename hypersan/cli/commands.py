@@ -108,6 +108,8 @@ def _eval(args) -> int:
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be a positive number of test images, got {args.limit}")
     engine = _engine(args)
+    if args.guard:
+        engine.check_guard()  # before any data is read
     model = engine.model
     cfg = model.config
     split = "train" if args.split == "val" else "test"

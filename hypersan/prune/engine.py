@@ -388,6 +388,12 @@ class PruningEngine:
                               "trained with data.val_size = 0, or validation= was empty); leave the guard off")
         return self._val
 
+    def check_guard(self) -> None:
+        """BudgetError unless this model can guard a budget (a budget-conditioned one)."""
+        if not self.model.budgeted:
+            raise BudgetError("a guard weighs a budget-conditioned model's nets at several budgets; this model is not "
+                              "budget-conditioned (generator.budget = false in its config): leave the guard off")
+
     def guard(self, classes, budget: Optional[float] = None, text: Optional[str] = None, round_to: int = 0,
               round_mode: str = "up", seed: Optional[int] = None, images: Optional[Tensor] = None) -> dict:
         """The budget a guarded request is served at. The nets at `budget` and at every smaller budget of
@@ -398,10 +404,8 @@ class PruningEngine:
         cached with everything it depends on (weights, calibration, rounding, text). Returns {"requested",
         "budget" (the one served), "weighed" ([[budget, validation images right], ...], budgets ascending),
         "images" (the class set's validation images)}."""
+        self.check_guard()
         classes, budget = self.split_budget(classes, budget)
-        if not self.model.budgeted:
-            raise BudgetError("a guard weighs a budget-conditioned model's nets at several budgets; this model is not "
-                              "budget-conditioned (generator.budget = false in its config): leave the guard off")
         subtask, grounding = self.resolve(classes)
         if subtask is None:
             raise BudgetError("a guard weighs a class set's nets at several budgets; give the classes (the dense net "

@@ -320,9 +320,11 @@ class SubnetService:
                      budget: Optional[float] = None, guard: bool = False) -> tuple[Subnet, bool]:
         """(subnet, built now) of a class set (at a budget, guarded or not): from memory, its folder, or built
         (once for concurrent callers)."""
-        if guard and not self.engine.model.budgeted:
-            raise ServeError(422, '"guard" weighs a budget-conditioned model\'s nets at several budgets; this model is '
-                                  'not budget-conditioned: leave "guard" out')
+        if guard:
+            try:
+                self.engine.check_guard()
+            except ValueError as e:  # BudgetError: the model takes no budget
+                raise ServeError(422, str(e)) from None
         key = (tuple(subtask), round_to, budget, guard and tuple(self.engine.guard_grid))
         try:
             subnet_id = self._ids.get(key) or await self._run(self._id_pool, self.subnet_id, subtask, round_to, budget,
