@@ -19,6 +19,8 @@ lane_a() {
     CONFIG=configs/glyphs_budget.toml run budget-nested-b0.05-s2 "${more[@]}" "${nested[@]}" loss.distill=0 \
         train.seed=2   # more training seeds: how much the rising share moves from run to run
     run hypernet-g20-s1 "${more[@]}" loss.gamma=20 train.seed=1   # the family's small end, a second seed
+    CONFIG=configs/glyphs_budget.toml run budget-nested-b0.05-s4 "${more[@]}" "${nested[@]}" loss.distill=0 \
+        train.seed=4   # two more seeds for the guard's spread over runs (docs/BUDGETS.md, "Guarded budgets")
 }
 lane_b() {
     CONFIG=configs/glyphs_budget.toml run budget-nested-b0.05 "${more[@]}" "${nested[@]}" loss.distill=0
@@ -31,6 +33,8 @@ lane_b() {
     CONFIG=configs/glyphs_budget.toml run budget-nested-b0.05-s3 "${more[@]}" "${nested[@]}" loss.distill=0 \
         train.seed=3
     run hypernet-g24-s1 "${more[@]}" loss.gamma=24 train.seed=1
+    CONFIG=configs/glyphs_budget.toml run budget-nested-b0.05-s5 "${more[@]}" "${nested[@]}" loss.distill=0 \
+        train.seed=5
 }
 lane_a & a=$!
 lane_b & b=$!
