@@ -30,6 +30,9 @@ training run of the budget model gives the spread that retraining alone causes:
 
 Every budget row records the images its net gets wrong, so that two budgets' nets are also compared image by
 image (significant_falls: how many falls are beyond chance).
+
+--guard scores guarded requests instead (PruningEngine.guard: at each budget, the smallest weighed budget whose net
+is the most accurate on the validation split); each row records the budget it was served at.
 """
 from __future__ import annotations
 
