@@ -433,6 +433,12 @@ def test_a_guard_decides_once_and_refuses_what_it_cannot_weigh():
     assert first["requested"] == 0.3 and any("calibrating" in m for m in lines)
     lines.clear()
     assert eng.guard(["Sneaker", "Bag"], 0.3) == first and not any("calibrating" in m for m in lines)  # cached
+    eng.max_guards = 2  # a bounded store of decisions: the oldest goes first
+    eng.guard(["Sneaker", "Bag"], 0.2)
+    eng.guard(["Sneaker", "Bag"], 0.12)
+    lines.clear()
+    assert eng.guard(["Sneaker", "Bag"], 0.12) == eng.guard(["Sneaker", "Bag"], 0.12) and not lines  # kept
+    assert eng.guard(["Sneaker", "Bag"], 0.3) == first and any(m.startswith("guard:") for m in lines)  # decided anew
     with pytest.raises(BudgetError, match="give the classes"):
         eng.guard(None, 0.3)
     with pytest.raises(BudgetError, match="no images of Coat"):

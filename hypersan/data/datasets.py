@@ -315,7 +315,6 @@ def split_train_val(data, data_dir: str | None = None, val: bool = True) -> tupl
     return x[tr], y[tr], x[va], y[va], info
 
 
-
 def validation_split(labels: torch.Tensor, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(train_indices, val_indices), both sorted: a seeded, stratified split with `size` validation samples.
 

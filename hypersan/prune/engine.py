@@ -101,7 +101,8 @@ class PruningEngine:
                                  f"{vx.dtype} images of shape {tuple(vx.shape)} and labels of shape {tuple(vy.shape)}")
             self._val = vx, vy
             self._val_source = f"images:{images_fingerprint(vx)}:{images_fingerprint(vy)}"
-        self._guards: dict[tuple, dict] = {}  # guard decisions, by everything they depend on
+        self._guards: dict[tuple, dict] = {}  # guard decisions, by everything they depend on (oldest first)
+        self.max_guards = 10_000  # decisions kept (a few hundred bytes each); the oldest goes first
 
     # ------------------------------------------------------------ loading and saving
     @classmethod
@@ -433,6 +434,8 @@ class PruningEngine:
             weighed.append([c, len(y) - len(plain_accuracy_and_errors(net, subtask, x, y)[1])])
         held, right = max(weighed, key=lambda w: (w[1], -w[0]))  # the most right; of those, the smallest budget
         out = {"requested": b, "budget": held, "weighed": weighed, "images": len(y)}
+        while self._guards and len(self._guards) >= self.max_guards:  # bounded, for a long-running server
+            self._guards.pop(next(iter(self._guards)))
         self._guards[key] = out
         self._say(f"guard: budget {b:g} serves the net at {held:g} ({right} of {len(y)} validation images right)")
         return {**out, "weighed": [list(w) for w in weighed]}

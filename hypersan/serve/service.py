@@ -138,8 +138,9 @@ class SubnetService:
         """The id of the subnet of a canonical class set (sorted indices) under this checkpoint: named by its
         masks, so that roundings that give the same widths give one id and one folder, and by its budget (a
         budget-conditioned model's). Computed once per (class set, rounding, budget, guard); it runs the generator
-        (the async paths call it on the id worker). A guarded request is named by its request alone (which net
-        it serves is decided by calibrating several, on the build worker)."""
+        (the async paths call it on the id worker). A guarded request is named by its class set, rounding, budget
+        and the guard's grid, not by masks: which net it serves is decided by calibrating several, on the build
+        worker."""
         key = (tuple(subtask), round_to, budget, guard and tuple(self.engine.guard_grid))
         if key not in self._ids:
             if guard:
