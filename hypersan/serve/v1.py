@@ -28,8 +28,7 @@ def links(subnet_id: str) -> dict[str, str]:
 def info(sub: Subnet) -> dict:
     """What GET /v1/subnets/{id} answers."""
     keys = ("classes", "mac_ratio", "param_ratio", "round_to", "budget", "guard", "macs", "params", "widths",
-            "input_shape",
-            "subtask", "request", "created", "build_seconds")
+            "input_shape", "subtask", "request", "created", "build_seconds")
     return {"id": sub.id, **{k: sub.meta[k] for k in keys if k in sub.meta}, "links": links(sub.id)}
 
 
