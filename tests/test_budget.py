@@ -500,3 +500,15 @@ def test_the_server_serves_a_guarded_budget_under_an_id_of_its_own(tmp_path):
     with TestClient(create_app(_engine(), cache_dir=tmp_path / "d")) as c:
         r = c.post("/v1/subnets", json={"classes": ["Bag"], "guard": True})
         assert r.status_code == 422 and "not budget-conditioned" in r.json()["error"]
+
+
+def test_the_guards_help_texts_name_the_engines_grid():
+    from hypersan.cli.commands import GUARD_HELP
+    from hypersan.prune.engine import GUARD_GRID
+
+    grid = ", ".join(f"{b:g}" for b in GUARD_GRID)  # written out in the light modules, so kept equal here
+    assert grid in GUARD_HELP
+    pytest.importorskip("fastapi")
+    from hypersan.serve.schemas import SubnetRequest
+
+    assert grid in SubnetRequest.model_fields["guard"].description
