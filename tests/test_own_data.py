@@ -103,7 +103,9 @@ def test_a_dataset_folder_with_its_own_validation_split(tmp_path):
     import pytest
 
     from hypersan.config import ConfigError, load_config
-    from hypersan.data.datasets import save_folder_dataset
+    import torch
+
+    from hypersan.data.datasets import save_folder_dataset, validation_images
     from hypersan.prune.engine import training_split
     from hypersan.training.train import split_training_data
 
@@ -122,5 +124,10 @@ def test_a_dataset_folder_with_its_own_validation_split(tmp_path):
     class M:  # training_split reads only the config
         config = cfg
     assert len(training_split(M)[1]) == 30
+    # the validation file alone (what a guarded budget picks on): the training images are not read
+    (tmp_path / "d" / "train.npz").rename(tmp_path / "train.npz.away")
+    gx, gy = validation_images(cfg.data)
+    assert torch.equal(gx, vx) and torch.equal(gy, vy)
+    (tmp_path / "train.npz.away").rename(tmp_path / "d" / "train.npz")
     with pytest.raises(ConfigError, match="val_split = 'dataset'"):
         load_config(ROOT / "configs" / "tiny.toml", ['data.val_split="dataset"'])

@@ -315,6 +315,15 @@ def split_train_val(data, data_dir: str | None = None, val: bool = True) -> tupl
     return x[tr], y[tr], x[va], y[va], info
 
 
+def validation_images(data, data_dir: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(val_x, val_y) of split_train_val alone: with data.val_split = "dataset" the data set's own validation file,
+    without reading the training images; else the seeded split drawn from them."""
+    if data.val_split == "dataset":
+        return load_split(data, "val", data_dir)[:2]
+    _, _, vx, vy, _ = split_train_val(data, data_dir)
+    return vx, vy
+
+
 def validation_split(labels: torch.Tensor, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(train_indices, val_indices), both sorted: a seeded, stratified split with `size` validation samples.
 

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn.checkpoint import CHECKPOINT_KIND, resolve_checkpoint
-from ..data.datasets import DatasetError, split_train_val
+from ..data.datasets import DatasetError, split_train_val, validation_images
 from ..deploy.export import DEFAULT_FORMATS, parse_formats, save_subnet
 from ..io import atomic_dir
 from .metrics import count_macs, count_params, kept_widths, plain_accuracy_and_errors, subnet_cost
@@ -377,7 +377,7 @@ class PruningEngine:
         if self._val is None:
             d = self.model.config.data
             try:
-                _, _, vx, vy, _ = split_train_val(d, self.data_dir)
+                vx, vy = validation_images(d, self.data_dir)
             except DatasetError as e:
                 raise DatasetError(f"a guarded budget picks its net on the {d.dataset} validation split, which could "
                                    f"not be read: {e} -- install the dataset (or point $HYPERSAN_DATA / --data-dir at "
