@@ -401,10 +401,11 @@ class PruningEngine:
         `guard_grid` (within the model's range) are weighed on the class set's validation images; the smallest
         budget whose net gets the most of them right is served. So a larger guarded budget never serves a net
         that is less accurate on validation than a smaller grid budget's (two budgets off the grid are not weighed
-        against each other), and spare budget is left unspent where it buys nothing there. Costs a BN calibration and a validation pass per weighed budget, once: the decision is
-        cached with everything it depends on (weights, calibration, rounding, text). Returns {"requested",
-        "budget" (the one served), "weighed" ([[budget, validation images right], ...], budgets ascending),
-        "images" (the class set's validation images)}."""
+        against each other), and spare budget is left unspent where it buys nothing there. Costs a BN calibration
+        and a validation pass per weighed budget, once: the decision is cached with everything it depends on
+        (weights, calibration, rounding, text; at most `max_guards` decisions, the oldest dropped first). Returns
+        {"requested", "budget" (the one served), "weighed" ([[budget, validation images right], ...], budgets
+        ascending), "images" (the class set's validation images)}."""
         self.check_guard()
         classes, budget = self.split_budget(classes, budget)
         subtask, grounding = self.resolve(classes)
@@ -418,27 +419,27 @@ class PruningEngine:
         spec = self.calib_spec(seed, images)
         key = (subtask, text, round_to, round_mode, b, tuple(self.guard_grid), spec.fingerprint(),
                self.weights_fingerprint(), self._val_source)
-        if key in self._guards:
-            return {**self._guards[key], "weighed": [list(w) for w in self._guards[key]["weighed"]]}
-        keep = torch.isin(vy, torch.tensor(sorted(subtask)))
-        if not bool(keep.any()):
-            names = ", ".join(self.model.classes[i] for i in subtask)
-            raise BudgetError(f"the validation split has no images of {names}, so a guard has nothing to pick on; "
-                              "leave the guard off")
-        x, y = vx[keep], vy[keep]
-        b_min = self.model.config.generator.budget_min
-        weighed = []
-        for c in sorted({g for g in self.guard_grid if b_min <= g < b} | {b}):
-            net = self.subnet(list(subtask), fold_bn=True, round_to=round_to, round_mode=round_mode, text=text,
-                              seed=seed, images=images, budget=None if c >= 1 else c)
-            weighed.append([c, len(y) - len(plain_accuracy_and_errors(net, subtask, x, y)[1])])
-        held, right = max(weighed, key=lambda w: (w[1], -w[0]))  # the most right; of those, the smallest budget
-        out = {"requested": b, "budget": held, "weighed": weighed, "images": len(y)}
-        while self._guards and len(self._guards) >= self.max_guards:  # bounded, for a long-running server
-            self._guards.pop(next(iter(self._guards)))
-        self._guards[key] = out
-        self._say(f"guard: budget {b:g} serves the net at {held:g} ({right} of {len(y)} validation images right)")
-        return {**out, "weighed": [list(w) for w in weighed]}
+        if key not in self._guards:  # weigh every budget's net on the class set's validation images, once
+            keep = torch.isin(vy, torch.tensor(sorted(subtask)))
+            if not bool(keep.any()):
+                names = ", ".join(self.model.classes[i] for i in subtask)
+                raise BudgetError(f"the validation split has no images of {names}, so a guard has nothing to pick "
+                                  "on; leave the guard off")
+            x, y = vx[keep], vy[keep]
+            b_min = self.model.config.generator.budget_min
+            weighed = []
+            for c in sorted({g for g in self.guard_grid if b_min <= g < b} | {b}):
+                net = self.subnet(list(subtask), fold_bn=True, round_to=round_to, round_mode=round_mode, text=text,
+                                  seed=seed, images=images, budget=None if c >= 1 else c)
+                weighed.append([c, len(y) - len(plain_accuracy_and_errors(net, subtask, x, y)[1])])
+            held, right = max(weighed, key=lambda w: (w[1], -w[0]))  # the most right; of those, the smallest budget
+            while self._guards and len(self._guards) >= self.max_guards:  # bounded, for a long-running server
+                self._guards.pop(next(iter(self._guards)))
+            self._guards[key] = {"requested": b, "budget": held, "weighed": weighed, "images": len(y)}
+            self._say(f"guard: budget {b:g} serves the net at {held:g} ({right} of {len(y)} validation images "
+                      "right)")
+        got = self._guards[key]
+        return {**got, "weighed": [list(w) for w in got["weighed"]]}  # a copy: the cached decision stays as it is
 
     # ------------------------------------------------------------ surgery and export
     @torch.no_grad()

@@ -296,6 +296,7 @@ def _train(cfg: Config, out: Path, resume: bool, log: Callable[[str], None], sto
                           f"{world} processes; use a multiple of {world} (e.g. {t.batch_size // world * world or world})")
     local_bs = t.batch_size // world
     device = ctx.device if ctx is not None else resolve_device(t.device)
+    run_numerics = numerics(device)  # the same for every epoch of this process
     if t.bf16 and device.type != "cuda":
         raise ConfigError(f"train.bf16 = true needs a CUDA device, but this run trains on {device}; set "
                           "train.bf16 = false, or train on device 'cuda'")
@@ -473,7 +474,7 @@ def _train(cfg: Config, out: Path, resume: bool, log: Callable[[str], None], sto
             model.meta = {"history": history, "epoch": epoch + 1, "config_changes": changes, "world_size": world,
                           "selection": "periodic evaluation on the validation split (data.val_size images of the "
                                        "training data); the test split is not read in training",
-                          "numerics": numerics(device)}
+                          "numerics": run_numerics}
             if provenance:
                 model.meta["provenance"] = provenance
             # each epoch replaces this run's own previous checkpoint (checked up front to be ours, or new)
