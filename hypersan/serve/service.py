@@ -141,7 +141,7 @@ class SubnetService:
         (the async paths call it on the id worker). A guarded request is named by its class set, rounding, budget
         and the guard's grid, not by masks: which net it serves is decided by calibrating several, on the build
         worker."""
-        key = (tuple(subtask), round_to, budget, guard and tuple(self.engine.guard_grid))
+        key = self._id_key(subtask, round_to, budget, guard)
         if key not in self._ids:
             if guard:
                 named = {"checkpoint": self.fingerprint, "classes": list(subtask), "round_to": round_to,
@@ -154,6 +154,10 @@ class SubnetService:
             blob = json.dumps(named)
             self._ids[key] = hashlib.blake2b(blob.encode(), digest_size=12).hexdigest()
         return self._ids[key]
+
+    def _id_key(self, subtask: tuple, round_to: int, budget: Optional[float], guard: bool) -> tuple:
+        """What an id is remembered by in memory: the request, and for a guarded one the grid it weighs."""
+        return tuple(subtask), round_to, budget, guard and tuple(self.engine.guard_grid)
 
     @staticmethod
     def check_id(subnet_id: str) -> str:
@@ -326,7 +330,7 @@ class SubnetService:
                 self.engine.check_guard()
             except ValueError as e:  # BudgetError: the model takes no budget
                 raise ServeError(422, str(e)) from None
-        key = (tuple(subtask), round_to, budget, guard and tuple(self.engine.guard_grid))
+        key = self._id_key(subtask, round_to, budget, guard)
         try:
             subnet_id = self._ids.get(key) or await self._run(self._id_pool, self.subnet_id, subtask, round_to, budget,
                                                               guard)
