@@ -170,7 +170,10 @@ def by_class_set(budget_rows: list[dict], key: str) -> dict[tuple, list]:
     return {t: [at[(t, b)] for b in BUDGETS] for t in sorted({t for t, _ in at})}
 
 
-def falls(accs: list[float], slack: float = 0.002) -> list[bool]:
+SLACK = 0.002  # 0.2 pt: the accuracy a step may lose and still count as rising
+
+
+def falls(accs: list[float], slack: float = SLACK) -> list[bool]:
     """For accuracies at rising budgets (or MACs), whether each step loses more than `slack` (0.2 pt by default):
     the one rule behind every rising share of the study."""
     return [b < a - slack for a, b in zip(accs, accs[1:])]
@@ -224,7 +227,7 @@ def twin_spread(rows: list[dict], twin: list[dict], split: str) -> dict:
         if not mine:
             raise ValueError(f"the twin study has no rows at budget {b} for these class sets: score both on the "
                              "same subtasks, seed and limit")
-        out[str(b)] = sum(abs(r[key] - other[(tuple(r["classes"]), b)]) > 0.002 for r in mine) / len(mine)
+        out[str(b)] = sum(abs(r[key] - other[(tuple(r["classes"]), b)]) > SLACK for r in mine) / len(mine)
     return out
 
 
@@ -267,7 +270,7 @@ def analyse(budget_rows: list[dict], fixed_rows: dict[str, list[dict]], dense_ro
         rising += not any(fell)
         per_step = [n + f for n, f in zip(per_step, fell)]
         if images:
-            rising_one += not any(falls(accs, max(0.002, 1 / images[t] + 1e-9)))
+            rising_one += not any(falls(accs, max(SLACK, 1 / images[t] + 1e-9)))
     family = {name: {"acc": statistics.mean(r[key] for r in rows),
                      "mac_ratio": statistics.mean(r["mac_ratio"] for r in rows)} for name, rows in fixed_rows.items()}
     # the peer's own monotony: each class set's fixed models, in the order of the family's mean MACs
