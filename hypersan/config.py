@@ -76,6 +76,12 @@ class LossConfig:
     distill: float = 0.0  # in-place distillation: share of the unmasked net's outputs in a masked batch's targets
     budget_monotone: float = 0.0  # budget-conditioned: weight of the hinge on a sample's loss rising with the budget
     budget_agree: float = 0.0  # budget-conditioned: weight of the disagreement of a sample's predictions at two budgets
+    # share of each sample's BCE on its subtask's outputs, whatever |T| and |C|; 0 = the beta weighting instead
+    # (beta on the subtask's outputs, 1 elsewhere: a share of beta|T| / (beta|T| + |C| - |T|)); 1 = no loss on
+    # outputs outside the subtask (other classes' images stay negatives on the subtask's outputs)
+    subset_share: float = 0.0  # share of each sample's BCE on its subtask's outputs; 0 = beta weighting (docs/RECIPE.md)
+    sparsity_price: str = "uniform"  # uniform: every channel's utility weighs alike in the L1 | macs: by its MAC cost
+    distill_over: str = "all"  # all: sigmoid targets on every output | subset: KL of the softmax over the subtask
 
 
 @dataclass
@@ -86,6 +92,10 @@ class SubtaskConfig:
     holdout: list[list[str]] = field(default_factory=list)  # explicit combinations never sampled
     holdout_fraction: float = 0.0  # plus a seeded fraction of all combinations of size 2..K-1
     holdout_seed: int = 0  # seed of the held-out fraction
+    # own: the sample's own class is in its subtask with probability include_own | natural: subtasks drawn without
+    # looking at the image, so a class set meets other classes' images at the rate it does in use (1 - |T|/|C|)
+    sampling: str = "own"  # own: own class in the subtask with probability include_own | natural: drawn blind to the image
+    sets_per_batch: int = 0  # >0: each masked batch is split into this many micro-batches of one class set each
 
 
 @dataclass
@@ -107,6 +117,9 @@ class TrainConfig:
     dist_timeout: float = 1800.0  # distributed runs: seconds a process waits for the others before the run fails
     progress: bool = True  # a progress bar on a terminal (a line per epoch either way)
     init_from: str = ""  # a checkpoint whose backbone weights start this run (same backbone and classes); "" = random
+    # the sandwich rule: every masked step also trains the unmasked body and the batch's cheapest class set's net
+    # on the same images (the body's outputs are then the teacher of loss.distill)
+    sandwich: bool = False  # every masked step also trains the unmasked body and the batch's cheapest class set
 
 
 @dataclass
@@ -276,6 +289,8 @@ RANGES: dict[str, tuple[str, str]] = {
     "generator.budget_free_share": ("[0, 1]", "a share of training samples"),
     "subtasks.size_weights": ("[0, inf)", "relative probability of each subtask size"),
     "subtasks.include_own": ("[0, 1]", "a probability"),
+    "subtasks.sets_per_batch": ("[0, inf)", "micro-batches of one class set per masked batch; 0 = a set per sample"),
+    "loss.subset_share": ("[0, 1]", "a share of each sample's loss; 0 = the beta weighting"),
     "subtasks.dense_share": ("[0, 1]", "a share of batches"),
     "subtasks.holdout_fraction": ("[0, 1]", "a fraction of combinations"),
     "subtasks.holdout_seed": ("[0, inf)", "seed of the hashed holdout"),
@@ -379,6 +394,21 @@ def validate(cfg: Config) -> None:
         raise ConfigError("generator.kind = 'pertask' learns one vector per basic subtask and needs "
                           "generator.conditioning = 'multihot'; use kind = 'hypernet' for text conditioning")
     choice(cfg.loss.gamma_size, GAMMA_SIZE_MODES, "loss.gamma_size")
+    choice(cfg.loss.sparsity_price, ("uniform", "macs"), "loss.sparsity_price")
+    choice(cfg.loss.distill_over, ("all", "subset"), "loss.distill_over")
+    choice(cfg.subtasks.sampling, ("own", "natural"), "subtasks.sampling")
+    if cfg.subtasks.sets_per_batch and cfg.subtasks.sampling != "natural":
+        raise ConfigError("subtasks.sets_per_batch > 0 gives a micro-batch one class set whatever its images; that "
+                          "is subtasks.sampling = 'natural' (set it), not 'own', which picks a set per image")
+    if cfg.subtasks.sets_per_batch > cfg.train.batch_size:
+        raise ConfigError(f"subtasks.sets_per_batch = {cfg.subtasks.sets_per_batch} exceeds train.batch_size = "
+                          f"{cfg.train.batch_size}; a micro-batch needs at least one image")
+    if cfg.loss.sparsity_price == "macs" and cfg.model.arch == "custom":
+        raise ConfigError("loss.sparsity_price = 'macs' prices channels from the built-in backbones' structure; use "
+                          "'uniform' with a custom model")
+    if cfg.train.sandwich and cfg.generator.budget:
+        raise ConfigError("train.sandwich = true trains each batch's cheapest class set; a budget-conditioned model "
+                          "trains every budget already: set train.sandwich = false")
     choice(cfg.train.optimizer, ("sgd", "adamw"), "train.optimizer")
     for key in numeric_fields():
         section, name = key.split(".")

@@ -141,11 +141,20 @@ class Holdout:
         return out
 
 
+SAMPLINGS = ("own", "natural")  # subtasks.sampling (see SubtaskSampler)
+
+
 class SubtaskSampler:
-    """Draws one combined subtask per sample: size from a distribution, own basic subtask with some probability."""
+    """Draws one combined subtask per sample: size from a distribution; with sampling = "own", the sample's own
+    basic subtask is in it with probability include_own; with "natural", the subtask is drawn without looking at
+    the image, so a class set meets other classes' images as often as it does when it runs on every image
+    (a share 1 - |T| / |C| of negatives on balanced data)."""
 
     def __init__(self, num_basic: int, class_to_basic: Sequence[int], size_weights: Sequence[float],
-                 include_own: float, holdout: Holdout):
+                 include_own: float, holdout: Holdout, sampling: str = "own"):
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"subtask sampling {sampling!r}; choose one of {', '.join(SAMPLINGS)}")
+        self.sampling = sampling
         w = torch.tensor(list(size_weights)[:num_basic], dtype=torch.float64)
         if w.sum() <= 0:
             raise ValueError("size_weights give zero probability to every size that fits the basic subtasks")
@@ -164,9 +173,10 @@ class SubtaskSampler:
             n = len(todo)
             sizes = torch.multinomial(self.size_probs, n, replacement=True, generator=gen) + 1  # (n,)
             scores = torch.rand(n, self.num_basic, generator=gen)
-            own = torch.rand(n, generator=gen) < self.include_own
-            basic = self.class_to_basic[labels[todo]]
-            scores[own, basic[own]] = -1.0  # sorts first: the own basic subtask is included
+            if self.sampling == "own":
+                own = torch.rand(n, generator=gen) < self.include_own
+                basic = self.class_to_basic[labels[todo]]
+                scores[own, basic[own]] = -1.0  # sorts first: the own basic subtask is included
             ranks = scores.argsort(dim=1).argsort(dim=1)
             sel = ranks < sizes[:, None]
             out[todo] = sel
@@ -175,6 +185,22 @@ class SubtaskSampler:
                 return out
             todo = todo[bad]
         raise RuntimeError("could not draw non-held-out subtasks: the holdout covers nearly every combination")
+
+
+def microbatch_sizes(batch: int, groups: int) -> list[int]:
+    """Sizes of the micro-batches a batch of `batch` images is split into (torch.tensor_split's, at most
+    `groups` of them, none empty)."""
+    return [len(c) for c in torch.arange(batch).tensor_split(min(groups, batch))]
+
+
+def sample_grouped(sampler: SubtaskSampler, batch: int, groups: int, gen: torch.Generator) -> torch.Tensor:
+    """(batch, K) multi-hot: one class set per micro-batch (microbatch_sizes), drawn blind to the images, each
+    repeated over its micro-batch's rows."""
+    if sampler.sampling != "natural":
+        raise ValueError("one class set per micro-batch ignores the images' classes: it needs sampling = 'natural'")
+    sizes = microbatch_sizes(batch, groups)
+    rows = sampler.sample(torch.zeros(len(sizes), dtype=torch.long), gen)
+    return rows.repeat_interleave(torch.tensor(sizes), dim=0)
 
 
 def sample_combinations(num_basic: int, size: int, n: int | None, seed: int, holdout: Holdout | None = None,

@@ -47,10 +47,13 @@ def to_masks(raw: Dict[str, Tensor], sites: List[Site], threshold: float, temp: 
     return out
 
 
-def mean_utility(raw: Dict[str, Tensor], sites: List[Site]) -> Tensor:
-    """Mean utility over every utility channel, per sample (B,): the L1 sparsity term."""
-    total = sum(raw[s.name].sum(dim=1) for s in sites if s.kind == "utility")
-    count = sum(s.size for s in sites if s.kind == "utility")
+def mean_utility(raw: Dict[str, Tensor], sites: List[Site], prices: Dict[str, float] | None = None) -> Tensor:
+    """Mean utility over every utility channel, per sample (B,): the L1 sparsity term. With `prices` (per site,
+    what one channel costs, normalised to a mean of 1 over channels: `prune.budget.channel_prices`), each
+    channel's utility is weighed by its price, so the term pushes hardest where channels cost most."""
+    util = [s for s in sites if s.kind == "utility"]
+    total = sum(raw[s.name].sum(dim=1) * (1.0 if prices is None else prices[s.name]) for s in util)
+    count = sum(s.size for s in util)
     return total / count
 
 

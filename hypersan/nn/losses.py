@@ -10,22 +10,61 @@ from torch import Tensor
 from ..config import GAMMA_SIZE_MODES
 
 
+def subset_share_of_beta(beta: float, size: int, num_classes: int) -> float:
+    """The share of a sample's loss that falls on its subtask's outputs under the beta weighting: beta |T| /
+    (beta |T| + |C| - |T|). A pair among 135 classes at beta = 4 gets 8 / 141 = 5.7%; among 10 classes, 50%."""
+    return beta * size / (beta * size + num_classes - size)
+
+
+def output_weights(in_task: Tensor, beta: float, share: float = 0.0) -> Tensor:
+    """Per-output BCE weights (B, C) that sum to |C| in every row, so the loss keeps the scale of the unweighted
+    class sum. share = 0: the beta weighting (beta on the subtask's outputs, 1 elsewhere, rescaled). share in
+    (0, 1]: the subtask's outputs carry `share` of the row's weight and the others 1 - share, whatever |T| and
+    |C| (share = 1: outputs outside the subtask get no loss); beta is then not read. Both agree where share =
+    subset_share_of_beta(beta, |T|, |C|). A row whose subtask is every class weighs each output 1."""
+    t = in_task.to(torch.float32)
+    num_classes = t.shape[1]
+    size = t.sum(dim=1, keepdim=True)  # (B, 1)
+    if share <= 0:
+        w = 1.0 + (beta - 1.0) * t
+        return w * num_classes / (num_classes + (beta - 1.0) * size)
+    rest = (num_classes - size).clamp(min=1.0)
+    w_in = torch.where(size < num_classes, share * num_classes / size, torch.ones_like(size))
+    w_out = (1.0 - share) * num_classes / rest
+    return t * w_in + (1.0 - t) * w_out
+
+
+def subset_kl(student: Tensor, teacher: Tensor, in_task: Tensor) -> Tensor:
+    """Per-sample KL (B,) from the teacher's class distribution to the student's, both a softmax over the
+    sample's subtask classes alone (what a subnet's arg max decides among): in-place distillation restricted to
+    the subset."""
+    far = -1e4  # not -inf: 0 x inf would make the left-out classes' terms nan
+    ls = torch.log_softmax(student.float().masked_fill(~in_task, far), dim=1)
+    lt = torch.log_softmax(teacher.float().masked_fill(~in_task, far), dim=1)
+    return (lt.exp() * (lt - ls)).masked_fill(~in_task, 0.0).sum(dim=1)
+
+
 def subtask_weighted_bce(logits: Tensor, labels: Tensor, in_task: Tensor, beta: float,
-                         teacher: Tensor | None = None, distill: float = 0.0, reduce: bool = True) -> Tensor:
-    """Mean over samples of the class-summed BCE with weight beta on the sample's subtask classes and 1
-    elsewhere, divided by alpha = (|C| + (beta - 1)|T|) / |C|, so it keeps the scale of the unweighted sum.
-    logits, in_task: (B, C); labels: (B,).
-    teacher (B, C): logits of a teacher (in-place distillation: the unmasked net on the same images); the
-    targets become (1 - distill) x one-hot + distill x sigmoid(teacher).
+                         teacher: Tensor | None = None, distill: float = 0.0, reduce: bool = True,
+                         share: float = 0.0, distill_over: str = "all") -> Tensor:
+    """Mean over samples of the class-summed BCE weighted per output (`output_weights`: beta on the sample's
+    subtask classes and 1 elsewhere, rescaled to the unweighted sum's scale; or, with share > 0, the subtask's
+    outputs carrying that share of the loss). logits, in_task: (B, C); labels: (B,). A sample whose label is
+    outside its subtask is a negative there: its subtask's outputs have target 0.
+    teacher (B, C): logits of a teacher (in-place distillation: the unmasked net on the same images).
+    distill_over = "all": the targets become (1 - distill) x one-hot + distill x sigmoid(teacher);
+    "subset": the loss becomes (1 - distill) x BCE + distill x |C| x the KL between the teacher's and the
+    student's softmax over the subtask's classes (`subset_kl`; |C| puts it on the BCE's class-summed scale).
     reduce=False: each sample's loss (B,) instead of their mean."""
     num_classes = logits.shape[1]
     target = F.one_hot(labels, num_classes).to(logits.dtype)
-    if teacher is not None and distill > 0:
+    mix = teacher is not None and distill > 0
+    if mix and distill_over == "all":
         target = (1.0 - distill) * target + distill * torch.sigmoid(teacher.to(logits.dtype))
     per = F.binary_cross_entropy_with_logits(logits, target, reduction="none")  # (B, C)
-    w = 1.0 + (beta - 1.0) * in_task.to(logits.dtype)
-    alpha = (num_classes + (beta - 1.0) * in_task.sum(dim=1).to(logits.dtype)) / num_classes  # (B,)
-    each = (w * per).sum(dim=1) / alpha
+    each = (output_weights(in_task, beta, share).to(logits.dtype) * per).sum(dim=1)
+    if mix and distill_over == "subset":
+        each = (1.0 - distill) * each + distill * num_classes * subset_kl(logits, teacher, in_task)
     return each.mean() if reduce else each
 
 

@@ -47,6 +47,20 @@ class MacModel:
         total = sum(coef * w(a) * w(b) for coef, a, b in self.terms)
         return total + w(self.head_site) * classes
 
+    def prices(self) -> dict[str, float]:
+        """What one channel of each utility site costs: the MACs the dense net loses when that site loses one
+        channel (the polynomial's derivative at the dense widths), divided by the mean over every channel, so a
+        sparsity weight keeps its meaning across backbones (a mean price of 1 per channel)."""
+        cost = {name: 0.0 for name in self.sizes}
+        for coef, a, b in self.terms:
+            wa = a if isinstance(a, int) else self.sizes[a]
+            if not isinstance(a, int):
+                cost[a] += coef * self.sizes[b]
+            cost[b] += coef * wa
+        cost[self.head_site] += self.num_classes
+        mean = sum(cost[n] * self.sizes[n] for n in self.sizes) / sum(self.sizes.values())
+        return {n: c / mean for n, c in cost.items()}
+
     def ratio(self, masks: Mapping[str, Tensor], classes: Tensor) -> Tensor:
         """MAC ratio to the dense net per sample (B,) of masks {site: (B, C)}: differentiable through the masks."""
         kept = {name: masks[name].sum(dim=1) for name in self.sizes}

@@ -51,7 +51,8 @@ from ..training.train import split_training_data, train
 
 ABLATION_KIND = "ablation"
 JOINT = ("dense", "hypernet", "hypernet_text", "pertask")
-PER_SUBSET = ("tp_subset", "tp_subset_ft", "tp_subset_ft_long", "tp_l1_uniform", "tp_l1_uniform_ft", "random")
+PER_SUBSET = ("tp_subset", "tp_subset_ft", "tp_subset_ft_long", "tp_l1_uniform", "tp_l1_uniform_ft", "random",
+              "hypernet_ft", "hypernet_ft_long")
 ALL_METHODS = (*JOINT, *PER_SUBSET, "agnostic_hypernet", "agnostic_tp", "scratch")
 SPLITS = ("val", "test")
 
@@ -69,6 +70,8 @@ class RunSection:
     gamma: float = 0.5  # the sparsity weight of the main comparison
     gammas: list[float] = field(default_factory=list)  # extra values of the gamma sweep (first seed only)
     first_seed_only: list[str] = field(default_factory=list)  # methods run on the first seed only (budget)
+    # the jointly trained mask methods start from the dense method's finished net of the same seed (train.init_from)
+    init_from_dense: bool = False
 
 
 @dataclass
@@ -242,6 +245,8 @@ class Ablation:
             over += ["subtasks.dense_share=1.0"]
         else:
             over += ['generator.kind="hypernet"', 'generator.conditioning="multihot"']
+        if method != "dense" and self.cfg.run.init_from_dense:
+            over.append(f'train.init_from="{self.model_dir("dense", seed, self.cfg.run.gamma)}"')
         if self.threads is not None:
             over.append(f"train.threads={self.threads}")
         return load_config(self.root / self.cfg.base.config, [*self.cfg.base.set, *over])
@@ -254,6 +259,8 @@ class Ablation:
         name = f"{method}-g{gamma:g}-s{seed}"
         if name in self._engines:
             return self._engines[name]
+        if method != "dense" and self.cfg.run.init_from_dense:
+            self.trained("dense", seed, self.cfg.run.gamma)  # its finished net starts this one
         cfg = self.method_config(method, seed, gamma)
         folder = self.model_dir(method, seed, gamma)
         state = folder / "train_state.json"
@@ -480,6 +487,12 @@ class Ablation:
             if "random" in methods:
                 t0 = time.perf_counter()
                 built["random"] = finish(baselines.random_prune(base, target, dense_macs=dense_macs, seed=seed), t0)
+            for m, steps in (("hypernet_ft", b.finetune_steps), ("hypernet_ft_long", b.finetune_steps_long)):
+                if m in methods:  # the hypernetwork's own net for t (a cold build), then the peer's fine-tune
+                    hyper = self.trained("hypernet", seed, gamma)
+                    t0 = time.perf_counter()
+                    fresh = PruningEngine(hyper.model, images=tx, seed=seed)
+                    built[m] = tuned(fresh.subnet(t, fold_bn=False, seed=seed), t, steps, t0)
             for method in methods:
                 net, build, ft, prune_seen = built[method]
                 for split, (x, y) in self.splits().items():

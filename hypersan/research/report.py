@@ -23,7 +23,7 @@ INTS = ("seed", "size", "finetune_steps", "images_seen")
 REFERENCE = "dense"  # every gap is against the separately trained dense net on the same classes, split and seed
 
 SWEPT = ("hypernet", "pertask", "tp_l1_uniform", "tp_l1_uniform_ft", "random", "tp_subset", "tp_subset_ft",
-         "tp_subset_ft_long")  # methods with a row per gamma of the sweep
+         "tp_subset_ft_long", "hypernet_ft", "hypernet_ft_long")  # methods with a row per gamma of the sweep
 
 
 def _mean(v: Iterable[float]) -> float:
@@ -302,7 +302,7 @@ def monotonicity_table(extras: dict) -> str:
 
 
 PEERS = ("tp_subset", "tp_subset_ft", "tp_subset_ft_long", "tp_l1_uniform", "tp_l1_uniform_ft", "random",
-         "scratch")
+         "scratch", "hypernet_ft", "hypernet_ft_long")
 
 
 def matched_mac_table(rows: list[dict], gamma: float, split: str = "test", method: str = "hypernet") -> str:
@@ -422,6 +422,8 @@ METHOD_STYLES = {
     "tp_l1_uniform": ("uniform L1", 10, "<"),
     "tp_l1_uniform_ft": ("uniform L1 + FT", 11, ">"),
     "random": ("random channels", 14, "x"),
+    "hypernet_ft": ("hypernetwork + 200-step FT", 5, "o"),
+    "hypernet_ft_long": ("hypernetwork + 2000-step FT", 12, "h"),
     "scratch": ("trained from scratch", 4, "*"),
 }
 

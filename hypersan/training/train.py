@@ -27,12 +27,14 @@ from ..nn.losses import (agreement, budget_loss, larger_budgets, monotone_hinge,
                          subtask_weighted_bce)
 from ..nn.model import SubtaskAdaptiveNet
 from .optim import descend, lr_factor
-from ..data.subtasks import SubtaskSampler, sample_combinations
+from ..data.subtasks import SubtaskSampler, microbatch_sizes, sample_combinations, sample_grouped
 
 # [train] settings that change how a run executes, not what it computes: a resumed run may change them
 EXECUTION_KEYS = ("progress", "threads", "device", "dist_timeout")
 # config keys added after runs were saved, with the value that describes those runs (a resume compares configs)
-ADDED_KEYS = {"train": {"bf16": False, "dist_timeout": 1800.0, "init_from": ""}}
+ADDED_KEYS = {"train": {"bf16": False, "dist_timeout": 1800.0, "init_from": "", "sandwich": False},
+              "loss": {"subset_share": 0.0, "sparsity_price": "uniform", "distill_over": "all"},
+              "subtasks": {"sampling": "own", "sets_per_batch": 0}}
 
 
 def _init_backbone(model: SubtaskAdaptiveNet, path: str) -> None:
@@ -160,7 +162,8 @@ def dense_loss(model: SubtaskAdaptiveNet, x: torch.Tensor, y: torch.Tensor, num_
 
 def masked_loss(model: SubtaskAdaptiveNet, x: torch.Tensor, y: torch.Tensor, select: torch.Tensor,
                 texts: list[str] | None, cfg: Config, basic_to_class: torch.Tensor, amp: bool = False,
-                budgets: torch.Tensor | None = None, macs: MacModel | None = None
+                budgets: torch.Tensor | None = None, macs: MacModel | None = None,
+                teacher: torch.Tensor | None = None, prices: dict[str, float] | None = None
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
     """(loss, masks, raw, per-sample mean utility) of a batch run with each sample's sampled subtask (B, K).
     amp: the backbone's forward under bf16 autocast; masks (the keep rule's thresholds) stay in float32.
@@ -172,9 +175,12 @@ def masked_loss(model: SubtaskAdaptiveNet, x: torch.Tensor, y: torch.Tensor, sel
     disagreement of its two predictions (losses.agreement); masks, raw and utilities are then (2B, ...), the
     smaller budgets first.
     With loss.distill > 0 the unmasked net is run on the same images first, without gradients (in-place
-    distillation, as slimmable and once-for-all networks train their subnets), and its outputs join the targets."""
-    teacher = None
-    if cfg.loss.distill > 0:
+    distillation, as slimmable and once-for-all networks train their subnets), and its outputs join the targets
+    (loss.distill_over: as sigmoid targets on every output, or as a softmax over the subtask's classes); a
+    `teacher` (B, C) given by the caller (the sandwich rule's body pass) is used instead.
+    `prices`: per-site channel prices of the sparsity term (loss.sparsity_price = "macs"); None prices alike.
+    The subtask's outputs get loss.subset_share of each sample's BCE (0: the beta weighting)."""
+    if cfg.loss.distill > 0 and teacher is None:
         with torch.no_grad(), _autocast(x.device, amp):
             teacher = model.backbone(x).float()
     pairs = budgets is not None and budgets.dim() == 2
@@ -190,9 +196,10 @@ def masked_loss(model: SubtaskAdaptiveNet, x: torch.Tensor, y: torch.Tensor, sel
     logits = logits.float()
     # beta weighs the classes of the sampled subtask (basic_to_class: (K, C)), whatever the sample's label
     in_task = (select.to(x.device).float() @ basic_to_class) > 0
-    per_sample = mean_utility(raw, model.sites)  # (B,); (2B,) with budget pairs
+    per_sample = mean_utility(raw, model.sites, prices)  # (B,); (2B,) with budget pairs
     gammas = sparsity_weights(in_task.sum(dim=1), len(model.classes), cfg.loss.gamma, cfg.loss.gamma_size)
-    task = subtask_weighted_bce(logits, y, in_task, cfg.loss.beta, teacher, cfg.loss.distill, reduce=False)
+    task = subtask_weighted_bce(logits, y, in_task, cfg.loss.beta, teacher, cfg.loss.distill, reduce=False,
+                                share=cfg.loss.subset_share, distill_over=cfg.loss.distill_over)
     loss = task.mean() + (gammas * per_sample).mean()
     if budgets is not None:
         ratio = macs.ratio(masks, in_task.sum(dim=1))
@@ -214,16 +221,54 @@ class _TrainStep(nn.Module):
         self.cfg = cfg
         self.basic_to_class = basic_to_class
         self.amp = amp
-        self.macs = MacModel(model.backbone, model.info.input_shape) if model.budgeted else None
+        self.macs = None
+        if model.budgeted or cfg.loss.sparsity_price == "macs":
+            self.macs = MacModel(model.backbone, model.info.input_shape)
+        # what a channel of each utility site costs: the sparsity term's prices, and how the sandwich rule finds a
+        # batch's cheapest class set
+        self.prices = self.macs.prices() if cfg.loss.sparsity_price == "macs" else None
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, select: torch.Tensor, texts: list[str] | None,
                 budgets: torch.Tensor | None, dense: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(loss, [mean utility, kept fraction] or None for a dense batch)."""
-        model = self.model
+        """(loss, [mean utility, kept fraction] or None for a dense batch).
+
+        A masked batch runs as subtasks.sets_per_batch micro-batches (one class set each, so that BN normalizes
+        one subnet at a time, as calibration does), or whole. With train.sandwich the unmasked body and the
+        batch's cheapest class set (by priced kept channels) also train on the same images, and the body's
+        outputs are the teacher of loss.distill."""
+        model, cfg = self.model, self.cfg
         if dense:
             return dense_loss(model, x, y, len(model.classes), amp=self.amp), None
-        loss, masks, raw, per_sample = masked_loss(model, x, y, select, texts, self.cfg, self.basic_to_class,
-                                                   amp=self.amp, budgets=budgets, macs=self.macs)
+        teacher, loss = None, 0.0
+        if cfg.train.sandwich:
+            with _autocast(x.device, self.amp):
+                body = model.backbone(x).float()
+            target = F.one_hot(y, len(model.classes)).float()
+            loss = F.binary_cross_entropy_with_logits(body, target, reduction="sum") / len(y)
+            teacher = body.detach()
+        sizes = microbatch_sizes(len(y), cfg.subtasks.sets_per_batch) if cfg.subtasks.sets_per_batch else [len(y)]
+        parts, start = [], 0
+        for n in sizes:
+            c = slice(start, start + n)
+            start += n
+            parts.append(masked_loss(model, x[c], y[c], select[c], None if texts is None else texts[c], cfg,
+                                     self.basic_to_class, amp=self.amp, budgets=None if budgets is None else budgets[c],
+                                     macs=self.macs, teacher=None if teacher is None else teacher[c],
+                                     prices=self.prices))
+        # each micro-batch's loss is a mean over its images: weigh it by their count
+        loss = loss + sum(p[0] * (n / len(y)) for p, n in zip(parts, sizes))
+        masks = {k: torch.cat([p[1][k] for p in parts]) for k in parts[0][1]}
+        per_sample = torch.cat([p[3] for p in parts])
+        if cfg.train.sandwich:
+            with torch.no_grad():
+                util = [s_ for s_ in model.sites if s_.kind == "utility"]
+                cost = sum(masks[s_.name].sum(dim=1) * (1.0 if self.prices is None else self.prices[s_.name])
+                           for s_ in util)
+                j = int(cost.argmin())
+            one = select[j:j + 1].expand(len(y), -1)
+            loss = loss + masked_loss(model, x, y, one, None if texts is None else [texts[j]] * len(y), cfg,
+                                      self.basic_to_class, amp=self.amp, macs=self.macs, teacher=teacher,
+                                      prices=self.prices)[0]
         with torch.no_grad():
             kept = sum(masks[x_.name].sum() for x_ in model.sites if x_.kind == "utility")
             kept = kept / sum(x_.size for x_ in model.sites if x_.kind == "utility") / len(per_sample)
@@ -350,7 +395,8 @@ def _train(cfg: Config, out: Path, resume: bool, log: Callable[[str], None], sto
             changes.append({"at_epoch": start_epoch, "changes": changed})
         log(f"resuming {out} after epoch {start_epoch}")
 
-    sampler = SubtaskSampler(len(model.basic), model.class_to_basic, s.size_weights, s.include_own, model.holdout)
+    sampler = SubtaskSampler(len(model.basic), model.class_to_basic, s.size_weights, s.include_own, model.holdout,
+                             s.sampling)
     basic_to_class = torch.zeros(len(model.basic), len(info.classes))
     for k, b in enumerate(model.basic):
         basic_to_class[k, list(b)] = 1.0
@@ -373,7 +419,10 @@ def _train(cfg: Config, out: Path, resume: bool, log: Callable[[str], None], sto
     def draw(idx: torch.Tensor, gen: torch.Generator, x: torch.Tensor, dense: bool) -> tuple:
         """(x, y, select, texts, budgets) of one shard's batch: its subtasks (and descriptions, and budgets for
         a budget-conditioned model) drawn from gen."""
-        select = sampler.sample(train_y[idx], gen)
+        if s.sets_per_batch and not dense:
+            select = sample_grouped(sampler, len(idx), s.sets_per_batch, gen)
+        else:
+            select = sampler.sample(train_y[idx], gen)
         texts = None if dense or model.encoder is None else _descriptions(model, select, gen, cfg)
         budgets = None
         if model.budgeted and not dense:
