@@ -295,6 +295,9 @@ def test_a_budget_conditioned_model_trains_and_answers_budgets_on_the_command_li
     r = json.loads(capsys.readouterr().out)
     assert [(s["classes"], s["budget"]) for s in r["subtasks"]] == [(["Sneaker", "Bag"], 0.1), (["Sneaker", "Bag"], 0.3)]
     assert all(s["mac_ratio"] <= s["budget"] for s in r["subtasks"])
+    # absolute MACs beside the ratios, so that nets of different widths can be compared
+    assert all(s["macs"] == pytest.approx(s["mac_ratio"] * r["dense"]["macs"]) for s in r["subtasks"])
+    assert r["subtasks"][0]["macs"] < r["subtasks"][1]["macs"] <= r["dense"]["macs"]
     assert main(["eval", "--checkpoint", str(out), "--subtasks", "Sneaker,Bag", "--budget", "0.1,0.3", "--json",
                  "--limit", "200", "--guard"]) == 0
     g = json.loads(capsys.readouterr().out)["subtasks"]

@@ -120,6 +120,7 @@ def evaluate(engine: PruningEngine, test_x: Tensor, test_y: Tensor, subtasks: Se
             "acc": got["acc"], "dense_acc": ref["acc"], "map": got["map"], "dense_map": ref["map"],
             "fp_rate": got["fp_rate"], "dense_fp_rate": ref["fp_rate"],
             "mac_ratio": cost["mac_ratio"], "param_ratio": cost["param_ratio"],
+            "macs": cost["macs"], "params": cost["params"],
             "widths": dict(net.arch["site_widths"]),
             **({"budget": b} if budgets else {}),
             **({"guard": net.guard} if guard else {}),
