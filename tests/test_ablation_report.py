@@ -64,9 +64,15 @@ def test_the_class_agnostic_curve_is_interpolated_both_ways():
     assert interp_mac(pts, 0.95) is None  # never reached
     assert interp_acc(pts, 0.075) == pytest.approx(0.82)
     assert interp_acc(pts, 0.5) is None
+    # in log MACs: 0.86 lies halfway from 0.10 to 0.20, at their geometric mean; 0.075 lies log 1.5 / log 2 of the
+    # way from 0.05 to 0.10
+    assert interp_mac(pts, 0.86, log=True) == pytest.approx(0.02 ** 0.5)
+    assert interp_acc(pts, 0.075, log=True) == pytest.approx(0.80 + 0.04 * math.log(1.5) / math.log(2))
     a = adaptivity(ROWS, 4.0)  # hypernet pairs: mean acc 0.85 at mean MACs 0.06; the curve needs 0.125 for 0.85
     assert a["acc"] == pytest.approx(0.85) and a["mac_ratio"] == pytest.approx(0.06)
-    assert a["agnostic_mac_ratio"] == pytest.approx(0.125) and a["ratio"] == pytest.approx(0.48)
+    assert a["agnostic_mac_ratio_linear"] == pytest.approx(0.125) and a["ratio_linear"] == pytest.approx(0.48)
+    need = 0.1 * 2 ** 0.25  # a quarter of the way from 0.10 to 0.20 in log MACs
+    assert a["agnostic_mac_ratio"] == pytest.approx(need) and a["ratio"] == pytest.approx(0.06 / need)
 
 
 def test_mean_std_over_seeds_and_the_cost_crossover():
@@ -92,15 +98,20 @@ def test_the_pareto_front_drops_beaten_nets_and_equal_accuracy_reads_it():
     assert pareto_front(pts) == [(0.1, 0.80), (0.2, 0.90), (1.0, 0.95)]
     # 0.85 lies halfway from 0.80 to 0.90: the curve needs 0.15; an adaptive net at 0.05 uses a third of that
     e = equal_accuracy(0.05, 0.85, pts)
-    assert e["curve_mac_ratio"] == pytest.approx(0.15) and e["mac_vs_curve"] == pytest.approx(1 / 3)
+    assert e["curve_mac_ratio_linear"] == pytest.approx(0.15) and e["mac_vs_curve_linear"] == pytest.approx(1 / 3)
+    # read in log MACs, halfway from 0.1 to 0.2 is their geometric mean: the concave curve needs fewer MACs
+    assert e["curve_mac_ratio"] == pytest.approx((0.1 * 0.2) ** 0.5) and e["mac_vs_curve"] == pytest.approx(
+        0.05 / (0.02 ** 0.5))
     assert e["curve_acc"] is None and e["acc_gap_pt"] is None  # 0.05 lies below the curve's cheapest net
     assert not e["below"]
     e = equal_accuracy(0.05, 0.75, pts)  # less accurate than the cheapest net: its MACs bound what the curve needs
     assert e["below"] and e["curve_mac_ratio"] == pytest.approx(0.1) and e["mac_vs_curve"] == pytest.approx(0.5)
     e = equal_accuracy(0.6, 0.97, pts)  # more accurate than any point: the curve never gets there
     assert e["curve_mac_ratio"] is None and e["mac_vs_curve"] is None
-    assert e["curve_acc"] == pytest.approx(0.90 + 0.05 * 0.4 / 0.8) and e["acc_gap_pt"] == pytest.approx(
-        100 * (0.97 - 0.925))
+    assert e["acc_gap_pt_linear"] == pytest.approx(100 * (0.97 - (0.90 + 0.05 * 0.4 / 0.8)))
+    t = math.log(0.6 / 0.2) / math.log(1.0 / 0.2)  # 0.6 lies this far from 0.2 to 1.0 in log MACs
+    assert e["curve_acc"] == pytest.approx(0.90 + 0.05 * t) and e["acc_gap_pt"] == pytest.approx(
+        100 * (0.97 - 0.90 - 0.05 * t))
 
 
 def test_the_hardest_pairs_by_confusion_rate_both_ways():

@@ -277,15 +277,16 @@ def budget_report(nets: dict, subtasks: list[dict], fixed: dict, peer_base: str 
                       "budget rule), against the curve of every class-agnostic net (as above, with this model's "
                       "all-classes net at every budget added). `≥`: the net is less accurate than the curve's "
                       "cheapest net, so the ratio is a lower bound.", "",
-                      "| group | budget | MAC ratio | acc | curve MACs at that acc | MACs / curve | acc − curve (pt) |",
-                      "|---|---|---|---|---|---|---|"]
+                      "| group | budget | MAC ratio | acc | curve MACs at that acc | MACs / curve | "
+                      "MACs / curve (linear) | acc − curve (pt) |", "|---|---|---|---|---|---|---|---|"]
             for g in groups:
                 curve = [agn[n][g] for n in agn]
                 for b, r in res.items():
                     mac, acc = group_means(r["adaptive"][split]["rows"], subtasks)[g]
                     e = equal_accuracy(mac, acc, curve)
                     lines.append(f"| {g} | {b} | {mac:.4f} | {acc:.4f} | {_fmt(e['curve_mac_ratio'], '.4f')} | "
-                                 f"{_fmt(e['mac_vs_curve'], '.2f', e['below'])} | {_fmt(e['acc_gap_pt'], '+.2f')} |")
+                                 f"{_fmt(e['mac_vs_curve'], '.2f', e['below'])} | "
+                                 f"{_fmt(e['mac_vs_curve_linear'], '.2f', e['below'])} | {_fmt(e['acc_gap_pt'], '+.2f')} |")
                     if split == "val" and e["mac_vs_curve"] is not None and not e["below"]:
                         if g not in best or e["mac_vs_curve"] < best[g][0]:
                             best[g] = (e["mac_vs_curve"], b)
@@ -376,11 +377,13 @@ def report(nets: dict, subtasks: list[dict], peer: list[dict] | None, classes: l
                   "The curve: the Pareto front of every class-agnostic net (the dense widths, any all-classes net pruned "
                   "in training, each hypernetwork's all-classes net), head cut to the subtask; mean over the group's "
                   "subtasks. `MACs / curve`: the adaptive net's MACs over the MACs the curve needs for the same "
-                  "accuracy (`—`: the curve never reaches it). `acc − curve`: against the curve at the same MACs.",
+                  "accuracy (`—`: the curve never reaches it), the curve read in log MACs; `linear` reads it linearly "
+                  "in MACs, which flatters the adaptive net on a concave curve. `acc − curve`: against the curve at "
+                  "the same MACs.",
                   "`held out`: how many of the group's class sets the hypernetwork never trained on (its held-out "
                   "combinations).",
                   "", "| group | n | held out | hypernetwork | MAC ratio | acc | curve MACs at that acc | MACs / curve | "
-                  "acc − curve (pt) |", "|---|---|---|---|---|---|---|---|---|"]
+                  "MACs / curve (linear) | acc − curve (pt) |", "|---|---|---|---|---|---|---|---|---|---|"]
         agn = {n: group_means(rows, subtasks) for n, rows in curve_points(nets, split).items()}
         groups = list(dict.fromkeys(s["group"] for s in subtasks))
         n_of = {g: sum(s["group"] == g for s in subtasks) for g in groups}
@@ -393,7 +396,7 @@ def report(nets: dict, subtasks: list[dict], peer: list[dict] | None, classes: l
                 e = equal_accuracy(mac, acc, curve)
                 lines.append(f"| {g} | {n_of[g]} | {held} | {name} | {mac:.4f} | {acc:.4f} | "
                              f"{_fmt(e['curve_mac_ratio'], '.4f')} | {_fmt(e['mac_vs_curve'], '.2f', e['below'])} | "
-                             f"{_fmt(e['acc_gap_pt'], '+.2f')} |")
+                             f"{_fmt(e['mac_vs_curve_linear'], '.2f', e['below'])} | {_fmt(e['acc_gap_pt'], '+.2f')} |")
     lines += ["", "## Within one model: each hypernetwork's subtask nets against its own all-classes net (test)", "",
               "The same backbone both ways, so this isolates what conditioning on the class set buys from what joint "
               "training costs the backbone. The all-classes net is cut only at the head.", "",

@@ -137,26 +137,42 @@ def paired_difference(rows: list[dict], a: str, b: str, gamma: Optional[float] =
             "mac_b": _mean(v for vs in macs_b.values() for v in vs)}
 
 
-def interp_acc(points: list[tuple[float, float]], mac: float) -> Optional[float]:
-    """The accuracy a (mac, acc) curve gives at `mac`, linear between its points; None outside it."""
+def _lerp_x(x0: float, x1: float, t: float, log: bool) -> float:
+    """The point a share t of the way from x0 to x1: linear, or linear in log x (geometric)."""
+    if log and x0 > 0 and x1 > 0:
+        return math.exp(math.log(x0) + (math.log(x1) - math.log(x0)) * t)
+    return x0 + (x1 - x0) * t
+
+
+def _share_x(x0: float, x1: float, x: float, log: bool) -> float:
+    """How far x lies from x0 to x1 (0 to 1), linearly or in log x."""
+    if log and x0 > 0 and x1 > 0 and x > 0:
+        return (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0))
+    return (x - x0) / (x1 - x0)
+
+
+def interp_acc(points: list[tuple[float, float]], mac: float, log: bool = False) -> Optional[float]:
+    """The accuracy a (mac, acc) curve gives at `mac`, linear between its points (log=True: linear in log MACs,
+    the way accuracy grows with width); None outside it."""
     pts = sorted(points)
     for (m0, a0), (m1, a1) in zip(pts, pts[1:]):
         if m0 <= mac <= m1:
-            return a0 + (a1 - a0) * (mac - m0) / (m1 - m0) if m1 > m0 else max(a0, a1)
+            return a0 + (a1 - a0) * _share_x(m0, m1, mac, log) if m1 > m0 else max(a0, a1)
     if len(pts) == 1 and pts[0][0] == mac:
         return pts[0][1]
     return None
 
 
-def interp_mac(points: list[tuple[float, float]], acc: float) -> Optional[float]:
-    """The MACs at which a rising (mac, acc) curve first reaches `acc`, linear between its points; its smallest
-    MACs when it starts above; None when it never reaches it."""
+def interp_mac(points: list[tuple[float, float]], acc: float, log: bool = False) -> Optional[float]:
+    """The MACs at which a rising (mac, acc) curve first reaches `acc`, linear between its points (log=True:
+    linear in log MACs; on a concave curve a linear reading asks too few MACs of the curve); its smallest MACs
+    when it starts above; None when it never reaches it."""
     pts = sorted(points)
     if pts and acc <= pts[0][1]:
         return pts[0][0]
     for (m0, a0), (m1, a1) in zip(pts, pts[1:]):
         if a0 < acc <= a1:
-            return m0 + (m1 - m0) * (acc - a0) / (a1 - a0)
+            return _lerp_x(m0, m1, (acc - a0) / (a1 - a0), log)
     return None
 
 
@@ -173,14 +189,19 @@ def pareto_front(points: Iterable[tuple[float, float]]) -> list[tuple[float, flo
 def equal_accuracy(mac: float, acc: float, curve: Iterable[tuple[float, float]]) -> dict:
     """A net at (mac, acc) against a curve of other nets (its Pareto front): the MACs the curve needs for the same
     accuracy (None when it never reaches it), mac over those MACs, and the curve's accuracy at the same MACs (None
-    outside the curve) with the gap in points. `below`: the accuracy is at or under the curve's cheapest point, so
-    the curve's MACs are an upper bound of what it needs (and mac over them a lower bound of the ratio)."""
+    outside the curve) with the gap in points; the curve is read in log MACs, and `*_linear` beside them reads it
+    linearly in MACs (which flatters the net on a concave curve). `below`: the accuracy is at or under the curve's
+    cheapest point, so the curve's MACs are an upper bound of what it needs (and mac over them a lower bound of
+    the ratio)."""
     front = pareto_front(curve)
-    need = interp_mac(front, acc)
-    same = interp_acc(front, mac)
+    need, need_lin = interp_mac(front, acc, log=True), interp_mac(front, acc)
+    same, same_lin = interp_acc(front, mac, log=True), interp_acc(front, mac)
     return {"mac_ratio": mac, "acc": acc, "curve_mac_ratio": need, "below": bool(front) and acc <= front[0][1],
             "mac_vs_curve": None if need is None or need <= 0 else mac / need,
-            "curve_acc": same, "acc_gap_pt": None if same is None else 100 * (acc - same)}
+            "curve_acc": same, "acc_gap_pt": None if same is None else 100 * (acc - same),
+            "curve_mac_ratio_linear": need_lin,
+            "mac_vs_curve_linear": None if need_lin is None or need_lin <= 0 else mac / need_lin,
+            "acc_gap_pt_linear": None if same_lin is None else 100 * (acc - same_lin)}
 
 
 def hardest_pairs(predicted: Iterable[int], labels: Iterable[int], k: int) -> list[tuple[int, int]]:
@@ -357,8 +378,10 @@ def adaptivity(rows: list[dict], gamma: float, split: str = "test", size: int = 
     if not h:
         return {}
     mac, acc = statistics.mean(r["mac_ratio"] for r in h), statistics.mean(r["acc"] for r in h)
-    need = interp_mac(agnostic_curve(rows, split, size), acc)
-    return {"mac_ratio": mac, "acc": acc, "agnostic_mac_ratio": need, "ratio": None if need is None else mac / need}
+    curve = agnostic_curve(rows, split, size)
+    need, lin = interp_mac(curve, acc, log=True), interp_mac(curve, acc)
+    return {"mac_ratio": mac, "acc": acc, "agnostic_mac_ratio": need, "ratio": None if need is None else mac / need,
+            "agnostic_mac_ratio_linear": lin, "ratio_linear": None if lin is None else mac / lin}
 
 
 def costs_text(rows: list[dict], split: str = "test") -> list[str]:
