@@ -303,3 +303,25 @@ def test_rekeying_files_a_cache_whose_keys_named_the_scalings_bits_under_todays_
     found = again.cache.get(again.key(t, seed=0))
     assert found is not None and found.keys() == stats.keys()
     assert all(torch.equal(found[k], stats[k]) for k in stats)
+
+
+def test_a_single_class_threshold_is_calibrated_on_labelled_images():
+    from hypersan.training.evaluate import calibrated_threshold, plain_logits
+    calib_x = _images(256, seed=5)
+    calib_y = torch.randint(0, 10, (256,), generator=torch.Generator().manual_seed(6))
+    eng = PruningEngine(_engine().model, images=calib_x, labels=calib_y)
+    x = _images(300, seed=3)
+    y = torch.randint(0, 10, (300,), generator=torch.Generator().manual_seed(4))
+    row = evaluate(eng, x, y, [(3,)], progress=False)["subtasks"][0]
+    net = eng.subnet((3,), fold_bn=True)
+    want = calibrated_threshold(plain_logits(net, calib_x.float() / 255)[:, 0], calib_y == 3)
+    assert row["threshold"] == pytest.approx(want, abs=1e-3)  # the same logits, batched otherwise
+    logit = net(x.float() / 255)[:, 0]
+    assert row["acc"] == pytest.approx(((logit > want) == (y == 3)).float().mean().item(), abs=0.0005)
+    assert row["acc_logit0"] == pytest.approx(((logit > 0) == (y == 3)).float().mean().item(), abs=0.0005)
+    # on the images it was chosen on, the threshold is at least as right as logit 0
+    calib_logit = net(calib_x.float() / 255)[:, 0]
+    assert ((calib_logit > want) == (calib_y == 3)).sum() >= ((calib_logit > 0) == (calib_y == 3)).sum()
+    assert "dense_threshold" in row and "calibrated" in evaluate(eng, x, y, [(3,)], progress=False)["metric_notes"]
+    with pytest.raises(ValueError, match="one label per image"):
+        PruningEngine(eng.model, images=calib_x, labels=calib_y[:5])

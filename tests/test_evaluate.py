@@ -3,6 +3,7 @@ import time
 from collections import Counter
 
 import pytest
+import torch
 
 from hypersan.config import load_config
 from hypersan.data.datasets import FASHION_MNIST, DatasetInfo
@@ -121,3 +122,19 @@ def test_the_errors_agree_with_the_plain_accuracy():
     assert acc == pytest.approx(1 - len(wrong) / 30)
     with pytest.raises(ValueError, match="no sample"):
         plain_accuracy_and_errors(net, (3,), x, y)
+
+
+def test_the_calibrated_threshold_gets_the_most_samples_right():
+    from hypersan.training.evaluate import calibrated_threshold
+    scores = torch.tensor([-3.0, -2.0, -1.0, 0.5, 1.0, 2.0, 3.0])
+    positives = torch.tensor([False, False, False, False, True, True, True])
+    t = calibrated_threshold(scores, positives)
+    assert 0.5 < t < 1.0  # every sample right: between the highest negative and the lowest positive
+    assert ((scores > t) == positives).all()
+    # all negatives: any threshold above the highest score; ties between equal scores are never split
+    t = calibrated_threshold(torch.tensor([1.0, 1.0, 2.0]), torch.tensor([False, False, False]))
+    assert t > 2.0
+    t = calibrated_threshold(torch.tensor([1.0, 1.0, 0.0]), torch.tensor([True, False, False]))
+    assert t < 1.0 and ((torch.tensor([1.0, 1.0, 0.0]) > t) == torch.tensor([True, True, False])).all()
+    # among equally good thresholds, the one nearest logit 0
+    assert calibrated_threshold(torch.tensor([-5.0, 5.0]), torch.tensor([False, True])) == 0.0

@@ -73,18 +73,21 @@ class PruningEngine:
 
     def __init__(self, model: SubtaskAdaptiveNet, images: Optional[Tensor] = None, data_dir: Optional[str] = None,
                  seed: int = 0, cache: Optional[StatsCache] = None, log: Optional[Callable[[str], None]] = None,
-                 validation: Optional[tuple[Tensor, Tensor]] = None):
+                 validation: Optional[tuple[Tensor, Tensor]] = None, labels: Optional[Tensor] = None):
         """`images`: uint8 calibration images (default: the model's training split, read when first needed).
         `log`: called with one line per slow step (reading data, BN calibration, each file written); silent
         by default. `validation`: (uint8 images, labels) that guarded budgets pick on (default: the model's
-        validation split, read when first needed)."""
+        validation split, read when first needed). `labels`: the classes of `images`, where known (a single
+        class's decision threshold is calibrated on them in evaluation)."""
         self.model = model.eval()
         self.log = log
         self.cache = cache if cache is not None else StatsCache(model.backbone)
         self.data_dir = data_dir
         self.seed = seed
         self._images = images
-        self._labels: Optional[Tensor] = None  # of the training split, when the images are read from it
+        if labels is not None and (images is None or labels.ndim != 1 or len(labels) != len(images)):
+            raise ValueError("labels= gives the classes of images=: pass both, one label per image")
+        self._labels: Optional[Tensor] = labels  # of the calibration images, where known
         self._source = None if images is None else f"images:{images_fingerprint(images)}"
         self._grounder = None
         self._dense_cost: Optional[tuple[int, int]] = None
@@ -227,6 +230,18 @@ class PruningEngine:
             x = x[torch.isin(y, torch.tensor(sorted(subtask)))]
         idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:limit]
         return to_float(x[idx.sort().values])
+
+    def labelled_images(self, limit: int = 4096, seed: int = 0) -> Optional[tuple[Tensor, Tensor]]:
+        """A seeded sample of up to `limit` calibration images (float32) with their labels, or None when the
+        calibration images carry no labels (images given by the user): what a single class's decision threshold
+        is calibrated on."""
+        from ..data.datasets import to_float
+
+        x, y = self.images(), self._labels
+        if y is None:
+            return None
+        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+        return to_float(x[idx]), y[idx]
 
     def calib_spec(self, seed: Optional[int] = None, images: Optional[Tensor] = None) -> CalibSpec:
         """The calibration settings for the default images (or `images`) and seed (default: the engine's)."""

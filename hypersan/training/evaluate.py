@@ -11,6 +11,12 @@ Metrics, per subtask T:
 - `map`: mean over T's classes of the average precision of each class's logit over the whole test set.
 - `fp_rate`: on test images of classes outside T, the share where some output of the T-net fires
   (sigmoid > 0.5); `dense_fp_rate` is the same for the dense net's T outputs. None when T is every class.
+
+A single class's decision threshold is calibrated per class set: the logit threshold that gets the most of a
+seeded sample of labelled training images right (`calibrated_threshold`), for its net and for the dense net's
+output alike; `acc` and `fp_rate` use it, `threshold` / `dense_threshold` record it and `acc_logit0` /
+`dense_acc_logit0` give the figures at logit 0. Without labelled calibration images (the user's own) the
+threshold stays 0.
 """
 from __future__ import annotations
 
@@ -22,20 +28,43 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from ..data.datasets import DatasetError
 from ..prune.engine import PruningEngine
 from ..prune.metrics import (mean_average_precision, out_of_subtask_false_positive_rate, plain_accuracy,  # noqa: F401
                              plain_accuracy_and_errors, plain_logits, subset_accuracy)
 from ..data.subtasks import Subtask, sample_combinations
 
 
-def one_vs_rest_accuracy(logits: Tensor, labels: Tensor, cls: int) -> float:
-    """Accuracy of "is it class cls?" by the sign of its logit (sigmoid > 0.5), over every sample."""
-    return ((logits[:, cls] > 0) == (labels == cls)).float().mean().item()
+def one_vs_rest_accuracy(logits: Tensor, labels: Tensor, cls: int, threshold: float = 0.0) -> float:
+    """Accuracy of "is it class cls?" by its logit above `threshold` (0: sigmoid > 0.5), over every sample."""
+    return ((logits[:, cls] > threshold) == (labels == cls)).float().mean().item()
 
 
-def subtask_metrics(logits: Tensor, labels: Tensor, classes: Sequence[int]) -> dict:
-    """acc and map of a subtask's classes from (N, num_classes) logits (see the module docstring)."""
+def calibrated_threshold(scores: Tensor, positives: Tensor) -> float:
+    """The logit threshold that gets the most of these samples right as "positive when score > threshold": a
+    midpoint between neighbouring scores (or just outside them); among equally good ones, the one nearest 0."""
+    s, order = scores.float().sort()
+    pos = positives[order].float()
+    n = len(s)
+    # cut k: the k lowest scores called negative. right(k) = negatives among them + positives above them
+    neg_below = torch.cat([torch.zeros(1), torch.cumsum(1 - pos, 0)])
+    pos_above = pos.sum() - torch.cat([torch.zeros(1), torch.cumsum(pos, 0)])
+    right = neg_below + pos_above  # (n + 1,)
+    cuts = torch.cat([s[:1] - 1, (s[:-1] + s[1:]) / 2, s[-1:] + 1]) if n else torch.zeros(1)
+    valid = torch.ones(n + 1, dtype=torch.bool)
+    valid[1:n] = s[:-1] < s[1:]  # no cut between equal scores
+    best = right[valid].max()
+    good = cuts[valid & (right == best)]
+    return float(good[good.abs().argmin()])
+
+
+def subtask_metrics(logits: Tensor, labels: Tensor, classes: Sequence[int], threshold: float = 0.0) -> dict:
+    """acc and map of a subtask's classes from (N, num_classes) logits (see the module docstring). `threshold`: a
+    single class's decision threshold on its logit (acc and fp_rate); 0 is sigmoid > 0.5."""
     cls = list(classes)
+    if len(cls) == 1 and threshold:
+        logits = logits.clone()
+        logits[:, cls[0]] -= threshold
     acc = one_vs_rest_accuracy(logits, labels, cls[0]) if len(cls) == 1 else subset_accuracy(logits, labels, cls)
     outside = not bool(torch.isin(labels, torch.tensor(cls)).all())
     fp = out_of_subtask_false_positive_rate(logits[:, cls], labels, cls) if outside else None
@@ -84,13 +113,14 @@ def parse_subtasks(model, specs: Sequence[str], seed: int = 0, per_size: int = 5
 def evaluate(engine: PruningEngine, test_x: Tensor, test_y: Tensor, subtasks: Sequence[Subtask],
              progress: bool = True, seed: int = 0, images: Optional[Tensor] = None,
              log: Optional[Callable[[str], None]] = None, budgets: Optional[Sequence[float]] = None,
-             guard: bool = False) -> dict:
+             guard: bool = False, threshold_images: int = 4096) -> dict:
     """Per-subtask acc / mAP / mac_ratio / param_ratio, beside the dense net restricted to each subtask.
 
     Statistics are recalibrated per subtask with `seed` on the engine's calibration images (or `images`).
     `log`, if given, gets one line per step (for logs off a terminal, where the progress bar is off).
     `budgets` (a budget-conditioned model): one entry per (subtask, budget), each with its "budget".
     `guard`: guarded requests (PruningEngine.guard); each entry also gets "guard", the decision.
+    `threshold_images`: labelled training images a single class's threshold is calibrated on (0: logit 0).
     """
     t0 = time.perf_counter()
     model = engine.model
@@ -106,6 +136,16 @@ def evaluate(engine: PruningEngine, test_x: Tensor, test_y: Tensor, subtasks: Se
                         "map": mean_average_precision(dense_logits, test_y, all_cls),
                         "macs": d_cost["macs"], "params": d_cost["params"]},
               "subtasks": [], "metric_notes": "single-class acc: one-vs-rest accuracy (logit > 0) on all test images"}
+    calib = None
+    if threshold_images and any(len(t) == 1 for t in subtasks):
+        try:
+            calib = engine.labelled_images(threshold_images, seed)  # None where the images carry no labels
+        except DatasetError:  # no training data here (statistics shipped with the model): logit 0
+            calib = None
+    if calib is not None:
+        result["metric_notes"] = ("single-class acc: one-vs-rest accuracy on all test images at a logit threshold "
+                                  "calibrated on labelled training images (acc_logit0: at logit 0)")
+    calib_dense = None if calib is None else plain_logits(dense, calib[0])
     times = []
     jobs = [(t, b) for t in subtasks for b in (budgets if budgets else [None])]
     for t, b in tqdm(jobs, desc="subtasks", disable=not progress, leave=False):
@@ -114,7 +154,16 @@ def evaluate(engine: PruningEngine, test_x: Tensor, test_y: Tensor, subtasks: Se
         logits = torch.full((len(test_x), n_cls), float("-inf"))
         logits[:, list(t)] = plain_logits(net, test_x)
         cost = engine.cost(net)
-        got, ref = subtask_metrics(logits, test_y, t), subtask_metrics(dense_logits, test_y, t)
+        single = {}
+        th = th_dense = 0.0
+        if len(t) == 1 and calib is not None:
+            positives = calib[1] == t[0]
+            th = calibrated_threshold(plain_logits(net, calib[0])[:, 0], positives)
+            th_dense = calibrated_threshold(calib_dense[:, t[0]], positives)
+            single = {"threshold": th, "dense_threshold": th_dense,
+                      "acc_logit0": subtask_metrics(logits, test_y, t)["acc"],
+                      "dense_acc_logit0": subtask_metrics(dense_logits, test_y, t)["acc"]}
+        got, ref = subtask_metrics(logits, test_y, t, th), subtask_metrics(dense_logits, test_y, t, th_dense)
         result["subtasks"].append({
             "classes": [info.classes[i] for i in t], "indices": list(t), "size": len(t), "seen": model.is_seen(t),
             "acc": got["acc"], "dense_acc": ref["acc"], "map": got["map"], "dense_map": ref["map"],
@@ -122,6 +171,7 @@ def evaluate(engine: PruningEngine, test_x: Tensor, test_y: Tensor, subtasks: Se
             "mac_ratio": cost["mac_ratio"], "param_ratio": cost["param_ratio"],
             "macs": cost["macs"], "params": cost["params"],
             "widths": dict(net.arch["site_widths"]),
+            **single,
             **({"budget": b} if budgets else {}),
             **({"guard": net.guard} if guard else {}),
         })
