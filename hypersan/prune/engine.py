@@ -68,6 +68,14 @@ def _cost(arch: dict, widths: dict, num_classes: int, input_shape) -> tuple[int,
         return subnet_cost(arch, widths, num_classes, input_shape)
 
 
+def labelled_sample(images: Tensor, labels: Tensor, limit: int, seed: int) -> tuple[Tensor, Tensor]:
+    """A seeded sample of up to `limit` uint8 images (as float32, in their order) with their labels."""
+    from ..data.datasets import to_float
+
+    idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+    return to_float(images[idx]), labels[idx]
+
+
 class PruningEngine:
     """A SubtaskAdaptiveNet with its calibration data, BN-statistics cache, grounding, surgery and export."""
 
@@ -235,13 +243,8 @@ class PruningEngine:
         """A seeded sample of up to `limit` calibration images (float32) with their labels, or None when the
         calibration images carry no labels (images given by the user): what a single class's decision threshold
         is calibrated on."""
-        from ..data.datasets import to_float
-
         x, y = self.images(), self._labels
-        if y is None:
-            return None
-        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
-        return to_float(x[idx]), y[idx]
+        return None if y is None else labelled_sample(x, y, limit, seed)
 
     def calib_spec(self, seed: Optional[int] = None, images: Optional[Tensor] = None) -> CalibSpec:
         """The calibration settings for the default images (or `images`) and seed (default: the engine's)."""

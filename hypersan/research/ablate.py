@@ -41,8 +41,8 @@ from torch import nn
 from ..config import Config, ConfigError, build_section, load_config, read_toml
 from ..data.datasets import load_split
 from ..language.descriptions import describe
-from ..prune.engine import PruningEngine
-from ..training.evaluate import evaluate, plain_logits, subtask_metrics
+from ..prune.engine import PruningEngine, labelled_sample
+from ..training.evaluate import calibrated_threshold, evaluate, plain_logits, subtask_metrics
 from ..io import atomic_write_json, check_output_dir, read_json
 from ..prune.metrics import containment_violations
 from ..data.subtasks import Subtask, sample_combinations
@@ -270,8 +270,8 @@ class Ablation:
             t0 = time.perf_counter()
             train(cfg, folder, resume=state.is_file(), log=lambda m: self.log(f"  {name}: {m}"))
             atomic_write_json(folder.parent / f"{name}.time.json", {"train_s": time.perf_counter() - t0})
-        tx = self.training()[0]
-        engine = PruningEngine.from_pretrained(folder, images=tx, seed=seed)
+        tx, ty = self.training()
+        engine = PruningEngine.from_pretrained(folder, images=tx, labels=ty, seed=seed)
         self._engines[name] = engine
         return engine
 
@@ -371,8 +371,13 @@ class Ablation:
         n_cls = len(engine.model.classes)
         full = torch.full((len(x), n_cls), float("-inf"))
         full[:, list(t)] = plain_logits(net, x) if logits is None else logits
-        got = subtask_metrics(full, y, t)
-        ref = subtask_metrics(self.dense_logits(engine, split), y, t)
+        th = th_ref = 0.0
+        if len(t) == 1:  # one class: its threshold calibrated on labelled training images, for both nets
+            cx, cy = self.threshold_images(engine.seed)
+            th = calibrated_threshold(plain_logits(net, cx)[:, 0], cy == t[0])
+            th_ref = calibrated_threshold(self.dense_logits(engine, "calib")[:, t[0]], cy == t[0])
+        got = subtask_metrics(full, y, t, th)
+        ref = subtask_metrics(self.dense_logits(engine, split), y, t, th_ref)
         cost = plain_cost(engine, net) if foreign else engine.cost(net)
         return {"classes": [engine.model.classes[i] for i in t], "indices": list(t), "size": len(t),
                 "seen": engine.model.is_seen(t),
@@ -382,13 +387,24 @@ class Ablation:
                 "dense_map": ref["map"], "fp_rate": got["fp_rate"], "dense_fp_rate": ref["fp_rate"],
                 "mac_ratio": cost["mac_ratio"], "param_ratio": cost["param_ratio"]}
 
+    def threshold_images(self, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The seeded sample of labelled training images (float32) single classes' thresholds are calibrated on:
+        the one evaluate() takes through an engine of the training images and labels (labelled_images)."""
+        cache = self.__dict__.setdefault("_threshold_images", {})
+        if seed not in cache:
+            tx, ty = self.training()
+            cache[seed] = labelled_sample(tx, ty, 4096, seed)
+        return cache[seed]
+
     def dense_logits(self, engine: PruningEngine, split: str = "test") -> torch.Tensor:
-        """Logits of an engine's backbone without masks on a split (cached)."""
+        """Logits of an engine's backbone without masks on a split, or on the threshold images ("calib")
+        (cached)."""
         key = (id(engine), split)
         cache = self.__dict__.setdefault("_dense_logits", {})
         if key not in cache:
             net = engine.subnet(None, fold_bn=True, seed=engine.seed)
-            cache[key] = plain_logits(net, self.splits()[split][0])
+            images = self.threshold_images(engine.seed)[0] if split == "calib" else self.splits()[split][0]
+            cache[key] = plain_logits(net, images)
         return cache[key]
 
     def _rows_fixed_body(self, engine, body: nn.Module, subtasks, x, y, method, seed, gamma, foreign: bool = False,
