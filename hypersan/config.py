@@ -22,11 +22,13 @@ class DataConfig:
     data_dir: str = ""  # empty: $HYPERSAN_DATA, then the system location; folder: train.npz, test.npz, dataset.json
     train_limit: int = 0  # >0: use only the first N training images (smoke runs); 0: all
     test_limit: int = 0  # >0: use only the first N test images; 0: all
-    val_size: int = 5000  # validation images held out of the training data (stratified, seeded); 0: none
+    val_size: int = 0  # validation images held out of the training data (stratified, seeded); auto: 0 = val_fraction
+    val_fraction: float = 0.1  # auto: the share of training images held out for validation (stratified, seeded)
     val_seed: int = 0  # seed of the validation split
-    # sample: val_size images held out of the training data; dataset: the data set's own validation split (a
-    # folder with val.npz, such as glyphs, whose validation fonts are families of their own)
-    val_split: str = "sample"
+    # auto: the data set's own validation split where it has one (an image folder's val/, a folder's val.npz), else
+    # val_size images (when > 0) or val_fraction of the training images | sample: val_size images (0: none) |
+    # dataset: the data set's own validation split (a folder with val.npz, such as glyphs)
+    val_split: str = "auto"
     crop_padding: int = 2  # training augmentation: random crops after zero padding by this many pixels
     hflip: bool = True  # training augmentation: random horizontal flips
     basic_subtasks: str = "classes"  # classes | groups (named groups become the basic subtasks)
@@ -266,6 +268,7 @@ RANGES: dict[str, tuple[str, str]] = {
     "data.test_limit": ("[0, inf)", "0 = every test image"),
     "data.val_size": ("[0, inf)", "validation images taken out of the training data; 0 = none"),
     "data.val_seed": ("[0, inf)", "seed of the validation split"),
+    "data.val_fraction": ("[0, 1)", "a share of the training images; 0 = none"),
     "data.crop_padding": ("[0, inf)", "0 = no random crop"),
     "data.channels": ("[0, 3]", "0 = from the images; 1 or 3 converts (image folders); 2 is refused"),
     "model.widths": ("[1, inf)", "channels per stage"),
@@ -362,7 +365,7 @@ def validate(cfg: Config) -> None:
     if cfg.data.channels == 2:
         raise ConfigError("data.channels = 2; choose 0 (from the images), 1 (grayscale) or 3 (RGB)")
     choice(cfg.data.basic_subtasks, ("classes", "groups"), "data.basic_subtasks")
-    choice(cfg.data.val_split, ("sample", "dataset"), "data.val_split")
+    choice(cfg.data.val_split, ("auto", "sample", "dataset"), "data.val_split")
     if cfg.data.val_split == "dataset" and cfg.data.dataset not in ("folder", "imagefolder"):
         raise ConfigError("data.val_split = 'dataset' reads the validation split of a dataset folder (val.npz, or "
                           "an image folder's val/); "
@@ -397,12 +400,6 @@ def validate(cfg: Config) -> None:
     choice(cfg.loss.sparsity_price, ("uniform", "macs"), "loss.sparsity_price")
     choice(cfg.loss.distill_over, ("all", "subset"), "loss.distill_over")
     choice(cfg.subtasks.sampling, ("own", "natural"), "subtasks.sampling")
-    if cfg.subtasks.sets_per_batch and cfg.subtasks.sampling != "natural":
-        raise ConfigError("subtasks.sets_per_batch > 0 gives a micro-batch one class set whatever its images; that "
-                          "is subtasks.sampling = 'natural' (set it), not 'own', which picks a set per image")
-    if cfg.subtasks.sets_per_batch > cfg.train.batch_size:
-        raise ConfigError(f"subtasks.sets_per_batch = {cfg.subtasks.sets_per_batch} exceeds train.batch_size = "
-                          f"{cfg.train.batch_size}; a micro-batch needs at least one image")
     if cfg.loss.sparsity_price == "macs" and cfg.model.arch == "custom":
         raise ConfigError("loss.sparsity_price = 'macs' prices channels from the built-in backbones' structure; use "
                           "'uniform' with a custom model")
@@ -413,6 +410,12 @@ def validate(cfg: Config) -> None:
     for key in numeric_fields():
         section, name = key.split(".")
         _check_range(key, getattr(getattr(cfg, section), name))
+    if cfg.subtasks.sets_per_batch and cfg.subtasks.sampling != "natural":
+        raise ConfigError("subtasks.sets_per_batch > 0 gives a micro-batch one class set whatever its images; that "
+                          "is subtasks.sampling = 'natural' (set it), not 'own', which picks a set per image")
+    if cfg.subtasks.sets_per_batch > cfg.train.batch_size:
+        raise ConfigError(f"subtasks.sets_per_batch = {cfg.subtasks.sets_per_batch} exceeds train.batch_size = "
+                          f"{cfg.train.batch_size}; a micro-batch needs at least one image")
     if len(cfg.model.widths) != len(cfg.model.blocks) or not cfg.model.widths:
         raise ConfigError(f"model.widths and model.blocks must be non-empty lists of the same length, got "
                           f"{cfg.model.widths} and {cfg.model.blocks}")

@@ -48,6 +48,7 @@ NUMERIC_CASES = {
     "loss.budget_over": (4.0, -1.0),
     "loss.budget_under": (0.0, -0.5),
     "loss.distill": (0.5, 1.5),
+    "loss.subset_share": (1.0, 1.5),
     "loss.budget_monotone": (0.0, -1.0),  # a positive weight needs generator.budget (a cross-field check)
     "loss.budget_agree": (0.0, -1.0),  # likewise
     "generator.budget_min": (0.05, 0.0),
@@ -56,6 +57,7 @@ NUMERIC_CASES = {
     "data.test_limit": (100, -1),
     "data.val_size": (0, -1),
     "data.val_seed": (7, -1),
+    "data.val_fraction": (0.2, 1.0),
     "data.crop_padding": (0, -1),
     "data.channels": (3, -1),
     "model.widths": ([8, 8, 8], [8, 0, 8]),
@@ -72,6 +74,7 @@ NUMERIC_CASES = {
     "loss.gamma": (0.0, -0.01),
     "subtasks.size_weights": ([0.0, 1.0], [1.0, -1.0]),
     "subtasks.include_own": (1.0, 1.5),
+    "subtasks.sets_per_batch": (0, -1),
     "subtasks.dense_share": (0.0, -0.1),
     "subtasks.holdout_fraction": (0.3, 1.01),
     "subtasks.holdout_seed": (3, -1),
@@ -136,7 +139,8 @@ def test_cross_field_checks():
 def test_validation_split_fields_default_and_round_trip():
     cfg = load_config(None, ["data.val_size=0", "data.val_seed=4"])
     assert (cfg.data.val_size, cfg.data.val_seed) == (0, 4) and config_from_dict(cfg.to_dict()) == cfg
-    assert (load_config(None).data.val_size, load_config(None).data.val_seed) == (5000, 0)
+    d = load_config(None).data
+    assert (d.val_split, d.val_size, d.val_fraction, d.val_seed) == ("auto", 0, 0.1, 0)  # a tenth, or val/
     with pytest.raises(ConfigError, match=r"data\.val_size must be >= 0, got -1"):
         load_config(None, ["data.val_size=-1"])
 

@@ -115,3 +115,33 @@ def test_fashion_mnist_written_as_an_image_folder_reads_back_the_same_pixels(tmp
     assert info.classes == sorted(tool.folder_name(c) for c in fm.classes if any(
         fm.classes[int(v)] == c for v in want_y[:40]))
     assert x.shape == (40, 1, 28, 28) and (x.numpy() == want_x[order].numpy()).all()
+
+
+def _folder_config(root, *extra):
+    from hypersan.config import load_config
+    from .conftest import ROOT
+    return load_config(ROOT / "configs" / "folder.toml", [f'data.data_dir="{root}"', "train.progress=false", *extra])
+
+
+def test_a_small_folder_trains_with_the_documented_config(tmp_path):
+    from hypersan.training.train import split_training_data, train
+
+    root = _make(tmp_path / "pets", per_class=30, size=(16, 16))  # 3 classes x 30 images, no val/
+    cfg = _folder_config(root, "train.epochs=1")  # the documented config; one epoch keeps the test short
+    tx, ty, vx, vy, _ = split_training_data(cfg)
+    assert (len(tx), len(vx)) == (81, 9) and sorted(vy.tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # a tenth, stratified
+    model = train(cfg, tmp_path / "run", log=lambda m: None)
+    assert model.classes == CLASSES
+
+
+def test_a_folder_with_val_validates_on_it_and_a_tiny_one_says_what_it_needs(tmp_path):
+    from hypersan.config import ConfigError
+    from hypersan.training.train import split_training_data
+
+    root = _make(tmp_path / "pets", splits=("train", "val"), per_class=5, size=(16, 16))
+    tx, _, vx, _, _ = split_training_data(_folder_config(root))
+    assert (len(tx), len(vx)) == (15, 15)  # every training image trains; val/ validates
+    tiny = _make(tmp_path / "one", per_class=1, size=(16, 16))
+    with pytest.raises(ConfigError, match="at least 2"):
+        split_training_data(_folder_config(tiny))
+    assert len(split_training_data(_folder_config(tiny, "data.val_fraction=0"))[0]) == 3  # no validation: allowed

@@ -294,31 +294,69 @@ def load_split(data, split: str, data_dir: str | None = None) -> tuple[torch.Ten
 
 # ---------------------------------------------------------------- validation split
 
+def has_own_validation(data, data_dir: str | None = None) -> bool:
+    """Whether the data set a [data] section names has a validation split of its own: an image folder's val/,
+    a dataset folder's val.npz (the built-in data sets have none)."""
+    if data.dataset not in ("folder", "imagefolder"):
+        return False
+    root = data_dir or data.data_dir
+    if not root:
+        return False
+    return (Path(root) / ("val.npz" if data.dataset == "folder" else "val")).exists()
+
+
+def validation_rule(data, data_dir: str | None, labels: torch.Tensor | None = None) -> tuple[str, int]:
+    """("dataset", 0) where the validation split is the data set's own, else ("sample", n): n training images held
+    out (stratified, seeded). data.val_split = "auto" takes the data set's own split where it has one, else
+    data.val_size images when it is set, else data.val_fraction of the `labels`' images. A held-out count must
+    leave every class one image to train on and give each at least one to validate: a folder too small for that
+    is an error that says how many images per class it needs."""
+    from ..config import ConfigError
+
+    if data.val_split == "dataset" or (data.val_split == "auto" and has_own_validation(data, data_dir)):
+        return "dataset", 0
+    if data.val_split == "sample" or data.val_size:
+        n = data.val_size
+        if labels is not None and n >= len(labels):
+            raise ConfigError(f"data.val_size = {n} leaves no training images out of {len(labels)}; lower it, or "
+                              "leave it at 0 for a share of them (data.val_fraction)")
+        return "sample", n
+    if labels is None or not data.val_fraction:
+        return "sample", 0
+    counts = torch.bincount(labels)
+    counts = counts[counts > 0]
+    n = max(len(counts), round(data.val_fraction * len(labels)))
+    if int(counts.min()) < 2 or n >= len(labels) - len(counts) + 1:
+        small = int(counts.min())
+        raise ConfigError(f"too few images to hold out a validation split: a class has {small} image(s), and each "
+                          "needs at least 2 (one to train on, one to validate), better 10 or more; add images, give "
+                          "the folder a val/ split of its own, or set data.val_fraction = 0 (no validation: "
+                          "choices are then made on the training images)")
+    return "sample", n
+
+
 def split_train_val(data, data_dir: str | None = None, val: bool = True) -> tuple[torch.Tensor, torch.Tensor,
                                                                                torch.Tensor | None,
                                                                                torch.Tensor | None, DatasetInfo]:
     """(train_x, train_y, val_x, val_y, info) of the data set a [data] section names: its training images (the
-    first data.train_limit, if set) minus the seeded, stratified validation split of data.val_size images, or,
-    with data.val_split = "dataset", all of them and the data set's own validation split (read only when `val`;
-    else val_x and val_y are None). With neither, the validation tensors are empty. The test split is not read."""
+    first data.train_limit, if set) minus the seeded, stratified validation split (`validation_rule`), or all of
+    them and the data set's own validation split (read only when `val`; else val_x and val_y are None). With
+    neither, the validation tensors are empty. The test split is not read."""
     x, y, info = load_split(data, "train", data_dir)
     if data.train_limit:
         x, y = x[:data.train_limit], y[:data.train_limit]
-    if data.val_split == "dataset":
+    kind, n = validation_rule(data, data_dir, y)
+    if kind == "dataset":
         vx, vy = load_split(data, "val", data_dir)[:2] if val else (None, None)
         return x, y, vx, vy, info
-    if data.val_size >= len(y):
-        from ..config import ConfigError
-
-        raise ConfigError(f"data.val_size = {data.val_size} leaves no training images out of {len(y)}; lower it")
-    tr, va = validation_split(y, data.val_size, data.val_seed)
+    tr, va = validation_split(y, n, data.val_seed)
     return x[tr], y[tr], x[va], y[va], info
 
 
 def validation_images(data, data_dir: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(val_x, val_y) of split_train_val alone: with data.val_split = "dataset" the data set's own validation file,
-    without reading the training images; else the seeded split drawn from them."""
-    if data.val_split == "dataset":
+    """(val_x, val_y) of split_train_val alone: the data set's own validation file, without reading the training
+    images; else the seeded split drawn from them."""
+    if validation_rule(data, data_dir)[0] == "dataset":
         return load_split(data, "val", data_dir)[:2]
     _, _, vx, vy, _ = split_train_val(data, data_dir)
     return vx, vy

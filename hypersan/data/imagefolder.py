@@ -2,7 +2,7 @@
 Pillow.
 
     ROOT/train/<class>/*.png|jpg      the training split (or ROOT/<class>/... when there is no train/ folder)
-    ROOT/val/<class>/...              optional: a validation split of its own (data.val_split = "dataset")
+    ROOT/val/<class>/...              optional: a validation split of its own (used when present)
     ROOT/test/<class>/...             optional: the test split (hypersan eval, the ablation, the demo)
 
 Class names are the training split's folder names, sorted; the other splits must use the same names (a class

@@ -86,6 +86,7 @@ def read_checkpoint(path: str | os.PathLike | None) -> tuple[Path, Config, Datas
     raw = read_json(p / "config.json")
     if isinstance(raw, dict) and isinstance(raw.get("data"), dict):
         raw["data"].setdefault("val_size", 0)  # written before validation splits existed: trained on every image
+        raw["data"].setdefault("val_split", "sample")  # written before "auto": val_size images were held out
     try:
         config = config_from_dict(raw)
     except ValueError as e:

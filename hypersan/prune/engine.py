@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn.checkpoint import CHECKPOINT_KIND, resolve_checkpoint
-from ..data.datasets import DatasetError, split_train_val, validation_images
+from ..data.datasets import DatasetError, split_train_val, validation_images, validation_rule
 from ..deploy.export import DEFAULT_FORMATS, parse_formats, save_subnet
 from ..io import atomic_dir
 from .metrics import count_macs, count_params, kept_widths, plain_accuracy_and_errors, subnet_cost
@@ -57,9 +57,12 @@ def training_split(model: SubtaskAdaptiveNet, data_dir: str | None = None) -> tu
         raise DatasetError(f"BN statistics of a subtask are recalibrated on the {d.dataset} training images, which "
                            f"could not be read: {e} -- install the dataset (or point $HYPERSAN_DATA / --data-dir at "
                            "it), or pass images= to PruningEngine") from None
-    if d.val_split == "dataset":  # the validation split is a file of its own: every training image trains
+    kind, held = validation_rule(d, data_dir)
+    if kind == "dataset":  # the validation split is a file of its own: every training image trains
         return x, y, f"{d.dataset}:train:limit{d.train_limit}:val-dataset"
-    return x, y, f"{d.dataset}:train:limit{d.train_limit}:val{d.val_size}@{d.val_seed}"
+    if d.val_split == "auto" and not d.val_size:  # a share of the images: its count names the split
+        return x, y, f"{d.dataset}:train:limit{d.train_limit}:valfrac{d.val_fraction:g}@{d.val_seed}"
+    return x, y, f"{d.dataset}:train:limit{d.train_limit}:val{held}@{d.val_seed}"
 
 
 def _cost(arch: dict, widths: dict, num_classes: int, input_shape) -> tuple[int, int]:

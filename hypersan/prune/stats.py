@@ -125,10 +125,15 @@ class CalibSpec:
         return _sha(repr((self.batches, self.batch_size, self.seed, self.source, self.crop_padding,
                           self.hflip)).encode(), 12)
 
+    def count(self, n_images: int) -> int:
+        """Batches drawn from n_images: `batches`, but no more than about four draws of each image (at least
+        2 batches): 20 x 256 augmented draws of a 90-image folder would repeat each image 57 times, for nothing."""
+        return min(self.batches, max(2, -(-4 * n_images // self.batch_size)))
+
     def stream(self, images: Tensor, device: torch.device) -> Iterator[Tensor]:
         """The calibration batches: seeded random draws from uint8 `images`, augmented as in training."""
         gen = torch.Generator().manual_seed(self.seed)
-        for _ in range(self.batches):
+        for _ in range(self.count(len(images))):
             idx = torch.randint(0, len(images), (self.batch_size,), generator=gen)
             yield augment(to_float(images[idx]), self.crop_padding, self.hflip, gen).to(device)
 
