@@ -176,3 +176,14 @@ def test_excluding_everything_included_is_refused(request_):
 ])
 def test_but_excludes_only_where_it_means_except(request_, expected):
     assert lexical_only().ground(request_).classes == expected
+
+
+def test_resolve_lists_the_vocabulary(capsys):
+    import json
+    from hypersan.cli.commands import main
+    assert main(["resolve", "--list"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[:2] == ["T-shirt/top", "Trouser"] and any(line.startswith("footwear: Sandal") for line in out)
+    assert main(["resolve", "--list", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert len(got["classes"]) == 10 and "Sneaker" in got["groups"]["footwear"]

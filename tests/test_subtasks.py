@@ -159,7 +159,7 @@ def test_resolve_classes_accepts_names_and_integer_scalars():
     ([np.float32(2.0)], r"floats and booleans"),
     ([torch.tensor(1.0)], r"tensor"),
     ([torch.tensor(True)], r"tensor"),
-    ([], r"no classes given; name at least one of: T-shirt/top"),
+    ([], r"no classes given; name at least one: known classes: T-shirt/top"),
     ([10], r"class index 10 out of range 0\.\.9; known classes: T-shirt/top"),
     ([-1], r"class index -1 out of range"),
     (["Hat"], r"unknown class 'Hat'; known classes: T-shirt/top, Trouser"),
@@ -174,3 +174,12 @@ def test_resolve_classes_refuses_the_former_silent_mixture():
     # formerly (1, 8): 1.9 truncated to 1, True counted as 1, and "bag" / " BAG " merged
     with pytest.raises(ValueError):
         resolve_classes([1.9, True, "bag", " BAG "], NAMES)
+
+
+def test_a_refusal_among_many_classes_names_five_and_says_how_to_list_them():
+    names = [f"glyph {i}" for i in range(135)] + ["capital Ze"]
+    with pytest.raises(ValueError) as e:
+        resolve_classes(["capital Zee"], names)
+    msg = str(e.value)
+    assert "136 known classes, nearest: capital Ze" in msg and "hypersan resolve --list" in msg
+    assert len(msg) < 500 and msg.count("glyph") <= 5

@@ -25,12 +25,21 @@ def _resolve(args) -> int:
     from ..language.text import EncoderError, default_encoder
     from ..language.vocabulary import extend_vocabulary
 
-    if (args.text is None) == (args.file is None):
-        raise ValueError('give either one request ("shoes and handbags") or --file FILE, not both or neither')
+    if not args.list and (args.text is None) == (args.file is None):
+        raise ValueError('give either one request ("shoes and handbags") or --file FILE, not both or neither '
+                         '(--list lists the classes)')
     info = checkpoint_vocabulary(args.checkpoint) if args.checkpoint else FASHION_MNIST
     if args.config:
         vocab = load_config(args.config).vocab
         info = extend_vocabulary(info, vocab.synonyms, vocab.groups)
+    if args.list:
+        if args.json:
+            print(json.dumps({"classes": list(info.classes), "groups": dict(info.groups)}))
+        else:
+            print("\n".join(info.classes))
+            for g, members in info.groups.items():
+                print(f"{g}: {', '.join(map(str, members))}")
+        return 0
     grounder = Grounder(info, lambda: default_encoder(args.encoder, args.device))  # loaded once, when first needed
 
     def show(g) -> str:
@@ -397,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("resolve", help="ground a request in words to the class set it names (no model needed)")
     r.add_argument("text", nargs="?", default=None, help='the request, e.g. "shoes and handbags"')
+    r.add_argument("--list", action="store_true", help="list the vocabulary's classes and groups, and stop")
     r.add_argument("--file", default=None, help="one request per line ('-': stdin); one result per line, in order")
     r.add_argument("--checkpoint", default=None, help="take the vocabulary from this checkpoint (default: Fashion-MNIST)")
     r.add_argument("--config", default=None, help="TOML config whose [vocab] section extends the vocabulary")

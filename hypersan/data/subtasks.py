@@ -10,6 +10,8 @@ from typing import Any, Container, Iterable, Sequence
 import numpy as np
 import torch
 
+from ..info import known_names
+
 Subtask = tuple[int, ...]  # canonical: sorted, deduplicated basic-subtask (or class) indices
 
 # Combination spaces up to this size are enumerated; larger ones are sampled (C(100, 5) is 75 million).
@@ -41,7 +43,6 @@ def _class_index(c: Any, position: int) -> int | None:
 
 def resolve_classes(classes: Iterable[Any], names: Sequence[str]) -> Subtask:
     """Canonical class-index subtask from class names (case-insensitive, stripped) or integer indices."""
-    known = ", ".join(names)
     if isinstance(classes, (str, bytes)):
         raise ValueError(f"classes must be a list of class names or indices, not the single string {classes!r}; "
                          f"e.g. [{classes!r}]")
@@ -61,17 +62,17 @@ def resolve_classes(classes: Iterable[Any], names: Sequence[str]) -> Subtask:
 
                 near = difflib.get_close_matches(key, list(low), n=1, cutoff=0.6)
                 hint = f"did you mean {names[low[near[0]]]!r}? " if near else ""
-                raise ValueError(f"unknown class {c!r}; {hint}known classes: {known}. Groups and requests in words "
-                                 f"(\"digits\", \"shoes\") go through a request: --request on the command line, "
-                                 "a string in Python")
+                raise ValueError(f"unknown class {c!r}; {hint}{known_names(names, near=key)}. Groups and requests "
+                                 "in words (\"digits\", \"shoes\") go through a request: --request on the command "
+                                 "line, a string in Python")
             idx = low[key]
         elif not 0 <= idx < len(names):
-            raise ValueError(f"class index {idx} out of range 0..{len(names) - 1}; known classes: {known}")
+            raise ValueError(f"class index {idx} out of range 0..{len(names) - 1}; {known_names(names)}")
         if idx in seen:
             raise ValueError(f"class {names[idx]!r} given twice (as {seen[idx]!r} and {c!r}); list each class once")
         seen[idx] = c
     if not seen:
-        raise ValueError(f"no classes given; name at least one of: {known}")
+        raise ValueError(f"no classes given; name at least one: {known_names(names)}")
     return tuple(sorted(seen))
 
 

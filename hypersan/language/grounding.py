@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
-from ..info import DatasetInfo
+from ..info import LIST_HINT, DatasetInfo, known_names
 from .vocabulary import Vocabulary, Entry, extend_vocabulary, lemma, normalize, tokenize
 from .words import (ALL_WORDS, BACKGROUND, BACKGROUND_DROP, CONNECTORS, EMBED_ACCEPT, EMBED_NARROW, EXCLUDERS, FILLER,
                     FUZZY_ACCEPT, FUZZY_MIN_LEN, PREPOSITIONS_AFTER, SEPARATOR_TOKENS)
@@ -368,8 +368,7 @@ class Grounder:
                         if i not in head and lemma(toks[i]) in self.vocab.outside), None)
             if hit is not None:
                 p.entry = None
-                p.why = (f"names {hit!r}, which this model has no classes of; its classes and groups are listed "
-                         "below")
+                p.why = f"names {hit!r}, which this model has no classes of"
 
     @staticmethod
     def _refuse_duplicate_guesses(parts: list[_Part], text_of: Callable[[int, int], str]) -> None:
@@ -407,9 +406,11 @@ class Grounder:
         if not isinstance(request, str):
             raise TypeError(f"request must be a string, got {type(request).__name__}")
         tokens = tokenize(request)
-        known = f"known classes: {', '.join(vocab.classes)}"
+        known = known_names(vocab.classes)
         if vocab.groups:
-            known += f"; groups: {', '.join(vocab.groups)}"
+            known += f"; {known_names(list(vocab.groups), 'groups')}"
+        if known.count(LIST_HINT) > 1:  # say it once
+            known = known.replace(f"; {LIST_HINT}", "", 1)
         if not any(t not in SEPARATOR_TOKENS for t, _, _ in tokens):
             raise GroundingError(f"empty request {request!r}: name one or more classes ({known})", request)
         toks = [t for t, _, _ in tokens]

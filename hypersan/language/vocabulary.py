@@ -10,7 +10,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Sequence
 
-from ..info import DatasetInfo
+from ..info import DatasetInfo, known_names
 from .words import SEPARATOR_TOKENS
 
 __all__ = ["normalize", "tokenize", "lemma", "Vocabulary", "extend_vocabulary"]
@@ -117,7 +117,7 @@ class Vocabulary:
         for g, members in info.groups.items():
             bad = [m for m in members if m.lower() not in low]
             if bad:
-                raise ValueError(f"group {g!r} names unknown class(es) {bad}; known classes: {', '.join(self.classes)}")
+                raise ValueError(f"group {g!r} names unknown class(es) {bad}; {known_names(self.classes, near=bad[0])}")
             groups[g] = tuple(sorted({low[m.lower()] for m in members}, key=lambda c: self.class_index[c]))
         self.groups = groups
         entries: list[Entry] = [Entry(c, c, (c,), "name") for c in self.classes]
@@ -188,7 +188,7 @@ def extend_vocabulary(info: DatasetInfo, synonyms: dict[str, list[str]] | None =
         bad = [m for m in members if m.strip().lower() not in low]
         if bad or not members:
             raise ValueError(f"vocab.groups.{g}: {'unknown class(es) ' + repr(bad) if bad else 'no classes'}; "
-                             f"known classes: {', '.join(info.classes)}")
+                             f"{known_names(info.classes, near=bad[0] if bad else None)}")
         old = next((k for k in new_groups if k.lower() == g.strip().lower()), g.strip())
         new_groups[old] = [low[m.strip().lower()] for m in members]
     owners = {**low, **{g.lower(): g for g in new_groups}}
@@ -203,3 +203,4 @@ def extend_vocabulary(info: DatasetInfo, synonyms: dict[str, list[str]] | None =
     out = DatasetInfo.from_dict({**info.to_dict(), "groups": new_groups, "synonyms": new_syn})
     Vocabulary(out)  # a phrase that names two things fails here, naming both
     return out
+
