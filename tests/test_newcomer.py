@@ -152,6 +152,7 @@ def test_a_full_disk_is_one_clear_line(monkeypatch, capsys):
     (["eval", "--device", "banana"], "--device 'banana' is not a device; use auto, cpu, cuda or cuda:N"),
     (["prune", "--classes", "Sneakerz", "--out", "{tmp}/a"], "did you mean 'Sneaker'?"),
     (["resolve", "12"], "class index 12 out of range 0..9"),
+    (["prune", "--classes", "Sneaker,Bag", "--budget", "0.1", "--out", "{tmp}/a"], "--checkpoint fmnist_budget"),
 ])
 def test_cli_messages_say_what_to_do(tmp_path, capsys, argv, message):
     assert main([a.format(tmp=tmp_path) for a in argv]) == 2
@@ -197,3 +198,30 @@ def test_demo_takes_a_budget_in_words_on_the_budget_model_and_refuses_it_elsewhe
     capsys.readouterr()
     assert main(["demo", request, "--out", str(tmp_path / "other")]) == 2  # fmnist_b16 takes no budget
     assert "not budget-conditioned" in capsys.readouterr().err
+
+
+def test_a_missing_factory_module_is_named_as_it_is_missing(tmp_path, monkeypatch):
+    from hypersan.nn.graph import GraphError
+    from hypersan.nn.custom import load_factory
+
+    (tmp_path / "mynets_x").mkdir()
+    (tmp_path / "mynets_x" / "__init__.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(GraphError, match=r"No module named 'mynets_x.nothere'"):
+        load_factory("mynets_x.nothere:build")
+
+
+def test_a_warning_is_one_line_for_a_person(capsys, monkeypatch):
+    import warnings
+    from hypersan.cli import commands as cli
+
+    def warn(args):  # what Python's warning machinery prints, formatted as the command formats it
+        import sys
+        sys.stderr.write(warnings.formatwarning("pets: 2 corrupt image(s) left out", UserWarning, "x.py", 3, "src"))
+        return 0
+
+    monkeypatch.setattr(cli, "_resolve", warn)
+    before = warnings.formatwarning
+    assert cli.main(["resolve", "shoes"]) == 0
+    assert capsys.readouterr().err == "hypersan resolve: warning: pets: 2 corrupt image(s) left out\n"
+    assert warnings.formatwarning is before  # restored for whoever called main

@@ -435,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     e.set_defaults(func=_eval)
 
-    pr = sub.add_parser("prune", help="cut the net down to a subtask and export it (safetensors, TorchScript, ONNX)")
+    pr = sub.add_parser("prune", help="cut the net down to a subtask and export it (safetensors, pt2, ONNX)")
     pr.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP)
     pr.add_argument("--classes", default=None, help='class names or indices, comma-separated: "Sneaker,Bag"')
     pr.add_argument("--request", default=None, help='the subtask in words, e.g. "shoes and handbags"')
@@ -444,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="replace an existing hypersan artifact in --out (a folder that is not one is never replaced)")
     pr.add_argument("--format", default="safetensors,pt2",
                     help="comma-separated: safetensors, pt2 (torch.export), onnx, torchscript (legacy: deprecated "
-                         "in torch)")
+                         "in torch); default: safetensors,pt2")
     pr.add_argument("--quantize", choices=["int8"], default=None,
                     help="also write model.int8.onnx: static INT8 (onnxruntime), calibrated on the subtask's "
                          "training images (adds the float model.onnx it is quantized from)")
@@ -547,7 +547,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--queue-size", type=int, default=16, help="builds waiting or running at once; more get 503 "
                                                                 "with Retry-After (default 16)")
     sv.add_argument("--disk-cache-items", type=int, default=256, help="artifact folders kept in the cache folder, "
-                                                                      "least recently used removed first (default 256)")
+                                                                      "least recently used removed first (default 256); "
+                                                                      "a folder whose subnet is in memory (--cache-size) "
+                                                                      "is never removed, so up to that many stay")
     sv.add_argument("--disk-cache-bytes", type=int, default=1 << 30, help="bytes of artifact folders kept (default "
                                                                           "1 GiB)")
     sv.add_argument("--max-images", type=int, default=256, help="images per prediction request (default 256)")
@@ -577,6 +579,11 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     name = f"hypersan {args.command}"
+    import warnings
+
+    # a warning is one line for a person ("hypersan train: warning: ..."), not Python's file, line and source
+    formatwarning = warnings.formatwarning
+    warnings.formatwarning = lambda message, category, *rest: f"{name}: warning: {message}\n"
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
@@ -606,6 +613,7 @@ def main(argv: list[str] | None = None) -> int:
               "traceback)", file=sys.stderr)
         return 1
     finally:
+        warnings.formatwarning = formatwarning
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 

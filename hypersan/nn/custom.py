@@ -38,9 +38,10 @@ def _import(module_name: str):
         sys.path.append(cwd)
         try:
             return importlib.import_module(module_name)
-        except ModuleNotFoundError:
+        except ModuleNotFoundError as again:
             sys.path.remove(cwd)
-            raise e from None
+            # the attempt that got further names what is missing ('mynets.nothere', not 'mynets')
+            raise (again if again.name and len(again.name) > len(e.name or "") else e) from None
 
 
 def load_factory(spec: str) -> Callable[..., nn.Module]:

@@ -91,7 +91,7 @@ def find_groups(model: nn.Module, example_input: Tensor, head: Optional[str] = N
                              "channel")
         own = [n for n, _ in (*m.named_parameters(recurse=False), *m.named_buffers(recurse=False))]
         if own and not isinstance(m, _PRUNABLE):
-            raise GraphError(f"{name}: {type(m).__name__} holds tensors of its own ({', '.join(own[:4])}) that "
+            raise GraphError(f"module {name!r} (a {type(m).__name__}) holds tensors of its own ({', '.join(own[:4])}) that "
                              "Torch-Pruning's group pruning does not cut with its channels (a frozen BN written as a "
                              "plain module is one); use nn.BatchNorm2d (frozen: eval mode, requires_grad False), or "
                              "a layer built from nn.Conv2d / nn.Linear / nn.BatchNorm2d")

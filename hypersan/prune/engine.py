@@ -176,7 +176,8 @@ class PruningEngine:
             what = "'as small as possible'" if isinstance(budget, str) else f"a budget of {budget}"
             raise BudgetError(f"{what} was asked of a model that is not budget-conditioned (generator.budget = "
                               "false in its config): its subnets' size was fixed in training; leave the budget out, "
-                              "or train a budget-conditioned one (generator.budget = true, configs/fmnist_budget.toml)")
+                              "or use a budget-conditioned model (the shipped one: --checkpoint fmnist_budget, or "
+                              "PruningEngine.from_pretrained('fmnist_budget')), or train one (generator.budget = true)")
         if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget):
             raise BudgetError(f"budget must be a number in (0, 1], the largest MAC ratio to the dense net; got "
                               f"{budget!r}")
