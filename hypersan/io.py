@@ -435,6 +435,29 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
 
 
+def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """save_tensors whole or not at all: a temporary sibling, fsynced, then renamed over the path."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_tensors(tmp, tensors)
+        fsync_file(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+def user_cache_dir() -> Path:
+    """Where hypersan keeps what it can compute again (dense logits of an evaluation): $HYPERSAN_CACHE, else
+    $XDG_CACHE_HOME/hypersan, else ~/.cache/hypersan."""
+    if os.environ.get("HYPERSAN_CACHE"):
+        return Path(os.environ["HYPERSAN_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "hypersan"
+
+
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file

@@ -1,4 +1,5 @@
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -7,6 +8,9 @@ import torch
 
 from hypersan.config import load_config
 from hypersan.data.datasets import SYSTEM_FMNIST_DIR
+
+# evaluations cache dense logits (hypersan.io.user_cache_dir): never in the user's home during tests
+os.environ.setdefault("HYPERSAN_CACHE", tempfile.mkdtemp(prefix="hypersan-test-cache-"))
 
 ROOT = Path(__file__).resolve().parents[1]
 # an explicit $HYPERSAN_DATA is the only place looked at (hypersan does the same); unset, the system copy

@@ -325,3 +325,22 @@ def test_a_single_class_threshold_is_calibrated_on_labelled_images():
     assert "dense_threshold" in row and "calibrated" in evaluate(eng, x, y, [(3,)], progress=False)["metric_notes"]
     with pytest.raises(ValueError, match="one label per image"):
         PruningEngine(eng.model, images=calib_x, labels=calib_y[:5])
+
+
+def test_the_dense_logits_are_cached_by_weights_and_images(tmp_path):
+    from hypersan.training.evaluate import dense_logits_cached
+    eng = _engine()
+    x = _images(50, seed=3)
+    dense = eng.subnet(None, fold_bn=True)
+    first, hit = dense_logits_cached(eng, dense, x, 0, cache_dir=tmp_path)
+    assert not hit and len(list((tmp_path / "dense-logits").glob("*.safetensors"))) == 1
+    again, hit = dense_logits_cached(eng, dense, x, 0, cache_dir=tmp_path)
+    assert hit and torch.equal(first, again)
+    assert not dense_logits_cached(eng, dense, _images(50, seed=4), 0, cache_dir=tmp_path)[1]  # other images
+    with torch.no_grad():
+        next(eng.model.backbone.parameters()).add_(0.01)  # other weights: another key
+    assert not dense_logits_cached(eng, eng.subnet(None, fold_bn=True), x, 0, cache_dir=tmp_path)[1]
+    y = torch.randint(0, 10, (50,), generator=torch.Generator().manual_seed(4))
+    cached = evaluate(eng, x, y, [(7, 8)], progress=False, cache_dir=tmp_path)
+    plain = evaluate(eng, x, y, [(7, 8)], progress=False)
+    assert cached["dense"] == plain["dense"] and cached["subtasks"] == plain["subtasks"]

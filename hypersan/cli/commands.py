@@ -156,9 +156,11 @@ def _eval(args) -> int:
           f"{args.split} images: one dense pass, then per subtask BN calibration (unless cached) and a pass through "
           "its pruned net", file=sys.stderr, flush=True)
     budgets = _budgets(engine, args.budget)
+    from ..io import user_cache_dir
+
     r = evaluate(engine, x, y, subtasks, progress=not args.json and tty, seed=args.seed,
                  log=None if tty else (lambda m: print(m, file=sys.stderr, flush=True)), budgets=budgets,
-                 guard=args.guard)
+                 guard=args.guard, cache_dir=None if args.no_cache else user_cache_dir())
     r = {"checkpoint": str(model.source), "split": args.split, **r}
     if args.json:
         print(json.dumps(r))
@@ -433,6 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--guard", action="store_true", help=GUARD_HELP)
     e.add_argument("--data-dir", default=None, help="Fashion-MNIST folder, if not the system one or $HYPERSAN_DATA (training images: BN calibration)")
     e.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    e.add_argument("--no-cache", action="store_true", help="compute the dense net's logits again instead of reading "
+                   "them from the cache ($HYPERSAN_CACHE, else ~/.cache/hypersan: the dense pass is paid once per "
+                   "model and data)")
     e.set_defaults(func=_eval)
 
     pr = sub.add_parser("prune", help="cut the net down to a subtask and export it (safetensors, pt2, ONNX)")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -29,6 +30,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ..data.datasets import DatasetError
+from ..io import ArtifactError, atomic_save_tensors, load_tensors
+from ..prune.stats import images_fingerprint
 from ..prune.engine import PruningEngine
 from ..prune.metrics import (mean_average_precision, out_of_subtask_false_positive_rate, plain_accuracy,  # noqa: F401
                              plain_accuracy_and_errors, plain_logits, subset_accuracy)
@@ -110,10 +113,36 @@ def parse_subtasks(model, specs: Sequence[str], seed: int = 0, per_size: int = 5
     return list(dict.fromkeys(out))
 
 
+def dense_logits_cached(engine: PruningEngine, dense, x: Tensor, seed: int, images: Optional[Tensor] = None,
+                        cache_dir: Optional[str | Path] = None) -> tuple[Tensor, bool]:
+    """(the dense net's logits on x, whether they came from the cache). The cache file is named by everything the
+    logits depend on: the weights and BN statistics (the dense net's statistics key) and the images' bytes."""
+    if cache_dir is None:
+        return plain_logits(dense, x), False
+    import hashlib
+
+    key = f"{engine.key(None, seed=seed, images=images)}|{images_fingerprint(x)}|{tuple(x.shape)}"
+    path = Path(cache_dir) / "dense-logits" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.safetensors"
+    if path.is_file():
+        try:
+            got = load_tensors(path)["logits"]
+            if got.shape == (len(x), len(engine.model.classes)):
+                return got, True
+        except (ArtifactError, KeyError):
+            pass  # unreadable: computed again and rewritten
+    logits = plain_logits(dense, x)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save_tensors(path, {"logits": logits})
+    except OSError:
+        pass  # a cache that cannot be written costs time, never the result
+    return logits, False
+
+
 def evaluate(engine: PruningEngine, test_x: Tensor, test_y: Tensor, subtasks: Sequence[Subtask],
              progress: bool = True, seed: int = 0, images: Optional[Tensor] = None,
              log: Optional[Callable[[str], None]] = None, budgets: Optional[Sequence[float]] = None,
-             guard: bool = False, threshold_images: int = 4096) -> dict:
+             guard: bool = False, threshold_images: int = 4096, cache_dir: Optional[str | Path] = None) -> dict:
     """Per-subtask acc / mAP / mac_ratio / param_ratio, beside the dense net restricted to each subtask.
 
     Statistics are recalibrated per subtask with `seed` on the engine's calibration images (or `images`).
@@ -121,15 +150,17 @@ def evaluate(engine: PruningEngine, test_x: Tensor, test_y: Tensor, subtasks: Se
     `budgets` (a budget-conditioned model): one entry per (subtask, budget), each with its "budget".
     `guard`: guarded requests (PruningEngine.guard); each entry also gets "guard", the decision.
     `threshold_images`: labelled training images a single class's threshold is calibrated on (0: logit 0).
+    `cache_dir`: a folder where the dense net's logits on these images are kept (dense_logits_cached), so that the
+    next evaluation of other class sets on the same data skips the dense pass.
     """
     t0 = time.perf_counter()
     model = engine.model
     info = model.info
     n_cls = len(info.classes)
     dense = engine.subnet(None, fold_bn=True, seed=seed, images=images)
-    dense_logits = plain_logits(dense, test_x)
+    dense_logits, hit = dense_logits_cached(engine, dense, test_x, seed, images, cache_dir)
     if log is not None:
-        log(f"dense pass over {len(test_x):,} images: {time.perf_counter() - t0:.1f} s")
+        log(f"dense pass over {len(test_x):,} images: {time.perf_counter() - t0:.1f} s{' (cached)' if hit else ''}")
     all_cls = list(range(n_cls))
     d_cost = engine.cost(dense)
     result = {"dense": {"acc": subset_accuracy(dense_logits, test_y, all_cls),
