@@ -25,6 +25,7 @@ from ..nn.generators import mean_utility
 from ..io import ArtifactError, OutputExistsError, check_output_dir, is_hypersan_dir, load_tensors, read_json
 from ..nn.losses import (agreement, budget_loss, larger_budgets, monotone_hinge, sample_budgets, sparsity_weights,
                          subtask_weighted_bce)
+from ..nn.custom import CustomBackbone
 from ..nn.model import SubtaskAdaptiveNet
 from .optim import descend, lr_factor
 from ..data.subtasks import SubtaskSampler, microbatch_sizes, sample_combinations, sample_grouped
@@ -225,13 +226,17 @@ class _TrainStep(nn.Module):
         self.macs = None
         if model.budgeted or cfg.loss.sparsity_price == "macs":
             self.macs = MacModel(model.backbone, model.info.input_shape)
+        self.counter = self.macs  # what the progress reports as the kept MAC share (None: a custom network)
+        if self.counter is None and not isinstance(model.backbone, CustomBackbone):
+            self.counter = MacModel(model.backbone, model.info.input_shape)
         # what a channel of each utility site costs: the sparsity term's prices, and how the sandwich rule finds a
         # batch's cheapest class set
         self.prices = self.macs.prices() if cfg.loss.sparsity_price == "macs" else None
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, select: torch.Tensor, texts: list[str] | None,
                 budgets: torch.Tensor | None, dense: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(loss, [mean utility, kept fraction] or None for a dense batch).
+        """(loss, [mean utility, kept fraction of channels, kept MAC share] or None for a dense batch; the MAC
+        share is the channel fraction where a custom network has no MAC model).
 
         A masked batch runs as subtasks.sets_per_batch micro-batches (one class set each, so that BN normalizes
         one subnet at a time, as calibration does), or whole. With train.sandwich the unmasked body and the
@@ -273,7 +278,13 @@ class _TrainStep(nn.Module):
         with torch.no_grad():
             kept = sum(masks[x_.name].sum() for x_ in model.sites if x_.kind == "utility")
             kept = kept / sum(x_.size for x_ in model.sites if x_.kind == "utility") / len(per_sample)
-            return loss, torch.stack([per_sample.mean(), kept])
+            share = kept
+            if self.counter is not None:
+                sizes = (select.to(self.basic_to_class.dtype) @ self.basic_to_class > 0).sum(dim=1)
+                if len(per_sample) != len(sizes):  # budget pairs: every image ran twice
+                    sizes = torch.cat([sizes, sizes])
+                share = self.counter.ratio(masks, sizes).mean()
+            return loss, torch.stack([per_sample.mean(), kept, share.to(kept.dtype)])
 
 
 def train(cfg: Config, out: str | Path, resume: bool = False, log: Callable[[str], None] = print,
@@ -447,7 +458,7 @@ def _train(cfg: Config, out: Path, resume: bool, log: Callable[[str], None], sto
             gen = torch.Generator().manual_seed(t.seed * 1_000_003 + epoch)
             perm = torch.randperm(n, generator=gen)
         model.train()
-        sums = {"loss": 0.0, "mean_utility": 0.0, "kept": 0.0, "masked_batches": 0}
+        sums = {"loss": 0.0, "mean_utility": 0.0, "kept": 0.0, "macs": 0.0, "masked_batches": 0}
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{t.epochs}", disable=not (t.progress and main), leave=False)
         for i in bar:
             if sharded:
@@ -496,23 +507,26 @@ def _train(cfg: Config, out: Path, resume: bool, log: Callable[[str], None], sto
             descend(opts, loss, between)
             sums["loss"] += loss.item()
             if stats is not None:
-                mu, kept = stats.tolist()
+                mu, kept, macs = stats.tolist()
+                sums["macs"] += macs
                 sums["mean_utility"] += mu
                 sums["kept"] += kept
                 sums["masked_batches"] += 1
-            if i % 20 == 0:
+            if i % 20 == 0:  # the subnets' kept share of the dense net's MACs, once a masked batch ran
+                mb_ = sums["masked_batches"]
                 bar.set_postfix(loss=f"{sums['loss'] / (i + 1):.4f}",
-                                kept=f"{sums['kept'] / max(1, sums['masked_batches']):.2f}")
+                                macs_kept="—" if not mb_ else f"{sums['macs'] / mb_:.2f}")
         if ctx is not None:
             # the epoch's figures over every rank's batches; every rank takes rank 0's BN buffers
-            total_sums = ctx.all_sum([sums["loss"], sums["mean_utility"], sums["kept"]])
-            sums["loss"], sums["mean_utility"], sums["kept"] = (v / world for v in total_sums)
+            total_sums = ctx.all_sum([sums["loss"], sums["mean_utility"], sums["kept"], sums["macs"]])
+            sums["loss"], sums["mean_utility"], sums["kept"], sums["macs"] = (v / world for v in total_sums)
             ctx.broadcast_buffers(model)
         mb = max(1, sums["masked_batches"])
         # mean_utility: the mean |utility| the sparsity term pushes down (not a share of pruned channels; that is
         # 1 - kept_fraction)
         rec = {"epoch": epoch + 1, "loss": sums["loss"] / steps, "mean_utility": sums["mean_utility"] / mb,
-               "kept_fraction": sums["kept"] / mb, "seconds": time.perf_counter() - t0}
+               "kept_fraction": sums["kept"] / mb, "kept_mac_ratio": sums["macs"] / mb,
+               "seconds": time.perf_counter() - t0}
         if main:  # rank 0 alone evaluates and writes; the others wait at the barrier below
             last = epoch + 1 == t.epochs
             if len(val_y) and ((t.eval_every and (epoch + 1) % t.eval_every == 0) or last):
