@@ -43,6 +43,7 @@ class ModelConfig:
     blocks: list[int] = field(default_factory=lambda: [1, 1, 1])  # resnet: blocks per stage; vgg: convs per stage
     factory: str = ""  # custom: "package.module:function" returning the nn.Module; called with kwargs, num_classes
     kwargs: dict[str, Any] = field(default_factory=dict)  # custom: keyword arguments of the factory
+    weights: str = ""  # custom: your trained weights (.safetensors, or a state_dict file) that start training
 
 
 @dataclass
@@ -376,6 +377,9 @@ def validate(cfg: Config) -> None:
                           if cfg.model.arch == "custom" else
                           f"model.factory is read with model.arch = 'custom' only (it is {cfg.model.arch!r}); "
                           "set arch = 'custom', or remove factory")
+    if cfg.model.weights and cfg.model.arch != "custom":
+        raise ConfigError("model.weights loads your own network's trained weights (model.arch = 'custom'); a built-in "
+                          "backbone starts from another hypersan run with train.init_from")
     if cfg.model.arch == "custom" and cfg.generator.budget:
         raise ConfigError("generator.budget = true counts MACs from the built-in backbones' structure; a custom "
                           "model takes no budget yet: set generator.budget = false")

@@ -229,3 +229,52 @@ def test_each_user_model_learns_fashion_mnist_on_the_tiny_config_and_prunes_exac
         pruned = net(x[:32])
     masked = engine.predict(x[:32], pair)[:, idx]
     assert torch.allclose(pruned, masked, atol=1e-4), (pruned - masked).abs().max()
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pt"])
+def test_training_starts_from_the_users_trained_weights(tmp_path, fmt):
+    from safetensors.torch import save_file
+
+    from hypersan.training.train import train
+    factory, _ = FACTORIES["resnet18"]
+    mine = make_network(factory, {"in_channels": 3, "width": 4}, len(CLASSES))
+    with torch.no_grad():
+        for p in mine.parameters():
+            p.normal_(0, 0.5)  # "trained": far from any fresh initialization
+    path = tmp_path / f"mine.{fmt}"
+    if fmt == "safetensors":
+        save_file({k: v.contiguous() for k, v in mine.state_dict().items()}, str(path))
+    else:
+        torch.save({"state_dict": {f"module.{k}": v for k, v in mine.state_dict().items()}}, path)
+    lines = []
+    cfg = _config(tmp_path, "resnet18", f'model.weights="{path}"', "train.lr=1e-9", "train.generator_lr=1e-9")
+    run = train(cfg, tmp_path / "run", log=lines.append)
+    assert any("network weights loaded from" in m for m in lines)
+    got = run.backbone.net.state_dict()
+    for k, v in mine.state_dict().items():
+        if not k.endswith(("running_mean", "running_var", "num_batches_tracked")):  # BN statistics move in training
+            assert torch.allclose(got[k], v, atol=1e-4), k
+
+
+def test_user_weights_that_do_not_fit_are_named(tmp_path):
+    from safetensors.torch import save_file
+
+    from hypersan.training.train import load_user_weights
+    factory, _ = FACTORIES["resnet18"]
+    net = make_network(factory, {"in_channels": 3, "width": 4}, len(CLASSES))
+    other = make_network(factory, {"in_channels": 3, "width": 4}, 7)  # a head of 7 classes
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    with pytest.raises(ConfigError, match=r"is \(7, .*\) in .* but \(4, .*\)"):
+        load_user_weights(net, str(tmp_path / "w.safetensors"))
+    sd = net.state_dict()
+    first = next(iter(sd))
+    save_file({k: v.contiguous() for k, v in sd.items() if k != first}, str(tmp_path / "m.safetensors"))
+    with pytest.raises(ConfigError, match=f"missing from the file, first '{first}'"):
+        load_user_weights(net, str(tmp_path / "m.safetensors"))
+    with pytest.raises(ConfigError, match="no file"):
+        load_user_weights(net, str(tmp_path / "nowhere.pt"))
+    torch.save({"not": "tensors"}, tmp_path / "bad.pt")
+    with pytest.raises(ConfigError, match="no state_dict"):
+        load_user_weights(net, str(tmp_path / "bad.pt"))
+    with pytest.raises(ConfigError, match="train.init_from"):
+        load_config(None, ['model.weights="w.pt"'])

@@ -45,17 +45,20 @@ def factory_name(factory: str | Callable[..., nn.Module]) -> str:
 def adapt(factory: str | Callable[..., nn.Module], data_dir: Optional[str | os.PathLike], out: str | os.PathLike,
           *, kwargs: Optional[dict] = None, config: Optional[str | os.PathLike] = None,
           overrides: Sequence[str] = (), resume: bool = False, force: bool = False,
-          log: Callable[[str], None] = print) -> PruningEngine:
+          weights: Optional[str | os.PathLike] = None, log: Callable[[str], None] = print) -> PruningEngine:
     """Train your network subtask-adaptively on an image folder and return its PruningEngine.
 
     `factory`: the function that builds the network (or its name, "package.module:function"), called with
     `kwargs` and `num_classes`. `data_dir`: the image folder (`train/<class>/*.png|jpg`, optionally `val/` and
     `test/`; docs/DATA.md), or None to keep the config's data. `config`: a TOML config to start from (the
     defaults otherwise); `overrides`: "section.key=value" strings on top. `out`: the checkpoint folder, written
-    after every epoch; `resume` continues it, `force` replaces an earlier run there (never another folder)."""
+    after every epoch; `resume` continues it, `force` replaces an earlier run there (never another folder).
+    `weights`: your network's trained weights (.safetensors, or a state_dict file read with weights_only=True),
+    loaded before joint training starts (`[model] weights`); the network sees images normalized with the data
+    set's mean and std, so weights trained on other normalization start off, and a short run re-learns it."""
     base = [] if data_dir is None else ['data.dataset="imagefolder"', f"data.data_dir={str(data_dir)!r}"]
     cfg = load_config(config, [*base, 'model.arch="custom"', f"model.factory={factory_name(factory)!r}",
-                               *overrides])
+                               *overrides, *([] if weights is None else [f"model.weights={str(weights)!r}"])])
     if kwargs is not None:
         if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
             raise ConfigError(f"kwargs must be a dict of keyword arguments, not {kwargs!r}")

@@ -33,7 +33,7 @@ from ..data.subtasks import SubtaskSampler, microbatch_sizes, sample_combination
 # [train] settings that change how a run executes, not what it computes: a resumed run may change them
 EXECUTION_KEYS = ("progress", "threads", "device", "dist_timeout")
 # config keys added after runs were saved, with the value that describes those runs (a resume compares configs)
-ADDED_KEYS = {"data": {"val_split": "sample", "val_fraction": 0.1},
+ADDED_KEYS = {"data": {"val_split": "sample", "val_fraction": 0.1}, "model": {"weights": ""},
               "train": {"bf16": False, "dist_timeout": 1800.0, "init_from": "", "sandwich": False},
               "loss": {"subset_share": 0.0, "sparsity_price": "uniform", "distill_over": "all"},
               "subtasks": {"sampling": "own", "sets_per_batch": 0}}
@@ -56,6 +56,53 @@ def _init_backbone(model: SubtaskAdaptiveNet, path: str) -> None:
                           f"({len(wrong)} tensor(s) missing or of another shape, e.g. {wrong[:3]}); use a checkpoint "
                           "trained with the same [model] settings")
     model.backbone.load_state_dict({k: v.to(ours[k].device) for k, v in theirs.items()})
+
+
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file: safetensors, or a torch file read with weights_only=True (a state_dict, or a
+    dict holding one under "state_dict" or "model"); DataParallel's "module." prefixes are dropped."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"model.weights: no file {str(p)!r}; give the path of your trained weights (.safetensors, "
+                          "or a state_dict saved with torch.save)")
+    if p.suffix == ".safetensors":
+        sd = load_tensors(p)
+    else:
+        try:
+            sd = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - unpickling refused or a corrupt file: one clear line
+            raise ConfigError(f"model.weights: {p} cannot be read as a state_dict with weights_only=True ({e}); "
+                              "save the weights with torch.save(net.state_dict(), path) or as .safetensors") from None
+        for key in ("state_dict", "model"):
+            if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+                sd = sd[key]
+    if not isinstance(sd, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in sd.items()):
+        raise ConfigError(f"model.weights: {p} holds no state_dict (a dict of names to tensors)")
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def load_user_weights(net: nn.Module, path: str) -> None:
+    """Load the user's trained weights into their network (the factory's, built for this data set's classes),
+    naming the first missing, unexpected or mis-shaped tensor when they do not fit."""
+    sd = read_state_dict(path)
+    ours = net.state_dict()
+    missing = [k for k in ours if k not in sd]
+    unexpected = [k for k in sd if k not in ours]
+    shapes = [k for k in ours if k in sd and sd[k].shape != ours[k].shape]
+    if shapes:
+        k = shapes[0]
+        raise ConfigError(f"model.weights: {k} is {tuple(sd[k].shape)} in {path} but {tuple(ours[k].shape)} in the "
+                          f"network the factory builds for {getattr(net, 'num_classes', None) or 'these'} classes"
+                          f"{f' ({len(shapes)} such tensors)' if len(shapes) > 1 else ''}; build it with the same "
+                          "kwargs as the trained one, and a head of as many classes as the data set has")
+    if missing or unexpected:
+        what = (f"{len(missing)} tensor(s) of the network missing from the file, first {missing[0]!r}" if missing
+                else f"{len(unexpected)} tensor(s) in the file the network does not have, first {unexpected[0]!r}")
+        raise ConfigError(f"model.weights: {path} does not fit the network the factory builds: {what}; save "
+                          "net.state_dict() of the same architecture")
+    net.load_state_dict({k: v.to(ours[k].dtype) for k, v in sd.items()})
 
 
 def resolve_device(name: str) -> torch.device:
@@ -372,6 +419,9 @@ def _train(cfg: Config, out: Path, resume: bool, log: Callable[[str], None], sto
     if t.init_from and not resume:  # a resumed run's weights come from its own checkpoint
         _init_backbone(model, t.init_from)
         log(f"backbone initialized from {t.init_from}")
+    if cfg.model.weights and not resume:
+        load_user_weights(model.backbone.net, cfg.model.weights)
+        log(f"network weights loaded from {cfg.model.weights}")
     if resume:
         saved_cfg = read_json(out / "config.json")
         for section, added in ADDED_KEYS.items():  # a run saved before these keys existed ran with these values
