@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from hypersan.config import ConfigError, load_config
 from hypersan.data.subtasks import Holdout, SubtaskSampler, microbatch_sizes, sample_grouped
