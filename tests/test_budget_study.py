@@ -1,14 +1,15 @@
-"""The budget study's analysis (tools/budget_study.py) on hand-made rows: the budget met, the gap to the fixed-γ
+"""The budget study's analysis (hypersan.research.budget_study) on hand-made rows: the budget met, the gap to the fixed-γ
 front at the budget model's own MACs, and the share of class sets whose accuracy does not fall with the budget."""
+
+import importlib
 
 import pytest
 
-from .conftest import load_tool
 
 
 @pytest.fixture(scope="module")
 def study():
-    return load_tool("budget_study")
+    return importlib.import_module("hypersan.research.budget_study")
 
 
 def _budget_rows(study, accs_of):

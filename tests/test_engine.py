@@ -291,7 +291,7 @@ def test_a_single_class_threshold_is_calibrated_on_labelled_images():
     y = torch.randint(0, 10, (300,), generator=torch.Generator().manual_seed(4))
     row = evaluate(eng, x, y, [(3,)], progress=False)["subtasks"][0]
     net = eng.subnet((3,), fold_bn=True)
-    want = calibrated_threshold(plain_logits(net, calib_x.float() / 255)[:, 0], calib_y == 3)
+    want = calibrated_threshold(plain_logits(net, calib_x)[:, 0], calib_y == 3)
     assert row["threshold"] == pytest.approx(want, abs=1e-3)  # the same logits, batched otherwise
     logit = net(x.float() / 255)[:, 0]
     assert row["acc"] == pytest.approx(((logit > want) == (y == 3)).float().mean().item(), abs=0.0005)

@@ -7,7 +7,7 @@
 # in-place distillation from the unmasked net, and the latter trained on budgets from 0.05 (not 0.02) up, with
 # a second training seed.
 #   tools/budget_warm.sh [OUT=runs/budget-warm]
-#   python tools/budget_study.py --budget runs/budget-warm/budget --fixed runs/budget-warm/hypernet-g{0.25,1,4} \
+#   hypersan study budget --budget runs/budget-warm/budget --fixed runs/budget-warm/hypernet-g{0.25,1,4} \
 #       --dense runs/ablation/models/dense-g4-s0 --out runs/budget-warm/report
 set -euo pipefail
 out=${1:-runs/budget-warm}

@@ -11,7 +11,7 @@
 # The fixed-γ family and the reference are glyph_budget_warm.sh's; a study that scored them stands in for their
 # checkpoints:
 #   tools/glyph_budget_monotone.sh [SWEEP=runs/glyph-sweep] [OUT=runs/glyph-budget-warm]
-#   python tools/budget_study.py --budget runs/glyph-budget-warm/budget-nested-b0.05-a1 \
+#   hypersan study budget --budget runs/glyph-budget-warm/budget-nested-b0.05-a1 \
 #       --family-from docs/ablation-runs/glyphs-seed0/budget-warm/nested-b0.05/budget_study.json \
 #       --out runs/glyph-budget-warm/report-nested-b0.05-a1
 source "$(dirname "$0")/glyph_body.sh" "$@"

@@ -7,7 +7,7 @@
 # - budget-nested-b0.05-s1: seed 1 again (its first run's checkpoint was trained on another machine).
 # Each is scored as budget_study.py scores any budget model, with and without the guard:
 #   tools/glyph_budget_repro.sh [SWEEP=runs/glyph-sweep] [OUT=runs/repro]
-#   python tools/budget_study.py --budget runs/repro/budget-nested-b0.05-s1 [--guard] \
+#   hypersan study budget --budget runs/repro/budget-nested-b0.05-s1 [--guard] \
 #       --family-from docs/ablation-runs/glyphs-seed0/budget-warm/nested-b0.05/budget_study.json \
 #       --out runs/glyph-budget-warm/report-nested-b0.05-s1b[-guard]
 source "$(dirname "$0")/glyph_body.sh" "${1:-runs/glyph-sweep}" "${2:-runs/repro}"

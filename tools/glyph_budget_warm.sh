@@ -6,7 +6,7 @@
 # budgets from 0.05, with and without in-place distillation from the unmasked net. The non-nested budget models
 # with the same extra training are tools/glyph_warm.sh's budget-warm and budget-warm-distill.
 #   tools/glyph_budget_warm.sh [SWEEP=runs/glyph-sweep] [OUT=runs/glyph-budget-warm]
-#   python tools/budget_study.py --budget runs/glyph-budget-warm/budget-nested-d0.5-b0.05 \
+#   hypersan study budget --budget runs/glyph-budget-warm/budget-nested-d0.5-b0.05 \
 #       --fixed runs/glyph-budget-warm/hypernet-g{2,4,8,12,16,20,24,32} --dense runs/glyph-warm/dense-w16-e6 \
 #       --out runs/glyph-budget-warm/report-nested-d0.5-b0.05
 source "$(dirname "$0")/glyph_body.sh" "$@"

@@ -5,7 +5,7 @@
 # trained 2 more epochs from its own weights at the same learning rate. The sweep's dense nets are linked in, so
 # the curve holds both the 4-epoch and the 6-epoch nets.
 #   tools/glyph_warm.sh [SWEEP=runs/glyph-sweep] [OUT=runs/glyph-warm]
-#   python tools/glyph_study.py --runs runs/glyph-warm --out runs/glyph-study-warm --peer-steps 0
+#   hypersan study glyphs --runs runs/glyph-warm --out runs/glyph-study-warm --peer-steps 0
 set -euo pipefail
 sweep=$(realpath "${1:-runs/glyph-sweep}")
 out=${2:-runs/glyph-warm}

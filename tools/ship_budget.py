@@ -1,5 +1,5 @@
 """Ship a budget-conditioned checkpoint inside the package (hypersan/pretrained/NAME), with the figures of its
-budget study (tools/budget_study.py) and its provenance in meta.json.
+budget study (hypersan/research/budget_study.py) and its provenance in meta.json.
 
     python tools/ship_budget.py --checkpoint runs/budget-warm/budget \
         --study runs/budget-warm/report/budget_study.json --dest hypersan/pretrained/fmnist_budget \

@@ -110,6 +110,16 @@ def _engine(args):
                                          seed=getattr(args, "seed", 0), log=log)
 
 
+def _study(args) -> int:
+    """`hypersan study glyphs|budget ...`: the study's own command line (hypersan.research.glyph_study and
+    budget_study; their reports are tested as research.report is)."""
+    if args.kind == "glyphs":
+        from ..research.glyph_study import main as run
+    else:
+        from ..research.budget_study import main as run
+    return run(args.rest)
+
+
 def _eval(args) -> int:
     from ..data.datasets import load_split
     from ..training.evaluate import evaluate, parse_subtasks
@@ -518,6 +528,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "1 per process when seeds run side by side")
     a.add_argument("--force", action="store_true", help=argparse.SUPPRESS)
     a.set_defaults(func=_ablate)
+
+    st = sub.add_parser("study", help="the research studies: glyphs (adaptive nets against class-agnostic ones), "
+                                      "budget (a budget-conditioned model against a fixed-gamma family)",
+                        add_help=False)
+    st.add_argument("kind", choices=["glyphs", "budget"], help="which study; `hypersan study glyphs --help` lists its "
+                                                               "options")
+    st.add_argument("rest", nargs=argparse.REMAINDER)
+    st.set_defaults(func=_study)
 
     dp = sub.add_parser("data", help="build a data set")
     dsub = dp.add_subparsers(dest="dataset", required=True, help="the data set to build (glyphs)")

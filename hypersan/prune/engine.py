@@ -72,11 +72,9 @@ def _cost(arch: dict, widths: dict, num_classes: int, input_shape) -> tuple[int,
 
 
 def labelled_sample(images: Tensor, labels: Tensor, limit: int, seed: int) -> tuple[Tensor, Tensor]:
-    """A seeded sample of up to `limit` uint8 images (as float32, in their order) with their labels."""
-    from ..data.datasets import to_float
-
+    """A seeded sample of up to `limit` images (uint8, as given, in their order) with their labels."""
     idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
-    return to_float(images[idx]), labels[idx]
+    return images[idx], labels[idx]
 
 
 class PruningEngine:
@@ -244,7 +242,7 @@ class PruningEngine:
         return to_float(x[idx.sort().values])
 
     def labelled_images(self, limit: int = 4096, seed: int = 0) -> Optional[tuple[Tensor, Tensor]]:
-        """A seeded sample of up to `limit` calibration images (float32) with their labels, or None when the
+        """A seeded sample of up to `limit` calibration images (uint8) with their labels, or None when the
         calibration images carry no labels (images given by the user): what a single class's decision threshold
         is calibrated on."""
         x, y = self.images(), self._labels

@@ -388,7 +388,7 @@ class Ablation:
                 "mac_ratio": cost["mac_ratio"], "param_ratio": cost["param_ratio"]}
 
     def threshold_images(self, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The seeded sample of labelled training images (float32) single classes' thresholds are calibrated on:
+        """The seeded sample of labelled training images (uint8) single classes' thresholds are calibrated on:
         the one evaluate() takes through an engine of the training images and labels (labelled_images)."""
         cache = self.__dict__.setdefault("_threshold_images", {})
         if seed not in cache:

@@ -1,7 +1,7 @@
 """One budget-conditioned model against a family of fixed-gamma models: is the budget met, does one model match the
 family's accuracy/compute front, does accuracy rise with the budget, and is a budgeted build cheap?
 
-    python tools/budget_study.py --budget runs/budget-study/budget-s0 \
+    hypersan study budget --budget runs/budget-study/budget-s0 \
         --fixed runs/budget-study/hypernet-g1-s0 runs/budget-study/hypernet-g2-s0 \
                 runs/ablation/models/hypernet-g4-s0 runs/budget-study/hypernet-g8-s0 \
         --dense runs/ablation/models/dense-g4-s0 --out runs/budget-study/report
@@ -16,16 +16,16 @@ and budget_front.png to --out.
 Several budget models against one family: score each model alone (no --fixed), the family once, and reuse the
 rows (the study records a sha256 of every checkpoint's weights and reuses rows only for the same weights):
 
-    python tools/budget_study.py --budget runs/A --dense runs/dense --out runs/rows-A
-    python tools/budget_study.py --budget runs/A --fixed runs/g1 runs/g4 --dense runs/dense --out runs/report-A \
+    hypersan study budget --budget runs/A --dense runs/dense --out runs/rows-A
+    hypersan study budget --budget runs/A --fixed runs/g1 runs/g4 --dense runs/dense --out runs/report-A \
         --reuse runs/rows-A/budget_study.json
-    python tools/budget_study.py --budget runs/B --fixed runs/g1 runs/g4 --dense runs/dense --out runs/report-B \
+    hypersan study budget --budget runs/B --fixed runs/g1 runs/g4 --dense runs/dense --out runs/report-B \
         --reuse runs/report-A/budget_study.json
 
 A family scored once stands in for its checkpoints (which need not be on the machine any more), and a second
 training run of the budget model gives the spread that retraining alone causes:
 
-    python tools/budget_study.py --budget runs/C --family-from runs/report-A/budget_study.json --out runs/report-C \
+    hypersan study budget --budget runs/C --family-from runs/report-A/budget_study.json --out runs/report-C \
         --twin runs/report-A/budget_study.json
 
 Every budget row records the images its net gets wrong, so that two budgets' nets are also compared image by
@@ -47,18 +47,16 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from hypersan.data.datasets import load_split  # noqa: E402
-from hypersan.data.subtasks import sample_combinations  # noqa: E402
-from hypersan.io import atomic_write_json, atomic_write_text  # noqa: E402
-from hypersan.prune.engine import PruningEngine  # noqa: E402
-from hypersan.research.bench import dense_forward_seconds  # noqa: E402
-from hypersan.research.report import interp_acc, method_style, pareto_front  # noqa: E402
-from hypersan.prune.metrics import subset_accuracy  # noqa: E402
-from hypersan.training.evaluate import plain_accuracy_and_errors, plain_logits  # noqa: E402
-from hypersan.training.train import split_training_data  # noqa: E402
+from ..data.datasets import load_split
+from ..data.subtasks import sample_combinations
+from ..io import atomic_write_json, atomic_write_text
+from ..prune.engine import PruningEngine
+from ..research.bench import dense_forward_seconds
+from ..research.report import interp_acc, method_style, pareto_front
+from ..prune.metrics import subset_accuracy
+from ..training.evaluate import plain_accuracy_and_errors, plain_logits
+from ..training.train import split_training_data
 
 BUDGETS = (0.08, 0.12, 0.2, 0.3, 0.5)
 
@@ -387,7 +385,8 @@ def report(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="hypersan study budget", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget", required=True, help="the budget-conditioned checkpoint")
     p.add_argument("--fixed", nargs="*", default=[],
                    help="fixed-gamma checkpoints of the same backbone (none: the budget model and the dense net "
@@ -484,7 +483,7 @@ def main(argv=None) -> int:
         dense_rows = [{"classes": list(t), **{f"acc_{split}": subset_accuracy(logits[split], y, list(t))
                                               for split, (_, y) in data.items()}} for t in tasks]
     front = family_front(fixed_rows) if fixed_rows else None
-    result = {"command": "python tools/budget_study.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    result = {"command": "hypersan study budget " + " ".join(argv if argv is not None else sys.argv[1:]),
               "checkpoints": {"budget": args.budget, "fixed": list(args.fixed), "dense": args.dense}
               if family is None else {**family["checkpoints"], "budget": args.budget},
               **({} if family is None else {"family_from": args.family_from}),

@@ -2,7 +2,7 @@
 nets much smaller than the class-agnostic nets of the same accuracy?
 
     tools/glyph_sweep.sh runs/glyph-sweep                                  # the nets (about 2 h on 2 cores)
-    python tools/glyph_study.py --runs runs/glyph-sweep --out runs/glyph-study [--peer-steps 2000]
+    hypersan study glyphs --runs runs/glyph-sweep --out runs/glyph-study [--peer-steps 2000]
 
 Every run folder of the sweep that is finished (`done`) takes part:
 - `dense-w2`, `dense-w4`, `dense-w8`, `dense-w16`: dense nets at 1/8, 1/4, 1/2 and full width (the width check,
@@ -44,7 +44,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 NAMED = {"digits": "digits", "capitals": "capital letters", "small letters": "small letters", "vowels": "vowels",
          "Greek": "Greek letters", "Cyrillic": "Cyrillic letters", "capitals + digits": "capital letters and digits"}
@@ -72,8 +71,8 @@ def gamma_of(name: str) -> float:
 
 
 def splits(cfg, limit: int = 0):
-    from hypersan.data.datasets import load_dataset
-    from hypersan.training.train import split_training_data
+    from ..data.datasets import load_dataset
+    from ..training.train import split_training_data
 
     _, _, vx, vy, _ = split_training_data(cfg)
     tx, ty, _ = load_dataset(cfg.data.dataset, "test", cfg.data.data_dir or None)
@@ -88,8 +87,8 @@ def splits(cfg, limit: int = 0):
 
 def choose_subtasks(engine, val, seed: int = 0) -> list[dict]:
     """The study's subtasks, each {"group", "name", "indices"}; the hardest pairs from the dense net on val."""
-    from hypersan.research.report import hardest_pairs
-    from hypersan.training.evaluate import plain_logits
+    from ..research.report import hardest_pairs
+    from ..training.evaluate import plain_logits
 
     classes = engine.model.classes
     k = len(classes)
@@ -113,9 +112,9 @@ def choose_subtasks(engine, val, seed: int = 0) -> list[dict]:
 
 def score_body(net, data: dict, subtasks: list[dict], ref_macs: int, shape) -> dict:
     """A class-agnostic net: one body, the head cut to each subtask (its logits restricted to the subtask)."""
-    from hypersan.research.ablate import cut_head
-    from hypersan.training.evaluate import plain_logits
-    from hypersan.prune.metrics import count_macs, subset_accuracy
+    from ..research.ablate import cut_head
+    from ..training.evaluate import plain_logits
+    from ..prune.metrics import count_macs, subset_accuracy
 
     out = {}
     for split, (x, y) in data.items():
@@ -135,7 +134,7 @@ def score_adaptive(engine, data: dict, subtasks: list[dict], ref_macs: int, seed
     """A hypernetwork's own net per subtask, built as `hypersan eval` builds it (statistics calibrated per class
     set), scored on the subtask's own images: its accuracy (argmax over the subtask, as `hypersan eval`'s acc
     for two classes and more) needs no other image. budget: a budget-conditioned model's net at that budget."""
-    from hypersan.training.evaluate import plain_accuracy
+    from ..training.evaluate import plain_accuracy
 
     out = {split: {"rows": []} for split in data}
     t0 = time.perf_counter()
@@ -204,10 +203,10 @@ def run_peer(dense, targets: dict[int, float], subtasks: list[dict], data: dict,
     at that MAC ratio (to the full-width dense net)."""
     import torch
 
-    from hypersan.research import baselines
-    from hypersan.research.ablate import plain_cost
-    from hypersan.training.evaluate import plain_accuracy
-    from hypersan.prune.surgery import prune_backbone
+    from ..research import baselines
+    from ..research.ablate import plain_cost
+    from ..training.evaluate import plain_accuracy
+    from ..prune.surgery import prune_backbone
 
     cfg = dense.model.config
     tx, ty = train
@@ -260,7 +259,7 @@ def _fmt(v, fmt: str, below: bool = False) -> str:
 def budget_report(nets: dict, subtasks: list[dict], fixed: dict, peer_base: str = "dense-w16") -> list[str]:
     """The budget-conditioned models' sections: per group and budget against the class-agnostic curve, the budget
     chosen per group on validation, within the model, and against the peer at fixed MACs."""
-    from hypersan.research.report import equal_accuracy
+    from ..research.report import equal_accuracy
 
     lines = []
     groups = list(dict.fromkeys(s["group"] for s in subtasks))
@@ -333,10 +332,10 @@ def budget_report(nets: dict, subtasks: list[dict], fixed: dict, peer_base: str 
 
 
 def report(nets: dict, subtasks: list[dict], peer: list[dict] | None, classes: list[str], data_y: dict,
-           fixed: dict | None = None, command: str = "python tools/glyph_study.py", peer_base: str = "dense-w16"
+           fixed: dict | None = None, command: str = "hypersan study glyphs", peer_base: str = "dense-w16"
            ) -> str:
-    from hypersan.research.report import equal_accuracy
-    from hypersan.data.glyphs import case_insensitive_accuracy
+    from ..research.report import equal_accuracy
+    from ..data.glyphs import case_insensitive_accuracy
 
     lines = ["# Glyphs: the adaptivity study", "",
              f"Generated by `{command}`.", "",
@@ -424,7 +423,7 @@ def report(nets: dict, subtasks: list[dict], peer: list[dict] | None, classes: l
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="hypersan study glyphs", description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", default="runs/glyph-sweep", help="the folder of tools/glyph_sweep.sh")
     p.add_argument("--out", default="runs/glyph-study")
     p.add_argument("--peer-steps", type=int, default=2000, help="the peer's fine-tuning steps (0: no peer)")
@@ -444,8 +443,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import torch
 
-    from hypersan.prune.engine import PruningEngine
-    from hypersan.io import atomic_write_json, read_json, atomic_write_text
+    from ..prune.engine import PruningEngine
+    from ..io import atomic_write_json, read_json, atomic_write_text
 
     torch.set_num_threads(args.threads)
     runs, out = Path(args.runs), Path(args.out)
@@ -485,7 +484,7 @@ def main(argv=None) -> int:
         if not path.exists():
             log(f"Torch-Pruning per subset {what}")
             if not train_xy:
-                from hypersan.training.train import split_training_data
+                from ..training.train import split_training_data
 
                 train_xy.extend(split_training_data(cfg)[:2])
             atomic_write_json(path, run_peer(peer_base, targets, subtasks, data, tuple(train_xy), args.peer_steps,
@@ -503,7 +502,7 @@ def main(argv=None) -> int:
                          f"at the MACs of {chosen}")
     fixed = {r: peer_file(out / f"peer-m{r:g}{tag}.json", {i: r for i in peer_picks(subtasks)}, f"at MAC ratio {r:g}")
              for r in args.peer_macs}
-    command = "python tools/glyph_study.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "hypersan study glyphs " + " ".join(argv if argv is not None else sys.argv[1:])
     text = report(nets, subtasks, peer, dense.model.classes, {s: y.tolist() for s, (_, y) in data.items()}, fixed,
                   command, args.peer_base)
     atomic_write_text(out / "report.md", text)
@@ -517,9 +516,9 @@ def ship(folder: Path, dest: str, nets: dict, subtasks: list[dict], chosen: str,
          data: dict) -> None:
     """The selected hypernetwork as a shipped checkpoint: the named groups' statistics calibrated, the study's
     per-subtask figures of the named groups in meta.json, its provenance."""
-    from hypersan.nn.checkpoint import CHECKPOINT_KIND
-    from hypersan.prune.engine import PruningEngine
-    from hypersan.io import check_output_dir
+    from ..nn.checkpoint import CHECKPOINT_KIND
+    from ..prune.engine import PruningEngine
+    from ..io import check_output_dir
 
     check_output_dir(dest, CHECKPOINT_KIND, force=True)
     engine = PruningEngine.from_pretrained(folder, seed=seed)
@@ -531,8 +530,8 @@ def ship(folder: Path, dest: str, nets: dict, subtasks: list[dict], chosen: str,
             named.append({"request": s["name"], "classes": len(s["indices"]),
                           **{f"{split}_acc": nets[chosen]["adaptive"][split]["rows"][i]["acc"] for split in ("val", "test")},
                           "mac_ratio": nets[chosen]["adaptive"]["test"]["rows"][i]["mac_ratio"]})
-    from hypersan.training.evaluate import plain_logits
-    from hypersan.data.glyphs import case_insensitive_accuracy
+    from ..training.evaluate import plain_logits
+    from ..data.glyphs import case_insensitive_accuracy
 
     every = nets[chosen]["agnostic"]
     own = {}  # the shipped model's own dense net (no masks): top-1 over the 135 classes
@@ -540,7 +539,7 @@ def ship(folder: Path, dest: str, nets: dict, subtasks: list[dict], chosen: str,
         pred = plain_logits(engine.subnet(None, fold_bn=True, seed=seed), x).argmax(1)
         own[split] = {"top1": float((pred == y).float().mean()),
                       "top1_case_insensitive": case_insensitive_accuracy(pred.tolist(), y.tolist(), model.classes)}
-    model.meta["metrics"] = {"command": f"python tools/glyph_study.py {argv}", "named_requests": named,
+    model.meta["metrics"] = {"command": f"hypersan study glyphs {argv}", "named_requests": named,
                              "dense": own,
                              "all_classes_request_top1": {s: every[s]["top1"] for s in ("val", "test")},
                              "note": "the full study: docs/ABLATIONS.md (Glyphs)"}
