@@ -149,7 +149,7 @@ def test_a_tiny_glyph_model_trains_prunes_to_digits_and_exports(tmp_path):
 
     from .conftest import ROOT
 
-    from hypersan.cli.demo import run_demo
+    from hypersan.cli.demo import format_demo, run_demo
 
     few = [c for c in glyph_classes() if c.char in "0123ABabα"]
     build_glyphs(tmp_path / "g", FONTS, per_glyph=6, per_glyph_eval=1, classes=few)
@@ -168,6 +168,7 @@ def test_a_tiny_glyph_model_trains_prunes_to_digits_and_exports(tmp_path):
     assert [row["request"] for row in r["rows"]] == ["digits", "capital letters and digits", "Greek letters"]
     assert r["rows"][1]["classes"] == ["digit 0", "digit 1", "digit 2", "digit 3", "capital A", "capital B"]
     assert r["rows"][2]["classes"] == ["Greek small alpha"] and (tmp_path / "demo" / "digits").is_dir()
+    assert "thread(s) of" in format_demo(r, str(tmp_path / "demo")) and r["machine"]["isa"]  # the CPU it ran on
 
 
 @needs_fonts

@@ -301,7 +301,7 @@ def tune_allocator() -> str:
 
 def _bench(args) -> int:
     allocator = "default" if args.default_allocator else tune_allocator()  # before any large allocation
-    from ..research.bench import DEFAULT_SUBTASKS, format_table, run_bench
+    from ..research.bench import DEFAULT_SUBTASKS, format_table, machine, run_bench
     from ..training.evaluate import parse_subtasks
 
     engine = _engine(args)
@@ -317,13 +317,13 @@ def _bench(args) -> int:
             raise ValueError(f"--batches takes comma-separated batch sizes, e.g. 1,256, not {args.batches!r}") from None
         r = run_runtime_bench(engine, subtasks, parse_runtimes(args.runtime), batches=batches, threads=args.threads,
                               repeats=args.repeats, warmup=args.warmup, seed=args.seed, log=log)
-        r = {"checkpoint": str(engine.model.source), "allocator": allocator, **r}
+        r = {"checkpoint": str(engine.model.source), "allocator": allocator, "machine": machine(args.threads), **r}
         print(json.dumps(r) if args.json else format_runtime_table(r))
         return 0
     r = run_bench(engine, subtasks, batch=args.batch, threads=args.threads, repeats=args.repeats,
                   warmup=args.warmup, round_to=args.round_to, seed=args.seed, fold_bn=not args.keep_bn,
                   round_mode=args.round_mode, log=log)
-    r = {"checkpoint": str(engine.model.source), "allocator": allocator, **r}
+    r = {"checkpoint": str(engine.model.source), "allocator": allocator, "machine": machine(args.threads), **r}
     print(json.dumps(r) if args.json else format_table(r))
     return 0
 

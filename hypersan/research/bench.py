@@ -35,6 +35,35 @@ DEFAULT_SUBTASKS = ["size=2,n=6", "size=3,n=4", "size=5,n=2", "all"]
 # CPUs a conv with 17-32 output channels costs what one with 32 does (see tools/conv_widths.py)
 BLOCK = 16
 
+
+def machine(threads: int | None = None) -> dict:
+    """The CPU figures ran on: model name, the widest vector ISA torch's kernels use (AVX-512 or AVX2: convolution
+    widths and latency ratios depend on it), logical cores, and the threads used."""
+    import os
+    import platform
+
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                if flags and line.startswith("model name"):
+                    break
+    except OSError:
+        pass
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else torch.backends.cpu.get_cpu_capability()
+    return {"cpu": model, "isa": isa, "torch_capability": torch.backends.cpu.get_cpu_capability(),
+            "cores": os.cpu_count(), "threads": threads if threads is not None else torch.get_num_threads()}
+
+
+def machine_line(m: dict) -> str:
+    """"on Intel Xeon (AVX-512), 2 threads of 2 cores": the line printed beside every time and ratio."""
+    return f"on {m['cpu']} ({m['isa']}), {m['threads']} thread(s) of {m['cores']} core(s)"
+
+
 def round_orders(keys: Sequence[str], repeats: int, seed: int = 0) -> List[List[str]]:
     """The order in which each timing round calls the nets: a fresh seeded shuffle per round, so no net
     always runs first, or always right after the same other net (whose allocator and cache state it would
@@ -257,7 +286,8 @@ def format_table(result: dict) -> str:
     head = (f"{'classes':<40} {'MACs':>6} {'MAC16':>6} {'params':>6} {'pruned':>7} {'bound':>6} {'masked':>7} {'build':>6} {'size':>6}"
             + (f" {'rMACs':>6} {'round':>7}" if rnd else "") + f" {'act-mask':>8}   (ratios to dense)")
     form = "BN folded" if result.get("bn_folded", True) else "BN kept"
-    lines = [f"threads {result['threads']}, batch {result['batch']}, {result['repeats']} rounds after "
+    lines = ([f"measured {machine_line(result['machine'])}"] if "machine" in result else []) + [
+             f"threads {result['threads']}, batch {result['batch']}, {result['repeats']} rounds after "
              f"{result['warmup']} warm-up rounds, latency ratios: median of per-round ratios, {result['device']}, "
              f"{form}" + (f", allocator: {result['allocator']}" if "allocator" in result else ""), head]
     for r in result["subtasks"]:
@@ -384,7 +414,8 @@ def runtime_summary(rows: List[dict]) -> List[dict]:
 
 def format_runtime_table(result: dict) -> str:
     """A plain-text table of a runtime bench: one line per runtime and batch size, then one per subtask."""
-    lines = [f"threads {result['threads']}, {result['repeats']} rounds after {result['warmup']} warm-up rounds; "
+    lines = ([f"measured {machine_line(result['machine'])}"] if "machine" in result else []) + [
+             f"threads {result['threads']}, {result['repeats']} rounds after {result['warmup']} warm-up rounds; "
              "latency ratio = pruned / dense in the same runtime (median of per-round ratios)",
              f"{'runtime':<17} {'batch':>5} {'n':>3} {'MAC ratio':>9} {'latency ratio (min-max)':>24} "
              f"{'dense ms':>9} {'pruned ms':>9} {'bound met':>9} {'max |diff|':>10}"]
