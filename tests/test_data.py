@@ -191,3 +191,19 @@ def test_validation_split_proportions_and_edges():
         validation_split(labels, 5, -1)
     with pytest.raises(ValueError, match="1-D integer tensor"):
         validation_split(labels.float(), 5, 0)
+
+
+def test_a_relative_data_folder_is_found_from_any_working_directory(tmp_path, monkeypatch):
+    from hypersan.data.datasets import DatasetError, data_home_path, load_folder_dataset, save_folder_dataset
+    home = tmp_path / "home"
+    save_folder_dataset(home / "data" / "mine", ["a", "b"], (np.zeros((4, 1, 8, 8), np.uint8), np.array([0, 1, 0, 1])),
+                        (np.zeros((2, 1, 8, 8), np.uint8), np.array([0, 1])))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("HYPERSAN_DATA_HOME", str(home))
+    assert data_home_path("data/mine") == home / "data" / "mine"
+    x, y, info = load_folder_dataset("train", "data/mine")  # as a checkpoint's config names it
+    assert len(y) == 4 and info.classes == ["a", "b"]
+    with pytest.raises(DatasetError, match="make glyphs"):  # a missing glyph set says what builds it
+        load_folder_dataset("train", "data/glyphs")

@@ -35,9 +35,11 @@ def slug(text: str) -> str:
 
 
 def run_demo(out: str | os.PathLike, requests: Optional[Sequence[str]] = None, checkpoint: Optional[str] = None,
-             force: bool = False, threads: int = 2, log: Callable[[str], None] = print) -> dict:
+             force: bool = False, threads: int = 2, log: Callable[[str], None] = print,
+             data_dir: Optional[str] = None) -> dict:
     """Run the demo into `out` (a new folder, or an earlier demo's with force); returns the summary. `requests`:
-    requests in words; None: the examples of the model's data set (REQUESTS_BY_DATASET)."""
+    requests in words; None: the examples of the model's data set (REQUESTS_BY_DATASET). `data_dir`: the data set's
+    folder, where it is not where the model's config says."""
     if requests is not None and not requests:
         raise ValueError("give at least one request")
     check_output_dir(out, DEMO_KIND, force)  # before any work
@@ -46,7 +48,7 @@ def run_demo(out: str | os.PathLike, requests: Optional[Sequence[str]] = None, c
     torch.set_num_threads(threads)
     try:
         log(f"loading the model ({checkpoint or 'the shipped default, fmnist_b16'})")
-        engine = PruningEngine.from_pretrained(checkpoint)
+        engine = PruningEngine.from_pretrained(checkpoint, data_dir=data_dir)
         model = engine.model
         if requests is None:
             requests = REQUESTS_BY_DATASET.get(model.info.name)
@@ -54,7 +56,7 @@ def run_demo(out: str | os.PathLike, requests: Optional[Sequence[str]] = None, c
                 raise ValueError(f"the demo has no example requests for the {model.info.name!r} data set: give "
                                  f"some (hypersan demo --checkpoint {checkpoint} \"digits\" ...)")
         log(f"reading the {model.config.data.dataset} test images")
-        x, y, _ = load_split(model.config.data, "test")
+        x, y, _ = load_split(model.config.data, "test", data_dir)
         subtasks, budgets = [], []
         for r in requests:
             words, b = engine.split_budget(r)  # "..., under 10% of the compute" (a budget-conditioned model)

@@ -28,7 +28,7 @@ def _find_dir(data_dir: str | os.PathLike | None, system_dir: str, required: lis
     evaluate on data other than the one named, without a word."""
     env = os.environ.get("HYPERSAN_DATA", "")
     if data_dir is not None and str(data_dir).strip():
-        p, source = Path(data_dir), "data_dir"
+        p, source = data_home_path(data_dir), "data_dir"
     elif env.strip():
         p, source = Path(env), "$HYPERSAN_DATA"
     else:
@@ -40,7 +40,24 @@ def _find_dir(data_dir: str | os.PathLike | None, system_dir: str, required: lis
         if not missing:
             return p
         problem = "is empty" if not any(p.iterdir()) else f"lacks {', '.join(missing)}"
+    if p.name == "glyphs" and FOLDER_INFO in required:  # the glyph set is built, not written by hand
+        how = ("Build the glyph set with `make glyphs` in the checkout (or `hypersan data glyphs --out DIR`, then "
+               "pass --data-dir DIR).")
     raise DatasetError(f"{what} not found: {p} ({source}) {problem}; it must hold {', '.join(required)}. {how}")
+
+
+def data_home_path(data_dir: str | os.PathLike) -> Path:
+    """Where a data folder named in a config is: as given when absolute or present from the working directory;
+    else, for a relative path ("data/glyphs"), under $HYPERSAN_DATA_HOME, or else under the checkout hypersan
+    runs from (where `make glyphs` writes), so that a shipped model finds its data from any folder."""
+    p = Path(data_dir)
+    if p.is_absolute() or p.exists():
+        return p
+    homes = [os.environ.get("HYPERSAN_DATA_HOME", ""), str(Path(__file__).resolve().parents[2])]
+    for home in homes:
+        if home.strip() and (Path(home) / p).exists():
+            return Path(home) / p
+    return p
 
 
 # ---------------------------------------------------------------- Fashion-MNIST (IDX)
@@ -302,7 +319,7 @@ def has_own_validation(data, data_dir: str | None = None) -> bool:
     root = data_dir or data.data_dir
     if not root:
         return False
-    return (Path(root) / ("val.npz" if data.dataset == "folder" else "val")).exists()
+    return (data_home_path(root) / ("val.npz" if data.dataset == "folder" else "val")).exists()
 
 
 def validation_rule(data, data_dir: str | None, labels: torch.Tensor | None = None) -> tuple[str, int]:
