@@ -205,7 +205,9 @@ class PruningEngine:
     def images(self) -> Tensor:
         """The calibration images (uint8), read from the training split on first use."""
         if self._images is None:
-            self._say("reading the training images")
+            if not getattr(self, "_said_reading", False):  # once, even where reading fails and is tried again
+                self._said_reading = True
+                self._say("reading the training images")
             self._images, self._labels, source = training_split(self.model, self.data_dir)
             # the images' own bytes name them: a dataset changed in place is new calibration data
             self._source = f"{source}:{images_fingerprint(self._images)}"
@@ -340,7 +342,7 @@ class PruningEngine:
         src = images if images is not None else self.images()
         bb = self.model.backbone
         t0 = time.perf_counter()
-        self._say(f"calibrating BN statistics on {spec.batches} x {spec.batch_size} training images")
+        self._say(f"calibrating BN statistics on {spec.count(len(src))} x {spec.batch_size} training images")
         if isinstance(bb, CustomBackbone):  # through the masked module: a masked channel's statistics are unused
             stats = recalibrate(bb, lambda x: bb(x, masks), spec.stream(src, self.model.device))
         else:  # through the pruned net (cheaper), expanded to the full widths
