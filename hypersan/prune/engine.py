@@ -98,6 +98,7 @@ class PruningEngine:
             raise ValueError("labels= gives the classes of images=: pass both, one label per image")
         self._labels: Optional[Tensor] = labels  # of the calibration images, where known
         self._source = None if images is None else f"images:{images_fingerprint(images)}"
+        self._said_reading = False
         self._grounder = None
         self._dense_cost: Optional[tuple[int, int]] = None
         self._weights: Optional[tuple[tuple, str]] = None
@@ -205,7 +206,7 @@ class PruningEngine:
     def images(self) -> Tensor:
         """The calibration images (uint8), read from the training split on first use."""
         if self._images is None:
-            if not getattr(self, "_said_reading", False):  # once, even where reading fails and is tried again
+            if not self._said_reading:  # once, even where reading fails and is tried again
                 self._said_reading = True
                 self._say("reading the training images")
             self._images, self._labels, source = training_split(self.model, self.data_dir)
