@@ -171,7 +171,7 @@ def test_frozen_bn_modules_and_channel_mixing_functions_are_refused():
     from hypersan.nn.graph import check_groups
 
     x = torch.rand(2, 1, 8, 8)
-    with pytest.raises(GraphError, match="module .bn1. \(a _FrozenBN\) holds tensors of its own"):
+    with pytest.raises(GraphError, match=r"module .bn1. \(a _FrozenBN\) holds tensors of its own"):
         find_groups(_Small(_FrozenBN(6)), x)
     torch.manual_seed(0)
     ok = _Small(fn=_Square)

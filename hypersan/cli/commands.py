@@ -537,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
                         add_help=False)
     st.add_argument("kind", choices=["glyphs", "budget"], help="which study; `hypersan study glyphs --help` lists its "
                                                                "options")
-    st.add_argument("rest", nargs=argparse.REMAINDER)
+    st.add_argument("rest", nargs=argparse.REMAINDER, help="the study's own options (its --help lists them)")
     st.set_defaults(func=_study)
 
     dp = sub.add_parser("data", help="build a data set")
