@@ -225,3 +225,12 @@ def test_a_warning_is_one_line_for_a_person(capsys, monkeypatch):
     assert cli.main(["resolve", "shoes"]) == 0
     assert capsys.readouterr().err == "hypersan resolve: warning: pets: 2 corrupt image(s) left out\n"
     assert warnings.formatwarning is before  # restored for whoever called main
+
+
+def test_the_studies_are_commands(capsys):
+    for kind, option in (("glyphs", "--peer-steps"), ("budget", "--fixed")):
+        with pytest.raises(SystemExit) as e:
+            main(["study", kind, "--help"])
+        assert e.value.code == 0
+        out = capsys.readouterr().out
+        assert f"usage: hypersan study {kind}" in out and option in out
