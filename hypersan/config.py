@@ -79,9 +79,6 @@ class LossConfig:
     distill: float = 0.0  # in-place distillation: share of the unmasked net's outputs in a masked batch's targets
     budget_monotone: float = 0.0  # budget-conditioned: weight of the hinge on a sample's loss rising with the budget
     budget_agree: float = 0.0  # budget-conditioned: weight of the disagreement of a sample's predictions at two budgets
-    # share of each sample's BCE on its subtask's outputs, whatever |T| and |C|; 0 = the beta weighting instead
-    # (beta on the subtask's outputs, 1 elsewhere: a share of beta|T| / (beta|T| + |C| - |T|)); 1 = no loss on
-    # outputs outside the subtask (other classes' images stay negatives on the subtask's outputs)
     subset_share: float = 0.0  # share of each sample's BCE on its subtask's outputs; 0 = beta weighting (docs/RECIPE.md)
     sparsity_price: str = "uniform"  # uniform: every channel's utility weighs alike in the L1 | macs: by its MAC cost
     distill_over: str = "all"  # all: sigmoid targets on every output | subset: KL of the softmax over the subtask
@@ -95,8 +92,6 @@ class SubtaskConfig:
     holdout: list[list[str]] = field(default_factory=list)  # explicit combinations never sampled
     holdout_fraction: float = 0.0  # plus a seeded fraction of all combinations of size 2..K-1
     holdout_seed: int = 0  # seed of the held-out fraction
-    # own: the sample's own class is in its subtask with probability include_own | natural: subtasks drawn without
-    # looking at the image, so a class set meets other classes' images at the rate it does in use (1 - |T|/|C|)
     sampling: str = "own"  # own: own class in the subtask with probability include_own | natural: drawn blind to the image
     sets_per_batch: int = 0  # >0: each masked batch is split into this many micro-batches of one class set each
 
@@ -120,8 +115,6 @@ class TrainConfig:
     dist_timeout: float = 1800.0  # distributed runs: seconds a process waits for the others before the run fails
     progress: bool = True  # a progress bar on a terminal (a line per epoch either way)
     init_from: str = ""  # a checkpoint whose backbone weights start this run (same backbone and classes); "" = random
-    # the sandwich rule: every masked step also trains the unmasked body and the batch's cheapest class set's net
-    # on the same images (the body's outputs are then the teacher of loss.distill)
     sandwich: bool = False  # every masked step also trains the unmasked body and the batch's cheapest class set
 
 

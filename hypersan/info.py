@@ -152,12 +152,14 @@ def channel_stats(images) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(mean), tuple(std)
 
 
+LIST_LIMIT = 12  # names an error message lists in full; past that, a few and LIST_HINT
 LIST_HINT = "list them all with `hypersan resolve --list` (add --checkpoint for another model)"
 
 
-def known_names(names, what: str = "classes", near: str | None = None, limit: int = 12) -> str:
+def known_names(names, what: str = "classes", near: str | None = None, limit: int = LIST_LIMIT,
+                hint: bool = True) -> str:
     """"known classes: a, b, c" for a short list; for a long one, the 5 names nearest to `near` (or the first 5),
-    the count, and how to list the rest: an error message stays a line, not a page."""
+    the count, and (with `hint`) how to list the rest: an error message stays a line, not a page."""
     names = list(names)
     if len(names) <= limit:
         return f"known {what}: {', '.join(names)}"
@@ -166,6 +168,6 @@ def known_names(names, what: str = "classes", near: str | None = None, limit: in
     pick = difflib.get_close_matches(near.lower(), [n.lower() for n in names], n=5, cutoff=0.0) if near else []
     lower = {n.lower(): n for n in names}
     shown = [lower[p] for p in pick] or names[:5]
-    return (f"{len(names)} known {what}, {'nearest' if pick else 'among them'}: {', '.join(shown)}, ...; "
-            f"{LIST_HINT}")
+    return (f"{len(names)} known {what}, {'nearest' if pick else 'among them'}: {', '.join(shown)}, ..."
+            + (f"; {LIST_HINT}" if hint else ""))
 

@@ -388,20 +388,24 @@ def atomic_dir(path: str | os.PathLike, kind: str, force: bool = False) -> Itera
 
 # ------------------------------------------------------------------ JSON and safetensors
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a text file whole or not at all: a temporary sibling, fsynced, then renamed over the path."""
+def _atomic_file(path: str | os.PathLike, write) -> None:
+    """Write a file whole or not at all: `write(tmp)` fills a temporary sibling, which is fsynced, then renamed
+    over the path."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        write(tmp)
+        fsync_file(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
     _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file whole or not at all: a temporary sibling, fsynced, then renamed over the path."""
+    _atomic_file(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def atomic_write_json(path: str | os.PathLike, data) -> None:
@@ -437,16 +441,7 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     """save_tensors whole or not at all: a temporary sibling, fsynced, then renamed over the path."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_tensors(tmp, tensors)
-        fsync_file(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
+    _atomic_file(path, lambda tmp: save_tensors(tmp, tensors))
 
 
 def user_cache_dir() -> Path:

@@ -90,7 +90,8 @@ def run_demo(out: str | os.PathLike, requests: Optional[Sequence[str]] = None, c
                              "dense_ms": 1e3 * statistics.median(times["dense"]),
                              "onnx_bytes": summary["bytes"]["onnx"], "folder": slug(r), "widths": e["widths"]})
             png = plot_kept_channels(rows, dict(model.backbone.arch["site_widths"]), tmp / "kept_channels.png")
-            result = {"checkpoint": str(model.source), "machine": machine(threads), "rows": rows, "plot": "kept_channels.png" if png else None,
+            result = {"checkpoint": str(model.source), "machine": machine(threads), "rows": rows,
+                      "plot": "kept_channels.png" if png else None,
                       "seconds": time.perf_counter() - t_start}
             write_json(tmp / "summary.json", result)
         return result
@@ -137,7 +138,8 @@ def format_demo(result: dict, out: str) -> str:
     lines += ["acc: test accuracy of the subnet on its classes' test images (one-vs-rest for a single class); dense "
               "acc: the full net restricted to the same classes",
               "MAC ratio, latency ratio: the subnet's over the dense net's (latency: batch 256, median of per-round "
-              "ratios, measured side by side)" + (f", {machine_line(result['machine'])}" if "machine" in result else ""),
+              "ratios, measured side by side)"
+              + (f", {machine_line(result['machine'])}" if "machine" in result else ""),
               f"written to {out}/: one artifact folder per request (model.safetensors, model.onnx, config.json), "
               + ("kept_channels.png, " if result.get("plot") else "(no plot: install matplotlib) ")
               + "summary.json",

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
-from ..info import LIST_HINT, DatasetInfo, known_names
+from ..info import LIST_LIMIT, DatasetInfo, known_names
 from .vocabulary import Vocabulary, Entry, extend_vocabulary, lemma, normalize, tokenize
 from .words import (ALL_WORDS, BACKGROUND, BACKGROUND_DROP, CONNECTORS, EMBED_ACCEPT, EMBED_NARROW, EXCLUDERS, FILLER,
                     FUZZY_ACCEPT, FUZZY_MIN_LEN, PREPOSITIONS_AFTER, SEPARATOR_TOKENS)
@@ -406,11 +406,10 @@ class Grounder:
         if not isinstance(request, str):
             raise TypeError(f"request must be a string, got {type(request).__name__}")
         tokens = tokenize(request)
-        known = known_names(vocab.classes)
+        # the listing hint once: after the groups where their list is cut too
+        known = known_names(vocab.classes, hint=len(vocab.groups) <= LIST_LIMIT)
         if vocab.groups:
             known += f"; {known_names(list(vocab.groups), 'groups')}"
-        if known.count(LIST_HINT) > 1:  # say it once
-            known = known.replace(f"; {LIST_HINT}", "", 1)
         if not any(t not in SEPARATOR_TOKENS for t, _, _ in tokens):
             raise GroundingError(f"empty request {request!r}: name one or more classes ({known})", request)
         toks = [t for t, _, _ in tokens]

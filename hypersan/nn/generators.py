@@ -49,7 +49,7 @@ def to_masks(raw: Dict[str, Tensor], sites: List[Site], threshold: float, temp: 
 
 def mean_utility(raw: Dict[str, Tensor], sites: List[Site], prices: Dict[str, float] | None = None) -> Tensor:
     """Mean utility over every utility channel, per sample (B,): the L1 sparsity term. With `prices` (per site,
-    what one channel costs, normalised to a mean of 1 over channels: `prune.budget.channel_prices`), each
+    what one channel costs, normalised to a mean of 1 over channels: `prune.budget.MacModel.prices`), each
     channel's utility is weighed by its price, so the term pushes hardest where channels cost most."""
     util = [s for s in sites if s.kind == "utility"]
     total = sum(raw[s.name].sum(dim=1) * (1.0 if prices is None else prices[s.name]) for s in util)

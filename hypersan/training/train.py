@@ -270,12 +270,10 @@ class _TrainStep(nn.Module):
         self.cfg = cfg
         self.basic_to_class = basic_to_class
         self.amp = amp
-        self.macs = None
-        if model.budgeted or cfg.loss.sparsity_price == "macs":
-            self.macs = MacModel(model.backbone, model.info.input_shape)
-        self.counter = self.macs  # what the progress reports as the kept MAC share (None: a custom network)
-        if self.counter is None and not isinstance(model.backbone, CustomBackbone):
-            self.counter = MacModel(model.backbone, model.info.input_shape)
+        # the built-in backbones' MAC model: the budget term, the sparsity prices and the progress's kept MAC share
+        # (a custom network has none: it takes no budget and no prices, and its progress shows kept channels)
+        self.macs = None if isinstance(model.backbone, CustomBackbone) else MacModel(model.backbone,
+                                                                                    model.info.input_shape)
         # what a channel of each utility site costs: the sparsity term's prices, and how the sandwich rule finds a
         # batch's cheapest class set
         self.prices = self.macs.prices() if cfg.loss.sparsity_price == "macs" else None
@@ -326,11 +324,11 @@ class _TrainStep(nn.Module):
             kept = sum(masks[x_.name].sum() for x_ in model.sites if x_.kind == "utility")
             kept = kept / sum(x_.size for x_ in model.sites if x_.kind == "utility") / len(per_sample)
             share = kept
-            if self.counter is not None:
+            if self.macs is not None:
                 sizes = (select.to(self.basic_to_class.dtype) @ self.basic_to_class > 0).sum(dim=1)
                 if len(per_sample) != len(sizes):  # budget pairs: every image ran twice
                     sizes = torch.cat([sizes, sizes])
-                share = self.counter.ratio(masks, sizes).mean()
+                share = self.macs.ratio(masks, sizes).mean()
             return loss, torch.stack([per_sample.mean(), kept, share.to(kept.dtype)])
 
 
