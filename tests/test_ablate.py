@@ -127,6 +127,64 @@ def test_a_seed_shard_plans_that_seeds_steps_only(tmp_path):
         Ablation(ab.cfg, tmp_path / "run", root=ROOT, threads=0)
 
 
+SMALL = """
+[base]
+config = "configs/tiny.toml"
+set = ["train.epochs=1", "train.eval_every=0", "data.train_limit=512", "data.val_size=96", "data.test_limit=200",
+       "calib.batches=2", "calib.batch_size=64"]
+[run]
+seeds = [0]
+methods = ["dense", "hypernet", "tp_subset"]
+gamma = 0.5
+[subtasks]
+per_size = 1
+unseen_per_size = 0
+sizes = [2]
+[baselines]
+finetune_steps = 2
+subset_stages = 1
+subset_stage_steps = 1
+subset_sizes = [2]
+subset_per_size = 1
+latency_subtasks = 1
+"""
+
+
+@needs_fmnist
+def test_a_run_may_gain_methods_and_seeds_and_keeps_what_it_has(tmp_path):
+    pytest.importorskip("torch_pruning")
+    (tmp_path / "a.toml").write_text(SMALL)
+    ab = Ablation(load_ablation_config(tmp_path / "a.toml"), tmp_path / "run", log=lambda m: None, root=ROOT)
+    ab.prepare()
+    ab.run(progress=False, seed=0)
+    step = tmp_path / "run" / "steps" / "eval-per_subset-s0.json"
+    before = json.loads(step.read_text())["rows"]
+    trained = (tmp_path / "run" / "steps" / "eval-hypernet-g0.5-s0.json").stat().st_mtime_ns
+    # the same run with a method added: only the new method's rows are computed, the peer's stay as they were
+    (tmp_path / "b.toml").write_text(SMALL.replace('"tp_subset"]', '"tp_subset", "hypernet_ft"]'))
+    grown = Ablation(load_ablation_config(tmp_path / "b.toml"), tmp_path / "run", log=lambda m: None, root=ROOT)
+    grown.prepare()
+    grown.run(progress=False, seed=0)
+    after = json.loads(step.read_text())["rows"]
+    assert after[:len(before)] == before
+    assert {r["method"] for r in after[len(before):]} == {"hypernet_ft"}
+    assert all(r["finetune_steps"] == 2 for r in after[len(before):])
+    assert (tmp_path / "run" / "steps" / "eval-hypernet-g0.5-s0.json").stat().st_mtime_ns == trained
+    # a seed may be added; a method dropped, the first seed changed or any other setting changed is refused
+    both = SMALL.replace('"tp_subset"]', '"tp_subset", "hypernet_ft"]')
+    for text, match in ((both.replace("seeds = [0]", "seeds = [0, 1]"), None),
+                        (SMALL, r"run.methods drops \['hypernet_ft'\]"),
+                        (both.replace("seeds = [0]", "seeds = [1, 0]"), "first seed changes from 0 to 1"),
+                        (both.replace("gamma = 0.5", "gamma = 1.0"), "settings other than")):
+        (tmp_path / "c.toml").write_text(text)
+        other = Ablation(load_ablation_config(tmp_path / "c.toml"), tmp_path / "run", log=lambda m: None, root=ROOT)
+        if match is None:
+            other.prepare()
+        else:
+            with pytest.raises(ConfigError, match=match):
+                other.prepare()
+
+
 def test_cli_ablate_needs_a_config_or_quick(tmp_path, capsys):
     from hypersan.cli.commands import main
 

@@ -187,8 +187,8 @@ class Ablation:
         atomic_write_json(marker, {"kind": ABLATION_KIND, "format": 1})
         saved = self.out / "ablation.json"
         now = dataclasses.asdict(self.cfg)
-        if saved.is_file() and read_json(saved) != now:
-            raise ConfigError(f"{self.out} holds an ablation run with another config; use another --out folder")
+        if saved.is_file():
+            extension_of(read_json(saved), now, self.out)  # raises unless `now` only adds seeds or methods
         atomic_write_json(saved, now)
 
     def done(self, step: str) -> bool:
@@ -452,7 +452,12 @@ class Ablation:
         methods = [m for m in (methods or PER_SUBSET) if m in c.methods
                    and (seed == c.seeds[0] or m not in c.first_seed_only)]
         step = f"eval-per_subset-s{seed}" if main else f"eval-per_subset-g{gamma:g}-s{seed}"
-        if not methods or self.done(step):
+        earlier: list[dict] = []
+        if self.done(step):  # a method added to the config later runs alone; the step's other rows stay
+            earlier = self.rows(step)
+            have = {r["method"] for r in earlier}
+            methods = [m for m in methods if m not in have]
+        if not methods:
             return
         b = self.cfg.baselines
         dense = self.trained("dense", seed, self.cfg.run.gamma)
@@ -523,7 +528,7 @@ class Ablation:
                     row["finetune_steps"] = 0 if ft is None else ft["steps"]
                     row["images_seen"] = prune_seen + (0 if ft is None else ft["images_seen"])
                     rows.append(row)
-        self.save_step(step, rows)
+        self.save_step(step, earlier + rows)
 
     def eval_agnostic_tp(self, seed: int) -> None:
         """Torch-Pruning of the dense net for all classes at each swept mac_ratio; every subtask cuts the head."""
@@ -660,6 +665,23 @@ class Ablation:
     def extras(self) -> dict:
         return {f.stem: {k: v for k, v in read_json(f).items() if k != "rows"}
                 for f in sorted((self.out / "steps").glob("*.json"))}
+
+
+def extension_of(before: dict, now: dict, out: Path) -> None:
+    """Refuse a config that changes a run already in `out`; one that only adds seeds or methods (or changes which
+    methods run on the first seed only) may go on: the steps already written stay, the new ones run. Both are `dataclasses.asdict` of an AblationConfig."""
+    grown = ("seeds", "methods")
+    why = [f"run.{k} drops {sorted(set(before['run'][k]) - set(now['run'][k]), key=str)}" for k in grown
+           if set(before["run"][k]) - set(now["run"][k])]
+    if now["run"]["seeds"][0] != before["run"]["seeds"][0]:
+        why.append(f"its first seed changes from {before['run']['seeds'][0]} to {now['run']['seeds'][0]}")
+    free = (*grown, "first_seed_only")  # which methods skip the later seeds: it changes no row already written
+    if ({**before, "run": {k: v for k, v in before["run"].items() if k not in free}}
+            != {**now, "run": {k: v for k, v in now["run"].items() if k not in free}}):
+        why.append("settings other than run.seeds, run.methods and run.first_seed_only differ")
+    if why:
+        raise ConfigError(f"{out} holds an ablation run with another config ({'; '.join(why)}); a run may only "
+                          "gain seeds or methods; use another --out folder")
 
 
 def plain_cost(engine: PruningEngine, net: Optional[nn.Module]) -> dict:
