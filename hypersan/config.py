@@ -87,6 +87,7 @@ class LossConfig:
 @dataclass
 class SubtaskConfig:
     size_weights: list[float] = field(default_factory=lambda: [1.0] * 10)  # P(size=k) for k = 1..len
+    size_tail: float = 0.0  # the weight of each size after the list, up to all classes (0: none drawn)
     include_own: float = 0.8  # probability that a sample's subtask contains its own class
     dense_share: float = 0.2  # share of batches trained without masks (the dense path)
     holdout: list[list[str]] = field(default_factory=list)  # explicit combinations never sampled
@@ -285,6 +286,7 @@ RANGES: dict[str, tuple[str, str]] = {
     "generator.budget_min": ("(0, 1]", "a MAC ratio to the dense net"),
     "generator.budget_free_share": ("[0, 1]", "a share of training samples"),
     "subtasks.size_weights": ("[0, inf)", "relative probability of each subtask size"),
+    "subtasks.size_tail": ("[0, inf)", "relative probability of each size after size_weights, up to all classes"),
     "subtasks.include_own": ("[0, 1]", "a probability"),
     "subtasks.sets_per_batch": ("[0, inf)", "micro-batches of one class set per masked batch; 0 = a set per sample"),
     "loss.subset_share": ("[0, 1]", "a share of each sample's loss; 0 = the beta weighting"),

@@ -73,6 +73,7 @@ NUMERIC_CASES = {
     "loss.beta": (0.0, -1.0),
     "loss.gamma": (0.0, -0.01),
     "subtasks.size_weights": ([0.0, 1.0], [1.0, -1.0]),
+    "subtasks.size_tail": (0.25, -0.5),
     "subtasks.include_own": (1.0, 1.5),
     "subtasks.sets_per_batch": (0, -1),
     "subtasks.dense_share": (0.0, -0.1),

@@ -118,6 +118,18 @@ def test_natural_sampling_meets_negatives_at_the_rate_of_use():
         SubtaskSampler(10, list(range(10)), [1], 0.8, Holdout(10), "blind")
 
 
+def test_the_size_tail_reaches_every_size_up_to_all_classes():
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 12, (6000,), generator=gen)
+    short = SubtaskSampler(12, list(range(12)), [1, 1], 0.8, Holdout(12), "natural")
+    tail = SubtaskSampler(12, list(range(12)), [1, 1], 0.8, Holdout(12), "natural", size_tail=0.5)
+    assert short.size_probs.tolist() == [0.5, 0.5] + [0.0] * 10
+    assert tail.size_probs.tolist() == pytest.approx([1 / 7, 1 / 7] + [0.5 / 7] * 10)
+    sizes = tail.sample(labels, gen).sum(1)
+    assert sizes.max().item() == 12 and set(sizes.unique().tolist()) == set(range(1, 13))  # all classes too
+    assert short.sample(labels, gen).sum(1).max().item() == 2
+
+
 def test_one_class_set_per_micro_batch():
     assert microbatch_sizes(10, 4) == [3, 3, 2, 2] and microbatch_sizes(3, 4) == [1, 1, 1]
     sampler = SubtaskSampler(10, list(range(10)), [1, 1, 1], 0.8, Holdout(10), "natural")

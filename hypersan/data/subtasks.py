@@ -152,11 +152,12 @@ class SubtaskSampler:
     (a share 1 - |T| / |C| of negatives on balanced data)."""
 
     def __init__(self, num_basic: int, class_to_basic: Sequence[int], size_weights: Sequence[float],
-                 include_own: float, holdout: Holdout, sampling: str = "own"):
+                 include_own: float, holdout: Holdout, sampling: str = "own", size_tail: float = 0.0):
         if sampling not in SAMPLINGS:
             raise ValueError(f"subtask sampling {sampling!r}; choose one of {', '.join(SAMPLINGS)}")
         self.sampling = sampling
-        w = torch.tensor(list(size_weights)[:num_basic], dtype=torch.float64)
+        w = list(size_weights)[:num_basic]
+        w = torch.tensor(w + [size_tail] * (num_basic - len(w)), dtype=torch.float64)
         if w.sum() <= 0:
             raise ValueError("size_weights give zero probability to every size that fits the basic subtasks")
         self.size_probs = w / w.sum()

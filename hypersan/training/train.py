@@ -36,7 +36,7 @@ EXECUTION_KEYS = ("progress", "threads", "device", "dist_timeout")
 ADDED_KEYS = {"data": {"val_split": "sample", "val_fraction": 0.1}, "model": {"weights": ""},
               "train": {"bf16": False, "dist_timeout": 1800.0, "init_from": "", "sandwich": False},
               "loss": {"subset_share": 0.0, "sparsity_price": "uniform", "distill_over": "all"},
-              "subtasks": {"sampling": "own", "sets_per_batch": 0}}
+              "subtasks": {"sampling": "own", "sets_per_batch": 0, "size_tail": 0.0}}
 
 
 def _init_backbone(model: SubtaskAdaptiveNet, path: str) -> None:
@@ -456,7 +456,7 @@ def _train(cfg: Config, out: Path, resume: bool, log: Callable[[str], None], sto
         log(f"resuming {out} after epoch {start_epoch}")
 
     sampler = SubtaskSampler(len(model.basic), model.class_to_basic, s.size_weights, s.include_own, model.holdout,
-                             s.sampling)
+                             s.sampling, s.size_tail)
     basic_to_class = torch.zeros(len(model.basic), len(info.classes))
     for k, b in enumerate(model.basic):
         basic_to_class[k, list(b)] = 1.0
