@@ -135,3 +135,42 @@ def test_every_method_has_one_look_of_its_own_in_every_figure():
     colours = [c for _, c, _ in METHOD_STYLES.values()]
     labels = [label for label, _, _ in METHOD_STYLES.values()]
     assert len(set(colours)) == len(colours) and len(set(labels)) == len(labels)
+
+
+def test_macs_against_difficulty_within_a_size_and_overall():
+    from hypersan.research.report import difficulty, difficulty_table, pearson
+
+    assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0) and pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1)
+    assert pearson([1, 2], [1, 2]) is None and pearson([1, 1, 1], [1, 2, 3]) is None
+    sets = ["A|B", "C|D", "E|F", "A|B|C", "D|E|F", "A|C|E"]
+    errs = [0.02, 0.10, 0.06, 0.05, 0.15, 0.10]  # dense error on each set
+    macs = [0.05, 0.04, 0.06, 0.08, 0.07, 0.09]  # MACs grow with size but not with error within a size
+    rows = [_row("dense", 0, c, 1 - e) for c, e in zip(sets, errs)]
+    rows += [_row("hypernet", 0, c, 0.9, m) for c, m in zip(sets, macs)]
+    d = difficulty(rows, "hypernet", 4.0)
+    assert d["sets"] == 6
+    assert d["size"][0] == pytest.approx(pearson(macs, [2, 2, 2, 3, 3, 3]))
+    assert d["error"][0] == pytest.approx(pearson(macs, errs))
+    within = d["error_within_size"][0]  # MACs and error less their size's mean: (0, -.01, .01, 0, -.01, .01)
+    assert within == pytest.approx(pearson([0, -0.01, 0.01, 0, -0.01, 0.01], [-0.04, 0.04, 0, -0.05, 0.05, 0]))
+    assert within < 0  # this net spends less on its harder sets of a size
+    assert f"| hypernet | 6 | {d['size'][0]:.2f} |" in difficulty_table(rows, 4.0)
+
+
+def test_accuracy_against_seconds_per_class_set_on_the_peers_sets():
+    from hypersan.research.report import per_subset_seconds, seconds_table
+
+    rows = [_row("dense", 0, "A|B", 0.90), _row("dense", 0, "C|D", 0.80)]
+    for m, acc, secs, steps in (("hypernet", 0.88, 0.5, 0), ("tp_subset_ft_long", 0.91, 100.0, 2000)):
+        r = _row(m, 0, "A|B", acc, 0.05)
+        r.update(build_s=secs, finetune_steps=steps)
+        rows.append(r)
+    off = _row("hypernet", 0, "C|D", 0.70, 0.05)  # no peer built for C|D: not in the comparison
+    off["build_s"] = 0.1
+    rows.append(off)
+    t = per_subset_seconds(rows, 4.0)
+    assert set(t) == {"hypernet", "tp_subset_ft_long"} and t["hypernet"]["sets"] == 1
+    assert t["hypernet"]["gap"] == pytest.approx([-2.0]) and t["tp_subset_ft_long"]["seconds"] == 100.0
+    lines = seconds_table(rows, 4.0).splitlines()
+    assert lines[2].startswith("| hypernet |") and lines[3].startswith("| tp_subset_ft_long |")  # by seconds
+    assert "| 2,000 | 100.00 |" in lines[3]

@@ -349,6 +349,89 @@ def matched_mac_table(rows: list[dict], gamma: float, split: str = "test", metho
     return "\n".join(lines)
 
 
+def pearson(xs: list[float], ys: list[float]) -> Optional[float]:
+    """Pearson's r of two equally long lists; None with fewer than 3 points or a constant list."""
+    if len(xs) < 3 or len(xs) != len(ys):
+        return None
+    mx, my = statistics.mean(xs), statistics.mean(ys)
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    sxx, syy = sum((x - mx) ** 2 for x in xs), sum((y - my) ** 2 for y in ys)
+    return None if sxx == 0 or syy == 0 else sxy / math.sqrt(sxx * syy)
+
+
+def _less_group_mean(rows: list[dict], value, key: str = "size") -> list[float]:
+    """value(r) less the mean of value over the rows of r's group (same `key`)."""
+    groups = _by(rows, key)
+    means = {k: statistics.mean(value(r) for r in g) for k, g in groups.items()}
+    return [value(r) - means[(r[key],)] for r in rows]
+
+
+def difficulty(rows: list[dict], method: str, gamma: float, split: str = "test") -> dict:
+    """Does a method spend MACs where its class sets are hard? Per seed, over its class sets (seen and held-out;
+    sets of size >= 2, since a single class is scored one-vs-rest): Pearson's r of mac_ratio with the subset size,
+    with the dense net's error on the set (1 − its accuracy), and with that error within a size (each set's
+    MACs and error less the mean of its size), as {name: [r per seed]}."""
+    ref = reference_acc(rows)
+    out: dict = {"sets": 0, "size": [], "error": [], "error_within_size": []}
+    for (seed,), group in sorted(_by(select(rows, method, gamma, split, size=lambda k: k >= 2), "seed").items()):
+        group = [r for r in group if (seed, split, r["classes"]) in ref]
+        err = {id(r): 1 - ref[(seed, split, r["classes"])] for r in group}
+        macs = [r["mac_ratio"] for r in group]
+        out["sets"] = max(out["sets"], len(group))
+        for name, xs, ys in (("size", macs, [float(r["size"]) for r in group]),
+                             ("error", macs, [err[id(r)] for r in group]),
+                             ("error_within_size", _less_group_mean(group, lambda r: r["mac_ratio"]),
+                              _less_group_mean(group, lambda r: err[id(r)]))):
+            r = pearson(xs, ys)
+            if r is not None:
+                out[name].append(r)
+    return out
+
+
+def difficulty_table(rows: list[dict], gamma: float, split: str = "test") -> str:
+    """Markdown: per jointly trained method, the correlation of its class sets' MACs with their size and with the
+    dense net's error on them (difficulty), overall and within a size (mean ± std over seeds)."""
+    lines = ["| method | class sets (per seed) | r(MACs, size) | r(MACs, dense error) | r(MACs, dense error) within "
+             "a size |", "|---|---|---|---|---|"]
+    for method in ("hypernet", "hypernet_text", "pertask"):
+        d = difficulty(rows, method, gamma, split)
+        if d["sets"]:
+            lines.append(f"| {method} | {d['sets']} | {mean_std(d['size'], 2)} | {mean_std(d['error'], 2)} | "
+                         f"{mean_std(d['error_within_size'], 2)} |")
+    return "\n".join(lines)
+
+
+def per_subset_seconds(rows: list[dict], gamma: float, split: str = "test") -> dict:
+    """{method: {...}} on the class sets the per-subset peers were built for (at the hypernetwork's MACs): each
+    method's mean accuracy and gap to the dense net (per seed), mean mac_ratio, and the median seconds to get a
+    net for a new class set (cold build: masks and calibration for the hypernetwork; pruning, fine-tuning and
+    calibration for a peer)."""
+    peers = {(r["seed"], r["classes"]) for r in select(rows, gamma=gamma, split=split)
+             if r["method"] in PEERS and r["method"] != "scratch"}
+    ref = reference_acc(rows)
+    out = {}
+    for (method,), group in sorted(_by(select(rows, gamma=gamma, split=split), "method").items()):
+        group = [r for r in group if (r["seed"], r["classes"]) in peers and r.get("build_s") is not None]
+        if not group or method in ("dense", "agnostic_tp", "agnostic_hypernet"):
+            continue
+        out[method] = {"sets": len(group), "acc": per_seed_means(group, "acc"),
+                       "gap": per_seed_means(group, lambda r: gap(r, ref)),
+                       "mac_ratio": _mean(r["mac_ratio"] for r in group),
+                       "seconds": statistics.median(r["build_s"] for r in group),
+                       "steps": statistics.median(r.get("finetune_steps") or 0 for r in group)}
+    return out
+
+
+def seconds_table(rows: list[dict], gamma: float, split: str = "test") -> str:
+    """Markdown: accuracy against the seconds each method needs per new class set, at matched MACs."""
+    lines = ["| method | nets (all seeds) | acc | acc − dense (pt) | mac_ratio | fine-tuning steps | median seconds "
+             "per new class set |", "|---|---|---|---|---|---|---|"]
+    for method, c in sorted(per_subset_seconds(rows, gamma, split).items(), key=lambda kv: kv[1]["seconds"]):
+        lines.append(f"| {method} | {c['sets']} | {mean_std(c['acc'], 4)} | {mean_std(c['gap'], 2)} | "
+                     f"{c['mac_ratio']:.3f} | {c['steps']:,.0f} | {c['seconds']:.2f} |")
+    return "\n".join(lines)
+
+
 def heldout_vs_pertask(rows: list[dict], gamma: float, split: str = "test", min_size: int = 3) -> dict:
     """Held-out combinations of size >= min_size: hypernet and per-task masks, per-seed mean acc and mac_ratio,
     and their paired difference."""
@@ -419,6 +502,13 @@ def write_reports(out: Path, rows: list[dict], extras: dict, gamma: Optional[flo
           "## Matched MACs (validation)", "", matched_mac_table(rows, gamma, "val"), "",
           "## By subtask size, seen (gap to dense in pt / mac_ratio)", "", size_table(rows, gamma, True), "",
           "## By subtask size, held-out", "", size_table(rows, gamma, False), "",
+          "## Accuracy against seconds per new class set, at matched MACs (test)", "",
+          "On the class sets the per-subset peers were built for; seconds are a cold build on this machine "
+          "(`hypersan bench` names it), fine-tuning included.", "", seconds_table(rows, gamma), "",
+          "## MACs against difficulty (test)", "",
+          "Pearson's r over each seed's class sets of size 2 or more; the dense net's error on a set is its "
+          "difficulty. A net that spends where its classes are hard has r(MACs, dense error) > 0 within a size.",
+          "", difficulty_table(rows, gamma), "",
           "## Sweeps", "", sweep_table(rows), "",
           "## Monotonicity of kept channels", "", monotonicity_table(extras), "",
           "## Cost of a subtask network", "",
@@ -463,7 +553,7 @@ def method_style(method: str, index: int = 0) -> dict:
 
 
 def write_plots(folder: Path, rows: list[dict], gamma: float) -> list[str]:
-    """pareto.png, mac_vs_size.png, kept_channels.png; [] when matplotlib is not installed."""
+    """pareto.png, mac_vs_size.png, acc_vs_seconds.png, kept_channels.png; [] when matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -518,6 +608,20 @@ def write_plots(folder: Path, rows: list[dict], gamma: float) -> list[str]:
     fig.tight_layout()
     paths.append(_save(fig, folder / "mac_vs_size.png"))
     plt.close(fig)
+
+    timed = per_subset_seconds(rows, gamma)
+    if timed:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for k, (method, c) in enumerate(sorted(timed.items())):
+            ax.plot([c["seconds"]], [100 * statistics.mean(c["acc"])], linestyle="none", **method_style(method, k))
+        ax.set_xscale("log")
+        ax.set_xlabel("seconds to a net for a new class set (cold build, fine-tuning included; log scale)")
+        ax.set_ylabel("test accuracy at matched MACs (%)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        paths.append(_save(fig, folder / "acc_vs_seconds.png"))
+        plt.close(fig)
 
     with_widths = [r for r in main_rows(rows, gamma) if r.get("widths")]
     if with_widths:
