@@ -77,6 +77,12 @@ def test_a_custom_network_trains_and_its_pruned_net_equals_the_masked_one(traine
             pruned = net(x)
         masked = engine.predict(x, classes)[:, idx]
         assert torch.allclose(pruned, masked, atol=1e-4), (pruned - masked).abs().max()
+        # the masked form as a plain net (physical=False): the dense widths, its masked channels zeroed
+        zeroed = engine.subnet(classes, physical=False)
+        assert zeroed.arch["site_widths"] == full and zeroed.classes == classes
+        assert engine.cost(zeroed)["mac_ratio"] > 0.99  # the dense net's cost, less the head's cut rows
+        with torch.no_grad():
+            assert torch.allclose(zeroed(x), masked, atol=1e-4), (zeroed(x) - masked).abs().max()
 
 
 @pytest.mark.parametrize("model", list(FACTORIES))

@@ -1,5 +1,5 @@
 """A net's BatchNorm running statistics, read and written by module name: what a subtask's own statistics
-replace in a copy of the backbone (prune.stats computes and caches them; nn.custom loads them)."""
+replace in a copy of the backbone (prune.stats computes and caches them; prune.surgery loads them into a subnet)."""
 from __future__ import annotations
 
 from typing import Dict

@@ -4,13 +4,12 @@ The network comes from a factory named in the config (`factory = "package.module
 config's `kwargs` and `num_classes`), so a checkpoint rebuilds it from code the user controls, never from a
 pickle. Its channel groups are found by Torch-Pruning's dependency graph (`nn.graph`), traced once from a zero
 image of the data set's shape; each group is one utility site, and masks reach it through forward hooks, so the
-user's module is not rewritten. A pruned net may fold each BN that directly follows a conv into it (`fold_bn`).
-Scaling sites are not declared: a group's consumers may be any layer, and
-utility masks alone decide what is kept.
+user's module is not rewritten. Its surgery is `prune.surgery.prune_backbone`, the one for every backbone;
+`rebuild_subnet` rebuilds a pruned net's modules from its artifact. Scaling sites are not declared: a group's
+consumers may be any layer, and utility masks alone decide what is kept.
 """
 from __future__ import annotations
 
-import copy
 import importlib
 import os
 import sys
@@ -20,8 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .backbones import Normalize, Site
-from .bn import set_bn_stats
-from .graph import (ChannelGroup, GraphError, GraphMasks, check_groups, conv_bn_pairs, find_groups, fold_pairs,
+from .graph import (GraphError, GraphMasks, check_groups, conv_bn_pairs, find_groups, fold_pairs,
                     layer_index, prune_groups)
 
 ARCH = "custom"
@@ -149,40 +147,8 @@ class CustomSubnet(nn.Module):
         return self.net(self.norm(x))
 
 
-def kept_indices(groups: List[ChannelGroup], masks: Optional[Dict[str, Tensor]]) -> Dict[str, List[int]]:
-    """The kept channels of every group (all of them without masks)."""
-    out = {}
-    for g in groups:
-        if masks is None or g.name not in masks:
-            out[g.name] = list(range(g.size))
-        else:
-            out[g.name] = (masks[g.name].reshape(-1, g.size)[0] != 0).nonzero().flatten().tolist()
-    return out
-
-
-def prune_custom(backbone: CustomBackbone, masks: Optional[Dict[str, Tensor]], classes: List[int],
-                 class_names: List[str], bn_stats: Optional[Dict[str, Tensor]] = None,
-                 fold_bn: bool = False) -> CustomSubnet:
-    """The pruned net of a subtask: a copy of the user's network with the subtask's BN statistics, every group's
-    masked channels removed by Torch-Pruning's group pruning, the head cut to `classes`; with fold_bn, every BN
-    that directly follows a conv (and only it) folded into that conv (`arch["folded"]` names the pairs)."""
-    net = copy.deepcopy(backbone.net).eval()
-    if bn_stats is not None:
-        set_bn_stats(net, bn_stats, prefix="net.")  # the statistics are the backbone's, whose `net` this is
-    kept = kept_indices(backbone.groups, masks)
-    full = {g.name: _mask_of(kept[g.name], g.size) for g in backbone.groups}
-    pruned = prune_groups(net, backbone.groups, full, backbone.example().to(next(net.parameters()).device),
-                          backbone.head_name, list(classes))
-    pairs = backbone.bn_pairs() if fold_bn else []
-    fold_pairs(pruned, pairs)
-    arch = dict(backbone.arch, num_classes=len(classes), dense_num_classes=backbone.arch["num_classes"], kept=kept,
-                classes_kept=list(classes), site_widths={g: len(k) for g, k in kept.items()}, folded=pairs)
-    out = CustomSubnet(copy.deepcopy(backbone.norm), pruned, class_names, arch).eval()
-    out.bn_folded = fold_bn
-    return out
-
-
-def _mask_of(kept: List[int], size: int) -> Tensor:
+def mask_of(kept: List[int], size: int) -> Tensor:
+    """The 0/1 mask of `size` channels that keeps `kept`."""
     m = torch.zeros(size)
     m[kept] = 1.0
     return m
@@ -198,7 +164,7 @@ def rebuild_subnet(arch: dict, classes: List[str]) -> CustomSubnet:
     if unknown:
         raise GraphError(f"the artifact names channel groups {unknown} that {arch['factory']} no longer has: the "
                          "network's code changed since the artifact was written")
-    masks = {g.name: _mask_of(kept.get(g.name, list(range(g.size))), g.size) for g in dense.groups}
+    masks = {g.name: mask_of(kept.get(g.name, list(range(g.size))), g.size) for g in dense.groups}
     net = prune_groups(dense.net, dense.groups, masks, dense.example(), dense.head_name, list(arch["classes_kept"]))
     folded = arch.get("folded", [])
     names = dict(net.named_modules())
@@ -213,5 +179,4 @@ def rebuild_subnet(arch: dict, classes: List[str]) -> CustomSubnet:
     return out
 
 
-__all__ = ["ARCH", "CustomBackbone", "CustomSubnet", "kept_indices", "load_factory", "make_network", "prune_custom",
-           "rebuild_subnet"]
+__all__ = ["ARCH", "CustomBackbone", "CustomSubnet", "load_factory", "make_network", "mask_of", "rebuild_subnet"]

@@ -241,16 +241,44 @@ def prune_groups(model: nn.Module, groups: list[ChannelGroup], masks: Dict[str, 
             fn = tp.prune_conv_out_channels if isinstance(root, nn.Conv2d) else tp.prune_linear_out_channels
             dg.get_pruning_group(root, fn, idxs=removed).prune()
     if classes is not None:
-        old = net.get_submodule(head)
-        rows = torch.tensor(sorted(classes), device=old.weight.device)
-        new = nn.Linear(old.in_features, len(rows), bias=old.bias is not None).to(old.weight.device)
-        with torch.no_grad():
-            new.weight.copy_(old.weight[rows])
-            if old.bias is not None:
-                new.bias.copy_(old.bias[rows])
-        parent, _, leaf = head.rpartition(".")
-        setattr(net.get_submodule(parent) if parent else net, leaf, new)
+        cut_head(net, head, classes)
     return net
+
+
+def cut_head(net: nn.Module, head: str, classes: List[int]) -> nn.Module:
+    """Replace the linear head `head` of `net`, in place, by one with the rows of `classes` (ascending)."""
+    old = net.get_submodule(head)
+    rows = torch.tensor(sorted(classes), device=old.weight.device)
+    new = nn.Linear(old.in_features, len(rows), bias=old.bias is not None).to(old.weight.device)
+    with torch.no_grad():
+        new.weight.copy_(old.weight[rows])
+        if old.bias is not None:
+            new.bias.copy_(old.bias[rows])
+    parent, _, leaf = head.rpartition(".")
+    setattr(net.get_submodule(parent) if parent else net, leaf, new)
+    return net
+
+
+@torch.no_grad()
+def zero_groups(model: nn.Module, groups: list[ChannelGroup], masks: Dict[str, Tensor],
+                index: Optional[LayerIndex] = None) -> nn.Module:
+    """`model`, in place, with every masked channel's producers zeroed: the rows (and bias) of each conv, linear
+    and BN that outputs it. What GraphMasks computes with 0/1 masks, as plain weights at the dense widths."""
+    where = layer_index(groups) if index is None else index
+    for name, entries in where.items():
+        module = model.get_submodule(name)
+        for g, at, src in entries:
+            off = masks[g.name].reshape(-1, g.size)[0].to("cpu")[src] == 0
+            if getattr(module, "weight", None) is None:
+                if bool(off.any()):
+                    raise GraphError(f"{name}: a {type(module).__name__} without affine weights cannot zero a "
+                                     "channel; its masked form needs the physical net (physical=True)")
+                continue
+            rows = at[off].to(module.weight.device)
+            module.weight[rows] = 0.0
+            if module.bias is not None:
+                module.bias[rows] = 0.0
+    return model
 
 
 def conv_bn_pairs(model: nn.Module, example_input: Tensor) -> List[List[str]]:
@@ -299,5 +327,5 @@ def fold_pairs(model: nn.Module, pairs: List[List[str]]) -> nn.Module:
     return model
 
 
-__all__ = ["ChannelGroup", "GraphError", "GraphMasks", "check_groups", "conv_bn_pairs", "find_groups", "find_head",
-           "fold_pairs", "layer_index", "prune_groups"]
+__all__ = ["ChannelGroup", "GraphError", "GraphMasks", "check_groups", "conv_bn_pairs", "cut_head", "find_groups",
+           "find_head", "fold_pairs", "layer_index", "prune_groups", "zero_groups"]

@@ -25,7 +25,7 @@ from ..data.datasets import DatasetError, split_train_val, validation_images, va
 from ..deploy.export import DEFAULT_FORMATS, parse_formats, save_subnet
 from ..io import atomic_dir
 from .metrics import count_macs, count_params, kept_widths, plain_accuracy_and_errors, subnet_cost
-from ..nn.custom import CustomBackbone, prune_custom
+from ..nn.custom import CustomBackbone
 from ..nn.model import SubtaskAdaptiveNet
 from .stats import (STATS_FILE, BNStats, CalibSpec, StatsCache, StatsKey, get_bn_stats, images_fingerprint,
                     masks_fingerprint, recalibrate, set_bn_stats, weights_fingerprint)
@@ -494,14 +494,8 @@ class PruningEngine:
         stats, _ = self._statistics(subtask, masks, text, rounding, seed, images)
         cls = list(range(len(self.model.classes))) if subtask is None else list(subtask)
         names = [self.model.classes[i] for i in cls]
-        if isinstance(self.model.backbone, CustomBackbone):
-            if not physical:
-                raise ValueError("physical=False (the masked form) is built for the built-in backbones only; a custom "
-                                 "model's masked form is engine.predict")
-            net = prune_custom(self.model.backbone, masks, cls, names, stats, fold_bn=fold_bn)
-        else:
-            net = prune_backbone(self.model.backbone, masks, cls, names, bn_stats=stats, fold_bn=fold_bn,
-                                 input_shape=self.model.info.input_shape, physical=physical)
+        net = prune_backbone(self.model.backbone, masks, cls, names, bn_stats=stats, fold_bn=fold_bn,
+                             input_shape=self.model.info.input_shape, physical=physical)
         if grounding is not None:
             net.request = grounding.request
             net.grounding = grounding.to_dict()

@@ -1,13 +1,22 @@
-"""Surgery: one subtask's masks -> a physically smaller plain network.
+"""Surgery: one subtask's masks -> a physically smaller plain network, for every kind of backbone.
 
-Pure functions of a backbone and one subtask's masks. Convs, BNs and the head are sliced to the kept channels;
-scaling masks are folded into the weight columns of the convs that consume them; BN statistics come from the
-subtask's recalibration; the head keeps only the subtask's classes, in ascending class-index order. Which
-site touches which conv is read from the backbone's own structure (`layer_plan`), so no layer list is
-written down twice.
+Pure functions of a backbone and one subtask's masks, with one entry point (`prune_backbone`) and one set of
+rules for both kinds of backbone: the kept channels of every utility site (`kept_channels`: binary masks, at
+least one channel per site), the subtask's BN statistics in place of the backbone's (checked against its BN
+buffers), the head cut to the subtask's classes in ascending class-index order, `physical=False` for the masked
+form at the dense widths, and `fold_bn`.
+
+- Built-in backbones (ResNet, VGG): convs, BNs and the head are sliced to the kept channels; scaling masks are
+  folded into the weight columns of the convs that consume them. Which site touches which conv is read from the
+  backbone's own structure (`layer_plan`), so no layer list is written down twice.
+- Custom backbones (`nn.custom.CustomBackbone`): each channel group's masked channels are removed by
+  Torch-Pruning's group pruning (`nn.graph.prune_groups`), or zeroed at their producers for the masked form
+  (`nn.graph.zero_groups`); the artifact records the kept channels, from which `nn.custom.rebuild_subnet`
+  rebuilds the modules.
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Dict, List, NamedTuple, Optional, Sequence
 
@@ -15,6 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from ..nn.backbones import ResNet, VGG
+from ..nn.custom import CustomBackbone, CustomSubnet, mask_of
+from ..nn.graph import fold_pairs, prune_groups, zero_groups, cut_head
 from ..io import load_checked
 from .stats import BNStats
 from ..nn.subnet import build_plain, fold_bn as fold_bn_into_convs
@@ -107,14 +118,11 @@ def prune_backbone(backbone: nn.Module, masks: Optional[Dict[str, Tensor]], clas
         raise ValueError(f"{len(names)} class names for {len(cls)} classes")
     sites = backbone.sites()
     keep = kept_channels(masks, sites)
+    sd = _with_stats(backbone, bn_stats)
+    if isinstance(backbone, CustomBackbone):
+        return _prune_graph(backbone, keep, cls, names, sd, fold_bn, physical)
     scales = {s.name: _row(masks[s.name], s.name) for s in sites
               if s.kind == "scaling" and masks is not None and s.name in masks}
-    sd = {k: v.detach() for k, v in backbone.state_dict().items()}
-    if bn_stats is not None:
-        missing = [k for k in sd if k.endswith((".running_mean", ".running_var")) and k not in bn_stats]
-        if missing:
-            raise ValueError(f"bn_stats lack {', '.join(missing[:4])}; they must come from the same backbone")
-        sd.update({k: v.to(sd[k].device, sd[k].dtype) for k, v in bn_stats.items() if k in sd})
 
     layers, head_in = layer_plan(backbone)
     # the channels each site keeps in the new net: the kept ones, or all of them (masked form)
@@ -152,6 +160,42 @@ def prune_backbone(backbone: nn.Module, masks: Optional[Dict[str, Tensor]], clas
     if fold_bn:
         net = fold_bn_into_convs(net)
     return net.eval()
+
+
+def _with_stats(backbone: nn.Module, bn_stats: Optional[BNStats]) -> Dict[str, Tensor]:
+    """The backbone's state dict (detached), with `bn_stats` (keyed as its own BN buffers) in place of its running
+    statistics; a ValueError when they lack any."""
+    sd = {k: v.detach() for k, v in backbone.state_dict().items()}
+    if bn_stats is not None:
+        missing = [k for k in sd if k.endswith((".running_mean", ".running_var")) and k not in bn_stats]
+        if missing:
+            raise ValueError(f"bn_stats lack {', '.join(missing[:4])}; they must come from the same backbone")
+        sd.update({k: v.to(sd[k].device, sd[k].dtype) for k, v in bn_stats.items() if k in sd})
+    return sd
+
+
+def _prune_graph(backbone: CustomBackbone, keep: Dict[str, Tensor], cls: List[int], names: List[str],
+                 sd: Dict[str, Tensor], fold_bn: bool, physical: bool) -> CustomSubnet:
+    """A custom backbone's subnet: a copy of the user's network with the state `sd`, every group's masked channels
+    removed (or zeroed at their producers, physical=False), the head cut to `cls`; with fold_bn, every BN that
+    directly follows a conv (and only it) folded into that conv (`arch["folded"]` names the pairs)."""
+    net = copy.deepcopy(backbone.net).eval()
+    load_checked(net, {k[len("net."):]: v for k, v in sd.items() if k.startswith("net.")}, "surgery")
+    full = {g.name: mask_of(keep[g.name].tolist(), g.size) for g in backbone.groups}
+    if physical:
+        net = prune_groups(net, backbone.groups, full, backbone.example().to(next(net.parameters()).device),
+                           backbone.head_name, cls)
+        kept = {g: k.tolist() for g, k in keep.items()}
+    else:  # the dense widths, every masked channel zeroed where it is produced
+        cut_head(zero_groups(net, backbone.groups, full), backbone.head_name, cls)
+        kept = {g.name: list(range(g.size)) for g in backbone.groups}
+    pairs = backbone.bn_pairs() if fold_bn else []
+    fold_pairs(net, pairs)
+    arch = dict(backbone.arch, num_classes=len(cls), dense_num_classes=backbone.arch["num_classes"], kept=kept,
+                classes_kept=list(cls), site_widths={g: len(k) for g, k in kept.items()}, folded=pairs)
+    out = CustomSubnet(copy.deepcopy(backbone.norm), net, names, arch).eval()
+    out.bn_folded = fold_bn
+    return out
 
 
 ROUND_MODES = ("up", "nearest")
