@@ -44,6 +44,7 @@ class ModelConfig:
     factory: str = ""  # custom: "package.module:function" returning the nn.Module; called with kwargs, num_classes
     kwargs: dict[str, Any] = field(default_factory=dict)  # custom: keyword arguments of the factory
     weights: str = ""  # custom: your trained weights (.safetensors, or a state_dict file) that start training
+    scaling: bool = True  # custom: a scaling mask per channel group, as the built-in backbones have (always)
 
 
 @dataclass
@@ -372,6 +373,9 @@ def validate(cfg: Config) -> None:
                           if cfg.model.arch == "custom" else
                           f"model.factory is read with model.arch = 'custom' only (it is {cfg.model.arch!r}); "
                           "set arch = 'custom', or remove factory")
+    if not cfg.model.scaling and cfg.model.arch != "custom":
+        raise ConfigError("model.scaling = false is read with model.arch = 'custom' only; the built-in backbones "
+                          "always have their scaling sites")
     if cfg.model.weights and cfg.model.arch != "custom":
         raise ConfigError("model.weights loads your own network's trained weights (model.arch = 'custom'); a built-in "
                           "backbone starts from another hypersan run with train.init_from")

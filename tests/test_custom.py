@@ -284,3 +284,36 @@ def test_user_weights_that_do_not_fit_are_named(tmp_path):
         load_user_weights(net, str(tmp_path / "bad.pt"))
     with pytest.raises(ConfigError, match="train.init_from"):
         load_config(None, ['model.weights="w.pt"'])
+
+
+@pytest.mark.parametrize("model", list(FACTORIES))
+def test_scaling_sites_of_a_custom_network_are_folded_exactly(model):
+    from hypersan.nn.custom import CustomBackbone
+    from hypersan.prune.surgery import prune_backbone
+
+    factory, _ = FACTORIES[model]
+    kwargs = {"in_channels": 3, **({"growth": 4} if model == "densenet" else {"width": 4})}
+    plain = CustomBackbone(factory, kwargs, 3, 4, [3, 28, 28], [0.5] * 3, [0.25] * 3)
+    bb = CustomBackbone(factory, kwargs, 3, 4, [3, 28, 28], [0.5] * 3, [0.25] * 3, scaling=True)
+    assert not [s for s in plain.sites() if s.kind == "scaling"]
+    scaling = [s for s in bb.sites() if s.kind == "scaling"]
+    assert scaling and all(s.name.endswith(".scale") for s in scaling)
+    assert bb.arch["site_widths"] == plain.arch["site_widths"]  # widths name the utility sites only
+    gen = torch.Generator().manual_seed(1)
+    masks = {}
+    for s in bb.sites():
+        if s.kind == "utility":
+            m = (torch.rand(s.size, generator=gen) < 0.6).float()
+            m[0] = 1.0
+        else:
+            m = 1 + 0.5 * torch.randn(s.size, generator=gen)
+        masks[s.name] = m[None]
+    x = torch.rand(3, 3, 28, 28, generator=gen)
+    utility = {k: v for k, v in masks.items() if not k.endswith(".scale")}
+    bb.eval()
+    with torch.no_grad():
+        scaled, unscaled = bb(x, masks), bb(x, utility)
+        assert (scaled - unscaled).abs().max() > 1e-3  # the scalings change the function
+        for physical in (True, False):
+            net = prune_backbone(bb, masks, [0, 2], physical=physical)
+            assert torch.allclose(net(x), scaled[:, [0, 2]], atol=1e-4), physical

@@ -188,7 +188,8 @@ def test_a_run_saved_before_the_recipe_keys_resumes_with_the_legacy_recipe(tmp_p
     path = tmp_path / "run" / "config.json"
     saved = json.loads(path.read_text())
     for section, key in (("loss", "subset_share"), ("loss", "sparsity_price"), ("loss", "distill_over"),
-                         ("subtasks", "sampling"), ("subtasks", "sets_per_batch"), ("train", "sandwich")):
+                         ("subtasks", "sampling"), ("subtasks", "sets_per_batch"), ("train", "sandwich"),
+                         ("subtasks", "size_tail"), ("model", "scaling")):
         del saved[section][key]
     path.write_text(json.dumps(saved))
     train(cfg, tmp_path / "run", resume=True, log=lambda m: None)

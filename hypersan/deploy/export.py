@@ -58,7 +58,7 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def subnet_config(net: nn.Module, subtask: Optional[Sequence[int]] = None, source: Optional[str] = None) -> dict:
     """The config.json of a plain net: architecture, per-layer widths, classes, input shape, provenance."""
-    arch = {k: v for k, v in net.arch.items() if k not in ("site_widths", "num_classes")}
+    arch = {k: v for k, v in net.arch.items() if k not in ("site_widths", "num_classes", "scaling")}
     src = Path(source) / "model.safetensors" if source else None
     return {
         "format": ARTIFACT_FORMAT,

@@ -87,6 +87,9 @@ def read_checkpoint(path: str | os.PathLike | None) -> tuple[Path, Config, Datas
     if isinstance(raw, dict) and isinstance(raw.get("data"), dict):
         raw["data"].setdefault("val_size", 0)  # written before validation splits existed: trained on every image
         raw["data"].setdefault("val_split", "sample")  # written before "auto": val_size images were held out
+    if isinstance(raw, dict) and isinstance(raw.get("model"), dict):
+        # written before custom networks had scaling sites (the built-in backbones always had theirs)
+        raw["model"].setdefault("scaling", raw["model"].get("arch") != "custom")
     try:
         config = config_from_dict(raw)
     except ValueError as e:

@@ -4,9 +4,10 @@ The network comes from a factory named in the config (`factory = "package.module
 config's `kwargs` and `num_classes`), so a checkpoint rebuilds it from code the user controls, never from a
 pickle. Its channel groups are found by Torch-Pruning's dependency graph (`nn.graph`), traced once from a zero
 image of the data set's shape; each group is one utility site, and masks reach it through forward hooks, so the
-user's module is not rewritten. Its surgery is `prune.surgery.prune_backbone`, the one for every backbone;
-`rebuild_subnet` rebuilds a pruned net's modules from its artifact. Scaling sites are not declared: a group's
-consumers may be any layer, and utility masks alone decide what is kept.
+user's module is not rewritten. With `scaling` (`[model] scaling`, the default), each group also has a scaling
+site: a multiplier per channel where conv and linear layers read the group. Its surgery is
+`prune.surgery.prune_backbone`, the one for every backbone; `rebuild_subnet` rebuilds a pruned net's modules
+from its artifact.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .backbones import Normalize, Site
-from .graph import (GraphError, GraphMasks, check_groups, conv_bn_pairs, find_groups, fold_pairs,
+from .graph import (SCALE, GraphError, GraphMasks, check_groups, conv_bn_pairs, find_groups, fold_pairs,
                     layer_index, prune_groups)
 
 ARCH = "custom"
@@ -87,7 +88,7 @@ class CustomBackbone(nn.Module):
     ARCH = ARCH
 
     def __init__(self, factory: str, kwargs: dict, in_channels: int, num_classes: int, input_shape: List[int],
-                 mean: List[float], std: List[float]):
+                 mean: List[float], std: List[float], scaling: bool = False):
         super().__init__()
         self.norm = Normalize(mean, std)
         self.net = make_network(factory, kwargs, num_classes)
@@ -97,14 +98,18 @@ class CustomBackbone(nn.Module):
         self.groups, self.head_name = find_groups(self.net, self.example())
         check_groups(self.net, self.groups, self.head_name, self.example())  # pruned == masked, or a GraphError
         self._index = layer_index(self.groups)  # once, not at every masked forward
+        self._inputs = layer_index(self.groups, "inputs")
         self._bn_pairs: Optional[List[List[str]]] = None  # conv -> BN pairs, read at the first folded build
         out = self.net.get_submodule(self.head_name).out_features
         if out != num_classes:
             raise GraphError(f"model.factory = {factory!r} built a head of {out} outputs for {num_classes} classes")
         self._sites = [Site(g.name, g.size, "utility") for g in self.groups]
+        if scaling:  # a scaling site per group, on the channels where its readers take them in
+            self._sites += [Site(g.name + SCALE, g.size, "scaling") for g in self.groups if g.inputs]
         self.arch = {"arch": ARCH, "factory": factory, "kwargs": dict(kwargs), "in_channels": in_channels,
                      "num_classes": num_classes, "input_shape": list(self.input_shape), "mean": list(mean),
-                     "std": list(std), "site_widths": {s.name: s.size for s in self._sites}}
+                     "std": list(std), "scaling": bool(scaling),
+                     "site_widths": {s.name: s.size for s in self._sites if s.kind == "utility"}}
 
     def example(self, batch: int = 2) -> Tensor:
         """A zero batch of the input shape, on the network's device: what the graph is traced with."""
@@ -125,7 +130,7 @@ class CustomBackbone(nn.Module):
         x = self.norm(x)
         if not masks:
             return self.net(x)
-        with GraphMasks(self.net, self.groups, masks, self._index):
+        with GraphMasks(self.net, self.groups, masks, self._index, self._inputs):
             return self.net(x)
 
 

@@ -8,7 +8,10 @@ to the subtask's classes by surgery.
 - **Masks in training and evaluation** (`GraphMasks`): forward hooks multiply the outputs of every conv,
   normalization and linear layer of a group by the group's mask (scattered to where the group's channels sit in
   that layer: a concatenation shifts them). Masking every producer, a BN after its conv included, makes a masked
-  channel exactly zero wherever it flows, as its removal would. The user's module is not rewritten.
+  channel exactly zero wherever it flows, as its removal would. A group's scaling mask (site `<group>.scale`)
+  multiplies the group's channels where a conv or linear layer reads them (forward pre-hooks), as the built-in
+  backbones scale a conv's inputs; surgery folds it into those layers' weight columns (`fold_scales`). The
+  user's module is not rewritten.
 - **Surgery** (`prune_groups`): a deep copy, each group's masked channels removed with Torch-Pruning's group
   pruning, and the head's rows cut to the subtask's classes. Pruned and masked nets agree (tested within 1e-4).
 
@@ -46,6 +49,11 @@ class ChannelGroup:
     size: int
     outputs: Dict[str, List[tuple[int, int]]]  # module name -> (channel in that module, channel of the group)
     consumers: List[str]  # modules that read these channels as inputs (for the record)
+    # conv and linear layers that read these channels: module name -> (input channel there, channel of the group)
+    inputs: Dict[str, List[tuple[int, int]]] = dataclasses.field(default_factory=dict)
+
+
+SCALE = ".scale"  # a group's scaling site is named "<group>.scale"
 
 
 def _tp():
@@ -110,6 +118,7 @@ def find_groups(model: nn.Module, example_input: Tensor, head: Optional[str] = N
         items = list(g._group)
         root = names[items[0].dep.target.module]
         outputs: Dict[str, List[tuple[int, int]]] = {}
+        inputs: Dict[str, List[tuple[int, int]]] = {}
         consumers = []
         for item in items:
             module = item.dep.target.module
@@ -121,8 +130,12 @@ def find_groups(model: nn.Module, example_input: Tensor, head: Optional[str] = N
                 outputs[name] += [(int(i), int(r)) for i, r in zip(item.idxs, item.root_idxs)]
             elif item.dep.handler.__name__ == "prune_in_channels":
                 consumers.append(name)
+                if isinstance(module, (nn.Conv2d, nn.Linear)):
+                    inputs.setdefault(name, [])
+                    inputs[name] += [(int(i), int(r)) for i, r in zip(item.idxs, item.root_idxs)]
         size = len(items[0].idxs)
-        groups.append(ChannelGroup(root, size, {k: sorted(set(v)) for k, v in outputs.items()}, consumers))
+        groups.append(ChannelGroup(root, size, {k: sorted(set(v)) for k, v in outputs.items()}, consumers,
+                                   {k: sorted(set(v)) for k, v in inputs.items()}))
     unknown = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))
                and not any(n in g.outputs for g in groups)]
     if unknown:
@@ -151,12 +164,13 @@ def check_groups(model: nn.Module, groups: list[ChannelGroup], head: str, exampl
         keep = (torch.rand(g.size, generator=gen) < 0.5).float()
         keep[int(torch.randint(g.size, (1,), generator=gen))] = 1.0  # at least one channel
         masks[g.name] = keep
+        masks[g.name + SCALE] = torch.randn(g.size, generator=gen) * 0.5 + 1.0
     x = torch.rand(example_input.shape, generator=gen).to(example_input)
     with torch.no_grad():
         with GraphMasks(net, groups, masks):
             want = net(x)
         try:
-            pruned = prune_groups(net, groups, masks, example_input, head)
+            pruned = prune_groups(fold_scales(copy.deepcopy(net), groups, masks), groups, masks, example_input, head)
             got = pruned(x)
         except Exception as e:
             raise GraphError(f"Torch-Pruning could not prune {type(model).__name__} consistently: {type(e).__name__}: "
@@ -173,15 +187,33 @@ def check_groups(model: nn.Module, groups: list[ChannelGroup], head: str, exampl
 LayerIndex = Dict[str, List[tuple[ChannelGroup, Tensor, Tensor]]]
 
 
-def layer_index(groups: list[ChannelGroup]) -> LayerIndex:
-    """Per layer: each group whose channels it outputs, with where they sit there and in the group (as tensors)."""
+def layer_index(groups: list[ChannelGroup], side: str = "outputs") -> LayerIndex:
+    """Per layer: each group whose channels it outputs (side "outputs") or reads ("inputs"), with where they sit
+    there and in the group (as tensors)."""
     out: LayerIndex = {}
     for g in groups:
-        for name, pairs in g.outputs.items():
+        for name, pairs in getattr(g, side).items():
             if pairs:
                 out.setdefault(name, []).append(
                     (g, torch.tensor([i for i, _ in pairs]), torch.tensor([r for _, r in pairs])))
     return out
+
+
+def _spread(entries, masks: Dict[str, Tensor], suffix: str, like: Tensor) -> Optional[Tensor]:
+    """(B or 1, channels of `like`): each group's mask `<group><suffix>` where its channels sit, 1 elsewhere; None
+    when no group of `entries` has that mask."""
+    parts = [(masks[g.name + suffix].reshape(-1, g.size).to(like.device, like.dtype), at.to(like.device),
+              src.to(like.device)) for g, at, src in entries if g.name + suffix in masks]
+    if not parts:
+        return None
+    full = torch.ones(max(m.shape[0] for m, _, _ in parts), like.shape[1], dtype=like.dtype, device=like.device)
+    for m, at, src in parts:
+        full[:, at] = m[:, src].expand(full.shape[0], -1)
+    return full
+
+
+def _times(x: Tensor, full: Tensor) -> Tensor:
+    return x * (full[:, :, None, None] if x.dim() == 4 else full)
 
 
 class GraphMasks:
@@ -192,28 +224,27 @@ class GraphMasks:
     """
 
     def __init__(self, model: nn.Module, groups: list[ChannelGroup], masks: Dict[str, Tensor],
-                 index: Optional[LayerIndex] = None):
-        """`index`: layer_index(groups), when the caller keeps it (a forward per batch need not rebuild it)."""
+                 index: Optional[LayerIndex] = None, inputs: Optional[LayerIndex] = None):
+        """`index`, `inputs`: layer_index(groups) and layer_index(groups, "inputs"), when the caller keeps them (a
+        forward per batch need not rebuild them)."""
         self.model, self.groups, self.masks = model, groups, masks
         self.handles: list = []
         self._where = layer_index(groups) if index is None else index
-
-    def _full(self, name: str, out: Tensor) -> Tensor:
-        """The mask of one layer's output channels (B or 1, width): each group's mask where its channels sit."""
-        parts = [(self.masks[g.name].reshape(-1, g.size).to(out.device, out.dtype), at.to(out.device),
-                  src.to(out.device)) for g, at, src in self._where[name]]
-        full = torch.ones(max(m.shape[0] for m, _, _ in parts), out.shape[1], dtype=out.dtype, device=out.device)
-        for m, at, src in parts:
-            full[:, at] = m[:, src].expand(full.shape[0], -1)
-        return full
+        scaled = any(g.name + SCALE in masks for g in groups)
+        self._reads = (layer_index(groups, "inputs") if inputs is None else inputs) if scaled else {}
 
     def __enter__(self) -> nn.Module:
         for name, module in self.model.named_modules():
             if name in self._where:
                 def hook(mod, args, out, name=name):
-                    full = self._full(name, out)
-                    return out * (full[:, :, None, None] if out.dim() == 4 else full)
+                    full = _spread(self._where[name], self.masks, "", out)
+                    return out if full is None else _times(out, full)
                 self.handles.append(module.register_forward_hook(hook))
+            if name in self._reads:
+                def pre(mod, args, name=name):
+                    full = _spread(self._reads[name], self.masks, SCALE, args[0])
+                    return None if full is None else (_times(args[0], full), *args[1:])
+                self.handles.append(module.register_forward_pre_hook(pre))
         return self.model
 
     def __exit__(self, *exc) -> None:
@@ -257,6 +288,24 @@ def cut_head(net: nn.Module, head: str, classes: List[int]) -> nn.Module:
     parent, _, leaf = head.rpartition(".")
     setattr(net.get_submodule(parent) if parent else net, leaf, new)
     return net
+
+
+@torch.no_grad()
+def fold_scales(model: nn.Module, groups: list[ChannelGroup], masks: Dict[str, Tensor]) -> nn.Module:
+    """`model`, in place, with each group's scaling mask (`<group>.scale` in masks, one subtask's) folded into the
+    weight columns of the conv and linear layers that read the group: what GraphMasks computes, as plain weights."""
+    for name, entries in layer_index(groups, "inputs").items():
+        module = model.get_submodule(name)
+        for g, at, src in entries:
+            if g.name + SCALE not in masks:
+                continue
+            s = masks[g.name + SCALE].reshape(-1, g.size)[0].to(module.weight.device, module.weight.dtype)[src]
+            w = module.weight
+            if isinstance(module, nn.Conv2d) and module.groups > 1:  # depthwise: input channel c is weight row c
+                w[at.to(w.device)] *= s.reshape(-1, *[1] * (w.dim() - 1))
+            else:
+                w[:, at.to(w.device)] *= s.reshape(1, -1, *[1] * (w.dim() - 2))
+    return model
 
 
 @torch.no_grad()
@@ -327,5 +376,5 @@ def fold_pairs(model: nn.Module, pairs: List[List[str]]) -> nn.Module:
     return model
 
 
-__all__ = ["ChannelGroup", "GraphError", "GraphMasks", "check_groups", "conv_bn_pairs", "cut_head", "find_groups",
-           "find_head", "fold_pairs", "layer_index", "prune_groups", "zero_groups"]
+__all__ = ["SCALE", "ChannelGroup", "GraphError", "GraphMasks", "check_groups", "conv_bn_pairs", "cut_head",
+           "find_groups", "find_head", "fold_pairs", "fold_scales", "layer_index", "prune_groups", "zero_groups"]

@@ -57,7 +57,7 @@ class SubtaskAdaptiveNet(nn.Module):
         c, h, w = info.input_shape
         if m.arch == "custom":  # the user's network, from its factory; its channel groups are the sites
             self.backbone = CustomBackbone(m.factory, m.kwargs, c, len(info.classes), [c, h, w], list(info.mean),
-                                           list(info.std))
+                                           list(info.std), scaling=m.scaling)
         else:
             self.backbone = build_backbone({"arch": m.arch, "in_channels": c, "num_classes": len(info.classes),
                                             "widths": m.widths, "blocks": m.blocks, "mean": list(info.mean),

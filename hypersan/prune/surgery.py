@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..nn.backbones import ResNet, VGG
 from ..nn.custom import CustomBackbone, CustomSubnet, mask_of
-from ..nn.graph import fold_pairs, prune_groups, zero_groups, cut_head
+from ..nn.graph import cut_head, fold_pairs, fold_scales, prune_groups, zero_groups
 from ..io import load_checked
 from .stats import BNStats
 from ..nn.subnet import build_plain, fold_bn as fold_bn_into_convs
@@ -119,10 +119,10 @@ def prune_backbone(backbone: nn.Module, masks: Optional[Dict[str, Tensor]], clas
     sites = backbone.sites()
     keep = kept_channels(masks, sites)
     sd = _with_stats(backbone, bn_stats)
-    if isinstance(backbone, CustomBackbone):
-        return _prune_graph(backbone, keep, cls, names, sd, fold_bn, physical)
     scales = {s.name: _row(masks[s.name], s.name) for s in sites
               if s.kind == "scaling" and masks is not None and s.name in masks}
+    if isinstance(backbone, CustomBackbone):
+        return _prune_graph(backbone, keep, scales, cls, names, sd, fold_bn, physical)
 
     layers, head_in = layer_plan(backbone)
     # the channels each site keeps in the new net: the kept ones, or all of them (masked form)
@@ -174,13 +174,15 @@ def _with_stats(backbone: nn.Module, bn_stats: Optional[BNStats]) -> Dict[str, T
     return sd
 
 
-def _prune_graph(backbone: CustomBackbone, keep: Dict[str, Tensor], cls: List[int], names: List[str],
-                 sd: Dict[str, Tensor], fold_bn: bool, physical: bool) -> CustomSubnet:
-    """A custom backbone's subnet: a copy of the user's network with the state `sd`, every group's masked channels
-    removed (or zeroed at their producers, physical=False), the head cut to `cls`; with fold_bn, every BN that
-    directly follows a conv (and only it) folded into that conv (`arch["folded"]` names the pairs)."""
+def _prune_graph(backbone: CustomBackbone, keep: Dict[str, Tensor], scales: Dict[str, Tensor], cls: List[int],
+                 names: List[str], sd: Dict[str, Tensor], fold_bn: bool, physical: bool) -> CustomSubnet:
+    """A custom backbone's subnet: a copy of the user's network with the state `sd`, the scaling masks folded into
+    the layers that read each group, every group's masked channels removed (or zeroed at their producers,
+    physical=False), the head cut to `cls`; with fold_bn, every BN that directly follows a conv (and only it)
+    folded into that conv (`arch["folded"]` names the pairs)."""
     net = copy.deepcopy(backbone.net).eval()
     load_checked(net, {k[len("net."):]: v for k, v in sd.items() if k.startswith("net.")}, "surgery")
+    fold_scales(net, backbone.groups, scales)
     full = {g.name: mask_of(keep[g.name].tolist(), g.size) for g in backbone.groups}
     if physical:
         net = prune_groups(net, backbone.groups, full, backbone.example().to(next(net.parameters()).device),

@@ -33,7 +33,7 @@ from ..data.subtasks import SubtaskSampler, microbatch_sizes, sample_combination
 # [train] settings that change how a run executes, not what it computes: a resumed run may change them
 EXECUTION_KEYS = ("progress", "threads", "device", "dist_timeout")
 # config keys added after runs were saved, with the value that describes those runs (a resume compares configs)
-ADDED_KEYS = {"data": {"val_split": "sample", "val_fraction": 0.1}, "model": {"weights": ""},
+ADDED_KEYS = {"data": {"val_split": "sample", "val_fraction": 0.1}, "model": {"weights": "", "scaling": None},
               "train": {"bf16": False, "dist_timeout": 1800.0, "init_from": "", "sandwich": False},
               "loss": {"subset_share": 0.0, "sparsity_price": "uniform", "distill_over": "all"},
               "subtasks": {"sampling": "own", "sets_per_batch": 0, "size_tail": 0.0}}
@@ -424,6 +424,8 @@ def _train(cfg: Config, out: Path, resume: bool, log: Callable[[str], None], sto
         saved_cfg = read_json(out / "config.json")
         for section, added in ADDED_KEYS.items():  # a run saved before these keys existed ran with these values
             for key, value in added.items():
+                if (section, key) == ("model", "scaling"):  # custom networks had none; built-ins always have them
+                    value = saved_cfg.get("model", {}).get("arch") != "custom"
                 saved_cfg.setdefault(section, {}).setdefault(key, value)
         diff = config_changes(saved_cfg, cfg.to_dict())
         outside = [k for k in diff if not k.startswith("train.")]
