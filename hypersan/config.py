@@ -379,9 +379,6 @@ def validate(cfg: Config) -> None:
     if cfg.model.weights and cfg.model.arch != "custom":
         raise ConfigError("model.weights loads your own network's trained weights (model.arch = 'custom'); a built-in "
                           "backbone starts from another hypersan run with train.init_from")
-    if cfg.model.arch == "custom" and cfg.generator.budget:
-        raise ConfigError("generator.budget = true counts MACs from the built-in backbones' structure; a custom "
-                          "model takes no budget yet: set generator.budget = false")
     choice(cfg.generator.kind, ("hypernet", "pertask"), "generator.kind")
     choice(cfg.generator.conditioning, ("multihot", "text"), "generator.conditioning")
     if cfg.generator.budget and cfg.generator.kind != "hypernet":
@@ -403,9 +400,6 @@ def validate(cfg: Config) -> None:
     choice(cfg.loss.sparsity_price, ("uniform", "macs"), "loss.sparsity_price")
     choice(cfg.loss.distill_over, ("all", "subset"), "loss.distill_over")
     choice(cfg.subtasks.sampling, ("own", "natural"), "subtasks.sampling")
-    if cfg.loss.sparsity_price == "macs" and cfg.model.arch == "custom":
-        raise ConfigError("loss.sparsity_price = 'macs' prices channels from the built-in backbones' structure; use "
-                          "'uniform' with a custom model")
     if cfg.train.sandwich and cfg.generator.budget:
         raise ConfigError("train.sandwich = true trains each batch's cheapest class set; a budget-conditioned model "
                           "trains every budget already: set train.sandwich = false")

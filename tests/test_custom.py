@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from hypersan.config import ConfigError, load_config
 from hypersan.data.datasets import save_folder_dataset
@@ -317,3 +318,77 @@ def test_scaling_sites_of_a_custom_network_are_folded_exactly(model):
         for physical in (True, False):
             net = prune_backbone(bb, masks, [0, 2], physical=physical)
             assert torch.allclose(net(x), scaled[:, [0, 2]], atol=1e-4), physical
+
+
+@pytest.mark.parametrize("model", list(FACTORIES))
+def test_the_mac_model_of_a_custom_network_counts_its_pruned_nets_exactly(model):
+    from hypersan.nn.custom import CustomBackbone
+    from hypersan.prune.budget import MacModel
+    from hypersan.prune.metrics import count_macs
+    from hypersan.prune.surgery import prune_backbone
+
+    factory, _ = FACTORIES[model]
+    kwargs = {"in_channels": 3, **({"growth": 4} if model == "densenet" else {"width": 4})}
+    bb = CustomBackbone(factory, kwargs, 3, 4, [3, 28, 28], [0.5] * 3, [0.25] * 3)
+    mac = MacModel(bb, [3, 28, 28])
+    assert mac.dense == count_macs(bb.net, (3, 28, 28))
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(3):
+        masks = {}
+        for s in bb.sites():
+            m = (torch.rand(s.size, generator=gen) < 0.5).float()
+            m[int(torch.randint(s.size, (1,), generator=gen))] = 1.0
+            masks[s.name] = m[None]
+        net = prune_backbone(bb, masks, [1, 3])
+        widths = {k: int(v.sum()) for k, v in masks.items()}
+        assert mac(widths, 2) == count_macs(net, (3, 28, 28))
+    prices = mac.prices()  # the derivative, a mean of one per channel
+    sizes = {s.name: s.size for s in bb.sites()}
+    assert sum(prices[n] * sizes[n] for n in sizes) / sum(sizes.values()) == pytest.approx(1.0)
+
+
+class _FlatHead(nn.Module):
+    def __init__(self, num_classes: int = 4):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, stride=4)
+        self.bn = nn.BatchNorm2d(4)
+        self.head = nn.Linear(4 * 7 * 7, num_classes)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+
+def test_a_head_on_flattened_maps_has_no_mac_model(monkeypatch):
+    import types
+
+    from hypersan.nn.custom import CustomBackbone
+    from hypersan.prune.budget import MacModel
+
+    monkeypatch.setitem(sys.modules, "flatnets", types.SimpleNamespace(build=lambda num_classes: _FlatHead(num_classes)))
+    bb = CustomBackbone("flatnets:build", {}, 3, 4, [3, 28, 28], [0.5] * 3, [0.25] * 3)
+    with pytest.raises(GraphError, match="flatten"):
+        MacModel(bb, [3, 28, 28])
+
+
+def test_budgets_and_the_guard_on_a_custom_network(tmp_path):
+    import copy
+
+    from hypersan.prune.engine import PruningEngine
+    from hypersan.prune.stats import set_bn_stats
+    from hypersan.training.train import train
+
+    train(_config(tmp_path, "mobilenet", "generator.budget=true", "generator.budget_min=0.1",
+                  'loss.sparsity_price="macs"'), tmp_path / "run", log=lambda m: None)
+    engine = PruningEngine.from_pretrained(tmp_path / "run")
+    x = torch.from_numpy(_images(6, 4)[0]).float() / 255
+    idx = [CLASSES.index("circle"), CLASSES.index("cross")]
+    for budget in (0.6, 0.3):
+        net = engine.subnet(["circle", "cross"], budget=budget)
+        assert engine.cost(net)["mac_ratio"] <= budget + 1e-9  # the budget rule: met exactly
+        masks, _ = engine.masks(tuple(sorted(idx)), budget=budget)  # the generator's masks, cut to fit
+        body = copy.deepcopy(engine.model.backbone).eval()
+        set_bn_stats(body, engine.statistics(tuple(sorted(idx)), budget=budget))
+        with torch.no_grad():
+            assert torch.allclose(net(x), body(x, masks)[:, sorted(idx)], atol=1e-4)
+    guarded = engine.subnet(["circle", "cross"], budget=0.6, guard=True)
+    assert guarded.guard["requested"] == 0.6 and guarded.guard["budget"] <= 0.6

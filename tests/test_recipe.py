@@ -158,12 +158,6 @@ def test_recipe_settings_refuse_what_cannot_work(over, match):
         load_config(ROOT / "configs" / "tiny.toml", over)
 
 
-def test_mac_prices_refuse_a_custom_network():
-    with pytest.raises(ConfigError, match="uniform"):
-        load_config(ROOT / "configs" / "tiny.toml", ["model.arch=\"custom\"", "model.factory=\"m:f\"",
-                                                     "loss.sparsity_price=\"macs\""])
-
-
 @needs_fmnist
 def test_the_recipe_trains_and_resumes_as_an_uninterrupted_run(tmp_path):
     cfg = load_config(ROOT / "configs" / "tiny.toml", TINY + RECIPE)

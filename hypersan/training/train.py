@@ -25,7 +25,7 @@ from ..nn.generators import mean_utility
 from ..io import ArtifactError, OutputExistsError, check_output_dir, is_hypersan_dir, load_tensors, read_json
 from ..nn.losses import (agreement, budget_loss, larger_budgets, monotone_hinge, sample_budgets, sparsity_weights,
                          subtask_weighted_bce)
-from ..nn.custom import CustomBackbone
+from ..nn.graph import GraphError
 from ..nn.model import SubtaskAdaptiveNet
 from .optim import descend, lr_factor
 from ..data.subtasks import SubtaskSampler, microbatch_sizes, sample_combinations, sample_grouped
@@ -270,10 +270,16 @@ class _TrainStep(nn.Module):
         self.cfg = cfg
         self.basic_to_class = basic_to_class
         self.amp = amp
-        # the built-in backbones' MAC model: the budget term, the sparsity prices and the progress's kept MAC share
-        # (a custom network has none: it takes no budget and no prices, and its progress shows kept channels)
-        self.macs = None if isinstance(model.backbone, CustomBackbone) else MacModel(model.backbone,
-                                                                                    model.info.input_shape)
+        # the MAC model: the budget term, the sparsity prices and the progress's kept MAC share (a custom network
+        # whose MACs are no polynomial of its groups' widths has none: it takes no budget and no prices, and its
+        # progress shows kept channels)
+        try:
+            self.macs: MacModel | None = MacModel(model.backbone, model.info.input_shape)
+        except GraphError as e:
+            if cfg.generator.budget or cfg.loss.sparsity_price == "macs":
+                raise ConfigError(f"generator.budget and loss.sparsity_price = 'macs' need the network's MAC model: "
+                                  f"{e}") from None
+            self.macs = None
         # what a channel of each utility site costs: the sparsity term's prices, and how the sandwich rule finds a
         # batch's cheapest class set
         self.prices = self.macs.prices() if cfg.loss.sparsity_price == "macs" else None
