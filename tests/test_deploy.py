@@ -114,3 +114,14 @@ def test_cli_bench_times_each_runtime(capsys):
 def test_cli_bench_rejects_bad_batches(capsys):
     assert main(["bench", "--checkpoint", "fmnist_b16", "--runtime", "eager", "--batches", "1,x"]) != 0
     assert "--batches takes comma-separated batch sizes" in capsys.readouterr().err
+
+
+@needs_fmnist
+def test_cli_bench_builds_each_net_within_the_budget(capsys):
+    rc = main(["bench", "--checkpoint", "fmnist_budget", "--subtasks", "Sneaker,Bag", "--runtime", "eager",
+               "--batches", "2", "--repeats", "1", "--warmup", "0", "--budget", "0.2", "--json"])
+    assert rc == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["budget"] == 0.2 and all(s["mac_ratio"] <= 0.2 and s["budget"] == 0.2 for s in r["subtasks"])
+    assert main(["bench", "--checkpoint", "fmnist_b16", "--runtime", "eager", "--budget", "0.2"]) != 0
+    assert "not budget-conditioned" in capsys.readouterr().err

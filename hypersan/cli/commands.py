@@ -316,13 +316,14 @@ def _bench(args) -> int:
         except ValueError:
             raise ValueError(f"--batches takes comma-separated batch sizes, e.g. 1,256, not {args.batches!r}") from None
         r = run_runtime_bench(engine, subtasks, parse_runtimes(args.runtime), batches=batches, threads=args.threads,
-                              repeats=args.repeats, warmup=args.warmup, seed=args.seed, log=log)
+                              repeats=args.repeats, warmup=args.warmup, seed=args.seed, log=log, budget=args.budget,
+                              round_to=args.round_to, round_mode=args.round_mode)
         r = {"checkpoint": str(engine.model.source), "allocator": allocator, "machine": machine(args.threads), **r}
         print(json.dumps(r) if args.json else format_runtime_table(r))
         return 0
     r = run_bench(engine, subtasks, batch=args.batch, threads=args.threads, repeats=args.repeats,
                   warmup=args.warmup, round_to=args.round_to, seed=args.seed, fold_bn=not args.keep_bn,
-                  round_mode=args.round_mode, log=log)
+                  round_mode=args.round_mode, log=log, budget=args.budget)
     r = {"checkpoint": str(engine.model.source), "allocator": allocator, "machine": machine(args.threads), **r}
     print(json.dumps(r) if args.json else format_table(r))
     return 0
@@ -507,7 +508,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timed rounds; ratios are medians of per-round ratios")
     b.add_argument("--warmup", type=int, default=3, help="untimed rounds first (default 3)")
     b.add_argument("--round-to", type=int, default=0, metavar="N",
-                   help="also time widths rounded to multiples of N (see --round-mode)")
+                   help="also time widths rounded to multiples of N (see --round-mode); with --runtime, the pruned "
+                        "nets are rounded")
+    b.add_argument("--budget", type=float, default=None, metavar="B",
+                   help="build each class set's net within B of the dense net's MACs, as prune and eval do "
+                        "(budget-conditioned models: --checkpoint fmnist_budget)")
     b.add_argument("--round-mode", choices=["up", "nearest"], default="up", help="see hypersan prune --help")
     b.add_argument("--keep-bn", action="store_true", help="time the nets with BatchNorm kept (default: folded)")
     b.add_argument("--json", action="store_true", help="print one JSON object")

@@ -16,7 +16,6 @@ timed too, against the same backbone without masks: `activation_masked_latency_r
 from __future__ import annotations
 
 import random
-import functools
 import statistics
 import tempfile
 import time
@@ -137,9 +136,8 @@ def check(row: dict) -> dict:
     """The issue's acceptance checks for one benchmarked subtask (None where a check does not apply)."""
     return {
         "pruned_latency": latency_bound_met(row["pruned_latency_ratio"], row["mac_ratio"]),
-        # a plain net of dense widths with zeroed channels costs what the dense net costs; a custom model's masked
-        # form runs hooks, so the check does not apply to it
-        "masked_latency": None if row.get("custom") else 0.9 <= row["masked_latency_ratio"] <= 1.1,
+        # a plain net of dense widths with zeroed channels costs what the dense net costs
+        "masked_latency": 0.9 <= row["masked_latency_ratio"] <= 1.1,
         "build": row["build_ratio"] <= 1.0,
         "size": abs(row["size_ratio"] / row["param_ratio"] - 1.0) <= 0.1,
     }
@@ -170,20 +168,22 @@ def paired_ratio(num: Sequence[float], den: Sequence[float]) -> float:
 
 def run_bench(engine: PruningEngine, subtasks: Sequence[Subtask], batch: int = 256,
               threads: int = 2, repeats: int = 10, warmup: int = 3, round_to: int = 0, seed: int = 0,
-              fold_bn: bool = True, round_mode: str = "up", log: Optional[Callable[[str], None]] = None) -> dict:
-    """Benchmark each subtask against the dense net; returns the JSON summary (see `hypersan bench --json`)."""
+              fold_bn: bool = True, round_mode: str = "up", log: Optional[Callable[[str], None]] = None,
+              budget: Optional[float] = None) -> dict:
+    """Benchmark each subtask against the dense net (each subtask's net at `budget`, if given, as
+    `engine.subnet` builds it); returns the JSON summary (see `hypersan bench --json`)."""
     if repeats < 1 or warmup < 0 or batch < 1 or threads < 1:
         raise ValueError("bench needs repeats >= 1, warmup >= 0, batch >= 1 and threads >= 1")
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         return _run(engine, subtasks, batch, threads, repeats, warmup, round_to, round_mode, seed, fold_bn,
-                    log or (lambda m: None))
+                    log or (lambda m: None), engine.check_budget(budget))
     finally:
         torch.set_num_threads(old_threads)
 
 
-def _run(engine, subtasks, batch, threads, repeats, warmup, round_to, round_mode, seed, fold_bn, log) -> dict:
+def _run(engine, subtasks, batch, threads, repeats, warmup, round_to, round_mode, seed, fold_bn, log, budget) -> dict:
     model = engine.model.eval()
     info, arch = model.info, model.backbone.arch
     x = torch.rand(batch, *info.input_shape, generator=torch.Generator().manual_seed(seed)).to(model.device)
@@ -198,20 +198,20 @@ def _run(engine, subtasks, batch, threads, repeats, warmup, round_to, round_mode
         dense_size = save_subnet(dense, Path(tmp) / "dense", ["safetensors"])["safetensors"].stat().st_size
         for i, t in enumerate(subtasks):
             b = {"t": t, "calib_s": None}
-            if engine.key(t, seed=seed) not in engine.cache:  # recalibration is reported, not counted in the build
-                b["calib_s"] = timed(lambda: engine.statistics(t, seed=seed))
+            masks, label = engine.masks(t, budget=budget)
+            if engine.key(t, rounding=label, seed=seed, masks=masks) not in engine.cache:  # reported, not in the build
+                b["calib_s"] = timed(lambda: engine.statistics(t, seed=seed, budget=budget))
             b["builds"] = []
             for _ in range(3):  # masks + surgery (+ BN folding), statistics cached; the last build is timed too
                 t0 = time.perf_counter()
-                b["net"] = engine.subnet(t, fold_bn=fold_bn, seed=seed)
+                b["net"] = engine.subnet(t, fold_bn=fold_bn, seed=seed, budget=budget)
                 b["builds"].append(time.perf_counter() - t0)
-            b["masks"] = model.subtask_masks(t)
-            # the masked form: a plain net of dense widths with zeroed channels; a custom model's is its backbone
-            # run with the masks (hooks)
-            b["masked"] = (functools.partial(model.backbone, masks=b["masks"]) if custom else
-                           engine.subnet(t, fold_bn=fold_bn, physical=False, seed=seed))
+            b["masks"] = masks
+            # the masked form: a plain net of dense widths with zeroed channels
+            b["masked"] = engine.subnet(t, fold_bn=fold_bn, physical=False, seed=seed, budget=budget)
             if round_to > 1:
-                b["rnet"] = engine.subnet(t, fold_bn=fold_bn, round_to=round_to, round_mode=round_mode, seed=seed)
+                b["rnet"] = engine.subnet(t, fold_bn=fold_bn, round_to=round_to, round_mode=round_mode, seed=seed,
+                                          budget=budget)
             b["size"] = save_subnet(b["net"], Path(tmp) / f"s{i}", ["safetensors"])["safetensors"].stat().st_size
             built.append(b)
             log(f"built {i + 1}/{len(subtasks)}: {','.join(info.classes[c] for c in t)}")
@@ -245,7 +245,7 @@ def _run(engine, subtasks, batch, threads, repeats, warmup, round_to, round_mode
                "dense_ms": 1e3 * med["dense"], "masked_ms": 1e3 * med["masked"], "pruned_ms": 1e3 * med["pruned"],
                "backbone_ms": 1e3 * med["backbone"], "backbone_masked_ms": 1e3 * med["backbone_masked"],
                "build_ms": 1e3 * build, "calib_ms": None if b["calib_s"] is None else 1e3 * b["calib_s"],
-               "widths": net.arch["site_widths"], "custom": custom}
+               "widths": net.arch["site_widths"], "custom": custom, "budget": budget}
         if "rnet" in b:
             rmacs = engine.cost(b["rnet"])["macs"]
             row["rounded"] = {"round_to": round_to, "mode": round_mode, "mac_ratio": rmacs / dense_macs,
@@ -336,15 +336,18 @@ def calls_per_round(batch: int, images: int = 64) -> int:
 
 def run_runtime_bench(engine: PruningEngine, subtasks: Sequence[Subtask], runtimes: Sequence[str],
                       batches: Sequence[int] = (1, 256), threads: int = 2, repeats: int = 10, warmup: int = 3,
-                      seed: int = 0, log: Optional[Callable[[str], None]] = None) -> dict:
+                      seed: int = 0, log: Optional[Callable[[str], None]] = None, budget: Optional[float] = None,
+                      round_to: int = 0, round_mode: str = "up") -> dict:
     """Dense vs pruned latency in each deployment runtime (runtimes.RUNTIMES), at each batch size: both nets run
     in the same runtime, timed in the same shuffled rounds; the ratio is the median of per-round ratios. The
-    int8 runtime quantizes each net on its own classes' training images. Returns the JSON summary."""
+    int8 runtime quantizes each net on its own classes' training images. Each pruned net is built as
+    `engine.subnet` builds it with `budget` and `round_to` / `round_mode`. Returns the JSON summary."""
     from ..deploy.runtimes import session
 
     log = log or (lambda m: None)
     if repeats < 1 or warmup < 0 or threads < 1 or not batches or min(batches) < 1:
         raise ValueError("bench needs repeats >= 1, warmup >= 0, threads >= 1 and batch sizes >= 1")
+    budget = engine.check_budget(budget)
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     model = engine.model.eval()
@@ -360,7 +363,8 @@ def run_runtime_bench(engine: PruningEngine, subtasks: Sequence[Subtask], runtim
                 calib = engine.subtask_images(None, 256, seed) if rt.endswith("int8") else None
                 dense_s[rt] = session(dense, rt, Path(tmp) / "dense" / rt, threads, calib)
             for i, t in enumerate(subtasks):
-                net = engine.subnet(t, fold_bn=True, seed=seed)
+                net = engine.subnet(t, fold_bn=True, seed=seed, budget=budget, round_to=round_to,
+                                    round_mode=round_mode)
                 mac_ratio = engine.cost(net)["mac_ratio"]
                 names = [info.classes[c] for c in t]
                 with torch.inference_mode():
@@ -377,7 +381,7 @@ def run_runtime_bench(engine: PruningEngine, subtasks: Sequence[Subtask], runtim
                                              "pruned": lambda: [p(x) for _ in range(n)]}, warmup, repeats, seed)
                         ratio = paired_ratio(times["pruned"], times["dense"])
                         row = {"runtime": rt, "batch": b, "classes": names, "indices": list(t),
-                               "mac_ratio": mac_ratio, "latency_ratio": ratio,
+                               "budget": budget, "round_to": round_to, "mac_ratio": mac_ratio, "latency_ratio": ratio,
                                "dense_ms": 1e3 * statistics.median(times["dense"]) / n,
                                "pruned_ms": 1e3 * statistics.median(times["pruned"]) / n,
                                "max_abs_diff_to_eager": err, "latency_bound": latency_bound(mac_ratio),
@@ -388,6 +392,7 @@ def run_runtime_bench(engine: PruningEngine, subtasks: Sequence[Subtask], runtim
     finally:
         torch.set_num_threads(old_threads)
     return {"mode": "runtimes", "threads": threads, "batches": list(batches), "repeats": repeats, "warmup": warmup,
+            "budget": budget, "round_to": round_to, "round_mode": round_mode,
             "runtimes": list(runtimes), "subtasks": rows, "summary": runtime_summary(rows),
             "load_average": load_average()}
 
