@@ -32,6 +32,9 @@ Steps, each saved in OUT as JSON and skipped when already there:
 5. `report.md`: the width check, the confusions, the selection on validation, and per subtask group the MACs the
    class-agnostic curve needs for the adaptive nets' accuracy.
 
+With --nets-from DIR, the nets an earlier study scored on the same subtasks join the report under their names
+(an earlier curve, or an earlier recipe's hypernetwork), where no finished run here has that name.
+
 Choices (the gamma to ship) read the validation split only; the test split gives the figures.
 """
 from __future__ import annotations
@@ -433,6 +436,9 @@ def main(argv=None) -> int:
     p.add_argument("--peer-macs", type=lambda v: [float(x) for x in v.split(",") if x], default=[],
                    metavar="R,R", help="also run the peer at these MAC ratios (to the full-width dense net), against "
                                        "the budget-conditioned models at the same budgets")
+    p.add_argument("--nets-from", action="append", default=[], metavar="DIR",
+                   help="also read the scored nets (net-NAME.json) of another study folder whose subtasks.json is "
+                        "this study's, for names no finished run here has: an earlier study's curve, say")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=0, help="score on this many images per split (smoke runs; 0: all)")
@@ -478,6 +484,15 @@ def main(argv=None) -> int:
                 res["budgets"] = score_budgeted(engine, data, subtasks, ref_macs, shape, args.seed)
             atomic_write_json(path, res)
         nets[name] = read_json(path)
+    for other in map(Path, args.nets_from):
+        if not (other / "subtasks.json").is_file() or read_json(other / "subtasks.json") != subtasks:
+            p.error(f"--nets-from {other}: its subtasks.json is not this study's ({sub_path}); its nets were scored "
+                    "on other subtasks")
+        for path in sorted(other.glob("net-*.json")):
+            name = path.stem[len("net-"):]
+            if name not in nets:
+                nets[name] = read_json(path)
+                log(f"{name}: scored in {other}")
     train_xy: list = []  # the training split, read once, when a peer first needs it
 
     def peer_file(path: Path, targets: dict[int, float], what: str) -> list[dict]:
