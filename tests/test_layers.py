@@ -23,7 +23,7 @@ RANKS = {
     "training.optim": 0, "training.distributed": 0, "training.evaluate": 0, "training.train": 1,
     "training.adapt": 2, "training.__init__": 3,
     "research.report": 0, "research.baselines": 0, "research.bench": 0, "research.ablate": 1,
-    "research.budget_study": 1, "research.glyph_study": 2, "research.__init__": 3,
+    "research.budget_study": 1, "research.glyph_study": 2, "research.sweep": 0, "research.__init__": 3,
     "serve.wire": 0, "serve.service": 0, "serve.schemas": 1, "serve.v1": 2, "serve.v2": 2, "serve.app": 3,
     "serve.__init__": 4,
     "cli.demo": 0, "cli.commands": 1, "cli.__init__": 2,

@@ -3,7 +3,7 @@ budget study (hypersan/research/budget_study.py) and its provenance in meta.json
 
     python tools/ship_budget.py --checkpoint runs/budget-warm/budget \
         --study runs/budget-warm/report/budget_study.json --dest hypersan/pretrained/fmnist_budget \
-        --train-command "tools/budget_warm.sh runs/budget-warm (run budget)" \
+        --train-command "hypersan sweep configs/sweeps/budget_warm.toml (run budget)" \
         --selection "how it was chosen, on which split" [--guard-study runs/budget-warm/report-guard/budget_study.json]
 
 The statistics are not shipped: each (class set, budget) calibrates on the training images on first use (1-3 s),

@@ -120,6 +120,13 @@ def _study(args) -> int:
     return run(args.rest)
 
 
+def _sweep(args) -> int:
+    """`hypersan sweep PLAN ...`: training runs from a plan (hypersan.research.sweep)."""
+    from ..research.sweep import main as run
+
+    return run(args.rest)
+
+
 def _eval(args) -> int:
     from ..data.datasets import load_split
     from ..training.evaluate import evaluate, parse_subtasks
@@ -545,6 +552,11 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("rest", nargs=argparse.REMAINDER, help="the study's own options (its --help lists them)")
     st.set_defaults(func=_study)
 
+    sw = sub.add_parser("sweep", help="training runs from a plan (configs/sweeps/*.toml): lanes side by side, each "
+                                      "run resumed where it stopped", add_help=False)
+    sw.add_argument("rest", nargs=argparse.REMAINDER, help="the plan and options (`hypersan sweep --help`)")
+    sw.set_defaults(func=_sweep)
+
     dp = sub.add_parser("data", help="build a data set")
     dsub = dp.add_subparsers(dest="dataset", required=True, help="the data set to build (glyphs)")
     g = dsub.add_parser("glyphs", help="characters rendered from real fonts: digits, Latin, Greek, Cyrillic "
@@ -608,7 +620,11 @@ def main(argv: list[str] | None = None) -> int:
     from ..info import DatasetError
     from ..io import ArtifactError
 
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sweep"]:  # the sweep's own command line takes every argument after it, --help included
+        args = argparse.Namespace(command="sweep", func=_sweep, rest=argv[1:], debug=False)
+    else:
+        args = build_parser().parse_args(argv)
     name = f"hypersan {args.command}"
     import warnings
 

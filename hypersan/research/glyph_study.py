@@ -1,7 +1,7 @@
 """The adaptivity question on the glyph set (docs/ABLATIONS.md, "Glyphs"): do subtasks of a many-class task get
 nets much smaller than the class-agnostic nets of the same accuracy?
 
-    tools/glyph_sweep.sh runs/glyph-sweep                                  # the nets (about 2 h on 2 cores)
+    hypersan sweep configs/sweeps/glyphs.toml                                  # the nets (about 2 h on 2 cores)
     hypersan study glyphs --runs runs/glyph-sweep --out runs/glyph-study [--peer-steps 2000]
 
 Every run folder of the sweep that is finished (`done`) takes part:
@@ -427,7 +427,7 @@ def report(nets: dict, subtasks: list[dict], peer: list[dict] | None, classes: l
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="hypersan study glyphs", description=__doc__.split("\n\n")[0])
-    p.add_argument("--runs", default="runs/glyph-sweep", help="the folder of tools/glyph_sweep.sh")
+    p.add_argument("--runs", default="runs/glyph-sweep", help="the runs of a sweep (hypersan sweep configs/sweeps/glyphs.toml)")
     p.add_argument("--out", default="runs/glyph-study")
     p.add_argument("--peer-steps", type=int, default=2000, help="the peer's fine-tuning steps (0: no peer)")
     p.add_argument("--peer-base", default="dense-w16",
@@ -457,7 +457,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     done = finished(runs)
     if "dense-w16" not in done:
-        p.error(f"{runs}/dense-w16 is not finished: the study needs the full-width dense net (tools/glyph_sweep.sh)")
+        p.error(f"{runs}/dense-w16 is not finished: the study needs the full-width dense net (hypersan sweep "
+                "configs/sweeps/glyphs.toml)")
     if args.peer_base not in done or not args.peer_base.startswith("dense"):  # before any scoring
         p.error(f"--peer-base {args.peer_base}: no finished dense net of that name in {runs}")
     dense = PruningEngine.from_pretrained(done["dense-w16"], seed=args.seed)
@@ -561,8 +562,8 @@ def ship(folder: Path, dest: str, nets: dict, subtasks: list[dict], chosen: str,
     model.meta["source_checkpoint"] = str(folder)
     model.meta["provenance"] = {
         **(model.meta.get("provenance") or {}),
-        "train_command": f"tools/glyph_sweep.sh (run {folder.name}: hypersan train --config configs/glyphs.toml "
-                         f"--set loss.gamma={gamma_of(chosen):g} --set train.threads=1)",
+        # the run's own command line, as training recorded it (every setting is in its config.json too)
+        "train_command": model.meta.get("command") or f"the run {folder.name} of {folder.parent}",
         "training_data": "the glyph set (make glyphs; docs/DATA.md): train fonts only; validation fonts are "
                          "families of their own (data.val_split = 'dataset')",
         "selection": f"{chosen}: the largest gamma of the sweep whose mean validation accuracy over the study's "
