@@ -563,7 +563,8 @@ def ship(folder: Path, dest: str, nets: dict, subtasks: list[dict], chosen: str,
     model.meta["provenance"] = {
         **(model.meta.get("provenance") or {}),
         # the run's own command line, as training recorded it (every setting is in its config.json too)
-        "train_command": model.meta.get("command") or f"the run {folder.name} of {folder.parent}",
+        "train_command": (model.meta.get("provenance") or {}).get("command") or f"the run {folder.name} of "
+                                                                                  f"{folder.parent}",
         "training_data": "the glyph set (make glyphs; docs/DATA.md): train fonts only; validation fonts are "
                          "families of their own (data.val_split = 'dataset')",
         "selection": f"{chosen}: the largest gamma of the sweep whose mean validation accuracy over the study's "
