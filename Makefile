@@ -38,9 +38,9 @@ data:
 	else $(PY) tools/get_fashion_mnist.py --dest $(LOCAL_DATA) || \
 		echo "note: Fashion-MNIST is not available: real-data tests will skip"; fi
 
-# The glyph set (docs/DATA.md): the pinned font packages (tools/glyph-fonts.txt), installed with apt where apt and
+# The glyph set (docs/DATA.md): the pinned font packages (configs/glyph-fonts.txt), installed with apt where apt and
 # root are there, then rendered into data/glyphs from exactly those packages' font files.
-GLYPH_FONTS := $(shell grep -v '^\#' tools/glyph-fonts.txt)
+GLYPH_FONTS := $(shell grep -v '^\#' configs/glyph-fonts.txt)
 glyphs: setup
 	@missing=$$(for p in $(GLYPH_FONTS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

@@ -1,4 +1,4 @@
-"""tools/adaptivity.py: per-subtask nets against the all-classes net with its head cut, on a tiny checkpoint."""
+"""hypersan study adaptivity (hypersan.research.adaptivity): per-subtask nets against the all-classes net with its head cut, on a tiny checkpoint."""
 
 import pytest
 
@@ -6,11 +6,13 @@ from hypersan.config import load_config
 from hypersan.data.datasets import FASHION_MNIST
 from hypersan.nn.model import SubtaskAdaptiveNet
 
-from .conftest import ROOT, load_tool, needs_fmnist
+from .conftest import ROOT, needs_fmnist
 
 
 def _tool():
-    return load_tool("adaptivity")
+    from hypersan.research import adaptivity
+
+    return adaptivity
 
 
 @needs_fmnist

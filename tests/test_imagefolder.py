@@ -9,7 +9,7 @@ from PIL import Image  # noqa: E402
 
 from hypersan.data.datasets import DatasetError, load_dataset  # noqa: E402
 from hypersan.data.imagefolder import last_skipped  # noqa: E402
-from .conftest import load_tool, needs_fmnist  # noqa: E402
+from .conftest import needs_fmnist  # noqa: E402
 
 CLASSES = ["cat", "dog", "fish"]
 
@@ -106,13 +106,17 @@ def test_fashion_mnist_written_as_an_image_folder_reads_back_the_same_pixels(tmp
     from hypersan.data.datasets import load_dataset
     from hypersan.data.imagefolder import load_image_folder
 
-    tool = load_tool("fmnist_to_images")
-    assert tool.main(["--out", str(tmp_path / "png"), "--limit", "40"]) == 0
-    assert tool.main(["--out", str(tmp_path / "png"), "--limit", "40"]) == 2  # never over an existing folder
+    from hypersan.cli.commands import main
+    from hypersan.data.datasets import folder_name
+
+    assert main(["data", "fashion-mnist-png", "--out", str(tmp_path / "png"), "--limit", "40"]) == 0
+    mark = tmp_path / "png" / "train"
+    assert main(["data", "fashion-mnist-png", "--out", str(tmp_path / "png"), "--limit", "40"]) == 2
+    assert mark.is_dir()  # never over an existing folder
     x, y, info = load_image_folder("test", tmp_path / "png")
     want_x, want_y, fm = load_dataset("fashion_mnist", "test")
-    order = sorted(range(40), key=lambda i: (tool.folder_name(fm.classes[int(want_y[i])]), i))
-    assert info.classes == sorted(tool.folder_name(c) for c in fm.classes if any(
+    order = sorted(range(40), key=lambda i: (folder_name(fm.classes[int(want_y[i])]), i))
+    assert info.classes == sorted(folder_name(c) for c in fm.classes if any(
         fm.classes[int(v)] == c for v in want_y[:40]))
     assert x.shape == (40, 1, 28, 28) and (x.numpy() == want_x[order].numpy()).all()
 

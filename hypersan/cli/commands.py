@@ -110,14 +110,25 @@ def _engine(args):
                                          seed=getattr(args, "seed", 0), log=log)
 
 
+# `hypersan study KIND ...`: the research studies, each a module of hypersan.research with its own command line
+STUDIES = {"glyphs": ("glyph_study", "adaptive nets against class-agnostic ones on the glyph set"),
+           "budget": ("budget_study", "a budget-conditioned model against a fixed-gamma family"),
+           "adaptivity": ("adaptivity", "per-subtask nets against the all-classes net with its head cut"),
+           "questions": ("questions", "an ablation run's answers, question by question"),
+           "reach": ("reach", "how small the per-subset peer gets before it breaks"),
+           "grounding": ("grounding_eval", "requests in words against the class sets they should name"),
+           "phrasings": ("phrasings", "a text-conditioned model on held-out phrasings"),
+           "rounding": ("rounding", "accuracy of nets whose widths are rounded to multiples"),
+           "ship-budget": ("ship_budget", "ship a budget-conditioned checkpoint with its study's figures")}
+
+
 def _study(args) -> int:
-    """`hypersan study glyphs|budget ...`: the study's own command line (hypersan.research.glyph_study and
-    budget_study; their reports are tested as research.report is)."""
-    if args.kind == "glyphs":
-        from ..research.glyph_study import main as run
-    else:
-        from ..research.budget_study import main as run
-    return run(args.rest)
+    """`hypersan study KIND ...`: the study's own command line (its report logic is tested as research.report
+    is)."""
+    import importlib
+
+    module = importlib.import_module(f"..research.{STUDIES[args.kind][0]}", __package__)
+    return module.main(args.rest)
 
 
 def _sweep(args) -> int:
@@ -360,6 +371,16 @@ def _ablate(args) -> int:
     return 0
 
 
+def _data_fmnist_png(args) -> int:
+    from ..data.datasets import write_fashion_mnist_folder
+
+    if Path(args.out).exists():
+        raise ValueError(f"{args.out} exists; it is left as it is: choose a new --out folder")
+    counts = write_fashion_mnist_folder(args.out, args.limit, args.data_dir)
+    print(f"wrote {counts['train']:,} training and {counts['test']:,} test images to {args.out}")
+    return 0
+
+
 def _data_glyphs(args) -> int:
     from ..data.glyphs import DEFAULT_FONT_DIRS, build_glyphs
 
@@ -544,11 +565,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--force", action="store_true", help=argparse.SUPPRESS)
     a.set_defaults(func=_ablate)
 
-    st = sub.add_parser("study", help="the research studies: glyphs (adaptive nets against class-agnostic ones), "
-                                      "budget (a budget-conditioned model against a fixed-gamma family)",
+    st = sub.add_parser("study", help="the research studies: " + "; ".join(f"{k} ({v[1]})" for k, v in STUDIES.items()),
                         add_help=False)
-    st.add_argument("kind", choices=["glyphs", "budget"], help="which study; `hypersan study glyphs --help` lists its "
-                                                               "options")
+    st.add_argument("kind", choices=list(STUDIES), help="which study; `hypersan study glyphs --help` lists its "
+                                                        "options")
     st.add_argument("rest", nargs=argparse.REMAINDER, help="the study's own options (its --help lists them)")
     st.set_defaults(func=_study)
 
@@ -558,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.set_defaults(func=_sweep)
 
     dp = sub.add_parser("data", help="build a data set")
-    dsub = dp.add_subparsers(dest="dataset", required=True, help="the data set to build (glyphs)")
+    dsub = dp.add_subparsers(dest="dataset", required=True, help="the data set to build (glyphs, fashion-mnist-png)")
     g = dsub.add_parser("glyphs", help="characters rendered from real fonts: digits, Latin, Greek, Cyrillic "
                                        "(docs/DATA.md)")
     g.add_argument("--out", required=True, help="dataset folder to write (data.dataset = 'folder')")
@@ -573,6 +593,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                            "own fonts (score with hypersan eval --test-data)")
     g.add_argument("--force", action="store_true", help="replace an existing dataset folder at --out")
     g.set_defaults(func=_data_glyphs)
+    fm = dsub.add_parser("fashion-mnist-png", help="Fashion-MNIST written out as an image folder (OUT/train/<class>/"
+                                                   "*.png, OUT/test/...): the layout data.dataset = 'imagefolder' reads")
+    fm.add_argument("--out", required=True, help="the image folder to write (must not exist)")
+    fm.add_argument("--limit", type=int, default=0, help="the first N images of each split (0: all)")
+    fm.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX folder, if not the system one")
+    fm.set_defaults(func=_data_fmnist_png)
 
     sv = sub.add_parser("serve", help="serve subnets over HTTP: build, cache, download, predict (v1 and KServe V2)")
     sv.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP)

@@ -434,3 +434,41 @@ def augment(x: torch.Tensor, padding: int, hflip: bool, gen: torch.Generator) ->
 def to_float(x: torch.Tensor) -> torch.Tensor:
     """uint8 images to float32 in [0, 1]."""
     return x.float().div_(255.0)
+
+
+def folder_name(cls: str) -> str:
+    """A class name as a folder name (no path separators)."""
+    return cls.replace("/", "-").replace(os.sep, "-")
+
+
+def write_fashion_mnist_folder(out: str | os.PathLike, limit: int = 0, data_dir: str | None = None) -> dict:
+    """Fashion-MNIST written out as an image folder, OUT/train/<class>/*.png and OUT/test/<class>/*.png (the
+    layout `data.dataset = "imagefolder"` reads): the same data as the built-in loader, for comparisons. Class
+    folders are the class names with "/" written "-"; files are 8-bit grayscale PNGs named by their index in the
+    split. Written under a temporary name and renamed into place; an existing `out` is never touched. Returns
+    {split: images written}."""
+    import shutil
+
+    from PIL import Image
+
+
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} exists; it is left as it is: choose a new folder")
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    counts = {}
+    try:
+        for split in ("train", "test"):
+            x, y, info = load_dataset("fashion_mnist", split, data_dir)
+            if limit:
+                x, y = x[:limit], y[:limit]
+            for c in info.classes:
+                (tmp / split / folder_name(c)).mkdir(parents=True, exist_ok=True)
+            for i, (img, label) in enumerate(zip(x.numpy(), y.tolist())):
+                Image.fromarray(img[0], mode="L").save(tmp / split / folder_name(info.classes[label]) / f"{i:05d}.png")
+            counts[split] = len(y)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return counts

@@ -29,7 +29,7 @@ SCALE = 4  # rendered at SCALE x the output size, then reduced (anti-aliasing)
 EM = 24  # the em box, in output pixels
 BASELINE = 24  # the baseline's row, in output pixels from the top
 FONT_SUFFIXES = (".ttf", ".otf", ".ttc", ".otc")
-# where Debian's font packages install (tools/glyph-fonts.txt pins which): the default --fonts
+# where Debian's font packages install (configs/glyph-fonts.txt pins which): the default --fonts
 DEFAULT_FONT_DIRS = ("/usr/share/fonts/truetype", "/usr/share/fonts/opentype")
 MIN_LATIN = 52  # a font whose character map lacks Latin letters or digits is no text font (symbols, dingbats)
 

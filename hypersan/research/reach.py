@@ -1,21 +1,19 @@
 """How low the per-subset pruning baselines reach: Torch-Pruning (L1) of a checkpoint's dense net, cut to one
 subset, pruned to each MAC budget; prints the MACs counted on the pruned net, its widths and the time taken.
 
-    python tools/baseline_reach.py [--checkpoint fmnist] [--classes Sneaker,Bag] [--ratios 0.03,0.05,0.08,0.10,0.18]
+    hypersan study reach [--checkpoint fmnist] [--classes Sneaker,Bag] [--ratios 0.03,0.05,0.08,0.10,0.18]
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from hypersan.research import baselines  # noqa: E402
-from hypersan.prune.engine import PruningEngine  # noqa: E402
-from hypersan.prune.metrics import count_macs  # noqa: E402
-from hypersan.prune.surgery import prune_backbone  # noqa: E402
+from . import baselines
+from ..prune.engine import PruningEngine
+from ..prune.metrics import count_macs
+from ..prune.surgery import prune_backbone
 
 
 def main(argv=None) -> int:

@@ -1,6 +1,6 @@
 """Score request grounding on a JSON Lines request set: exact-set accuracy on accepts, rejection rate on rejects.
 
-    python tools/eval_grounding.py tests/data/fmnist_requests.jsonl [--show-failures] [--threads 1]
+    hypersan study grounding tests/data/fmnist_requests.jsonl [--show-failures] [--threads 1]
 
 Each line is {"request": str, "classes": [names]} (must ground to exactly that set) or
 {"request": str, "reject": true, "unknown": str?} (must raise GroundingError, naming `unknown` if given).
@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def load_cases(path: str | Path) -> list[dict]:
@@ -24,7 +23,7 @@ def load_cases(path: str | Path) -> list[dict]:
 
 def score(cases: list[dict], grounder) -> dict:
     """Accuracy on accept cases, rejection rate on reject cases, and the failures."""
-    from hypersan.language.grounding import GroundingError
+    from ..language.grounding import GroundingError
 
     acc_ok = rej_ok = n_acc = n_rej = 0
     failures = []
@@ -51,18 +50,18 @@ def score(cases: list[dict], grounder) -> dict:
             "failures": failures}
 
 
-def main() -> int:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("files", nargs="+")
     ap.add_argument("--show-failures", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
-    from hypersan.data.datasets import FASHION_MNIST
-    from hypersan.language.grounding import Grounder
-    from hypersan.language.text import Encoder
+    from ..data.datasets import FASHION_MNIST
+    from ..language.grounding import Grounder
+    from ..language.text import Encoder
 
     t0 = time.perf_counter()
     grounder = Grounder(FASHION_MNIST, Encoder())

@@ -1,7 +1,7 @@
 """How a text-conditioned model responds to the wording of a request: canonical descriptions, training
 phrasings and held-out phrasings of the same class sets.
 
-    python tools/eval_phrasings.py --checkpoint runs/fmnist_text [--n 20] [--k 2] [--out results.json]
+    hypersan study phrasings --checkpoint runs/fmnist_text [--n 20] [--k 2] [--out results.json]
 
 For each of --n sampled class sets (sizes 2..5, seeded), it conditions the hypernetwork on the canonical
 description ("Sneaker and Bag"), on --k random training-phrasing descriptions and on --k held-out
@@ -20,17 +20,16 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import torch
+from tqdm import tqdm
 
-from hypersan.data.datasets import load_dataset  # noqa: E402
-from hypersan.language.descriptions import canonical_description, describe  # noqa: E402
-from hypersan.prune.engine import PruningEngine  # noqa: E402
-from hypersan.training.evaluate import plain_accuracy  # noqa: E402
-from hypersan.language.grounding import GroundingError  # noqa: E402
-from hypersan.prune.surgery import kept_channels  # noqa: E402
+from ..data.datasets import load_dataset
+from ..language.descriptions import canonical_description, describe
+from ..prune.engine import PruningEngine
+from ..training.evaluate import plain_accuracy
+from ..language.grounding import GroundingError
+from ..prune.surgery import kept_channels
 
 
 def mean(v):
@@ -54,7 +53,7 @@ def iou(a, b):
     return inter / union
 
 
-def main() -> int:
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="a checkpoint trained with generator.conditioning = 'text'")
     p.add_argument("--n", type=int, default=20, help="class sets to sample (sizes 2..5)")
@@ -62,7 +61,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0, help="sampling of class sets and descriptions")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None, help="write per-description results as JSON")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
     engine = PruningEngine.from_pretrained(a.checkpoint)

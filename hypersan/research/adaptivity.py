@@ -1,6 +1,6 @@
 """Does adaptivity pay? A checkpoint's per-subtask nets against its own all-classes net with the head cut.
 
-    python tools/adaptivity.py --checkpoint runs/ablation/models/hypernet-g4-s0 [--checkpoint fmnist ...] \
+    hypersan study adaptivity --checkpoint runs/ablation/models/hypernet-g4-s0 [--checkpoint fmnist ...] \
         [--split test|val] [--per-size 3] [--json out.json]
 
 For each checkpoint: every pair of classes, and `--per-size` sampled subtasks of every other size (seeded), are
@@ -20,9 +20,7 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 
 def measure(checkpoint: str, split: str, per_size: int, seed: int = 0, log=print,
@@ -33,16 +31,16 @@ def measure(checkpoint: str, split: str, per_size: int, seed: int = 0, log=print
 
     import torch
 
-    from hypersan.research.ablate import cut_head
-    from hypersan.data.datasets import load_dataset
-    from hypersan.prune.engine import PruningEngine
-    from hypersan.training.evaluate import evaluate, plain_logits, subtask_metrics
-    from hypersan.data.subtasks import sample_combinations
+    from .ablate import cut_head
+    from ..data.datasets import load_dataset
+    from ..prune.engine import PruningEngine
+    from ..training.evaluate import evaluate, plain_logits, subtask_metrics
+    from ..data.subtasks import sample_combinations
 
     engine = PruningEngine.from_pretrained(checkpoint, seed=seed)
     model, cfg = engine.model, engine.model.config
     if split == "val":
-        from hypersan.training.train import split_training_data
+        from ..training.train import split_training_data
 
         _, _, x, y, _ = split_training_data(cfg)
     else:
@@ -111,7 +109,7 @@ def main(argv=None) -> int:
         results.append(r)
         print(format_result(r), flush=True)
     if args.json:
-        from hypersan.io import atomic_write_json
+        from ..io import atomic_write_json
 
         atomic_write_json(args.json, results)
     return 0

@@ -1,6 +1,6 @@
 """Answer the ablation's questions from a finished run's results.csv, with the figures behind each answer.
 
-    python tools/ablation_questions.py --run runs/ablation [--split val] [--hard-pairs]
+    hypersan study questions --run runs/ablation [--split val] [--hard-pairs]
 
 Every figure comes from `hypersan.research.report` (tested on a hand-made results.csv); this script only lays
 them out. Every gap is against one reference: the separately trained dense net on the same classes, split and
@@ -22,9 +22,8 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from hypersan.research.report import (adaptivity, agnostic_curve, cost_table, costs_text,  # noqa: E402
+from .report import (adaptivity, agnostic_curve, cost_table, costs_text,
                                       heldout_vs_pertask, matched_mac_table, mean_std, read_results, size_table)
 
 HARD_PAIRS = [("T-shirt/top", "Shirt"), ("Pullover", "Coat"), ("Pullover", "Shirt"), ("Coat", "Shirt"),
@@ -74,9 +73,9 @@ def breakdown(rows, gamma, split) -> list[str]:
 
 def hard_pairs(run: Path) -> list[str]:
     """Evaluate the hard pairs with the run's trained models (no training) into <run>-hard-pairs."""
-    from hypersan.research.ablate import Ablation, AblationConfig
-    from hypersan.research.report import per_seed_means, select
-    from hypersan.config import build_section
+    from .ablate import Ablation, AblationConfig
+    from .report import per_seed_means, select
+    from ..config import build_section
 
     saved = json.loads((run / "ablation.json").read_text())
     cfg = build_section(AblationConfig, saved, "")
@@ -109,12 +108,12 @@ def hard_pairs(run: Path) -> list[str]:
     return lines + [""]
 
 
-def main() -> int:
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", default="runs/ablation")
     p.add_argument("--split", default="test", choices=["test", "val"])
     p.add_argument("--hard-pairs", action="store_true", help="also evaluate hard pairs with the run's models")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     run = Path(args.run)
     gamma = json.loads((run / "ablation.json").read_text())["run"]["gamma"]
     rows = read_results(run / "results.csv")

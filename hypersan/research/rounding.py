@@ -1,6 +1,6 @@
 """Accuracy and compute of pruned nets with rounded widths, beside the unrounded pruned net.
 
-    python tools/eval_rounding.py [--checkpoint DIR] [--round-to 16] [--subtasks size=2,n=6 ...] [--json]
+    hypersan study rounding [--checkpoint DIR] [--round-to 16] [--subtasks size=2,n=6 ...] [--json]
 
 For each subtask (default: the `hypersan bench` set) it builds the pruned net and the nets with every
 kept width rounded to a multiple of --round-to, "up" (adds back the highest-utility pruned channels) and
@@ -13,20 +13,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-import torch  # noqa: E402
-
-from hypersan.research.bench import DEFAULT_SUBTASKS  # noqa: E402
-from hypersan.nn.checkpoint import resolve_checkpoint  # noqa: E402
-from hypersan.data.datasets import load_dataset  # noqa: E402
-from hypersan.prune.engine import PruningEngine  # noqa: E402
-from hypersan.training.evaluate import parse_subtasks, plain_accuracy  # noqa: E402
 
 
-def main() -> int:
+import torch
+
+from .bench import DEFAULT_SUBTASKS
+from ..nn.checkpoint import resolve_checkpoint
+from ..data.datasets import load_dataset
+from ..prune.engine import PruningEngine
+from ..training.evaluate import parse_subtasks, plain_accuracy
+
+
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default=None, help="default: the shipped model")
     p.add_argument("--round-to", type=int, default=16)
@@ -34,7 +32,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", action="store_true")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     ckpt = resolve_checkpoint(a.checkpoint)
     engine = PruningEngine.from_pretrained(ckpt, seed=a.seed)

@@ -1,7 +1,7 @@
 """Ship a budget-conditioned checkpoint inside the package (hypersan/pretrained/NAME), with the figures of its
 budget study (hypersan/research/budget_study.py) and its provenance in meta.json.
 
-    python tools/ship_budget.py --checkpoint runs/budget-warm/budget \
+    hypersan study ship-budget --checkpoint runs/budget-warm/budget \
         --study runs/budget-warm/report/budget_study.json --dest hypersan/pretrained/fmnist_budget \
         --train-command "hypersan sweep configs/sweeps/budget_warm.toml (run budget)" \
         --selection "how it was chosen, on which split" [--guard-study runs/budget-warm/report-guard/budget_study.json]
@@ -15,12 +15,10 @@ import argparse
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from hypersan.io import read_json  # noqa: E402
-from hypersan.nn.model import SubtaskAdaptiveNet  # noqa: E402
-from hypersan.prune.engine import PruningEngine  # noqa: E402
+from ..io import read_json
+from ..nn.model import SubtaskAdaptiveNet
+from ..prune.engine import PruningEngine
 
 ROW_KEYS = ("classes", "size", "seen", "budget", "served_budget", "mac_ratio", "generated_mac_ratio", "acc_val",
             "acc_test")
@@ -71,11 +69,12 @@ def main(argv=None) -> int:
     data = (f"{d.dataset}: the training split" + (", validated on the data set's own validation split" if own_val
                                                    else f" less data.val_size={d.val_size} validation images"))
     init = model.config.train.init_from
-    if init and Path(init).is_absolute() and Path(init).resolve().is_relative_to(ROOT):
-        init = str(Path(init).resolve().relative_to(ROOT))  # as the repository's scripts name it, not this machine
+    root = Path.cwd()  # the repository the command runs in (init_from is named relative to it)
+    if init and Path(init).is_absolute() and Path(init).resolve().is_relative_to(root):
+        init = str(Path(init).resolve().relative_to(root))  # as the repository's scripts name it, not this machine
         model.config.train.init_from = init
     if init:
-        source = SubtaskAdaptiveNet.from_pretrained(ROOT / init if not Path(init).exists() else init).config.data
+        source = SubtaskAdaptiveNet.from_pretrained(root / init if not Path(init).exists() else init).config.data
         if source.dataset == d.dataset and source.val_split == "dataset" and own_val:
             seen = "the same training split (the validation split is a file of its own)"
         elif source.dataset != d.dataset or (source.val_size == 0 and source.val_split != "dataset"):
