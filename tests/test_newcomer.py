@@ -234,3 +234,14 @@ def test_the_studies_are_commands(capsys):
         assert e.value.code == 0
         out = capsys.readouterr().out
         assert f"usage: hypersan study {kind}" in out and option in out
+
+
+def test_the_demo_table_keeps_its_columns_for_a_long_request():
+    from hypersan.cli.demo import format_demo
+
+    row = {"classes": ["digit 0", "capital A"], "acc": 0.9, "dense_acc": 0.95, "mac_ratio": 0.5,
+           "latency_ratio": 0.6, "onnx_bytes": 2048}
+    rows = [dict(row, request="digits"), dict(row, request="capital letters and digits")]
+    lines = format_demo({"rows": rows}, "out").splitlines()
+    assert len({ln.index(" digit 0") for ln in lines[1:3]}) == 1  # the classes column starts at one place
+    assert lines[0].index("classes") == lines[1].index("digit 0")

@@ -127,13 +127,14 @@ def plot_kept_channels(rows: list[dict], full: dict, path: Path) -> Optional[Pat
 
 def format_demo(result: dict, out: str) -> str:
     """The demo's table: one line per request."""
-    head = (f"{'request':<22} {'classes':<36} {'acc':>6} {'dense acc':>9} {'MAC ratio':>9} {'latency ratio':>13} "
+    w = max([22, *(len(r["request"]) for r in result["rows"])])  # the widest request sets the column
+    head = (f"{'request':<{w}} {'classes':<36} {'acc':>6} {'dense acc':>9} {'MAC ratio':>9} {'latency ratio':>13} "
             f"{'ONNX size':>9}")
     lines = [head]
     for r in result["rows"]:
         cls = ", ".join(r["classes"])
         cls = cls if len(cls) <= 36 else cls[:33] + "..."
-        lines.append(f"{r['request']:<22} {cls:<36} {100 * r['acc']:5.1f}% {100 * r['dense_acc']:8.1f}% "
+        lines.append(f"{r['request']:<{w}} {cls:<36} {100 * r['acc']:5.1f}% {100 * r['dense_acc']:8.1f}% "
                      f"{r['mac_ratio']:9.3f} {r['latency_ratio']:13.3f} {r['onnx_bytes'] / 1024:7.0f} KB")
     lines += ["acc: test accuracy of the subnet on its classes' test images (one-vs-rest for a single class); dense "
               "acc: the full net restricted to the same classes",
