@@ -242,6 +242,6 @@ def test_the_demo_table_keeps_its_columns_for_a_long_request():
     row = {"classes": ["digit 0", "capital A"], "acc": 0.9, "dense_acc": 0.95, "mac_ratio": 0.5,
            "latency_ratio": 0.6, "onnx_bytes": 2048}
     rows = [dict(row, request="digits"), dict(row, request="capital letters and digits")]
-    lines = format_demo({"rows": rows}, "out").splitlines()
+    lines = format_demo({"rows": rows, "seconds": 1.0}, "out").splitlines()
     assert len({ln.index(" digit 0") for ln in lines[1:3]}) == 1  # the classes column starts at one place
     assert lines[0].index("classes") == lines[1].index("digit 0")
