@@ -127,7 +127,7 @@ def subnet_cost(arch: dict, widths: dict[str, int], num_classes: int, input_shap
     import json
 
     a = dict(arch, site_widths=widths, num_classes=num_classes)
-    with torch.device("meta"):
+    with torch.device("cpu"):  # small nets build in milliseconds; the meta device's first use costs seconds
         net = build_backbone(a)
     key = json.dumps([{k: v for k, v in arch.items() if k not in ("site_widths", "num_classes")}, list(input_shape)],
                      sort_keys=True, default=str)
