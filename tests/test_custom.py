@@ -20,6 +20,8 @@ tp = pytest.importorskip("torch_pruning")
 
 from hypersan.nn.custom import load_factory, make_network  # noqa: E402
 from hypersan.nn.graph import GraphError  # noqa: E402
+from hypersan.prune.engine import vector_block  # noqa: E402
+from hypersan.prune.metrics import kept_widths  # noqa: E402
 
 FACTORIES = {"resnet18": ("tests.models.resnet18:build", "{in_channels = 3, width = 4}"),
              "mobilenet": ("tests.models.mobilenet:build", "{in_channels = 3, width = 4}"),
@@ -68,22 +70,41 @@ def test_a_custom_network_trains_and_its_pruned_net_equals_the_masked_one(traine
     x = torch.from_numpy(_images(8, 2)[0]).float() / 255
     for classes in (["circle", "cross"], ["square", "cross", "stripes"]):
         idx = [CLASSES.index(c) for c in classes]
-        net = engine.subnet(classes)
+        net = engine.subnet(classes, round_to=0)  # the exact widths
         assert net.classes == classes
-        widths = engine.widths(tuple(idx))
+        widths = kept_widths(engine.masks(tuple(idx), round_to=0)[0], engine.model.sites)
         full = engine.model.backbone.arch["site_widths"]
         assert any(widths[g] < full[g] for g in full), "the randomized generator should drop channels"
         assert engine.cost(net)["mac_ratio"] < 1
         with torch.no_grad():
             pruned = net(x)
-        masked = engine.predict(x, classes)[:, idx]
+        masked = engine.predict(x, classes, round_to=0)[:, idx]
         assert torch.allclose(pruned, masked, atol=1e-4), (pruned - masked).abs().max()
         # the masked form as a plain net (physical=False): the dense widths, its masked channels zeroed
-        zeroed = engine.subnet(classes, physical=False)
+        zeroed = engine.subnet(classes, physical=False, round_to=0)
         assert zeroed.arch["site_widths"] == full and zeroed.classes == classes
         assert engine.cost(zeroed)["mac_ratio"] > 0.99  # the dense net's cost, less the head's cut rows
         with torch.no_grad():
             assert torch.allclose(zeroed(x), masked, atol=1e-4), (zeroed(x) - masked).abs().max()
+        # by default a custom network's widths are rounded up to the CPU's vector block, in the net and the
+        # masked module alike
+        block = vector_block()
+        default = engine.subnet(classes)
+        assert all(w % block == 0 or w == full[g] for g, w in default.arch["site_widths"].items())
+        assert all(default.arch["site_widths"][g] >= widths[g] for g in full)
+        with torch.no_grad():
+            assert torch.allclose(default(x), engine.predict(x, classes)[:, idx], atol=1e-4)
+
+
+def test_the_default_rounding_is_the_cpus_vector_block_for_custom_networks_only(trained):
+    from hypersan.prune.engine import PruningEngine
+
+    engine = trained("mobilenet")
+    assert engine.round_multiple(None) == engine.round_multiple("auto") == vector_block() in (8, 16)
+    assert engine.round_multiple(0) == 0 and engine.round_multiple(4) == 4
+    with pytest.raises(ValueError, match="'auto'"):
+        engine.round_multiple("fast")
+    assert PruningEngine.from_pretrained("fmnist_b16").round_multiple(None) == 0  # built-ins: the exact widths
 
 
 @pytest.mark.parametrize("model", list(FACTORIES))
@@ -146,8 +167,8 @@ def test_bad_factories_and_configs_are_clear_errors(tmp_path):
         _config(tmp_path, "resnet18", 'model.factory=""')
     with pytest.raises(ConfigError, match="read with model.arch = 'custom' only"):
         _config(tmp_path, "resnet18", 'model.arch="resnet"')
-    with pytest.raises(ConfigError, match="takes no budget"):
-        _config(tmp_path, "resnet18", "generator.budget=true")
+    with pytest.raises(ConfigError, match="model.scaling = false is read with model.arch = 'custom' only"):
+        load_config(None, ["model.scaling=false"])
 
 
 def test_a_custom_model_is_served(trained, tmp_path):
@@ -373,6 +394,7 @@ def test_a_head_on_flattened_maps_has_no_mac_model(monkeypatch):
 def test_budgets_and_the_guard_on_a_custom_network(tmp_path):
     import copy
 
+    from hypersan.nn.generators import BudgetError
     from hypersan.prune.engine import PruningEngine
     from hypersan.prune.stats import set_bn_stats
     from hypersan.training.train import train
@@ -382,13 +404,15 @@ def test_budgets_and_the_guard_on_a_custom_network(tmp_path):
     engine = PruningEngine.from_pretrained(tmp_path / "run")
     x = torch.from_numpy(_images(6, 4)[0]).float() / 255
     idx = [CLASSES.index("circle"), CLASSES.index("cross")]
+    with pytest.raises(BudgetError, match="round_to=0 allows smaller nets"):  # these narrow nets round to all
+        engine.subnet(["circle", "cross"], budget=0.3)
     for budget in (0.6, 0.3):
-        net = engine.subnet(["circle", "cross"], budget=budget)
+        net = engine.subnet(["circle", "cross"], budget=budget, round_to=0)
         assert engine.cost(net)["mac_ratio"] <= budget + 1e-9  # the budget rule: met exactly
-        masks, _ = engine.masks(tuple(sorted(idx)), budget=budget)  # the generator's masks, cut to fit
+        masks, _ = engine.masks(tuple(sorted(idx)), budget=budget, round_to=0)  # the generator's, cut to fit
         body = copy.deepcopy(engine.model.backbone).eval()
-        set_bn_stats(body, engine.statistics(tuple(sorted(idx)), budget=budget))
+        set_bn_stats(body, engine.statistics(tuple(sorted(idx)), budget=budget, round_to=0))
         with torch.no_grad():
             assert torch.allclose(net(x), body(x, masks)[:, sorted(idx)], atol=1e-4)
-    guarded = engine.subnet(["circle", "cross"], budget=0.6, guard=True)
+    guarded = engine.subnet(["circle", "cross"], budget=0.6, guard=True, round_to=0)
     assert guarded.guard["requested"] == 0.6 and guarded.guard["budget"] <= 0.6

@@ -131,6 +131,16 @@ def _study(args) -> int:
     return module.main(args.rest)
 
 
+def round_to_arg(value: str):
+    """--round-to: a width multiple, or "auto" (the CPU's vector block)."""
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: give a width multiple such as 16, 0 (none), or auto") from None
+
+
 def _sweep(args) -> int:
     """`hypersan sweep PLAN ...`: training runs from a plan (hypersan.research.sweep)."""
     from ..research.sweep import main as run
@@ -498,8 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a budget-conditioned model: the largest MAC ratio to the dense net, e.g. 0.1 (met exactly; "
                          "a --request may also say it: 'shoes under 10%% of the compute')")
     pr.add_argument("--guard", action="store_true", help=GUARD_HELP)
-    pr.add_argument("--round-to", type=int, default=0, metavar="N",
-                    help="round every kept width to a multiple of N (see --round-mode)")
+    pr.add_argument("--round-to", type=round_to_arg, default=None, metavar="N|auto",
+                    help="round every kept width to a multiple of N (see --round-mode); auto: the CPU's vector block "
+                         "(16 with AVX-512, else 8); default: auto for a custom network, none for the built-in ones")
     pr.add_argument("--round-mode", choices=["up", "nearest"], default="up",
                     help="up: add back channels (exact); nearest: may also drop the lowest-utility kept channels")
     pr.add_argument("--fold-bn", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
@@ -535,7 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=10,
                    help="timed rounds; ratios are medians of per-round ratios")
     b.add_argument("--warmup", type=int, default=3, help="untimed rounds first (default 3)")
-    b.add_argument("--round-to", type=int, default=0, metavar="N",
+    b.add_argument("--round-to", type=round_to_arg, default=None, metavar="N|auto",
                    help="also time widths rounded to multiples of N (see --round-mode); with --runtime, the pruned "
                         "nets are rounded")
     b.add_argument("--budget", type=float, default=None, metavar="B",

@@ -153,7 +153,9 @@ def enforce_budget(masks: dict[str, Tensor], raw: dict[str, Tensor], mac: MacMod
         if not heap:
             smallest = mac(floor, classes) / mac.dense
             raise BudgetError(f"a budget of {budget:g} of the dense net's MACs is below the smallest subnet of "
-                              f"these classes ({smallest:.4f}); ask for a budget of at least {smallest:.4f}")
+                              f"these classes ({smallest:.4f}); ask for a budget of at least {smallest:.4f}"
+                              + (f" (widths in multiples of {step}; round_to=0 allows smaller nets)" if step > 1
+                                 else ""))
         _, name = heapq.heappop(heap)
         cut, order[name] = order[name][:step], order[name][step:]
         out[name][0, cut] = 0

@@ -15,7 +15,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +33,15 @@ from ..data.subtasks import Subtask
 from .budget import BudgetError, MacModel, enforce_budget
 from ..nn.generators import budget_label
 from .surgery import ROUND_MODES, expand_bn_stats, prune_backbone, round_widths
+
+ROUND_AUTO = "auto"
+RoundTo = Optional[Union[int, str]]  # a width multiple, "auto" (the CPU's vector block), or None (the default)
+
+
+def vector_block() -> int:
+    """Channels per vector block of this CPU's float32 convolution kernels: 16 with AVX-512, else 8 (AVX2, NEON
+    and the rest). Widths in multiples of it run at the speed their MACs promise (docs/CUSTOM.md, *Faster*)."""
+    return 16 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 8
 
 
 # A guarded request for budget b weighs the nets at these smaller budgets too (docs/BUDGETS.md, "Guarded budgets"):
@@ -260,7 +269,20 @@ class PruningEngine:
             source = self._calibration_source()
         return CalibSpec(c.batches, c.batch_size, self.seed if seed is None else seed, source, d.crop_padding, d.hflip)
 
-    def masks(self, subtask: Optional[Subtask], text: Optional[str] = None, round_to: int = 0,
+    def round_multiple(self, round_to: RoundTo = None) -> int:
+        """The width multiple a build rounds to: an integer as given (0 or 1: none); "auto": the CPU's vector
+        block (vector_block: 16 with AVX-512, else 8); None: "auto" for a custom network, whose odd widths
+        otherwise run slower than the dense net (docs/CUSTOM.md), and 0 for the built-in backbones."""
+        if round_to is None:
+            round_to = ROUND_AUTO if isinstance(self.model.backbone, CustomBackbone) else 0
+        if round_to == ROUND_AUTO:
+            return vector_block()
+        if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 0:
+            raise ValueError(f"round_to must be a positive integer, 0 (no rounding) or 'auto' (the CPU's vector "
+                             f"block), got {round_to!r}")
+        return round_to
+
+    def masks(self, subtask: Optional[Subtask], text: Optional[str] = None, round_to: RoundTo = None,
               round_mode: str = "up", budget: Optional[float] = None) -> tuple[Optional[dict], Optional[str]]:
         """(masks {site: (1, C)}, label) of a subtask; None masks for the dense net. The label names what besides
         the subtask and text decided the masks: the rounding ("up16") and the budget ("b0.1"), joined by a comma.
@@ -273,8 +295,7 @@ class PruningEngine:
     def _masks(self, subtask, text, round_to, round_mode, budget) -> tuple[Optional[dict], Optional[str], int]:
         """masks() and the number of channels the budget cut from the generator's masks."""
         budget = self.check_budget(budget)
-        if round_to < 0:
-            raise ValueError(f"round_to must be a positive integer (or 0: no rounding), got {round_to}")
+        round_to = self.round_multiple(round_to)
         if round_mode not in ROUND_MODES:
             raise ValueError(f"round mode must be one of {', '.join(ROUND_MODES)}, got {round_mode!r}")
         if text is not None and (subtask is None or self.model.config.generator.conditioning != "text"):
@@ -326,7 +347,7 @@ class PruningEngine:
         return self._weights[1]
 
     # ------------------------------------------------------------ statistics
-    def statistics(self, subtask: Optional[Subtask], text: Optional[str] = None, round_to: int = 0,
+    def statistics(self, subtask: Optional[Subtask], text: Optional[str] = None, round_to: RoundTo = None,
                    round_mode: str = "up", seed: Optional[int] = None, images: Optional[Tensor] = None,
                    budget: Optional[float] = None) -> BNStats:
         """Full-width BN statistics of a subtask's masks: from the cache when every setting matches, else
@@ -353,7 +374,7 @@ class PruningEngine:
         return self.cache.put(key, stats), key
 
     @contextlib.contextmanager
-    def using_statistics(self, classes=None, text: Optional[str] = None, round_to: int = 0, round_mode: str = "up",
+    def using_statistics(self, classes=None, text: Optional[str] = None, round_to: RoundTo = None, round_mode: str = "up",
                          seed: Optional[int] = None, images: Optional[Tensor] = None,
                          budget: Optional[float] = None) -> Iterator[SubtaskAdaptiveNet]:
         """Load a subtask's statistics into the module for the duration (an eval-mode forward then accepts it)."""
@@ -372,8 +393,10 @@ class PruningEngine:
             model.stats_tag = tag
 
     @torch.no_grad()
-    def predict(self, x: Tensor, classes=None, batch_size: int = 1000, budget: Optional[float] = None) -> Tensor:
-        """Logits (N, num_classes) of the masked module for a subtask (None: dense), with its own statistics.
+    def predict(self, x: Tensor, classes=None, batch_size: int = 1000, budget: Optional[float] = None,
+                round_to: RoundTo = None) -> Tensor:
+        """Logits (N, num_classes) of the masked module for a subtask (None: dense), with its own statistics, and
+        its widths rounded as `subnet` rounds them (`round_to`, see round_multiple): the logits of `subnet`.
         `x` is float in [0, 1] or uint8 (divided by 255). With a budget, the masked module runs the generator's
         masks as they come; where those are over the budget (the engine would cut them) it raises BudgetError:
         `subnet` builds the net cut to fit."""
@@ -385,10 +408,16 @@ class PruningEngine:
                 raise BudgetError(f"the generator's net for {subtask} is over the budget {budget:g}: cut to fit, it "
                                   "is no longer the masked module's; use engine.subnet(..., budget=...) for it")
         out = []
-        with self.using_statistics(subtask, budget=budget):
+        rounded = None
+        if subtask is not None and self.round_multiple(round_to) > 1:  # the masks the subnet is built from
+            rounded, _ = self.masks(subtask, None, round_to, "up", budget)
+        with self.using_statistics(subtask, round_to=round_to, budget=budget):
             for i in range(0, len(x), batch_size):
                 xb = x[i:i + batch_size].to(self.model.device)
                 xb = xb.float().div_(255.0) if xb.dtype == torch.uint8 else xb.float()
+                if rounded is not None:
+                    out.append(self.model.backbone(xb, rounded).float().cpu())
+                    continue
                 sel = None if select is None else select.expand(len(xb), -1)
                 bud = None if budget is None or sel is None else torch.full((len(xb),), budget)
                 out.append(self.model(xb, sel, bud).float().cpu())
@@ -418,7 +447,7 @@ class PruningEngine:
             raise BudgetError("a guard weighs a budget-conditioned model's nets at several budgets; this model is not "
                               "budget-conditioned (generator.budget = false in its config): leave the guard off")
 
-    def guard(self, classes, budget: Optional[float] = None, text: Optional[str] = None, round_to: int = 0,
+    def guard(self, classes, budget: Optional[float] = None, text: Optional[str] = None, round_to: RoundTo = None,
               round_mode: str = "up", seed: Optional[int] = None, images: Optional[Tensor] = None) -> dict:
         """The budget a guarded request is served at. The nets at `budget` and at every smaller budget of
         `guard_grid` (within the model's range) are weighed on the class set's validation images; the smallest
@@ -440,6 +469,7 @@ class PruningEngine:
         b = 1.0 if budget is None else budget
         vx, vy = self.validation()
         spec = self.calib_spec(seed, images)
+        round_to = self.round_multiple(round_to)
         key = (subtask, text, round_to, round_mode, b, tuple(self.guard_grid), spec.fingerprint(),
                self.weights_fingerprint(), self._val_source)
         if key not in self._guards:  # weigh every budget's net on the class set's validation images, once
@@ -466,7 +496,7 @@ class PruningEngine:
 
     # ------------------------------------------------------------ surgery and export
     @torch.no_grad()
-    def subnet(self, classes=None, fold_bn: bool = False, round_to: int = 0, round_mode: str = "up",
+    def subnet(self, classes=None, fold_bn: bool = False, round_to: RoundTo = None, round_mode: str = "up",
                physical: bool = True, text: Optional[str] = None, seed: Optional[int] = None,
                images: Optional[Tensor] = None, budget: Optional[float] = None, guard: bool = False) -> nn.Module:
         """The physically pruned plain network of a subtask, in eval mode.
@@ -527,7 +557,7 @@ class PruningEngine:
         return self._dense_cost
 
     def export(self, classes, out: str | os.PathLike, formats: Iterable[str] | str = DEFAULT_FORMATS,
-               round_to: int = 0, fold_bn: bool = True, round_mode: str = "up", text: Optional[str] = None,
+               round_to: RoundTo = None, fold_bn: bool = True, round_mode: str = "up", text: Optional[str] = None,
                force: bool = False, quantize: Optional[str] = None, int8_images: int = 1024,
                budget: Optional[float] = None, guard: bool = False) -> dict:
         """Prune to a subtask and write its artifact atomically; returns a JSON-able summary. An existing
@@ -543,7 +573,7 @@ class PruningEngine:
         subtask = [self.model.classes.index(c) for c in net.classes]
         cost = self.cost(net)
         ratios = {k: cost[k] for k in ("mac_ratio", "param_ratio")}
-        extra = dict(ratios, round_to=round_to, round_mode=round_mode, conditioned_on=net.conditioned_on,
+        extra = dict(ratios, round_to=self.round_multiple(round_to), round_mode=round_mode, conditioned_on=net.conditioned_on,
                      budget=net.budget, **({"guard": net.guard} if net.guard else {}))
         if getattr(net, "grounding", None) is not None:
             extra.update(request=net.request, grounding=net.grounding)

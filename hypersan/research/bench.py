@@ -209,7 +209,7 @@ def _run(engine, subtasks, batch, threads, repeats, warmup, round_to, round_mode
             b["masks"] = masks
             # the masked form: a plain net of dense widths with zeroed channels
             b["masked"] = engine.subnet(t, fold_bn=fold_bn, physical=False, seed=seed, budget=budget)
-            if round_to > 1:
+            if round_to and engine.round_multiple(round_to) > 1:
                 b["rnet"] = engine.subnet(t, fold_bn=fold_bn, round_to=round_to, round_mode=round_mode, seed=seed,
                                           budget=budget)
             b["size"] = save_subnet(b["net"], Path(tmp) / f"s{i}", ["safetensors"])["safetensors"].stat().st_size
@@ -248,7 +248,7 @@ def _run(engine, subtasks, batch, threads, repeats, warmup, round_to, round_mode
                "widths": net.arch["site_widths"], "custom": custom, "budget": budget}
         if "rnet" in b:
             rmacs = engine.cost(b["rnet"])["macs"]
-            row["rounded"] = {"round_to": round_to, "mode": round_mode, "mac_ratio": rmacs / dense_macs,
+            row["rounded"] = {"round_to": engine.round_multiple(round_to), "mode": round_mode, "mac_ratio": rmacs / dense_macs,
                               "widths": b["rnet"].arch["site_widths"],
                               "latency_ratio": ratio["rounded"], "ms": 1e3 * med["rounded"]}
             row["rounded"]["pruned_latency_check"] = latency_bound_met(row["rounded"]["latency_ratio"],
@@ -337,7 +337,7 @@ def calls_per_round(batch: int, images: int = 64) -> int:
 def run_runtime_bench(engine: PruningEngine, subtasks: Sequence[Subtask], runtimes: Sequence[str],
                       batches: Sequence[int] = (1, 256), threads: int = 2, repeats: int = 10, warmup: int = 3,
                       seed: int = 0, log: Optional[Callable[[str], None]] = None, budget: Optional[float] = None,
-                      round_to: int = 0, round_mode: str = "up") -> dict:
+                      round_to=None, round_mode: str = "up") -> dict:
     """Dense vs pruned latency in each deployment runtime (runtimes.RUNTIMES), at each batch size: both nets run
     in the same runtime, timed in the same shuffled rounds; the ratio is the median of per-round ratios. The
     int8 runtime quantizes each net on its own classes' training images. Each pruned net is built as
@@ -381,7 +381,7 @@ def run_runtime_bench(engine: PruningEngine, subtasks: Sequence[Subtask], runtim
                                              "pruned": lambda: [p(x) for _ in range(n)]}, warmup, repeats, seed)
                         ratio = paired_ratio(times["pruned"], times["dense"])
                         row = {"runtime": rt, "batch": b, "classes": names, "indices": list(t),
-                               "budget": budget, "round_to": round_to, "mac_ratio": mac_ratio, "latency_ratio": ratio,
+                               "budget": budget, "round_to": engine.round_multiple(round_to), "mac_ratio": mac_ratio, "latency_ratio": ratio,
                                "dense_ms": 1e3 * statistics.median(times["dense"]) / n,
                                "pruned_ms": 1e3 * statistics.median(times["pruned"]) / n,
                                "max_abs_diff_to_eager": err, "latency_bound": latency_bound(mac_ratio),
@@ -392,7 +392,7 @@ def run_runtime_bench(engine: PruningEngine, subtasks: Sequence[Subtask], runtim
     finally:
         torch.set_num_threads(old_threads)
     return {"mode": "runtimes", "threads": threads, "batches": list(batches), "repeats": repeats, "warmup": warmup,
-            "budget": budget, "round_to": round_to, "round_mode": round_mode,
+            "budget": budget, "round_to": engine.round_multiple(round_to), "round_mode": round_mode,
             "runtimes": list(runtimes), "subtasks": rows, "summary": runtime_summary(rows),
             "load_average": load_average()}
 
@@ -439,3 +439,96 @@ def format_runtime_table(result: dict) -> str:
     if warn:
         lines.append(warn)
     return "\n".join(lines)
+
+
+def uniform_masks(backbone, mac, target: float, multiple: int = 1) -> dict:
+    """Masks {site: (1, C)} keeping the same fraction of every utility site (its first channels), the fraction
+    found by bisection so that the net's MAC ratio (with all classes) is as close to `target` as it gets without
+    passing it; with `multiple` > 1, each site's width is then rounded up to a multiple (or the site size)."""
+    sizes = {s.name: s.size for s in backbone.sites() if s.kind == "utility"}
+
+    def widths(f: float) -> dict[str, int]:
+        out = {}
+        for n, size in sizes.items():
+            w = max(1, round(f * size))
+            if multiple > 1:
+                w = min(size, -(-w // multiple) * multiple)
+            out[n] = w
+        return out
+
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if mac(widths(mid), mac.num_classes) / mac.dense <= target:
+            lo = mid
+        else:
+            hi = mid
+    w = widths(lo)
+    masks = {}
+    for n, size in sizes.items():
+        m = torch.zeros(1, size)
+        m[0, :w[n]] = 1.0
+        masks[n] = m
+    return masks
+
+
+def run_width_bench(factory: str, kwargs: dict, input_shape: Sequence[int], num_classes: int,
+                    mac_ratios: Sequence[float], multiples: Sequence[int], runtimes: Sequence[str] = ("eager",),
+                    batches: Sequence[int] = (1, 64), threads: int = 2, repeats: int = 10, warmup: int = 3,
+                    seed: int = 0, log: Optional[Callable[[str], None]] = None) -> dict:
+    """A user's network (random weights: latency depends on widths only), pruned to each MAC ratio with the same
+    kept fraction in every channel group, widths left as they fall (multiple 1) or rounded up to each of
+    `multiples` at the same MAC ratio; each net's latency against the dense net's in each runtime and batch size,
+    timed side by side in shuffled rounds (the median of per-round ratios). BN is folded as exports fold it."""
+    from ..deploy.runtimes import session
+    from ..nn.custom import CustomBackbone
+    from ..prune.budget import MacModel
+    from ..prune.surgery import prune_backbone
+
+    log = log or (lambda m: None)
+    c = int(input_shape[0])
+    torch.manual_seed(seed)
+    bb = CustomBackbone(factory, dict(kwargs), c, num_classes, list(input_shape), [0.5] * c, [0.25] * c).eval()
+    mac = MacModel(bb, input_shape)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(seed)
+    xs = {b: torch.rand(b, *input_shape, generator=gen) for b in batches}
+    classes = list(range(num_classes))
+    rows = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="hypersan-widths-") as tmp:
+            dense = prune_backbone(bb, None, classes, fold_bn=True)
+            nets = {}
+            for r in mac_ratios:
+                for k in (1, *[m for m in multiples if m > 1]):
+                    net = prune_backbone(bb, uniform_masks(bb, mac, r, k), classes, fold_bn=True)
+                    nets[(r, k)] = net
+            for rt in runtimes:
+                d = session(dense, rt, Path(tmp) / "dense" / rt, threads)
+                for (r, k), net in nets.items():
+                    p = session(net, rt, Path(tmp) / f"r{r}-m{k}" / rt, threads)
+                    got = count_macs_ratio(net, dense, input_shape)
+                    for b in batches:
+                        x, n = xs[b], calls_per_round(b)
+                        times = time_rounds({"dense": lambda: [d(x) for _ in range(n)],
+                                             "pruned": lambda: [p(x) for _ in range(n)]}, warmup, repeats, seed)
+                        ratio = paired_ratio(times["pruned"], times["dense"])
+                        rows.append({"runtime": rt, "batch": b, "target_mac_ratio": r, "multiple": k,
+                                     "mac_ratio": got, "latency_ratio": ratio,
+                                     "latency_bound": 1.2 * got + 0.05, "bound_met": ratio <= 1.2 * got + 0.05,
+                                     "widths": dict(net.arch["site_widths"]),
+                                     "dense_ms": 1e3 * statistics.median(times["dense"]) / n,
+                                     "pruned_ms": 1e3 * statistics.median(times["pruned"]) / n})
+                        log(f"{rt} batch {b} mac {got:.3f} (multiple {k}): latency {ratio:.3f}")
+    finally:
+        torch.set_num_threads(old)
+    return {"factory": factory, "kwargs": dict(kwargs), "input_shape": list(input_shape), "threads": threads,
+            "repeats": repeats, "warmup": warmup, "machine": machine(threads), "rows": rows,
+            "load_average": load_average()}
+
+
+def count_macs_ratio(net, dense, input_shape) -> float:
+    from ..prune.metrics import count_macs
+
+    return count_macs(net, tuple(input_shape)) / count_macs(dense, tuple(input_shape))

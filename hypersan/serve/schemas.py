@@ -17,8 +17,10 @@ class SubnetRequest(BaseModel):
         {"request": "shoes and bags"}, {"classes": ["Sneaker", "Bag"]}, {"classes": [7, 8], "round_to": 16}]})
     request: Optional[StrictStr] = Field(None, max_length=1000, description="the class set in words")
     classes: Optional[list[_CLASS_NAME]] = Field(None, max_length=10000, description="class names or indices")
-    round_to: StrictInt = Field(0, ge=0, le=MAX_ROUND_TO,
-                                description="round every kept width up to a multiple of this (0: the exact widths)")
+    round_to: Optional[StrictInt] = Field(None, ge=0, le=MAX_ROUND_TO,
+                                          description="round every kept width up to a multiple of this (0: the exact "
+                                                      "widths; default: the CPU's vector block for a custom network, "
+                                                      "0 for the built-in backbones)")
     budget: Optional[float] = Field(None, gt=0, le=1, description="a budget-conditioned model: the largest MAC "
                                     "ratio to the dense net (met exactly); a request in words may also state it")
     guard: StrictBool = Field(False, description="a budget-conditioned model: serve the smallest of the nets at the "

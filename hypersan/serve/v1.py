@@ -55,7 +55,8 @@ def router(service: SubnetService, token: Optional[str], max_images: int, secure
         """Build the subnet of a class set (a request in words, or class names / indices), or find it: 201 when
         built now, 200 when it was there. The same class set (and round_to) always gives the same id."""
         subtask, grounding, budget = await service.resolve(body.request, body.classes, body.budget)
-        round_to = body.round_to if body.round_to > 1 else 0
+        round_to = service.engine.round_multiple(body.round_to)
+        round_to = round_to if round_to > 1 else 0
         sub, built = await service.create(subtask, round_to, grounding, budget, body.guard)
         out = info(sub)
         if grounding is not None:
@@ -98,7 +99,8 @@ def router(service: SubnetService, token: Optional[str], max_images: int, secure
             sub = await service.get(body.subnet)
         else:
             subtask, grounding, budget = await service.resolve(body.request, body.classes, body.budget)
-            sub, _ = await service.create(subtask, 0, grounding, budget, body.guard)
+            default = service.engine.round_multiple(None)  # the model's default rounding, as /v1/subnets builds
+            sub, _ = await service.create(subtask, default if default > 1 else 0, grounding, budget, body.guard)
         logits, ms = await service.forward(sub, x)
         classes = sub.meta["classes"]
         probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
