@@ -88,3 +88,36 @@ def test_the_peer_at_a_fixed_mac_ratio_is_read_against_the_budget_model_and_name
     row = next(line for line in section.splitlines() if line.startswith("| digits"))
     # the budget model's digits net at 0.05: 0.93 on test, against the peer's 0.90
     assert row.split(" | ")[-2] == "+3.00" and "0.0510 / 0.0500" in row
+
+
+def test_the_specialist_ceiling_trains_each_class_set_alone_at_two_widths(study):
+    import torch
+
+    from .test_surgery import _engine
+
+    engine = _engine()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (240, 1, 28, 28), dtype=torch.uint8, generator=gen)
+    y = torch.arange(240) % 10
+    x[y == 3] //= 4  # one class darker than the rest: something to learn
+    subtasks = [{"group": "digits", "name": "digits", "indices": [0, 1, 2, 3]},
+                {"group": "hardest pairs", "name": "3, 4", "indices": [3, 4]},
+                {"group": "hardest pairs", "name": "5, 6", "indices": [5, 6]},
+                {"group": "hardest pairs", "name": "7, 8", "indices": [7, 8]},
+                {"group": "random 20-class sets", "name": "many", "indices": list(range(10))}]
+    picks = study.specialist_picks(subtasks)
+    assert picks == [0, 1, 2]  # the digits and the two hardest pairs, no 20-class set
+    ref = engine.dense_cost()[0]
+    rows = study.run_specialists(engine, picks[:2], subtasks, {"val": (x, y), "test": (x, y)}, (x, y), 1, ref)
+    assert [(r["subtask"], r["scale"]) for r in rows] == [(0, 0.25), (0, 0.5), (1, 0.25), (1, 0.5)]
+    assert rows[0]["images"] == int(torch.isin(y, torch.tensor([0, 1, 2, 3])).sum())  # its own classes' images
+    for small, big in ((rows[0], rows[1]), (rows[2], rows[3])):
+        assert 0 < small["mac_ratio"] < big["mac_ratio"] < 1
+    assert all(0 <= r["test_acc"] <= 1 and r["epochs"] == 1 for r in rows)
+    nets = {"dense-w16": {"agnostic": {s: {"rows": [{"mac_ratio": 1.0, "acc": 0.9, "seen": True}] * 5, "top1": 0.5,
+                                            "pred": list(range(10))} for s in ("val", "test")}}}
+    nets["hypernet-g1"] = {"agnostic": nets["dense-w16"]["agnostic"], "adaptive": nets["dense-w16"]["agnostic"]}
+    text = study.report(nets, subtasks, None, [str(i) for i in range(10)], {"val": list(range(10)),
+                                                                           "test": list(range(10))},
+                        specialists=rows)
+    assert "## The specialist ceiling" in text and "| digits | specialist, 0.25 width, 1 epochs |" in text

@@ -29,7 +29,9 @@ Steps, each saved in OUT as JSON and skipped when already there:
 4. `peer-mR.json` (with --peer-macs R,...): the same peer at MAC ratio R on the same subtasks, reported against
    the budget-conditioned models at budget R. With --peer-base NAME the peer prunes that dense net instead of
    dense-w16, and its files are named `peer-NAME.json`, `peer-mR-NAME.json`.
-5. `report.md`: the width check, the confusions, the selection on validation, and per subtask group the MACs the
+5. `specialists-eE.json` (with --specialists E): the specialist ceiling, nets trained from scratch on the digits
+   and the two hardest pairs alone, at two small widths, for E epochs over those images.
+6. `report.md`: the width check, the confusions, the selection on validation, and per subtask group the MACs the
    class-agnostic curve needs for the adaptive nets' accuracy.
 
 With --nets-from DIR, the nets an earlier study scored on the same subtasks join the report under their names
@@ -245,6 +247,61 @@ def run_peer(dense, targets: dict[int, float], subtasks: list[dict], data: dict,
     return out
 
 
+SPECIALIST_SCALES = (0.25, 0.5)  # the specialists' widths: these fractions of the full-width dense net's
+
+
+def specialist_picks(subtasks: list[dict]) -> list[int]:
+    """The specialist ceiling's class sets: the digits and the two hardest pairs."""
+    return [i for i in peer_picks(subtasks) if subtasks[i]["group"] != "random 20-class sets"]
+
+
+def run_specialists(dense, picks: list[int], subtasks: list[dict], data: dict, train: tuple, epochs: int,
+                    ref_macs: int, seed: int = 0, scales=SPECIALIST_SCALES) -> list[dict]:
+    """The specialist ceiling: for each picked class set, plain nets of the dense net's architecture at each width
+    scale, trained from scratch on that class set's images alone (softmax cross-entropy over its classes, the
+    dense net's augmentation, optimizer and learning rate) for `epochs` passes over those images. How much room
+    a class set leaves for a specialized net: its accuracy and MACs beside the adaptive nets'."""
+    import torch
+    import torch.nn.functional as F
+
+    from ..data.datasets import augment, to_float
+    from ..nn.subnet import build_plain
+    from ..prune.metrics import count_macs, plain_accuracy
+    from ..training.optim import sgd_steps
+
+    cfg = dense.model.config
+    arch = dense.model.backbone.arch
+    shape = tuple(dense.model.info.input_shape)
+    tx, ty = train
+    out = []
+    for i in picks:
+        s = subtasks[i]
+        t = sorted(s["indices"])
+        keep = torch.isin(ty, torch.tensor(t))
+        images, labels = tx[keep], torch.searchsorted(torch.tensor(t), ty[keep])
+        per_epoch = max(1, -(-len(labels) // cfg.train.batch_size))
+        for scale in scales:
+            widths = {k: max(1, round(v * scale)) for k, v in arch["site_widths"].items()}
+            torch.manual_seed(seed)
+            net = build_plain(dict(arch, site_widths=widths, num_classes=len(t)), [str(c) for c in t])
+
+            def batch_loss(idx, gen, net=net, images=images, labels=labels):
+                xb = augment(to_float(images[idx]), cfg.data.crop_padding, cfg.data.hflip, gen)
+                return F.cross_entropy(net(xb), labels[idx])
+
+            fit = sgd_steps(net, batch_loss, len(labels), epochs * per_epoch, cfg.train.lr, cfg.train.batch_size, seed,
+                            momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay, warmup=per_epoch // 2)
+            row = {"subtask": i, "group": s["group"], "name": s["name"], "scale": scale, "widths": widths,
+                   "epochs": epochs, "images": len(labels), "train_s": fit["wall_s"],
+                   "mac_ratio": count_macs(net.eval(), shape) / ref_macs}
+            for split, (x, y) in data.items():
+                row[f"{split}_acc"] = plain_accuracy(net, t, x, y)
+            out.append(row)
+            log(f"  specialist: {s['name'][:40]} at {scale:g} width: test acc {row['test_acc']:.4f}, MAC ratio "
+                f"{row['mac_ratio']:.4f} ({fit['wall_s']:.0f} s)")
+    return out
+
+
 def curve_points(nets: dict, split: str) -> dict[str, dict[str, tuple[float, float]]]:
     """{net: {group: (mac, acc)}} of every class-agnostic net: each run's unmasked or all-classes net, and a
     budget-conditioned model's all-classes net at each budget."""
@@ -335,8 +392,8 @@ def budget_report(nets: dict, subtasks: list[dict], fixed: dict, peer_base: str 
 
 
 def report(nets: dict, subtasks: list[dict], peer: list[dict] | None, classes: list[str], data_y: dict,
-           fixed: dict | None = None, command: str = "hypersan study glyphs", peer_base: str = "dense-w16"
-           ) -> str:
+           fixed: dict | None = None, command: str = "hypersan study glyphs", peer_base: str = "dense-w16",
+           specialists: list[dict] | None = None) -> str:
     from ..research.report import equal_accuracy
     from ..data.glyphs import case_insensitive_accuracy
 
@@ -421,6 +478,20 @@ def report(nets: dict, subtasks: list[dict], peer: list[dict] | None, classes: l
             lines.append(f"| {p['name'][:50]} | {p['group']} | {p['finetune_steps']} | {p['mac_ratio']:.4f} / "
                          f"{p['adaptive_mac_ratio']:.4f} | {p['val_acc']:.4f} | {p['test_acc']:.4f} | {a_val:.4f} | "
                          f"{a_test:.4f} | {100 * (a_test - p['test_acc']):+.2f} | {p['build_s']:.0f} |")
+    if specialists:
+        lines += ["", "## The specialist ceiling: nets trained on one class set alone", "",
+                  "Plain nets of the dense net's architecture at a fraction of its widths, trained from scratch on the "
+                  "class set's images only (softmax over its classes); beside them, each hypernetwork's net for the "
+                  "same class set. Test accuracy.", "",
+                  "| class set | net | MAC ratio | val | test |", "|---|---|---|---|---|"]
+        for i in dict.fromkeys(r["subtask"] for r in specialists):
+            name = subtasks[i]["name"][:50]
+            for r in (r for r in specialists if r["subtask"] == i):
+                lines.append(f"| {name} | specialist, {r['scale']:g} width, {r['epochs']} epochs | "
+                             f"{r['mac_ratio']:.4f} | {r['val_acc']:.4f} | {r['test_acc']:.4f} |")
+            for n in sorted((n for n in nets if n.startswith("hypernet")), key=gamma_of):
+                rv, rt = nets[n]["adaptive"]["val"]["rows"][i], nets[n]["adaptive"]["test"]["rows"][i]
+                lines.append(f"| {name} | {n} | {rt['mac_ratio']:.4f} | {rv['acc']:.4f} | {rt['acc']:.4f} |")
     lines += budget_report(nets, subtasks, fixed or {}, peer_base)
     return "\n".join(lines) + "\n"
 
@@ -439,6 +510,10 @@ def main(argv=None) -> int:
     p.add_argument("--nets-from", action="append", default=[], metavar="DIR",
                    help="also read the scored nets (net-NAME.json) of another study folder whose subtasks.json is "
                         "this study's, for names no finished run here has: an earlier study's curve, say")
+    p.add_argument("--specialists", type=int, default=0, metavar="EPOCHS",
+                   help="the specialist ceiling: nets trained on the digits and the two hardest pairs alone, at "
+                        f"{' and '.join(f'{s:g}' for s in SPECIALIST_SCALES)} of the dense widths, for EPOCHS passes "
+                        "over those images (0: none)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=0, help="score on this many images per split (smoke runs; 0: all)")
@@ -518,9 +593,21 @@ def main(argv=None) -> int:
                          f"at the MACs of {chosen}")
     fixed = {r: peer_file(out / f"peer-m{r:g}{tag}.json", {i: r for i in peer_picks(subtasks)}, f"at MAC ratio {r:g}")
              for r in args.peer_macs}
+    specialists = None
+    if args.specialists:
+        path = out / f"specialists-e{args.specialists}.json"
+        if not path.exists():
+            log("the specialist ceiling")
+            if not train_xy:
+                from ..training.train import split_training_data
+
+                train_xy.extend(split_training_data(cfg)[:2])
+            atomic_write_json(path, run_specialists(dense, specialist_picks(subtasks), subtasks, data,
+                                                    tuple(train_xy), args.specialists, ref_macs, args.seed))
+        specialists = read_json(path)
     command = "hypersan study glyphs " + " ".join(argv if argv is not None else sys.argv[1:])
     text = report(nets, subtasks, peer, dense.model.classes, {s: y.tolist() for s, (_, y) in data.items()}, fixed,
-                  command, args.peer_base)
+                  command, args.peer_base, specialists)
     atomic_write_text(out / "report.md", text)
     print(text)
     if args.ship and chosen:
