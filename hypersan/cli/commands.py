@@ -128,7 +128,11 @@ def _study(args) -> int:
     import importlib
 
     module = importlib.import_module(f"..research.{STUDIES[args.kind][0]}", __package__)
-    return module.main(args.rest)
+    program, sys.argv[0] = sys.argv[0], f"hypersan study {args.kind}"  # the study's usage line names its command
+    try:
+        return module.main(args.rest)
+    finally:
+        sys.argv[0] = program
 
 
 def round_to_arg(value: str):
