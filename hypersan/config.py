@@ -20,7 +20,7 @@ class ConfigError(ValueError):
 class DataConfig:
     dataset: str = "fashion_mnist"  # fashion_mnist | cifar10 | cifar100 | folder | imagefolder (your own: data_dir)
     data_dir: str = ""  # empty: $HYPERSAN_DATA, then the system location; folder: train.npz, test.npz, dataset.json
-    train_limit: int = 0  # >0: use only the first N training images (smoke runs); 0: all
+    train_limit: int = 0  # >0: only the first N training images (a folder read class by class: each class its share)
     test_limit: int = 0  # >0: use only the first N test images; 0: all
     val_size: int = 0  # validation images held out of the training data (stratified, seeded); auto: 0 = val_fraction
     val_fraction: float = 0.1  # auto: the share of training images held out for validation (stratified, seeded)

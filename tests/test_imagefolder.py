@@ -149,3 +149,16 @@ def test_a_folder_with_val_validates_on_it_and_a_tiny_one_says_what_it_needs(tmp
     with pytest.raises(ConfigError, match="at least 2"):
         split_training_data(_folder_config(tiny))
     assert len(split_training_data(_folder_config(tiny, "data.val_fraction=0"))[0]) == 3  # no validation: allowed
+
+
+def test_a_training_limit_keeps_every_class_of_a_folder_read_class_by_class():
+    import torch
+
+    from hypersan.data.datasets import limit_indices
+
+    mixed = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2])
+    assert limit_indices(mixed, 4).tolist() == [0, 1, 2, 3]  # the first N, as stored, when they hold every class
+    by_class = torch.tensor([0] * 6 + [1] * 3 + [2] * 3)
+    pick = limit_indices(by_class, 6)
+    assert pick.tolist() == [0, 1, 2, 6, 7, 9, 10]  # each class its share (6 x 6/12, 6 x 3/12 rounded), in order
+    assert limit_indices(by_class, 50).tolist() == list(range(12))

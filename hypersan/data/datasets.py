@@ -352,6 +352,23 @@ def validation_rule(data, data_dir: str | None, labels: torch.Tensor | None = No
     return "sample", n
 
 
+def limit_indices(labels: torch.Tensor, limit: int) -> torch.Tensor:
+    """The training images data.train_limit keeps: the first `limit`, as stored; where those lack a class that
+    the split has (a folder read class by class), the first images of every class instead, each class in its
+    share of the split (at least one), in stored order."""
+    n = len(labels)
+    if limit >= n:
+        return torch.arange(n)
+    if set(labels[:limit].tolist()) == set(labels.tolist()):
+        return torch.arange(limit)
+    classes, counts = labels.unique(return_counts=True)
+    take = {int(c): max(1, round(limit * int(k) / n)) for c, k in zip(classes, counts)}
+    keep = torch.zeros(n, dtype=torch.bool)
+    for c, k in take.items():
+        keep[(labels == c).nonzero().flatten()[:k]] = True
+    return keep.nonzero().flatten()
+
+
 def split_train_val(data, data_dir: str | None = None, val: bool = True) -> tuple[torch.Tensor, torch.Tensor,
                                                                                torch.Tensor | None,
                                                                                torch.Tensor | None, DatasetInfo]:
@@ -361,7 +378,8 @@ def split_train_val(data, data_dir: str | None = None, val: bool = True) -> tupl
     neither, the validation tensors are empty. The test split is not read."""
     x, y, info = load_split(data, "train", data_dir)
     if data.train_limit:
-        x, y = x[:data.train_limit], y[:data.train_limit]
+        pick = limit_indices(y, data.train_limit)
+        x, y = x[pick], y[pick]
     kind, n = validation_rule(data, data_dir, y)
     if kind == "dataset":
         vx, vy = load_split(data, "val", data_dir)[:2] if val else (None, None)
