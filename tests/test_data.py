@@ -205,5 +205,8 @@ def test_a_relative_data_folder_is_found_from_any_working_directory(tmp_path, mo
     assert data_home_path("data/mine") == home / "data" / "mine"
     x, y, info = load_folder_dataset("train", "data/mine")  # as a checkpoint's config names it
     assert len(y) == 4 and info.classes == ["a", "b"]
+    from hypersan.data import datasets
+
+    monkeypatch.setattr(datasets, "CHECKOUT", tmp_path / "a-checkout-without-data")  # whether or not this one has it
     with pytest.raises(DatasetError, match="make glyphs"):  # a missing glyph set says what builds it
         load_folder_dataset("train", "data/glyphs")

@@ -46,6 +46,9 @@ def _find_dir(data_dir: str | os.PathLike | None, system_dir: str, required: lis
     raise DatasetError(f"{what} not found: {p} ({source}) {problem}; it must hold {', '.join(required)}. {how}")
 
 
+CHECKOUT = Path(__file__).resolve().parents[2]  # the checkout hypersan runs from, where `make glyphs` writes
+
+
 def data_home_path(data_dir: str | os.PathLike) -> Path:
     """Where a data folder named in a config is: as given when absolute or present from the working directory;
     else, for a relative path ("data/glyphs"), under $HYPERSAN_DATA_HOME, or else under the checkout hypersan
@@ -53,7 +56,7 @@ def data_home_path(data_dir: str | os.PathLike) -> Path:
     p = Path(data_dir)
     if p.is_absolute() or p.exists():
         return p
-    homes = [os.environ.get("HYPERSAN_DATA_HOME", ""), str(Path(__file__).resolve().parents[2])]
+    homes = [os.environ.get("HYPERSAN_DATA_HOME", ""), str(CHECKOUT)]
     for home in homes:
         if home.strip() and (Path(home) / p).exists():
             return Path(home) / p
