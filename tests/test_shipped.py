@@ -130,6 +130,10 @@ def test_the_glyph_model_is_small_self_describing_and_serves_its_groups_without_
     d = default_checkpoint("glyphs")
     assert sum(f.stat().st_size for f in d.iterdir()) <= 10 * 2**20
     monkeypatch.chdir(tmp_path)  # its config's data_dir (data/glyphs) is not there: only shipped statistics serve
+    from hypersan.data import datasets
+
+    monkeypatch.setattr(datasets, "CHECKOUT", tmp_path / "a-checkout-without-data")  # nor in a data home
+    monkeypatch.delenv("HYPERSAN_DATA_HOME", raising=False)
     engine = PruningEngine.from_pretrained("glyphs")
     meta = engine.model.meta
     assert len(engine.model.classes) == 135 and "validation" in meta["provenance"]["selection"]
