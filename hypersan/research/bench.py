@@ -348,6 +348,7 @@ def run_runtime_bench(engine: PruningEngine, subtasks: Sequence[Subtask], runtim
     if repeats < 1 or warmup < 0 or threads < 1 or not batches or min(batches) < 1:
         raise ValueError("bench needs repeats >= 1, warmup >= 0, threads >= 1 and batch sizes >= 1")
     budget = engine.check_budget(budget)
+    round_to = engine.round_multiple(round_to)  # once: every row records the multiple its nets were built with
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     model = engine.model.eval()
@@ -381,7 +382,7 @@ def run_runtime_bench(engine: PruningEngine, subtasks: Sequence[Subtask], runtim
                                              "pruned": lambda: [p(x) for _ in range(n)]}, warmup, repeats, seed)
                         ratio = paired_ratio(times["pruned"], times["dense"])
                         row = {"runtime": rt, "batch": b, "classes": names, "indices": list(t),
-                               "budget": budget, "round_to": engine.round_multiple(round_to), "mac_ratio": mac_ratio, "latency_ratio": ratio,
+                               "budget": budget, "round_to": round_to, "mac_ratio": mac_ratio, "latency_ratio": ratio,
                                "dense_ms": 1e3 * statistics.median(times["dense"]) / n,
                                "pruned_ms": 1e3 * statistics.median(times["pruned"]) / n,
                                "max_abs_diff_to_eager": err, "latency_bound": latency_bound(mac_ratio),
@@ -392,7 +393,7 @@ def run_runtime_bench(engine: PruningEngine, subtasks: Sequence[Subtask], runtim
     finally:
         torch.set_num_threads(old_threads)
     return {"mode": "runtimes", "threads": threads, "batches": list(batches), "repeats": repeats, "warmup": warmup,
-            "budget": budget, "round_to": engine.round_multiple(round_to), "round_mode": round_mode,
+            "budget": budget, "round_to": round_to, "round_mode": round_mode,
             "runtimes": list(runtimes), "subtasks": rows, "summary": runtime_summary(rows),
             "load_average": load_average()}
 
@@ -483,6 +484,7 @@ def run_width_bench(factory: str, kwargs: dict, input_shape: Sequence[int], num_
     from ..deploy.runtimes import session
     from ..nn.custom import CustomBackbone
     from ..prune.budget import MacModel
+    from ..prune.metrics import count_macs
     from ..prune.surgery import prune_backbone
 
     log = log or (lambda m: None)
@@ -499,6 +501,7 @@ def run_width_bench(factory: str, kwargs: dict, input_shape: Sequence[int], num_
     try:
         with tempfile.TemporaryDirectory(prefix="hypersan-widths-") as tmp:
             dense = prune_backbone(bb, None, classes, fold_bn=True)
+            dense_macs = count_macs(dense, tuple(input_shape))  # once: every pruned net's ratio is to it
             nets = {}
             for r in mac_ratios:
                 for k in (1, *[m for m in multiples if m > 1]):
@@ -508,7 +511,7 @@ def run_width_bench(factory: str, kwargs: dict, input_shape: Sequence[int], num_
                 d = session(dense, rt, Path(tmp) / "dense" / rt, threads)
                 for (r, k), net in nets.items():
                     p = session(net, rt, Path(tmp) / f"r{r}-m{k}" / rt, threads)
-                    got = count_macs_ratio(net, dense, input_shape)
+                    got = count_macs(net, tuple(input_shape)) / dense_macs
                     for b in batches:
                         x, n = xs[b], calls_per_round(b)
                         times = time_rounds({"dense": lambda: [d(x) for _ in range(n)],
@@ -527,8 +530,3 @@ def run_width_bench(factory: str, kwargs: dict, input_shape: Sequence[int], num_
             "repeats": repeats, "warmup": warmup, "machine": machine(threads), "rows": rows,
             "load_average": load_average()}
 
-
-def count_macs_ratio(net, dense, input_shape) -> float:
-    from ..prune.metrics import count_macs
-
-    return count_macs(net, tuple(input_shape)) / count_macs(dense, tuple(input_shape))
