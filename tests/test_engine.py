@@ -321,3 +321,23 @@ def test_the_dense_logits_are_cached_by_weights_and_images(tmp_path):
     cached = evaluate(eng, x, y, [(7, 8)], progress=False, cache_dir=tmp_path)
     plain = evaluate(eng, x, y, [(7, 8)], progress=False)
     assert cached["dense"] == plain["dense"] and cached["subtasks"] == plain["subtasks"]
+
+
+def test_a_class_agnostic_net_serves_every_class_set_with_its_dense_body():
+    """A net trained without masks (subtasks.dense_share = 1, the glyph study's curve): its generator never
+    learned, so a class set's net is the dense body with the head cut to the set, on the dense statistics."""
+    eng = _engine(extra=["subtasks.dense_share=1.0"])
+    assert eng.model.class_agnostic and not _engine().model.class_agnostic
+    x = _x()
+    dense = eng.subnet(None)
+    t = (1, 7, 8)
+    net = eng.subnet(["Bag", "Sneaker", "Trouser"])
+    assert eng.masks(t) == (None, None)
+    assert net.arch["site_widths"] == dense.arch["site_widths"]  # nothing pruned: the masks were never trained
+    assert eng.key(t) not in eng.cache and eng.key(None) in eng.cache  # one calibration serves every class set
+    with torch.no_grad():
+        assert torch.allclose(net(x), dense(x)[:, list(t)], atol=1e-5)
+        assert torch.allclose(eng.predict(x, ["Bag", "Sneaker", "Trouser"]), dense(x), atol=1e-4)
+    got = evaluate(eng, _x(10), torch.arange(10), [t, (0, 2)], progress=False)
+    assert all(s["acc"] == s["dense_acc"] for s in got["subtasks"])
+    assert all(s["mac_ratio"] < 1.0 for s in got["subtasks"])  # the head cut to the class set

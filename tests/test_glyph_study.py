@@ -5,6 +5,7 @@ import importlib
 
 import pytest
 
+from .conftest import needs_fmnist
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +122,25 @@ def test_the_specialist_ceiling_trains_each_class_set_alone_at_two_widths(study)
                                                                            "test": list(range(10))},
                         specialists=rows)
     assert "## The specialist ceiling" in text and "| digits | specialist, 0.25 width, 1 epochs |" in text
+
+
+@needs_fmnist  # the saved run calibrates its dense statistics on its training images (tiny.toml: Fashion-MNIST)
+def test_the_shipped_curve_is_each_widths_longest_trained_dense_net_and_eval_reads_it(study, tmp_path):
+    assert study.curve_runs(["dense-w16", "dense-w16-e8", "dense-w2", "dense-w2-e6", "dense-w2-e8", "hypernet-g1",
+                             "dense-w4", "budget-dense"]) == {2: "dense-w2-e8", 4: "dense-w4", 16: "dense-w16-e8"}
+    from hypersan.prune.engine import PruningEngine
+
+    from .test_surgery import _engine
+
+    eng = _engine(extra=["subtasks.dense_share=1.0", "loss.gamma=0"])
+    run = tmp_path / "runs" / "dense-w8"
+    eng.save_pretrained(run)
+    scored = {s: {"rows": [], "top1": 0.25, "pred": []} for s in ("val", "test")}
+    study.ship_curve({"dense-w8": run}, str(tmp_path / "ship"), {"dense-w8": {"agnostic": scored}}, 0, "--x")
+    shipped = PruningEngine.from_pretrained(tmp_path / "ship" / "glyphs_dense_w8")
+    assert shipped.model.class_agnostic and shipped.model.meta["metrics"]["dense"]["test"]["top1"] == 0.25
+    assert shipped.key(None, seed=0) in shipped.cache  # the dense statistics travel: no data needed to serve
+    masked = _engine(extra=["subtasks.dense_share=0.5"])
+    masked.save_pretrained(tmp_path / "runs" / "dense-w4")
+    with pytest.raises(ValueError, match="not a class-agnostic run"):
+        study.ship_curve({"dense-w4": tmp_path / "runs" / "dense-w4"}, str(tmp_path / "ship"), {}, 0, "")

@@ -127,6 +127,12 @@ class SubtaskAdaptiveNet(nn.Module):
 
     # ------------------------------------------------------------ masks and forward
     @property
+    def class_agnostic(self) -> bool:
+        """Whether the net was trained without masks (subtasks.dense_share = 1): its generator never learned, and
+        every class set's net is the dense body with its head cut to the set, on the dense net's statistics."""
+        return self.config.subtasks.dense_share >= 1.0
+
+    @property
     def budgeted(self) -> bool:
         """Whether the generator reads a MAC budget besides the class set (generator.budget)."""
         return bool(self.config.generator.budget)

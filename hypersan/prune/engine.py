@@ -302,7 +302,7 @@ class PruningEngine:
             raise ValueError("text= conditions a text-conditioned generator on a description of a subtask; this model "
                              f"is conditioned on {self.model.config.generator.conditioning!r}"
                              + ("" if subtask is not None else ", and no subtask was given"))
-        if subtask is None:
+        if subtask is None or self.model.class_agnostic:  # a class-agnostic net: the dense body, its head cut
             return None, None, 0
         budgets = None if budget is None else torch.tensor([budget])
         with torch.no_grad():
@@ -356,6 +356,8 @@ class PruningEngine:
         return self._statistics(subtask, masks, text, rounding, seed, images)[0]
 
     def _statistics(self, subtask, masks, text, rounding, seed, images) -> tuple[BNStats, StatsKey]:
+        if self.model.class_agnostic:
+            subtask = None  # one body for every class set: the dense net's statistics
         key = self.key(subtask, text, rounding, seed, images, masks)
         hit = self.cache.get(key)
         if hit is not None:
@@ -402,7 +404,7 @@ class PruningEngine:
         `subnet` builds the net cut to fit."""
         classes, budget = self.split_budget(classes, budget)
         subtask, _ = self.resolve(classes)
-        select = None if subtask is None else self.model.select([subtask])
+        select = None if subtask is None or self.model.class_agnostic else self.model.select([subtask])
         if budget is not None and subtask is not None:
             if self._masks(subtask, None, 0, "up", budget)[2]:
                 raise BudgetError(f"the generator's net for {subtask} is over the budget {budget:g}: cut to fit, it "

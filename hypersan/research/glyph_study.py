@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import copy
 import random
+import re
 import statistics
 import sys
 import time
@@ -521,6 +522,10 @@ def main(argv=None) -> int:
                    help="save the selected hypernetwork here (hypersan/pretrained/glyphs), with the statistics of the "
                         "named groups calibrated and the study's figures in meta.json; an earlier checkpoint there "
                         "is replaced, any other folder never")
+    p.add_argument("--ship-curve", default=None, metavar="DIR",
+                   help="save the class-agnostic curve here, the longest-trained dense net of each width (dense-w8-e8 "
+                        "over dense-w8) as DIR/glyphs_dense_w<width>, which hypersan eval --checkpoint reads; earlier "
+                        "checkpoints there are replaced, any other folder never")
     args = p.parse_args(argv)
     import torch
 
@@ -612,7 +617,46 @@ def main(argv=None) -> int:
     print(text)
     if args.ship and chosen:
         ship(done[chosen], args.ship, nets, subtasks, chosen, args.seed, " ".join(argv or sys.argv[1:]), data)
+    if args.ship_curve:
+        ship_curve(done, args.ship_curve, nets, args.seed, " ".join(argv or sys.argv[1:]))
     return 0
+
+
+def curve_runs(names) -> dict[int, str]:
+    """{width: run name} of the class-agnostic curve: of each width's dense runs (dense-w8, dense-w8-e8, ...) the
+    one trained longest (an -eN suffix: N epochs in all)."""
+    best: dict[int, tuple[int, str]] = {}
+    for name in names:
+        m = re.fullmatch(r"dense-w(\d+)(?:-e(\d+))?", name)
+        if m and (int(m[1]) not in best or int(m[2] or 0) > best[int(m[1])][0]):
+            best[int(m[1])] = (int(m[2] or 0), name)
+    return {w: name for w, (_, name) in sorted(best.items())}
+
+
+def ship_curve(done: dict[str, Path], dest: str, nets: dict, seed: int, argv: str) -> None:
+    """The curve's dense nets as checkpoints `glyphs_dense_w<width>`: class-agnostic (trained without masks), so
+    `hypersan eval` scores each class set on the dense body with its head cut, on the dense statistics shipped."""
+    from ..nn.checkpoint import CHECKPOINT_KIND
+    from ..prune.engine import PruningEngine
+    from ..io import check_output_dir
+
+    for width, name in curve_runs(done).items():
+        folder = Path(dest) / f"glyphs_dense_w{width}"
+        check_output_dir(folder, CHECKPOINT_KIND, force=True)
+        engine = PruningEngine.from_pretrained(done[name], seed=seed)
+        model = engine.model
+        if not model.class_agnostic:
+            raise ValueError(f"{done[name]}: not a class-agnostic run (subtasks.dense_share < 1)")
+        engine.subnet(None, fold_bn=True, seed=seed)  # the dense statistics, calibrated and cached to ship
+        every = nets[name]["agnostic"]
+        model.meta["metrics"] = {"command": f"hypersan study glyphs {argv}", "run": name,
+                                 "dense": {s: {"top1": every[s]["top1"]} for s in ("val", "test")},
+                                 "note": "the class-agnostic curve of the glyph study (docs/RESULTS.md)"}
+        model.meta["source_checkpoint"] = str(done[name])
+        model.meta["provenance"] = {**(model.meta.get("provenance") or {}),
+                                    "training_data": "the glyph set (make glyphs; docs/DATA.md): train fonts only"}
+        engine.save_pretrained(folder, force=True)
+        log(f"shipped {name} to {folder}")
 
 
 def ship(folder: Path, dest: str, nets: dict, subtasks: list[dict], chosen: str, seed: int, argv: str,
