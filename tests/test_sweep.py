@@ -105,6 +105,9 @@ def test_a_run_that_starts_from_an_unfinished_run_elsewhere_is_refused_before_an
         run_plan(_plan(tmp_path, text), log=lambda m: None)
     assert not (tmp_path / "runs" / "order").exists()
     assert "not finished yet" in run_plan(_plan(tmp_path, text), dry_run=True)["e"]
+    (tmp_path / "elsewhere").mkdir()  # a model an ablation trained: finished once its time file is written
+    (tmp_path / "elsewhere.time.json").write_text('{"train_s": 1.0}')
+    assert "not finished yet" not in run_plan(_plan(tmp_path, text), dry_run=True)["e"]
 
 
 @needs_fmnist

@@ -126,9 +126,10 @@ def load_plan(path: str | os.PathLike, out: Optional[str] = None, paths: Optiona
 
 
 def finished(folder: Path) -> bool:
-    """A run folder whose training finished: it holds `done`, or its log ends with the checkpoint written."""
+    """A run folder whose training finished: it holds `done`, or its log ends with the checkpoint written, or it
+    is a model an ablation trained (`hypersan ablate` writes models/NAME.time.json once NAME is saved)."""
     log = folder.with_name(folder.name + ".log")
-    if (folder / "done").exists():
+    if (folder / "done").exists() or folder.with_name(folder.name + ".time.json").is_file():
         return True
     if not log.is_file():
         return False
