@@ -119,6 +119,7 @@ STUDIES = {"glyphs": ("glyph_study", "adaptive nets against class-agnostic ones 
            "grounding": ("grounding_eval", "requests in words against the class sets they should name"),
            "phrasings": ("phrasings", "a text-conditioned model on held-out phrasings"),
            "rounding": ("rounding", "accuracy of nets whose widths are rounded to multiples"),
+           "variants": ("variants", "training variants scored beside an ablation run, against its dense arm and peer"),
            "ship-budget": ("ship_budget", "ship a budget-conditioned checkpoint with its study's figures")}
 
 
