@@ -416,3 +416,23 @@ def test_budgets_and_the_guard_on_a_custom_network(tmp_path):
             assert torch.allclose(net(x), body(x, masks)[:, sorted(idx)], atol=1e-4)
     guarded = engine.subnet(["circle", "cross"], budget=0.6, guard=True, round_to=0)
     assert guarded.guard["requested"] == 0.6 and guarded.guard["budget"] <= 0.6
+
+
+def test_the_rounding_study_holds_the_exact_widths_against_rounded_ones_on_a_custom_net(trained, tmp_path, capsys):
+    """`hypersan study rounding` on a custom net: its "pruned" column is the unrounded net (round_to=0), not the
+    default rounding to the CPU's block that custom nets get."""
+    import json
+
+    from hypersan.research import rounding
+
+    engine = trained("mobilenet")
+    engine.save_pretrained(tmp_path / "ckpt")
+    assert rounding.main(["--checkpoint", str(tmp_path / "ckpt"), "--subtasks", "circle,cross", "--round-to", "8",
+                          "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)["subtasks"][0]
+    exact = {k: v for k, v in engine.subnet(["circle", "cross"], round_to=0).arch["site_widths"].items()}
+    assert row["pruned"]["widths"] == exact
+    full = engine.subnet(None).arch["site_widths"]
+    assert all(w % 8 == 0 or w == full[k] for k, w in row["up"]["widths"].items())  # a multiple, or all of them
+    assert row["up"]["widths"] != exact
+    assert row["up"]["mac_ratio"] >= row["pruned"]["mac_ratio"] - 1e-9

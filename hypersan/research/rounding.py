@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     rows = []
     for t in parse_subtasks(model, a.subtasks or DEFAULT_SUBTASKS, seed=a.seed):
         row = {"classes": [model.classes[c] for c in t]}
-        for name, kw in (("pruned", {}), ("up", {"round_to": a.round_to, "round_mode": "up"}),
+        for name, kw in (("pruned", {"round_to": 0}), ("up", {"round_to": a.round_to, "round_mode": "up"}),
                          ("nearest", {"round_to": a.round_to, "round_mode": "nearest"})):
             net = engine.subnet(t, **kw)
             row[name] = {"acc": plain_accuracy(net, t, test_x, test_y), "mac_ratio": engine.cost(net)["mac_ratio"],
