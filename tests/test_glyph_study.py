@@ -144,3 +144,16 @@ def test_the_shipped_curve_is_each_widths_longest_trained_dense_net_and_eval_rea
     masked.save_pretrained(tmp_path / "runs" / "dense-w4")
     with pytest.raises(ValueError, match="not a class-agnostic run"):
         study.ship_curve({"dense-w4": tmp_path / "runs" / "dense-w4"}, str(tmp_path / "ship"), {}, 0, "")
+
+
+def test_variants_of_one_gamma_sort_by_gamma_and_the_more_accurate_is_selected(study):
+    assert sorted(["hypernet-g4", "hypernet-g1-lr02", "hypernet-g0.5", "hypernet-g1"], key=study.gamma_of) == \
+        ["hypernet-g0.5", "hypernet-g1", "hypernet-g1-lr02", "hypernet-g4"]
+    with pytest.raises(ValueError, match="hypernet-g<gamma>"):
+        study.gamma_of("hypernet-lr02")
+    nets = {"dense-w16": {"agnostic": _both((1.0, 0.98), (1.0, 0.99), (1.0, 0.99))},
+            "hypernet-g1": {"adaptive": _both((0.3, 0.975), (0.3, 0.985), (0.3, 0.985))},
+            "hypernet-g1-lr02": {"adaptive": _both((0.3, 0.978), (0.3, 0.988), (0.3, 0.988))},
+            "hypernet-g4": {"adaptive": _both((0.1, 0.90), (0.1, 0.90), (0.1, 0.90))}}
+    chosen, gaps = study.select_gamma(nets)
+    assert chosen == "hypernet-g1-lr02" and gaps["hypernet-g4"] < -1  # g4 is too far from the dense net

@@ -72,8 +72,12 @@ def finished(runs: Path) -> dict[str, Path]:
     return {p.name: p for p in sorted(runs.iterdir()) if p.is_dir() and done(p)}
 
 
-def gamma_of(name: str) -> float:
-    return float(name.rsplit("-g", 1)[1])
+def gamma_of(name: str) -> tuple[float, str]:
+    """A hypernetwork run's sort key: its gamma (hypernet-g1, hypernet-g1-lr02: 1), then its name."""
+    m = re.match(r"[a-z]+-g([0-9.]+)(?:-|$)", name)
+    if m is None:
+        raise ValueError(f"{name}: a hypernetwork run is named hypernet-g<gamma>[-variant]")
+    return float(m[1]), name
 
 
 def splits(cfg, limit: int = 0):
@@ -190,7 +194,7 @@ def select_gamma(nets: dict, split: str = "val") -> tuple[str | None, dict]:
             gaps[name] = 100 * (statistics.fmean(r["acc"] for r in res["adaptive"][split]["rows"]) - ref)
     ok = [n for n, g in gaps.items() if g >= -SELECT_WITHIN_PT]
     if ok:
-        return max(ok, key=gamma_of), gaps
+        return max(ok, key=lambda n: (gamma_of(n)[0], gaps[n])), gaps  # equal gammas: the more accurate
     # none is that close: the most accurate one (the report says the rule's bound was missed)
     return (max(gaps, key=gaps.get) if gaps else None), gaps
 
