@@ -436,3 +436,16 @@ def test_the_rounding_study_holds_the_exact_widths_against_rounded_ones_on_a_cus
     assert all(w % 8 == 0 or w == full[k] for k, w in row["up"]["widths"].items())  # a multiple, or all of them
     assert row["up"]["widths"] != exact
     assert row["up"]["mac_ratio"] >= row["pruned"]["mac_ratio"] - 1e-9
+
+
+def test_eval_scores_the_exact_widths_or_the_rounded_ones_as_asked(trained):
+    from hypersan.training.evaluate import evaluate
+
+    engine = trained("mobilenet")
+    x, y = _images(32, 3)
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    t = (CLASSES.index("circle"), CLASSES.index("cross"))
+    got = {r: evaluate(engine, x, y, [t], progress=False, round_to=r)["subtasks"][0] for r in (0, 8)}
+    assert got[0]["widths"] == dict(engine.subnet(list(t), round_to=0).arch["site_widths"])
+    assert got[8]["widths"] == dict(engine.subnet(list(t), round_to=8).arch["site_widths"]) != got[0]["widths"]
+    assert got[8]["mac_ratio"] > got[0]["mac_ratio"]

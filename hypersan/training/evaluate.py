@@ -142,7 +142,8 @@ def dense_logits_cached(engine: PruningEngine, dense, x: Tensor, seed: int, imag
 def evaluate(engine: PruningEngine, test_x: Tensor, test_y: Tensor, subtasks: Sequence[Subtask],
              progress: bool = True, seed: int = 0, images: Optional[Tensor] = None,
              log: Optional[Callable[[str], None]] = None, budgets: Optional[Sequence[float]] = None,
-             guard: bool = False, threshold_images: int = 4096, cache_dir: Optional[str | Path] = None) -> dict:
+             guard: bool = False, threshold_images: int = 4096, cache_dir: Optional[str | Path] = None,
+             round_to=None) -> dict:
     """Per-subtask acc / mAP / mac_ratio / param_ratio, beside the dense net restricted to each subtask.
 
     Statistics are recalibrated per subtask with `seed` on the engine's calibration images (or `images`).
@@ -152,6 +153,7 @@ def evaluate(engine: PruningEngine, test_x: Tensor, test_y: Tensor, subtasks: Se
     `threshold_images`: labelled training images a single class's threshold is calibrated on (0: logit 0).
     `cache_dir`: a folder where the dense net's logits on these images are kept (dense_logits_cached), so that the
     next evaluation of other class sets on the same data skips the dense pass.
+    `round_to`: the widths each net is built with (PruningEngine.round_multiple: None, as `subnet` builds it).
     """
     t0 = time.perf_counter()
     model = engine.model
@@ -181,7 +183,7 @@ def evaluate(engine: PruningEngine, test_x: Tensor, test_y: Tensor, subtasks: Se
     jobs = [(t, b) for t in subtasks for b in (budgets if budgets else [None])]
     for t, b in tqdm(jobs, desc="subtasks", disable=not progress, leave=False):
         t1 = time.perf_counter()
-        net = engine.subnet(t, fold_bn=True, seed=seed, images=images, budget=b, guard=guard)
+        net = engine.subnet(t, fold_bn=True, seed=seed, images=images, budget=b, guard=guard, round_to=round_to)
         logits = torch.full((len(test_x), n_cls), float("-inf"))
         logits[:, list(t)] = plain_logits(net, test_x)
         cost = engine.cost(net)
