@@ -12,6 +12,9 @@ SHIPPED = {
               "are shipped, other class sets calibrate on the glyph set (make glyphs)",
     "glyphs_budget": "the 135 glyph classes, budget-conditioned (MAC budgets in [0.05, 1]; guard=True for accuracy "
                      "that rises with the budget); calibrates on the glyph set (make glyphs)",
+    **{f"glyphs_dense_w{w}": f"the glyph study's class-agnostic curve: a dense net of stage widths {w}/{2 * w}/{4 * w}, "
+                             "trained without masks (8 epochs); every class set is its body with the head cut"
+       for w in (2, 4, 8, 16)},
 }
 
 

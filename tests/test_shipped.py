@@ -121,9 +121,10 @@ def test_the_cli_help_names_the_default_and_every_shipped_model():
     from hypersan.shipped import DEFAULT
 
     assert DEFAULT == "fmnist_b16"
-    assert list(SHIPPED) == ["fmnist_b16", "fmnist", "fmnist_budget", "glyphs", "glyphs_budget"]
+    curve = [f"glyphs_dense_w{w}" for w in (2, 4, 8, 16)]
+    assert list(SHIPPED) == ["fmnist_b16", "fmnist", "fmnist_budget", "glyphs", "glyphs_budget", *curve]
     assert CHECKPOINT_HELP == ("checkpoint directory, or a shipped model: fmnist_b16 (the default), fmnist, "
-                               "fmnist_budget, glyphs, glyphs_budget")
+                               "fmnist_budget, glyphs, glyphs_budget, " + ", ".join(curve))
 
 
 def test_the_glyph_model_is_small_self_describing_and_serves_its_groups_without_the_data(tmp_path, monkeypatch):
@@ -145,6 +146,29 @@ def test_the_glyph_model_is_small_self_describing_and_serves_its_groups_without_
     assert net(torch.rand(2, 1, 32, 32)).shape == (2, 10)
     with pytest.raises(DatasetError, match="could not be read"):  # a class set without shipped statistics
         engine.subnet(["digit 0", "small q"])
+
+
+def test_the_glyph_curve_is_class_agnostic_grows_with_width_and_serves_any_class_set_without_the_data(
+        tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no glyph data here: the dense statistics travel with each checkpoint
+    from hypersan.data import datasets
+
+    monkeypatch.setattr(datasets, "CHECKOUT", tmp_path / "a-checkout-without-data")
+    monkeypatch.delenv("HYPERSAN_DATA_HOME", raising=False)
+    macs, top1 = [], []
+    for w in (2, 4, 8, 16):
+        d = default_checkpoint(f"glyphs_dense_w{w}")
+        assert sum(f.stat().st_size for f in d.iterdir()) <= 4 * 2**20 and not (d / "optimizer.safetensors").exists()
+        engine = PruningEngine.from_pretrained(f"glyphs_dense_w{w}")
+        model = engine.model
+        assert model.class_agnostic and model.config.model.widths == [w, 2 * w, 4 * w]
+        assert model.meta["metrics"]["run"].startswith(f"dense-w{w}")
+        net = engine.subnet(["digit 0", "small q", "greek small alpha"], fold_bn=True)  # any class set
+        assert net.arch["site_widths"] == engine.subnet(None).arch["site_widths"]  # the dense body, head cut
+        assert net(torch.rand(2, 1, 32, 32)).shape == (2, 3)
+        macs.append(engine.dense_cost()[0])
+        top1.append(model.meta["metrics"]["dense"]["test"]["top1"])
+    assert macs == sorted(macs) and top1 == sorted(top1)  # wider nets cost more and are more accurate
 
 
 @pytest.mark.parametrize("name, script, init", [("fmnist_budget", "tools/budget_warm.sh", "fmnist"),
