@@ -26,12 +26,14 @@ def test_a_variant_is_read_against_the_dense_arm_everywhere_and_against_the_peer
 
 
 def test_finished_runs_follow_links_and_skip_unfinished_ones(tmp_path):
+    from hypersan.research.sweep import finished_runs
+
     done, half, target = tmp_path / "runs" / "a", tmp_path / "runs" / "b", tmp_path / "elsewhere" / "m"
     for p in (done, half, target):
         p.mkdir(parents=True)
     (done / "done").touch()
     (target.parent / "m.time.json").write_text("{}")  # a model an ablation trained
     (tmp_path / "runs" / "lite").symlink_to(target, target_is_directory=True)
-    assert list(variants.finished_runs(tmp_path / "runs")) == ["a", "lite"]
+    assert list(finished_runs(tmp_path / "runs")) == ["a", "lite"]
     (done / "train_state.json").write_text('{"history": [{"seconds": 1.5}, {"seconds": 2.0}]}')
     assert variants.train_seconds(done) == 3.5 and variants.train_seconds(half) is None

@@ -50,6 +50,7 @@ import sys
 import time
 from pathlib import Path
 
+from .sweep import finished_runs
 
 NAMED = {"digits": "digits", "capitals": "capital letters", "small letters": "small letters", "vowels": "vowels",
          "Greek": "Greek letters", "Cyrillic": "Cyrillic letters", "capitals + digits": "capital letters and digits"}
@@ -61,15 +62,6 @@ BUDGETS = (0.03, 0.05, 0.08, 0.12, 0.2, 0.3, 0.5)  # a budget-conditioned model 
 
 def log(msg: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
-
-
-def finished(runs: Path) -> dict[str, Path]:
-    """The sweep's finished runs: marked done, or their log ends with the checkpoint written."""
-    def done(p: Path) -> bool:
-        log_file = p.with_name(p.name + ".log")
-        return (p / "done").exists() or (log_file.is_file() and log_file.read_text().rstrip().splitlines()[-1:]
-                                          == [f"checkpoint written to {p}"])
-    return {p.name: p for p in sorted(runs.iterdir()) if p.is_dir() and done(p)}
 
 
 def gamma_of(name: str) -> tuple[float, str]:
@@ -539,7 +531,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     runs, out = Path(args.runs), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    done = finished(runs)
+    done = finished_runs(runs)
     if "dense-w16" not in done:
         p.error(f"{runs}/dense-w16 is not finished: the study needs the full-width dense net (hypersan sweep "
                 "configs/sweeps/glyphs.toml)")

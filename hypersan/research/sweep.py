@@ -127,7 +127,9 @@ def load_plan(path: str | os.PathLike, out: Optional[str] = None, paths: Optiona
 
 def finished(folder: Path) -> bool:
     """A run folder whose training finished: it holds `done`, or its log ends with the checkpoint written, or it
-    is a model an ablation trained (`hypersan ablate` writes models/NAME.time.json once NAME is saved)."""
+    is a model an ablation trained (`hypersan ablate` writes models/NAME.time.json once NAME is saved). A link
+    (a run a plan links in) is judged by the folder it points at."""
+    folder = Path(folder).resolve()
     log = folder.with_name(folder.name + ".log")
     if (folder / "done").exists() or folder.with_name(folder.name + ".time.json").is_file():
         return True
@@ -135,6 +137,11 @@ def finished(folder: Path) -> bool:
         return False
     last = log.read_text(errors="replace").rstrip().splitlines()[-1:]
     return bool(last) and last[0].startswith("checkpoint written to")
+
+
+def finished_runs(runs: Path) -> dict[str, Path]:
+    """{name: folder} of the finished runs in a sweep's folder, links included, in name order."""
+    return {p.name: p for p in sorted(Path(runs).iterdir()) if p.is_dir() and finished(p)}
 
 
 def command(plan: Plan, run: Run) -> list[str]:

@@ -26,13 +26,6 @@ def log(msg: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
 
 
-def finished_runs(runs: Path) -> dict[str, Path]:
-    """{name: folder} of the finished runs of a sweep folder (links followed)."""
-    from .sweep import finished
-
-    return {p.name: p for p in sorted(runs.iterdir()) if p.is_dir() and finished(p.resolve())}
-
-
 def train_seconds(folder: Path) -> float | None:
     """The run's own training time (its epochs' seconds), from train_state.json."""
     from ..io import read_json
@@ -97,6 +90,7 @@ def main(argv=None) -> int:
     from ..prune.engine import PruningEngine
     from ..training.evaluate import evaluate
     from .ablate import Ablation, AblationConfig
+    from .sweep import finished_runs
 
     torch.set_num_threads(args.threads)
     ab_dir, runs = Path(args.ablation), Path(args.runs)
