@@ -189,3 +189,55 @@ def test_bench_verdict_names_the_failing_rows_and_warns_when_busy():
     assert "size FAILED on 1 subtask(s): Sneaker,Bag" in table and "criterion: artifact size" in table
     assert "the machine was busy (load average 5.0 with 1 bench threads)" in table
     assert busy_warning(0.9, 1) is None and busy_warning(None, 2) is None
+
+
+def test_layer_profile_counts_every_layer_and_matches_the_mac_counter():
+    from hypersan.research.bench import format_layer_profile, layer_profile
+
+    engine = _engine()
+    t = engine.model.resolve(["Sneaker", "Bag"])
+    r = layer_profile(engine, [t], batch=4, threads=1, repeats=2, warmup=0)
+    (s,) = r["subtasks"]
+    net = engine.subnet(t, fold_bn=True)
+    convs = [n for n, m in net.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    rows = {row["layer"]: row for row in s["layers"]}
+    assert set(convs) <= set(rows)  # every conv and linear layer, named as in the net
+    # the hooks' MAC count is the engine's, layer by layer summed
+    assert s["mac_ratio"] == pytest.approx(engine.cost(net)["mac_ratio"], rel=1e-6)
+    for row in rows.values():
+        assert row["dense_ms"] > 0 and row["pruned_ms"] >= 0
+        if row["mac_ratio"] is not None:
+            assert 0 < row["mac_ratio"] <= 1
+            assert row["excess_ms"] == pytest.approx(row["pruned_ms"] - row["mac_ratio"] * row["dense_ms"])
+    assert s["latency_ratio"] > 0 and s["dense_ms"] > 0
+    table = format_layer_profile(r)
+    assert "Sneaker,Bag: MAC ratio" in table and convs[0] in table
+
+
+def test_layer_profile_sums_a_module_called_twice():
+    from hypersan.research.bench import LayerClock
+
+    class Twice(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(self.conv(x))
+
+    net = Twice()
+    clock = LayerClock(net)
+    net(torch.rand(2, 3, 8, 8))
+    clock.tick()
+    net(torch.rand(2, 3, 8, 8))
+    clock.tick()
+    clock.close()
+    assert clock.info["conv"]["macs"] == 2 * 3 * 3 * 9 * 64  # both calls, per image
+    assert len(clock.seconds["conv"]) == 2  # one sum per forward
+    net(torch.rand(2, 3, 8, 8))  # hooks removed: nothing recorded
+    assert len(clock.seconds["conv"]) == 2
+
+
+def test_cli_bench_layers_refuses_a_runtime(capsys, checkpoint):
+    rc, out, err = _run(capsys, "bench", "--checkpoint", str(checkpoint), "--layers", "--runtime", "onnxruntime")
+    assert rc == 2 and "leave out --runtime" in err

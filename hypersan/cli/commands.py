@@ -333,13 +333,26 @@ def tune_allocator() -> str:
 
 
 def _bench(args) -> int:
+    if args.layers and args.runtime is not None:
+        raise ValueError("--layers profiles eager PyTorch layer by layer; leave out --runtime (or drop --layers to "
+                         "time whole nets in each runtime)")
     allocator = "default" if args.default_allocator else tune_allocator()  # before any large allocation
     from ..research.bench import DEFAULT_SUBTASKS, format_table, machine, run_bench
     from ..training.evaluate import parse_subtasks
 
     engine = _engine(args)
-    subtasks = parse_subtasks(engine.model, args.subtasks or DEFAULT_SUBTASKS, seed=args.seed)
     log = (lambda m: None) if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
+    if args.layers:
+        from ..research.bench import format_layer_profile, layer_profile
+
+        subtasks = parse_subtasks(engine.model, args.subtasks or ["size=2,n=1"], seed=args.seed)
+        r = layer_profile(engine, subtasks, batch=args.batch, threads=args.threads, repeats=args.repeats,
+                          warmup=args.warmup, seed=args.seed, budget=args.budget, round_to=args.round_to,
+                          round_mode=args.round_mode, log=log)
+        r = {"checkpoint": str(engine.model.source), "allocator": allocator, "machine": machine(args.threads), **r}
+        print(json.dumps(r) if args.json else format_layer_profile(r))
+        return 0
+    subtasks = parse_subtasks(engine.model, args.subtasks or DEFAULT_SUBTASKS, seed=args.seed)
     if args.runtime is not None:
         from ..research.bench import format_runtime_table, run_runtime_bench
         from ..deploy.runtimes import parse_runtimes
@@ -562,6 +575,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(budget-conditioned models: --checkpoint fmnist_budget)")
     b.add_argument("--round-mode", choices=["up", "nearest"], default="up", help="see hypersan prune --help")
     b.add_argument("--keep-bn", action="store_true", help="time the nets with BatchNorm kept (default: folded)")
+    b.add_argument("--layers", action="store_true",
+                   help="where the time goes: each layer of the pruned net against the dense one (eager, BN folded, "
+                        "at --batch): milliseconds, MAC and time ratios, GMAC/s, and the time a layer takes beyond "
+                        "its MAC ratio (default subtask: one pair)")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.add_argument("--default-allocator", action="store_true",
                    help="leave glibc's malloc thresholds as they are (default: keep freed memory in the process, "

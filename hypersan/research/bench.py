@@ -530,3 +530,178 @@ def run_width_bench(factory: str, kwargs: dict, input_shape: Sequence[int], num_
             "repeats": repeats, "warmup": warmup, "machine": machine(threads), "rows": rows,
             "load_average": load_average()}
 
+
+
+# ---------------------------------------------------------------- where the time goes, layer by layer
+def _leaf_macs(module: torch.nn.Module, out: torch.Tensor) -> int:
+    """Multiply-accumulates per image of a convolution or linear layer's forward (0 for any other module)."""
+    per_image = out[0].numel() if out.dim() > 1 else out.numel()
+    if isinstance(module, torch.nn.Conv2d):
+        kh, kw = module.kernel_size
+        return per_image * (module.in_channels // module.groups) * kh * kw
+    if isinstance(module, torch.nn.Linear):
+        return per_image * module.in_features
+    return 0
+
+
+class LayerClock:
+    """Forward hooks on every leaf module of a net that record, per forward, each one's seconds (summed over its
+    calls: a module called twice is timed twice), its MACs per image and its widths. Leaves run one after
+    another on the CPU, so a leaf's seconds are its own kernels' time (the hooks add a few microseconds each: at
+    batch 1 that is a large share, at batch 64 and up a small one). Call `tick` after each forward."""
+
+    def __init__(self, net: torch.nn.Module):
+        self.seconds: Dict[str, List[float]] = {}  # per forward
+        self.info: Dict[str, dict] = {}
+        self._round: Dict[str, float] = {}
+        self._t0: Dict[str, float] = {}
+        self._first = True
+        self._handles = []
+        for name, m in net.named_modules():
+            if name and not any(True for _ in m.children()):
+                self._handles.append(m.register_forward_pre_hook(self._start(name)))
+                self._handles.append(m.register_forward_hook(self._stop(name, m)))
+
+    def _start(self, name: str):
+        def hook(module, args):
+            self._t0[name] = time.perf_counter()
+        return hook
+
+    def _stop(self, name: str, module: torch.nn.Module):
+        def hook(mod, args, out):
+            self._round[name] = self._round.get(name, 0.0) + time.perf_counter() - self._t0.pop(name)
+            if self._first and isinstance(out, torch.Tensor):
+                widths = (f"{module.in_channels}->{module.out_channels}" if isinstance(module, torch.nn.Conv2d)
+                          else f"{module.in_features}->{module.out_features}" if isinstance(module, torch.nn.Linear)
+                          else "")
+                info = self.info.setdefault(name, {"kind": type(module).__name__, "widths": widths, "macs": 0})
+                info["macs"] += _leaf_macs(module, out)
+        return hook
+
+    def tick(self) -> None:
+        """End of one forward: its per-module sums join the record."""
+        for name, s in self._round.items():
+            self.seconds.setdefault(name, []).append(s)
+        self._round, self._first = {}, False
+
+    def reset(self) -> None:
+        self.seconds, self._round = {}, {}
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def layer_profile(engine: PruningEngine, subtasks: Sequence[Subtask], batch: int = 256, threads: int = 2,
+                  repeats: int = 10, warmup: int = 3, seed: int = 0, budget: Optional[float] = None,
+                  round_to=None, round_mode: str = "up", log: Optional[Callable[[str], None]] = None) -> dict:
+    """Where a pruned net's time goes, layer by layer, against the dense net (eager PyTorch, BN folded): each
+    leaf module's milliseconds in both nets (median over rounds that run one dense and one pruned forward, in
+    a seeded order), its MAC ratio and time ratio, GMAC/s, and its *excess*: the milliseconds the pruned layer
+    takes beyond its MAC ratio times the dense layer's time. Layers with a large excess are the ones that run
+    slower per MAC once pruned (narrow convolutions, widths off the CPU's vector block)."""
+    if repeats < 1 or warmup < 0 or batch < 1 or threads < 1:
+        raise ValueError("the layer profile needs repeats >= 1, warmup >= 0, batch >= 1 and threads >= 1")
+    log = log or (lambda m: None)
+    budget = engine.check_budget(budget)
+    round_to = engine.round_multiple(round_to)
+    model = engine.model.eval()
+    x = torch.rand(batch, *model.info.input_shape, generator=torch.Generator().manual_seed(seed)).to(model.device)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    out = []
+    try:
+        dense = engine.subnet(None, fold_bn=True, seed=seed)
+        for t in subtasks:
+            net = engine.subnet(t, fold_bn=True, seed=seed, budget=budget, round_to=round_to, round_mode=round_mode)
+            clocks = {"dense": LayerClock(dense), "pruned": LayerClock(net)}
+            nets = {"dense": dense, "pruned": net}
+            with torch.inference_mode():
+                for _ in range(max(1, warmup)):  # at least one: the clocks read the widths and MACs there
+                    for k, n in nets.items():
+                        n(x)
+                        clocks[k].tick()
+                for c in clocks.values():
+                    c.reset()
+                totals: Dict[str, List[float]] = {"dense": [], "pruned": []}
+                for order in round_orders(["dense", "pruned"], repeats, seed):
+                    for k in order:
+                        totals[k].append(timed(lambda: nets[k](x)))
+                        clocks[k].tick()
+            for c in clocks.values():
+                c.close()
+            out.append(_profile_rows(engine, t, clocks, totals, batch))
+            log(f"profiled {','.join(model.info.classes[c] for c in t)}")
+    finally:
+        torch.set_num_threads(old_threads)
+    return {"mode": "layers", "runtime": "eager", "batch": batch, "threads": threads, "repeats": repeats,
+            "warmup": warmup, "budget": budget, "round_to": round_to, "subtasks": out, "load_average": load_average()}
+
+
+def _profile_rows(engine: PruningEngine, t: Subtask, clocks: Dict[str, "LayerClock"], totals: Dict[str, List[float]],
+                  batch: int) -> dict:
+    d, p = clocks["dense"], clocks["pruned"]
+    rows = []
+    for name, info in d.info.items():
+        dense_s = statistics.median(d.seconds[name])
+        pi = p.info.get(name)
+        pruned_s = statistics.median(p.seconds[name]) if name in p.seconds else 0.0
+        mac_ratio = (pi["macs"] / info["macs"]) if pi and info["macs"] else None
+        row = {"layer": name, "kind": info["kind"], "dense_widths": info["widths"],
+               "pruned_widths": pi["widths"] if pi else "(removed)", "dense_macs": info["macs"],
+               "pruned_macs": pi["macs"] if pi else 0, "mac_ratio": mac_ratio,
+               "dense_ms": 1e3 * dense_s, "pruned_ms": 1e3 * pruned_s,
+               "time_ratio": pruned_s / dense_s if dense_s > 0 else None,
+               "dense_gmac_s": info["macs"] * batch / dense_s / 1e9 if info["macs"] and dense_s > 0 else None,
+               "pruned_gmac_s": (pi["macs"] * batch / pruned_s / 1e9
+                                 if pi and pi["macs"] and pruned_s > 0 else None)}
+        # time beyond what the layer's MAC ratio would cost at the dense layer's speed
+        row["excess_ms"] = (row["pruned_ms"] - mac_ratio * row["dense_ms"]) if mac_ratio is not None else None
+        rows.append(row)
+    dense_ms, pruned_ms = (1e3 * statistics.median(totals[k]) for k in ("dense", "pruned"))
+    in_layers = {k: sum(r[f"{k}_ms"] for r in rows) for k in ("dense", "pruned")}
+    dense_macs = sum(r["dense_macs"] for r in rows)
+    return {"classes": [engine.model.info.classes[c] for c in t], "indices": list(t),
+            "mac_ratio": sum(r["pruned_macs"] for r in rows) / dense_macs if dense_macs else None,
+            "latency_ratio": paired_ratio(totals["pruned"], totals["dense"]),
+            "dense_ms": dense_ms, "pruned_ms": pruned_ms,
+            # time outside the leaf modules: the forward's own code, functional ops, hooks
+            "outside_layers_ms": {"dense": dense_ms - in_layers["dense"], "pruned": pruned_ms - in_layers["pruned"]},
+            "layers": rows}
+
+
+def format_layer_profile(result: dict, top: int = 5) -> str:
+    """Plain text: one table per subtask (every leaf module with MACs, then the rest summed), and the layers
+    with the largest excess time."""
+    lines = ([f"measured {machine_line(result['machine'])}"] if "machine" in result else []) + [
+        f"eager PyTorch, BN folded, batch {result['batch']}, {result['threads']} threads, medians of "
+        f"{result['repeats']} rounds after {result['warmup']}; excess = pruned ms - MAC ratio x dense ms"]
+    for s in result["subtasks"]:
+        lines += ["", f"{','.join(s['classes'])}: MAC ratio {s['mac_ratio']:.3f}, latency ratio "
+                      f"{s['latency_ratio']:.3f} ({s['pruned_ms']:.2f} / {s['dense_ms']:.2f} ms)",
+                  f"{'layer':<32} {'widths dense -> pruned':<24} {'MAC ratio':>9} {'time ratio':>10} "
+                  f"{'dense ms':>9} {'pruned ms':>9} {'GMAC/s d/p':>12} {'excess ms':>9}"]
+        rest = {"dense": 0.0, "pruned": 0.0}
+        for r in s["layers"]:
+            if not r["dense_macs"]:
+                rest["dense"] += r["dense_ms"]
+                rest["pruned"] += r["pruned_ms"]
+                continue
+            gm = (f"{r['dense_gmac_s']:.0f}/{r['pruned_gmac_s']:.0f}" if r["pruned_gmac_s"] is not None
+                  else f"{r['dense_gmac_s']:.0f}/-")
+            tr = "-" if r["time_ratio"] is None else f"{r['time_ratio']:.3f}"
+            lines.append(f"{r['layer'][:32]:<32} {(r['dense_widths'] + ' -> ' + r['pruned_widths'])[:24]:<24} "
+                         f"{r['mac_ratio']:9.3f} {tr:>10} {r['dense_ms']:9.3f} {r['pruned_ms']:9.3f} {gm:>12} "
+                         f"{r['excess_ms']:9.3f}")
+        out = s["outside_layers_ms"]
+        lines.append(f"{'other leaves (no MACs)':<32} {'':<24} {'':>9} {'':>10} {rest['dense']:9.3f} "
+                     f"{rest['pruned']:9.3f}")
+        lines.append(f"{'outside the leaves':<32} {'':<24} {'':>9} {'':>10} {out['dense']:9.3f} {out['pruned']:9.3f}")
+        worst = sorted((r for r in s["layers"] if r["excess_ms"] is not None), key=lambda r: -r["excess_ms"])[:top]
+        if worst and worst[0]["excess_ms"] > 0:
+            lines.append("largest excess: " + "; ".join(f"{r['layer']} {r['excess_ms']:+.2f} ms" for r in worst
+                                                        if r["excess_ms"] > 0))
+    warn = busy_warning(result.get("load_average"), result["threads"])
+    if warn:
+        lines.append(warn)
+    return "\n".join(lines)
