@@ -1,6 +1,7 @@
 """The glyph study's report (hypersan.research.glyph_study) on hand-made results: the class-agnostic curve it reads, the
 budget it chooses per group on validation, and the lower bound it marks when a net is under the curve."""
 
+import json
 import importlib
 
 import pytest
@@ -157,3 +158,14 @@ def test_variants_of_one_gamma_sort_by_gamma_and_the_more_accurate_is_selected(s
             "hypernet-g4": {"adaptive": _both((0.1, 0.90), (0.1, 0.90), (0.1, 0.90))}}
     chosen, gaps = study.select_gamma(nets)
     assert chosen == "hypernet-g1-lr02" and gaps["hypernet-g4"] < -1  # g4 is too far from the dense net
+
+
+def test_the_peer_file_follows_the_chosen_hypernetwork(tmp_path, study):
+    targets = {0: 0.30, 57: 0.33}
+    assert study.peer_path(tmp_path, "", "hypernet-g1", targets) == tmp_path / "peer-hypernet-g1.json"
+    rows = [{"subtask": i, "adaptive_mac_ratio": t, "finetune_steps": n} for i, t in targets.items() for n in (0, 2000)]
+    (tmp_path / "peer.json").write_text(json.dumps(rows))
+    # a peer.json built at these targets is read; at another hypernetwork's targets, a file of its own
+    assert study.peer_path(tmp_path, "", "hypernet-g1", targets) == tmp_path / "peer.json"
+    assert study.peer_path(tmp_path, "", "hypernet-g4-b64", {0: 0.24, 57: 0.33}) == tmp_path / "peer-hypernet-g4-b64.json"
+    assert study.peer_path(tmp_path, "-dense-w8", "hypernet-g1", targets) == tmp_path / "peer-hypernet-g1-dense-w8.json"

@@ -590,8 +590,8 @@ def main(argv=None) -> int:
     chosen, _ = select_gamma(nets)
     if args.peer_steps and chosen:
         rows = nets[chosen]["adaptive"]["test"]["rows"]
-        peer = peer_file(out / f"peer{tag}.json", {i: rows[i]["mac_ratio"] for i in peer_picks(subtasks)},
-                         f"at the MACs of {chosen}")
+        targets = {i: rows[i]["mac_ratio"] for i in peer_picks(subtasks)}
+        peer = peer_file(peer_path(out, tag, chosen, targets), targets, f"at the MACs of {chosen}")
     fixed = {r: peer_file(out / f"peer-m{r:g}{tag}.json", {i: r for i in peer_picks(subtasks)}, f"at MAC ratio {r:g}")
              for r in args.peer_macs}
     specialists = None
@@ -616,6 +616,20 @@ def main(argv=None) -> int:
     if args.ship_curve:
         ship_curve(done, args.ship_curve, nets, args.seed, " ".join(argv or sys.argv[1:]))
     return 0
+
+
+def peer_path(out: Path, tag: str, chosen: str, targets: dict[int, float]) -> Path:
+    """Where the peer matched to `chosen` is kept: peer-<chosen><tag>.json. A study's peer.json of before (not
+    named by its hypernetwork) is read only when it was built at exactly these targets: once another
+    hypernetwork is chosen, its peer is pruned to that one's MACs."""
+    from ..io import read_json
+
+    legacy = out / f"peer{tag}.json"
+    if legacy.is_file():
+        built = {r["subtask"]: r["adaptive_mac_ratio"] for r in read_json(legacy)}
+        if built.keys() == targets.keys() and all(abs(built[i] - t) < 1e-9 for i, t in targets.items()):
+            return legacy
+    return out / f"peer-{chosen}{tag}.json"
 
 
 def curve_runs(names) -> dict[int, str]:
