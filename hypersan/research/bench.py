@@ -548,9 +548,11 @@ class LayerClock:
     """Forward hooks on every leaf module of a net that record, per forward, each one's seconds (summed over its
     calls: a module called twice is timed twice), its MACs per image and its widths. Leaves run one after
     another on the CPU, so a leaf's seconds are its own kernels' time (the hooks add a few microseconds each: at
-    batch 1 that is a large share, at batch 64 and up a small one). Call `tick` after each forward."""
+    batch 1 that is a large share, at batch 64 and up a small one). Call `tick` after each forward. `sync`: a
+    function that waits for the device's queued work (torch.cuda.synchronize on a GPU), called at each hook."""
 
-    def __init__(self, net: torch.nn.Module):
+    def __init__(self, net: torch.nn.Module, sync: Callable[[], None] = lambda: None):
+        self._sync = sync
         self.seconds: Dict[str, List[float]] = {}  # per forward
         self.info: Dict[str, dict] = {}
         self._round: Dict[str, float] = {}
@@ -564,11 +566,13 @@ class LayerClock:
 
     def _start(self, name: str):
         def hook(module, args):
+            self._sync()
             self._t0[name] = time.perf_counter()
         return hook
 
     def _stop(self, name: str, module: torch.nn.Module):
         def hook(mod, args, out):
+            self._sync()
             self._round[name] = self._round.get(name, 0.0) + time.perf_counter() - self._t0.pop(name)
             if self._first and isinstance(out, torch.Tensor):
                 widths = (f"{module.in_channels}->{module.out_channels}" if isinstance(module, torch.nn.Conv2d)
@@ -614,7 +618,8 @@ def layer_profile(engine: PruningEngine, subtasks: Sequence[Subtask], batch: int
         dense = engine.subnet(None, fold_bn=True, seed=seed)
         for t in subtasks:
             net = engine.subnet(t, fold_bn=True, seed=seed, budget=budget, round_to=round_to, round_mode=round_mode)
-            clocks = {"dense": LayerClock(dense), "pruned": LayerClock(net)}
+            sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+            clocks = {"dense": LayerClock(dense, sync), "pruned": LayerClock(net, sync)}
             nets = {"dense": dense, "pruned": net}
             with torch.inference_mode():
                 for _ in range(max(1, warmup)):  # at least one: the clocks read the widths and MACs there
@@ -626,7 +631,7 @@ def layer_profile(engine: PruningEngine, subtasks: Sequence[Subtask], batch: int
                 totals: Dict[str, List[float]] = {"dense": [], "pruned": []}
                 for order in round_orders(["dense", "pruned"], repeats, seed):
                     for k in order:
-                        totals[k].append(timed(lambda: nets[k](x)))
+                        totals[k].append(timed(lambda: (nets[k](x), sync())))
                         clocks[k].tick()
             for c in clocks.values():
                 c.close()
