@@ -534,13 +534,10 @@ def run_width_bench(factory: str, kwargs: dict, input_shape: Sequence[int], num_
 
 # ---------------------------------------------------------------- where the time goes, layer by layer
 def _leaf_macs(module: torch.nn.Module, out: torch.Tensor) -> int:
-    """Multiply-accumulates per image of a convolution or linear layer's forward (0 for any other module)."""
-    per_image = out[0].numel() if out.dim() > 1 else out.numel()
-    if isinstance(module, torch.nn.Conv2d):
-        kh, kw = module.kernel_size
-        return per_image * (module.in_channels // module.groups) * kh * kw
-    if isinstance(module, torch.nn.Linear):
-        return per_image * module.in_features
+    """Multiply-accumulates per image of a convolution or linear layer's forward, by prune.metrics' rule (output
+    pixels per channel times the weight's size; 0 for any other module)."""
+    if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+        return out[0, 0].numel() * module.weight.numel()
     return 0
 
 
