@@ -41,7 +41,7 @@ def _resolve_device(device: str) -> str:
 
 
 @contextlib.contextmanager
-def _torch_threads(n: int | None):
+def torch_threads(n: int | None):
     """Run a block with n torch intra-op threads, restoring the previous number after."""
     import torch
 
@@ -119,7 +119,7 @@ class Encoder:
         if missing:
             import torch
 
-            with torch.inference_mode(), _torch_threads(self.threads):
+            with torch.inference_mode(), torch_threads(self.threads):
                 vecs = self._model.encode(missing, batch_size=self.batch_size, convert_to_numpy=True,
                                           normalize_embeddings=self.normalize, show_progress_bar=False)
             for t, v in zip(missing, np.asarray(vecs, dtype=np.float32)):

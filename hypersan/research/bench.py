@@ -24,6 +24,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from ..language.text import torch_threads
 from ..prune.engine import PruningEngine
 from ..deploy.export import save_subnet
 from ..prune.metrics import conv_macs
@@ -174,13 +175,9 @@ def run_bench(engine: PruningEngine, subtasks: Sequence[Subtask], batch: int = 2
     `engine.subnet` builds it); returns the JSON summary (see `hypersan bench --json`)."""
     if repeats < 1 or warmup < 0 or batch < 1 or threads < 1:
         raise ValueError("bench needs repeats >= 1, warmup >= 0, batch >= 1 and threads >= 1")
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return _run(engine, subtasks, batch, threads, repeats, warmup, round_to, round_mode, seed, fold_bn,
                     log or (lambda m: None), engine.check_budget(budget))
-    finally:
-        torch.set_num_threads(old_threads)
 
 
 def _run(engine, subtasks, batch, threads, repeats, warmup, round_to, round_mode, seed, fold_bn, log, budget) -> dict:
@@ -349,49 +346,44 @@ def run_runtime_bench(engine: PruningEngine, subtasks: Sequence[Subtask], runtim
         raise ValueError("bench needs repeats >= 1, warmup >= 0, threads >= 1 and batch sizes >= 1")
     budget = engine.check_budget(budget)
     round_to = engine.round_multiple(round_to)  # once: every row records the multiple its nets were built with
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
     model = engine.model.eval()
     info = model.info
     gen = torch.Generator().manual_seed(seed)
     xs = {b: torch.rand(b, *info.input_shape, generator=gen) for b in batches}
     rows = []
-    try:
-        with tempfile.TemporaryDirectory(prefix="hypersan-runtimes-") as tmp:
-            dense = engine.subnet(None, fold_bn=True, seed=seed)
-            dense_s = {}
+    with torch_threads(threads), tempfile.TemporaryDirectory(prefix="hypersan-runtimes-") as tmp:
+        dense = engine.subnet(None, fold_bn=True, seed=seed)
+        dense_s = {}
+        for rt in runtimes:
+            calib = engine.subtask_images(None, 256, seed) if rt.endswith("int8") else None
+            dense_s[rt] = session(dense, rt, Path(tmp) / "dense" / rt, threads, calib)
+        for i, t in enumerate(subtasks):
+            net = engine.subnet(t, fold_bn=True, seed=seed, budget=budget, round_to=round_to,
+                                round_mode=round_mode)
+            mac_ratio = engine.cost(net)["mac_ratio"]
+            names = [info.classes[c] for c in t]
+            with torch.inference_mode():
+                want = net(xs[max(batches)])
             for rt in runtimes:
-                calib = engine.subtask_images(None, 256, seed) if rt.endswith("int8") else None
-                dense_s[rt] = session(dense, rt, Path(tmp) / "dense" / rt, threads, calib)
-            for i, t in enumerate(subtasks):
-                net = engine.subnet(t, fold_bn=True, seed=seed, budget=budget, round_to=round_to,
-                                    round_mode=round_mode)
-                mac_ratio = engine.cost(net)["mac_ratio"]
-                names = [info.classes[c] for c in t]
+                calib = engine.subtask_images(t, 256, seed) if rt.endswith("int8") else None
+                run = session(net, rt, Path(tmp) / f"s{i}" / rt, threads, calib)
                 with torch.inference_mode():
-                    want = net(xs[max(batches)])
-                for rt in runtimes:
-                    calib = engine.subtask_images(t, 256, seed) if rt.endswith("int8") else None
-                    run = session(net, rt, Path(tmp) / f"s{i}" / rt, threads, calib)
-                    with torch.inference_mode():
-                        err = (run(xs[max(batches)]) - want).abs().max().item()
-                    for b in batches:
-                        x, n = xs[b], calls_per_round(b)
-                        d, p = dense_s[rt], run
-                        times = time_rounds({"dense": lambda: [d(x) for _ in range(n)],
-                                             "pruned": lambda: [p(x) for _ in range(n)]}, warmup, repeats, seed)
-                        ratio = paired_ratio(times["pruned"], times["dense"])
-                        row = {"runtime": rt, "batch": b, "classes": names, "indices": list(t),
-                               "budget": budget, "round_to": round_to, "mac_ratio": mac_ratio, "latency_ratio": ratio,
-                               "dense_ms": 1e3 * statistics.median(times["dense"]) / n,
-                               "pruned_ms": 1e3 * statistics.median(times["pruned"]) / n,
-                               "max_abs_diff_to_eager": err, "latency_bound": latency_bound(mac_ratio),
-                               "bound_met": latency_bound_met(ratio, mac_ratio) if b >= 64 else None}
-                        rows.append(row)
-                        log(f"[{i + 1}/{len(subtasks)}] {rt} batch {b} {','.join(names)}: mac {mac_ratio:.3f} "
-                            f"latency {ratio:.3f} ({row['pruned_ms']:.3f} / {row['dense_ms']:.3f} ms)")
-    finally:
-        torch.set_num_threads(old_threads)
+                    err = (run(xs[max(batches)]) - want).abs().max().item()
+                for b in batches:
+                    x, n = xs[b], calls_per_round(b)
+                    d, p = dense_s[rt], run
+                    times = time_rounds({"dense": lambda: [d(x) for _ in range(n)],
+                                         "pruned": lambda: [p(x) for _ in range(n)]}, warmup, repeats, seed)
+                    ratio = paired_ratio(times["pruned"], times["dense"])
+                    row = {"runtime": rt, "batch": b, "classes": names, "indices": list(t),
+                           "budget": budget, "round_to": round_to, "mac_ratio": mac_ratio, "latency_ratio": ratio,
+                           "dense_ms": 1e3 * statistics.median(times["dense"]) / n,
+                           "pruned_ms": 1e3 * statistics.median(times["pruned"]) / n,
+                           "max_abs_diff_to_eager": err, "latency_bound": latency_bound(mac_ratio),
+                           "bound_met": latency_bound_met(ratio, mac_ratio) if b >= 64 else None}
+                    rows.append(row)
+                    log(f"[{i + 1}/{len(subtasks)}] {rt} batch {b} {','.join(names)}: mac {mac_ratio:.3f} "
+                        f"latency {ratio:.3f} ({row['pruned_ms']:.3f} / {row['dense_ms']:.3f} ms)")
     return {"mode": "runtimes", "threads": threads, "batches": list(batches), "repeats": repeats, "warmup": warmup,
             "budget": budget, "round_to": round_to, "round_mode": round_mode,
             "runtimes": list(runtimes), "subtasks": rows, "summary": runtime_summary(rows),
@@ -492,44 +484,38 @@ def run_width_bench(factory: str, kwargs: dict, input_shape: Sequence[int], num_
     torch.manual_seed(seed)
     bb = CustomBackbone(factory, dict(kwargs), c, num_classes, list(input_shape), [0.5] * c, [0.25] * c).eval()
     mac = MacModel(bb, input_shape)
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
     gen = torch.Generator().manual_seed(seed)
     xs = {b: torch.rand(b, *input_shape, generator=gen) for b in batches}
     classes = list(range(num_classes))
     rows = []
-    try:
-        with tempfile.TemporaryDirectory(prefix="hypersan-widths-") as tmp:
-            dense = prune_backbone(bb, None, classes, fold_bn=True)
-            dense_macs = count_macs(dense, tuple(input_shape))  # once: every pruned net's ratio is to it
-            nets = {}
-            for r in mac_ratios:
-                for k in (1, *[m for m in multiples if m > 1]):
-                    net = prune_backbone(bb, uniform_masks(bb, mac, r, k), classes, fold_bn=True)
-                    nets[(r, k)] = net
-            for rt in runtimes:
-                d = session(dense, rt, Path(tmp) / "dense" / rt, threads)
-                for (r, k), net in nets.items():
-                    p = session(net, rt, Path(tmp) / f"r{r}-m{k}" / rt, threads)
-                    got = count_macs(net, tuple(input_shape)) / dense_macs
-                    for b in batches:
-                        x, n = xs[b], calls_per_round(b)
-                        times = time_rounds({"dense": lambda: [d(x) for _ in range(n)],
-                                             "pruned": lambda: [p(x) for _ in range(n)]}, warmup, repeats, seed)
-                        ratio = paired_ratio(times["pruned"], times["dense"])
-                        rows.append({"runtime": rt, "batch": b, "target_mac_ratio": r, "multiple": k,
-                                     "mac_ratio": got, "latency_ratio": ratio,
-                                     "latency_bound": 1.2 * got + 0.05, "bound_met": ratio <= 1.2 * got + 0.05,
-                                     "widths": dict(net.arch["site_widths"]),
-                                     "dense_ms": 1e3 * statistics.median(times["dense"]) / n,
-                                     "pruned_ms": 1e3 * statistics.median(times["pruned"]) / n})
-                        log(f"{rt} batch {b} mac {got:.3f} (multiple {k}): latency {ratio:.3f}")
-    finally:
-        torch.set_num_threads(old)
+    with torch_threads(threads), tempfile.TemporaryDirectory(prefix="hypersan-widths-") as tmp:
+        dense = prune_backbone(bb, None, classes, fold_bn=True)
+        dense_macs = count_macs(dense, tuple(input_shape))  # once: every pruned net's ratio is to it
+        nets = {}
+        for r in mac_ratios:
+            for k in (1, *[m for m in multiples if m > 1]):
+                net = prune_backbone(bb, uniform_masks(bb, mac, r, k), classes, fold_bn=True)
+                nets[(r, k)] = net
+        for rt in runtimes:
+            d = session(dense, rt, Path(tmp) / "dense" / rt, threads)
+            for (r, k), net in nets.items():
+                p = session(net, rt, Path(tmp) / f"r{r}-m{k}" / rt, threads)
+                got = count_macs(net, tuple(input_shape)) / dense_macs
+                for b in batches:
+                    x, n = xs[b], calls_per_round(b)
+                    times = time_rounds({"dense": lambda: [d(x) for _ in range(n)],
+                                         "pruned": lambda: [p(x) for _ in range(n)]}, warmup, repeats, seed)
+                    ratio = paired_ratio(times["pruned"], times["dense"])
+                    rows.append({"runtime": rt, "batch": b, "target_mac_ratio": r, "multiple": k,
+                                 "mac_ratio": got, "latency_ratio": ratio,
+                                 "latency_bound": 1.2 * got + 0.05, "bound_met": ratio <= 1.2 * got + 0.05,
+                                 "widths": dict(net.arch["site_widths"]),
+                                 "dense_ms": 1e3 * statistics.median(times["dense"]) / n,
+                                 "pruned_ms": 1e3 * statistics.median(times["pruned"]) / n})
+                    log(f"{rt} batch {b} mac {got:.3f} (multiple {k}): latency {ratio:.3f}")
     return {"factory": factory, "kwargs": dict(kwargs), "input_shape": list(input_shape), "threads": threads,
             "repeats": repeats, "warmup": warmup, "machine": machine(threads), "rows": rows,
             "load_average": load_average()}
-
 
 
 # ---------------------------------------------------------------- where the time goes, layer by layer
@@ -608,14 +594,12 @@ def layer_profile(engine: PruningEngine, subtasks: Sequence[Subtask], batch: int
     round_to = engine.round_multiple(round_to)
     model = engine.model.eval()
     x = torch.rand(batch, *model.info.input_shape, generator=torch.Generator().manual_seed(seed)).to(model.device)
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     out = []
-    try:
+    with torch_threads(threads):
         dense = engine.subnet(None, fold_bn=True, seed=seed)
         for t in subtasks:
             net = engine.subnet(t, fold_bn=True, seed=seed, budget=budget, round_to=round_to, round_mode=round_mode)
-            sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
             clocks = {"dense": LayerClock(dense, sync), "pruned": LayerClock(net, sync)}
             nets = {"dense": dense, "pruned": net}
             with torch.inference_mode():
@@ -634,8 +618,6 @@ def layer_profile(engine: PruningEngine, subtasks: Sequence[Subtask], batch: int
                 c.close()
             out.append(_profile_rows(engine, t, clocks, totals, batch))
             log(f"profiled {','.join(model.info.classes[c] for c in t)}")
-    finally:
-        torch.set_num_threads(old_threads)
     return {"mode": "layers", "runtime": "eager", "batch": batch, "threads": threads, "repeats": repeats,
             "warmup": warmup, "budget": budget, "round_to": round_to, "subtasks": out, "load_average": load_average()}
 
