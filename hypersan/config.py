@@ -81,6 +81,7 @@ class LossConfig:
     budget_monotone: float = 0.0  # budget-conditioned: weight of the hinge on a sample's loss rising with the budget
     budget_agree: float = 0.0  # budget-conditioned: weight of the disagreement of a sample's predictions at two budgets
     subset_share: float = 0.0  # share of each sample's BCE on its subtask's outputs; 0 = beta weighting (docs/RECIPE.md)
+    size_power: float = 0.0  # each sample's BCE times (|T| / |C|) ** size_power: 0 = one scale for every class set
     sparsity_price: str = "uniform"  # uniform: every channel's utility weighs alike in the L1 | macs: by its MAC cost
     distill_over: str = "all"  # all: sigmoid targets on every output | subset: KL of the softmax over the subtask
 
@@ -291,6 +292,7 @@ RANGES: dict[str, tuple[str, str]] = {
     "subtasks.include_own": ("[0, 1]", "a probability"),
     "subtasks.sets_per_batch": ("[0, inf)", "micro-batches of one class set per masked batch; 0 = a set per sample"),
     "loss.subset_share": ("[0, 1]", "a share of each sample's loss; 0 = the beta weighting"),
+    "loss.size_power": ("[0, 1]", "the power of |T| / |C| that scales each sample's loss; 0 = one scale for all"),
     "subtasks.dense_share": ("[0, 1]", "a share of batches"),
     "subtasks.holdout_fraction": ("[0, 1]", "a fraction of combinations"),
     "subtasks.holdout_seed": ("[0, inf)", "seed of the hashed holdout"),

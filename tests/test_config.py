@@ -49,6 +49,7 @@ NUMERIC_CASES = {
     "loss.budget_under": (0.0, -0.5),
     "loss.distill": (0.5, 1.5),
     "loss.subset_share": (1.0, 1.5),
+    "loss.size_power": (0.5, -0.1),
     "loss.budget_monotone": (0.0, -1.0),  # a positive weight needs generator.budget (a cross-field check)
     "loss.budget_agree": (0.0, -1.0),  # likewise
     "generator.budget_min": (0.05, 0.0),

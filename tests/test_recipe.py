@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from hypersan.config import ConfigError, load_config
 from hypersan.data.subtasks import Holdout, SubtaskSampler, microbatch_sizes, sample_grouped
@@ -56,6 +57,23 @@ def test_at_share_one_outputs_outside_the_subtask_get_no_gradient_and_negatives_
     subtask_weighted_bce(logits, labels, in_task, 4.0, share=1.0).backward()
     assert torch.equal(logits.grad[:, 2:], torch.zeros(2, 2))
     assert (logits.grad[1, :2] > 0).all()  # target 0 on the subtask's outputs: pushed down
+
+
+def test_size_power_one_weighs_each_subtask_output_one():
+    g = torch.Generator().manual_seed(2)
+    logits, labels = torch.randn(3, 6, generator=g), torch.tensor([0, 1, 5])
+    in_task = torch.zeros(3, 6, dtype=torch.bool)
+    in_task[0, :2] = True  # a pair
+    in_task[1, :4] = True  # four classes
+    in_task[2, :] = True  # every class
+    per = F.binary_cross_entropy_with_logits(logits, F.one_hot(labels, 6).float(), reduction="none")
+    plain = (per * in_task).sum(dim=1)  # each subtask output weighs 1, the rest 0
+    scaled = subtask_weighted_bce(logits, labels, in_task, 4.0, share=1.0, reduce=False, size_power=1.0)
+    assert torch.allclose(scaled, plain, atol=1e-6)
+    half = subtask_weighted_bce(logits, labels, in_task, 4.0, share=1.0, reduce=False, size_power=0.5)
+    flat = subtask_weighted_bce(logits, labels, in_task, 4.0, share=1.0, reduce=False)
+    assert torch.allclose(half, flat * torch.tensor([2 / 6, 4 / 6, 1.0]).sqrt(), atol=1e-6)
+    assert torch.allclose(half[2], flat[2])  # the all-classes request keeps its scale
 
 
 def test_subset_kl_reads_the_subtask_classes_only():

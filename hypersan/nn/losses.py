@@ -46,7 +46,7 @@ def subset_kl(student: Tensor, teacher: Tensor, in_task: Tensor) -> Tensor:
 
 def subtask_weighted_bce(logits: Tensor, labels: Tensor, in_task: Tensor, beta: float,
                          teacher: Tensor | None = None, distill: float = 0.0, reduce: bool = True,
-                         share: float = 0.0, distill_over: str = "all") -> Tensor:
+                         share: float = 0.0, distill_over: str = "all", size_power: float = 0.0) -> Tensor:
     """Mean over samples of the class-summed BCE weighted per output (`output_weights`: beta on the sample's
     subtask classes and 1 elsewhere, rescaled to the unweighted sum's scale; or, with share > 0, the subtask's
     outputs carrying that share of the loss). logits, in_task: (B, C); labels: (B,). A sample whose label is
@@ -55,6 +55,11 @@ def subtask_weighted_bce(logits: Tensor, labels: Tensor, in_task: Tensor, beta: 
     distill_over = "all": the targets become (1 - distill) x one-hot + distill x sigmoid(teacher);
     "subset": the loss becomes (1 - distill) x BCE + distill x |C| x the KL between the teacher's and the
     student's softmax over the subtask's classes (`subset_kl`; |C| puts it on the BCE's class-summed scale).
+    size_power p: each sample's loss is scaled by (|T| / |C|)^p. At p = 0 every class set's loss has one scale,
+    so a pair's two outputs weigh as much as all |C| outputs of the all-classes request, and the sparsity term
+    (the same per sample) sizes every class set's net alike. At p = 1 with share = 1 each of the subtask's
+    outputs weighs 1: a class set's loss is what its own outputs cost, and the same gamma buys a small class set's
+    net fewer channels than a large one's.
     reduce=False: each sample's loss (B,) instead of their mean."""
     num_classes = logits.shape[1]
     target = F.one_hot(labels, num_classes).to(logits.dtype)
@@ -65,6 +70,8 @@ def subtask_weighted_bce(logits: Tensor, labels: Tensor, in_task: Tensor, beta: 
     each = (output_weights(in_task, beta, share).to(logits.dtype) * per).sum(dim=1)
     if mix and distill_over == "subset":
         each = (1.0 - distill) * each + distill * num_classes * subset_kl(logits, teacher, in_task)
+    if size_power > 0:
+        each = each * (in_task.sum(dim=1).to(each.dtype) / num_classes) ** size_power
     return each.mean() if reduce else each
 
 

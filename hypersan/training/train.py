@@ -35,7 +35,8 @@ EXECUTION_KEYS = ("progress", "threads", "device", "dist_timeout")
 # config keys added after runs were saved, with the value that describes those runs (a resume compares configs)
 ADDED_KEYS = {"data": {"val_split": "sample", "val_fraction": 0.1}, "model": {"weights": "", "scaling": None},
               "train": {"bf16": False, "dist_timeout": 1800.0, "init_from": "", "sandwich": False},
-              "loss": {"subset_share": 0.0, "sparsity_price": "uniform", "distill_over": "all"},
+              "loss": {"subset_share": 0.0, "sparsity_price": "uniform", "distill_over": "all",
+                       "size_power": 0.0},
               "subtasks": {"sampling": "own", "sets_per_batch": 0, "size_tail": 0.0}}
 
 
@@ -228,7 +229,8 @@ def masked_loss(model: SubtaskAdaptiveNet, x: torch.Tensor, y: torch.Tensor, sel
     (loss.distill_over: as sigmoid targets on every output, or as a softmax over the subtask's classes); a
     `teacher` (B, C) given by the caller (the sandwich rule's body pass) is used instead.
     `prices`: per-site channel prices of the sparsity term (loss.sparsity_price = "macs"); None prices alike.
-    The subtask's outputs get loss.subset_share of each sample's BCE (0: the beta weighting)."""
+    The subtask's outputs get loss.subset_share of each sample's BCE (0: the beta weighting), and each sample's
+    BCE is scaled by (|T| / |C|) ** loss.size_power."""
     if cfg.loss.distill > 0 and teacher is None:
         with torch.no_grad(), _autocast(x.device, amp):
             teacher = model.backbone(x).float()
@@ -248,7 +250,8 @@ def masked_loss(model: SubtaskAdaptiveNet, x: torch.Tensor, y: torch.Tensor, sel
     per_sample = mean_utility(raw, model.sites, prices)  # (B,); (2B,) with budget pairs
     gammas = sparsity_weights(in_task.sum(dim=1), len(model.classes), cfg.loss.gamma, cfg.loss.gamma_size)
     task = subtask_weighted_bce(logits, y, in_task, cfg.loss.beta, teacher, cfg.loss.distill, reduce=False,
-                                share=cfg.loss.subset_share, distill_over=cfg.loss.distill_over)
+                                share=cfg.loss.subset_share, distill_over=cfg.loss.distill_over,
+                                size_power=cfg.loss.size_power)
     loss = task.mean() + (gammas * per_sample).mean()
     if budgets is not None:
         ratio = macs.ratio(masks, in_task.sum(dim=1))
