@@ -158,6 +158,9 @@ def test_variants_of_one_gamma_sort_by_gamma_and_the_more_accurate_is_selected(s
             "hypernet-g4": {"adaptive": _both((0.1, 0.90), (0.1, 0.90), (0.1, 0.90))}}
     chosen, gaps = study.select_gamma(nets)
     assert chosen == "hypernet-g1-lr02" and gaps["hypernet-g4"] < -1  # g4 is too far from the dense net
+    nets["shipped-g0.5"] = {"adaptive": _both((0.6, 0.99), (0.6, 0.99), (0.6, 0.99))}  # read with --nets-from
+    assert study.adaptive_names(nets) == ["shipped-g0.5", "hypernet-g1", "hypernet-g1-lr02", "hypernet-g4"]
+    assert study.select_gamma(nets)[0] == "hypernet-g1-lr02"  # held against the curve, never selected
 
 
 def test_the_peer_file_follows_the_chosen_hypernetwork(tmp_path, study):

@@ -72,6 +72,12 @@ def gamma_of(name: str) -> tuple[float, str]:
     return float(m[1]), name
 
 
+def adaptive_names(nets: dict) -> list[str]:
+    """The nets held against the curve, by gamma: every hypernetwork run, and any other scored net with adaptive rows
+    (the shipped model read with --nets-from, say). Only the runs are candidates for selection."""
+    return sorted((n for n, res in nets.items() if n.startswith("hypernet") or "adaptive" in res), key=gamma_of)
+
+
 def splits(cfg, limit: int = 0):
     from ..data.datasets import load_dataset
     from ..training.train import split_training_data
@@ -445,7 +451,7 @@ def report(nets: dict, subtasks: list[dict], peer: list[dict] | None, classes: l
         n_of = {g: sum(s["group"] == g for s in subtasks) for g in groups}
         for g in groups:
             curve = [agn[n][g] for n in agn]
-            for name in sorted((n for n in nets if n.startswith("hypernet")), key=gamma_of):
+            for name in adaptive_names(nets):
                 rows = nets[name]["adaptive"][split]["rows"]
                 mac, acc = group_means(rows, subtasks)[g]
                 held = sum(not r["seen"] for s, r in zip(subtasks, rows) if s["group"] == g)
@@ -459,7 +465,7 @@ def report(nets: dict, subtasks: list[dict], peer: list[dict] | None, classes: l
               "| group | hypernetwork | subtask nets: MAC ratio | acc | all-classes net: MAC ratio | acc | "
               "MACs subtask / all-classes | acc gap (pt) |", "|---|---|---|---|---|---|---|---|"]
     for g in list(dict.fromkeys(s["group"] for s in subtasks)):
-        for name in sorted((n for n in nets if n.startswith("hypernet")), key=gamma_of):
+        for name in adaptive_names(nets):
             mac, acc = group_means(nets[name]["adaptive"]["test"]["rows"], subtasks)[g]
             amac, aacc = group_means(nets[name]["agnostic"]["test"]["rows"], subtasks)[g]
             lines.append(f"| {g} | {name} | {mac:.4f} | {acc:.4f} | {amac:.4f} | {aacc:.4f} | {mac / amac:.2f} | "
@@ -486,7 +492,7 @@ def report(nets: dict, subtasks: list[dict], peer: list[dict] | None, classes: l
             for r in (r for r in specialists if r["subtask"] == i):
                 lines.append(f"| {name} | specialist, {r['scale']:g} width, {r['epochs']} epochs | "
                              f"{r['mac_ratio']:.4f} | {r['val_acc']:.4f} | {r['test_acc']:.4f} |")
-            for n in sorted((n for n in nets if n.startswith("hypernet")), key=gamma_of):
+            for n in adaptive_names(nets):
                 rv, rt = nets[n]["adaptive"]["val"]["rows"][i], nets[n]["adaptive"]["test"]["rows"][i]
                 lines.append(f"| {name} | {n} | {rt['mac_ratio']:.4f} | {rv['acc']:.4f} | {rt['acc']:.4f} |")
     lines += budget_report(nets, subtasks, fixed or {}, peer_base)
