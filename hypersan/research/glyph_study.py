@@ -73,9 +73,9 @@ def gamma_of(name: str) -> tuple[float, str]:
 
 
 def adaptive_names(nets: dict) -> list[str]:
-    """The nets held against the curve, by gamma: every hypernetwork run, and any other scored net with adaptive rows
-    (the shipped model read with --nets-from, say). Only the runs are candidates for selection."""
-    return sorted((n for n, res in nets.items() if n.startswith("hypernet") or "adaptive" in res), key=gamma_of)
+    """The nets held against the curve, by gamma: every scored net with adaptive rows, the hypernetwork runs and any
+    other (the shipped model read with --nets-from, say). Only the runs are candidates for selection."""
+    return sorted((n for n, res in nets.items() if "adaptive" in res), key=gamma_of)
 
 
 def splits(cfg, limit: int = 0):
