@@ -172,3 +172,32 @@ def test_the_peer_file_follows_the_chosen_hypernetwork(tmp_path, study):
     assert study.peer_path(tmp_path, "", "hypernet-g1", targets) == tmp_path / "peer.json"
     assert study.peer_path(tmp_path, "", "hypernet-g4-b64", {0: 0.24, 57: 0.33}) == tmp_path / "peer-hypernet-g4-b64.json"
     assert study.peer_path(tmp_path, "-dense-w8", "hypernet-g1", targets) == tmp_path / "peer-hypernet-g1-dense-w8.json"
+
+
+def test_hypernet_ft_fine_tunes_the_hypernetworks_own_net_with_the_peers_objective(study):
+    import torch
+
+    from hypersan.research.ablate import plain_cost
+    from .test_surgery import _engine
+
+    engine = _engine()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (200, 1, 28, 28), dtype=torch.uint8, generator=gen)
+    y = torch.arange(200) % 10
+    subtasks = [{"group": "hardest pairs", "name": "3, 4", "indices": [3, 4]},
+                {"group": "digits", "name": "digits", "indices": [0, 1, 2]}]
+    ref = engine.dense_cost()[0]
+    rows = study.run_hypernet_ft(engine, engine, [0, 1], subtasks, {"val": (x, y), "test": (x, y)}, (x, y), [0, 3], ref)
+    assert [(r["subtask"], r["finetune_steps"]) for r in rows] == [(0, 0), (0, 3), (1, 0), (1, 3)]
+    for i, (a, b) in enumerate((rows[0:2], rows[2:4])):
+        own = plain_cost(engine, engine.subnet(tuple(subtasks[i]["indices"]), seed=0))["macs"] / ref
+        assert a["mac_ratio"] == pytest.approx(own) == b["mac_ratio"]  # fine-tuning never changes the net's size
+        assert b["finetune_s"] > 0 and b["build_s"] >= b["finetune_s"]
+    assert study.peer_objective(engine)["beta"] == engine.model.config.loss.beta
+    peer = [{"subtask": 0, "group": "hardest pairs", "name": "3, 4", "finetune_steps": s, "mac_ratio": 0.3,
+             "val_acc": 0.5, "test_acc": acc, "build_s": 10.0} for s, acc in ((0, 0.2), (2000, 0.4))]
+    lines = study.hyper_ft_report(rows, peer, "hypernet-g1")
+    row = next(line for line in lines if line.startswith("| 3, 4 | hardest pairs | 3 |"))
+    # read against the peer's longest fine-tune of the same class set
+    assert f"| 2000 | 0.3000 | 0.4000 | {100 * (rows[1]['test_acc'] - 0.4):+.2f} |" in row
+    assert any(line.startswith("| digits | digits | 3 |") and "| — | — | — | — |" in line for line in lines)

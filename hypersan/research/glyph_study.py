@@ -216,12 +216,11 @@ def run_peer(dense, targets: dict[int, float], subtasks: list[dict], data: dict,
     from ..training.evaluate import plain_accuracy
     from ..prune.surgery import prune_backbone
 
-    cfg = dense.model.config
     tx, ty = train
     stats = dense.statistics(None, seed=seed)
     spec = dense.calib_spec(seed)
     dense_macs = plain_cost(dense, None)["dense_macs"]
-    ft_args = dict(lr=0.01, seed=seed, beta=cfg.loss.beta, crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip)
+    ft_args = peer_objective(dense, seed)
     out = []
     for i, ratio in targets.items():
         s, target = subtasks[i], ratio * ref_macs / dense_macs
@@ -247,6 +246,51 @@ def run_peer(dense, targets: dict[int, float], subtasks: list[dict], data: dict,
                 row[f"{split}_acc"] = plain_accuracy(m.eval(), t, x, y)
             out.append(row)
             log(f"    {n_steps} steps: test acc {row['test_acc']:.4f} at {row['mac_ratio']:.3f} ({build:.0f} s)")
+    return out
+
+
+def peer_objective(dense, seed: int = 0) -> dict:
+    """The peer's fine-tuning settings (baselines.finetune): every net fine-tuned in the study, the peer's and the
+    hypernetwork's alike, trains with exactly these."""
+    cfg = dense.model.config
+    return dict(lr=0.01, seed=seed, beta=cfg.loss.beta, crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip)
+
+
+def run_hypernet_ft(engine, dense, picks: list[int], subtasks: list[dict], data: dict, train: tuple,
+                    steps: list[int], ref_macs: int, seed: int = 0) -> list[dict]:
+    """The `hypernet_ft` arm: the hypernetwork's own net for each picked class set (a cold build: masks, BN
+    calibration, surgery), then fine-tuned for each of `steps` SGD steps with exactly the peer's objective
+    (peer_objective), BN recalibrated as the peer's is. `build_s` is the whole per-subset cost: the build and
+    the fine-tune."""
+    import torch
+
+    from ..research import baselines
+    from ..research.ablate import plain_cost
+    from ..training.evaluate import plain_accuracy
+
+    tx, ty = train
+    spec = dense.calib_spec(seed)
+    ft_args = peer_objective(dense, seed)
+    out = []
+    for i in picks:
+        s = subtasks[i]
+        t = tuple(s["indices"])
+        t0 = time.perf_counter()
+        net = engine.subnet(t, fold_bn=False, seed=seed)
+        built = time.perf_counter() - t0
+        for n_steps in steps:
+            m = copy.deepcopy(net).train()
+            t1 = time.perf_counter()
+            fit = baselines.finetune(m, tx, ty, t, steps=n_steps, **ft_args)
+            baselines.recalibrate_bn(m, spec.stream(tx, torch.device("cpu")))
+            row = {"subtask": i, "group": s["group"], "name": s["name"], "finetune_steps": n_steps,
+                   "mac_ratio": plain_cost(dense, m)["macs"] / ref_macs, "build_s": built + time.perf_counter() - t1,
+                   "finetune_s": fit["wall_s"]}
+            for split, (x, y) in data.items():
+                row[f"{split}_acc"] = plain_accuracy(m.eval(), t, x, y)
+            out.append(row)
+            log(f"  hypernet_ft: {s['name'][:50]}, {n_steps} steps: test acc {row['test_acc']:.4f} at "
+                f"{row['mac_ratio']:.3f} ({row['build_s']:.0f} s)")
     return out
 
 
@@ -394,9 +438,33 @@ def budget_report(nets: dict, subtasks: list[dict], fixed: dict, peer_base: str 
     return lines
 
 
+def hyper_ft_report(rows: list[dict], peer: list[dict], chosen: str | None) -> list[str]:
+    """The hypernet_ft section: the hypernetwork's net fine-tuned with the peer's objective, against the peer with
+    its longest fine-tune, per class set, with the per-subset seconds (build + fine-tune) of each."""
+    best = {}
+    for p in peer:  # the peer's longest fine-tune per class set
+        if p["subtask"] not in best or p["finetune_steps"] > best[p["subtask"]]["finetune_steps"]:
+            best[p["subtask"]] = p
+    lines = ["", f"## The hypernetwork fine-tuned (hypernet_ft, {chosen}) against the peer", "",
+             "The hypernetwork's own net for the class set (a cold build), then N SGD steps with exactly the peer's "
+             "objective and BN recalibration. `per-subset s`: build + fine-tune, each method's whole cost for one "
+             "class set on this machine.", "",
+             "| subtask | group | steps | MAC ratio | val | test | peer steps | peer MAC ratio | peer test | "
+             "hypernet_ft − peer, test (pt) | per-subset s | peer per-subset s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        p = best.get(r["subtask"])
+        peer_cells = (f"{p['finetune_steps']} | {p['mac_ratio']:.4f} | {p['test_acc']:.4f} | "
+                      f"{100 * (r['test_acc'] - p['test_acc']):+.2f}") if p else "— | — | — | —"
+        lines.append(f"| {r['name'][:50]} | {r['group']} | {r['finetune_steps']} | {r['mac_ratio']:.4f} | "
+                     f"{r['val_acc']:.4f} | {r['test_acc']:.4f} | {peer_cells} | {r['build_s']:.0f} | "
+                     f"{_fmt(p and p['build_s'], '.0f')} |")
+    return lines
+
+
 def report(nets: dict, subtasks: list[dict], peer: list[dict] | None, classes: list[str], data_y: dict,
            fixed: dict | None = None, command: str = "hypersan study glyphs", peer_base: str = "dense-w16",
-           specialists: list[dict] | None = None) -> str:
+           specialists: list[dict] | None = None, hyper_ft: list[dict] | None = None) -> str:
     from ..research.report import equal_accuracy
     from ..data.glyphs import case_insensitive_accuracy
 
@@ -481,6 +549,8 @@ def report(nets: dict, subtasks: list[dict], peer: list[dict] | None, classes: l
             lines.append(f"| {p['name'][:50]} | {p['group']} | {p['finetune_steps']} | {p['mac_ratio']:.4f} / "
                          f"{p['adaptive_mac_ratio']:.4f} | {p['val_acc']:.4f} | {p['test_acc']:.4f} | {a_val:.4f} | "
                          f"{a_test:.4f} | {100 * (a_test - p['test_acc']):+.2f} | {p['build_s']:.0f} |")
+    if hyper_ft:
+        lines += hyper_ft_report(hyper_ft, peer or [], chosen)
     if specialists:
         lines += ["", "## The specialist ceiling: nets trained on one class set alone", "",
                   "Plain nets of the dense net's architecture at a fraction of its widths, trained from scratch on the "
@@ -517,6 +587,9 @@ def main(argv=None) -> int:
                    help="the specialist ceiling: nets trained on the digits and the two hardest pairs alone, at "
                         f"{' and '.join(f'{s:g}' for s in SPECIALIST_SCALES)} of the dense widths, for EPOCHS passes "
                         "over those images (0: none)")
+    p.add_argument("--finetune", type=lambda v: [int(x) for x in v.split(",") if x], default=[], metavar="N,N",
+                   help="the hypernet_ft arm: the selected hypernetwork's nets for the peer's class sets, each "
+                        "fine-tuned N steps with the peer's objective (e.g. 200,2000; default: none)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=0, help="score on this many images per split (smoke runs; 0: all)")
@@ -600,6 +673,21 @@ def main(argv=None) -> int:
         peer = peer_file(peer_path(out, tag, chosen, targets), targets, f"at the MACs of {chosen}")
     fixed = {r: peer_file(out / f"peer-m{r:g}{tag}.json", {i: r for i in peer_picks(subtasks)}, f"at MAC ratio {r:g}")
              for r in args.peer_macs}
+    hyper_ft = None
+    if args.finetune and chosen:
+        if chosen not in done:
+            p.error(f"--finetune: the selected hypernetwork {chosen} is not a finished run of {runs}")
+        path = out / f"ft-{chosen}-n{'-'.join(map(str, args.finetune))}.json"
+        if not path.exists():
+            log(f"the hypernet_ft arm: {chosen} + {', '.join(map(str, args.finetune))} fine-tuning steps")
+            if not train_xy:
+                from ..training.train import split_training_data
+
+                train_xy.extend(split_training_data(cfg)[:2])
+            engine = PruningEngine.from_pretrained(done[chosen], seed=args.seed)
+            atomic_write_json(path, run_hypernet_ft(engine, dense, peer_picks(subtasks), subtasks, data,
+                                                    tuple(train_xy), args.finetune, ref_macs, args.seed))
+        hyper_ft = read_json(path)
     specialists = None
     if args.specialists:
         path = out / f"specialists-e{args.specialists}.json"
@@ -614,7 +702,7 @@ def main(argv=None) -> int:
         specialists = read_json(path)
     command = "hypersan study glyphs " + " ".join(argv if argv is not None else sys.argv[1:])
     text = report(nets, subtasks, peer, dense.model.classes, {s: y.tolist() for s, (_, y) in data.items()}, fixed,
-                  command, args.peer_base, specialists)
+                  command, args.peer_base, specialists, hyper_ft)
     atomic_write_text(out / "report.md", text)
     print(text)
     if args.ship and chosen:
