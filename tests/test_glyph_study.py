@@ -201,3 +201,14 @@ def test_hypernet_ft_fine_tunes_the_hypernetworks_own_net_with_the_peers_objecti
     # read against the peer's longest fine-tune of the same class set
     assert f"| 2000 | 0.3000 | 0.4000 | {100 * (rows[1]['test_acc'] - 0.4):+.2f} |" in row
     assert any(line.startswith("| digits | digits | 3 |") and "| — | — | — | — |" in line for line in lines)
+
+
+
+def test_the_seconds_plot_draws_one_panel_per_class_set(study, tmp_path):
+    pytest.importorskip("matplotlib")
+    rows = [{"subtask": i, "name": n, "finetune_steps": k, "build_s": 1.0 + k, "test_acc": 0.9, "cold_build_s": 0.5}
+            for i, n in ((0, "digits"), (1, "3, 4")) for k in (200, 2000)]
+    peer = [{"subtask": 0, "finetune_steps": k, "build_s": 5.0 + k, "test_acc": 0.8} for k in (0, 2000)]
+    nets = {"hypernet-g1": {"adaptive": {"test": {"rows": [{"acc": 0.85}, {"acc": 0.8}]}}}}
+    path = study.plot_seconds(tmp_path, rows, peer, nets, "hypernet-g1")
+    assert path == str(tmp_path / "acc_vs_seconds.png") and (tmp_path / "acc_vs_seconds.png").stat().st_size > 1000

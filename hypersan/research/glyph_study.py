@@ -285,7 +285,7 @@ def run_hypernet_ft(engine, dense, picks: list[int], subtasks: list[dict], data:
             baselines.recalibrate_bn(m, spec.stream(tx, torch.device("cpu")))
             row = {"subtask": i, "group": s["group"], "name": s["name"], "finetune_steps": n_steps,
                    "mac_ratio": plain_cost(dense, m)["macs"] / ref_macs, "build_s": built + time.perf_counter() - t1,
-                   "finetune_s": fit["wall_s"]}
+                   "finetune_s": fit["wall_s"], "cold_build_s": built}
             for split, (x, y) in data.items():
                 row[f"{split}_acc"] = plain_accuracy(m.eval(), t, x, y)
             out.append(row)
@@ -460,6 +460,47 @@ def hyper_ft_report(rows: list[dict], peer: list[dict], chosen: str | None) -> l
                      f"{r['val_acc']:.4f} | {r['test_acc']:.4f} | {peer_cells} | {r['build_s']:.0f} | "
                      f"{_fmt(p and p['build_s'], '.0f')} |")
     return lines
+
+
+def plot_seconds(out: Path, hyper_ft: list[dict], peer: list[dict], nets: dict, chosen: str) -> str | None:
+    """acc_vs_seconds.png: test accuracy against per-subset seconds (build + fine-tune), one panel per class set
+    of the peer: the peer at each of its fine-tunes, the hypernetwork's net with none (at its cold build's
+    seconds, where the rows record it) and with each of its fine-tunes. None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    from .report import _save, method_style
+
+    picks = list(dict.fromkeys(r["subtask"] for r in hyper_ft))
+    fig, axes = plt.subplots(1, len(picks), figsize=(3.6 * len(picks), 3.8), squeeze=False)
+    for ax, i in zip(axes[0], picks):
+        mine = sorted((r for r in hyper_ft if r["subtask"] == i), key=lambda r: r["build_s"])
+        theirs = sorted((r for r in peer if r["subtask"] == i), key=lambda r: r["build_s"])
+        if theirs:
+            ax.plot([r["build_s"] for r in theirs], [100 * r["test_acc"] for r in theirs], linewidth=1.2,
+                    **{**method_style("tp_subset_ft_long"), "label": "Torch-Pruning per subset (+ FT)"})
+        xs, ys = [r["build_s"] for r in mine], [100 * r["test_acc"] for r in mine]
+        if mine and "cold_build_s" in mine[0]:
+            xs.insert(0, mine[0]["cold_build_s"])
+            ys.insert(0, 100 * nets[chosen]["adaptive"]["test"]["rows"][i]["acc"])
+        ax.plot(xs, ys, linewidth=1.2, **{**method_style("hypernet_ft"), "label": "hypernetwork (+ FT)"})
+        for r in theirs + mine:
+            ax.annotate(str(r["finetune_steps"]), (r["build_s"], 100 * r["test_acc"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_title(mine[0]["name"][:32], fontsize=9)
+        ax.set_xlabel("per-subset seconds: build + fine-tune (log)")
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].set_ylabel("test accuracy on the class set (%)")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    path = _save(fig, out / "acc_vs_seconds.png")
+    plt.close(fig)
+    return path
 
 
 def report(nets: dict, subtasks: list[dict], peer: list[dict] | None, classes: list[str], data_y: dict,
@@ -688,6 +729,7 @@ def main(argv=None) -> int:
             atomic_write_json(path, run_hypernet_ft(engine, dense, peer_picks(subtasks), subtasks, data,
                                                     tuple(train_xy), args.finetune, ref_macs, args.seed))
         hyper_ft = read_json(path)
+        plot_seconds(out, hyper_ft, peer or [], nets, chosen)
     specialists = None
     if args.specialists:
         path = out / f"specialists-e{args.specialists}.json"
