@@ -449,3 +449,23 @@ def test_eval_scores_the_exact_widths_or_the_rounded_ones_as_asked(trained):
     assert got[0]["widths"] == dict(engine.subnet(list(t), round_to=0).arch["site_widths"])
     assert got[8]["widths"] == dict(engine.subnet(list(t), round_to=8).arch["site_widths"]) != got[0]["widths"]
     assert got[8]["mac_ratio"] > got[0]["mac_ratio"]
+
+
+@pytest.mark.parametrize("model", ["resnet18", "mobilenet"])
+def test_a_custom_networks_net_fine_tunes_and_folds_its_bn_exactly_afterwards(trained, tmp_path, model):
+    from hypersan.deploy.export import load_subnet
+    from hypersan.prune.surgery import fold_subnet_bn
+    from hypersan.training.finetune import finetune_subnet
+
+    engine = trained(model)
+    net = finetune_subnet(engine, ["circle", "cross"], 3, fold_bn=False, batch_size=16)
+    x = torch.from_numpy(_images(4, 3)[0]).float() / 255
+    folded = fold_subnet_bn(net, engine.model.backbone)
+    assert folded.bn_folded and folded.arch["folded"] and not any(
+        isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    with torch.no_grad():
+        assert (folded(x) - net(x)).abs().max().item() < 1e-4
+        assert (net(x) - engine.subnet(["circle", "cross"])(x)).abs().max().item() > 1e-4  # the steps moved it
+    engine.export(None, tmp_path / "art", ["safetensors"], net=folded)
+    with torch.no_grad():
+        assert (load_subnet(tmp_path / "art")(x) - folded(x)).abs().max().item() < 1e-5

@@ -561,29 +561,38 @@ class PruningEngine:
     def export(self, classes, out: str | os.PathLike, formats: Iterable[str] | str = DEFAULT_FORMATS,
                round_to: RoundTo = None, fold_bn: bool = True, round_mode: str = "up", text: Optional[str] = None,
                force: bool = False, quantize: Optional[str] = None, int8_images: int = 1024,
-               budget: Optional[float] = None, guard: bool = False) -> dict:
+               budget: Optional[float] = None, guard: bool = False, net: Optional[nn.Module] = None) -> dict:
         """Prune to a subtask and write its artifact atomically; returns a JSON-able summary. An existing
         artifact at `out` is replaced only with force=True; any other folder never. `budget`, `guard`: see subnet.
+        `net`: a net this engine already built for the request (a subnet, or one fine-tuned with
+        hypersan.training.finetune.finetune_subnet), written as it is; `classes` and the building arguments are
+        then not used.
 
         quantize="int8" also writes model.int8.onnx (and the float model.onnx it is quantized from), calibrated
         on `int8_images` of the subtask's training images."""
         formats = parse_formats(list(formats) if not isinstance(formats, str) else formats)
         if quantize not in (None, "int8"):
             raise ValueError(f"unknown quantization {quantize!r}; the one supported is int8")
-        net = self.subnet(classes, fold_bn=fold_bn, round_to=round_to, round_mode=round_mode, text=text, budget=budget,
-                          guard=guard)
+        if net is None:
+            net = self.subnet(classes, fold_bn=fold_bn, round_to=round_to, round_mode=round_mode, text=text,
+                              budget=budget, guard=guard)
+        elif not set(net.classes) <= set(self.model.classes):
+            raise ValueError(f"export(net=...): the net's classes {list(net.classes)[:5]} are not this model's; "
+                             "pass a net this engine built")
         subtask = [self.model.classes.index(c) for c in net.classes]
         cost = self.cost(net)
         ratios = {k: cost[k] for k in ("mac_ratio", "param_ratio")}
+        finetuned = getattr(net, "finetuned", None)
         extra = dict(ratios, round_to=self.round_multiple(round_to), round_mode=round_mode, conditioned_on=net.conditioned_on,
-                     budget=net.budget, **({"guard": net.guard} if net.guard else {}))
+                     budget=net.budget, **({"guard": net.guard} if net.guard else {}),
+                     **({"finetuned": finetuned} if finetuned else {}))
         if getattr(net, "grounding", None) is not None:
             extra.update(request=net.request, grounding=net.grounding)
         calib = self.subtask_images(tuple(subtask), int8_images, self.seed) if quantize else None
         files = save_subnet(net, out, formats, subtask=subtask, source=getattr(self.model, "source", None),
                             extra=extra, force=force, int8_images=calib, log=self.log)
         summary = {"classes": list(net.classes), "subtask": subtask, **ratios, "budget": net.budget,
-                   **({"guard": net.guard} if net.guard else {}),
+                   **({"guard": net.guard} if net.guard else {}), **({"finetuned": finetuned} if finetuned else {}),
                    "widths": dict(net.arch["site_widths"]), "files": {f: str(p) for f, p in files.items()},
                    "bytes": {f: p.stat().st_size for f, p in files.items()}}
         if getattr(net, "grounding", None) is not None:

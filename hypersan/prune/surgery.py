@@ -200,6 +200,30 @@ def _prune_graph(backbone: CustomBackbone, keep: Dict[str, Tensor], scales: Dict
     return out
 
 
+SUBNET_ATTRS = ("request", "grounding", "conditioned_on", "rounding", "budget", "guard", "finetuned")
+
+
+def fold_subnet_bn(net: nn.Module, backbone: nn.Module) -> nn.Module:
+    """A plain subnet built with BN kept (prune_backbone(..., fold_bn=False)), with its BN folded into the convs
+    as prune_backbone(..., fold_bn=True) folds it: for a net whose weights changed after the build (fine-tuned,
+    BN recalibrated). A copy; the engine's attributes of the subnet (its request, budget, ...) carry over. A net
+    already folded comes back as a copy."""
+    if net.bn_folded:
+        out = copy.deepcopy(net)
+    elif isinstance(net, CustomSubnet):
+        out = copy.deepcopy(net)
+        pairs = backbone.bn_pairs()
+        fold_pairs(out.net, pairs)
+        out.arch = dict(out.arch, folded=pairs)
+        out.bn_folded = True
+    else:
+        out = fold_bn_into_convs(net)
+    for attr in SUBNET_ATTRS:
+        if hasattr(net, attr):
+            setattr(out, attr, getattr(net, attr))
+    return out.eval()
+
+
 ROUND_MODES = ("up", "nearest")
 
 

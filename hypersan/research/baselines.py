@@ -20,15 +20,14 @@ import functools
 import json
 import math
 import time
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from ..data.datasets import augment, to_float
+from ..training.finetune import finetune, recalibrate_bn, subset_loss, subset_targets  # noqa: F401
 from ..training.optim import sgd_steps
 from ..prune.metrics import MacCounter, count_macs, output_pixels
-from ..prune.stats import recalibrate
 from ..prune.surgery import layer_plan
 
 MAC_TOLERANCE = 0.02  # a baseline's MACs lie within 2% of its target, counted on the pruned net
@@ -175,54 +174,6 @@ def magnitude_prune(net: nn.Module, mac_ratio: float, dense_macs: int) -> nn.Mod
 def random_prune(net: nn.Module, mac_ratio: float, dense_macs: int, seed: int = 0) -> nn.Module:
     """Random structured pruning (seeded) to a MAC budget (see prune_to)."""
     return prune_to(net, mac_ratio, dense_macs, "random", seed)
-
-
-def recalibrate_bn(net: nn.Module, batches: Iterable[Tensor]) -> nn.Module:
-    """Recompute a plain net's BN statistics exactly (momentum=None) on calibration batches, in place."""
-    from ..prune.stats import set_bn_stats
-
-    set_bn_stats(net, recalibrate(net, net, batches))  # recalibrate refuses a net without BN
-    return net.eval()
-
-
-def subset_targets(labels: Tensor, classes: Sequence[int]) -> tuple[Tensor, Tensor]:
-    """(cls, pos): the subset's classes ascending, and each label's position among them (-1: not in the subset,
-    an image that must fire no logit of the subset's net)."""
-    cls = torch.tensor(sorted(int(c) for c in classes))
-    pos = torch.searchsorted(cls, labels).clamp(max=len(cls) - 1)
-    return cls, torch.where(cls[pos] == labels, pos, torch.full_like(pos, -1))
-
-
-def subset_loss(net: nn.Module, images: Tensor, labels: Tensor, classes: Sequence[int], beta: float = 1.0,
-                crop_padding: int = 2, hflip: bool = True) -> Callable[[Tensor, torch.Generator], Tensor]:
-    """The hypernetwork's objective on a |T|-logit net: sigmoid BCE over the subset's logits, summed over them,
-    on images of every class (other classes' images are negatives: every logit's target is 0). The subset's
-    own images weigh `beta` (losses.subtask_weighted_bce weighs the subtask's classes so; on a net whose logits
-    are all the subtask's, that weight moves to the positive images). Returns batch_loss(indices, generator)."""
-    from ..nn.losses import head_bce
-
-    _, pos = subset_targets(labels, classes)
-    if not bool((pos >= 0).any()):
-        raise ValueError("no training image has a label in the subset")
-
-    def batch_loss(idx: Tensor, gen: torch.Generator) -> Tensor:
-        xb = augment(to_float(images[idx]), crop_padding, hflip, gen)
-        return head_bce(net(xb), pos[idx], beta)
-
-    return batch_loss
-
-
-def finetune(net: nn.Module, images: Tensor, labels: Tensor, classes: Sequence[int], steps: int, lr: float = 0.01,
-             batch_size: int = 128, seed: int = 0, crop_padding: int = 2, hflip: bool = True, beta: float = 1.0,
-             schedule: str = "cosine", log: Optional[Callable[[str], None]] = None) -> dict:
-    """Fine-tune a plain net of `classes` (its logits in ascending class order) for `steps` SGD steps with the
-    hypernetwork's objective (subset_loss: BCE, every training image, other classes' as negatives), in place.
-    Single classes train too. Returns {"steps", "images_seen", "wall_s", "loss"}."""
-    fn = subset_loss(net, images, labels, classes, beta, crop_padding, hflip)
-    out = sgd_steps(net, fn, len(images), steps, lr, batch_size, seed, schedule=schedule)
-    if log is not None and steps:
-        log(f"fine-tuned {steps} steps in {out['wall_s']:.1f} s, loss {out['loss'][0]:.4f} -> {out['loss'][-1]:.4f}")
-    return out
 
 
 class _TieBroken:

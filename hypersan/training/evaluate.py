@@ -143,7 +143,7 @@ def evaluate(engine: PruningEngine, test_x: Tensor, test_y: Tensor, subtasks: Se
              progress: bool = True, seed: int = 0, images: Optional[Tensor] = None,
              log: Optional[Callable[[str], None]] = None, budgets: Optional[Sequence[float]] = None,
              guard: bool = False, threshold_images: int = 4096, cache_dir: Optional[str | Path] = None,
-             round_to=None) -> dict:
+             round_to=None, finetune_steps: int = 0) -> dict:
     """Per-subtask acc / mAP / mac_ratio / param_ratio, beside the dense net restricted to each subtask.
 
     Statistics are recalibrated per subtask with `seed` on the engine's calibration images (or `images`).
@@ -154,6 +154,8 @@ def evaluate(engine: PruningEngine, test_x: Tensor, test_y: Tensor, subtasks: Se
     `cache_dir`: a folder where the dense net's logits on these images are kept (dense_logits_cached), so that the
     next evaluation of other class sets on the same data skips the dense pass.
     `round_to`: the widths each net is built with (PruningEngine.round_multiple: None, as `subnet` builds it).
+    `finetune_steps`: each net fine-tuned so many steps first (training.finetune.finetune_subnet); each entry then
+    records its "finetuned" steps and seconds.
     """
     t0 = time.perf_counter()
     model = engine.model
@@ -183,7 +185,12 @@ def evaluate(engine: PruningEngine, test_x: Tensor, test_y: Tensor, subtasks: Se
     jobs = [(t, b) for t in subtasks for b in (budgets if budgets else [None])]
     for t, b in tqdm(jobs, desc="subtasks", disable=not progress, leave=False):
         t1 = time.perf_counter()
-        net = engine.subnet(t, fold_bn=True, seed=seed, images=images, budget=b, guard=guard, round_to=round_to)
+        if finetune_steps:
+            from .finetune import finetune_subnet
+
+            net = finetune_subnet(engine, t, finetune_steps, seed=seed, budget=b, guard=guard, round_to=round_to)
+        else:
+            net = engine.subnet(t, fold_bn=True, seed=seed, images=images, budget=b, guard=guard, round_to=round_to)
         logits = torch.full((len(test_x), n_cls), float("-inf"))
         logits[:, list(t)] = plain_logits(net, test_x)
         cost = engine.cost(net)
@@ -207,6 +214,7 @@ def evaluate(engine: PruningEngine, test_x: Tensor, test_y: Tensor, subtasks: Se
             **single,
             **({"budget": b} if budgets else {}),
             **({"guard": net.guard} if guard else {}),
+            **({"finetuned": net.finetuned} if finetune_steps else {}),
         })
         times.append(time.perf_counter() - t1)
         if log is not None:
