@@ -22,7 +22,8 @@ from .version import __version__
 
 _LAZY = {"Config": "config", "ConfigError": "config", "load_config": "config",
          "SubtaskAdaptiveNet": "nn.model", "PruningEngine": "prune.engine",
-         "load_subnet": "deploy.export", "save_subnet": "deploy.export", "adapt": "training.adapt"}
+         "load_subnet": "deploy.export", "save_subnet": "deploy.export", "adapt": "training.adapt",
+         "finetune_subnet": "training.finetune"}
 
 # Modules that moved into subpackages: their old names still import (with a DeprecationWarning) for one
 # release. `hypersan.data`, `hypersan.serve` and `hypersan.cli` are packages now that read their old names.
@@ -40,7 +41,7 @@ _MOVED = {
 }
 
 __all__ = ["Config", "ConfigError", "load_config", "SubtaskAdaptiveNet", "PruningEngine", "load_subnet",
-           "save_subnet", "adapt", "__version__"]
+           "save_subnet", "adapt", "finetune_subnet", "__version__"]
 
 
 class _MovedFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
