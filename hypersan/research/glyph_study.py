@@ -492,6 +492,7 @@ def plot_seconds(out: Path, hyper_ft: list[dict], peer: list[dict], nets: dict, 
             ax.annotate(str(r["finetune_steps"]), (r["build_s"], 100 * r["test_acc"]), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # decades only: minor labels collide
         ax.set_title(mine[0]["name"][:32], fontsize=9)
         ax.set_xlabel("per-subset seconds: build + fine-tune (log)")
         ax.grid(alpha=0.3, which="both")
