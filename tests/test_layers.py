@@ -20,7 +20,7 @@ RANKS = {
     "nn.model": 2, "nn.__init__": 3,
     "deploy.quantize": 0, "deploy.export": 1, "deploy.runtimes": 2, "deploy.__init__": 3,
     "prune.metrics": 0, "prune.stats": 0, "prune.surgery": 1, "prune.budget": 1, "prune.engine": 2, "prune.__init__": 3,
-    "training.optim": 0, "training.distributed": 0, "training.evaluate": 0, "training.train": 1,
+    "training.optim": 0, "training.distributed": 0, "training.finetune": 0, "training.evaluate": 0, "training.train": 1,
     "training.adapt": 2, "training.__init__": 3,
     "research.report": 0, "research.baselines": 0, "research.bench": 0, "research.ablate": 1,
     "research.budget_study": 1, "research.glyph_study": 2, "research.sweep": 0,

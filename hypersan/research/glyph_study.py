@@ -473,7 +473,7 @@ def plot_seconds(out: Path, hyper_ft: list[dict], peer: list[dict], nets: dict, 
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    from .report import _save, method_style
+    from .report import method_style, save_figure
 
     picks = list(dict.fromkeys(r["subtask"] for r in hyper_ft))
     fig, axes = plt.subplots(1, len(picks), figsize=(3.6 * len(picks), 3.8), squeeze=False)
@@ -499,7 +499,7 @@ def plot_seconds(out: Path, hyper_ft: list[dict], peer: list[dict], nets: dict, 
     axes[0][0].set_ylabel("test accuracy on the class set (%)")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    path = _save(fig, out / "acc_vs_seconds.png")
+    path = save_figure(fig, out / "acc_vs_seconds.png")
     plt.close(fig)
     return path
 

@@ -591,7 +591,7 @@ def write_plots(folder: Path, rows: list[dict], gamma: float) -> list[str]:
         fig.tight_layout(rect=(0, 0.06 + 0.035 * ((len(handles) - 1) // 4), 1, 1))
     else:
         fig.tight_layout()
-    paths.append(_save(fig, folder / "pareto.png"))
+    paths.append(save_figure(fig, folder / "pareto.png"))
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -606,7 +606,7 @@ def write_plots(folder: Path, rows: list[dict], gamma: float) -> list[str]:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    paths.append(_save(fig, folder / "mac_vs_size.png"))
+    paths.append(save_figure(fig, folder / "mac_vs_size.png"))
     plt.close(fig)
 
     timed = per_subset_seconds(rows, gamma)
@@ -620,7 +620,7 @@ def write_plots(folder: Path, rows: list[dict], gamma: float) -> list[str]:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        paths.append(_save(fig, folder / "acc_vs_seconds.png"))
+        paths.append(save_figure(fig, folder / "acc_vs_seconds.png"))
         plt.close(fig)
 
     with_widths = [r for r in main_rows(rows, gamma) if r.get("widths")]
@@ -643,12 +643,13 @@ def write_plots(folder: Path, rows: list[dict], gamma: float) -> list[str]:
         ax.set_title("kept channels per site (cell: kept width; colour: fraction of the widest kept)", fontsize=9)
         fig.colorbar(im, ax=ax, label="kept fraction")
         fig.tight_layout()
-        paths.append(_save(fig, folder / "kept_channels.png"))
+        paths.append(save_figure(fig, folder / "kept_channels.png"))
         plt.close(fig)
     return paths
 
 
-def _save(fig, path: Path) -> str:
+def save_figure(fig, path: Path) -> str:
+    """Write a matplotlib figure to `path` atomically (a temporary file renamed into place); returns the path."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
     fig.savefig(tmp, dpi=110)
     os.replace(tmp, path)
