@@ -125,3 +125,30 @@ def test_cli_bench_builds_each_net_within_the_budget(capsys):
     assert r["budget"] == 0.2 and all(s["mac_ratio"] <= 0.2 and s["budget"] == 0.2 for s in r["subtasks"])
     assert main(["bench", "--checkpoint", "fmnist_b16", "--runtime", "eager", "--budget", "0.2"]) != 0
     assert "not budget-conditioned" in capsys.readouterr().err
+
+
+@needs_fmnist
+def test_cli_bench_takes_each_nets_fastest_thread_count(capsys):
+    rc = main(["bench", "--checkpoint", "fmnist_b16", "--subtasks", "Sneaker,Bag", "--runtime", "onnxruntime",
+               "--batches", "2", "--repeats", "2", "--warmup", "0", "--best-threads", "2,1", "--json"])
+    assert rc == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["best_threads"] == [1, 2]
+    (row,) = r["subtasks"]
+    for net in ("dense", "pruned"):  # each net's figure is its fastest count's
+        by = row["ms_by_threads"][net]
+        assert set(by) == {"1", "2"} and row[f"{net}_ms"] == min(by.values()) == by[str(row[f"{net}_threads"])]
+    assert set(row["ratio_by_threads"]) == {"1", "2"} and row["latency_ratio"] > 0
+    assert set(r["summary"][0]["ratio_by_threads_median"]) == {"1", "2"}
+    rc = main(["bench", "--checkpoint", "fmnist_b16", "--subtasks", "Sneaker,Bag", "--runtime", "onnxruntime",
+               "--batches", "2", "--repeats", "1", "--warmup", "0", "--best-threads", "1,2"])
+    assert rc == 0 and "each net at its fastest thread count" in capsys.readouterr().out
+
+
+def test_cli_bench_refuses_best_threads_it_cannot_honour(capsys):
+    assert main(["bench", "--checkpoint", "fmnist_b16", "--runtime", "eager", "--best-threads", "1,2"]) != 0
+    assert "onnxruntime runtimes only" in capsys.readouterr().err
+    assert main(["bench", "--checkpoint", "fmnist_b16", "--best-threads", "1,2"]) != 0
+    assert "add --runtime onnxruntime" in capsys.readouterr().err
+    assert main(["bench", "--checkpoint", "fmnist_b16", "--runtime", "onnxruntime", "--best-threads", "1,x"]) != 0
+    assert "comma-separated thread counts" in capsys.readouterr().err

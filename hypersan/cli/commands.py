@@ -354,6 +354,13 @@ def tune_allocator() -> str:
 
 
 def _bench(args) -> int:
+    try:
+        best_threads = [int(v) for v in args.best_threads.split(",") if v.strip()] if args.best_threads else []
+    except ValueError:
+        raise ValueError(f"--best-threads takes comma-separated thread counts, e.g. 1,2, not {args.best_threads!r}") \
+            from None
+    if best_threads and args.runtime is None:
+        raise ValueError("--best-threads times onnxruntime sessions at each thread count; add --runtime onnxruntime")
     if args.layers and args.runtime is not None:
         raise ValueError("--layers profiles eager PyTorch layer by layer; leave out --runtime (or drop --layers to "
                          "time whole nets in each runtime)")
@@ -384,7 +391,7 @@ def _bench(args) -> int:
             raise ValueError(f"--batches takes comma-separated batch sizes, e.g. 1,256, not {args.batches!r}") from None
         r = run_runtime_bench(engine, subtasks, parse_runtimes(args.runtime), batches=batches, threads=args.threads,
                               repeats=args.repeats, warmup=args.warmup, seed=args.seed, log=log, budget=args.budget,
-                              round_to=args.round_to, round_mode=args.round_mode)
+                              round_to=args.round_to, round_mode=args.round_mode, best_threads=best_threads)
         r = {"checkpoint": str(engine.model.source), "allocator": allocator, "machine": machine(args.threads), **r}
         print(json.dumps(r) if args.json else format_runtime_table(r))
         return 0
@@ -588,6 +595,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(comma-separated), at each of --batches")
     b.add_argument("--batches", default="1,256", help="with --runtime: comma-separated batch sizes (default 1,256)")
     b.add_argument("--threads", type=int, default=2, help="intra-op threads of every runtime (default 2)")
+    b.add_argument("--best-threads", default=None, metavar="N[,N...]",
+                   help="with --runtime onnxruntime: run each net at each of these thread counts in the same rounds "
+                        "and take the ratio at each net's fastest (a small pruned net at batch 1 may run fastest on "
+                        "one thread while the dense net gains from two); e.g. 1,2")
     b.add_argument("--repeats", type=int, default=10,
                    help="timed rounds; ratios are medians of per-round ratios")
     b.add_argument("--warmup", type=int, default=3, help="untimed rounds first (default 3)")

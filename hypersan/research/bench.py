@@ -15,6 +15,7 @@ timed too, against the same backbone without masks: `activation_masked_latency_r
 """
 from __future__ import annotations
 
+from collections import Counter
 import random
 import statistics
 import tempfile
@@ -334,16 +335,27 @@ def calls_per_round(batch: int, images: int = 64) -> int:
 def run_runtime_bench(engine: PruningEngine, subtasks: Sequence[Subtask], runtimes: Sequence[str],
                       batches: Sequence[int] = (1, 256), threads: int = 2, repeats: int = 10, warmup: int = 3,
                       seed: int = 0, log: Optional[Callable[[str], None]] = None, budget: Optional[float] = None,
-                      round_to=None, round_mode: str = "up") -> dict:
+                      round_to=None, round_mode: str = "up", best_threads: Sequence[int] = ()) -> dict:
     """Dense vs pruned latency in each deployment runtime (runtimes.RUNTIMES), at each batch size: both nets run
     in the same runtime, timed in the same shuffled rounds; the ratio is the median of per-round ratios. The
     int8 runtime quantizes each net on its own classes' training images. Each pruned net is built as
-    `engine.subnet` builds it with `budget` and `round_to` / `round_mode`. Returns the JSON summary."""
+    `engine.subnet` builds it with `budget` and `round_to` / `round_mode`. Returns the JSON summary.
+
+    `best_threads` (onnxruntime runtimes only, whose sessions keep their own thread count): each net runs at each
+    of these intra-op thread counts in the same rounds, and the ratio is taken at each net's fastest count (a
+    small pruned net may run fastest on fewer threads than the dense net); each row records both counts and the
+    ratio at every common count (`ratio_by_threads`)."""
     from ..deploy.runtimes import session
 
     log = log or (lambda m: None)
     if repeats < 1 or warmup < 0 or threads < 1 or not batches or min(batches) < 1:
         raise ValueError("bench needs repeats >= 1, warmup >= 0, threads >= 1 and batch sizes >= 1")
+    best_threads = sorted(set(best_threads))
+    if best_threads and (min(best_threads) < 1 or not all(rt.startswith("onnxruntime") for rt in runtimes)):
+        raise ValueError("--best-threads takes thread counts >= 1 (e.g. 1,2) and the onnxruntime runtimes only, "
+                         "whose sessions keep their own thread count; got "
+                         f"{','.join(map(str, best_threads))} with {','.join(runtimes)}")
+    counts = best_threads or [threads]
     budget = engine.check_budget(budget)
     round_to = engine.round_multiple(round_to)  # once: every row records the multiple its nets were built with
     model = engine.model.eval()
@@ -356,7 +368,7 @@ def run_runtime_bench(engine: PruningEngine, subtasks: Sequence[Subtask], runtim
         dense_s = {}
         for rt in runtimes:
             calib = engine.subtask_images(None, 256, seed) if rt.endswith("int8") else None
-            dense_s[rt] = session(dense, rt, Path(tmp) / "dense" / rt, threads, calib)
+            dense_s[rt] = {k: session(dense, rt, Path(tmp) / "dense" / rt / f"t{k}", k, calib) for k in counts}
         for i, t in enumerate(subtasks):
             net = engine.subnet(t, fold_bn=True, seed=seed, budget=budget, round_to=round_to,
                                 round_mode=round_mode)
@@ -366,25 +378,37 @@ def run_runtime_bench(engine: PruningEngine, subtasks: Sequence[Subtask], runtim
                 want = net(xs[max(batches)])
             for rt in runtimes:
                 calib = engine.subtask_images(t, 256, seed) if rt.endswith("int8") else None
-                run = session(net, rt, Path(tmp) / f"s{i}" / rt, threads, calib)
+                runs = {k: session(net, rt, Path(tmp) / f"s{i}" / rt / f"t{k}", k, calib) for k in counts}
                 with torch.inference_mode():
-                    err = (run(xs[max(batches)]) - want).abs().max().item()
+                    err = max((run(xs[max(batches)]) - want).abs().max().item() for run in runs.values())
                 for b in batches:
                     x, n = xs[b], calls_per_round(b)
-                    d, p = dense_s[rt], run
-                    times = time_rounds({"dense": lambda: [d(x) for _ in range(n)],
-                                         "pruned": lambda: [p(x) for _ in range(n)]}, warmup, repeats, seed)
-                    ratio = paired_ratio(times["pruned"], times["dense"])
+                    fns = {}
+                    for k in counts:
+                        d, p = dense_s[rt][k], runs[k]
+                        fns[("dense", k)] = lambda d=d: [d(x) for _ in range(n)]
+                        fns[("pruned", k)] = lambda p=p: [p(x) for _ in range(n)]
+                    times = time_rounds(fns, warmup, repeats, seed)
+                    ms = {key: 1e3 * statistics.median(v) / n for key, v in times.items()}
+                    kd = min(counts, key=lambda k: ms[("dense", k)])  # each net at its fastest thread count
+                    kp = min(counts, key=lambda k: ms[("pruned", k)])
+                    ratio = paired_ratio(times[("pruned", kp)], times[("dense", kd)])
                     row = {"runtime": rt, "batch": b, "classes": names, "indices": list(t),
                            "budget": budget, "round_to": round_to, "mac_ratio": mac_ratio, "latency_ratio": ratio,
-                           "dense_ms": 1e3 * statistics.median(times["dense"]) / n,
-                           "pruned_ms": 1e3 * statistics.median(times["pruned"]) / n,
+                           "dense_ms": ms[("dense", kd)], "pruned_ms": ms[("pruned", kp)],
                            "max_abs_diff_to_eager": err, "latency_bound": latency_bound(mac_ratio),
                            "bound_met": latency_bound_met(ratio, mac_ratio) if b >= 64 else None}
+                    if best_threads:
+                        row.update(dense_threads=kd, pruned_threads=kp,
+                                   ms_by_threads={net_: {str(k): ms[(net_, k)] for k in counts}
+                                                  for net_ in ("dense", "pruned")},
+                                   ratio_by_threads={str(k): paired_ratio(times[("pruned", k)], times[("dense", k)])
+                                                     for k in counts})
                     rows.append(row)
                     log(f"[{i + 1}/{len(subtasks)}] {rt} batch {b} {','.join(names)}: mac {mac_ratio:.3f} "
                         f"latency {ratio:.3f} ({row['pruned_ms']:.3f} / {row['dense_ms']:.3f} ms)")
-    return {"mode": "runtimes", "threads": threads, "batches": list(batches), "repeats": repeats, "warmup": warmup,
+    return {"mode": "runtimes", "threads": threads, **({"best_threads": best_threads} if best_threads else {}),
+            "batches": list(batches), "repeats": repeats, "warmup": warmup,
             "budget": budget, "round_to": round_to, "round_mode": round_mode,
             "runtimes": list(runtimes), "subtasks": rows, "summary": runtime_summary(rows),
             "load_average": load_average()}
@@ -407,6 +431,11 @@ def runtime_summary(rows: List[dict]) -> List[dict]:
                     "pruned_ms_median": statistics.median(r["pruned_ms"] for r in g),
                     "bound_met": f"{sum(checked)}/{len(checked)}" if checked else "n/a",
                     "max_abs_diff_to_eager": max(r["max_abs_diff_to_eager"] for r in g)})
+        if "dense_threads" in g[0]:  # --best-threads: the counts each net ran fastest at, and the ratio at each
+            out[-1]["dense_threads"] = dict(Counter(str(r["dense_threads"]) for r in g))
+            out[-1]["pruned_threads"] = dict(Counter(str(r["pruned_threads"]) for r in g))
+            out[-1]["ratio_by_threads_median"] = {k: statistics.median(r["ratio_by_threads"][k] for r in g)
+                                                  for k in g[0]["ratio_by_threads"]}
     return out
 
 
@@ -424,6 +453,12 @@ def format_runtime_table(result: dict) -> str:
                      f"{s['max_abs_diff_to_eager']:10.2e}")
     lines.append("medians over subtasks; bound: pruned / dense <= 1.3 x MAC ratio + 0.05, checked at batch >= 64 "
                  "for MAC ratios in [0.15, 0.7]; max |diff|: largest logit difference to the eager pruned net")
+    for s in result["summary"]:
+        if "dense_threads" in s:
+            at = ", ".join(f"{k} threads {v:.3f}" for k, v in s["ratio_by_threads_median"].items())
+            lines.append(f"{s['runtime']} batch {s['batch']}: each net at its fastest thread count (dense "
+                         f"{_counts(s['dense_threads'])}, pruned {_counts(s['pruned_threads'])}); both at the same "
+                         f"count: {at}")
     for r in result["subtasks"]:
         if r["bound_met"] is False:
             lines.append(f"  bound missed: {r['runtime']} batch {r['batch']} {','.join(r['classes'])}: "
@@ -432,6 +467,11 @@ def format_runtime_table(result: dict) -> str:
     if warn:
         lines.append(warn)
     return "\n".join(lines)
+
+
+def _counts(picks: Dict[str, int]) -> str:
+    """{"1": 12, "2": 1} -> "1 thread x12, 2 threads x1"."""
+    return ", ".join(f"{k} thread{'s' if k != '1' else ''} x{n}" for k, n in sorted(picks.items(), key=lambda kv: int(kv[0])))
 
 
 def uniform_masks(backbone, mac, target: float, multiple: int = 1) -> dict:
