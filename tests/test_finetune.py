@@ -49,6 +49,8 @@ def test_fine_tuning_needs_labels_and_a_positive_step_count():
         finetune_subnet(engine, [1, 3], 2)
     with pytest.raises(ValueError, match="at least 1"):
         finetune_subnet(_labelled_engine(), [1, 3], 0)
+    with pytest.raises(ValueError, match="revive its zeroed channels"):
+        finetune_subnet(_labelled_engine(), [1, 3], 2, physical=False)
 
 
 def test_export_writes_the_fine_tuned_net_as_it_is_and_evaluate_scores_it(tmp_path):

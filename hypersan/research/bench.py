@@ -471,7 +471,8 @@ def format_runtime_table(result: dict) -> str:
 
 def _counts(picks: Dict[str, int]) -> str:
     """{"1": 12, "2": 1} -> "1 thread x12, 2 threads x1"."""
-    return ", ".join(f"{k} thread{'s' if k != '1' else ''} x{n}" for k, n in sorted(picks.items(), key=lambda kv: int(kv[0])))
+    ordered = sorted(picks.items(), key=lambda kv: int(kv[0]))
+    return ", ".join(f"{k} thread{'s' if k != '1' else ''} x{n}" for k, n in ordered)
 
 
 def uniform_masks(backbone, mac, target: float, multiple: int = 1) -> dict:

@@ -60,8 +60,8 @@ def subset_loss(net: nn.Module, images: Tensor, labels: Tensor, classes: Sequenc
     return batch_loss
 
 
-def finetune(net: nn.Module, images: Tensor, labels: Tensor, classes: Sequence[int], steps: int, lr: float = 0.01,
-             batch_size: int = 128, seed: int = 0, crop_padding: int = 2, hflip: bool = True, beta: float = 1.0,
+def finetune(net: nn.Module, images: Tensor, labels: Tensor, classes: Sequence[int], steps: int,
+             lr: float = FINETUNE_LR, batch_size: int = 128, seed: int = 0, crop_padding: int = 2, hflip: bool = True, beta: float = 1.0,
              schedule: str = "cosine", log: Optional[Callable[[str], None]] = None) -> dict:
     """Fine-tune a plain net of `classes` (its logits in ascending class order) for `steps` SGD steps with the
     hypernetwork's objective (subset_loss: BCE, every training image, other classes' as negatives), in place.
@@ -90,6 +90,9 @@ def finetune_subnet(engine, classes, steps: int, lr: float = FINETUNE_LR, batch_
         raise ValueError(f"fine-tuning steps must be at least 1, got {steps}; without fine-tuning use engine.subnet")
     if lr <= 0:
         raise ValueError(f"the fine-tuning learning rate must be positive, got {lr}")
+    if subnet_kwargs.get("physical") is False:
+        raise ValueError("a masked net (physical=False) cannot be fine-tuned: the steps would revive its zeroed "
+                         "channels; fine-tune the pruned net")
     seed = engine.seed if seed is None else seed
     t0 = time.perf_counter()
     net = engine.subnet(classes, fold_bn=False, seed=seed, **subnet_kwargs)
