@@ -61,8 +61,8 @@ def subset_loss(net: nn.Module, images: Tensor, labels: Tensor, classes: Sequenc
 
 
 def finetune(net: nn.Module, images: Tensor, labels: Tensor, classes: Sequence[int], steps: int,
-             lr: float = FINETUNE_LR, batch_size: int = 128, seed: int = 0, crop_padding: int = 2, hflip: bool = True, beta: float = 1.0,
-             schedule: str = "cosine", log: Optional[Callable[[str], None]] = None) -> dict:
+             lr: float = FINETUNE_LR, batch_size: int = 128, seed: int = 0, crop_padding: int = 2, hflip: bool = True,
+             beta: float = 1.0, schedule: str = "cosine", log: Optional[Callable[[str], None]] = None) -> dict:
     """Fine-tune a plain net of `classes` (its logits in ascending class order) for `steps` SGD steps with the
     hypernetwork's objective (subset_loss: BCE, every training image, other classes' as negatives), in place.
     Single classes train too. Returns {"steps", "images_seen", "wall_s", "loss"}."""
