@@ -82,7 +82,7 @@ def finetune_subnet(engine, classes, steps: int, lr: float = FINETUNE_LR, batch_
     BN recalibrated exactly on them, and BN folded (fold_bn). The net's `finetuned` records the steps, rate,
     seconds and the first and last loss; every other attribute of the subnet (classes, budget, grounding) stays.
 
-    The fast path is the hypernetwork's net alone (about a second); this one pays the steps (tens of seconds for
+    The fast path is the hypernetwork's net alone (about a second); this one pays the steps (about 15 s for
     200 on a 2-core CPU) for accuracy: docs/RESULTS.md measures both against per-subset pruning."""
     from ..prune.surgery import fold_subnet_bn
 
