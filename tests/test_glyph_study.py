@@ -211,4 +211,5 @@ def test_the_seconds_plot_draws_one_panel_per_class_set(study, tmp_path):
     peer = [{"subtask": 0, "finetune_steps": k, "build_s": 5.0 + k, "test_acc": 0.8} for k in (0, 2000)]
     nets = {"hypernet-g1": {"adaptive": {"test": {"rows": [{"acc": 0.85}, {"acc": 0.8}]}}}}
     path = study.plot_seconds(tmp_path, rows, peer, nets, "hypernet-g1")
-    assert path == str(tmp_path / "acc_vs_seconds.png") and (tmp_path / "acc_vs_seconds.png").stat().st_size > 1000
+    png = tmp_path / "acc_vs_seconds-hypernet-g1.png"  # named after the net, so that each compared net keeps its own
+    assert path == str(png) and png.stat().st_size > 1000

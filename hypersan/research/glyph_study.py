@@ -463,7 +463,7 @@ def hyper_ft_report(rows: list[dict], peer: list[dict], chosen: str | None) -> l
 
 
 def plot_seconds(out: Path, hyper_ft: list[dict], peer: list[dict], nets: dict, chosen: str) -> str | None:
-    """acc_vs_seconds.png: test accuracy against per-subset seconds (build + fine-tune), one panel per class set
+    """acc_vs_seconds-<chosen>.png: test accuracy against per-subset seconds (build + fine-tune), one panel per class set
     of the peer: the peer at each of its fine-tunes, the hypernetwork's net with none (at its cold build's
     seconds, where the rows record it) and with each of its fine-tunes. None without matplotlib."""
     try:
@@ -499,14 +499,15 @@ def plot_seconds(out: Path, hyper_ft: list[dict], peer: list[dict], nets: dict, 
     axes[0][0].set_ylabel("test accuracy on the class set (%)")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    path = save_figure(fig, out / "acc_vs_seconds.png")
+    path = save_figure(fig, out / f"acc_vs_seconds-{chosen}.png")
     plt.close(fig)
     return path
 
 
 def report(nets: dict, subtasks: list[dict], peer: list[dict] | None, classes: list[str], data_y: dict,
            fixed: dict | None = None, command: str = "hypersan study glyphs", peer_base: str = "dense-w16",
-           specialists: list[dict] | None = None, hyper_ft: list[dict] | None = None) -> str:
+           specialists: list[dict] | None = None, hyper_ft: list[dict] | None = None,
+           compared: str | None = None) -> str:
     from ..research.report import equal_accuracy
     from ..data.glyphs import case_insensitive_accuracy
 
@@ -581,18 +582,19 @@ def report(nets: dict, subtasks: list[dict], peer: list[dict] | None, classes: l
             lines.append(f"| {g} | {name} | {mac:.4f} | {acc:.4f} | {amac:.4f} | {aacc:.4f} | {mac / amac:.2f} | "
                          f"{100 * (acc - aacc):+.2f} |")
     if peer:
-        lines += ["", f"## Against Torch-Pruning per subset at matched MACs ({chosen})", "",
+        matched = compared or chosen  # the peer and the fine-tunes are matched to this hypernetwork's nets
+        lines += ["", f"## Against Torch-Pruning per subset at matched MACs ({matched})", "",
                   "| subtask | group | fine-tune steps | MAC ratio (peer / adaptive) | peer val | peer test | "
                   "adaptive val | adaptive test | adaptive − peer, test (pt) | peer build (s) |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for p in peer:
-            a_val = nets[chosen]["adaptive"]["val"]["rows"][p["subtask"]]["acc"]
-            a_test = nets[chosen]["adaptive"]["test"]["rows"][p["subtask"]]["acc"]
+            a_val = nets[matched]["adaptive"]["val"]["rows"][p["subtask"]]["acc"]
+            a_test = nets[matched]["adaptive"]["test"]["rows"][p["subtask"]]["acc"]
             lines.append(f"| {p['name'][:50]} | {p['group']} | {p['finetune_steps']} | {p['mac_ratio']:.4f} / "
                          f"{p['adaptive_mac_ratio']:.4f} | {p['val_acc']:.4f} | {p['test_acc']:.4f} | {a_val:.4f} | "
                          f"{a_test:.4f} | {100 * (a_test - p['test_acc']):+.2f} | {p['build_s']:.0f} |")
     if hyper_ft:
-        lines += hyper_ft_report(hyper_ft, peer or [], chosen)
+        lines += hyper_ft_report(hyper_ft, peer or [], compared or chosen)
     if specialists:
         lines += ["", "## The specialist ceiling: nets trained on one class set alone", "",
                   "Plain nets of the dense net's architecture at a fraction of its widths, trained from scratch on the "
@@ -632,6 +634,9 @@ def main(argv=None) -> int:
     p.add_argument("--finetune", type=lambda v: [int(x) for x in v.split(",") if x], default=[], metavar="N,N",
                    help="the hypernet_ft arm: the selected hypernetwork's nets for the peer's class sets, each "
                         "fine-tuned N steps with the peer's objective (e.g. 200,2000; default: none)")
+    p.add_argument("--against", default=None, metavar="NAME",
+                   help="match the peer and the --finetune arm to this hypernetwork run's nets instead of the "
+                        "selected one's (selection and --ship are unaffected); e.g. hypernet-g1-closed-p1")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=0, help="score on this many images per split (smoke runs; 0: all)")
@@ -709,28 +714,31 @@ def main(argv=None) -> int:
     tag = "" if args.peer_base == "dense-w16" else f"-{args.peer_base}"
     peer = None
     chosen, _ = select_gamma(nets)
-    if args.peer_steps and chosen:
-        rows = nets[chosen]["adaptive"]["test"]["rows"]
+    if args.against is not None and (args.against not in done or not args.against.startswith("hypernet")):
+        p.error(f"--against {args.against}: no finished hypernetwork run of that name in {runs}")
+    compared = args.against or chosen  # the net the peer and the fine-tunes are matched to
+    if args.peer_steps and compared:
+        rows = nets[compared]["adaptive"]["test"]["rows"]
         targets = {i: rows[i]["mac_ratio"] for i in peer_picks(subtasks)}
-        peer = peer_file(peer_path(out, tag, chosen, targets), targets, f"at the MACs of {chosen}")
+        peer = peer_file(peer_path(out, tag, compared, targets), targets, f"at the MACs of {compared}")
     fixed = {r: peer_file(out / f"peer-m{r:g}{tag}.json", {i: r for i in peer_picks(subtasks)}, f"at MAC ratio {r:g}")
              for r in args.peer_macs}
     hyper_ft = None
-    if args.finetune and chosen:
-        if chosen not in done:
-            p.error(f"--finetune: the selected hypernetwork {chosen} is not a finished run of {runs}")
-        path = out / f"ft-{chosen}-n{'-'.join(map(str, args.finetune))}.json"
+    if args.finetune and compared:
+        if compared not in done:
+            p.error(f"--finetune: the hypernetwork {compared} is not a finished run of {runs}")
+        path = out / f"ft-{compared}-n{'-'.join(map(str, args.finetune))}.json"
         if not path.exists():
-            log(f"the hypernet_ft arm: {chosen} + {', '.join(map(str, args.finetune))} fine-tuning steps")
+            log(f"the hypernet_ft arm: {compared} + {', '.join(map(str, args.finetune))} fine-tuning steps")
             if not train_xy:
                 from ..training.train import split_training_data
 
                 train_xy.extend(split_training_data(cfg)[:2])
-            engine = PruningEngine.from_pretrained(done[chosen], seed=args.seed)
+            engine = PruningEngine.from_pretrained(done[compared], seed=args.seed)
             atomic_write_json(path, run_hypernet_ft(engine, dense, peer_picks(subtasks), subtasks, data,
                                                     tuple(train_xy), args.finetune, ref_macs, args.seed))
         hyper_ft = read_json(path)
-        plot_seconds(out, hyper_ft, peer or [], nets, chosen)
+        plot_seconds(out, hyper_ft, peer or [], nets, compared)
     specialists = None
     if args.specialists:
         path = out / f"specialists-e{args.specialists}.json"
@@ -745,7 +753,7 @@ def main(argv=None) -> int:
         specialists = read_json(path)
     command = "hypersan study glyphs " + " ".join(argv if argv is not None else sys.argv[1:])
     text = report(nets, subtasks, peer, dense.model.classes, {s: y.tolist() for s, (_, y) in data.items()}, fixed,
-                  command, args.peer_base, specialists, hyper_ft)
+                  command, args.peer_base, specialists, hyper_ft, compared)
     atomic_write_text(out / "report.md", text)
     print(text)
     if args.ship and chosen:
