@@ -53,7 +53,7 @@ from ..data.subtasks import sample_combinations
 from ..io import atomic_write_json, atomic_write_text
 from ..prune.engine import PruningEngine
 from ..research.bench import dense_forward_seconds
-from ..research.report import interp_acc, method_style, pareto_front
+from ..research.report import interp_acc, method_style, pareto_front, save_figure
 from ..prune.metrics import subset_accuracy
 from ..training.evaluate import plain_accuracy_and_errors, plain_logits
 from ..training.train import split_training_data
@@ -317,10 +317,9 @@ def plot(out: Path, result: dict, split: str) -> str:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = out / "budget_front.png"
-    fig.savefig(path, dpi=110)
+    path = save_figure(fig, out / "budget_front.png")
     plt.close(fig)
-    return str(path)
+    return path
 
 
 def report(result: dict) -> str:

@@ -209,16 +209,12 @@ def run_peer(dense, targets: dict[int, float], subtasks: list[dict], data: dict,
              ref_macs: int, seed: int = 0) -> list[dict]:
     """Torch-Pruning per subset on the full-width dense net, then fine-tuned: for each subtask index in `targets`,
     at that MAC ratio (to the full-width dense net)."""
-    import torch
-
     from ..research import baselines
     from ..research.ablate import plain_cost
-    from ..training.evaluate import plain_accuracy
     from ..prune.surgery import prune_backbone
 
     tx, ty = train
     stats = dense.statistics(None, seed=seed)
-    spec = dense.calib_spec(seed)
     dense_macs = plain_cost(dense, None)["dense_macs"]
     ft_args = peer_objective(dense, seed)
     out = []
@@ -233,20 +229,36 @@ def run_peer(dense, targets: dict[int, float], subtasks: list[dict], data: dict,
                                      importance="taylor", max_pruning_ratio=0.95, **ft_args)
         prune_s = time.perf_counter() - t0
         for n_steps in (0, steps):
-            m = copy.deepcopy(net)
-            t1 = time.perf_counter()
-            if n_steps:
-                baselines.finetune(m, tx, ty, t, steps=n_steps, **ft_args)
-            baselines.recalibrate_bn(m, spec.stream(tx, torch.device("cpu")))
-            build = prune_s + time.perf_counter() - t1
-            row = {"subtask": i, "group": s["group"], "name": s["name"], "finetune_steps": n_steps,
-                   "mac_ratio": plain_cost(dense, m)["macs"] / ref_macs, "build_s": build,
-                   "adaptive_mac_ratio": ratio}
-            for split, (x, y) in data.items():
-                row[f"{split}_acc"] = plain_accuracy(m.eval(), t, x, y)
-            out.append(row)
-            log(f"    {n_steps} steps: test acc {row['test_acc']:.4f} at {row['mac_ratio']:.3f} ({build:.0f} s)")
+            row, _ = tuned_row(dense, net, i, s, n_steps, prune_s, train, data, ref_macs, seed)
+            out.append(dict(row, adaptive_mac_ratio=ratio))
+            log(f"    {n_steps} steps: test acc {row['test_acc']:.4f} at {row['mac_ratio']:.3f} "
+                f"({row['build_s']:.0f} s)")
     return out
+
+
+def tuned_row(dense, net, i: int, s: dict, n_steps: int, base_s: float, train: tuple, data: dict, ref_macs: int,
+              seed: int = 0) -> tuple[dict, dict | None]:
+    """One fine-tuned arm of a class set, the peer's and the hypernetwork's alike: a copy of the plain `net`
+    fine-tuned `n_steps` with the peer's objective (none at 0), BN recalibrated on the dense net's calibration
+    stream, scored on every split. Returns (row, the fine-tune's record or None); `build_s` adds the copy's
+    seconds to `base_s`, the seconds the net took to build."""
+    import torch
+
+    from ..research import baselines
+    from ..research.ablate import plain_cost
+    from ..training.evaluate import plain_accuracy
+
+    tx, ty = train
+    t = tuple(s["indices"])
+    m = copy.deepcopy(net)
+    t1 = time.perf_counter()
+    fit = baselines.finetune(m, tx, ty, t, steps=n_steps, **peer_objective(dense, seed)) if n_steps else None
+    baselines.recalibrate_bn(m, dense.calib_spec(seed).stream(tx, torch.device("cpu")))
+    row = {"subtask": i, "group": s["group"], "name": s["name"], "finetune_steps": n_steps,
+           "mac_ratio": plain_cost(dense, m)["macs"] / ref_macs, "build_s": base_s + time.perf_counter() - t1}
+    for split, (x, y) in data.items():
+        row[f"{split}_acc"] = plain_accuracy(m.eval(), t, x, y)
+    return row, fit
 
 
 def peer_objective(dense, seed: int = 0) -> dict:
@@ -262,32 +274,15 @@ def run_hypernet_ft(engine, dense, picks: list[int], subtasks: list[dict], data:
     calibration, surgery), then fine-tuned for each of `steps` SGD steps with exactly the peer's objective
     (peer_objective), BN recalibrated as the peer's is. `build_s` is the whole per-subset cost: the build and
     the fine-tune."""
-    import torch
-
-    from ..research import baselines
-    from ..research.ablate import plain_cost
-    from ..training.evaluate import plain_accuracy
-
-    tx, ty = train
-    spec = dense.calib_spec(seed)
-    ft_args = peer_objective(dense, seed)
     out = []
     for i in picks:
         s = subtasks[i]
-        t = tuple(s["indices"])
         t0 = time.perf_counter()
-        net = engine.subnet(t, fold_bn=False, seed=seed)
+        net = engine.subnet(tuple(s["indices"]), fold_bn=False, seed=seed)
         built = time.perf_counter() - t0
         for n_steps in steps:
-            m = copy.deepcopy(net).train()
-            t1 = time.perf_counter()
-            fit = baselines.finetune(m, tx, ty, t, steps=n_steps, **ft_args)
-            baselines.recalibrate_bn(m, spec.stream(tx, torch.device("cpu")))
-            row = {"subtask": i, "group": s["group"], "name": s["name"], "finetune_steps": n_steps,
-                   "mac_ratio": plain_cost(dense, m)["macs"] / ref_macs, "build_s": built + time.perf_counter() - t1,
-                   "finetune_s": fit["wall_s"], "cold_build_s": built}
-            for split, (x, y) in data.items():
-                row[f"{split}_acc"] = plain_accuracy(m.eval(), t, x, y)
+            row, fit = tuned_row(dense, net, i, s, n_steps, built, train, data, ref_macs, seed)
+            row.update(finetune_s=fit["wall_s"] if fit else 0.0, cold_build_s=built)
             out.append(row)
             log(f"  hypernet_ft: {s['name'][:50]}, {n_steps} steps: test acc {row['test_acc']:.4f} at "
                 f"{row['mac_ratio']:.3f} ({row['build_s']:.0f} s)")
