@@ -213,3 +213,35 @@ def test_the_seconds_plot_draws_one_panel_per_class_set(study, tmp_path):
     path = study.plot_seconds(tmp_path, rows, peer, nets, "hypernet-g1")
     png = tmp_path / "acc_vs_seconds-hypernet-g1.png"  # named after the net, so that each compared net keeps its own
     assert path == str(png) and png.stat().st_size > 1000
+    many = [{"subtask": i, "group": g} for i, g in enumerate(["digits"] + ["hardest pairs"] * 5 + ["random 20"])]
+    assert study.seconds_panels(many) == [0, 1, 2, 6]  # of many pairs, the two hardest only
+
+
+def test_a_longer_list_of_class_sets_only_adds_to_the_files_rows(study, tmp_path):
+    path, calls = tmp_path / "peer.json", []
+
+    def compute(i):
+        calls.append(i)
+        return [{"subtask": i, "finetune_steps": k} for k in (0, 2000)]
+
+    assert [r["subtask"] for r in study.extend_rows(path, [3, 1], compute, "peer")] == [3, 3, 1, 1]
+    rows = study.extend_rows(path, [3, 5, 1], compute, "peer")
+    assert calls == [3, 1, 5]  # what the file held was read, not run again
+    assert [(r["subtask"], r["finetune_steps"]) for r in rows] == [(3, 0), (3, 2000), (5, 0), (5, 2000), (1, 0),
+                                                                    (1, 2000)]
+    assert [r["subtask"] for r in study.extend_rows(path, [1], compute, "peer")] == [1, 1]  # a subset: only its rows
+
+
+def test_the_hypernet_ft_summary_counts_wins_against_the_longest_peer(study):
+    peer = [{"subtask": i, "finetune_steps": k, "test_acc": a, "build_s": 100.0, "mac_ratio": 0.3}
+            for i, a in ((0, 0.90), (1, 0.80), (2, 0.70)) for k in (0, 2000)]
+    peer[0]["test_acc"] = 0.99  # the 0-step row is never the one compared
+    rows = [{"subtask": i, "group": "hardest pairs", "name": f"pair {i}", "finetune_steps": 200, "mac_ratio": 0.3,
+             "val_acc": 0.5, "test_acc": a, "build_s": 10.0 * (i + 1)}
+            for i, a in ((0, 0.92), (1, 0.80), (2, 0.66))]
+    (cell,) = study.hyper_ft_summary(rows, peer)
+    assert (cell["n"], cell["ahead"], cell["tied"], cell["peer_steps"]) == (3, 1, 1, 2000)
+    assert cell["mean_pt"] == pytest.approx((2 + 0 - 4) / 3)
+    assert cell["median_s"] == 20.0 and cell["peer_median_s"] == 100.0
+    assert any(line.startswith("| hardest pairs | 200 | 2000 | 3 | 1 | 1 | -0.67 |")
+               for line in study.hyper_ft_report(rows, peer, "hypernet-g1"))

@@ -197,10 +197,13 @@ def select_gamma(nets: dict, split: str = "val") -> tuple[str | None, dict]:
     return (max(gaps, key=gaps.get) if gaps else None), gaps
 
 
-def peer_picks(subtasks: list[dict]) -> list[int]:
-    """The peer's subtasks (the CPU budget): digits, the two hardest pairs and one 20-class set."""
+PEER_PAIRS = 2  # the hardest pairs the peer covers by default (--peer-pairs)
+
+
+def peer_picks(subtasks: list[dict], pairs: int = PEER_PAIRS) -> list[int]:
+    """The peer's subtasks (the CPU budget): digits, the `pairs` hardest pairs and one 20-class set."""
     picks = [i for i, s in enumerate(subtasks) if s["group"] == "digits"]
-    picks += [i for i, s in enumerate(subtasks) if s["group"] == "hardest pairs"][:2]
+    picks += [i for i, s in enumerate(subtasks) if s["group"] == "hardest pairs"][:pairs]
     picks += [i for i, s in enumerate(subtasks) if s["group"] == "random 20-class sets"][:1]
     return picks
 
@@ -433,18 +436,57 @@ def budget_report(nets: dict, subtasks: list[dict], fixed: dict, peer_base: str 
     return lines
 
 
-def hyper_ft_report(rows: list[dict], peer: list[dict], chosen: str | None) -> list[str]:
-    """The hypernet_ft section: the hypernetwork's net fine-tuned with the peer's objective, against the peer with
-    its longest fine-tune, per class set, with the per-subset seconds (build + fine-tune) of each."""
-    best = {}
-    for p in peer:  # the peer's longest fine-tune per class set
+def longest_peer(peer: list[dict]) -> dict[int, dict]:
+    """{subtask: the peer's row with its longest fine-tune}."""
+    best: dict[int, dict] = {}
+    for p in peer:
         if p["subtask"] not in best or p["finetune_steps"] > best[p["subtask"]]["finetune_steps"]:
             best[p["subtask"]] = p
+    return best
+
+
+def hyper_ft_summary(rows: list[dict], peer: list[dict]) -> list[dict]:
+    """Per group and fine-tune length, hypernet_ft against the peer's longest fine-tune on test: the class sets
+    compared, on how many the hypernetwork's net is ahead (ties apart), the mean and standard deviation of the
+    difference (pt), and the median per-subset seconds of each."""
+    import statistics
+
+    best = longest_peer(peer)
+    cells: dict[tuple[str, int], list[tuple[float, float, float, int]]] = {}
+    for r in rows:
+        p = best.get(r["subtask"])
+        if p is not None:
+            cells.setdefault((r["group"], r["finetune_steps"]), []).append(
+                (100 * (r["test_acc"] - p["test_acc"]), r["build_s"], p["build_s"], p["finetune_steps"]))
+    out = []
+    for (group, steps), v in cells.items():
+        d = [x[0] for x in v]
+        out.append({"group": group, "steps": steps, "n": len(d), "ahead": sum(x > 0 for x in d),
+                    "tied": sum(x == 0 for x in d), "mean_pt": statistics.fmean(d),
+                    "sd_pt": statistics.stdev(d) if len(d) > 1 else 0.0,
+                    "median_s": statistics.median(x[1] for x in v), "peer_median_s": statistics.median(x[2] for x in v),
+                    "peer_steps": min(x[3] for x in v)})
+    return out
+
+
+def hyper_ft_report(rows: list[dict], peer: list[dict], chosen: str | None) -> list[str]:
+    """The hypernet_ft section: the hypernetwork's net fine-tuned with the peer's objective, against the peer with
+    its longest fine-tune, per class set, with the per-subset seconds (build + fine-tune) of each; first a summary
+    per group."""
+    best = longest_peer(peer)
     lines = ["", f"## The hypernetwork fine-tuned (hypernet_ft, {chosen}) against the peer", "",
              "The hypernetwork's own net for the class set (a cold build), then N SGD steps with exactly the peer's "
              "objective and BN recalibration. `per-subset s`: build + fine-tune, each method's whole cost for one "
-             "class set on this machine.", "",
-             "| subtask | group | steps | MAC ratio | val | test | peer steps | peer MAC ratio | peer test | "
+             "class set on this machine.", ""]
+    summary = hyper_ft_summary(rows, peer)
+    if summary:
+        lines += ["| group | steps | peer steps | class sets | hypernet_ft ahead | tied | mean − peer, test (pt) | sd | "
+                  "median per-subset s | peer median s |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {c['group']} | {c['steps']} | {c['peer_steps']} | {c['n']} | {c['ahead']} | {c['tied']} | "
+                  f"{c['mean_pt']:+.2f} | {c['sd_pt']:.2f} | {c['median_s']:.0f} | {c['peer_median_s']:.0f} |"
+                  for c in summary]
+        lines.append("")
+    lines += ["| subtask | group | steps | MAC ratio | val | test | peer steps | peer MAC ratio | peer test | "
              "hypernet_ft − peer, test (pt) | per-subset s | peer per-subset s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -455,6 +497,14 @@ def hyper_ft_report(rows: list[dict], peer: list[dict], chosen: str | None) -> l
                      f"{r['val_acc']:.4f} | {r['test_acc']:.4f} | {peer_cells} | {r['build_s']:.0f} | "
                      f"{_fmt(p and p['build_s'], '.0f')} |")
     return lines
+
+
+def seconds_panels(hyper_ft: list[dict]) -> list[int]:
+    """The class sets the seconds plot draws, one panel each: every one of the rows, but of the hardest pairs only
+    the first PEER_PAIRS, so that the figure stays readable however many pairs ran."""
+    group = {r["subtask"]: r.get("group") for r in hyper_ft}
+    pairs = [i for i in group if group[i] == "hardest pairs"]
+    return [i for i in group if i not in pairs[PEER_PAIRS:]]
 
 
 def plot_seconds(out: Path, hyper_ft: list[dict], peer: list[dict], nets: dict, chosen: str) -> str | None:
@@ -470,7 +520,7 @@ def plot_seconds(out: Path, hyper_ft: list[dict], peer: list[dict], nets: dict, 
         return None
     from .report import method_style, save_figure
 
-    picks = list(dict.fromkeys(r["subtask"] for r in hyper_ft))
+    picks = seconds_panels(hyper_ft)
     fig, axes = plt.subplots(1, len(picks), figsize=(3.6 * len(picks), 3.8), squeeze=False)
     for ax, i in zip(axes[0], picks):
         mine = sorted((r for r in hyper_ft if r["subtask"] == i), key=lambda r: r["build_s"])
@@ -632,6 +682,10 @@ def main(argv=None) -> int:
     p.add_argument("--against", default=None, metavar="NAME",
                    help="match the peer and the --finetune arm to this hypernetwork run's nets instead of the "
                         "selected one's (selection and --ship are unaffected); e.g. hypernet-g1-closed-p1")
+    p.add_argument("--peer-pairs", type=int, default=PEER_PAIRS, metavar="N",
+                   help=f"how many of the hardest pairs the peer and the --finetune arm cover, beside the digits and "
+                        f"one 20-class set (default {PEER_PAIRS}; the study picks {HARD_PAIRS}); class sets already in "
+                        "the study folder's files are kept, only the missing ones run")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=0, help="score on this many images per split (smoke runs; 0: all)")
@@ -644,6 +698,8 @@ def main(argv=None) -> int:
                         "over dense-w8) as DIR/glyphs_dense_w<width>, which hypersan eval --checkpoint reads; earlier "
                         "checkpoints there are replaced, any other folder never")
     args = p.parse_args(argv)
+    if args.peer_pairs < 0:
+        p.error(f"--peer-pairs {args.peer_pairs}: give how many hardest pairs to cover, 0 to {HARD_PAIRS}")
     import torch
 
     from ..prune.engine import PruningEngine
@@ -693,16 +749,17 @@ def main(argv=None) -> int:
                 log(f"{name}: scored in {other}")
     train_xy: list = []  # the training split, read once, when a peer first needs it
 
-    def peer_file(path: Path, targets: dict[int, float], what: str) -> list[dict]:
-        if not path.exists():
-            log(f"Torch-Pruning per subset {what}")
-            if not train_xy:
-                from ..training.train import split_training_data
+    def training_split() -> tuple:
+        if not train_xy:
+            from ..training.train import split_training_data
 
-                train_xy.extend(split_training_data(cfg)[:2])
-            atomic_write_json(path, run_peer(peer_base, targets, subtasks, data, tuple(train_xy), args.peer_steps,
-                                             ref_macs, args.seed))
-        return read_json(path)
+            train_xy.extend(split_training_data(cfg)[:2])
+        return tuple(train_xy)
+
+    def peer_file(path: Path, targets: dict[int, float], what: str) -> list[dict]:
+        return extend_rows(path, list(targets), lambda i: run_peer(
+            peer_base, {i: targets[i]}, subtasks, data, training_split(), args.peer_steps, ref_macs, args.seed),
+            f"Torch-Pruning per subset {what}")
 
     peer_base = dense if args.peer_base == "dense-w16" else PruningEngine.from_pretrained(done[args.peer_base],
                                                                                        seed=args.seed)
@@ -712,27 +769,28 @@ def main(argv=None) -> int:
     if args.against is not None and (args.against not in done or not args.against.startswith("hypernet")):
         p.error(f"--against {args.against}: no finished hypernetwork run of that name in {runs}")
     compared = args.against or chosen  # the net the peer and the fine-tunes are matched to
+    picks = peer_picks(subtasks, args.peer_pairs)
     if args.peer_steps and compared:
         rows = nets[compared]["adaptive"]["test"]["rows"]
-        targets = {i: rows[i]["mac_ratio"] for i in peer_picks(subtasks)}
+        targets = {i: rows[i]["mac_ratio"] for i in picks}
         peer = peer_file(peer_path(out, tag, compared, targets), targets, f"at the MACs of {compared}")
-    fixed = {r: peer_file(out / f"peer-m{r:g}{tag}.json", {i: r for i in peer_picks(subtasks)}, f"at MAC ratio {r:g}")
+    fixed = {r: peer_file(out / f"peer-m{r:g}{tag}.json", {i: r for i in picks}, f"at MAC ratio {r:g}")
              for r in args.peer_macs}
     hyper_ft = None
     if args.finetune and compared:
         if compared not in done:
             p.error(f"--finetune: the hypernetwork {compared} is not a finished run of {runs}")
-        path = out / f"ft-{compared}-n{'-'.join(map(str, args.finetune))}.json"
-        if not path.exists():
-            log(f"the hypernet_ft arm: {compared} + {', '.join(map(str, args.finetune))} fine-tuning steps")
-            if not train_xy:
-                from ..training.train import split_training_data
+        engines: list = []  # the hypernetwork, loaded when a class set needs it
 
-                train_xy.extend(split_training_data(cfg)[:2])
-            engine = PruningEngine.from_pretrained(done[compared], seed=args.seed)
-            atomic_write_json(path, run_hypernet_ft(engine, dense, peer_picks(subtasks), subtasks, data,
-                                                    tuple(train_xy), args.finetune, ref_macs, args.seed))
-        hyper_ft = read_json(path)
+        def fine_tuned(i: int) -> list[dict]:
+            if not engines:
+                engines.append(PruningEngine.from_pretrained(done[compared], seed=args.seed))
+            return run_hypernet_ft(engines[0], dense, [i], subtasks, data, training_split(), args.finetune, ref_macs,
+                                   args.seed)
+
+        hyper_ft = extend_rows(out / f"ft-{compared}-n{'-'.join(map(str, args.finetune))}.json", picks, fine_tuned,
+                               f"the hypernet_ft arm: {compared} + {', '.join(map(str, args.finetune))} "
+                               "fine-tuning steps")
         plot_seconds(out, hyper_ft, peer or [], nets, compared)
     specialists = None
     if args.specialists:
@@ -756,6 +814,24 @@ def main(argv=None) -> int:
     if args.ship_curve:
         ship_curve(done, args.ship_curve, nets, args.seed, " ".join(argv or sys.argv[1:]))
     return 0
+
+
+def extend_rows(path: Path, picks: list[int], compute, what: str) -> list[dict]:
+    """The rows of `path` (a JSON list of rows, each with its "subtask") for the subtasks in `picks`, in that order:
+    those the file lacks are computed with `compute(i)` (a list of rows for subtask i), the file rewritten
+    atomically after each, so that a stopped run resumes at the next class set and a longer list of picks only
+    adds to what is there."""
+    from ..io import atomic_write_json, read_json
+
+    rows = read_json(path) if path.is_file() else []
+    missing = [i for i in picks if i not in {r["subtask"] for r in rows}]
+    if missing:
+        log(f"{what}: {len(missing)} class set(s) to run")
+    for i in missing:
+        rows += compute(i)
+        atomic_write_json(path, rows)
+    order = {i: k for k, i in enumerate(picks)}
+    return sorted((r for r in rows if r["subtask"] in order), key=lambda r: order[r["subtask"]])
 
 
 def peer_path(out: Path, tag: str, chosen: str, targets: dict[int, float]) -> Path:
