@@ -19,10 +19,26 @@ def test_a_variant_is_read_against_the_dense_arm_everywhere_and_against_the_peer
     assert r["peer_sets"] == 2 and abs(r["peer_gap"] - (-2.5)) < 1e-9  # (0.95-0.97, 0.90-0.93) on the peer's sets
     assert abs(r["mac"] - 0.06) < 1e-9 and abs(r["peer_mac"] - 0.05) < 1e-9
     text = variants.table({"lite": {**r, "train_s": 306.4}}, "tp_subset_ft_long")
-    assert "| lite | 87.00% | -2.25, 0.070 | -1.50, 1.50% (1.00%) | -2.50, 0.060 / 0.050 | 306 |" in text
+    assert "| lite | 87.00% | -2.25, 0.070 | -1.50, 1.50% (1.00%) | -2.50, 0.060 / 0.050 | — | 306 |" in text
     none = variants.summarize({"dense": {"acc": 0.5}, "subtasks": [_sub([1, 2], 0.9, 0.1)]}, dense, {})
     assert none["single_gap"] is None and none["peer_gap"] is None
-    assert "| x | 50.00% | -2.00, 0.100 | — | —, — / — | — |" in variants.table({"x": none}, "peer")
+    assert "| x | 50.00% | -2.00, 0.100 | — | —, — / — | — | — |" in variants.table({"x": none}, "peer")
+
+
+def test_rematch_reads_the_peer_pruned_to_the_runs_own_macs():
+    import pytest
+
+    result = {"dense": {"acc": 0.87, "macs": 1000},
+              "subtasks": [_sub([1], 0.95, 0.02), _sub([1, 2], 0.90, 0.03), _sub([1, 2, 3], 0.80, 0.10)]}
+    peer = {(1, 2): {"acc": 0.93, "mac_ratio": 0.07}, (1,): {"acc": 0.97, "mac_ratio": 0.05}}
+    # the run's own ratios, on the peer's class sets only
+    assert variants.rematch_targets(result, peer, 1000) == {(1,): 0.02, (1, 2): 0.03}
+    with pytest.raises(ValueError, match="same architecture"):
+        variants.rematch_targets(result, peer, 999)
+    again = {(1, 2): {"acc": 0.89, "mac_ratio": 0.031}, (1,): {"acc": 0.94, "mac_ratio": 0.021}}
+    r = variants.summarize(result, {k: {"acc": 1.0, "fp_rate": 0.0} for k in [(1,), (1, 2), (1, 2, 3)]}, peer, again)
+    assert abs(r["rematch_gap"] - (1 + 1) / 2) < 1e-9 and abs(r["rematch_mac"] - 0.026) < 1e-9
+    assert "| +1.00, 0.026 |" in variants.table({"small": {**r, "train_s": 1.0}}, "peer")
 
 
 def test_finished_runs_follow_links_and_skip_unfinished_ones(tmp_path):

@@ -444,8 +444,6 @@ class Ablation:
         """The per-subset pruning baselines of the dense net, at the hypernetwork's mac_ratio for each subset
         (at `gamma`, by default the main one). A method's build time is everything it takes for a new class set:
         pruning, fine-tuning and BN calibration; nothing is cached across subsets, so warm = cold."""
-        from . import baselines
-
         main = gamma is None
         gamma = self.cfg.run.gamma if main else gamma
         c = self.cfg.run
@@ -459,11 +457,21 @@ class Ablation:
             methods = [m for m in methods if m not in have]
         if not methods:
             return
-        b = self.cfg.baselines
         dense = self.trained("dense", seed, self.cfg.run.gamma)
         wanted = set(self.subset_subtasks(dense.model))
         targets = {tuple(r["indices"]): r["mac_ratio"] for r in self.rows(f"eval-hypernet-g{gamma:g}-s{seed}")
                    if r["phrasing"] == "canonical" and r["split"] == "test" and tuple(r["indices"]) in wanted}
+        self.save_step(step, earlier + self.per_subset_rows(seed, gamma, targets, methods, step))
+
+    def per_subset_rows(self, seed: int, gamma: float, targets: dict[tuple, float], methods: list[str],
+                        step: str = "per-subset") -> list[dict]:
+        """The per-subset methods' rows (every split) for each class set of `targets` ({indices: MAC ratio to
+        the dense net}), pruned from this ablation's dense net of `seed`, with its baselines' settings. Also the
+        peer of a net trained elsewhere: `hypersan study variants --rematch` prunes it to that net's MACs."""
+        from . import baselines
+
+        b = self.cfg.baselines
+        dense = self.trained("dense", seed, self.cfg.run.gamma)
         tx, ty = self.training()
         stats = dense.statistics(None, seed=seed)
         spec = dense.calib_spec(seed)
@@ -528,7 +536,7 @@ class Ablation:
                     row["finetune_steps"] = 0 if ft is None else ft["steps"]
                     row["images_seen"] = prune_seen + (0 if ft is None else ft["images_seen"])
                     rows.append(row)
-        self.save_step(step, earlier + rows)
+        return rows
 
     def eval_agnostic_tp(self, seed: int) -> None:
         """Torch-Pruning of the dense net for all classes at each swept mac_ratio; every subtask cuts the head."""
