@@ -140,9 +140,9 @@ def test_cli_bench_takes_each_nets_fastest_thread_count(capsys):
         assert set(by) == {"1", "2"} and row[f"{net}_ms"] == min(by.values()) == by[str(row[f"{net}_threads"])]
     assert set(row["ratio_by_threads"]) == {"1", "2"} and row["latency_ratio"] > 0
     assert set(r["summary"][0]["ratio_by_threads_median"]) == {"1", "2"}
-    rc = main(["bench", "--checkpoint", "fmnist_b16", "--subtasks", "Sneaker,Bag", "--runtime", "onnxruntime",
-               "--batches", "2", "--repeats", "1", "--warmup", "0", "--best-threads", "1,2"])
-    assert rc == 0 and "each net at its fastest thread count" in capsys.readouterr().out
+    from hypersan.research.bench import format_runtime_table
+
+    assert "each net at its fastest thread count" in format_runtime_table(r)  # the text the command prints
 
 
 def test_cli_bench_refuses_best_threads_it_cannot_honour(capsys):
