@@ -146,7 +146,10 @@ def main(argv=None) -> int:
         again = runs / f"variants-rematch-s{args.seed}" / f"{name}-{args.peer}.json"
         if name in rematch and not again.exists():
             dense_engine = ab.trained("dense", args.seed, ab.cfg.run.gamma)
-            targets = rematch_targets(result, peer, plain_cost(dense_engine, None)["dense_macs"])
+            try:
+                targets = rematch_targets(result, peer, plain_cost(dense_engine, None)["dense_macs"])
+            except ValueError as e:
+                p.error(f"--rematch {name}: {e}")
             log(f"{args.peer} at the MACs of {name} ({len(targets)} class sets)")
             again.parent.mkdir(exist_ok=True)
             atomic_write_json(again, ab.per_subset_rows(args.seed, ab.cfg.run.gamma, targets, [args.peer]))
