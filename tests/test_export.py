@@ -354,3 +354,59 @@ def test_portable_export_runs_without_hypersan(tmp_path, fmt, arch):
     assert full.shape == (5, 3) and one.shape == (1, 3)
     assert (full - want).abs().max().item() <= 1e-4
     assert (one - want[:1]).abs().max().item() <= 1e-4
+
+
+def _mean_graph(axes, keepdims, rank=4):
+    """A one-node ONNX model: ReduceMean of a (2, 3, 4, 5)-shaped (or lower-rank) input over `axes`."""
+    from onnx import TensorProto, helper, numpy_helper
+    import numpy as np
+
+    shape = [2, 3, 4, 5][:rank]
+    node = helper.make_node("ReduceMean", ["x", "axes"], ["y"], keepdims=keepdims)
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(np.array(axes, dtype=np.int64), "axes")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize("axes,keepdims", [([2, 3], 1), ([-1, -2], 1), ([2, 3], 0), ([3, -2], 0)])
+def test_spatial_means_become_global_pools_with_the_same_values(axes, keepdims):
+    import numpy as np
+    import onnxruntime
+
+    from hypersan.deploy.export import global_pools
+
+    m = _mean_graph(axes, keepdims)
+    x = np.random.default_rng(0).random((2, 3, 4, 5), dtype=np.float32)
+
+    def run(model):
+        return onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {"x": x})[0]
+
+    want = run(m)
+    assert global_pools(m) == 1
+    ops = [n.op_type for n in m.graph.node]
+    assert ops == (["GlobalAveragePool"] if keepdims else ["GlobalAveragePool", "Flatten"])
+    assert [i.name for i in m.graph.initializer] == []  # the axes are read by nothing now
+    got = run(m)
+    assert got.shape == want.shape == ((2, 3, 1, 1) if keepdims else (2, 3))
+    assert np.abs(got - want).max() <= 1e-6
+
+
+@pytest.mark.parametrize("axes,rank", [([1], 4), ([1, 2], 4), ([1, 2], 3)])
+def test_other_means_are_left_as_they_are(axes, rank):
+    from hypersan.deploy.export import global_pools
+
+    m = _mean_graph(axes, 1, rank)
+    assert global_pools(m) == 0
+    assert [n.op_type for n in m.graph.node] == ["ReduceMean"]
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_onnx_export_pools_in_one_op(tmp_path, arch):
+    import onnx
+
+    net = _net(arch)
+    files = save_subnet(net, tmp_path / "a", formats=["onnx"])
+    ops = [n.op_type for n in onnx.load(str(files["onnx"])).graph.node]
+    assert "ReduceMean" not in ops and ops.count("GlobalAveragePool") == 1
