@@ -469,3 +469,18 @@ def test_a_custom_networks_net_fine_tunes_and_folds_its_bn_exactly_afterwards(tr
     engine.export(None, tmp_path / "art", ["safetensors"], net=folded)
     with torch.no_grad():
         assert (load_subnet(tmp_path / "art")(x) - folded(x)).abs().max().item() < 1e-5
+
+
+def test_the_widths_bench_times_each_net_settled_and_cold_beside_the_dense_one():
+    from hypersan.research.bench import run_width_bench
+
+    r = run_width_bench("tests.models.mobilenet:build", {"width": 8}, [1, 12, 12], 4, [0.4], [8], ["eager"], [2],
+                        threads=1, repeats=2, warmup=0, settle=1)
+    assert r["settle"] == 1 and [(row["multiple"], row["batch"]) for row in r["rows"]] == [(1, 2), (8, 2)]
+    exact, rounded = r["rows"]
+    assert max(exact["mac_ratio"], rounded["mac_ratio"]) <= 0.4 + 1e-9  # both at most the target
+    assert all(w % 8 == 0 for w in rounded["widths"].values())
+    assert not all(w % 8 == 0 for w in exact["widths"].values())
+    for row in r["rows"]:
+        assert row["latency_ratio"] > 0 and row["cold_latency_ratio"] > 0
+        assert row["bound_met"] == (row["latency_ratio"] <= 1.2 * row["mac_ratio"] + 0.05)

@@ -241,3 +241,34 @@ def test_layer_profile_sums_a_module_called_twice():
 def test_cli_bench_layers_refuses_a_runtime(capsys, checkpoint):
     rc, out, err = _run(capsys, "bench", "--checkpoint", str(checkpoint), "--layers", "--runtime", "onnxruntime")
     assert rc == 2 and "leave out --runtime" in err
+
+
+def test_settled_turns_time_a_net_after_calls_of_its_own(monkeypatch):
+    import hypersan.research.bench as bench
+
+    # a fake clock: each call of a function lasts 1 s, plus 5 s when the previous call was another function's
+    # (the cache state it inherits); the log records the order of calls
+    log, now = [], [0.0]
+
+    def fn(name):
+        def call():
+            now[0] += 1.0 + (5.0 if log and log[-1] != name else 0.0)
+            log.append(name)
+        return call
+
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: now[0])
+    fns = {"dense": fn("dense"), "pruned": fn("pruned")}
+    cold, settled = bench.time_turns(fns, warmup=1, repeats=6, seed=0, settle=2)
+    assert len(log) == 2 + 6 * 2 * 3  # warm-up: one call each; then 3 calls a turn
+    assert all(t == 1.0 for v in settled.values() for t in v) and len(settled["dense"]) == 6
+    # a turn's first call is slow exactly where the turn before it was the other net's
+    turns = ["pruned"] + [k for o in bench.round_orders(list(fns), 6, 0) for k in o]  # warm-up ends with pruned
+    for k in fns:
+        want = [6.0 if prev != k else 1.0 for prev, cur in zip(turns, turns[1:]) if cur == k]
+        assert cold[k] == want
+    assert 6.0 in cold["dense"] and 6.0 in cold["pruned"]
+    one = bench.time_turns(fns, warmup=0, repeats=4, seed=0, settle=0)
+    assert one[0] == one[1]  # settle 0: the timed call is the first call
+    assert bench.time_rounds(fns, 0, 4, 0, settle=1)["dense"] == [1.0] * 4
+    with pytest.raises(ValueError, match="settle"):
+        bench.time_turns(fns, 0, 1, settle=-1)

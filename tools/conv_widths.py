@@ -44,15 +44,18 @@ def width_bench(a) -> None:
     batches = [int(v) for v in a.batches.split(",") if v.strip()]
     r = run_width_bench(a.custom, json.loads(a.kwargs), [int(v) for v in a.shape.split(",")], a.classes, floats,
                         ints, parse_runtimes(a.runtime), batches, a.threads, a.repeats, a.warmup,
-                        log=None if a.json else print)
+                        log=None if a.json else print, settle=a.settle)
     if a.json:
         print(json.dumps(r))
         return
     print(f"{a.custom} {a.kwargs}: latency ratio to the dense net ({machine_line(r['machine'])})")
-    print(f"{'runtime':<12} {'batch':>5} {'multiple':>8} {'MAC ratio':>9} {'latency':>8} {'<= 1.2r+0.05':>12}")
+    print(f"{'runtime':<12} {'batch':>5} {'multiple':>8} {'MAC ratio':>9} {'latency':>8} {'cold':>6} "
+          f"{'<= 1.2r+0.05':>12}")
     for row in r["rows"]:
         print(f"{row['runtime']:<12} {row['batch']:>5} {row['multiple']:>8} {row['mac_ratio']:9.3f} "
-              f"{row['latency_ratio']:8.3f} {'yes' if row['bound_met'] else 'no':>12}")
+              f"{row['latency_ratio']:8.3f} {row['cold_latency_ratio']:6.3f} {'yes' if row['bound_met'] else 'no':>12}")
+    print(f"latency: each net timed after {a.settle} call(s) of its own in its round; cold: its first call, right "
+          "after the other net's")
 
 
 def main() -> None:
@@ -72,6 +75,8 @@ def main() -> None:
     p.add_argument("--widths", default="8,12,15,16,20,24,32", help="comma-separated channel counts")
     p.add_argument("--repeats", type=int, default=12)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--settle", type=int, default=1,
+                   help="--custom: calls of a net before its timed call in each round (0: right after the other net)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     if a.custom:

@@ -391,13 +391,14 @@ def _bench(args) -> int:
             raise ValueError(f"--batches takes comma-separated batch sizes, e.g. 1,256, not {args.batches!r}") from None
         r = run_runtime_bench(engine, subtasks, parse_runtimes(args.runtime), batches=batches, threads=args.threads,
                               repeats=args.repeats, warmup=args.warmup, seed=args.seed, log=log, budget=args.budget,
-                              round_to=args.round_to, round_mode=args.round_mode, best_threads=best_threads)
+                              round_to=args.round_to, round_mode=args.round_mode, best_threads=best_threads,
+                              settle=args.settle)
         r = {"checkpoint": str(engine.model.source), "allocator": allocator, "machine": machine(args.threads), **r}
         print(json.dumps(r) if args.json else format_runtime_table(r))
         return 0
     r = run_bench(engine, subtasks, batch=args.batch, threads=args.threads, repeats=args.repeats,
                   warmup=args.warmup, round_to=args.round_to, seed=args.seed, fold_bn=not args.keep_bn,
-                  round_mode=args.round_mode, log=log, budget=args.budget)
+                  round_mode=args.round_mode, log=log, budget=args.budget, settle=args.settle)
     r = {"checkpoint": str(engine.model.source), "allocator": allocator, "machine": machine(args.threads), **r}
     print(json.dumps(r) if args.json else format_table(r))
     return 0
@@ -602,6 +603,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=10,
                    help="timed rounds; ratios are medians of per-round ratios")
     b.add_argument("--warmup", type=int, default=3, help="untimed rounds first (default 3)")
+    b.add_argument("--settle", type=int, default=1, metavar="N",
+                   help="in each round, call a net N times before its timed call (default 1): a net serving batch "
+                        "after batch. 0 times the call right after the other net's, whose cache state it inherits "
+                        "(reported beside as 'cold' in --runtime tables)")
     b.add_argument("--round-to", type=round_to_arg, default=None, metavar="N|auto",
                    help="also time widths rounded to multiples of N (see --round-mode); with --runtime, the pruned "
                         "nets are rounded")

@@ -16,7 +16,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from ..research.bench import machine, machine_line, paired_ratio, time_rounds
+from ..research.bench import SETTLE, machine, machine_line, paired_ratio, time_rounds
 from ..data.datasets import load_split
 from ..prune.engine import PruningEngine
 from ..training.evaluate import evaluate
@@ -80,7 +80,7 @@ def run_demo(out: str | os.PathLike, requests: Optional[Sequence[str]] = None, c
                 net = engine.subnet(t, fold_bn=True, budget=b)
                 log(f'timing "{r}" beside the dense net (batch 256, {threads} threads)')
                 times = time_rounds({"dense": lambda: dense(batch), "pruned": lambda: net(batch)}, warmup=2,
-                                    repeats=7)
+                                    repeats=7, settle=SETTLE)
                 summary = engine.export(list(t), tmp / slug(r), formats=["safetensors", "onnx"], budget=b)
                 rows.append({"request": r, "budget": b, "classes": e["classes"], "acc": e["acc"],
                              "dense_acc": e["dense_acc"],

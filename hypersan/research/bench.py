@@ -145,19 +145,43 @@ def check(row: dict) -> dict:
     }
 
 
+SETTLE = 1  # calls of a net before its settled (timed) call, in each of its turns (see time_turns)
+
+
 @torch.inference_mode()
-def time_rounds(fns: dict[str, Callable[[], object]], warmup: int, repeats: int,
-                seed: int = 0) -> dict[str, list[float]]:
-    """Seconds per call of each function: `repeats` rounds that each call every function once, in the
-    orders of `round_orders`."""
+def time_turns(fns: dict[str, Callable[[], object]], warmup: int, repeats: int, seed: int = 0,
+               settle: int = 0) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Seconds per call of each function, in `repeats` rounds that each give every function one turn, in the
+    orders of `round_orders`: (cold, settled). A turn calls its function 1 + `settle` times back to back; `cold`
+    holds the first call's time, which follows another function's turn and inherits its cache and allocator
+    state, and `settled` the last call's, which follows calls of the same function: a net serving batch after
+    batch. With settle=0 the two are the same call.
+
+    The difference is not small for a small net timed beside a large one: on the MobileNetV2-style test net
+    (width 64, batch 64, onnxruntime, one thread) a pruned net's first call after the dense net took 12.4 ms and
+    its next calls 9.7 ms; the dense net's 43.7 and 40.3 ms (docs/CUSTOM.md)."""
+    if settle < 0:
+        raise ValueError(f"settle is a number of untimed calls, >= 0 (got {settle})")
     for _ in range(warmup):
         for fn in fns.values():
             fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
+    cold: dict[str, list[float]] = {k: [] for k in fns}
+    settled: dict[str, list[float]] = {k: [] for k in fns}
     for order in round_orders(list(fns), repeats, seed):
         for k in order:
-            times[k].append(timed(fns[k]))
-    return times
+            first = timed(fns[k])
+            for _ in range(settle - 1):
+                fns[k]()
+            cold[k].append(first)
+            settled[k].append(timed(fns[k]) if settle else first)
+    return cold, settled
+
+
+def time_rounds(fns: dict[str, Callable[[], object]], warmup: int, repeats: int,
+                seed: int = 0, settle: int = 0) -> dict[str, list[float]]:
+    """Seconds per call of each function: the settled times of `time_turns` (with settle=0, one call per turn,
+    each right after another function's)."""
+    return time_turns(fns, warmup, repeats, seed, settle)[1]
 
 
 def paired_ratio(num: Sequence[float], den: Sequence[float]) -> float:
@@ -171,17 +195,19 @@ def paired_ratio(num: Sequence[float], den: Sequence[float]) -> float:
 def run_bench(engine: PruningEngine, subtasks: Sequence[Subtask], batch: int = 256,
               threads: int = 2, repeats: int = 10, warmup: int = 3, round_to: int = 0, seed: int = 0,
               fold_bn: bool = True, round_mode: str = "up", log: Optional[Callable[[str], None]] = None,
-              budget: Optional[float] = None) -> dict:
+              budget: Optional[float] = None, settle: int = SETTLE) -> dict:
     """Benchmark each subtask against the dense net (each subtask's net at `budget`, if given, as
-    `engine.subnet` builds it); returns the JSON summary (see `hypersan bench --json`)."""
-    if repeats < 1 or warmup < 0 or batch < 1 or threads < 1:
-        raise ValueError("bench needs repeats >= 1, warmup >= 0, batch >= 1 and threads >= 1")
+    `engine.subnet` builds it), timing settled calls (`time_turns`); returns the JSON summary (see
+    `hypersan bench --json`)."""
+    if repeats < 1 or warmup < 0 or batch < 1 or threads < 1 or settle < 0:
+        raise ValueError("bench needs repeats >= 1, warmup >= 0, batch >= 1, threads >= 1 and settle >= 0")
     with torch_threads(threads):
         return _run(engine, subtasks, batch, threads, repeats, warmup, round_to, round_mode, seed, fold_bn,
-                    log or (lambda m: None), engine.check_budget(budget))
+                    log or (lambda m: None), engine.check_budget(budget), settle)
 
 
-def _run(engine, subtasks, batch, threads, repeats, warmup, round_to, round_mode, seed, fold_bn, log, budget) -> dict:
+def _run(engine, subtasks, batch, threads, repeats, warmup, round_to, round_mode, seed, fold_bn, log, budget,
+         settle) -> dict:
     model = engine.model.eval()
     info, arch = model.info, model.backbone.arch
     x = torch.rand(batch, *info.input_shape, generator=torch.Generator().manual_seed(seed)).to(model.device)
@@ -223,9 +249,9 @@ def _run(engine, subtasks, batch, threads, repeats, warmup, round_to, round_mode
         # the plain nets are timed among themselves: interleaving the maskable backbone (another memory
         # layout, several times the activations) would leave its cache and allocator state to whichever
         # plain net follows it
-        times = time_rounds(fns, warmup, repeats, seed)
+        times = time_rounds(fns, warmup, repeats, seed, settle)
         times.update(time_rounds({"backbone": lambda: model.backbone(x),
-                                  "backbone_masked": lambda: model.backbone(x, masks)}, warmup, repeats, seed))
+                                  "backbone_masked": lambda: model.backbone(x, masks)}, warmup, repeats, seed, settle))
         med = {k: statistics.median(v) for k, v in times.items()}
         ratio = {k: paired_ratio(times[k], times["dense"]) for k in ("masked", "pruned", "rounded") if k in times}
         cost = engine.cost(net)
@@ -256,7 +282,8 @@ def _run(engine, subtasks, batch, threads, repeats, warmup, round_to, round_mode
         log(f"[{i + 1}/{len(subtasks)}] {','.join(names)}: mac {row['mac_ratio']:.3f} "
             f"pruned {row['pruned_latency_ratio']:.3f} masked {row['masked_latency_ratio']:.3f}")
     passed = summarize_checks(rows)
-    return {"threads": threads, "batch": batch, "repeats": repeats, "warmup": warmup, "bn_folded": fold_bn,
+    return {"threads": threads, "batch": batch, "repeats": repeats, "warmup": warmup, "settle": settle,
+            "bn_folded": fold_bn,
             "device": str(model.device), "subtasks": rows, "passed": passed, "load_average": load_average()}
 
 
@@ -335,9 +362,12 @@ def calls_per_round(batch: int, images: int = 64) -> int:
 def run_runtime_bench(engine: PruningEngine, subtasks: Sequence[Subtask], runtimes: Sequence[str],
                       batches: Sequence[int] = (1, 256), threads: int = 2, repeats: int = 10, warmup: int = 3,
                       seed: int = 0, log: Optional[Callable[[str], None]] = None, budget: Optional[float] = None,
-                      round_to=None, round_mode: str = "up", best_threads: Sequence[int] = ()) -> dict:
+                      round_to=None, round_mode: str = "up", best_threads: Sequence[int] = (),
+                      settle: int = SETTLE) -> dict:
     """Dense vs pruned latency in each deployment runtime (runtimes.RUNTIMES), at each batch size: both nets run
-    in the same runtime, timed in the same shuffled rounds; the ratio is the median of per-round ratios. The
+    in the same runtime, timed in the same shuffled rounds; the ratio is the median of per-round ratios, of the
+    settled calls (`time_turns`: each net's turn calls it 1 + `settle` times and times the last), with the ratio
+    of the turns' first calls, each right after the other net's turn, as `cold_latency_ratio`. The
     int8 runtime quantizes each net on its own classes' training images. Each pruned net is built as
     `engine.subnet` builds it with `budget` and `round_to` / `round_mode`. Returns the JSON summary.
 
@@ -348,8 +378,8 @@ def run_runtime_bench(engine: PruningEngine, subtasks: Sequence[Subtask], runtim
     from ..deploy.runtimes import session
 
     log = log or (lambda m: None)
-    if repeats < 1 or warmup < 0 or threads < 1 or not batches or min(batches) < 1:
-        raise ValueError("bench needs repeats >= 1, warmup >= 0, threads >= 1 and batch sizes >= 1")
+    if repeats < 1 or warmup < 0 or threads < 1 or not batches or min(batches) < 1 or settle < 0:
+        raise ValueError("bench needs repeats >= 1, warmup >= 0, threads >= 1, batch sizes >= 1 and settle >= 0")
     best_threads = sorted(set(best_threads))
     if best_threads and (min(best_threads) < 1 or not all(rt.startswith("onnxruntime") for rt in runtimes)):
         raise ValueError("--best-threads takes thread counts >= 1 (e.g. 1,2) and the onnxruntime runtimes only, "
@@ -388,13 +418,14 @@ def run_runtime_bench(engine: PruningEngine, subtasks: Sequence[Subtask], runtim
                         d, p = dense_s[rt][k], runs[k]
                         fns[("dense", k)] = lambda d=d: [d(x) for _ in range(n)]
                         fns[("pruned", k)] = lambda p=p: [p(x) for _ in range(n)]
-                    times = time_rounds(fns, warmup, repeats, seed)
+                    cold, times = time_turns(fns, warmup, repeats, seed, settle)
                     ms = {key: 1e3 * statistics.median(v) / n for key, v in times.items()}
                     kd = min(counts, key=lambda k: ms[("dense", k)])  # each net at its fastest thread count
                     kp = min(counts, key=lambda k: ms[("pruned", k)])
                     ratio = paired_ratio(times[("pruned", kp)], times[("dense", kd)])
                     row = {"runtime": rt, "batch": b, "classes": names, "indices": list(t),
                            "budget": budget, "round_to": round_to, "mac_ratio": mac_ratio, "latency_ratio": ratio,
+                           "cold_latency_ratio": paired_ratio(cold[("pruned", kp)], cold[("dense", kd)]),
                            "dense_ms": ms[("dense", kd)], "pruned_ms": ms[("pruned", kp)],
                            "max_abs_diff_to_eager": err, "latency_bound": latency_bound(mac_ratio),
                            "bound_met": latency_bound_met(ratio, mac_ratio) if b >= 64 else None}
@@ -408,7 +439,7 @@ def run_runtime_bench(engine: PruningEngine, subtasks: Sequence[Subtask], runtim
                     log(f"[{i + 1}/{len(subtasks)}] {rt} batch {b} {','.join(names)}: mac {mac_ratio:.3f} "
                         f"latency {ratio:.3f} ({row['pruned_ms']:.3f} / {row['dense_ms']:.3f} ms)")
     return {"mode": "runtimes", "threads": threads, **({"best_threads": best_threads} if best_threads else {}),
-            "batches": list(batches), "repeats": repeats, "warmup": warmup,
+            "batches": list(batches), "repeats": repeats, "warmup": warmup, "settle": settle,
             "budget": budget, "round_to": round_to, "round_mode": round_mode,
             "runtimes": list(runtimes), "subtasks": rows, "summary": runtime_summary(rows),
             "load_average": load_average()}
@@ -426,6 +457,8 @@ def runtime_summary(rows: List[dict]) -> List[dict]:
                     "latency_ratio_median": statistics.median(r["latency_ratio"] for r in g),
                     "latency_ratio_min": min(r["latency_ratio"] for r in g),
                     "latency_ratio_max": max(r["latency_ratio"] for r in g),
+                    **({"cold_latency_ratio_median": statistics.median(r["cold_latency_ratio"] for r in g)}
+                       if "cold_latency_ratio" in g[0] else {}),
                     "mac_ratio_median": statistics.median(r["mac_ratio"] for r in g),
                     "dense_ms_median": statistics.median(r["dense_ms"] for r in g),
                     "pruned_ms_median": statistics.median(r["pruned_ms"] for r in g),
@@ -443,12 +476,14 @@ def format_runtime_table(result: dict) -> str:
     """A plain-text table of a runtime bench: one line per runtime and batch size, then one per subtask."""
     lines = ([f"measured {machine_line(result['machine'])}"] if "machine" in result else []) + [
              f"threads {result['threads']}, {result['repeats']} rounds after {result['warmup']} warm-up rounds; "
-             "latency ratio = pruned / dense in the same runtime (median of per-round ratios)",
-             f"{'runtime':<17} {'batch':>5} {'n':>3} {'MAC ratio':>9} {'latency ratio (min-max)':>24} "
+             "latency ratio = pruned / dense in the same runtime (median of per-round ratios)" + _settle_note(result),
+             f"{'runtime':<17} {'batch':>5} {'n':>3} {'MAC ratio':>9} {'latency ratio (min-max)':>24} {'cold':>6} "
              f"{'dense ms':>9} {'pruned ms':>9} {'bound met':>9} {'max |diff|':>10}"]
     for s in result["summary"]:
+        cold = s.get("cold_latency_ratio_median")
         lines.append(f"{s['runtime']:<17} {s['batch']:>5} {s['subtasks']:>3} {s['mac_ratio_median']:9.3f} "
                      f"{s['latency_ratio_median']:8.3f} ({s['latency_ratio_min']:.3f}-{s['latency_ratio_max']:.3f})"
+                     f" {'-' if cold is None else format(cold, '.3f'):>6}"
                      f" {s['dense_ms_median']:9.3f} {s['pruned_ms_median']:9.3f} {s['bound_met']:>9} "
                      f"{s['max_abs_diff_to_eager']:10.2e}")
     lines.append("medians over subtasks; bound: pruned / dense <= 1.3 x MAC ratio + 0.05, checked at batch >= 64 "
@@ -467,6 +502,15 @@ def format_runtime_table(result: dict) -> str:
     if warn:
         lines.append(warn)
     return "\n".join(lines)
+
+
+def _settle_note(result: dict) -> str:
+    """How the timed calls relate to the other net's (see time_turns), for a table's header line."""
+    settle = result.get("settle", 0)
+    if not settle:
+        return "; each timed call right after the other net's"
+    return (f"; each net timed after {settle} call(s) of its own in its turn (cold: its first call, right after the "
+            "other net's)")
 
 
 def _counts(picks: Dict[str, int]) -> str:
@@ -509,11 +553,12 @@ def uniform_masks(backbone, mac, target: float, multiple: int = 1) -> dict:
 def run_width_bench(factory: str, kwargs: dict, input_shape: Sequence[int], num_classes: int,
                     mac_ratios: Sequence[float], multiples: Sequence[int], runtimes: Sequence[str] = ("eager",),
                     batches: Sequence[int] = (1, 64), threads: int = 2, repeats: int = 10, warmup: int = 3,
-                    seed: int = 0, log: Optional[Callable[[str], None]] = None) -> dict:
+                    seed: int = 0, log: Optional[Callable[[str], None]] = None, settle: int = SETTLE) -> dict:
     """A user's network (random weights: latency depends on widths only), pruned to each MAC ratio with the same
     kept fraction in every channel group, widths left as they fall (multiple 1) or rounded up to each of
     `multiples` at the same MAC ratio; each net's latency against the dense net's in each runtime and batch size,
-    timed side by side in shuffled rounds (the median of per-round ratios). BN is folded as exports fold it."""
+    timed side by side in shuffled rounds (the median of per-round ratios of settled calls, and of first calls as
+    `cold_latency_ratio`: see `time_turns`). BN is folded as exports fold it."""
     from ..deploy.runtimes import session
     from ..nn.custom import CustomBackbone
     from ..prune.budget import MacModel
@@ -544,18 +589,20 @@ def run_width_bench(factory: str, kwargs: dict, input_shape: Sequence[int], num_
                 got = count_macs(net, tuple(input_shape)) / dense_macs
                 for b in batches:
                     x, n = xs[b], calls_per_round(b)
-                    times = time_rounds({"dense": lambda: [d(x) for _ in range(n)],
-                                         "pruned": lambda: [p(x) for _ in range(n)]}, warmup, repeats, seed)
+                    cold, times = time_turns({"dense": lambda: [d(x) for _ in range(n)],
+                                              "pruned": lambda: [p(x) for _ in range(n)]}, warmup, repeats, seed,
+                                             settle)
                     ratio = paired_ratio(times["pruned"], times["dense"])
                     rows.append({"runtime": rt, "batch": b, "target_mac_ratio": r, "multiple": k,
                                  "mac_ratio": got, "latency_ratio": ratio,
+                                 "cold_latency_ratio": paired_ratio(cold["pruned"], cold["dense"]),
                                  "latency_bound": 1.2 * got + 0.05, "bound_met": ratio <= 1.2 * got + 0.05,
                                  "widths": dict(net.arch["site_widths"]),
                                  "dense_ms": 1e3 * statistics.median(times["dense"]) / n,
                                  "pruned_ms": 1e3 * statistics.median(times["pruned"]) / n})
                     log(f"{rt} batch {b} mac {got:.3f} (multiple {k}): latency {ratio:.3f}")
     return {"factory": factory, "kwargs": dict(kwargs), "input_shape": list(input_shape), "threads": threads,
-            "repeats": repeats, "warmup": warmup, "machine": machine(threads), "rows": rows,
+            "repeats": repeats, "warmup": warmup, "settle": settle, "machine": machine(threads), "rows": rows,
             "load_average": load_average()}
 
 
