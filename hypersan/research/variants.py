@@ -134,7 +134,7 @@ def main(argv=None) -> int:
                 f"(finished: {', '.join(sorted(done)) or 'none'})")
     if rematch and not peer:
         p.error(f"--rematch: the ablation has no {args.peer} rows of seed {args.seed} to rematch")
-    table_rows = {}
+    table_rows, ref_macs = {}, None
     for name, folder in done.items():
         path = cache / f"{name}.json"
         if not path.exists():
@@ -145,9 +145,10 @@ def main(argv=None) -> int:
         result, rematched = read_json(path), None
         again = runs / f"variants-rematch-s{args.seed}" / f"{name}-{args.peer}.json"
         if name in rematch and not again.exists():
-            dense_engine = ab.trained("dense", args.seed, ab.cfg.run.gamma)
+            if ref_macs is None:  # the ablation's dense net, loaded once for its MACs
+                ref_macs = plain_cost(ab.trained("dense", args.seed, ab.cfg.run.gamma), None)["dense_macs"]
             try:
-                targets = rematch_targets(result, peer, plain_cost(dense_engine, None)["dense_macs"])
+                targets = rematch_targets(result, peer, ref_macs)
             except ValueError as e:
                 p.error(f"--rematch {name}: {e}")
             log(f"{args.peer} at the MACs of {name} ({len(targets)} class sets)")
