@@ -354,6 +354,11 @@ def test_portable_export_runs_without_hypersan(tmp_path, fmt, arch):
     assert full.shape == (5, 3) and one.shape == (1, 3)
     assert (full - want).abs().max().item() <= 1e-4
     assert (one - want[:1]).abs().max().item() <= 1e-4
+    if fmt == "onnx":  # the spatial mean is one GlobalAveragePool (global_pools), which runtimes keep blocked
+        import onnx
+
+        ops = [n.op_type for n in onnx.load(str(files["onnx"])).graph.node]
+        assert "ReduceMean" not in ops and ops.count("GlobalAveragePool") == 1
 
 
 def _mean_graph(axes, keepdims, rank=4):
@@ -400,13 +405,3 @@ def test_other_means_are_left_as_they_are(axes, rank):
     m = _mean_graph(axes, 1, rank)
     assert global_pools(m) == 0
     assert [n.op_type for n in m.graph.node] == ["ReduceMean"]
-
-
-@pytest.mark.parametrize("arch", list(ARCHS))
-def test_onnx_export_pools_in_one_op(tmp_path, arch):
-    import onnx
-
-    net = _net(arch)
-    files = save_subnet(net, tmp_path / "a", formats=["onnx"])
-    ops = [n.op_type for n in onnx.load(str(files["onnx"])).graph.node]
-    assert "ReduceMean" not in ops and ops.count("GlobalAveragePool") == 1
