@@ -75,6 +75,7 @@ def test_bench_reports_every_interface_field():
     assert row["param_ratio"] < row["size_ratio"] < 1  # on a net this tiny, headers and BN buffers weigh in
     table = format_table(r)
     assert "Sneaker,Bag" in table and f"{row['latency_bound']:5.3f}" in table
+    assert r["settle"] == 1 and "timed after 1 call(s) of its own" in table  # the default, said in the header
 
 
 def test_bench_checks_follow_the_issue_thresholds():

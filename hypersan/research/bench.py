@@ -314,7 +314,8 @@ def format_table(result: dict) -> str:
     lines = ([f"measured {machine_line(result['machine'])}"] if "machine" in result else []) + [
              f"threads {result['threads']}, batch {result['batch']}, {result['repeats']} rounds after "
              f"{result['warmup']} warm-up rounds, latency ratios: median of per-round ratios, {result['device']}, "
-             f"{form}" + (f", allocator: {result['allocator']}" if "allocator" in result else ""), head]
+             f"{form}" + (f", allocator: {result['allocator']}" if "allocator" in result else "")
+             + _settle_note(result), head]
     for r in result["subtasks"]:
         name = ",".join(r["classes"])
         name = name if len(name) <= 40 else name[:37] + "..."
@@ -505,12 +506,12 @@ def format_runtime_table(result: dict) -> str:
 
 
 def _settle_note(result: dict) -> str:
-    """How the timed calls relate to the other net's (see time_turns), for a table's header line."""
+    """How the timed calls relate to the other nets' (see time_turns), for a table's header line."""
     settle = result.get("settle", 0)
     if not settle:
-        return "; each timed call right after the other net's"
-    return (f"; each net timed after {settle} call(s) of its own in its turn (cold: its first call, right after the "
-            "other net's)")
+        return "; each timed call right after another net's"
+    cold = " (cold: its first call, right after another net's)" if result.get("mode") == "runtimes" else ""
+    return f"; each net timed after {settle} call(s) of its own in its turn{cold}"
 
 
 def _counts(picks: Dict[str, int]) -> str:
