@@ -139,7 +139,7 @@ def format_demo(result: dict, out: str) -> str:
     lines += ["acc: test accuracy of the subnet on its classes' test images (one-vs-rest for a single class); dense "
               "acc: the full net restricted to the same classes",
               "MAC ratio, latency ratio: the subnet's over the dense net's (latency: batch 256, median of per-round "
-              "ratios, measured side by side)"
+              "ratios, measured side by side, each net after a call of its own)"
               + (f", {machine_line(result['machine'])}" if "machine" in result else ""),
               f"written to {out}/: one artifact folder per request (model.safetensors, model.onnx, config.json), "
               + ("kept_channels.png, " if result.get("plot") else "(no plot: install matplotlib) ")
