@@ -239,9 +239,40 @@ def test_layer_profile_sums_a_module_called_twice():
     assert len(clock.seconds["conv"]) == 2
 
 
-def test_cli_bench_layers_refuses_a_runtime(capsys, checkpoint):
-    rc, out, err = _run(capsys, "bench", "--checkpoint", str(checkpoint), "--layers", "--runtime", "onnxruntime")
-    assert rc == 2 and "leave out --runtime" in err
+def test_cli_bench_layers_refuses_a_runtime_it_cannot_profile(capsys, checkpoint):
+    for rt in ("pt2", "eager,onnxruntime"):
+        rc, out, err = _run(capsys, "bench", "--checkpoint", str(checkpoint), "--layers", "--runtime", rt)
+        assert rc == 2 and "--runtime onnxruntime" in err and rt in err
+
+
+def test_onnx_layer_profile_times_every_node_of_both_nets(capsys, checkpoint, tmp_path, monkeypatch):
+    from hypersan.research.bench import format_onnx_profile
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # where onnxruntime writes its profile: nothing left there
+    rc, out, err = _run(capsys, "bench", "--checkpoint", str(checkpoint), "--layers", "--runtime", "onnxruntime",
+                        "--subtasks", "Sneaker,Bag", "--batch", "4", "--repeats", "3", "--warmup", "1",
+                        "--threads", "1", "--json")
+    assert rc == 0, err
+    r = json.loads(out)
+    (s,) = r["subtasks"]
+    assert r["runtime"] == "onnxruntime" and s["classes"] == ["Sneaker", "Bag"]
+    engine = _engine()
+    net = engine.subnet(engine.model.resolve(["Sneaker", "Bag"]), fold_bn=True)
+    assert s["mac_ratio"] == pytest.approx(engine.cost(net)["mac_ratio"])
+    ops = [row["op"] for row in s["nodes"]]
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in net.modules())
+    assert ops.count("Conv") == convs and "GlobalAveragePool" in ops and "Gemm" in ops  # BN folded, ReLUs fused
+    for row in s["nodes"]:
+        if row["op"] in ("Conv", "Gemm"):  # pruning keeps the graph: every layer in both nets, matched by name
+            assert row["dense_us"] > 0 and row["pruned_us"] > 0
+        elif not (row["dense_us"] > 0 and row["pruned_us"] > 0):  # in one net only: the runtime's layout work
+            assert row["op"] in ("ReorderInput", "ReorderOutput", "GlobalAveragePool"), row
+            assert "_token_" not in row["node"] or row["node"].endswith(("(dense)", "(pruned)"))
+        assert row["excess_us"] == pytest.approx(row["pruned_us"] - s["mac_ratio"] * row["dense_us"])
+    assert s["kernel_ratio"] == pytest.approx(s["pruned_us"] / s["dense_us"])
+    assert s["pruned_us"] == pytest.approx(sum(row["pruned_us"] for row in s["nodes"]))
+    assert list(tmp_path.glob("hypersan-ort-profile-*")) == []
+    assert "Sneaker,Bag: MAC ratio" in format_onnx_profile(r)
 
 
 def test_settled_turns_time_a_net_after_calls_of_its_own(monkeypatch):

@@ -361,9 +361,9 @@ def _bench(args) -> int:
             from None
     if best_threads and args.runtime is None:
         raise ValueError("--best-threads times onnxruntime sessions at each thread count; add --runtime onnxruntime")
-    if args.layers and args.runtime is not None:
-        raise ValueError("--layers profiles eager PyTorch layer by layer; leave out --runtime (or drop --layers to "
-                         "time whole nets in each runtime)")
+    if args.layers and args.runtime not in (None, "eager", "onnxruntime"):
+        raise ValueError("--layers profiles eager PyTorch (no --runtime) or onnxruntime (--runtime onnxruntime), "
+                         f"one at a time; got --runtime {args.runtime}")
     allocator = "default" if args.default_allocator else tune_allocator()  # before any large allocation
     from ..research.bench import DEFAULT_SUBTASKS, format_table, machine, run_bench
     from ..training.evaluate import parse_subtasks
@@ -371,14 +371,16 @@ def _bench(args) -> int:
     engine = _engine(args)
     log = (lambda m: None) if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
     if args.layers:
-        from ..research.bench import format_layer_profile, layer_profile
+        from ..research.bench import format_layer_profile, format_onnx_profile, layer_profile, onnx_layer_profile
 
         subtasks = parse_subtasks(engine.model, args.subtasks or ["size=2,n=1"], seed=args.seed)
-        r = layer_profile(engine, subtasks, batch=args.batch, threads=args.threads, repeats=args.repeats,
-                          warmup=args.warmup, seed=args.seed, budget=args.budget, round_to=args.round_to,
-                          round_mode=args.round_mode, log=log)
+        profile, form = ((onnx_layer_profile, format_onnx_profile) if args.runtime == "onnxruntime"
+                         else (layer_profile, format_layer_profile))
+        r = profile(engine, subtasks, batch=args.batch, threads=args.threads, repeats=args.repeats,
+                    warmup=args.warmup, seed=args.seed, budget=args.budget, round_to=args.round_to,
+                    round_mode=args.round_mode, log=log)
         r = {"checkpoint": str(engine.model.source), "allocator": allocator, "machine": machine(args.threads), **r}
-        print(json.dumps(r) if args.json else format_layer_profile(r))
+        print(json.dumps(r) if args.json else form(r))
         return 0
     subtasks = parse_subtasks(engine.model, args.subtasks or DEFAULT_SUBTASKS, seed=args.seed)
     if args.runtime is not None:
@@ -618,7 +620,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--layers", action="store_true",
                    help="where the time goes: each layer of the pruned net against the dense one (eager, BN folded, "
                         "at --batch): milliseconds, MAC and time ratios, GMAC/s, and the time a layer takes beyond "
-                        "its MAC ratio (default subtask: one pair)")
+                        "its MAC ratio (default subtask: one pair); with --runtime onnxruntime, each node of "
+                        "onnxruntime's optimized graph, timed by its profiler")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.add_argument("--default-allocator", action="store_true",
                    help="leave glibc's malloc thresholds as they are (default: keep freed memory in the process, "

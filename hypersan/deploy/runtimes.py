@@ -28,12 +28,14 @@ def parse_runtimes(spec: str) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def onnx_session(path: str | os.PathLike, threads: int, spin: bool = False):
+def onnx_session(path: str | os.PathLike, threads: int, spin: bool = False, profile: bool = False):
     """An onnxruntime CPU session with `threads` intra-op threads, one inter-op thread, all graph optimizations,
     and (unless `spin`) worker threads that sleep between ops instead of spinning. onnxruntime's default, spinning,
     keeps each worker busy-waiting on a core after every op: on a machine with as many cores as threads the
     spinning workers take cycles from the thread that has work, and on 2 cores a Fashion-MNIST net at batch 256
-    ran 1.4x (dense) to 2.4x (pruned) slower with it (docs/RESULTS.md, *Deployment*)."""
+    ran 1.4x (dense) to 2.4x (pruned) slower with it (docs/RESULTS.md, *Deployment*). `profile`: onnxruntime's
+    profiler records every node's kernel time, written to a JSON file in the temporary folder that
+    `end_profiling()` names."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -45,6 +47,11 @@ def onnx_session(path: str | os.PathLike, threads: int, spin: bool = False):
     opts.log_severity_level = 3
     if not spin:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if profile:
+        import tempfile
+
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(tempfile.gettempdir()) / f"hypersan-ort-profile-{os.getpid()}")
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 

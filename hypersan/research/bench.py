@@ -16,6 +16,7 @@ timed too, against the same backbone without masks: `activation_masked_latency_r
 from __future__ import annotations
 
 from collections import Counter
+import json
 import random
 import statistics
 import tempfile
@@ -27,7 +28,7 @@ import torch
 
 from ..language.text import torch_threads
 from ..prune.engine import PruningEngine
-from ..deploy.export import save_subnet
+from ..deploy.export import export_onnx, save_subnet
 from ..prune.metrics import conv_macs
 from ..data.subtasks import Subtask
 
@@ -774,6 +775,107 @@ def format_layer_profile(result: dict, top: int = 5) -> str:
         if worst and worst[0]["excess_ms"] > 0:
             lines.append("largest excess: " + "; ".join(f"{r['layer']} {r['excess_ms']:+.2f} ms" for r in worst
                                                         if r["excess_ms"] > 0))
+    warn = busy_warning(result.get("load_average"), result["threads"])
+    if warn:
+        lines.append(warn)
+    return "\n".join(lines)
+
+
+def onnx_node_times(path, threads: int, x, runs: int, warmup: int) -> Dict[str, dict]:
+    """Each node of an ONNX file as onnxruntime runs it (after its graph optimizations: fused and blocked-layout
+    nodes are what it times): {node name: {"op", "shape", "us"}}, `us` the median kernel time over `runs` runs
+    after `warmup`, read from onnxruntime's own profiler."""
+    from ..deploy.runtimes import onnx_session
+
+    sess = onnx_session(path, threads, profile=True)
+    feed = {"images": x}
+    for _ in range(warmup + runs):
+        sess.run(None, feed)
+    events = Path(sess.end_profiling())
+    try:
+        per: Dict[str, List[float]] = {}
+        info: Dict[str, dict] = {}
+        for e in json.loads(events.read_text()):
+            if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+                continue
+            name = e["name"][: -len("_kernel_time")]
+            per.setdefault(name, []).append(float(e["dur"]))
+            shape = (e.get("args", {}).get("output_type_shape") or [{}])[0]
+            info[name] = {"op": e.get("args", {}).get("op_name", "?"), "shape": next(iter(shape.values()), [])}
+    finally:
+        events.unlink(missing_ok=True)
+    return {n: {**info[n], "us": statistics.median(v[warmup:] or v)} for n, v in per.items()}
+
+
+def _own_names(nodes: Dict[str, dict], net: str) -> Dict[str, dict]:
+    """Node names that can be matched across two nets: the exporter's names stay, but the nodes onnxruntime adds
+    (layout conversions around widths off its channel block, named `..._token_N` in the order it made them) get
+    the net's name, so that a conversion in one net is not paired with another one in the other."""
+    return {(f"{n} ({net})" if "_token_" in n else n): v for n, v in nodes.items()}
+
+
+def onnx_layer_profile(engine: PruningEngine, subtasks: Sequence[Subtask], batch: int = 256, threads: int = 2,
+                       repeats: int = 10, warmup: int = 3, seed: int = 0, budget: Optional[float] = None,
+                       round_to=None, round_mode: str = "up", log: Optional[Callable[[str], None]] = None) -> dict:
+    """Where a pruned net's time goes in onnxruntime, node by node, against the dense net: both nets exported as
+    `hypersan prune --format onnx` writes them, each run `warmup + repeats` times back to back under onnxruntime's
+    profiler, each node's median kernel time in both (nodes matched by name: pruning keeps the graph's shape),
+    its time ratio, and its *excess*: the microseconds it takes beyond the whole net's MAC ratio times its dense
+    time. A node found in one net only is a layout conversion onnxruntime added there (widths off its channel
+    block) or the op that replaced one. Time outside the kernels (the session's own work per run) is not in
+    these figures."""
+    if repeats < 1 or warmup < 0 or batch < 1 or threads < 1:
+        raise ValueError("the layer profile needs repeats >= 1, warmup >= 0, batch >= 1 and threads >= 1")
+    log = log or (lambda m: None)
+    budget = engine.check_budget(budget)
+    round_to = engine.round_multiple(round_to)
+    info = engine.model.info
+    x = torch.rand(batch, *info.input_shape, generator=torch.Generator().manual_seed(seed)).numpy()
+    out = []
+    with tempfile.TemporaryDirectory(prefix="hypersan-onnx-profile-") as tmp:
+        dense = _own_names(onnx_node_times(export_onnx(engine.subnet(None, fold_bn=True, seed=seed),
+                                                       Path(tmp) / "dense.onnx"), threads, x, repeats, warmup), "dense")
+        for i, t in enumerate(subtasks):
+            net = engine.subnet(t, fold_bn=True, seed=seed, budget=budget, round_to=round_to, round_mode=round_mode)
+            r = engine.cost(net)["mac_ratio"]
+            pruned = _own_names(onnx_node_times(export_onnx(net, Path(tmp) / f"s{i}.onnx"), threads, x, repeats,
+                                                warmup), "pruned")
+            rows = []
+            for name in list(dense) + [n for n in pruned if n not in dense]:
+                d, p = dense.get(name), pruned.get(name)
+                d_us, p_us = (d or {}).get("us", 0.0), (p or {}).get("us", 0.0)
+                rows.append({"node": name, "op": (d or p)["op"], "dense_shape": (d or {}).get("shape"),
+                             "pruned_shape": (p or {}).get("shape"), "dense_us": d_us, "pruned_us": p_us,
+                             "time_ratio": p_us / d_us if d_us > 0 else None, "excess_us": p_us - r * d_us})
+            totals = {k: sum(row[f"{k}_us"] for row in rows) for k in ("dense", "pruned")}
+            out.append({"classes": [info.classes[c] for c in t], "indices": list(t), "mac_ratio": r,
+                        "kernel_ratio": totals["pruned"] / totals["dense"], "dense_us": totals["dense"],
+                        "pruned_us": totals["pruned"], "nodes": rows})
+            log(f"profiled {','.join(info.classes[c] for c in t)}")
+    return {"mode": "layers", "runtime": "onnxruntime", "batch": batch, "threads": threads, "repeats": repeats,
+            "warmup": warmup, "budget": budget, "round_to": round_to, "subtasks": out, "load_average": load_average()}
+
+
+def format_onnx_profile(result: dict, top: int = 5) -> str:
+    """Plain text of onnx_layer_profile: one table per subtask, node by node, and the nodes of largest excess."""
+    lines = ([f"measured {machine_line(result['machine'])}"] if "machine" in result else []) + [
+        f"onnxruntime (its optimized graph, BN folded), batch {result['batch']}, {result['threads']} threads, "
+        f"medians of {result['repeats']} runs after {result['warmup']}, each net's runs back to back; "
+        "excess = pruned us - MAC ratio of the net x dense us"]
+    for s in result["subtasks"]:
+        lines += ["", f"{','.join(s['classes'])}: MAC ratio {s['mac_ratio']:.3f}, kernel time ratio "
+                      f"{s['kernel_ratio']:.3f} ({s['pruned_us'] / 1e3:.2f} / {s['dense_us'] / 1e3:.2f} ms in kernels)",
+                  f"{'node':<28} {'op':<18} {'output dense -> pruned':<34} {'dense us':>9} {'pruned us':>9} "
+                  f"{'ratio':>6} {'excess us':>9}"]
+        for r in s["nodes"]:
+            shapes = f"{r['dense_shape'] or '-'} -> {r['pruned_shape'] or '-'}".replace(" ", "").replace("->", " -> ")
+            ratio = "-" if r["time_ratio"] is None else f"{r['time_ratio']:.3f}"
+            lines.append(f"{r['node'][:28]:<28} {r['op'][:18]:<18} {shapes[:34]:<34} {r['dense_us']:9.0f} "
+                         f"{r['pruned_us']:9.0f} {ratio:>6} {r['excess_us']:9.0f}")
+        worst = sorted(s["nodes"], key=lambda r: -r["excess_us"])[:top]
+        if worst and worst[0]["excess_us"] > 0:
+            lines.append("largest excess: " + "; ".join(f"{r['node']} ({r['op']}) {r['excess_us']:+.0f} us"
+                                                        for r in worst if r["excess_us"] > 0))
     warn = busy_warning(result.get("load_average"), result["threads"])
     if warn:
         lines.append(warn)
