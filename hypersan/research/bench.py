@@ -808,10 +808,11 @@ def onnx_node_times(path, threads: int, x, runs: int, warmup: int) -> Dict[str, 
 
 
 def _own_names(nodes: Dict[str, dict], net: str) -> Dict[str, dict]:
-    """Node names that can be matched across two nets: the exporter's names stay, but the nodes onnxruntime adds
-    (layout conversions around widths off its channel block, named `..._token_N` in the order it made them) get
-    the net's name, so that a conversion in one net is not paired with another one in the other."""
-    return {(f"{n} ({net})" if "_token_" in n else n): v for n, v in nodes.items()}
+    """Node names that can be matched across two nets: the exporter's names stay, but the layout conversions
+    onnxruntime adds (around widths off its channel block: `ReorderOutput`, then `ReorderOutput_token_N` in the
+    order it made them) get the net's name, so that a conversion in one net is not paired with another one in
+    the other."""
+    return {(f"{n} ({net})" if "_token_" in n or v["op"].startswith("Reorder") else n): v for n, v in nodes.items()}
 
 
 def onnx_layer_profile(engine: PruningEngine, subtasks: Sequence[Subtask], batch: int = 256, threads: int = 2,
