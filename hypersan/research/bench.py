@@ -315,8 +315,8 @@ def format_table(result: dict) -> str:
     lines = ([f"measured {machine_line(result['machine'])}"] if "machine" in result else []) + [
              f"threads {result['threads']}, batch {result['batch']}, {result['repeats']} rounds after "
              f"{result['warmup']} warm-up rounds, latency ratios: median of per-round ratios, {result['device']}, "
-             f"{form}" + (f", allocator: {result['allocator']}" if "allocator" in result else "")
-             + _settle_note(result), head]
+             f"{form}" + _settle_note(result)
+             + (f"; allocator: {result['allocator']}" if "allocator" in result else ""), head]
     for r in result["subtasks"]:
         name = ",".join(r["classes"])
         name = name if len(name) <= 40 else name[:37] + "..."
