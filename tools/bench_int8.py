@@ -3,11 +3,12 @@ calibrated on the subtask's training images): test accuracy on the subtask's cla
 in onnxruntime at batch 1 and 256, beside the dense float net in the same runtime.
 
     python tools/bench_int8.py [--checkpoint fmnist_b16] [--subtasks size=2,n=6 size=3,n=4 size=5,n=2 all]
-                               [--threads 2] [--repeats 10] [--json out.json]
+                               [--threads 2] [--repeats 10] [--settle 1] [--json out.json]
 
 Accuracy is measured on the subtask's own test images (argmax over its classes). Latencies are medians over
-timed rounds in which dense float, pruned float and pruned INT8 run in a seeded shuffled order; ratios are
-medians of per-round ratios (pruned / dense float).
+timed rounds in which dense float, pruned float and pruned INT8 take turns in a seeded shuffled order, each
+timed after --settle calls of its own (hypersan.research.bench.time_turns); ratios are medians of per-round
+ratios (pruned / dense float).
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch  # noqa: E402
 
-from hypersan.research.bench import DEFAULT_SUBTASKS, calls_per_round, paired_ratio, time_rounds  # noqa: E402
+from hypersan.research.bench import (DEFAULT_SUBTASKS, SETTLE, calls_per_round, machine, machine_line,  # noqa: E402
+                                     paired_ratio, time_rounds)
 from hypersan.data.datasets import load_dataset, to_float  # noqa: E402
 from hypersan.prune.engine import PruningEngine  # noqa: E402
 from hypersan.training.evaluate import parse_subtasks  # noqa: E402
@@ -38,6 +40,8 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--settle", type=int, default=SETTLE,
+                   help="calls of a net before its timed call in each round (0: right after another net's)")
     p.add_argument("--calib-images", type=int, default=1024)
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = p.parse_args()
@@ -73,7 +77,7 @@ def main() -> int:
                 fns = {"dense": lambda: [dense.run(["logits"], {"images": xb}) for _ in range(n)],
                        "float": lambda: [sessions["float"].run(["logits"], {"images": xb}) for _ in range(n)],
                        "int8": lambda: [sessions["int8"].run(["logits"], {"images": xb}) for _ in range(n)]}
-                times = time_rounds(fns, args.warmup, args.repeats, seed=i)
+                times = time_rounds(fns, args.warmup, args.repeats, seed=i, settle=args.settle)
                 for k in ("dense", "float", "int8"):
                     row[f"b{b}_{k}_ms"] = 1e3 * statistics.median(times[k]) / n
                 row[f"b{b}_float_ratio"] = paired_ratio(times["float"], times["dense"])
@@ -85,7 +89,8 @@ def main() -> int:
                   f"int8 {row['b256_int8_ratio']:.3f}, b1 ms float {row['b1_float_ms']:.3f} int8 "
                   f"{row['b1_int8_ms']:.3f} dense {row['b1_dense_ms']:.3f}", file=sys.stderr, flush=True)
     med = lambda k: statistics.median(r[k] for r in rows)  # noqa: E731
-    print(f"{len(rows)} subtasks, threads {args.threads}, onnxruntime; medians over subtasks (ranges):")
+    print(f"{len(rows)} subtasks, threads {args.threads}, onnxruntime, each net timed after {args.settle} call(s) of "
+          f"its own, {machine_line(machine(args.threads))}; medians over subtasks (ranges):")
     print(f"  accuracy int8 - float: {med('acc_delta_pt'):+.2f} pt (worst {min(r['acc_delta_pt'] for r in rows):+.2f})")
     print(f"  size int8 / float: {med('bytes_int8') / med('bytes_float'):.2f}")
     for b in (1, 256):
@@ -93,7 +98,8 @@ def main() -> int:
               f"({med(f'b{b}_float_ratio'):.3f} of dense), pruned int8 {med(f'b{b}_int8_ms'):.3f} ms "
               f"({med(f'b{b}_int8_ratio'):.3f} of dense)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"threads": args.threads, "rows": rows}, indent=1))
+        Path(args.json).write_text(json.dumps({"threads": args.threads, "settle": args.settle,
+                                               "machine": machine(args.threads), "rows": rows}, indent=1))
     return 0
 
 
