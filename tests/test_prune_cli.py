@@ -304,3 +304,22 @@ def test_settled_turns_time_a_net_after_calls_of_its_own(monkeypatch):
     assert bench.time_rounds(fns, 0, 4, 0, settle=1)["dense"] == [1.0] * 4
     with pytest.raises(ValueError, match="settle"):
         bench.time_turns(fns, 0, 1, settle=-1)
+
+
+def test_an_empty_onnxruntime_profile_is_a_clear_error(tmp_path, monkeypatch):
+    import hypersan.deploy.runtimes as runtimes
+    from hypersan.research.bench import onnx_node_times
+
+    class Session:  # a profiler whose events hold no node timings
+        def run(self, outputs, feed):
+            return None
+
+        def end_profiling(self):
+            path = tmp_path / "profile.json"
+            path.write_text('[{"cat": "Session", "name": "model_run", "dur": 5}]')
+            return str(path)
+
+    monkeypatch.setattr(runtimes, "onnx_session", lambda path, threads, profile=False: Session())
+    with pytest.raises(RuntimeError, match="no node timings"):
+        onnx_node_times("net.onnx", 1, None, runs=1, warmup=0)
+    assert not (tmp_path / "profile.json").exists()  # the profile file is removed either way

@@ -804,6 +804,9 @@ def onnx_node_times(path, threads: int, x, runs: int, warmup: int) -> Dict[str, 
             info[name] = {"op": e.get("args", {}).get("op_name", "?"), "shape": next(iter(shape.values()), [])}
     finally:
         events.unlink(missing_ok=True)
+    if not per:
+        raise RuntimeError(f"onnxruntime's profile of {path} holds no node timings (its event format may have "
+                           "changed); profile eager PyTorch instead: leave out --runtime")
     return {n: {**info[n], "us": statistics.median(v[warmup:] or v)} for n, v in per.items()}
 
 
