@@ -3,7 +3,8 @@
     python tools/bench_allocator.py [--checkpoint NAME|DIR] [--classes Pullover,Coat] [--processes 4]
 
 Each child process loads the model, builds the dense and the pruned net, times them (with the masked
-net) in seeded random order for --repeats rounds after warm-up, and prints the median per-round ratio.
+net) in seeded random order for --repeats rounds after warm-up, each timed after --settle calls of its own
+(hypersan.research.bench.time_turns), and prints the median per-round ratio.
 Half the children keep glibc's default malloc thresholds, half call `hypersan.cli.commands.tune_allocator()`
 first; the children alternate. With the defaults, whether a forward page-faults its activations afresh
 depends on the heap's history, so the ratio differs from process to process; tuned, it does not.
@@ -22,7 +23,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 
 def child(args) -> dict:
-    from hypersan.research.bench import paired_ratio, time_rounds
+    from hypersan.research.bench import SETTLE, paired_ratio, time_rounds
     from hypersan.cli.commands import tune_allocator
 
     allocator = tune_allocator() if args.tuned else "default"
@@ -36,8 +37,9 @@ def child(args) -> dict:
     nets = {"dense": engine.subnet(None, fold_bn=True), "masked": engine.subnet(t, fold_bn=True, physical=False),
             "pruned": engine.subnet(t, fold_bn=True)}  # the inference form hypersan bench times
     x = torch.rand(args.batch, *engine.model.info.input_shape, generator=torch.Generator().manual_seed(0))
-    times = time_rounds({k: (lambda n=n: n(x)) for k, n in nets.items()}, args.warmup, args.repeats)
-    return {"allocator": allocator, "dense_ms": 1e3 * statistics.median(times["dense"]),
+    settle = SETTLE if args.settle is None else args.settle
+    times = time_rounds({k: (lambda n=n: n(x)) for k, n in nets.items()}, args.warmup, args.repeats, settle=settle)
+    return {"allocator": allocator, "settle": settle, "dense_ms": 1e3 * statistics.median(times["dense"]),
             "pruned_ms": 1e3 * statistics.median(times["pruned"]),
             "pruned_latency_ratio": paired_ratio(times["pruned"], times["dense"]),
             "masked_latency_ratio": paired_ratio(times["masked"], times["dense"])}
@@ -52,6 +54,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--settle", type=int, default=None,
+                   help="untimed calls of a net before its timed call, in each turn (default: hypersan bench's, "
+                        "research.bench.SETTLE; 0: cold calls)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--tuned", action="store_true", help=argparse.SUPPRESS)
@@ -61,6 +66,8 @@ def main(argv=None) -> int:
         return 0
     base = [sys.executable, __file__, "--child", "--classes", args.classes, "--batch", str(args.batch),
             "--threads", str(args.threads), "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+    if args.settle is not None:
+        base += ["--settle", str(args.settle)]
     if args.checkpoint:
         base += ["--checkpoint", args.checkpoint]
     rows = []

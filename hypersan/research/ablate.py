@@ -767,7 +767,8 @@ def train_scratch(arch: dict, classes: Subtask, target_mac_ratio: float, images,
 
 
 def latency_ratio(engine: PruningEngine, net: nn.Module, batch: int = 256, repeats: int = 10) -> float:
-    """Pruned / dense latency of one batch forward (both BN-folded plain nets), the median of per-round ratios."""
+    """Pruned / dense latency of one batch forward (both BN-folded plain nets), the median of per-round ratios of
+    settled calls (`bench.time_turns`)."""
     from .bench import paired_ratio, time_rounds
 
     dense = engine.subnet(None, fold_bn=True)

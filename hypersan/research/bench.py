@@ -151,7 +151,7 @@ SETTLE = 1  # calls of a net before its settled (timed) call, in each of its tur
 
 @torch.inference_mode()
 def time_turns(fns: dict[str, Callable[[], object]], warmup: int, repeats: int, seed: int = 0,
-               settle: int = 0) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+               settle: int = SETTLE) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Seconds per call of each function, in `repeats` rounds that each give every function one turn, in the
     orders of `round_orders`: (cold, settled). A turn calls its function 1 + `settle` times back to back; `cold`
     holds the first call's time, which follows another function's turn and inherits its cache and allocator
@@ -179,9 +179,9 @@ def time_turns(fns: dict[str, Callable[[], object]], warmup: int, repeats: int, 
 
 
 def time_rounds(fns: dict[str, Callable[[], object]], warmup: int, repeats: int,
-                seed: int = 0, settle: int = 0) -> dict[str, list[float]]:
+                seed: int = 0, settle: int = SETTLE) -> dict[str, list[float]]:
     """Seconds per call of each function: the settled times of `time_turns` (with settle=0, one call per turn,
-    each right after another function's)."""
+    each right after another function's: the cold times)."""
     return time_turns(fns, warmup, repeats, seed, settle)[1]
 
 
