@@ -22,7 +22,7 @@ RANKS = {
     "prune.metrics": 0, "prune.stats": 0, "prune.surgery": 1, "prune.budget": 1, "prune.engine": 2, "prune.__init__": 3,
     "training.optim": 0, "training.distributed": 0, "training.finetune": 0, "training.evaluate": 0, "training.train": 1,
     "training.adapt": 2, "training.__init__": 3,
-    "research.report": 0, "research.baselines": 0, "research.bench": 0, "research.ablate": 1,
+    "research.report": 0, "research.baselines": 0, "research.isa": 0, "research.bench": 0, "research.ablate": 1,
     "research.budget_study": 1, "research.glyph_study": 2, "research.sweep": 0,
     "research.questions": 2, "research.adaptivity": 2, "research.reach": 1, "research.grounding_eval": 0,
     "research.phrasings": 0, "research.rounding": 1, "research.ship_budget": 0, "research.variants": 2,

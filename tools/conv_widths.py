@@ -77,8 +77,19 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--settle", type=int, default=1,
                    help="--custom: calls of a net before its timed call in each round (0: right after the other net)")
+    p.add_argument("--isa", choices=["avx2"], default=None,
+                   help="the AVX2 kernels on an AVX-512 CPU (hypersan.research.isa)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
+    if a.isa:
+        import sys
+
+        from hypersan.research.isa import IsaError, reexec
+
+        try:
+            reexec(a.isa, [sys.executable, *sys.argv])
+        except IsaError as e:
+            p.error(f"--isa {a.isa}: {e}")
     if a.custom:
         torch.set_num_threads(a.threads)
         width_bench(a)

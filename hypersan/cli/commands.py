@@ -354,6 +354,13 @@ def tune_allocator() -> str:
 
 
 def _bench(args) -> int:
+    if args.isa:  # re-executes this command with the CPU's AVX-512 hidden from every library (research.isa)
+        from ..research.isa import IsaError, reexec
+
+        try:
+            reexec(args.isa, [sys.executable, "-m", "hypersan", *args.argv])
+        except IsaError as e:
+            raise ValueError(f"--isa {args.isa}: {e}") from None
     try:
         best_threads = [int(v) for v in args.best_threads.split(",") if v.strip()] if args.best_threads else []
     except ValueError:
@@ -609,6 +616,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="in each round, call a net N times before its timed call (default 1): a net serving batch "
                         "after batch. 0 times the call right after the other net's, whose cache state it inherits "
                         "(reported beside as 'cold' in --runtime tables)")
+    b.add_argument("--isa", choices=["avx2"], default=None,
+                   help="run with the AVX2 kernels of torch, oneDNN and onnxruntime on an AVX-512 CPU (Linux, CPUID "
+                        "faulting, a C compiler; the core stays this CPU's, so ratios tell which kernels an AVX2 "
+                        "machine meets, not its times: python -m hypersan.research.isa --help)")
     b.add_argument("--round-to", type=round_to_arg, default=None, metavar="N|auto",
                    help="also time widths rounded to multiples of N (see --round-mode); with --runtime, the pruned "
                         "nets are rounded")
@@ -730,6 +741,7 @@ def main(argv: list[str] | None = None) -> int:
         args = argparse.Namespace(command="sweep", func=_sweep, rest=argv[1:], debug=False)
     else:
         args = build_parser().parse_args(argv)
+    args.argv = argv  # as given: a command that re-executes itself (bench --isa) passes it on
     name = f"hypersan {args.command}"
     import warnings
 

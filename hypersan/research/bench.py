@@ -40,7 +40,8 @@ BLOCK = 16
 
 def machine(threads: int | None = None) -> dict:
     """The CPU figures ran on: model name, the widest vector ISA torch's kernels use (AVX-512 or AVX2: convolution
-    widths and latency ratios depend on it), logical cores, and the threads used."""
+    widths and latency ratios depend on it; under `research.isa`'s mask, the AVX2 kernels of an AVX-512 CPU),
+    logical cores, and the threads used."""
     import os
     import platform
 
@@ -57,8 +58,14 @@ def machine(threads: int | None = None) -> dict:
     except OSError:
         pass
     isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else torch.backends.cpu.get_cpu_capability()
+    from .isa import active
+
+    masked = active()
+    if masked == "avx2" and isa == "AVX-512":  # the kernels are AVX2's on an AVX-512 core (research.isa)
+        isa = "AVX2 kernels, AVX-512 masked"
     return {"cpu": model, "isa": isa, "torch_capability": torch.backends.cpu.get_cpu_capability(),
-            "cores": os.cpu_count(), "threads": threads if threads is not None else torch.get_num_threads()}
+            "isa_mask": masked, "cores": os.cpu_count(),
+            "threads": threads if threads is not None else torch.get_num_threads()}
 
 
 def machine_line(m: dict) -> str:
