@@ -3,7 +3,8 @@ calibrated on the subtask's training images): test accuracy on the subtask's cla
 in onnxruntime at batch 1 and 256, beside the dense float net in the same runtime.
 
     python tools/bench_int8.py [--checkpoint fmnist_b16] [--subtasks size=2,n=6 size=3,n=4 size=5,n=2 all]
-                               [--threads 2] [--repeats 10] [--settle 1] [--json out.json]
+                               [--threads 2] [--repeats 10] [--settle 1] [--split test|val] [--weight-bits 7|8]
+                               [--json out.json]
 
 Accuracy is measured on the subtask's own test images (argmax over its classes). Latencies are medians over
 timed rounds in which dense float, pruned float and pruned INT8 take turns in a seeded shuffled order, each
@@ -28,6 +29,7 @@ from hypersan.research.bench import (DEFAULT_SUBTASKS, SETTLE, calls_per_round, 
 from hypersan.data.datasets import load_dataset, to_float  # noqa: E402
 from hypersan.prune.engine import PruningEngine  # noqa: E402
 from hypersan.training.evaluate import parse_subtasks  # noqa: E402
+from hypersan.training.train import split_training_data  # noqa: E402
 from hypersan.deploy.export import FILES, INT8_FILE, export_onnx  # noqa: E402
 from hypersan.deploy.quantize import quantize_int8  # noqa: E402
 from hypersan.deploy.runtimes import onnx_session  # noqa: E402
@@ -43,12 +45,22 @@ def main() -> int:
     p.add_argument("--settle", type=int, default=SETTLE,
                    help="calls of a net before its timed call in each round (0: right after another net's)")
     p.add_argument("--calib-images", type=int, default=1024)
+    p.add_argument("--weight-bits", type=int, choices=[7, 8], default=7,
+                   help="7 (the default of hypersan.deploy.quantize.quantize_int8): no 16-bit saturation in the "
+                        "kernels of CPUs without VNNI; 8: the full int8 range")
+    p.add_argument("--split", choices=["test", "val"], default="test",
+                   help="images the accuracy is measured on: the test split, or the model's validation split")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     engine = PruningEngine.from_pretrained(args.checkpoint)
     model = engine.model
-    x_test, y_test, _ = load_dataset(model.config.data.dataset, "test", model.config.data.data_dir or None)
+    if args.split == "val":
+        x_test, y_test = split_training_data(model.config)[2:4]
+        if not len(y_test):
+            p.error("this model was trained without a validation split; use --split test")
+    else:
+        x_test, y_test, _ = load_dataset(model.config.data.dataset, "test", model.config.data.data_dir or None)
     subtasks = parse_subtasks(model, args.subtasks, seed=0)
     gen = torch.Generator().manual_seed(0)
     xs = {b: torch.rand(b, *model.info.input_shape, generator=gen).numpy() for b in (1, 256)}
@@ -62,7 +74,7 @@ def main() -> int:
             net = engine.subnet(t, fold_bn=True)
             fp = export_onnx(net, folder / FILES["onnx"])
             q = folder / INT8_FILE
-            quantize_int8(fp, q, engine.subtask_images(t, args.calib_images, 0))
+            quantize_int8(fp, q, engine.subtask_images(t, args.calib_images, 0), reduce_range=args.weight_bits == 7)
             sessions = {"float": onnx_session(fp, args.threads), "int8": onnx_session(q, args.threads)}
             keep = torch.isin(y_test, torch.tensor(t))
             x = to_float(x_test[keep]).numpy()
@@ -91,14 +103,16 @@ def main() -> int:
     med = lambda k: statistics.median(r[k] for r in rows)  # noqa: E731
     print(f"{len(rows)} subtasks, threads {args.threads}, onnxruntime, each net timed after {args.settle} call(s) of "
           f"its own, {machine_line(machine(args.threads))}; medians over subtasks (ranges):")
-    print(f"  accuracy int8 - float: {med('acc_delta_pt'):+.2f} pt (worst {min(r['acc_delta_pt'] for r in rows):+.2f})")
+    print(f"  accuracy int8 - float ({args.split}, {args.weight_bits}-bit weights): "
+          f"{med('acc_delta_pt'):+.2f} pt (worst {min(r['acc_delta_pt'] for r in rows):+.2f})")
     print(f"  size int8 / float: {med('bytes_int8') / med('bytes_float'):.2f}")
     for b in (1, 256):
         print(f"  batch {b}: dense float {med(f'b{b}_dense_ms'):.3f} ms, pruned float {med(f'b{b}_float_ms'):.3f} ms "
               f"({med(f'b{b}_float_ratio'):.3f} of dense), pruned int8 {med(f'b{b}_int8_ms'):.3f} ms "
               f"({med(f'b{b}_int8_ratio'):.3f} of dense)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"threads": args.threads, "settle": args.settle,
+        Path(args.json).write_text(json.dumps({"threads": args.threads, "settle": args.settle, "split": args.split,
+                                               "weight_bits": args.weight_bits,
                                                "machine": machine(args.threads), "rows": rows}, indent=1))
     return 0
 

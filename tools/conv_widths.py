@@ -84,12 +84,14 @@ def main() -> None:
     if a.isa:
         import sys
 
-        from hypersan.research.isa import IsaError, reexec
+        from hypersan.research.isa import IsaError, rerun
 
         try:
-            reexec(a.isa, [sys.executable, *sys.argv])
+            status = rerun(a.isa, [sys.executable, *sys.argv])
         except IsaError as e:
             p.error(f"--isa {a.isa}: {e}")
+        if status is not None:
+            sys.exit(status)
     if a.custom:
         torch.set_num_threads(a.threads)
         width_bench(a)

@@ -354,13 +354,15 @@ def tune_allocator() -> str:
 
 
 def _bench(args) -> int:
-    if args.isa:  # re-executes this command with the CPU's AVX-512 hidden from every library (research.isa)
-        from ..research.isa import IsaError, reexec
+    if args.isa:  # this command again, in a child process that sees no AVX-512 (research.isa)
+        from ..research.isa import IsaError, rerun
 
         try:
-            reexec(args.isa, [sys.executable, "-m", "hypersan", *args.argv])
+            status = rerun(args.isa, [sys.executable, "-m", "hypersan", *args.argv])
         except IsaError as e:
             raise ValueError(f"--isa {args.isa}: {e}") from None
+        if status is not None:
+            return status
     try:
         best_threads = [int(v) for v in args.best_threads.split(",") if v.strip()] if args.best_threads else []
     except ValueError:
@@ -741,7 +743,7 @@ def main(argv: list[str] | None = None) -> int:
         args = argparse.Namespace(command="sweep", func=_sweep, rest=argv[1:], debug=False)
     else:
         args = build_parser().parse_args(argv)
-    args.argv = argv  # as given: a command that re-executes itself (bench --isa) passes it on
+    args.argv = argv  # as given: a command that runs itself again (bench --isa) passes it on
     name = f"hypersan {args.command}"
     import warnings
 

@@ -13,7 +13,7 @@ What this is not: an AVX2-era core. The instructions are AVX2's, but caches, clo
 this CPU's, so ratios measured this way tell which kernels a pruned net meets on an AVX2 machine, not its times.
 
     python -m hypersan.research.isa avx2 -- hypersan bench --runtime onnxruntime --batches 1,256
-    hypersan bench --isa avx2 ...        # the same, from the command itself
+    hypersan bench --isa avx2 ...        # the same: the command runs itself again under the mask
 """
 from __future__ import annotations
 
@@ -216,14 +216,15 @@ def active() -> str | None:
         return None
 
 
-def reexec(isa: str, argv: Sequence[str]) -> None:
-    """Replace this process by `argv` under `isa`, unless it already runs under it (then return at once)."""
+def rerun(isa: str, argv: Sequence[str]) -> int | None:
+    """Run `argv` under `isa` in a child process and return its exit status; None, at once, where this process
+    already runs under it (the caller then does the work itself)."""
     if active() == isa:
-        return
+        return None
     env = masked_env(isa)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execvpe(argv[0], list(argv), env)
+    return subprocess.run(list(argv), env=env).returncode
 
 
 def main(argv: Sequence[str] | None = None) -> int:
