@@ -3,11 +3,15 @@
 Latency ratios depend on which vector kernels run: onnxruntime's blocked convolutions work on blocks of 16
 channels with AVX-512 and of 8 with AVX2, and oneDNN picks its kernels the same way. Every one of these
 libraries asks the CPU which instructions it has (the CPUID instruction) and takes the widest path it is told
-of. Where Linux offers CPUID faulting (`cpuid_fault` in /proc/cpuinfo: most Intel CPUs since Ivy Bridge, AMD
-since Zen 3, and KVM guests on them), a small preloaded library makes CPUID trap in this process, answers it
+of. Where Linux offers CPUID faulting (`cpuid_fault` in /proc/cpuinfo, on many recent Intel and AMD CPUs and
+the KVM guests on them), a small preloaded library makes CPUID trap in this process, answers it
 with the true values less the AVX-512 family (and AVX-VNNI and AVX-512 BF16, absent on AVX2-only EPYCs), and
 glibc's own string functions are told the same through GLIBC_TUNABLES. torch then reports `AVX2`
 (`torch.backends.cpu.get_cpu_capability()`), oneDNN `Intel AVX2`, and onnxruntime blocks channels by 8.
+
+The trap arrives as SIGSEGV. A program's own SIGSEGV handler (Python's faulthandler, torch's data-loader
+workers) is kept aside and still called for every fault that is not CPUID; a program that installs one through
+the raw system call, not through libc, would take the trap itself and stop.
 
 What this is not: an AVX2-era core. The instructions are AVX2's, but caches, clocks and the execution units are
 this CPU's, so ratios measured this way tell which kernels a pruned net meets on an AVX2 machine, not its times.
