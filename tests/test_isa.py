@@ -7,7 +7,7 @@ import pytest
 from hypersan.cli import main
 from hypersan.research import isa
 
-MASKABLE = isa.unavailable("avx2") is None and "avx512f" in isa._cpu_flags()
+MASKABLE = isa.unavailable("avx2") is None and "avx512f" in isa.cpu_info()[1]
 needs_mask = pytest.mark.skipif(not MASKABLE, reason=f"no AVX-512 to mask here: {isa.unavailable('avx2') or 'AVX2 CPU'}")
 
 # one child process: what torch, hypersan and onnxruntime each see of the CPU

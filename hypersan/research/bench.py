@@ -45,21 +45,11 @@ def machine(threads: int | None = None) -> dict:
     import os
     import platform
 
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                if flags and line.startswith("model name"):
-                    break
-    except OSError:
-        pass
-    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else torch.backends.cpu.get_cpu_capability()
-    from .isa import active
+    from .isa import active, cpu_info
 
+    model, flags = cpu_info()
+    model = model or platform.processor() or platform.machine()
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else torch.backends.cpu.get_cpu_capability()
     masked = active()
     if masked == "avx2" and isa == "AVX-512":  # the kernels are AVX2's on an AVX-512 core (research.isa)
         isa = "AVX2 kernels, AVX-512 masked"

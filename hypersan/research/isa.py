@@ -141,15 +141,22 @@ class IsaError(RuntimeError):
     """This machine cannot run a command under the asked instruction-set mask; the message says why."""
 
 
-def _cpu_flags() -> set[str]:
+def cpu_info() -> tuple[str, set[str]]:
+    """(model name, feature flags) of the first CPU in /proc/cpuinfo, as the kernel reports them: the CPU as it is,
+    whatever a mask tells this process; ("", set()) where there is no /proc/cpuinfo."""
+    model, flags = "", set()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                if line.startswith("model name") and not model:
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = set(line.split(":", 1)[1].split())
+                if model and flags:
+                    break
     except OSError:
         pass
-    return set()
+    return model, flags
 
 
 def unavailable(isa: str) -> str | None:
@@ -158,7 +165,7 @@ def unavailable(isa: str) -> str | None:
         return f"unknown instruction set {isa!r}: one of {', '.join(ISAS)}"
     if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
         return f"masking the CPU's instruction sets needs Linux on x86-64 (this is {sys.platform}, {platform.machine()})"
-    flags = _cpu_flags()
+    flags = cpu_info()[1]
     if "avx2" not in flags:
         return "this CPU has no AVX2: there is nothing to run the AVX2 kernels on"
     if "avx512f" not in flags:
@@ -200,7 +207,7 @@ def masked_env(isa: str, env: dict[str, str] | None = None) -> dict[str, str]:
         raise IsaError(why)
     env = dict(os.environ if env is None else env)
     env[ENV] = isa
-    if "avx512f" not in _cpu_flags():
+    if "avx512f" not in cpu_info()[1]:
         return env  # an AVX2 machine runs its own kernels
     env["LD_PRELOAD"] = " ".join(p for p in (str(shim_path()), env.get("LD_PRELOAD", "")) if p)
     env["GLIBC_TUNABLES"] = ":".join(p for p in (env.get("GLIBC_TUNABLES", ""), _GLIBC_MASK) if p)
@@ -211,7 +218,7 @@ def active() -> str | None:
     """The mask this process runs under (None: the CPU as it is): the environment names it, and on an AVX-512 CPU
     the mask's library is loaded in this process."""
     name = os.environ.get(ENV) or None
-    if name is None or "avx512f" not in _cpu_flags():
+    if name is None or "avx512f" not in cpu_info()[1]:
         return name
     try:
         with open("/proc/self/maps") as f:
