@@ -62,6 +62,13 @@ def test_int8_subnet_keeps_its_accuracy_and_shrinks(engine, tmp_path):
                if t.data_type == TensorProto.INT8 and t.dims and len(t.dims) == 4]
     assert weights and max(int(abs(w.astype(int)).max()) for w in weights) <= 64
     assert "7-bit" in props["quantization"] and "7-bit" in cfg["int8"]["weights"]
+    full = engine.export(CLASSES, tmp_path / "b", formats=["onnx"], quantize="int8", int8_images=64,
+                         int8_weight_bits=8)["files"]["int8"]  # the full range, asked for
+    assert max(int(abs(numpy_helper.to_array(t).astype(int)).max()) for t in onnx.load(full).graph.initializer
+               if t.data_type == TensorProto.INT8 and len(t.dims) == 4) > 64
+    with pytest.raises(ValueError, match="7 or 8 bits"):
+        engine.export(CLASSES, tmp_path / "c", formats=["onnx"], quantize="int8", int8_weight_bits=4)
+    assert not (tmp_path / "c").exists()
     idx = [engine.model.classes.index(c) for c in CLASSES]
     x, y = _test_images(idx)
     target = torch.searchsorted(torch.tensor(idx), y)

@@ -310,7 +310,8 @@ def _prune(args) -> int:
                               log=lambda m: print(m, file=sys.stderr, flush=True))
     summary = engine.export(classes, args.out, formats, round_to=args.round_to, fold_bn=not args.keep_bn,
                             round_mode=args.round_mode, force=args.force, quantize=args.quantize,
-                            int8_images=args.int8_images, budget=budget, guard=args.guard, net=net)
+                            int8_images=args.int8_images, budget=budget, guard=args.guard, net=net,
+                            int8_weight_bits=args.int8_weight_bits)
     extra = {}
     if args.request is not None:
         extra = {"request": args.request}
@@ -567,6 +568,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "training images (adds the float model.onnx it is quantized from)")
     pr.add_argument("--int8-images", type=int, default=1024, metavar="N",
                     help="calibration images for --quantize (default 1024)")
+    pr.add_argument("--int8-weight-bits", type=int, choices=[7, 8], default=7,
+                    help="bits of the INT8 weights (default 7: the same outputs on CPUs with and without VNNI, "
+                         "whose kernels can saturate with 8; 8: the full range, for VNNI CPUs)")
     pr.add_argument("--budget", default=None, metavar="B",
                     help="a budget-conditioned model: the largest MAC ratio to the dense net, e.g. 0.1 (met exactly; "
                          "a --request may also say it: 'shoes under 10%% of the compute')")

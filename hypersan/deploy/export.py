@@ -223,21 +223,30 @@ def add_onnx_contract(m, contract: dict) -> None:
         entry.key, entry.value = k, v
 
 
+def check_int8_weight_bits(bits: int) -> None:
+    """Refuse weight widths other than 7 and 8 bits (see quantize.quantize_int8)."""
+    if bits not in (7, 8):
+        raise ValueError(f"int8 weights take 7 or 8 bits, not {bits!r}")
+
+
 def save_subnet(net: nn.Module, path: str | os.PathLike, formats: Iterable[str] = DEFAULT_FORMATS,
                 subtask: Optional[Sequence[int]] = None, source: Optional[str] = None,
                 extra: Optional[dict] = None, force: bool = False,
-                int8_images: Optional[torch.Tensor] = None,
+                int8_images: Optional[torch.Tensor] = None, int8_weight_bits: int = 7,
                 log: Optional[Callable[[str], None]] = None) -> dict[str, Path]:
     """Write an artifact directory atomically: config.json plus one file per format; returns {format: path}.
     `log`, when given, is called with one line per file before it is written.
 
     `int8_images` (float32 in [0, 1], shape (N, C, H, W)): also write a statically quantized ONNX model
-    (model.int8.onnx, key "int8"), calibrated on these images; the float ONNX file is written too.
+    (model.int8.onnx, key "int8"), calibrated on these images, its weights in `int8_weight_bits` bits (7: the
+    same outputs on CPUs with and without VNNI; 8: the full range, see quantize.quantize_int8); the float ONNX
+    file is written too.
 
     `path` must be free or an empty folder; an artifact already there is replaced only with force=True, and
     anything else is never replaced (io.OutputExistsError, raised before any work is done).
     """
     formats = parse_formats(list(formats))
+    check_int8_weight_bits(int8_weight_bits)
     _check_exportable(net)
     net = net.eval()
     config = subnet_config(net, subtask, source)
@@ -267,7 +276,8 @@ def save_subnet(net: nn.Module, path: str | os.PathLike, formats: Iterable[str] 
             from .quantize import quantize_int8
 
             say(f"writing {INT8_FILE} (static INT8, calibrated on {len(int8_images)} images)")
-            config["int8"] = quantize_int8(tmp / FILES["onnx"], tmp / INT8_FILE, int8_images)
+            config["int8"] = quantize_int8(tmp / FILES["onnx"], tmp / INT8_FILE, int8_images,
+                                           reduce_range=int8_weight_bits == 7)
             out["int8"] = Path(path) / INT8_FILE
             write_json(tmp / "config.json", config)
     return out

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ..nn.checkpoint import CHECKPOINT_KIND, resolve_checkpoint
 from ..data.datasets import DatasetError, split_train_val, validation_images, validation_rule
-from ..deploy.export import DEFAULT_FORMATS, parse_formats, save_subnet
+from ..deploy.export import DEFAULT_FORMATS, check_int8_weight_bits, parse_formats, save_subnet
 from ..io import atomic_dir
 from .metrics import count_macs, count_params, kept_widths, plain_accuracy_and_errors, subnet_cost
 from ..nn.custom import CustomBackbone
@@ -561,7 +561,8 @@ class PruningEngine:
     def export(self, classes, out: str | os.PathLike, formats: Iterable[str] | str = DEFAULT_FORMATS,
                round_to: RoundTo = None, fold_bn: bool = True, round_mode: str = "up", text: Optional[str] = None,
                force: bool = False, quantize: Optional[str] = None, int8_images: int = 1024,
-               budget: Optional[float] = None, guard: bool = False, net: Optional[nn.Module] = None) -> dict:
+               budget: Optional[float] = None, guard: bool = False, net: Optional[nn.Module] = None,
+               int8_weight_bits: int = 7) -> dict:
         """Prune to a subtask and write its artifact atomically; returns a JSON-able summary. An existing
         artifact at `out` is replaced only with force=True; any other folder never. `budget`, `guard`: see subnet.
         `net`: a net this engine already built for the request (a subnet, or one fine-tuned with
@@ -569,10 +570,12 @@ class PruningEngine:
         then not used.
 
         quantize="int8" also writes model.int8.onnx (and the float model.onnx it is quantized from), calibrated
-        on `int8_images` of the subtask's training images."""
+        on `int8_images` of the subtask's training images, its weights in `int8_weight_bits` bits (7, the default:
+        the same outputs with and without VNNI; 8: the full range)."""
         formats = parse_formats(list(formats) if not isinstance(formats, str) else formats)
         if quantize not in (None, "int8"):
             raise ValueError(f"unknown quantization {quantize!r}; the one supported is int8")
+        check_int8_weight_bits(int8_weight_bits)  # before any work
         if net is None:
             net = self.subnet(classes, fold_bn=fold_bn, round_to=round_to, round_mode=round_mode, text=text,
                               budget=budget, guard=guard)
@@ -590,7 +593,8 @@ class PruningEngine:
             extra.update(request=net.request, grounding=net.grounding)
         calib = self.subtask_images(tuple(subtask), int8_images, self.seed) if quantize else None
         files = save_subnet(net, out, formats, subtask=subtask, source=getattr(self.model, "source", None),
-                            extra=extra, force=force, int8_images=calib, log=self.log)
+                            extra=extra, force=force, int8_images=calib, int8_weight_bits=int8_weight_bits,
+                            log=self.log)
         summary = {"classes": list(net.classes), "subtask": subtask, **ratios, "budget": net.budget,
                    **({"guard": net.guard} if net.guard else {}), **({"finetuned": finetuned} if finetuned else {}),
                    "widths": dict(net.arch["site_widths"]), "files": {f: str(p) for f, p in files.items()},
