@@ -74,7 +74,7 @@ def main() -> int:
             net = engine.subnet(t, fold_bn=True)
             fp = export_onnx(net, folder / FILES["onnx"])
             q = folder / INT8_FILE
-            quantize_int8(fp, q, engine.subtask_images(t, args.calib_images, 0), reduce_range=args.weight_bits == 7)
+            quantize_int8(fp, q, engine.subtask_images(t, args.calib_images, 0), weight_bits=args.weight_bits)
             sessions = {"float": onnx_session(fp, args.threads), "int8": onnx_session(q, args.threads)}
             keep = torch.isin(y_test, torch.tensor(t))
             x = to_float(x_test[keep]).numpy()

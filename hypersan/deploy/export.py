@@ -25,6 +25,7 @@ from ..version import __version__
 from ..io import (ArtifactError, atomic_dir, check_safetensors, expected_tensors, load_tensors, read_json,
                  save_tensors, write_json)
 from ..nn.subnet import build_plain, site_names
+from .quantize import check_weight_bits
 
 ARTIFACT_FORMAT = 1
 ARTIFACT_KIND = "artifact"  # the marker kind of an artifact folder (see io.atomic_dir)
@@ -223,12 +224,6 @@ def add_onnx_contract(m, contract: dict) -> None:
         entry.key, entry.value = k, v
 
 
-def check_int8_weight_bits(bits: int) -> None:
-    """Refuse weight widths other than 7 and 8 bits (see quantize.quantize_int8)."""
-    if bits not in (7, 8):
-        raise ValueError(f"int8 weights take 7 or 8 bits, not {bits!r}")
-
-
 def save_subnet(net: nn.Module, path: str | os.PathLike, formats: Iterable[str] = DEFAULT_FORMATS,
                 subtask: Optional[Sequence[int]] = None, source: Optional[str] = None,
                 extra: Optional[dict] = None, force: bool = False,
@@ -246,7 +241,7 @@ def save_subnet(net: nn.Module, path: str | os.PathLike, formats: Iterable[str] 
     anything else is never replaced (io.OutputExistsError, raised before any work is done).
     """
     formats = parse_formats(list(formats))
-    check_int8_weight_bits(int8_weight_bits)
+    check_weight_bits(int8_weight_bits)  # before any file is written
     _check_exportable(net)
     net = net.eval()
     config = subnet_config(net, subtask, source)
@@ -277,7 +272,7 @@ def save_subnet(net: nn.Module, path: str | os.PathLike, formats: Iterable[str] 
 
             say(f"writing {INT8_FILE} (static INT8, calibrated on {len(int8_images)} images)")
             config["int8"] = quantize_int8(tmp / FILES["onnx"], tmp / INT8_FILE, int8_images,
-                                           reduce_range=int8_weight_bits == 7)
+                                           weight_bits=int8_weight_bits)
             out["int8"] = Path(path) / INT8_FILE
             write_json(tmp / "config.json", config)
     return out

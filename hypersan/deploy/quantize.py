@@ -17,13 +17,20 @@ import torch
 CALIB_BATCH = 64
 
 
+def check_weight_bits(bits: int) -> None:
+    """Refuse weight widths other than 7 and 8 bits (see quantize_int8)."""
+    if bits not in (7, 8):
+        raise ValueError(f"int8 weights take 7 or 8 bits, not {bits!r}")
+
+
 def quantize_int8(float_onnx: str | os.PathLike, out: str | os.PathLike, images: torch.Tensor,
-                  method: str = "minmax", reduce_range: bool = True) -> dict:
+                  method: str = "minmax", weight_bits: int = 7) -> dict:
     """Write a statically quantized copy of `float_onnx` to `out`, calibrated on `images` (float32 in [0, 1],
     (N, C, H, W)); the float model's metadata_props (the input contract) are copied over. Returns a summary:
     calibration images, method, formats.
 
-    `reduce_range` (the default) quantizes weights to 7 bits. On x86 CPUs without VNNI (AVX2, and AVX-512 before
+    `weight_bits` 7 (the default) quantizes weights to 7 bits (onnxruntime's `reduce_range`), 8 to the full int8
+    range. On x86 CPUs without VNNI (AVX2, and AVX-512 before
     Cascade Lake) onnxruntime's uint8 x int8 kernels add pairs of products in 16 bits, which can saturate; with
     7-bit weights they cannot, so the file gives the same outputs on every x86 CPU. Chosen on validation
     (`fmnist_b16`, 13 class sets, docs/RESULTS.md *INT8 and the CPU's kernels*): 8-bit weights lost 0.01 pt with
@@ -38,6 +45,7 @@ def quantize_int8(float_onnx: str | os.PathLike, out: str | os.PathLike, images:
                           "pip install 'hypersan[onnx]'") from None
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
+    check_weight_bits(weight_bits)
     if method not in methods:
         raise ValueError(f"unknown calibration method {method!r}; choose from {', '.join(methods)}")
     if images.ndim != 4 or images.dtype != torch.float32 or len(images) == 0:
@@ -59,18 +67,18 @@ def quantize_int8(float_onnx: str | os.PathLike, out: str | os.PathLike, images:
         quant_pre_process(str(float_onnx), str(pre), skip_symbolic_shape=True)
         quantize_static(str(pre), str(out), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=methods[method], reduce_range=reduce_range)
+                        calibrate_method=methods[method], reduce_range=weight_bits == 7)
     src, q = onnx.load(str(float_onnx)), onnx.load(str(out))
     del q.metadata_props[:]
     for p in src.metadata_props:
         e = q.metadata_props.add()
         e.key, e.value = p.key, p.value
     e = q.metadata_props.add()
-    weights = "int8 per channel" + (", 7-bit range" if reduce_range else "")
+    weights = "int8 per channel" + (", 7-bit range" if weight_bits == 7 else "")
     e.key, e.value = "quantization", f"static int8 (QDQ, {weights} weights, {method} calibration on {len(arr)} images)"
     onnx.save(q, str(out))
     return {"calibration_images": int(len(arr)), "method": method, "weights": weights,
             "activations": "uint8 per tensor", "format": "QDQ"}
 
 
-__all__ = ["quantize_int8"]
+__all__ = ["check_weight_bits", "quantize_int8"]

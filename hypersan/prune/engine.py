@@ -22,7 +22,8 @@ from torch import Tensor, nn
 
 from ..nn.checkpoint import CHECKPOINT_KIND, resolve_checkpoint
 from ..data.datasets import DatasetError, split_train_val, validation_images, validation_rule
-from ..deploy.export import DEFAULT_FORMATS, check_int8_weight_bits, parse_formats, save_subnet
+from ..deploy.export import DEFAULT_FORMATS, parse_formats, save_subnet
+from ..deploy.quantize import check_weight_bits
 from ..io import atomic_dir
 from .metrics import count_macs, count_params, kept_widths, plain_accuracy_and_errors, subnet_cost
 from ..nn.custom import CustomBackbone
@@ -575,7 +576,7 @@ class PruningEngine:
         formats = parse_formats(list(formats) if not isinstance(formats, str) else formats)
         if quantize not in (None, "int8"):
             raise ValueError(f"unknown quantization {quantize!r}; the one supported is int8")
-        check_int8_weight_bits(int8_weight_bits)  # before any work
+        check_weight_bits(int8_weight_bits)  # before any work
         if net is None:
             net = self.subnet(classes, fold_bn=fold_bn, round_to=round_to, round_mode=round_mode, text=text,
                               budget=budget, guard=guard)

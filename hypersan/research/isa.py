@@ -159,6 +159,11 @@ def cpu_info() -> tuple[str, set[str]]:
     return model, flags
 
 
+def _compiler() -> str | None:
+    """The C compiler the mask is built with: $CC, else cc, else gcc (None: none found)."""
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
 def unavailable(isa: str) -> str | None:
     """Why a command cannot run under `isa` here (None: it can)."""
     if isa not in ISAS:
@@ -173,7 +178,7 @@ def unavailable(isa: str) -> str | None:
     if "cpuid_fault" not in flags:
         return ("this CPU (or its hypervisor) does not offer CPUID faulting (no `cpuid_fault` in /proc/cpuinfo), "
                 "so what the libraries are told of the CPU cannot be changed; run on an AVX2 machine instead")
-    if not (os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")):
+    if not _compiler():
         return "the AVX2 mask is a small C library built on first use: install a C compiler (apt-get install gcc)"
     return None
 
@@ -188,7 +193,7 @@ def shim_path(cache: Path | None = None) -> Path:
     if out.is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or "cc"
+    cc = _compiler() or "cc"
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         src, lib = Path(tmp, "mask.c"), Path(tmp, "mask.so")
         src.write_text(_SHIM)
