@@ -100,3 +100,22 @@ def test_unknown_instruction_sets_and_the_command_line(monkeypatch, capsys):
     monkeypatch.setattr(isa, "masked_env", refuse)
     assert main(["bench", "--isa", "avx2"]) == 2
     assert "--isa avx2: this CPU (or its hypervisor) does not offer CPUID faulting" in capsys.readouterr().err
+
+
+def test_the_machine_record_names_the_cpu_generation_beside_its_model_name(tmp_path, monkeypatch):
+    import builtins
+
+    from hypersan.research.bench import machine_line
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+                    "model name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f\n\nprocessor\t: 1\ncpu family\t: 9\n")
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: real_open(info if f == "/proc/cpuinfo" else f, *a, **k))
+    assert isa.cpu_generation() == "family 25, model 17"  # the first CPU's, read up to its blank line
+    line = machine_line({"cpu": "AMD EPYC", "generation": isa.cpu_generation(), "isa": "AVX-512", "threads": 2,
+                         "cores": 2})
+    assert line == "on AMD EPYC (family 25, model 17; AVX-512), 2 thread(s) of 2 core(s)"
+    info.write_text("processor\t: 0\nmodel name\t: some CPU\n")
+    assert isa.cpu_generation() == ""
+    assert machine_line({"cpu": "x", "isa": "AVX2", "threads": 1, "cores": 2}) == "on x (AVX2), 1 thread(s) of 2 core(s)"

@@ -50,12 +50,16 @@ def width_bench(a) -> None:
         return
     print(f"{a.custom} {a.kwargs}: latency ratio to the dense net ({machine_line(r['machine'])})")
     print(f"{'runtime':<12} {'batch':>5} {'multiple':>8} {'MAC ratio':>9} {'latency':>8} {'cold':>6} "
-          f"{'<= 1.2r+0.05':>12}")
+          f"{'<= 1.2r+0.05':>12} {'floor':>6}")
     for row in r["rows"]:
         print(f"{row['runtime']:<12} {row['batch']:>5} {row['multiple']:>8} {row['mac_ratio']:9.3f} "
-              f"{row['latency_ratio']:8.3f} {row['cold_latency_ratio']:6.3f} {'yes' if row['bound_met'] else 'no':>12}")
+              f"{row['latency_ratio']:8.3f} {row['cold_latency_ratio']:6.3f} {'yes' if row['bound_met'] else 'no':>12} "
+              f"{'' if row['fixed_floor'] is None else format(row['fixed_floor'], '6.3f'):>6}")
     print(f"latency: each net timed after {a.settle} call(s) of its own in its round; cold: its first call, right "
           "after the other net's")
+    for b, c in r["fixed_costs"].items():
+        print(f"floor (onnxruntime): the ratio if kernels took exactly the MAC ratio of the dense net's time, beside "
+              f"the runtime's fixed costs, batch {b}: {c['call_us']:.1f} us per call + {c['node_us']:.2f} us per node")
 
 
 def main() -> None:

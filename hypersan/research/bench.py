@@ -45,7 +45,7 @@ def machine(threads: int | None = None) -> dict:
     import os
     import platform
 
-    from .isa import active, cpu_info
+    from .isa import active, cpu_generation, cpu_info
 
     model, flags = cpu_info()
     model = model or platform.processor() or platform.machine()
@@ -53,14 +53,17 @@ def machine(threads: int | None = None) -> dict:
     masked = active()
     if masked == "avx2" and isa == "AVX-512":  # the kernels are AVX2's on an AVX-512 core (research.isa)
         isa = "AVX2 kernels, AVX-512 masked"
-    return {"cpu": model, "isa": isa, "torch_capability": torch.backends.cpu.get_cpu_capability(),
+    return {"cpu": model, "generation": cpu_generation(), "isa": isa,
+            "torch_capability": torch.backends.cpu.get_cpu_capability(),
             "isa_mask": masked, "cores": os.cpu_count(),
             "threads": threads if threads is not None else torch.get_num_threads()}
 
 
 def machine_line(m: dict) -> str:
-    """"on Intel Xeon (AVX-512), 2 threads of 2 cores": the line printed beside every time and ratio."""
-    return f"on {m['cpu']} ({m['isa']}), {m['threads']} thread(s) of {m['cores']} core(s)"
+    """"on AMD EPYC (family 25, model 17; AVX-512), 2 threads of 2 cores": the line printed beside every time and
+    ratio."""
+    gen = f"{m['generation']}; " if m.get("generation") else ""
+    return f"on {m['cpu']} ({gen}{m['isa']}), {m['threads']} thread(s) of {m['cores']} core(s)"
 
 
 def round_orders(keys: Sequence[str], repeats: int, seed: int = 0) -> List[List[str]]:
@@ -549,6 +552,68 @@ def uniform_masks(backbone, mac, target: float, multiple: int = 1) -> dict:
     return masks
 
 
+def _relu_chain(nodes: int, input_shape: Sequence[int]) -> bytes:
+    """An ONNX model that reduces its (batch, *input_shape) input to one number and passes it through `nodes`
+    Relu nodes: a graph whose time is all the runtime's own work, per call and per node."""
+    from onnx import TensorProto, helper
+
+    chain = [helper.make_node("ReduceMax", ["images"], ["t0"], keepdims=0)]
+    chain += [helper.make_node("Relu", [f"t{i}"], [f"t{i + 1}"]) for i in range(nodes)]
+    chain.append(helper.make_node("Identity", [f"t{nodes}"], ["logits"]))
+    graph = helper.make_graph(chain, "floor", [helper.make_tensor_value_info("images", TensorProto.FLOAT,
+                                                                             ["batch", *input_shape])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def onnx_fixed_costs(input_shape: Sequence[int], batch: int = 1, threads: int = 1, nodes: int = 32,
+                     repeats: int = 15, calls: int = 200, warmup: int = 50) -> dict:
+    """What onnxruntime costs whatever a net computes, on this machine: `call_us`, one `run` from Python of a
+    graph with one (tiny) node on a (batch, *input_shape) input, and `node_us`, each further node (the slope from
+    a graph with `nodes` more), each the median over `repeats` runs of `calls` calls. A net of n nodes cannot run
+    in less than call_us + n * node_us, however few MACs it has: at batch 1 a small pruned net's latency ratio
+    is bounded by these costs, not by its MACs (see `fixed_floor`)."""
+    from ..deploy.runtimes import onnx_session
+
+    if nodes < 1 or repeats < 1 or calls < 1 or warmup < 0:
+        raise ValueError("onnx_fixed_costs needs nodes, repeats and calls >= 1 and warmup >= 0")
+    x = torch.rand(batch, *input_shape).numpy()
+    per_call = {}
+    with tempfile.TemporaryDirectory(prefix="hypersan-floor-") as tmp:
+        for n in (0, nodes):
+            path = Path(tmp) / f"chain{n}.onnx"
+            path.write_bytes(_relu_chain(n, input_shape))
+            sess = onnx_session(path, threads)
+            feed = {"images": x}
+            for _ in range(warmup):
+                sess.run(["logits"], feed)
+            runs = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    sess.run(["logits"], feed)
+                runs.append((time.perf_counter() - t0) / calls)
+            per_call[n] = 1e6 * statistics.median(runs)
+    return {"call_us": per_call[0], "node_us": max(0.0, (per_call[nodes] - per_call[0]) / nodes), "batch": batch,
+            "threads": threads}
+
+
+def onnx_node_count(path, threads: int, x) -> int:
+    """How many nodes onnxruntime runs for an ONNX file, after its graph optimizations (fused and layout nodes
+    counted as it runs them)."""
+    return len(onnx_node_times(path, threads, x, runs=2, warmup=1))
+
+
+def fixed_floor(dense_ms: float, mac_ratio: float, costs: dict, dense_nodes: int, pruned_nodes: int) -> float:
+    """The latency ratio a pruned net would have if its kernels took exactly `mac_ratio` of the dense net's kernel
+    time, with the runtime's fixed costs (`onnx_fixed_costs`) paid in full by both: (F_p + r (D - F_d)) / D,
+    F = call_us + nodes * node_us. When this floor is above a latency bound, no choice of widths meets it."""
+    fixed = {k: 1e-3 * (costs["call_us"] + n * costs["node_us"]) for k, n in (("d", dense_nodes), ("p", pruned_nodes))}
+    return (fixed["p"] + mac_ratio * max(0.0, dense_ms - fixed["d"])) / dense_ms
+
+
 def run_width_bench(factory: str, kwargs: dict, input_shape: Sequence[int], num_classes: int,
                     mac_ratios: Sequence[float], multiples: Sequence[int], runtimes: Sequence[str] = ("eager",),
                     batches: Sequence[int] = (1, 64), threads: int = 2, repeats: int = 10, warmup: int = 3,
@@ -557,7 +622,10 @@ def run_width_bench(factory: str, kwargs: dict, input_shape: Sequence[int], num_
     kept fraction in every channel group, widths left as they fall (multiple 1) or rounded up to each of
     `multiples` at the same MAC ratio; each net's latency against the dense net's in each runtime and batch size,
     timed side by side in shuffled rounds (the median of per-round ratios of settled calls, and of first calls as
-    `cold_latency_ratio`: see `time_turns`). BN is folded as exports fold it."""
+    `cold_latency_ratio`: see `time_turns`). BN is folded as exports fold it. In onnxruntime each row also has
+    `nodes` (dense, pruned: as onnxruntime runs them) and `fixed_floor`, the ratio that kernels scaling exactly
+    with MACs would give beside the runtime's fixed costs per call and node (`fixed_floor`, measured once per
+    batch size into `fixed_costs`)."""
     from ..deploy.runtimes import session
     from ..nn.custom import CustomBackbone
     from ..prune.budget import MacModel
@@ -573,6 +641,7 @@ def run_width_bench(factory: str, kwargs: dict, input_shape: Sequence[int], num_
     xs = {b: torch.rand(b, *input_shape, generator=gen) for b in batches}
     classes = list(range(num_classes))
     rows = []
+    costs = {b: onnx_fixed_costs(input_shape, b, threads) for b in batches} if "onnxruntime" in runtimes else {}
     with torch_threads(threads), tempfile.TemporaryDirectory(prefix="hypersan-widths-") as tmp:
         dense = prune_backbone(bb, None, classes, fold_bn=True)
         dense_macs = count_macs(dense, tuple(input_shape))  # once: every pruned net's ratio is to it
@@ -583,8 +652,10 @@ def run_width_bench(factory: str, kwargs: dict, input_shape: Sequence[int], num_
                 nets[(r, k)] = net
         for rt in runtimes:
             d = session(dense, rt, Path(tmp) / "dense" / rt, threads)
+            n_dense = _nodes_of(Path(tmp) / "dense" / rt, rt, threads, xs[batches[0]])
             for (r, k), net in nets.items():
                 p = session(net, rt, Path(tmp) / f"r{r}-m{k}" / rt, threads)
+                n_pruned = _nodes_of(Path(tmp) / f"r{r}-m{k}" / rt, rt, threads, xs[batches[0]])
                 got = count_macs(net, tuple(input_shape)) / dense_macs
                 for b in batches:
                     x, n = xs[b], calls_per_round(b)
@@ -592,17 +663,30 @@ def run_width_bench(factory: str, kwargs: dict, input_shape: Sequence[int], num_
                                               "pruned": lambda: [p(x) for _ in range(n)]}, warmup, repeats, seed,
                                              settle)
                     ratio = paired_ratio(times["pruned"], times["dense"])
+                    dense_ms = 1e3 * statistics.median(times["dense"]) / n
+                    floor = (fixed_floor(dense_ms, got, costs[b], n_dense, n_pruned) if n_dense is not None
+                             else None)
                     rows.append({"runtime": rt, "batch": b, "target_mac_ratio": r, "multiple": k,
-                                 "mac_ratio": got, "latency_ratio": ratio,
+                                 "mac_ratio": got, "latency_ratio": ratio, "fixed_floor": floor,
+                                 "nodes": None if n_dense is None else {"dense": n_dense, "pruned": n_pruned},
                                  "cold_latency_ratio": paired_ratio(cold["pruned"], cold["dense"]),
                                  "latency_bound": 1.2 * got + 0.05, "bound_met": ratio <= 1.2 * got + 0.05,
                                  "widths": dict(net.arch["site_widths"]),
-                                 "dense_ms": 1e3 * statistics.median(times["dense"]) / n,
+                                 "dense_ms": dense_ms,
                                  "pruned_ms": 1e3 * statistics.median(times["pruned"]) / n})
                     log(f"{rt} batch {b} mac {got:.3f} (multiple {k}): latency {ratio:.3f}")
     return {"factory": factory, "kwargs": dict(kwargs), "input_shape": list(input_shape), "threads": threads,
-            "repeats": repeats, "warmup": warmup, "settle": settle, "machine": machine(threads), "rows": rows,
-            "load_average": load_average()}
+            "repeats": repeats, "warmup": warmup, "settle": settle, "machine": machine(threads),
+            "fixed_costs": {str(b): c for b, c in costs.items()}, "rows": rows, "load_average": load_average()}
+
+
+def _nodes_of(folder: Path, runtime: str, threads: int, x: torch.Tensor) -> Optional[int]:
+    """The node count onnxruntime runs for the ONNX file `session` wrote into `folder`; None for other runtimes."""
+    if runtime != "onnxruntime":
+        return None
+    from ..deploy.export import FILES
+
+    return onnx_node_count(folder / FILES["onnx"], threads, x[:1].numpy())
 
 
 # ---------------------------------------------------------------- where the time goes, layer by layer

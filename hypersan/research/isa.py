@@ -159,6 +159,24 @@ def cpu_info() -> tuple[str, set[str]]:
     return model, flags
 
 
+def cpu_generation() -> str:
+    """"family 25, model 17": the vendor's family and model numbers of the first CPU, which tell generations
+    apart where a virtual machine reports a generic name ("AMD EPYC" for Zen 4 and Zen 5 alike); "" if unknown."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("cpu family", "model") and key not in fields:
+                    fields[key] = value.strip()
+                if len(fields) == 2 or not line.strip():
+                    break
+    except OSError:
+        return ""
+    return f"family {fields['cpu family']}, model {fields['model']}" if len(fields) == 2 else ""
+
+
 def _compiler() -> str | None:
     """The C compiler the mask is built with: $CC, else cc, else gcc (None: none found)."""
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
