@@ -486,28 +486,47 @@ def test_the_widths_bench_times_each_net_settled_and_cold_beside_the_dense_one()
         assert row["bound_met"] == (row["latency_ratio"] <= 1.2 * row["mac_ratio"] + 0.05)
 
 
-def test_the_runtime_floor_adds_fixed_costs_per_call_and_node_to_mac_scaled_kernels():
+def test_the_floor_adds_each_nets_fixed_cost_to_kernels_scaled_by_macs():
     from hypersan.research.bench import fixed_floor
 
-    costs = {"call_us": 10.0, "node_us": 1.0}
-    # dense 100 us with 10 nodes: 20 us fixed, 80 us of kernels; half the MACs and the same nodes: 20 + 40
-    assert abs(fixed_floor(0.1, 0.5, costs, 10, 10) - 0.6) < 1e-9
-    assert abs(fixed_floor(0.1, 0.5, costs, 10, 20) - 0.7) < 1e-9  # ten more nodes (layout conversions): +10 us
-    assert abs(fixed_floor(100.0, 0.5, costs, 10, 10) - 0.5) < 1e-3  # a long call: the MAC ratio
+    # dense 100 us, 20 of them fixed: 80 us of kernels; half the MACs with 20 us fixed: 20 + 40
+    assert abs(fixed_floor(0.1, 0.5, 0.02, 0.02) - 0.6) < 1e-9
+    assert abs(fixed_floor(0.1, 0.5, 0.02, 0.03) - 0.7) < 1e-9  # 10 us more fixed (layout conversions)
+    assert abs(fixed_floor(100.0, 0.5, 0.02, 0.02) - 0.5) < 1e-3  # a long call: the MAC ratio
 
 
-def test_the_widths_bench_reports_onnxruntime_node_counts_and_the_fixed_cost_floor(tmp_path):
-    from hypersan.research.bench import _relu_chain, onnx_fixed_costs, onnx_node_count, run_width_bench
+def test_the_widths_bench_reports_node_counts_fixed_costs_and_the_floor(tmp_path):
+    from hypersan.nn.custom import CustomBackbone
+    from hypersan.prune.surgery import prune_backbone
+    from hypersan.research.bench import fixed_floor, one_pixel, run_width_bench
 
-    chain = tmp_path / "chain.onnx"
-    chain.write_bytes(_relu_chain(5, [1, 4, 4]))
-    assert onnx_node_count(chain, 1, np.zeros((1, 1, 4, 4), np.float32)) in (6, 7)  # reduce, 5 x Relu (identity)
-    costs = onnx_fixed_costs([1, 4, 4], batch=1, threads=1, nodes=8, repeats=2, calls=5, warmup=1)
-    assert costs["call_us"] > 0 and costs["node_us"] >= 0
+    bb = CustomBackbone("tests.models.mobilenet:build", {"width": 8}, 1, 4, [1, 12, 12], [0.5], [0.25]).eval()
+    net = prune_backbone(bb, None, [0, 1, 2, 3], fold_bn=True)
+    small = one_pixel(net)
+    assert small.input_shape == [1, 1, 1] and net.input_shape == [1, 12, 12]  # a copy: the net is untouched
+    with torch.no_grad():
+        assert small(torch.rand(3, 1, 1, 1)).shape == (3, 4)
     r = run_width_bench("tests.models.mobilenet:build", {"width": 8}, [1, 12, 12], 4, [0.4], [8], ["onnxruntime"],
                         [1], threads=1, repeats=2, warmup=0, settle=1)
-    assert set(r["fixed_costs"]) == {"1"}
     for row in r["rows"]:
         # the net's 11 convs and its classifier at least, as onnxruntime runs them
         assert row["nodes"]["dense"] >= 12 and row["nodes"]["pruned"] >= 12
-        assert 0 < row["fixed_floor"] < 1
+        assert row["fixed_ms"]["dense"] > 0 and row["fixed_ms"]["pruned"] > 0
+        assert row["fixed_floor"] == fixed_floor(row["dense_ms"], row["mac_ratio"], row["fixed_ms"]["dense"],
+                                                 row["fixed_ms"]["pruned"]) > 0
+
+
+def test_a_net_on_a_fixed_spatial_size_has_no_one_pixel_form():
+    from hypersan.research.bench import one_pixel
+
+    class Fixed(nn.Module):
+        input_shape = [1, 4, 4]
+
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(16, 2)
+
+        def forward(self, x):
+            return self.fc(x.flatten(1))
+
+    assert one_pixel(Fixed()) is None

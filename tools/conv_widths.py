@@ -57,9 +57,8 @@ def width_bench(a) -> None:
               f"{'' if row['fixed_floor'] is None else format(row['fixed_floor'], '6.3f'):>6}")
     print(f"latency: each net timed after {a.settle} call(s) of its own in its round; cold: its first call, right "
           "after the other net's")
-    for b, c in r["fixed_costs"].items():
-        print(f"floor (onnxruntime): the ratio if kernels took exactly the MAC ratio of the dense net's time, beside "
-              f"the runtime's fixed costs, batch {b}: {c['call_us']:.1f} us per call + {c['node_us']:.2f} us per node")
+    print("floor: the ratio if the pruned net's kernels took exactly its MAC ratio of the dense net's work, each net "
+          "paying its fixed cost per call (its latency on one-pixel images)")
 
 
 def main() -> None:

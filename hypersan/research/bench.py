@@ -552,66 +552,35 @@ def uniform_masks(backbone, mac, target: float, multiple: int = 1) -> dict:
     return masks
 
 
-def _relu_chain(nodes: int, input_shape: Sequence[int]) -> bytes:
-    """An ONNX model that reduces its (batch, *input_shape) input to one number and passes it through `nodes`
-    Relu nodes: a graph whose time is all the runtime's own work, per call and per node."""
-    from onnx import TensorProto, helper
-
-    chain = [helper.make_node("ReduceMax", ["images"], ["t0"], keepdims=0)]
-    chain += [helper.make_node("Relu", [f"t{i}"], [f"t{i + 1}"]) for i in range(nodes)]
-    chain.append(helper.make_node("Identity", [f"t{nodes}"], ["logits"]))
-    graph = helper.make_graph(chain, "floor", [helper.make_tensor_value_info("images", TensorProto.FLOAT,
-                                                                             ["batch", *input_shape])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model.SerializeToString()
-
-
-def onnx_fixed_costs(input_shape: Sequence[int], batch: int = 1, threads: int = 1, nodes: int = 32,
-                     repeats: int = 15, calls: int = 200, warmup: int = 50) -> dict:
-    """What onnxruntime costs whatever a net computes, on this machine: `call_us`, one `run` from Python of a
-    graph with one (tiny) node on a (batch, *input_shape) input, and `node_us`, each further node (the slope from
-    a graph with `nodes` more), each the median over `repeats` runs of `calls` calls. A net of n nodes cannot run
-    in less than call_us + n * node_us, however few MACs it has: at batch 1 a small pruned net's latency ratio
-    is bounded by these costs, not by its MACs (see `fixed_floor`)."""
-    from ..deploy.runtimes import onnx_session
-
-    if nodes < 1 or repeats < 1 or calls < 1 or warmup < 0:
-        raise ValueError("onnx_fixed_costs needs nodes, repeats and calls >= 1 and warmup >= 0")
-    x = torch.rand(batch, *input_shape).numpy()
-    per_call = {}
-    with tempfile.TemporaryDirectory(prefix="hypersan-floor-") as tmp:
-        for n in (0, nodes):
-            path = Path(tmp) / f"chain{n}.onnx"
-            path.write_bytes(_relu_chain(n, input_shape))
-            sess = onnx_session(path, threads)
-            feed = {"images": x}
-            for _ in range(warmup):
-                sess.run(["logits"], feed)
-            runs = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                for _ in range(calls):
-                    sess.run(["logits"], feed)
-                runs.append((time.perf_counter() - t0) / calls)
-            per_call[n] = 1e6 * statistics.median(runs)
-    return {"call_us": per_call[0], "node_us": max(0.0, (per_call[nodes] - per_call[0]) / nodes), "batch": batch,
-            "threads": threads}
-
-
 def onnx_node_count(path, threads: int, x) -> int:
     """How many nodes onnxruntime runs for an ONNX file, after its graph optimizations (fused and layout nodes
     counted as it runs them)."""
     return len(onnx_node_times(path, threads, x, runs=2, warmup=1))
 
 
-def fixed_floor(dense_ms: float, mac_ratio: float, costs: dict, dense_nodes: int, pruned_nodes: int) -> float:
-    """The latency ratio a pruned net would have if its kernels took exactly `mac_ratio` of the dense net's kernel
-    time, with the runtime's fixed costs (`onnx_fixed_costs`) paid in full by both: (F_p + r (D - F_d)) / D,
-    F = call_us + nodes * node_us. When this floor is above a latency bound, no choice of widths meets it."""
-    fixed = {k: 1e-3 * (costs["call_us"] + n * costs["node_us"]) for k, n in (("d", dense_nodes), ("p", pruned_nodes))}
-    return (fixed["p"] + mac_ratio * max(0.0, dense_ms - fixed["d"])) / dense_ms
+def one_pixel(net: torch.nn.Module) -> Optional[torch.nn.Module]:
+    """A copy of a plain net that takes images of one pixel: the same nodes, kernels and weights, with next to no
+    arithmetic, so that its latency is the net's fixed cost per call (the runtime's own work per call and per
+    node, each kernel's setup). None for a net that cannot run on one pixel (a classifier on a fixed spatial
+    size, say)."""
+    import copy
+
+    small = copy.deepcopy(net).eval()
+    small.input_shape = [int(small.input_shape[0]), 1, 1]
+    try:
+        with torch.inference_mode():
+            small(torch.zeros(2, *small.input_shape))
+    except Exception:  # noqa: BLE001 - any failure means: no one-pixel form of this net
+        return None
+    return small
+
+
+def fixed_floor(dense_ms: float, mac_ratio: float, dense_fixed_ms: float, pruned_fixed_ms: float) -> float:
+    """The latency ratio a pruned net would have if its kernels' work took exactly `mac_ratio` of the dense net's,
+    with each net's fixed cost (the latency of its `one_pixel` form) paid in full: (F_p + r (D - F_d)) / D. Above
+    a latency bound, no choice of widths meets that bound; below it, what stands between is how efficiently the
+    narrow kernels run."""
+    return (pruned_fixed_ms + mac_ratio * max(0.0, dense_ms - dense_fixed_ms)) / dense_ms
 
 
 def run_width_bench(factory: str, kwargs: dict, input_shape: Sequence[int], num_classes: int,
@@ -622,10 +591,10 @@ def run_width_bench(factory: str, kwargs: dict, input_shape: Sequence[int], num_
     kept fraction in every channel group, widths left as they fall (multiple 1) or rounded up to each of
     `multiples` at the same MAC ratio; each net's latency against the dense net's in each runtime and batch size,
     timed side by side in shuffled rounds (the median of per-round ratios of settled calls, and of first calls as
-    `cold_latency_ratio`: see `time_turns`). BN is folded as exports fold it. In onnxruntime each row also has
-    `nodes` (dense, pruned: as onnxruntime runs them) and `fixed_floor`, the ratio that kernels scaling exactly
-    with MACs would give beside the runtime's fixed costs per call and node (`fixed_floor`, measured once per
-    batch size into `fixed_costs`)."""
+    `cold_latency_ratio`: see `time_turns`). BN is folded as exports fold it. Each row also has `fixed_ms`, both
+    nets' latency on one-pixel images (`one_pixel`: their fixed costs per call, timed side by side), and
+    `fixed_floor`, the ratio that kernels scaling exactly with MACs would give beside those costs (None for a net
+    with no one-pixel form); in onnxruntime, `nodes`, how many nodes it runs of each net."""
     from ..deploy.runtimes import session
     from ..nn.custom import CustomBackbone
     from ..prune.budget import MacModel
@@ -641,7 +610,6 @@ def run_width_bench(factory: str, kwargs: dict, input_shape: Sequence[int], num_
     xs = {b: torch.rand(b, *input_shape, generator=gen) for b in batches}
     classes = list(range(num_classes))
     rows = []
-    costs = {b: onnx_fixed_costs(input_shape, b, threads) for b in batches} if "onnxruntime" in runtimes else {}
     with torch_threads(threads), tempfile.TemporaryDirectory(prefix="hypersan-widths-") as tmp:
         dense = prune_backbone(bb, None, classes, fold_bn=True)
         dense_macs = count_macs(dense, tuple(input_shape))  # once: every pruned net's ratio is to it
@@ -653,9 +621,11 @@ def run_width_bench(factory: str, kwargs: dict, input_shape: Sequence[int], num_
         for rt in runtimes:
             d = session(dense, rt, Path(tmp) / "dense" / rt, threads)
             n_dense = _nodes_of(Path(tmp) / "dense" / rt, rt, threads, xs[batches[0]])
+            d1 = _one_pixel_session(dense, rt, Path(tmp) / "dense-1px" / rt, threads)
             for (r, k), net in nets.items():
                 p = session(net, rt, Path(tmp) / f"r{r}-m{k}" / rt, threads)
                 n_pruned = _nodes_of(Path(tmp) / f"r{r}-m{k}" / rt, rt, threads, xs[batches[0]])
+                p1 = _one_pixel_session(net, rt, Path(tmp) / f"r{r}-m{k}-1px" / rt, threads)
                 got = count_macs(net, tuple(input_shape)) / dense_macs
                 for b in batches:
                     x, n = xs[b], calls_per_round(b)
@@ -664,10 +634,16 @@ def run_width_bench(factory: str, kwargs: dict, input_shape: Sequence[int], num_
                                              settle)
                     ratio = paired_ratio(times["pruned"], times["dense"])
                     dense_ms = 1e3 * statistics.median(times["dense"]) / n
-                    floor = (fixed_floor(dense_ms, got, costs[b], n_dense, n_pruned) if n_dense is not None
-                             else None)
+                    fixed = floor = None
+                    if d1 is not None and p1 is not None:  # the same nets on one pixel, in turns of their own
+                        x1, n1 = torch.rand(b, c, 1, 1, generator=gen), 20
+                        one = time_turns({"dense": lambda: [d1(x1) for _ in range(n1)],
+                                          "pruned": lambda: [p1(x1) for _ in range(n1)]}, warmup, repeats, seed,
+                                         settle)[1]
+                        fixed = {k_: 1e3 * statistics.median(v) / n1 for k_, v in one.items()}
+                        floor = fixed_floor(dense_ms, got, fixed["dense"], fixed["pruned"])
                     rows.append({"runtime": rt, "batch": b, "target_mac_ratio": r, "multiple": k,
-                                 "mac_ratio": got, "latency_ratio": ratio, "fixed_floor": floor,
+                                 "mac_ratio": got, "latency_ratio": ratio, "fixed_ms": fixed, "fixed_floor": floor,
                                  "nodes": None if n_dense is None else {"dense": n_dense, "pruned": n_pruned},
                                  "cold_latency_ratio": paired_ratio(cold["pruned"], cold["dense"]),
                                  "latency_bound": 1.2 * got + 0.05, "bound_met": ratio <= 1.2 * got + 0.05,
@@ -676,8 +652,16 @@ def run_width_bench(factory: str, kwargs: dict, input_shape: Sequence[int], num_
                                  "pruned_ms": 1e3 * statistics.median(times["pruned"]) / n})
                     log(f"{rt} batch {b} mac {got:.3f} (multiple {k}): latency {ratio:.3f}")
     return {"factory": factory, "kwargs": dict(kwargs), "input_shape": list(input_shape), "threads": threads,
-            "repeats": repeats, "warmup": warmup, "settle": settle, "machine": machine(threads),
-            "fixed_costs": {str(b): c for b, c in costs.items()}, "rows": rows, "load_average": load_average()}
+            "repeats": repeats, "warmup": warmup, "settle": settle, "machine": machine(threads), "rows": rows,
+            "load_average": load_average()}
+
+
+def _one_pixel_session(net, runtime: str, folder: Path, threads: int):
+    """`net`'s one-pixel form (`one_pixel`) running in `runtime`; None where it has none."""
+    from ..deploy.runtimes import session
+
+    small = one_pixel(net)
+    return None if small is None else session(small, runtime, folder, threads)
 
 
 def _nodes_of(folder: Path, runtime: str, threads: int, x: torch.Tensor) -> Optional[int]:
