@@ -57,8 +57,8 @@ def width_bench(a) -> None:
               f"{'' if row['fixed_floor'] is None else format(row['fixed_floor'], '6.3f'):>6}")
     print(f"latency: each net timed after {a.settle} call(s) of its own in its round; cold: its first call, right "
           "after the other net's")
-    print("floor: the ratio if the pruned net's kernels took exactly its MAC ratio of the dense net's work, each net "
-          "paying its fixed cost per call (its latency on one-pixel images)")
+    print("floor: the ratio if the pruned net's kernels took exactly its MAC ratio of the dense net's kernel time, "
+          "each net paying its fixed cost per call (its latency on one-pixel images); a reference, not a law")
 
 
 def main() -> None:

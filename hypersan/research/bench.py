@@ -577,9 +577,11 @@ def one_pixel(net: torch.nn.Module) -> Optional[torch.nn.Module]:
 
 def fixed_floor(dense_ms: float, mac_ratio: float, dense_fixed_ms: float, pruned_fixed_ms: float) -> float:
     """The latency ratio a pruned net would have if its kernels' work took exactly `mac_ratio` of the dense net's,
-    with each net's fixed cost (the latency of its `one_pixel` form) paid in full: (F_p + r (D - F_d)) / D. Above
-    a latency bound, no choice of widths meets that bound; below it, what stands between is how efficiently the
-    narrow kernels run."""
+    with each net's fixed cost (the latency of its `one_pixel` form) paid in full: (F_p + r (D - F_d)) / D. A
+    reference, not a law: a pruned net whose narrow kernels run less efficiently per MAC than the dense net's
+    lands above it, and one whose kernels run more efficiently (its activations fit a cache the dense net's do
+    not) below it. Where a net lands well above it, the excess is in its kernels, not in the runtime's fixed
+    costs."""
     return (pruned_fixed_ms + mac_ratio * max(0.0, dense_ms - dense_fixed_ms)) / dense_ms
 
 
