@@ -113,9 +113,10 @@ def test_the_machine_record_names_the_cpu_generation_beside_its_model_name(tmp_p
     real_open = builtins.open
     monkeypatch.setattr(builtins, "open", lambda f, *a, **k: real_open(info if f == "/proc/cpuinfo" else f, *a, **k))
     assert isa.cpu_generation() == "family 25, model 17"  # the first CPU's, read up to its blank line
+    assert isa.cpu_info() == ("AMD EPYC", {"fpu", "avx2", "avx512f"})  # the same reading
     line = machine_line({"cpu": "AMD EPYC", "generation": isa.cpu_generation(), "isa": "AVX-512", "threads": 2,
                          "cores": 2})
     assert line == "on AMD EPYC (family 25, model 17; AVX-512), 2 thread(s) of 2 core(s)"
     info.write_text("processor\t: 0\nmodel name\t: some CPU\n")
-    assert isa.cpu_generation() == ""
+    assert isa.cpu_generation() == "" and isa.cpu_info() == ("some CPU", set())
     assert machine_line({"cpu": "x", "isa": "AVX2", "threads": 1, "cores": 2}) == "on x (AVX2), 1 thread(s) of 2 core(s)"

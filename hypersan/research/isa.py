@@ -141,40 +141,33 @@ class IsaError(RuntimeError):
     """This machine cannot run a command under the asked instruction-set mask; the message says why."""
 
 
-def cpu_info() -> tuple[str, set[str]]:
-    """(model name, feature flags) of the first CPU in /proc/cpuinfo, as the kernel reports them: the CPU as it is,
-    whatever a mask tells this process; ("", set()) where there is no /proc/cpuinfo."""
-    model, flags = "", set()
+def _first_cpu() -> dict[str, str]:
+    """The fields of the first CPU in /proc/cpuinfo (up to its blank line), as the kernel reports them: the CPU as
+    it is, whatever a mask tells this process; {} where there is no /proc/cpuinfo."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name") and not model:
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and not flags:
-                    flags = set(line.split(":", 1)[1].split())
-                if model and flags:
+                if not line.strip():
                     break
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return model, flags
+    return fields
+
+
+def cpu_info() -> tuple[str, set[str]]:
+    """(model name, feature flags) of the first CPU in /proc/cpuinfo; ("", set()) where there is none."""
+    cpu = _first_cpu()
+    return cpu.get("model name", ""), set(cpu.get("flags", "").split())
 
 
 def cpu_generation() -> str:
     """"family 25, model 17": the vendor's family and model numbers of the first CPU, which tell generations
     apart where a virtual machine reports a generic name ("AMD EPYC" for Zen 4 and Zen 5 alike); "" if unknown."""
-    fields: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key in ("cpu family", "model") and key not in fields:
-                    fields[key] = value.strip()
-                if len(fields) == 2 or not line.strip():
-                    break
-    except OSError:
-        return ""
-    return f"family {fields['cpu family']}, model {fields['model']}" if len(fields) == 2 else ""
+    cpu = _first_cpu()
+    return f"family {cpu['cpu family']}, model {cpu['model']}" if "cpu family" in cpu and "model" in cpu else ""
 
 
 def _compiler() -> str | None:
