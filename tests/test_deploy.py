@@ -1,6 +1,7 @@
 """Deployment: exports of the shipped model on real images, outside hypersan; INT8; the runtimes' sessions."""
 import json
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -100,6 +101,11 @@ def test_runtime_sessions_match_the_eager_net(tmp_path, runtime):
     with torch.no_grad():
         assert (run(x) - net(x)).abs().max().item() <= 1e-4
         assert run(x[:1]).shape == (1, 3)
+        # what the benchmarks time: the runtime's own call on its own input type, the same logits
+        a = run.prepare(x)
+        assert isinstance(a, np.ndarray if runtime == "onnxruntime" else torch.Tensor)
+        native = run.native(a)
+        assert isinstance(native, type(a)) and torch.equal(torch.as_tensor(native), run(x))
 
 
 def test_runtime_names_are_checked():

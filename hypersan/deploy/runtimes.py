@@ -2,7 +2,8 @@
 
 `session(net, runtime, folder, threads)` exports the net to `folder` in that runtime's format (nothing for
 eager), loads it back the way a deployment would (torch.export.load / onnxruntime.InferenceSession), and
-returns a callable from a float32 batch to logits. The callables are what `hypersan bench --runtime` times.
+returns a `Runner`: a callable from a float32 batch to logits, whose `native` call (the runtime's own input and
+output types) is what `hypersan bench --runtime` times.
 """
 from __future__ import annotations
 
@@ -55,19 +56,35 @@ def onnx_session(path: str | os.PathLike, threads: int, spin: bool = False, prof
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
+class Runner:
+    """A net loaded in a deployment runtime. Called with a float32 torch batch, it returns torch logits, so every
+    runtime can be checked against the eager net. `native(a)` is the runtime's own call on its own input type (a
+    torch tensor for eager and pt2, a float32 numpy array for onnxruntime), returning that runtime's output, and
+    `prepare(x)` turns a torch batch into that input. Benchmarks time `native` on prepared inputs: what a
+    deployment in that runtime pays per call, without the conversions between torch and numpy that only a
+    torch caller makes (in onnxruntime about 3 microseconds a call on the Zen 4 of docs/RESULTS.md: a twentieth of
+    the width-32 test MobileNet's batch-1 latency once pruned to an eighth of its MACs, 0.055 ms)."""
+
+    def __init__(self, native: Callable, prepare: Callable = lambda x: x, finish: Callable = lambda y: y):
+        self.native, self.prepare, self._finish = native, prepare, finish
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self._finish(self.native(self.prepare(x)))
+
+
 def session(net: nn.Module, runtime: str, folder: str | os.PathLike, threads: int,
-            int8_images: Optional[torch.Tensor] = None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A callable running `net` in `runtime` (see RUNTIMES), its files written into `folder`. The torch runtimes
-    use torch's intra-op thread count, which the caller sets; onnxruntime gets `threads`. onnxruntime-int8
+            int8_images: Optional[torch.Tensor] = None) -> Runner:
+    """`net` running in `runtime` (see RUNTIMES), its files written into `folder`, as a `Runner`. The torch
+    runtimes use torch's intra-op thread count, which the caller sets; onnxruntime gets `threads`. onnxruntime-int8
     needs `int8_images`, the calibration images of quantize.quantize_int8."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     net = net.eval()
     if runtime == "eager":
-        return net
+        return Runner(net)
     if runtime == "pt2":
         path = export_pt2(net, folder / FILES["pt2"])
-        return torch.export.load(str(path)).module()
+        return Runner(torch.export.load(str(path)).module())
     if runtime in ("onnxruntime", "onnxruntime-int8"):
         path = export_onnx(net, folder / FILES["onnx"])
         if runtime == "onnxruntime-int8":
@@ -78,12 +95,11 @@ def session(net: nn.Module, runtime: str, folder: str | os.PathLike, threads: in
             quantize_int8(path, folder / INT8_FILE, int8_images)
             path = folder / INT8_FILE
         sess = onnx_session(path, threads)
-
-        def run(x: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(sess.run(["logits"], {"images": np.ascontiguousarray(x.numpy())})[0])
-
-        return run
+        output = ["logits"]
+        return Runner(lambda a: sess.run(output, {"images": a})[0],
+                      prepare=lambda x: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32),
+                      finish=torch.from_numpy)
     raise ValueError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
 
 
-__all__ = ["RUNTIMES", "parse_runtimes", "session", "onnx_session"]
+__all__ = ["RUNTIMES", "Runner", "parse_runtimes", "session", "onnx_session"]

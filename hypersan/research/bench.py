@@ -371,7 +371,9 @@ def run_runtime_bench(engine: PruningEngine, subtasks: Sequence[Subtask], runtim
     settled calls (`time_turns`: each net's turn calls it 1 + `settle` times and times the last), with the ratio
     of the turns' first calls, each right after the other net's turn, as `cold_latency_ratio`. The
     int8 runtime quantizes each net on its own classes' training images. Each pruned net is built as
-    `engine.subnet` builds it with `budget` and `round_to` / `round_mode`. Returns the JSON summary.
+    `engine.subnet` builds it with `budget` and `round_to` / `round_mode`. Each runtime is called as its own
+    deployments call it (`runtimes.Runner.native`: numpy arrays in and out of onnxruntime, tensors in torch), on
+    inputs prepared before the clock starts. Returns the JSON summary.
 
     `best_threads` (onnxruntime runtimes only, whose sessions keep their own thread count): each net runs at each
     of these intra-op thread counts in the same rounds, and the ratio is taken at each net's fastest count (a
@@ -418,8 +420,8 @@ def run_runtime_bench(engine: PruningEngine, subtasks: Sequence[Subtask], runtim
                     fns = {}
                     for k in counts:
                         d, p = dense_s[rt][k], runs[k]
-                        fns[("dense", k)] = lambda d=d: [d(x) for _ in range(n)]
-                        fns[("pruned", k)] = lambda p=p: [p(x) for _ in range(n)]
+                        fns[("dense", k)] = lambda d=d, a=d.prepare(x): [d.native(a) for _ in range(n)]
+                        fns[("pruned", k)] = lambda p=p, a=p.prepare(x): [p.native(a) for _ in range(n)]
                     cold, times = time_turns(fns, warmup, repeats, seed, settle)
                     ms = {key: 1e3 * statistics.median(v) / n for key, v in times.items()}
                     kd = min(counts, key=lambda k: ms[("dense", k)])  # each net at its fastest thread count
@@ -596,7 +598,8 @@ def run_width_bench(factory: str, kwargs: dict, input_shape: Sequence[int], num_
     `cold_latency_ratio`: see `time_turns`). BN is folded as exports fold it. Each row also has `fixed_ms`, both
     nets' latency on one-pixel images (`one_pixel`: their fixed costs per call, timed side by side), and
     `fixed_floor`, the ratio that kernels scaling exactly with MACs would give beside those costs (None for a net
-    with no one-pixel form); in onnxruntime, `nodes`, how many nodes it runs of each net."""
+    with no one-pixel form); in onnxruntime, `nodes`, how many nodes it runs of each net. Each runtime is called
+    natively, as in `run_runtime_bench`."""
     from ..deploy.runtimes import session
     from ..nn.custom import CustomBackbone
     from ..prune.budget import MacModel
@@ -630,18 +633,19 @@ def run_width_bench(factory: str, kwargs: dict, input_shape: Sequence[int], num_
                 p1 = _one_pixel_session(net, rt, Path(tmp) / f"r{r}-m{k}-1px" / rt, threads)
                 got = count_macs(net, tuple(input_shape)) / dense_macs
                 for b in batches:
-                    x, n = xs[b], calls_per_round(b)
-                    cold, times = time_turns({"dense": lambda: [d(x) for _ in range(n)],
-                                              "pruned": lambda: [p(x) for _ in range(n)]}, warmup, repeats, seed,
-                                             settle)
+                    xd, xp, n = d.prepare(xs[b]), p.prepare(xs[b]), calls_per_round(b)
+                    cold, times = time_turns({"dense": lambda: [d.native(xd) for _ in range(n)],
+                                              "pruned": lambda: [p.native(xp) for _ in range(n)]}, warmup, repeats,
+                                             seed, settle)
                     ratio = paired_ratio(times["pruned"], times["dense"])
                     dense_ms = 1e3 * statistics.median(times["dense"]) / n
                     fixed = floor = None
                     if d1 is not None and p1 is not None:  # the same nets on one pixel, in turns of their own
                         x1, n1 = torch.rand(b, c, 1, 1, generator=gen), 20
-                        one = time_turns({"dense": lambda: [d1(x1) for _ in range(n1)],
-                                          "pruned": lambda: [p1(x1) for _ in range(n1)]}, warmup, repeats, seed,
-                                         settle)[1]
+                        xd1, xp1 = d1.prepare(x1), p1.prepare(x1)
+                        one = time_turns({"dense": lambda: [d1.native(xd1) for _ in range(n1)],
+                                          "pruned": lambda: [p1.native(xp1) for _ in range(n1)]}, warmup, repeats,
+                                         seed, settle)[1]
                         fixed = {k_: 1e3 * statistics.median(v) / n1 for k_, v in one.items()}
                         floor = fixed_floor(dense_ms, got, fixed["dense"], fixed["pruned"])
                     rows.append({"runtime": rt, "batch": b, "target_mac_ratio": r, "multiple": k,
