@@ -210,3 +210,25 @@ def test_a_relative_data_folder_is_found_from_any_working_directory(tmp_path, mo
     monkeypatch.setattr(datasets, "CHECKOUT", tmp_path / "a-checkout-without-data")  # whether or not this one has it
     with pytest.raises(DatasetError, match="make glyphs"):  # a missing glyph set says what builds it
         load_folder_dataset("train", "data/glyphs")
+
+
+def test_a_split_read_twice_is_decompressed_once_and_a_changed_file_again(tmp_path, monkeypatch):
+    import hypersan.data.datasets as ds
+
+    imgs = np.arange(10000 * 28 * 28, dtype=np.int64).astype(np.uint8).reshape(10000, 28, 28)
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", 0x803, imgs)
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", 0x801, (np.arange(10000) % 10).astype(np.uint8))
+    opened = []
+    real = gzip.open
+    monkeypatch.setattr(ds.gzip, "open", lambda path, mode="rb": (mode == "rb" and opened.append(path)) or
+                        real(path, mode))
+    ds._decompressed.cache_clear()
+    x1, y1 = load_fashion_mnist("test", tmp_path)
+    x1[0, 0, 0, 0] = 255  # the caller's copy: changing it changes nothing that is cached
+    x2, y2 = load_fashion_mnist("test", tmp_path)
+    assert len(opened) == 2  # images and labels, once each
+    assert x2[0, 0, 0, 0] == 0 and torch.equal(x2[1:], torch.from_numpy(imgs[1:]).unsqueeze(1))
+    assert torch.equal(y1, y2)
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", 0x801, ((np.arange(10000) + 1) % 10).astype(np.uint8))
+    y3 = load_fashion_mnist("test", tmp_path)[1]
+    assert len(opened) == 3 and torch.equal(y3, (y1 + 1) % 10)  # the changed file is read again

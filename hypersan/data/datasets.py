@@ -1,6 +1,7 @@
 """Datasets: Fashion-MNIST (IDX) and CIFAR-10/100 readers, class vocabularies, groups, augmentation."""
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import os
@@ -65,11 +66,22 @@ def data_home_path(data_dir: str | os.PathLike) -> Path:
 
 # ---------------------------------------------------------------- Fashion-MNIST (IDX)
 
+@functools.lru_cache(maxsize=4)
+def _decompressed(path: str, size: int, mtime_ns: int, ctime_ns: int, inode: int) -> bytes:
+    """A gzipped file's bytes, decompressed once per process for each version of the file (its path, size,
+    modification and change times, inode): a training run, an evaluation or a test session that reads the same
+    split again pays a copy, not another decompression (about 0.25 s for Fashion-MNIST's training images). Holds
+    the last 4 files (55 MB for Fashion-MNIST's four); a file changed on disk is read again."""
+    with gzip.open(path, "rb") as f:
+        return f.read()
+
+
 def _read_idx(path: Path, magic: int, count: int, shape: tuple[int, ...]) -> np.ndarray:
-    """Read one gzipped IDX file, checking magic number, count and shape."""
+    """Read one gzipped IDX file, checking magic number, count and shape. The array is read-only: it shares the
+    decompressed bytes of `_decompressed`; copy it before changing it."""
     try:
-        with gzip.open(path, "rb") as f:
-            raw = f.read()
+        st = path.stat()
+        raw = _decompressed(str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
     except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise DatasetError(f"{path}: cannot decompress ({e}); the file is truncated or corrupt, reinstall it") from None
     ndim = len(shape) + 1
