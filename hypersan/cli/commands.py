@@ -608,7 +608,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", type=int, default=256, help="images per timed forward (default 256)")
     b.add_argument("--runtime", default=None, metavar="R[,R...]",
                    help="time dense vs pruned where they are deployed: eager, pt2, onnxruntime, onnxruntime-int8 "
-                        "(comma-separated), at each of --batches")
+                        "(comma-separated), at each of --batches; each runtime is called as its deployments call it "
+                        "(numpy arrays in and out of onnxruntime)")
     b.add_argument("--batches", default="1,256", help="with --runtime: comma-separated batch sizes (default 1,256)")
     b.add_argument("--threads", type=int, default=2, help="intra-op threads of every runtime (default 2)")
     b.add_argument("--best-threads", default=None, metavar="N[,N...]",
