@@ -361,6 +361,13 @@ def calls_per_round(batch: int, images: int = 64) -> int:
     return max(1, -(-images // batch))
 
 
+def native_calls(run, x: torch.Tensor, n: int) -> Callable[[], list]:
+    """What the runtime benches time: `n` calls of a `runtimes.Runner` in its runtime's own types
+    (`Runner.native`), on `x` converted once, before the clock starts."""
+    a = run.prepare(x)
+    return lambda: [run.native(a) for _ in range(n)]
+
+
 def run_runtime_bench(engine: PruningEngine, subtasks: Sequence[Subtask], runtimes: Sequence[str],
                       batches: Sequence[int] = (1, 256), threads: int = 2, repeats: int = 10, warmup: int = 3,
                       seed: int = 0, log: Optional[Callable[[str], None]] = None, budget: Optional[float] = None,
@@ -420,8 +427,7 @@ def run_runtime_bench(engine: PruningEngine, subtasks: Sequence[Subtask], runtim
                     fns = {}
                     for k in counts:
                         d, p = dense_s[rt][k], runs[k]
-                        fns[("dense", k)] = lambda d=d, a=d.prepare(x): [d.native(a) for _ in range(n)]
-                        fns[("pruned", k)] = lambda p=p, a=p.prepare(x): [p.native(a) for _ in range(n)]
+                        fns[("dense", k)], fns[("pruned", k)] = native_calls(d, x, n), native_calls(p, x, n)
                     cold, times = time_turns(fns, warmup, repeats, seed, settle)
                     ms = {key: 1e3 * statistics.median(v) / n for key, v in times.items()}
                     kd = min(counts, key=lambda k: ms[("dense", k)])  # each net at its fastest thread count
@@ -633,19 +639,16 @@ def run_width_bench(factory: str, kwargs: dict, input_shape: Sequence[int], num_
                 p1 = _one_pixel_session(net, rt, Path(tmp) / f"r{r}-m{k}-1px" / rt, threads)
                 got = count_macs(net, tuple(input_shape)) / dense_macs
                 for b in batches:
-                    xd, xp, n = d.prepare(xs[b]), p.prepare(xs[b]), calls_per_round(b)
-                    cold, times = time_turns({"dense": lambda: [d.native(xd) for _ in range(n)],
-                                              "pruned": lambda: [p.native(xp) for _ in range(n)]}, warmup, repeats,
-                                             seed, settle)
+                    n = calls_per_round(b)
+                    cold, times = time_turns({"dense": native_calls(d, xs[b], n), "pruned": native_calls(p, xs[b], n)},
+                                             warmup, repeats, seed, settle)
                     ratio = paired_ratio(times["pruned"], times["dense"])
                     dense_ms = 1e3 * statistics.median(times["dense"]) / n
                     fixed = floor = None
                     if d1 is not None and p1 is not None:  # the same nets on one pixel, in turns of their own
                         x1, n1 = torch.rand(b, c, 1, 1, generator=gen), 20
-                        xd1, xp1 = d1.prepare(x1), p1.prepare(x1)
-                        one = time_turns({"dense": lambda: [d1.native(xd1) for _ in range(n1)],
-                                          "pruned": lambda: [p1.native(xp1) for _ in range(n1)]}, warmup, repeats,
-                                         seed, settle)[1]
+                        one = time_turns({"dense": native_calls(d1, x1, n1), "pruned": native_calls(p1, x1, n1)},
+                                         warmup, repeats, seed, settle)[1]
                         fixed = {k_: 1e3 * statistics.median(v) / n1 for k_, v in one.items()}
                         floor = fixed_floor(dense_ms, got, fixed["dense"], fixed["pruned"])
                     rows.append({"runtime": rt, "batch": b, "target_mac_ratio": r, "multiple": k,
