@@ -9,7 +9,7 @@ import torch
 from hypersan.cli.commands import main
 from hypersan.data.datasets import load_fashion_mnist, to_float
 from hypersan.prune.engine import PruningEngine
-from hypersan.deploy.runtimes import parse_runtimes, session
+from hypersan.deploy.runtimes import parse_runtimes, session, sessions
 
 from .conftest import needs_fmnist
 from .test_export import _net, _x, run_without_hypersan
@@ -106,6 +106,25 @@ def test_runtime_sessions_match_the_eager_net(tmp_path, runtime):
         assert isinstance(a, np.ndarray if runtime == "onnxruntime" else torch.Tensor)
         native = run.native(a)
         assert isinstance(native, type(a)) and torch.equal(torch.as_tensor(native), run(x))
+
+
+def test_one_export_serves_every_thread_count(tmp_path, monkeypatch):
+    import hypersan.deploy.runtimes as runtimes
+
+    calls = []
+    real = runtimes.export_onnx
+    monkeypatch.setattr(runtimes, "export_onnx", lambda net, path: calls.append(path) or real(net, path))
+    net = _net("resnet")
+    x = _x(net, 5)
+    runs = sessions(net, "onnxruntime", tmp_path, [2, 1, 2])
+    assert len(calls) == 1 and sorted(runs) == [1, 2] and runs[1] is not runs[2]
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+    with torch.no_grad():
+        want = net(x)
+    for run in runs.values():
+        assert (run(x) - want).abs().max().item() <= 1e-4
+    with pytest.raises(ValueError, match="thread counts must be >= 1"):
+        sessions(net, "eager", tmp_path, [0])
 
 
 def test_runtime_names_are_checked():

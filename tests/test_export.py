@@ -55,7 +55,7 @@ def test_artifact_records_the_source_checkpoint_hash(tmp_path):
     src = tmp_path / "ckpt"
     src.mkdir()
     save_file({"w": torch.arange(4.0)}, str(src / "model.safetensors"))
-    save_subnet(_net(), tmp_path / "a", source=str(src))
+    save_subnet(_net(), tmp_path / "a", formats=["safetensors"], source=str(src))
     cfg = json.loads((tmp_path / "a" / "config.json").read_text())
     assert cfg["source_checkpoint"] == str(src)
     assert cfg["source_sha256"] == hashlib.sha256((src / "model.safetensors").read_bytes()).hexdigest()
@@ -63,7 +63,8 @@ def test_artifact_records_the_source_checkpoint_hash(tmp_path):
 
 
 def _saved(tmp_path):
-    save_subnet(_net(), tmp_path / "a")
+    """An artifact to check or break: its weights and config (what load_subnet reads; no pt2 export to pay)."""
+    save_subnet(_net(), tmp_path / "a", formats=["safetensors"])
     return tmp_path / "a"
 
 

@@ -38,6 +38,15 @@ def test_shipped_model_is_small_and_self_describing(name):
     assert "test" in prov["selection"]  # says plainly which choices saw the test set
 
 
+# Each shipped model is checked on two class-set sizes, and the two models together on all four: each evaluation is
+# a recalibration and a pass over every test image, the same code for every size.
+SIZES = {"fmnist": (1, 5), "fmnist_b16": (2, 10)}
+
+
+def test_every_fixed_size_model_has_sizes_to_reproduce():
+    assert set(SIZES) == set(FMNIST) and sorted(k for v in SIZES.values() for k in v) == [1, 2, 5, 10]
+
+
 @needs_fmnist
 @pytest.mark.parametrize("name", FMNIST)
 def test_shipped_model_reproduces_its_recorded_metrics_from_fresh_statistics(name):
@@ -47,7 +56,7 @@ def test_shipped_model_reproduces_its_recorded_metrics_from_fresh_statistics(nam
     by_size = {}
     for s in rec["subtasks"]:
         by_size.setdefault(s["size"], s)
-    picked = [by_size[k] for k in (1, 2, 5, 10)]
+    picked = [by_size[k] for k in SIZES[name]]
     test_x, test_y = load_fashion_mnist("test")
     r = evaluate(engine, test_x, test_y, [tuple(s["indices"]) for s in picked], progress=False)
     assert len(engine.cache) == len(picked) + 1  # really recalibrated: the dense net and every subtask

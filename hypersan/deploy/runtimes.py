@@ -3,13 +3,14 @@
 `session(net, runtime, folder, threads)` exports the net to `folder` in that runtime's format (nothing for
 eager), loads it back the way a deployment would (torch.export.load / onnxruntime.InferenceSession), and
 returns a `Runner`: a callable from a float32 batch to logits, whose `native` call (the runtime's own input and
-output types) is what `hypersan bench --runtime` times.
+output types) is what `hypersan bench --runtime` times. `sessions(net, runtime, folder, counts)` exports once and
+opens one runner per thread count (`hypersan bench --best-threads`).
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -72,19 +73,22 @@ class Runner:
         return self._finish(self.native(self.prepare(x)))
 
 
-def session(net: nn.Module, runtime: str, folder: str | os.PathLike, threads: int,
-            int8_images: Optional[torch.Tensor] = None) -> Runner:
-    """`net` running in `runtime` (see RUNTIMES), its files written into `folder`, as a `Runner`. The torch
-    runtimes use torch's intra-op thread count, which the caller sets; onnxruntime gets `threads`. onnxruntime-int8
-    needs `int8_images`, the calibration images of quantize.quantize_int8."""
+def sessions(net: nn.Module, runtime: str, folder: str | os.PathLike, threads: Sequence[int],
+             int8_images: Optional[torch.Tensor] = None) -> dict[int, Runner]:
+    """`net` running in `runtime` (see RUNTIMES) at each thread count of `threads`, as {count: Runner}; its files
+    are written into `folder` once and every count's runner reads the same file. The torch runtimes use torch's
+    intra-op thread count, which the caller sets (one runner serves every count); onnxruntime gets one session per
+    count. onnxruntime-int8 needs `int8_images`, the calibration images of quantize.quantize_int8."""
+    counts = list(dict.fromkeys(int(k) for k in threads))
+    if not counts or min(counts) < 1:
+        raise ValueError(f"thread counts must be >= 1, got {list(threads)}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     net = net.eval()
-    if runtime == "eager":
-        return Runner(net)
-    if runtime == "pt2":
-        path = export_pt2(net, folder / FILES["pt2"])
-        return Runner(torch.export.load(str(path)).module())
+    if runtime in ("eager", "pt2"):
+        run = Runner(net) if runtime == "eager" else \
+            Runner(torch.export.load(str(export_pt2(net, folder / FILES["pt2"]))).module())
+        return {k: run for k in counts}
     if runtime in ("onnxruntime", "onnxruntime-int8"):
         path = export_onnx(net, folder / FILES["onnx"])
         if runtime == "onnxruntime-int8":
@@ -94,12 +98,21 @@ def session(net: nn.Module, runtime: str, folder: str | os.PathLike, threads: in
 
             quantize_int8(path, folder / INT8_FILE, int8_images)
             path = folder / INT8_FILE
-        sess = onnx_session(path, threads)
-        output = ["logits"]
-        return Runner(lambda a: sess.run(output, {"images": a})[0],
-                      prepare=lambda x: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32),
-                      finish=torch.from_numpy)
+        return {k: _onnx_runner(onnx_session(path, k)) for k in counts}
     raise ValueError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
 
 
-__all__ = ["RUNTIMES", "Runner", "parse_runtimes", "session", "onnx_session"]
+def _onnx_runner(sess) -> Runner:
+    output = ["logits"]
+    return Runner(lambda a: sess.run(output, {"images": a})[0],
+                  prepare=lambda x: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32),
+                  finish=torch.from_numpy)
+
+
+def session(net: nn.Module, runtime: str, folder: str | os.PathLike, threads: int,
+            int8_images: Optional[torch.Tensor] = None) -> Runner:
+    """`net` running in `runtime` at `threads` threads, its files written into `folder` (see `sessions`)."""
+    return sessions(net, runtime, folder, [threads], int8_images)[threads]
+
+
+__all__ = ["RUNTIMES", "Runner", "parse_runtimes", "session", "sessions", "onnx_session"]

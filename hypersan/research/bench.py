@@ -386,7 +386,7 @@ def run_runtime_bench(engine: PruningEngine, subtasks: Sequence[Subtask], runtim
     of these intra-op thread counts in the same rounds, and the ratio is taken at each net's fastest count (a
     small pruned net may run fastest on fewer threads than the dense net); each row records both counts and the
     ratio at every common count (`ratio_by_threads`)."""
-    from ..deploy.runtimes import session
+    from ..deploy.runtimes import sessions
 
     log = log or (lambda m: None)
     if repeats < 1 or warmup < 0 or threads < 1 or not batches or min(batches) < 1 or settle < 0:
@@ -409,7 +409,7 @@ def run_runtime_bench(engine: PruningEngine, subtasks: Sequence[Subtask], runtim
         dense_s = {}
         for rt in runtimes:
             calib = engine.subtask_images(None, 256, seed) if rt.endswith("int8") else None
-            dense_s[rt] = {k: session(dense, rt, Path(tmp) / "dense" / rt / f"t{k}", k, calib) for k in counts}
+            dense_s[rt] = sessions(dense, rt, Path(tmp) / "dense" / rt, counts, calib)  # one export, every count
         for i, t in enumerate(subtasks):
             net = engine.subnet(t, fold_bn=True, seed=seed, budget=budget, round_to=round_to,
                                 round_mode=round_mode)
@@ -419,7 +419,7 @@ def run_runtime_bench(engine: PruningEngine, subtasks: Sequence[Subtask], runtim
                 want = net(xs[max(batches)])
             for rt in runtimes:
                 calib = engine.subtask_images(t, 256, seed) if rt.endswith("int8") else None
-                runs = {k: session(net, rt, Path(tmp) / f"s{i}" / rt / f"t{k}", k, calib) for k in counts}
+                runs = sessions(net, rt, Path(tmp) / f"s{i}" / rt, counts, calib)
                 with torch.inference_mode():
                     err = max((run(xs[max(batches)]) - want).abs().max().item() for run in runs.values())
                 for b in batches:
