@@ -327,7 +327,8 @@ def test_cifar100_reader_on_a_synthetic_folder(tmp_path):
 
 
 def test_cifar100_config_trains_end_to_end_on_a_synthetic_folder(tmp_path, monkeypatch):
-    folder = _synthetic_cifar100(tmp_path / "cifar-100-python")
+    # two images a class: one to the stratified validation split, one to train on (two steps of 50)
+    folder = _synthetic_cifar100(tmp_path / "cifar-100-python", per_class=2)
     monkeypatch.setenv("HYPERSAN_DATA", str(folder))  # where users put the real folder (or data.data_dir)
     cfg = load_config(ROOT / "configs" / "cifar100.toml", _CIFAR_SMOKE + ["train.device=cpu"])
     assert cfg.data.dataset == "cifar100" and cfg.model.widths[0] > 16  # wider than the Fashion-MNIST nets
