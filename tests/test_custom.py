@@ -107,49 +107,57 @@ def test_the_default_rounding_is_the_cpus_vector_block_for_custom_networks_only(
     assert PruningEngine.from_pretrained("fmnist_b16").round_multiple(None) == 0  # built-ins: the exact widths
 
 
-@pytest.mark.parametrize("model", list(FACTORIES))
-def test_a_custom_networks_exports_load_in_a_fresh_process(trained, tmp_path, model):
-    engine = trained(model)
-    summary = engine.export(["circle", "cross"], tmp_path / "art", ["safetensors", "pt2", "onnx"])
-    assert summary["classes"] == ["circle", "cross"] and 0 < summary["mac_ratio"] < 1
+def test_a_custom_networks_exports_load_in_a_fresh_process(trained, tmp_path):
     x = torch.from_numpy(_images(4, 3)[0]).float() / 255
-    with torch.no_grad():
-        want = engine.subnet(["circle", "cross"])(x)
     np.save(tmp_path / "x.npy", x.numpy())
+    want, arts = {}, {}
+    for model in FACTORIES:
+        engine = trained(model)
+        arts[model] = tmp_path / model
+        summary = engine.export(["circle", "cross"], arts[model], ["safetensors", "pt2", "onnx"])
+        assert summary["classes"] == ["circle", "cross"] and 0 < summary["mac_ratio"] < 1, model
+        with torch.no_grad():
+            want[model] = engine.subnet(["circle", "cross"])(x)
+    # every model's three files, loaded in one fresh process
     code = f"""
 import json, numpy as np, torch, onnxruntime
 from hypersan.deploy.export import load_subnet
 x = torch.from_numpy(np.load({str(tmp_path / 'x.npy')!r}))
-net = load_subnet({str(tmp_path / 'art')!r})
-a = net(x).detach()
-b = torch.export.load({str(tmp_path / 'art' / 'model.pt2')!r}).module()(x).detach()
-s = onnxruntime.InferenceSession({str(tmp_path / 'art' / 'model.onnx')!r}, providers=["CPUExecutionProvider"])
-c = s.run(None, {{s.get_inputs()[0].name: x.numpy()}})[0]
-bns = sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
-print(json.dumps({{"classes": net.classes, "a": a.tolist(), "b": b.tolist(), "c": c.tolist(), "bns": bns}}))
+got = {{}}
+for model, art in {json.dumps({m: str(a) for m, a in arts.items()})}.items():
+    net = load_subnet(art)
+    a = net(x).detach()
+    b = torch.export.load(art + '/model.pt2').module()(x).detach()
+    s = onnxruntime.InferenceSession(art + '/model.onnx', providers=["CPUExecutionProvider"])
+    c = s.run(None, {{s.get_inputs()[0].name: x.numpy()}})[0]
+    bns = sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    got[model] = {{"classes": net.classes, "a": a.tolist(), "b": b.tolist(), "c": c.tolist(), "bns": bns}}
+print(json.dumps(got))
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
-    got = json.loads(r.stdout.strip().splitlines()[-1])
-    assert got["classes"] == ["circle", "cross"]
-    arch = json.loads((tmp_path / "art" / "config.json").read_text())["arch"]
-    dense_bns = sum(isinstance(m, torch.nn.BatchNorm2d) for m in engine.model.backbone.net.modules())
-    if model == "densenet":  # pre-activation: no BN follows a conv alone, so none is folded
-        assert arch["folded"] == [] and got["bns"] == dense_bns
-    else:  # exports fold every BN that follows a conv alone: the rebuilt net has none left
-        assert len(arch["folded"]) == dense_bns and got["bns"] == 0
-    for key in ("a", "b", "c"):
-        assert torch.allclose(torch.tensor(got[key]), want, atol=1e-5), key
-    if arch["folded"]:  # an artifact whose folded pairs the network does not have is refused, with the reason
-        from hypersan.deploy.export import load_subnet
-        from hypersan.io import ArtifactError
+    got_all = json.loads(r.stdout.strip().splitlines()[-1])
+    for model in FACTORIES:
+        engine, got, art = trained(model), got_all[model], arts[model]
+        assert got["classes"] == ["circle", "cross"], model
+        arch = json.loads((art / "config.json").read_text())["arch"]
+        dense_bns = sum(isinstance(m, torch.nn.BatchNorm2d) for m in engine.model.backbone.net.modules())
+        if model == "densenet":  # pre-activation: no BN follows a conv alone, so none is folded
+            assert arch["folded"] == [] and got["bns"] == dense_bns
+        else:  # exports fold every BN that follows a conv alone: the rebuilt net has none left
+            assert len(arch["folded"]) == dense_bns and got["bns"] == 0, model
+        for key in ("a", "b", "c"):
+            assert torch.allclose(torch.tensor(got[key]), want[model], atol=1e-5), (model, key)
+        if arch["folded"]:  # an artifact whose folded pairs the network does not have is refused, with the reason
+            from hypersan.deploy.export import load_subnet
+            from hypersan.io import ArtifactError
 
-        cfg_path = tmp_path / "art" / "config.json"
-        cfg = json.loads(cfg_path.read_text())
-        cfg["arch"]["folded"][0][0] = "no.such.conv"
-        cfg_path.write_text(json.dumps(cfg))
-        with pytest.raises(ArtifactError, match="folds BN into convs"):
-            load_subnet(tmp_path / "art")
+            cfg_path = art / "config.json"
+            cfg = json.loads(cfg_path.read_text())
+            cfg["arch"]["folded"][0][0] = "no.such.conv"
+            cfg_path.write_text(json.dumps(cfg))
+            with pytest.raises(ArtifactError, match="folds BN into convs"):
+                load_subnet(art)
 
 
 def test_bad_factories_and_configs_are_clear_errors(tmp_path):

@@ -290,25 +290,28 @@ else:
     raise SystemExit("hypersan is importable in the fresh process: " + hypersan.__file__)
 import json
 import torch
-x = torch.load(sys.argv[2], weights_only=True)
-extra = {{"hypersan.json": ""}}
-if sys.argv[1] == "torchscript":
-    m = torch.jit.load(sys.argv[3], _extra_files=extra)
-    with torch.no_grad():
-        outs = [m(x), m(x[:1])]
-    contract = json.loads(extra["hypersan.json"])
-elif sys.argv[1] == "pt2":
-    m = torch.export.load(sys.argv[3], extra_files=extra).module()
-    with torch.no_grad():
-        outs = [m(x), m(x[:1])]
-    contract = json.loads(extra["hypersan.json"])
-else:
-    import onnx, onnxruntime
-    s = onnxruntime.InferenceSession(sys.argv[3], providers=["CPUExecutionProvider"])
-    outs = [torch.from_numpy(s.run(["logits"], {{"images": a.numpy()}})[0]) for a in (x, x[:1])]
-    contract = json.loads({{p.key: p.value for p in onnx.load(sys.argv[3]).metadata_props}}["hypersan"])
-torch.save(outs, sys.argv[4])
-print(json.dumps(contract))
+contracts = []
+for job in json.loads(sys.argv[1]):  # each: {{"fmt", "path", "x", "out"}}
+    fmt, path, x = job["fmt"], job["path"], torch.load(job["x"], weights_only=True)
+    extra = {{"hypersan.json": ""}}
+    if fmt == "torchscript":
+        m = torch.jit.load(path, _extra_files=extra)
+        with torch.no_grad():
+            outs = [m(x), m(x[:1])]
+        contract = json.loads(extra["hypersan.json"])
+    elif fmt == "pt2":
+        m = torch.export.load(path, extra_files=extra).module()
+        with torch.no_grad():
+            outs = [m(x), m(x[:1])]
+        contract = json.loads(extra["hypersan.json"])
+    else:
+        import onnx, onnxruntime
+        s = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        outs = [torch.from_numpy(s.run(["logits"], {{"images": a.numpy()}})[0]) for a in (x, x[:1])]
+        contract = json.loads({{p.key: p.value for p in onnx.load(path).metadata_props}}["hypersan"])
+    torch.save(outs, job["out"])
+    contracts.append(contract)
+print(json.dumps(contracts))
 """
 
 
@@ -320,46 +323,54 @@ def _site_packages() -> list[str]:
     return sorted({str(Path(m.__file__).resolve().parents[1]) for m in (torch, numpy, onnx, onnxruntime)})
 
 
-def run_without_hypersan(tmp_path, fmt: str, path, x: torch.Tensor) -> tuple[dict, torch.Tensor, torch.Tensor]:
-    """(the file's own input contract, logits of x, logits of x[:1]) from a fresh process where hypersan cannot
-    be imported."""
-    torch.save(x, tmp_path / "x.pt")
+def run_without_hypersan(tmp_path, jobs) -> list[tuple[dict, torch.Tensor, torch.Tensor]]:
+    """For each job (format, file, x): (the file's own input contract, logits of x, logits of x[:1]), all from one
+    fresh process where hypersan cannot be imported."""
+    spec = []
+    for i, (fmt, path, x) in enumerate(jobs):
+        torch.save(x, tmp_path / f"x{i}.pt")
+        spec.append({"fmt": fmt, "path": str(path), "x": str(tmp_path / f"x{i}.pt"), "out": str(tmp_path / f"out{i}.pt")})
     script = _RUNNER.format(paths=_site_packages())
     env = {"PATH": os.environ.get("PATH", ""), "OMP_NUM_THREADS": "1"}
     # -I: no PYTHONPATH, no user site, no script dir; -S: no site-packages .pth (an editable install)
-    r = subprocess.run([sys.executable, "-I", "-S", "-W", "ignore::DeprecationWarning", "-c", script, fmt,
-                        str(tmp_path / "x.pt"), str(path), str(tmp_path / "out.pt")], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-I", "-S", "-W", "ignore::DeprecationWarning", "-c", script, json.dumps(spec)],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    full, one = torch.load(tmp_path / "out.pt", weights_only=True)
-    return json.loads(r.stdout.strip().splitlines()[-1]), full, one
+    contracts = json.loads(r.stdout.strip().splitlines()[-1])
+    return [(c, *torch.load(job["out"], weights_only=True)) for c, job in zip(contracts, spec)]
 
 
-@pytest.mark.parametrize("fmt,arch", [("pt2", "resnet"), ("pt2", "vgg"), ("onnx", "resnet"), ("onnx", "vgg"),
-                                      ("torchscript", "resnet")])
-def test_portable_export_runs_without_hypersan(tmp_path, fmt, arch):
-    net = _net(arch)
-    if fmt == "torchscript":  # legacy: torch's deprecation warning is expected here, and only here
-        with pytest.warns(DeprecationWarning, match="torch.jit.script"):
-            files = save_subnet(net, tmp_path / "a", formats=[fmt])
-    else:
-        files = save_subnet(net, tmp_path / "a", formats=[fmt])
-    x = _x(net, 5)  # the export traced a batch of 2: 5 and 1 check the dynamic batch
-    contract, full, one = run_without_hypersan(tmp_path, fmt, files[fmt], x)
-    assert contract["classes"] == net.classes
-    assert contract["input"] == {"name": "images", "dtype": "float32", "layout": "NCHW", "range": [0.0, 1.0],
-                                 "shape": ["batch", *net.input_shape]}
-    assert contract["normalization"]["inside_net"] is True
-    with torch.no_grad():
-        want = net(x)
-    assert full.shape == (5, 3) and one.shape == (1, 3)
-    assert (full - want).abs().max().item() <= 1e-4
-    assert (one - want[:1]).abs().max().item() <= 1e-4
-    if fmt == "onnx":  # the spatial mean is one GlobalAveragePool (global_pools), which runtimes keep blocked
-        import onnx
+PORTABLE = [("pt2", "resnet"), ("pt2", "vgg"), ("onnx", "resnet"), ("onnx", "vgg"), ("torchscript", "resnet")]
 
-        ops = [n.op_type for n in onnx.load(str(files["onnx"])).graph.node]
-        assert "ReduceMean" not in ops and ops.count("GlobalAveragePool") == 1
+
+def test_portable_exports_run_without_hypersan(tmp_path):
+    jobs, nets = [], []
+    for fmt, arch in PORTABLE:
+        net = _net(arch)
+        out = tmp_path / f"{fmt}-{arch}"
+        if fmt == "torchscript":  # legacy: torch's deprecation warning is expected here, and only here
+            with pytest.warns(DeprecationWarning, match="torch.jit.script"):
+                files = save_subnet(net, out, formats=[fmt])
+        else:
+            files = save_subnet(net, out, formats=[fmt])
+        jobs.append((fmt, files[fmt], _x(net, 5)))  # the export traced a batch of 2: 5 and 1 check the dynamic batch
+        nets.append(net)
+    for (fmt, arch), net, (_, path, x), (contract, full, one) in zip(PORTABLE, nets, jobs,
+                                                                     run_without_hypersan(tmp_path, jobs)):
+        assert contract["classes"] == net.classes, (fmt, arch)
+        assert contract["input"] == {"name": "images", "dtype": "float32", "layout": "NCHW", "range": [0.0, 1.0],
+                                     "shape": ["batch", *net.input_shape]}, (fmt, arch)
+        assert contract["normalization"]["inside_net"] is True, (fmt, arch)
+        with torch.no_grad():
+            want = net(x)
+        assert full.shape == (5, 3) and one.shape == (1, 3), (fmt, arch)
+        assert (full - want).abs().max().item() <= 1e-4, (fmt, arch)
+        assert (one - want[:1]).abs().max().item() <= 1e-4, (fmt, arch)
+        if fmt == "onnx":  # the spatial mean is one GlobalAveragePool (global_pools), which runtimes keep blocked
+            import onnx
+
+            ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+            assert "ReduceMean" not in ops and ops.count("GlobalAveragePool") == 1, arch
 
 
 def _mean_graph(axes, keepdims, rank=4):
