@@ -261,3 +261,35 @@ def test_channels_last_changes_the_layout_not_the_logits(arch):
         slow = plain(x)
     assert seen == [True, False]  # one-channel images too: the layout is set again after the first conv
     assert (fast - slow).abs().max().item() <= 1e-5
+
+
+def test_calibration_runs_channels_last_only_without_gradients_and_gives_the_same_statistics():
+    from hypersan.prune.stats import recalibrate
+
+    def net():  # a plain VGG at full widths (a one-channel layer would leave the layout ambiguous)
+        torch.manual_seed(0)
+        return _randomize(build_plain(ARCHS["vgg"]))
+
+    seen = []
+
+    def record(n):
+        n.convs[1].register_forward_pre_hook(lambda m, a: seen.append(a[0].is_contiguous(
+            memory_format=torch.channels_last)))
+        return n
+
+    batches = [torch.rand(16, 3, 12, 12, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    plain = net()
+    plain.channels_last = False
+    want = recalibrate(plain, plain, batches)  # the default layout throughout
+    fast = record(net().to(memory_format=torch.channels_last))  # as PruningEngine calibrates
+    got = recalibrate(fast, fast, batches)
+    assert seen == [True] * 3
+    assert want.keys() == got.keys()
+    for k in want:
+        assert torch.allclose(want[k], got[k], rtol=1e-4, atol=1e-6), k
+    seen.clear()
+    trained = record(net())  # channels_last on, weights in the default layout: a net as it is trained
+    with torch.no_grad():
+        trained.train()(batches[0])
+    trained.train()(batches[0]).sum().backward()  # where autograd records: the default layout (see subnet)
+    assert seen == [True, False]
