@@ -305,11 +305,11 @@ def test_a_budget_conditioned_model_trains_and_answers_budgets_on_the_command_li
     assert all(s["guard"]["budget"] <= s["budget"] and s["mac_ratio"] <= s["guard"]["budget"] for s in g)
     assert [c for c, _ in g[1]["guard"]["weighed"]] == [0.08, 0.12, 0.2, 0.3]  # the grid below 0.3, and 0.3
     assert main(["prune", "--checkpoint", str(out), "--request", "sneakers, at most a tenth of the MACs", "--out",
-                 str(tmp_path / "art")]) == 0
+                 str(tmp_path / "art"), "--format", "safetensors"]) == 0
     p = json.loads(capsys.readouterr().out)
     assert p["budget"] == 0.1 and p["mac_ratio"] <= 0.1 and p["classes"] == ["Sneaker"]
     assert main(["prune", "--checkpoint", str(out), "--classes", "Sneaker,Bag", "--budget", "0.3", "--guard", "--out",
-                 str(tmp_path / "guarded")]) == 0
+                 str(tmp_path / "guarded"), "--format", "safetensors"]) == 0
     p = json.loads(capsys.readouterr().out)
     assert p["guard"] == g[1]["guard"] and p["budget"] == 0.3  # the same decision as eval's
     assert json.loads((tmp_path / "guarded" / "config.json").read_text())["guard"] == p["guard"]

@@ -51,7 +51,7 @@ def test_prune_errors_are_clear(tmp_path, capsys, checkpoint, argv, msg):
 @needs_fmnist
 def test_prune_round_to_gives_multiples(tmp_path, capsys, checkpoint):
     rc, out, err = _run(capsys, "prune", "--checkpoint", str(checkpoint), "--classes", "Sneaker,Bag",
-                        "--out", str(tmp_path / "a"), "--round-to", "4")
+                        "--out", str(tmp_path / "a"), "--round-to", "4", "--format", "safetensors")
     assert rc == 0, err
     assert all(w % 4 == 0 for w in json.loads(out)["widths"].values())  # tiny widths are multiples of 4
 
@@ -162,10 +162,11 @@ def test_prune_never_replaces_a_folder_it_did_not_write(tmp_path, capsys, checkp
     assert (user / "notes.txt").read_text() == "keep me" and (user / "sub" / "data.bin").read_bytes() == b"\x00\x01"
     art = tmp_path / "art"
     assert _run(capsys, "prune", "--checkpoint", str(checkpoint), "--classes", "Bag,Coat", "--out", str(art))[0] == 0
+    assert {p.name for p in art.glob("model.*")} == {"model.safetensors", "model.pt2"}  # the default formats
     rc, _, err = _run(capsys, "prune", "--checkpoint", str(checkpoint), "--classes", "Bag", "--out", str(art))
     assert rc == 2 and "--force" in err and load_subnet(art).classes == ["Coat", "Bag"]
     assert _run(capsys, "prune", "--checkpoint", str(checkpoint), "--classes", "Bag", "--out", str(art),
-                "--force")[0] == 0
+                "--force", "--format", "safetensors")[0] == 0
     assert load_subnet(art).classes == ["Bag"]
 
 

@@ -168,7 +168,7 @@ def test_text_conditioned_training_and_requests(tmp_path, capsys):
     with pytest.raises(ValueError, match="conditioned on 'multihot'"):
         PruningEngine(SubtaskAdaptiveNet(_cfg(), FASHION_MNIST)).subnet((7, 8), text="sneakers and bags")
     assert main(["prune", "--checkpoint", str(tmp_path / "txt"), "--request", "sneakers and bags",
-                 "--out", str(tmp_path / "art")]) == 0
+                 "--out", str(tmp_path / "art"), "--format", "safetensors"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["classes"] == ["Sneaker", "Bag"] and r["request"] == "sneakers and bags"
     assert json.loads((tmp_path / "art" / "config.json").read_text())["conditioned_on"] == "sneakers and bags"
