@@ -329,7 +329,8 @@ def run_without_hypersan(tmp_path, jobs) -> list[tuple[dict, torch.Tensor, torch
     spec = []
     for i, (fmt, path, x) in enumerate(jobs):
         torch.save(x, tmp_path / f"x{i}.pt")
-        spec.append({"fmt": fmt, "path": str(path), "x": str(tmp_path / f"x{i}.pt"), "out": str(tmp_path / f"out{i}.pt")})
+        spec.append({"fmt": fmt, "path": str(path), "x": str(tmp_path / f"x{i}.pt"),
+                     "out": str(tmp_path / f"out{i}.pt")})
     script = _RUNNER.format(paths=_site_packages())
     env = {"PATH": os.environ.get("PATH", ""), "OMP_NUM_THREADS": "1"}
     # -I: no PYTHONPATH, no user site, no script dir; -S: no site-packages .pth (an editable install)

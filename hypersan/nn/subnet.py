@@ -42,10 +42,10 @@ def _describe(net: nn.Module, kind: str, in_channels: int, num_classes: int, wid
 
 def _channels_last(wanted: bool, training: bool) -> bool:
     """Whether a net's forward runs its activations channels-last (`wanted`: its `channels_last`): in inference,
-    and in a train-mode forward without gradients (BN calibration: 1.1-1.35x faster on the Fashion-MNIST nets on a
-    2-core Zen 4, 1.35-1.8x with the weights channels-last too), not where autograd records: on torch 2.13 CPU a channels-last
-    conv backward crashed the process (batch 123 on a 28x28 ResNet; 120, 124 and 128 ran), so training keeps the
-    default layout. (Plain arguments, not the module: TorchScript compiles this.)"""
+    and in a train-mode forward without gradients (BN calibration: 1.1-1.35x faster on the Fashion-MNIST nets on
+    a 2-core Zen 4, 1.35-1.8x with the weights channels-last too), not where autograd records: on torch 2.13 CPU a
+    channels-last conv backward crashed the process (batch 123 on a 28x28 ResNet; 120, 124 and 128 ran), so
+    training keeps the default layout. (Plain arguments, not the module: TorchScript compiles this.)"""
     return wanted and (not training or not torch.is_grad_enabled())
 
 

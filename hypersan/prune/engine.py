@@ -373,7 +373,8 @@ class PruningEngine:
         else:  # through the pruned net (cheaper), expanded to the full widths
             net = prune_backbone(bb, masks, range(len(self.model.classes)), physical=True)
             # a net for this pass only: its weights channels-last too (with its activations, see
-            # subnet._channels_last), 1.35-1.8x faster than the default layout for the Fashion-MNIST nets (2-core Zen 4)
+            # subnet._channels_last), 1.35-1.8x faster than the default layout for the Fashion-MNIST nets
+            # (2-core Zen 4)
             net = net.to(memory_format=torch.channels_last)
             stats = expand_bn_stats(bb, masks, recalibrate(net, net, spec.stream(src, self.model.device)))
         self._say(f"calibrated in {time.perf_counter() - t0:.1f} s")
