@@ -125,6 +125,7 @@ def test_runtime_names_are_checked():
 def test_int8_needs_calibration_images(tmp_path):
     with pytest.raises(ValueError, match="needs calibration images"):
         session(_net("resnet"), "onnxruntime-int8", tmp_path, threads=1)
+    assert not any(tmp_path.iterdir())  # refused before anything was exported
 
 
 @needs_fmnist

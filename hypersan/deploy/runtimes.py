@@ -90,10 +90,10 @@ def sessions(net: nn.Module, runtime: str, folder: str | os.PathLike, threads: S
             Runner(torch.export.load(str(export_pt2(net, folder / FILES["pt2"]))).module())
         return {k: run for k in counts}
     if runtime in ("onnxruntime", "onnxruntime-int8"):
+        if runtime == "onnxruntime-int8" and int8_images is None:  # before any export: nothing is done in vain
+            raise ValueError("the onnxruntime-int8 runtime needs calibration images (int8_images)")
         path = export_onnx(net, folder / FILES["onnx"])
         if runtime == "onnxruntime-int8":
-            if int8_images is None:
-                raise ValueError("the onnxruntime-int8 runtime needs calibration images (int8_images)")
             from .quantize import quantize_int8
 
             quantize_int8(path, folder / INT8_FILE, int8_images)
