@@ -544,3 +544,36 @@ def test_a_net_on_a_fixed_spatial_size_has_no_one_pixel_form():
             return self.fc(x.flatten(1))
 
     assert one_pixel(Fixed()) is None
+
+
+def test_a_custom_network_calibrates_channels_last_and_gets_its_own_tensors_back(trained, monkeypatch):
+    from hypersan.prune.stats import recalibrate
+
+    engine = trained("mobilenet")
+    bb = engine.model.backbone
+    t = engine.model.resolve(["circle", "cross"])
+    masks, _ = engine.masks(t)
+    ptrs = {n: (p.data_ptr(), p.stride()) for n, p in bb.named_parameters() if p.dim() == 4}
+    want = recalibrate(bb, lambda x: bb(x, masks), engine.calib_spec().stream(engine.images(), "cpu"))  # default
+    engine.cache.clear()
+    layouts = []
+    hook = bb.norm.register_forward_pre_hook(lambda m, a: layouts.append(
+        not a[0].is_contiguous() and a[0].is_contiguous(memory_format=torch.channels_last)))
+    got = engine.statistics(t)
+    hook.remove()
+    assert layouts and all(layouts)  # every calibration batch went in channels-last
+    assert {n: (p.data_ptr(), p.stride()) for n, p in bb.named_parameters() if p.dim() == 4} == ptrs
+    assert want.keys() == got.keys() and all(torch.allclose(want[k], got[k], rtol=1e-4, atol=1e-6) for k in want)
+    # a network whose forward needs the default layout (a .view of a feature map) is calibrated in that layout
+    real = bb.norm.forward
+
+    def picky(x):
+        if not x.is_contiguous():
+            raise RuntimeError("view size is not compatible with input tensor's size and stride")
+        return real(x)
+
+    monkeypatch.setattr(bb.norm, "forward", picky)
+    engine.cache.clear()
+    again = engine.statistics(t)
+    assert all(torch.equal(again[k], want[k]) for k in want)
+    assert {n: (p.data_ptr(), p.stride()) for n, p in bb.named_parameters() if p.dim() == 4} == ptrs

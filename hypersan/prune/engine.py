@@ -29,7 +29,7 @@ from .metrics import count_macs, count_params, kept_widths, plain_accuracy_and_e
 from ..nn.custom import CustomBackbone
 from ..nn.model import SubtaskAdaptiveNet
 from .stats import (STATS_FILE, BNStats, CalibSpec, StatsCache, StatsKey, get_bn_stats, images_fingerprint,
-                    masks_fingerprint, recalibrate, set_bn_stats, weights_fingerprint)
+                    masks_fingerprint, recalibrate, recalibrate_channels_last, set_bn_stats, weights_fingerprint)
 from ..data.subtasks import Subtask
 from .budget import BudgetError, MacModel, enforce_budget
 from ..nn.generators import budget_label
@@ -369,7 +369,8 @@ class PruningEngine:
         t0 = time.perf_counter()
         self._say(f"calibrating BN statistics on {spec.count(len(src))} x {spec.batch_size} training images")
         if isinstance(bb, CustomBackbone):  # through the masked module: a masked channel's statistics are unused
-            stats = recalibrate(bb, lambda x: bb(x, masks), spec.stream(src, self.model.device))
+            stats = recalibrate_channels_last(bb, lambda x: bb(x, masks),
+                                              lambda: spec.stream(src, self.model.device))
         else:  # through the pruned net (cheaper), expanded to the full widths
             net = prune_backbone(bb, masks, range(len(self.model.classes)), physical=True)
             # a net for this pass only: its weights channels-last too (with its activations, see
