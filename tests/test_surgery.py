@@ -293,3 +293,14 @@ def test_calibration_runs_channels_last_only_without_gradients_and_gives_the_sam
         trained.train()(batches[0])
     trained.train()(batches[0]).sum().backward()  # where autograd records: the default layout (see subnet)
     assert seen == [True, False]
+
+
+def test_channels_last_weights_converts_even_ambiguous_weights_and_gives_them_back():
+    from hypersan.prune.stats import channels_last_weights
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Conv2d(4, 6, 1))  # both layouts fit these weights
+    before = [(p.data_ptr(), p.stride()) for p in net.parameters() if p.dim() == 4]
+    with channels_last_weights(net):
+        # channels-last strides proper: the channel dimension is the innermost one
+        assert all(p.stride(1) == 1 for p in net.parameters() if p.dim() == 4)
+    assert [(p.data_ptr(), p.stride()) for p in net.parameters() if p.dim() == 4] == before

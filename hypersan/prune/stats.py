@@ -74,7 +74,10 @@ def channels_last_weights(module: nn.Module) -> Iterator[nn.Module]:
     saved = [(t, t.data) for t in (*module.parameters(), *module.buffers()) if t.dim() == 4]
     try:
         for t, data in saved:
-            t.data = data.contiguous(memory_format=torch.channels_last)
+            # a fresh channels-last copy, as Module.to makes: `contiguous` would keep the default strides of a
+            # weight that satisfies both layouts (one input channel, a 1x1 kernel), and its conv's output would
+            # then leave the channels-last path
+            t.data = torch.empty_like(data, memory_format=torch.channels_last).copy_(data)
         yield module
     finally:
         for t, data in saved:
