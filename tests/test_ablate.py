@@ -223,8 +223,8 @@ def test_a_cold_build_calibrates_a_new_class_set_and_a_warm_one_does_not(monkeyp
     eng = _engine()
     eng.subnet((1, 7), fold_bn=True)  # the caller's engine has these statistics cached already
     calls = []
-    real = engine_module.recalibrate
-    monkeypatch.setattr(engine_module, "recalibrate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = engine_module.recalibrate_channels_last  # how the engine calibrates every class set
+    monkeypatch.setattr(engine_module, "recalibrate_channels_last", lambda *a, **k: calls.append(1) or real(*a, **k))
     ab = Ablation.__new__(Ablation)
     ab._train = (_images(), None)
     times = ab.build_times(eng, [(1, 7), (0, 3, 5)], seed=0)
