@@ -79,11 +79,14 @@ def test_quick_ablation_writes_every_methods_rows_and_the_reports(tmp_path):
     assert "acc − own backbone" in table and "median cold build" in table
     pytest.importorskip("matplotlib")
     assert {p.split("/")[-1] for p in r["plots"]} >= {"pareto.png", "mac_vs_size.png"}
-    # resumable: a second run redoes no step
-    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run" / "steps").iterdir()}
-    Ablation(load_ablation_config(tmp_path / "ab.toml"), tmp_path / "run", log=lambda m: None, root=ROOT).run(
-        progress=False)
-    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run" / "steps").iterdir()} == before
+    # resumable: a second run redoes no step, and draws no plot again from the same rows
+    def stamps():
+        return {p.name: p.stat().st_mtime_ns for d in ("steps", "plots") for p in (tmp_path / "run" / d).iterdir()}
+
+    before = stamps()
+    again = Ablation(load_ablation_config(tmp_path / "ab.toml"), tmp_path / "run", log=lambda m: None,
+                     root=ROOT).run(progress=False)
+    assert stamps() == before and again["plots"] == r["plots"]
     mono = json.loads((tmp_path / "run" / "steps" / "eval-pertask-g0.5-s0.json").read_text())["monotonicity"]
     assert mono["pairs"] > 0 and 0 <= mono["pairs_violated"] <= mono["pairs"]
 

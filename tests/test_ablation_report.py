@@ -174,3 +174,32 @@ def test_accuracy_against_seconds_per_class_set_on_the_peers_sets():
     lines = seconds_table(rows, 4.0).splitlines()
     assert lines[2].startswith("| hypernet |") and lines[3].startswith("| tp_subset_ft_long |")  # by seconds
     assert "| 2,000 | 100.00 |" in lines[3]
+
+
+def test_plots_are_drawn_again_only_when_their_rows_or_files_change(tmp_path, monkeypatch):
+    from hypersan.research import report
+
+    drawn = []
+
+    def draw(folder, rows, gamma):  # stands in for matplotlib: one file per call, named by the rows' count
+        folder.mkdir(parents=True, exist_ok=True)
+        drawn.append(len(rows))
+        (folder / "pareto.png").write_bytes(b"png %d" % len(rows))
+        return [str(folder / "pareto.png")]
+
+    monkeypatch.setattr(report, "write_plots", draw)
+    folder = tmp_path / "plots"
+    first = report.write_plots_once(folder, ROWS, 4.0)
+    assert first == [str(folder / "pareto.png")] and drawn == [len(ROWS)]
+    assert report.write_plots_once(folder, list(ROWS), 4.0) == first and drawn == [len(ROWS)]  # same rows: kept
+    report.write_plots_once(folder, ROWS, 2.0)  # another gamma
+    report.write_plots_once(folder, ROWS[:-1], 2.0)  # another row set
+    assert drawn == [len(ROWS), len(ROWS), len(ROWS) - 1]
+    (folder / "pareto.png").unlink()  # a plot gone: drawn again
+    report.write_plots_once(folder, ROWS[:-1], 2.0)
+    (folder / report.PLOTS_MANIFEST).write_text("{not json")  # a manifest that does not read: drawn again
+    report.write_plots_once(folder, ROWS[:-1], 2.0)
+    assert len(drawn) == 5 and (folder / "pareto.png").is_file()
+    monkeypatch.setattr(report, "write_plots", lambda folder, rows, gamma: [])  # no matplotlib: nothing recorded
+    (folder / report.PLOTS_MANIFEST).unlink()
+    assert report.write_plots_once(folder, ROWS, 4.0) == [] and not (folder / report.PLOTS_MANIFEST).exists()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -516,7 +517,7 @@ def write_reports(out: Path, rows: list[dict], extras: dict, gamma: Optional[flo
           "pruning, fine-tuning, calibration). Warm: its statistics cached (a peer caches nothing: warm = cold).",
           "", cost_table(rows), "", *costs_text(rows), ""]
     atomic_write_text(out / "table.md", "\n".join(md))
-    plots = write_plots(out / "plots", rows, gamma)
+    plots = write_plots_once(out / "plots", rows, gamma)
     return {"csv": str(out / "results.csv"), "table": str(out / "table.md"), "plots": plots}
 
 
@@ -550,6 +551,36 @@ def method_style(method: str, index: int = 0) -> dict:
     label, colour, marker = METHOD_STYLES.get(method, (method, (3 + 2 * index) % 20, "o"))
     return {"label": label, "color": cmap(colour), "marker": marker, "markersize": 6, "alpha": 0.9,
             "markeredgecolor": "black", "markeredgewidth": 0.4}
+
+
+PLOTS_MANIFEST = ".plots.json"  # in the plots folder: the digest of what its plots were drawn from, and their names
+
+
+def plots_digest(rows: list[dict], gamma: float) -> str:
+    """What a run's plots depend on: its rows, its gamma, and the code that draws them (this module's source, so
+    a hypersan that draws them differently draws them again)."""
+    h = hashlib.sha256(Path(__file__).read_bytes())
+    h.update(json.dumps({"rows": rows, "gamma": gamma}, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def write_plots_once(folder: Path, rows: list[dict], gamma: float) -> list[str]:
+    """`write_plots`, unless `folder` already holds every plot drawn by this code from the same rows and gamma (a
+    resumed run with nothing new: its plots stay as they are, and drawing them again took about 3 s)."""
+    folder = Path(folder)
+    digest = plots_digest(rows, gamma)
+    try:
+        done = json.loads((folder / PLOTS_MANIFEST).read_text())
+    except (OSError, ValueError):
+        done = {}
+    names = done.get("plots") if isinstance(done, dict) and done.get("digest") == digest else None
+    if names and all(isinstance(n, str) and (folder / n).is_file() for n in names):
+        return [str(folder / n) for n in names]
+    paths = write_plots(folder, rows, gamma)
+    if paths:
+        atomic_write_text(folder / PLOTS_MANIFEST,
+                          json.dumps({"digest": digest, "plots": [Path(p).name for p in paths]}))
+    return paths
 
 
 def write_plots(folder: Path, rows: list[dict], gamma: float) -> list[str]:
