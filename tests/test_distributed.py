@@ -191,18 +191,19 @@ def test_a_crash_on_one_rank_stops_the_run_with_a_clear_error_on_rank_0(tmp_path
 
 @needs_fmnist
 def test_torchrun_module_launch_and_resume(tmp_path):
-    """`torchrun -m hypersan train` on 2 CPU processes, then `--resume` under torchrun."""
+    """`torchrun -m hypersan train --resume` on 2 CPU processes, going on from a 2-rank run's first epoch (written in
+    this process, as test_two_processes_match_the_one_process_reference_and_resume_exactly checks it is): one
+    launch through torchrun's own entry point, its environment and `-m hypersan`."""
     out = tmp_path / "run"
-    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "hypersan",
-            "train", "--config", str(TINY), "--out", str(out), "--device", "cpu", *_sets(DDP)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    first = subprocess.run(base + ["--set", "train.epochs=1"], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert first.stdout.count('"epoch": 1') == 1 and first.stdout.count("checkpoint written") == 1, first.stdout
-    second = subprocess.run(base + ["--set", "train.epochs=2", "--resume", "--allow-config-change"], capture_output=True,
-                            text=True, env=env, timeout=300, cwd=ROOT)
+    train(load_config(TINY, DDP + ["train.epochs=1", "train.device=cpu"]), out, log=lambda m: None, emulate_ranks=2)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "hypersan",
+           "train", "--config", str(TINY), "--out", str(out), "--device", "cpu", *_sets(DDP),
+           "--set", "train.epochs=2", "--resume", "--allow-config-change"]
+    second = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            timeout=300, cwd=ROOT)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resuming" in second.stdout and second.stdout.count('"epoch": 2') == 1
+    assert second.stdout.count("checkpoint written") == 1, second.stdout  # rank 0 alone writes
     meta = json.loads((out / "meta.json").read_text())
     assert meta["epoch"] == 2 and meta["world_size"] == 2
     assert meta["config_changes"] == [{"at_epoch": 1, "changes": {"train.epochs": [1, 2]}}]
