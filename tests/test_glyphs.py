@@ -164,7 +164,7 @@ def test_a_tiny_glyph_model_trains_prunes_to_digits_and_exports(tmp_path):
     net = engine.subnet("capital A and a")
     assert net.classes == ["capital A", "small a"] and net(torch.rand(2, 1, 32, 32)).shape == (2, 2)
     # the demo's own requests for a glyph model
-    r = run_demo(tmp_path / "demo", checkpoint=str(tmp_path / "run"), log=lambda m: None)
+    r = run_demo(tmp_path / "demo", checkpoint=str(tmp_path / "run"), log=lambda m: None, repeats=1)
     assert [row["request"] for row in r["rows"]] == ["digits", "capital letters and digits", "Greek letters"]
     assert r["rows"][1]["classes"] == ["digit 0", "digit 1", "digit 2", "digit 3", "capital A", "capital B"]
     assert r["rows"][2]["classes"] == ["Greek small alpha"] and (tmp_path / "demo" / "digits").is_dir()

@@ -63,10 +63,11 @@ def test_download_checksums_match_the_installed_dataset():
 @needs_fmnist
 def test_demo_writes_artifacts_a_plot_and_a_table(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "sneakers and bags", "--out", str(out)]) == 0
+    assert main(["demo", "sneakers and bags", "--out", str(out), "--repeats", "2"]) == 0
     text = capsys.readouterr().out
     assert "Sneaker, Bag" in text and "MAC ratio" in text and "latency ratio" in text
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["repeats"] == 2
     row = summary["rows"][0]
     assert row["classes"] == ["Sneaker", "Bag"] and 0 < row["mac_ratio"] < 0.5
     assert abs(row["acc"] - row["dense_acc"]) < 0.02 and row["latency_ratio"] > 0
@@ -76,6 +77,17 @@ def test_demo_writes_artifacts_a_plot_and_a_table(tmp_path, capsys):
     # a second run does not replace the folder without --force; with it, it does
     assert main(["demo", "sneakers and bags", "--out", str(out)]) == 2
     assert "--force" in capsys.readouterr().err
+
+
+def test_demo_timing_rounds_default_and_bad_values(tmp_path, capsys):
+    from hypersan.cli.demo import REPEATS
+
+    with pytest.raises(SystemExit):  # argparse exits after printing the help
+        main(["demo", "--help"])
+    assert f"default {REPEATS};" in " ".join(capsys.readouterr().out.split())
+    assert main(["demo", "--out", str(tmp_path / "d"), "--repeats", "0"]) == 2
+    assert "--repeats takes a number of timing rounds >= 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
 
 
 def test_demo_never_writes_into_a_users_folder(tmp_path, capsys):
@@ -189,7 +201,7 @@ def test_every_option_of_every_subcommand_has_help():
 def test_demo_takes_a_budget_in_words_on_the_budget_model_and_refuses_it_elsewhere(tmp_path, capsys):
     out = tmp_path / "demo"
     request = "shoes and bags, under 10% of the compute"
-    assert main(["demo", request, "--checkpoint", "fmnist_budget", "--out", str(out)]) == 0
+    assert main(["demo", request, "--checkpoint", "fmnist_budget", "--out", str(out), "--repeats", "1"]) == 0
     row = json.loads((out / "summary.json").read_text())["rows"][0]
     assert row["budget"] == 0.1 and 0 < row["mac_ratio"] <= 0.105
     assert row["classes"] == ["Sandal", "Sneaker", "Bag", "Ankle boot"]

@@ -29,6 +29,9 @@ REQUESTS_BY_DATASET = {"fashion_mnist": DEFAULT_REQUESTS,
                        "glyphs": ("digits", "capital letters and digits", "Greek letters")}
 
 
+REPEATS = 7  # timed rounds per request: the median of 7 per-round ratios; about 1.5 s of the demo per request
+
+
 def slug(text: str) -> str:
     """A folder name for a request: lower-case words joined by dashes."""
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "subtask"
@@ -36,12 +39,15 @@ def slug(text: str) -> str:
 
 def run_demo(out: str | os.PathLike, requests: Optional[Sequence[str]] = None, checkpoint: Optional[str] = None,
              force: bool = False, threads: int = 2, log: Callable[[str], None] = print,
-             data_dir: Optional[str] = None) -> dict:
+             data_dir: Optional[str] = None, repeats: int = REPEATS) -> dict:
     """Run the demo into `out` (a new folder, or an earlier demo's with force); returns the summary. `requests`:
     requests in words; None: the examples of the model's data set (REQUESTS_BY_DATASET). `data_dir`: the data set's
-    folder, where it is not where the model's config says."""
+    folder, where it is not where the model's config says. `repeats`: timed rounds per request (after two warm-up
+    rounds), whose per-round ratios give the latency ratio's median."""
     if requests is not None and not requests:
         raise ValueError("give at least one request")
+    if repeats < 1:
+        raise ValueError(f"--repeats takes a number of timing rounds >= 1, got {repeats}")
     check_output_dir(out, DEMO_KIND, force)  # before any work
     t_start = time.perf_counter()
     old_threads = torch.get_num_threads()
@@ -80,7 +86,7 @@ def run_demo(out: str | os.PathLike, requests: Optional[Sequence[str]] = None, c
                 net = engine.subnet(t, fold_bn=True, budget=b)
                 log(f'timing "{r}" beside the dense net (batch 256, {threads} threads)')
                 times = time_rounds({"dense": lambda: dense(batch), "pruned": lambda: net(batch)}, warmup=2,
-                                    repeats=7, settle=SETTLE)
+                                    repeats=repeats, settle=SETTLE)
                 summary = engine.export(list(t), tmp / slug(r), formats=["safetensors", "onnx"], budget=b)
                 rows.append({"request": r, "budget": b, "classes": e["classes"], "acc": e["acc"],
                              "dense_acc": e["dense_acc"],
@@ -90,7 +96,7 @@ def run_demo(out: str | os.PathLike, requests: Optional[Sequence[str]] = None, c
                              "dense_ms": 1e3 * statistics.median(times["dense"]),
                              "onnx_bytes": summary["bytes"]["onnx"], "folder": slug(r), "widths": e["widths"]})
             png = plot_kept_channels(rows, dict(model.backbone.arch["site_widths"]), tmp / "kept_channels.png")
-            result = {"checkpoint": str(model.source), "machine": machine(threads), "rows": rows,
+            result = {"checkpoint": str(model.source), "machine": machine(threads), "repeats": repeats, "rows": rows,
                       "plot": "kept_channels.png" if png else None,
                       "seconds": time.perf_counter() - t_start}
             write_json(tmp / "summary.json", result)
