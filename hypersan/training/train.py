@@ -580,11 +580,13 @@ def _train(cfg: Config, out: Path, resume: bool, log: Callable[[str], None], sto
             total_sums = ctx.all_sum([sums["loss"], sums["mean_utility"], sums["kept"], sums["macs"]])
             sums["loss"], sums["mean_utility"], sums["kept"], sums["macs"] = (v / world for v in total_sums)
             ctx.broadcast_buffers(model)
-        mb = max(1, sums["masked_batches"])
+        mb = sums["masked_batches"]
         # mean_utility: the mean |utility| the sparsity term pushes down (not a share of pruned channels; that is
-        # 1 - kept_fraction)
-        rec = {"epoch": epoch + 1, "loss": sums["loss"] / steps, "mean_utility": sums["mean_utility"] / mb,
-               "kept_fraction": sums["kept"] / mb, "kept_mac_ratio": sums["macs"] / mb,
+        # 1 - kept_fraction). An epoch whose batches all ran dense has no masks to average: null, never a 0 that
+        # reads as "nothing kept" (small data sets, few batches an epoch, and subtasks.dense_share make it common)
+        rec = {"epoch": epoch + 1, "loss": sums["loss"] / steps,
+               "mean_utility": sums["mean_utility"] / mb if mb else None,
+               "kept_fraction": sums["kept"] / mb if mb else None, "kept_mac_ratio": sums["macs"] / mb if mb else None,
                "seconds": time.perf_counter() - t0}
         if main:  # rank 0 alone evaluates and writes; the others wait at the barrier below
             last = epoch + 1 == t.epochs
