@@ -10,6 +10,14 @@ class DatasetError(RuntimeError):
     """Dataset files are missing, truncated or malformed."""
 
 
+class MissingSplitError(DatasetError):
+    """A data set folder has no folder for one of its splits (`split`: "test", "val", ...)."""
+
+    def __init__(self, message: str, split: str):
+        super().__init__(message)
+        self.split = split
+
+
 @dataclass
 class DatasetInfo:
     """A dataset's vocabulary: class names, named groups, synonyms and image statistics."""

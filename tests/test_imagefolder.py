@@ -127,15 +127,23 @@ def _folder_config(root, *extra):
     return load_config(ROOT / "configs" / "folder.toml", [f'data.data_dir="{root}"', "train.progress=false", *extra])
 
 
-def test_a_small_folder_trains_with_the_documented_config(tmp_path):
+def test_a_small_folder_trains_with_the_documented_config(tmp_path, capsys):
     from hypersan.training.train import split_training_data, train
 
-    root = _make(tmp_path / "pets", per_class=30, size=(16, 16))  # 3 classes x 30 images, no val/
+    root = _make(tmp_path / "pets", splits=("train",), per_class=30, size=(16, 16))  # 3 x 30 images, no val/, test/
     cfg = _folder_config(root, "train.epochs=1")  # the documented config; one epoch keeps the test short
     tx, ty, vx, vy, _ = split_training_data(cfg)
     assert (len(tx), len(vx)) == (81, 9) and sorted(vy.tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # a tenth, stratified
     model = train(cfg, tmp_path / "run", log=lambda m: None)
     assert model.classes == CLASSES
+    # no test/ folder: eval says how to add one, or to score the validation split instead, which works
+    from hypersan.cli import main
+
+    names = ",".join(CLASSES[:2])
+    assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--subtasks", names]) == 2
+    err = capsys.readouterr().err
+    assert "has no test/ folder" in err and err.rstrip().endswith("hypersan eval --split val")
+    assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--subtasks", names, "--split", "val"]) == 0
 
 
 def test_a_folder_with_val_validates_on_it_and_a_tiny_one_says_what_it_needs(tmp_path):

@@ -155,6 +155,7 @@ def _sweep(args) -> int:
 
 def _eval(args) -> int:
     from ..data.datasets import load_split
+    from ..info import MissingSplitError
     from ..training.evaluate import evaluate, parse_subtasks
 
     if args.limit is not None and args.limit < 1:
@@ -178,7 +179,13 @@ def _eval(args) -> int:
                              f"{len(model.classes)} {tuple(model.info.input_shape)}); render it with the model's "
                              "classes (hypersan data glyphs --all-test)")
     else:
-        x, y, _ = load_split(cfg.data, split, args.data_dir)
+        try:
+            x, y, _ = load_split(cfg.data, split, args.data_dir)
+        except MissingSplitError as e:
+            if e.split != "test":
+                raise
+            raise MissingSplitError(f"{e}, or score the validation split the model was chosen on: hypersan eval "
+                                    "--split val", e.split) from None
     if args.split == "val":
         from ..training.train import split_training_data
 

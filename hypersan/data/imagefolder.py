@@ -24,7 +24,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..info import DatasetError, DatasetInfo, channel_stats
+from ..info import DatasetError, DatasetInfo, MissingSplitError, channel_stats
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SPLITS = ("train", "val", "test")
@@ -72,7 +72,8 @@ def read_split(root: str | os.PathLike, split: str, channels: int = 0, corrupt: 
                            "(or the class folders)")
     folder = _split_dir(root, split)
     if folder is None:
-        raise DatasetError(f"image folder {root} has no {split}/ folder; add ROOT/{split}/<class>/... images")
+        raise MissingSplitError(f"image folder {root} has no {split}/ folder; add ROOT/{split}/<class>/... images",
+                                split)
     dirs = _class_dirs(folder)
     names = [d.name for d in dirs]
     if classes is not None:
