@@ -144,6 +144,10 @@ def test_a_small_folder_trains_with_the_documented_config(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "has no test/ folder" in err and err.rstrip().endswith("hypersan eval --split val")
     assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--subtasks", names, "--split", "val"]) == 0
+    capsys.readouterr()
+    # the demo has no example requests for a user's data set: it names the model's own classes as examples
+    assert main(["demo", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "demo")]) == 2
+    assert '"cat" "dog")' in capsys.readouterr().err and not (tmp_path / "demo").exists()
 
 
 def test_a_folder_with_val_validates_on_it_and_a_tiny_one_says_what_it_needs(tmp_path):

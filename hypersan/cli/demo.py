@@ -59,8 +59,9 @@ def run_demo(out: str | os.PathLike, requests: Optional[Sequence[str]] = None, c
         if requests is None:
             requests = REQUESTS_BY_DATASET.get(model.info.name)
             if requests is None:
+                example = " ".join(f'"{c}"' for c in model.classes[:2])  # its own classes, as requests
                 raise ValueError(f"the demo has no example requests for the {model.info.name!r} data set: give "
-                                 f"some (hypersan demo --checkpoint {checkpoint} \"digits\" ...)")
+                                 f"some, in words or class names (hypersan demo --checkpoint {checkpoint} {example})")
         log(f"reading the {model.config.data.dataset} test images")
         x, y, _ = load_split(model.config.data, "test", data_dir)
         subtasks, budgets = [], []
