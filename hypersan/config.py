@@ -61,6 +61,7 @@ class GeneratorConfig:
     surrogate_temp: float = 0.1  # width of the sigmoid surrogate gradient around the threshold
     min_keep: int = 1  # every site keeps at least this many channels (the top ones by utility)
     keep_multiple: int = 1  # kept counts rounded down to a multiple of this (16: AVX-512 conv blocks)
+    round_to: str = ""  # builds round kept widths up to "auto" (CPU's block), "0" (exact), "8"; "": by network kind
     budget: bool = False  # budget-conditioned: the generator also reads a MAC budget (docs/BUDGETS.md)
     budget_min: float = 0.02  # the smallest budget (MAC ratio to the dense net) trained and accepted
     budget_free_share: float = 0.1  # share of training samples drawn with no limit (budget 1)
@@ -353,6 +354,16 @@ def _check_range(key: str, value: Any) -> None:
             raise ConfigError(f"{sub} {rule}, got {v!r} ({meaning})")
 
 
+def parse_round_to(value: str, where: str = "--round-to") -> int | str:
+    """A width multiple as written ("16", "0": none) or "auto" (the CPU's vector block): the int, or "auto"."""
+    text = str(value).strip()
+    if text == "auto":
+        return text
+    if text.isdigit():
+        return int(text)
+    raise ConfigError(f"{where} = {value!r}: give a width multiple such as 16, 0 (the exact widths), or auto")
+
+
 def validate(cfg: Config) -> None:
     """Check value ranges and choices that types alone do not catch."""
     def choice(value: str, allowed: tuple[str, ...], where: str) -> None:
@@ -370,6 +381,8 @@ def validate(cfg: Config) -> None:
                           "an image folder's val/); "
                           f"{cfg.data.dataset} has none: use 'sample' (data.val_size images of the training data)")
     choice(cfg.model.arch, ("resnet", "vgg", "custom"), "model.arch")
+    if cfg.generator.round_to:
+        parse_round_to(cfg.generator.round_to, "generator.round_to")
     if (cfg.model.arch == "custom") != bool(cfg.model.factory):
         raise ConfigError("model.arch = 'custom' builds your network with model.factory = 'package.module:function'"
                           if cfg.model.arch == "custom" else

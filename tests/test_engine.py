@@ -151,6 +151,22 @@ def test_round_to_gives_multiples_and_its_own_statistics():
         eng.subnet(t, round_mode="down")
 
 
+def test_a_models_config_chooses_its_builds_rounding_and_an_argument_wins():
+    from hypersan.config import ConfigError, load_config
+    from hypersan.prune.engine import vector_block
+
+    from .conftest import ROOT
+
+    t = (4, 5)
+    assert _engine().round_multiple(None) == 0  # a built-in backbone, nothing configured: the exact widths
+    eng = _engine(extra=['generator.round_to="4"'])
+    assert eng.round_multiple(None) == 4 and eng.round_multiple(0) == 0  # the argument (--round-to) wins
+    assert eng.subnet(t).arch["site_widths"] == eng.subnet(t, round_to=4).arch["site_widths"]
+    assert _engine(extra=['generator.round_to="auto"']).round_multiple(None) == vector_block()
+    with pytest.raises(ConfigError, match=r"generator.round_to = 'fast'.*16, 0 \(the exact widths\), or auto"):
+        load_config(ROOT / "configs" / "tiny.toml", ['generator.round_to="fast"'])
+
+
 def test_block_aligned_keep_rule_gives_block_widths_and_stays_exact():
     eng = _engine(extra=["generator.keep_multiple=4"])
     t = (4, 5)

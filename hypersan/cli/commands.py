@@ -138,11 +138,11 @@ def _study(args) -> int:
 
 def round_to_arg(value: str):
     """--round-to: a width multiple, or "auto" (the CPU's vector block)."""
-    if value == "auto":
-        return value
+    from ..config import ConfigError, parse_round_to
+
     try:
-        return int(value)
-    except ValueError:
+        return parse_round_to(value)
+    except ConfigError:
         raise argparse.ArgumentTypeError(f"{value!r}: give a width multiple such as 16, 0 (none), or auto") from None
 
 
@@ -553,7 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score each class set's net after STEPS fine-tuning steps, as prune --finetune builds it")
     e.add_argument("--round-to", type=round_to_arg, default=None, metavar="N|auto",
                    help="score nets with every kept width rounded up to a multiple of N (0: the exact widths); "
-                        "default: as prune builds them (auto for a custom network, none for the built-in ones)")
+                        "default: as prune builds them (the model's generator.round_to; unset: auto for a custom "
+                        "network, none for the built-in ones)")
     e.add_argument("--data-dir", default=None, help="Fashion-MNIST folder, if not the system one or $HYPERSAN_DATA (training images: BN calibration)")
     e.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     e.add_argument("--no-cache", action="store_true", help="compute the dense net's logits again instead of reading "
@@ -586,7 +587,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--finetune", type=int, default=0, metavar="STEPS", help=FINETUNE_HELP)
     pr.add_argument("--round-to", type=round_to_arg, default=None, metavar="N|auto",
                     help="round every kept width to a multiple of N (see --round-mode); auto: the CPU's vector block "
-                         "(16 with AVX-512, else 8); default: auto for a custom network, none for the built-in ones")
+                         "(16 with AVX-512, else 8); default: the model's generator.round_to, unset: auto for a "
+                         "custom network, none for the built-in ones")
     pr.add_argument("--round-mode", choices=["up", "nearest"], default="up",
                     help="up: add back channels (exact); nearest: may also drop the lowest-utility kept channels")
     pr.add_argument("--fold-bn", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts

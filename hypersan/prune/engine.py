@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Iterator, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from ..config import parse_round_to
 from ..nn.checkpoint import CHECKPOINT_KIND, resolve_checkpoint
 from ..data.datasets import DatasetError, split_train_val, validation_images, validation_rule
 from ..deploy.export import DEFAULT_FORMATS, parse_formats, save_subnet
@@ -272,10 +273,14 @@ class PruningEngine:
 
     def round_multiple(self, round_to: RoundTo = None) -> int:
         """The width multiple a build rounds to: an integer as given (0 or 1: none); "auto": the CPU's vector
-        block (vector_block: 16 with AVX-512, else 8); None: "auto" for a custom network, whose odd widths
-        otherwise run slower than the dense net (docs/CUSTOM.md), and 0 for the built-in backbones."""
+        block (vector_block: 16 with AVX-512, else 8); None: the model config's `generator.round_to` where it sets
+        one, else "auto" for a custom network, whose odd widths otherwise run slower than the dense net
+        (docs/CUSTOM.md), and 0 for the built-in backbones (the shipped models' recorded figures are of exact
+        widths; `fmnist_b16` trains its widths in multiples of 16)."""
         if round_to is None:
-            round_to = ROUND_AUTO if isinstance(self.model.backbone, CustomBackbone) else 0
+            configured = self.model.config.generator.round_to  # the model's own choice, where its config makes one
+            round_to = (parse_round_to(configured, "generator.round_to") if configured else
+                        ROUND_AUTO if isinstance(self.model.backbone, CustomBackbone) else 0)
         if round_to == ROUND_AUTO:
             return vector_block()
         if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 0:
