@@ -430,8 +430,7 @@ def _demo(args) -> int:
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     log(f"allocator: {allocator}")
     r = run_demo(args.out, args.requests or None, checkpoint=args.checkpoint, force=args.force,
-                 threads=args.threads, log=log, data_dir=args.data_dir,
-                 **({} if args.repeats is None else {"repeats": args.repeats}))
+                 threads=args.threads, log=log, data_dir=args.data_dir, repeats=args.repeats)
     print(format_demo(r, args.out))
     return 0
 
@@ -606,7 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="hypersan-demo", help="output folder (default: hypersan-demo; written atomically)")
     d.add_argument("--force", action="store_true", help="replace an earlier demo's folder (never another folder)")
     d.add_argument("--threads", type=int, default=2, help="torch threads for evaluation and timing (default 2)")
-    d.add_argument("--repeats", type=int, default=None,  # None: demo.REPEATS (the CLI imports no torch to start)
+    d.add_argument("--repeats", type=int, default=None,  # None: demo.REPEATS (commands.py does not import torch)
                    help="timed rounds per request; the latency ratio is their median (default 7; fewer: a quicker, "
                         "noisier ratio)")
     d.add_argument("--data-dir", default=None, help="the model's data set folder, if not where its config says "

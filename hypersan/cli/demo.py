@@ -39,13 +39,14 @@ def slug(text: str) -> str:
 
 def run_demo(out: str | os.PathLike, requests: Optional[Sequence[str]] = None, checkpoint: Optional[str] = None,
              force: bool = False, threads: int = 2, log: Callable[[str], None] = print,
-             data_dir: Optional[str] = None, repeats: int = REPEATS) -> dict:
+             data_dir: Optional[str] = None, repeats: Optional[int] = None) -> dict:
     """Run the demo into `out` (a new folder, or an earlier demo's with force); returns the summary. `requests`:
     requests in words; None: the examples of the model's data set (REQUESTS_BY_DATASET). `data_dir`: the data set's
     folder, where it is not where the model's config says. `repeats`: timed rounds per request (after two warm-up
-    rounds), whose per-round ratios give the latency ratio's median."""
+    rounds), whose per-round ratios give the latency ratio's median (None: REPEATS)."""
     if requests is not None and not requests:
         raise ValueError("give at least one request")
+    repeats = REPEATS if repeats is None else repeats
     if repeats < 1:
         raise ValueError(f"--repeats takes a number of timing rounds >= 1, got {repeats}")
     check_output_dir(out, DEMO_KIND, force)  # before any work
