@@ -136,6 +136,13 @@ def test_a_small_folder_trains_with_the_documented_config(tmp_path, capsys):
     assert (len(tx), len(vx)) == (81, 9) and sorted(vy.tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # a tenth, stratified
     model = train(cfg, tmp_path / "run", log=lambda m: None)
     assert model.classes == CLASSES
+    # the documented config builds widths in the CPU's vector blocks (free widths run slower than their MACs say)
+    from hypersan.prune.engine import PruningEngine, vector_block
+
+    engine = PruningEngine.from_pretrained(tmp_path / "run")
+    full = {s.name: s.size for s in engine.model.sites if s.kind == "utility"}
+    widths = engine.subnet(CLASSES[:2]).arch["site_widths"]
+    assert all(w % vector_block() == 0 or w == full[name] for name, w in widths.items()), widths
     # no test/ folder: eval says how to add one, or to score the validation split instead, which works
     from hypersan.cli import main
 
