@@ -191,6 +191,15 @@ def test_bench_verdict_names_the_failing_rows_and_warns_when_busy():
     assert "size FAILED on 1 subtask(s): Sneaker,Bag" in table and "criterion: artifact size" in table
     assert "the machine was busy (load average 5.0 with 1 bench threads)" in table
     assert busy_warning(0.9, 1) is None and busy_warning(None, 2) is None
+    # a latency miss of widths off the kernels' blocks suggests rounding them; on block widths it does not
+    row = r["subtasks"][1]
+    row["checks"]["pruned_latency"] = False
+    r["passed"] = summarize_checks(r["subtasks"])
+    hint = "try --round-to auto"
+    row.update(mac_ratio=0.2, block16_mac_ratio=0.3)
+    assert "pruned_latency FAILED on 1 subtask(s)" in format_table(r) and hint in format_table(r)
+    row.update(block16_mac_ratio=0.2)
+    assert "pruned_latency FAILED" in format_table(r) and hint not in format_table(r)
 
 
 def test_layer_profile_counts_every_layer_and_matches_the_mac_counter():

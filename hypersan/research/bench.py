@@ -347,6 +347,11 @@ def format_table(result: dict) -> str:
                 bad = [",".join(r["classes"]) for r in result["subtasks"] if r["checks"].get(k) is False]
                 lines.append(f"  {k} FAILED on {len(bad)} subtask(s): {'; '.join(bad)}")
                 lines.append(f"    criterion: {CRITERIA.get(k, k)}")
+                if k == "pruned_latency" and not rnd and any(
+                        r["checks"].get(k) is False and r.get(f"block{BLOCK}_mac_ratio", 0) > 1.05 * r["mac_ratio"]
+                        for r in result["subtasks"]):  # widths the kernels pad: what rounding would do
+                    lines.append(f"    widths off the kernels' blocks (MAC{BLOCK} above MACs) run slower than their "
+                                 "MACs say: try --round-to auto (docs/GUIDE.md, *Widths and speed*)")
     warn = busy_warning(result.get("load_average"), result["threads"])
     if warn:
         lines.append(warn)
