@@ -255,12 +255,31 @@ def test_channels_last_changes_the_layout_not_the_logits(arch):
     inner.register_forward_pre_hook(lambda m, a: seen.append(a[0].is_contiguous(memory_format=torch.channels_last)
                                                              and not a[0].is_contiguous()))
     x = torch.rand(3, ARCHS[arch]["in_channels"], 12, 12)
+
+    def layouts():  # each conv weight: with channels-last strides (one-input-channel weights too)?
+        return {w.stride() == torch.empty_like(w, memory_format=torch.channels_last).stride()
+                for w in plain.parameters() if w.dim() == 4 and w.shape[2] > 1}
+
+    assert layouts() == {True}  # in eval mode the weights are laid out as the activations
     with torch.no_grad():
         fast = plain(x)
         plain.channels_last = False
+        slow_weights = plain(x)
+        assert seen == [True, True]  # channels-last weights alone keep oneDNN's output channels-last
+        plain.eval()  # lays the weights out again
+        assert layouts() == {False}
         slow = plain(x)
-    assert seen == [True, False]  # one-channel images too: the layout is set again after the first conv
-    assert (fast - slow).abs().max().item() <= 1e-5
+    assert seen == [True, True, False]  # one-channel images too: the layout is set again after the first conv
+    assert (fast - slow).abs().max().item() <= 1e-5 and (fast - slow_weights).abs().max().item() <= 1e-5
+    plain.channels_last = True
+    plain.train()  # training, where autograd records: the default layout, weights and activations
+    assert layouts() == {False}
+    with torch.no_grad():
+        plain.train()  # a train-mode call without gradients (BN calibration): channels-last
+    assert layouts() == {True}
+    params = list(plain.parameters())
+    plain.eval()
+    assert all(a is b for a, b in zip(params, plain.parameters()))  # the same Parameters: optimizers keep them
 
 
 def test_calibration_runs_channels_last_only_without_gradients_and_gives_the_same_statistics():

@@ -9,6 +9,7 @@ this contract itself (`input_contract`): ONNX as metadata_props, `.pt2` and Torc
 from __future__ import annotations
 
 import collections
+import copy
 import hashlib
 import itertools
 import json
@@ -24,7 +25,7 @@ from torch import nn
 from ..version import __version__
 from ..io import (ArtifactError, atomic_dir, check_safetensors, expected_tensors, load_tensors, read_json,
                  save_tensors, write_json)
-from ..nn.subnet import build_plain, site_names
+from ..nn.subnet import build_plain, site_names, weights_layout
 from .quantize import check_weight_bits
 
 ARTIFACT_FORMAT = 1
@@ -117,7 +118,10 @@ def export_pt2(net: nn.Module, path: str | os.PathLike) -> Path:
     """Save a plain net with torch.export (dynamic batch), loadable with plain torch.export.load; the input
     contract is the extra file hypersan.json."""
     _check_exportable(net)
-    program = torch.export.export(net.eval(), (_example(net),), dynamic_shapes=_batch_dim())
+    # a .pt2 archive stores each weight as its whole storage, and warns about any other strides: a copy with its
+    # weights in the default layout (a plain net's eval mode lays them out channels-last) goes into it
+    net = weights_layout(copy.deepcopy(net).eval(), torch.contiguous_format)
+    program = torch.export.export(net, (_example(net),), dynamic_shapes=_batch_dim())
     torch.export.save(program, str(path), extra_files={CONTRACT_FILE: json.dumps(input_contract(net))})
     return Path(path)
 
