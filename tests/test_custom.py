@@ -71,7 +71,7 @@ def test_a_custom_network_trains_and_its_pruned_net_equals_the_masked_one(traine
     for classes in (["circle", "cross"], ["square", "cross", "stripes"]):
         idx = [CLASSES.index(c) for c in classes]
         net = engine.subnet(classes, round_to=0)  # the exact widths
-        assert net.classes == classes
+        assert net.classes == classes and net.channels_last  # its forward gives the same outputs channels-last
         widths = kept_widths(engine.masks(tuple(idx), round_to=0)[0], engine.model.sites)
         full = engine.model.backbone.arch["site_widths"]
         assert any(widths[g] < full[g] for g in full), "the randomized generator should drop channels"
@@ -385,6 +385,38 @@ class _FlatHead(nn.Module):
 
     def forward(self, x):
         return self.head(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+
+class _ViewHead(_FlatHead):
+    def forward(self, x):
+        h = torch.relu(self.bn(self.conv(x)))
+        return self.head(h.view(h.size(0), -1))  # raises on channels-last strides
+
+
+def test_a_custom_net_runs_channels_last_only_where_its_forward_gives_the_same_outputs(monkeypatch, tmp_path):
+    import types
+
+    from hypersan.deploy.export import load_subnet, save_subnet
+    from hypersan.nn.custom import CustomBackbone
+    from hypersan.prune.surgery import prune_backbone
+
+    for name, cls, fast in (("flatnets", _FlatHead, True), ("viewnets", _ViewHead, False)):
+        monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(build=lambda num_classes, c=cls: c(num_classes)))
+        torch.manual_seed(0)
+        bb = CustomBackbone(f"{name}:build", {}, 3, 4, [3, 28, 28], [0.5] * 3, [0.25] * 3).eval()
+        x = bb.probe(3)
+        for fold in (False, True):
+            net = prune_backbone(bb, None, [0, 2], fold_bn=fold, input_shape=[3, 28, 28])
+            assert net.channels_last is fast, (name, fold)
+            w = net.net.conv.weight  # laid out channels-last in eval mode where the net runs so, and only there
+            assert (w.stride() == torch.empty_like(w, memory_format=torch.channels_last).stride()) is fast
+            with torch.no_grad():
+                assert torch.allclose(net(x), bb(x)[:, [0, 2]], atol=1e-5), (name, fold)
+        save_subnet(net, tmp_path / name)  # an artifact rebuilt elsewhere makes the same check
+        back = load_subnet(tmp_path / name)
+        assert back.channels_last is fast
+        with torch.no_grad():
+            assert torch.allclose(back(x), net(x), atol=1e-6)
 
 
 def test_a_head_on_flattened_maps_has_no_mac_model(monkeypatch):

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .backbones import Normalize, Site
+from .subnet import InferenceLayout, channels_last_if_exact, in_layout, runs_channels_last
 from .graph import (SCALE, GraphError, GraphMasks, check_groups, conv_bn_pairs, find_groups, fold_pairs,
                     layer_index, prune_groups)
 
@@ -116,6 +117,13 @@ class CustomBackbone(nn.Module):
         p = next(self.net.parameters(), None)
         return torch.zeros(batch, *self.input_shape, device=None if p is None else p.device)
 
+    def probe(self, batch: int = 2) -> Tensor:
+        """A seeded random batch in [0, 1] of the input shape, on the network's device: what a check of a
+        forward's outputs runs on (a zero batch would hide a permuted feature map)."""
+        p = next(self.net.parameters(), None)
+        x = torch.rand(batch, *self.input_shape, generator=torch.Generator().manual_seed(0))
+        return x if p is None else x.to(p.device)
+
     def bn_pairs(self) -> List[List[str]]:
         """The [conv, bn] pairs a pruned net can fold (nn.graph.conv_bn_pairs). Pruning removes channels, not
         layers or connections, so the pairs of the dense network are those of every pruned one: traced once."""
@@ -134,9 +142,13 @@ class CustomBackbone(nn.Module):
             return self.net(x)
 
 
-class CustomSubnet(nn.Module):
+class CustomSubnet(InferenceLayout):
     """A physically pruned custom network: normalization, the pruned copy of the user's network (head cut to the
-    subtask's classes), and what rebuilds it (`arch`: the factory, kwargs and kept channels per group)."""
+    subtask's classes), and what rebuilds it (`arch`: the factory, kwargs and kept channels per group).
+
+    `channels_last` starts off: the builds turn it on where the network's forward gives the same outputs
+    channels-last (subnet.channels_last_if_exact); then, as a plain net, it runs its activations and, in eval
+    mode, its conv weights channels-last."""
 
     def __init__(self, norm: Normalize, net: nn.Module, classes: List[str], arch: dict):
         super().__init__()
@@ -149,7 +161,7 @@ class CustomSubnet(nn.Module):
         self.channels_last = False
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(self.norm(x))
+        return self.net(in_layout(self.norm(x), runs_channels_last(self.channels_last, self.training)))
 
 
 def mask_of(kept: List[int], size: int) -> Tensor:
@@ -179,9 +191,9 @@ def rebuild_subnet(arch: dict, classes: List[str]) -> CustomSubnet:
         raise GraphError(f"the artifact folds BN into convs that {arch['factory']} does not have as a conv and a "
                          f"BatchNorm2d ({wrong[:3]}): the network's code changed since the artifact was written")
     fold_pairs(net, folded)  # the folded form's modules; the artifact's tensors replace the values
-    out = CustomSubnet(dense.norm, net, classes, dict(arch)).eval()
+    out = CustomSubnet(dense.norm, net, classes, dict(arch))
     out.bn_folded = bool(folded)
-    return out
+    return channels_last_if_exact(out, dense.probe()).eval()
 
 
 __all__ = ["ARCH", "CustomBackbone", "CustomSubnet", "load_factory", "make_network", "mask_of", "rebuild_subnet"]

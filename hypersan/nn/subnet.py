@@ -41,7 +41,7 @@ def _describe(net: nn.Module, kind: str, in_channels: int, num_classes: int, wid
                 "blocks": list(blocks), "mean": list(mean), "std": list(std), "site_widths": dict(site_widths)}
 
 
-def _channels_last(wanted: bool, training: bool) -> bool:
+def runs_channels_last(wanted: bool, training: bool) -> bool:
     """Whether a net's forward runs its activations channels-last (`wanted`: its `channels_last`): in inference,
     and in a train-mode forward without gradients (BN calibration: 1.1-1.35x faster on the Fashion-MNIST nets on
     a 2-core Zen 4, 1.35-1.8x with the weights channels-last too), not where autograd records: on torch 2.13 CPU a
@@ -50,7 +50,7 @@ def _channels_last(wanted: bool, training: bool) -> bool:
     return wanted and (not training or not torch.is_grad_enabled())
 
 
-def _layout(x: Tensor, channels_last: bool) -> Tensor:
+def in_layout(x: Tensor, channels_last: bool) -> Tensor:
     """x in channels-last memory format when asked (a no-op when it already is)."""
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
@@ -67,6 +67,45 @@ def weights_layout(module: nn.Module, memory_format: torch.memory_format) -> nn.
                 t.data = want.copy_(t.data)
     return module
 
+
+
+class InferenceLayout(nn.Module):
+    """What the plain nets hypersan builds share (PlainNet, and a custom network's CustomSubnet): `channels_last`,
+    whether forward runs its activations channels-last where nothing records for autograd (runs_channels_last),
+    and conv weights laid out to match with the mode (`train`)."""
+
+    channels_last: bool
+
+    def train(self, mode: bool = True) -> "InferenceLayout":
+        """Set train / eval mode, and lay the conv weights out as forward will lay out the activations: channels-
+        last in eval mode (and in a train-mode call without gradients, BN calibration), the default layout where
+        autograd records. oneDNN runs a conv channels-last when its input or its weight is, so channels-last
+        weights beside channels-last activations spare it a reorder at every call (4-20% less time per call on
+        the Fashion-MNIST nets, docs/RESULTS.md), and default-layout weights keep training off the channels-last
+        conv backward (see runs_channels_last). After changing `channels_last`, call `eval()` again."""
+        super().train(mode)
+        cl = runs_channels_last(getattr(self, "channels_last", False), mode)
+        weights_layout(self, torch.channels_last if cl else torch.contiguous_format)
+        return self
+
+
+@torch.no_grad()
+def channels_last_if_exact(net: InferenceLayout, x: Tensor) -> InferenceLayout:
+    """Turn on `net.channels_last` where its forward on `x` gives the same outputs in both layouts (to float
+    rounding), else leave it off: a network whose forward `.view`s a feature map raises on channels-last strides.
+    The net keeps its mode; returns it."""
+    was = net.training
+    net.channels_last = False
+    want = net.eval()(x)
+    net.channels_last = True
+    try:
+        got = net.eval()(x)
+        ok = got.shape == want.shape and bool(torch.allclose(got, want, rtol=1e-4,
+                                                             atol=1e-5 * max(1.0, want.abs().max().item())))
+    except RuntimeError:
+        ok = False
+    net.channels_last = ok
+    return net.train(was)
 
 
 class PlainBlock(nn.Module):
@@ -86,7 +125,7 @@ class PlainBlock(nn.Module):
         return torch.relu_(h.add_(self.shortcut(x)))
 
 
-class PlainNet(nn.Module):
+class PlainNet(InferenceLayout):
     """A plain net from per-layer widths: normalization, a body built by the subclass, a linear head with one
     logit per kept class, in the order of `classes`."""
 
@@ -109,18 +148,6 @@ class PlainNet(nn.Module):
                     bn_folded: bool) -> int:
         """Register the layers between normalization and head; return the head's input width."""
         raise NotImplementedError
-
-    def train(self, mode: bool = True) -> "PlainNet":
-        """Set train / eval mode, and lay the conv weights out as forward will lay out the activations: channels-
-        last in eval mode (and in a train-mode call without gradients, BN calibration), the default layout where
-        autograd records. oneDNN runs a conv channels-last when its input or its weight is, so channels-last
-        weights beside channels-last activations spare it a reorder at every call (the pruned Fashion-MNIST nets
-        ran up to 2x faster in eager PyTorch on 2 threads), and default-layout weights keep training off the
-        channels-last conv backward (see _channels_last). After changing `channels_last`, call `eval()` again."""
-        super().train(mode)
-        cl = _channels_last(getattr(self, "channels_last", False), mode)
-        weights_layout(self, torch.channels_last if cl else torch.contiguous_format)
-        return self
 
 
 class PlainResNet(PlainNet):
@@ -148,10 +175,10 @@ class PlainResNet(PlainNet):
         return cin
 
     def forward(self, x: Tensor) -> Tensor:
-        cl = _channels_last(self.channels_last, self.training)
-        x = self.stem(_layout(self.norm(x), cl))
+        cl = runs_channels_last(self.channels_last, self.training)
+        x = self.stem(in_layout(self.norm(x), cl))
         x = torch.relu(x) if self.training else torch.relu_(x)
-        x = _layout(x, cl)  # again: with a one-channel image the stem's output format is ambiguous
+        x = in_layout(x, cl)  # again: with a one-channel image the stem's output format is ambiguous
         for blk in self.blocks:
             x = blk(x)
         return self.head(x.mean(dim=(2, 3)))  # (B, len(classes))
@@ -178,12 +205,12 @@ class PlainVGG(PlainNet):
         return cin
 
     def forward(self, x: Tensor) -> Tensor:
-        cl = _channels_last(self.channels_last, self.training)
-        x = _layout(self.norm(x), cl)
+        cl = runs_channels_last(self.channels_last, self.training)
+        x = in_layout(self.norm(x), cl)
         for k, conv in enumerate(self.convs):
             x = torch.relu(conv(x)) if self.training else torch.relu_(conv(x))
             if k == 0:  # again: with a one-channel image the first conv's output format is ambiguous
-                x = _layout(x, cl)
+                x = in_layout(x, cl)
             if self.pools[k]:
                 x = torch.nn.functional.max_pool2d(x, 2)
         return self.head(x.mean(dim=(2, 3)))
