@@ -7,7 +7,7 @@ With `bn_folded=True` every conv carries a bias and there is no BatchNorm (the i
 
 Inference speed: activations run in channels-last memory format (`net.channels_last`, on by default;
 oneDNN's convolutions are 1.2-3x faster on it on CPU, and so are CUDA's), and so do the conv weights of a net
-in eval mode (`PlainNet.train`); ReLU and the residual add work in place, so a forward allocates one tensor per
+in eval mode (`InferenceLayout.train`); ReLU and the residual add work in place, so a forward allocates one tensor per
 conv. None of it changes the values computed.
 """
 
@@ -66,7 +66,6 @@ def weights_layout(module: nn.Module, memory_format: torch.memory_format) -> nn.
             if want.stride() != t.data.stride():
                 t.data = want.copy_(t.data)
     return module
-
 
 
 class InferenceLayout(nn.Module):

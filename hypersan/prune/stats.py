@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn.bn import BNStats, bn_modules, get_bn_stats, set_bn_stats  # noqa: F401 (re-exported)
+from ..nn.subnet import weights_layout
 from ..nn.checkpoint import parse_subtask_key, subtask_key
 from ..data.datasets import augment, to_float
 from ..io import ArtifactError, load_tensors, save_tensors
@@ -73,12 +74,7 @@ def channels_last_weights(module: nn.Module) -> Iterator[nn.Module]:
     holds exactly the tensor it held before (same storage, same values)."""
     saved = [(t, t.data) for t in (*module.parameters(), *module.buffers()) if t.dim() == 4]
     try:
-        for t, data in saved:
-            # a fresh channels-last copy, as Module.to makes: `contiguous` would keep the default strides of a
-            # weight that satisfies both layouts (one input channel, a 1x1 kernel), and its conv's output would
-            # then leave the channels-last path
-            t.data = torch.empty_like(data, memory_format=torch.channels_last).copy_(data)
-        yield module
+        yield weights_layout(module, torch.channels_last)
     finally:
         for t, data in saved:
             t.data = data
