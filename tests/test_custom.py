@@ -117,7 +117,7 @@ def test_a_custom_networks_exports_load_in_a_fresh_process(trained, tmp_path):
         arts[model] = tmp_path / model
         summary = engine.export(["circle", "cross"], arts[model], ["safetensors", "pt2", "onnx"])
         assert summary["classes"] == ["circle", "cross"] and 0 < summary["mac_ratio"] < 1, model
-        # the net runs channels-last in eager PyTorch; the exporters trace it in the default layout, where its
+        # the net runs channels-last in eager PyTorch; the ONNX export traces it in the default layout, where its
         # ONNX graph has no shape arithmetic (traced channels-last, the MobileNet's grew Shape, Range, Gather, ...)
         assert engine.subnet(["circle", "cross"]).channels_last, model
         ops = {n.op_type for n in onnx.load(str(arts[model] / "model.onnx")).graph.node}

@@ -114,15 +114,15 @@ def _batch_dim():
     return {"x": {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}}
 
 
-def _traced_form(net: nn.Module) -> nn.Module:
+def _traced_form(net: nn.Module, layout_free: bool = False) -> nn.Module:
     """What the exporters trace: a copy in eval mode with its weights in the default layout (a .pt2 archive stores
-    each weight as its whole storage and warns about other strides; ONNX is the same either way), and a custom
-    network's subnet with its activations in the default layout too: its channels-last copy before a flatten
-    reached the ONNX graph as shape arithmetic (Shape, Range, Gather, Reshape: 9 nodes more in the test MobileNet)
-    that onnxruntime, which picks its own layout, gains nothing from. The built-in nets trace channels-last, as
-    they always have: their graphs come out the same."""
+    each weight as its whole storage and warns about other strides). `layout_free` (ONNX): its activations in the
+    default layout too. onnxruntime picks its own layout, and a custom network's channels-last copy before a
+    flatten reached the ONNX graph as shape arithmetic (Shape, Range, Gather, Reshape: 9 nodes more in the test
+    MobileNet); the built-in nets' graphs come out the same either way. `.pt2` and TorchScript run torch's kernels,
+    so they keep the net's own layout."""
     out = copy.deepcopy(net)
-    if getattr(out, "arch", {}).get("arch") == "custom":
+    if layout_free and hasattr(out, "channels_last"):
         out.channels_last = False
     return weights_layout(out.eval(), torch.contiguous_format)
 
@@ -160,9 +160,9 @@ def export_onnx(net: nn.Module, path: str | os.PathLike) -> Path:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(_traced_form(net), (_example(net),), str(path), dynamo=True, opset_version=ONNX_OPSET,
-                              input_names=["images"], output_names=["logits"], dynamic_shapes=_batch_dim(),
-                              external_data=False, verbose=False, optimize=True)
+            torch.onnx.export(_traced_form(net, layout_free=True), (_example(net),), str(path), dynamo=True,
+                              opset_version=ONNX_OPSET, input_names=["images"], output_names=["logits"],
+                              dynamic_shapes=_batch_dim(), external_data=False, verbose=False, optimize=True)
     finally:
         quiet.setLevel(level)
     m = onnx.load(str(path))
