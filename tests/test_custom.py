@@ -119,11 +119,12 @@ def test_a_custom_networks_exports_load_in_a_fresh_process(trained, tmp_path):
         assert summary["classes"] == ["circle", "cross"] and 0 < summary["mac_ratio"] < 1, model
         # the net runs channels-last in eager PyTorch; the ONNX export traces it in the default layout, where its
         # ONNX graph has no shape arithmetic (traced channels-last, the MobileNet's grew Shape, Range, Gather, ...)
-        assert engine.subnet(["circle", "cross"]).channels_last, model
+        net = engine.subnet(["circle", "cross"])
+        assert net.channels_last, model
         ops = {n.op_type for n in onnx.load(str(arts[model] / "model.onnx")).graph.node}
         assert not ops & {"Shape", "Range", "Gather"}, (model, ops)
         with torch.no_grad():
-            want[model] = engine.subnet(["circle", "cross"])(x)
+            want[model] = net(x)
     # every model's three files, loaded in one fresh process
     code = f"""
 import json, numpy as np, torch, onnxruntime
@@ -402,10 +403,14 @@ class _ViewHead(_FlatHead):
 def test_a_custom_net_runs_channels_last_only_where_its_forward_gives_the_same_outputs(monkeypatch, tmp_path):
     import types
 
+    import hypersan.nn.custom as custom
     from hypersan.deploy.export import load_subnet, save_subnet
     from hypersan.nn.custom import CustomBackbone
     from hypersan.prune.surgery import prune_backbone
 
+    checks = []
+    check = custom.channels_last_if_exact
+    monkeypatch.setattr(custom, "channels_last_if_exact", lambda net, x: checks.append(1) or check(net, x))
     for name, cls, fast in (("flatnets", _FlatHead, True), ("viewnets", _ViewHead, False)):
         monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(build=lambda num_classes, c=cls: c(num_classes)))
         torch.manual_seed(0)
@@ -418,9 +423,11 @@ def test_a_custom_net_runs_channels_last_only_where_its_forward_gives_the_same_o
             assert (w.stride() == torch.empty_like(w, memory_format=torch.channels_last).stride()) is fast
             with torch.no_grad():
                 assert torch.allclose(net(x), bb(x)[:, [0, 2]], atol=1e-5), (name, fold)
+        assert len(checks) == 1  # checked at the network's first build only: the answer is its code's
         save_subnet(net, tmp_path / name)  # an artifact rebuilt elsewhere makes the same check
         back = load_subnet(tmp_path / name)
-        assert back.channels_last is fast
+        assert back.channels_last is fast and len(checks) == 2
+        checks.clear()
         with torch.no_grad():
             assert torch.allclose(back(x), net(x), atol=1e-6)
 

@@ -101,6 +101,7 @@ class CustomBackbone(nn.Module):
         self._index = layer_index(self.groups)  # once, not at every masked forward
         self._inputs = layer_index(self.groups, "inputs")
         self._bn_pairs: Optional[List[List[str]]] = None  # conv -> BN pairs, read at the first folded build
+        self._channels_last_ok: Optional[bool] = None  # whether subnets run channels-last, at the first build
         out = self.net.get_submodule(self.head_name).out_features
         if out != num_classes:
             raise GraphError(f"model.factory = {factory!r} built a head of {out} outputs for {num_classes} classes")
@@ -131,6 +132,15 @@ class CustomBackbone(nn.Module):
             self._bn_pairs = conv_bn_pairs(self.net, self.example())
         return self._bn_pairs
 
+    def channels_last_ok(self, subnet: "CustomSubnet") -> bool:
+        """Whether this network's subnets run channels-last: subnet.channels_last_if_exact on the first one asked
+        about, on `probe()`. Pruning removes channels, not the code a `.view` of a feature map lives in, so the
+        answer holds for every subnet: checked once, as bn_pairs are traced once (the check is two forwards; half
+        a build's surgery for the test ResNet-18 at width 64 on 64 x 64 images)."""
+        if self._channels_last_ok is None:
+            self._channels_last_ok = channels_last_if_exact(subnet, self.probe()).channels_last
+        return self._channels_last_ok
+
     def sites(self) -> List[Site]:
         return list(self._sites)
 
@@ -147,7 +157,7 @@ class CustomSubnet(InferenceLayout):
     subtask's classes), and what rebuilds it (`arch`: the factory, kwargs and kept channels per group).
 
     `channels_last` starts off: the builds turn it on where the network's forward gives the same outputs
-    channels-last (subnet.channels_last_if_exact); then, as a plain net, it runs its activations and, in eval
+    channels-last (CustomBackbone.channels_last_ok); then, as a plain net, it runs its activations and, in eval
     mode, its conv weights channels-last."""
 
     def __init__(self, norm: Normalize, net: nn.Module, classes: List[str], arch: dict):
@@ -193,7 +203,8 @@ def rebuild_subnet(arch: dict, classes: List[str]) -> CustomSubnet:
     fold_pairs(net, folded)  # the folded form's modules; the artifact's tensors replace the values
     out = CustomSubnet(dense.norm, net, classes, dict(arch))
     out.bn_folded = bool(folded)
-    return channels_last_if_exact(out, dense.probe()).eval()
+    out.channels_last = dense.channels_last_ok(out)
+    return out.eval()
 
 
 __all__ = ["ARCH", "CustomBackbone", "CustomSubnet", "load_factory", "make_network", "mask_of", "rebuild_subnet"]

@@ -28,7 +28,7 @@ from ..nn.custom import CustomBackbone, CustomSubnet, mask_of
 from ..nn.graph import cut_head, fold_pairs, fold_scales, prune_groups, zero_groups
 from ..io import load_checked
 from .stats import BNStats
-from ..nn.subnet import build_plain, channels_last_if_exact, fold_bn as fold_bn_into_convs
+from ..nn.subnet import build_plain, fold_bn as fold_bn_into_convs
 
 
 class Layer(NamedTuple):
@@ -197,7 +197,8 @@ def _prune_graph(backbone: CustomBackbone, keep: Dict[str, Tensor], scales: Dict
                 classes_kept=list(cls), site_widths={g: len(k) for g, k in kept.items()}, folded=pairs)
     out = CustomSubnet(copy.deepcopy(backbone.norm), net, names, arch)
     out.bn_folded = fold_bn
-    return channels_last_if_exact(out, backbone.probe()).eval()
+    out.channels_last = backbone.channels_last_ok(out)
+    return out.eval()
 
 
 SUBNET_ATTRS = ("request", "grounding", "conditioned_on", "rounding", "budget", "guard", "finetuned")
