@@ -1,15 +1,19 @@
 """Custom models through Torch-Pruning's dependency graph: the groups found, masks by hooks, pruned == masked."""
+from functools import partial
+
 import pytest
 import torch
 from torch import nn
 
-from .models import densenet, mobilenet, resnet18
+from .models import densenet, mobilenet, resnet18, resnet50
 
 tp = pytest.importorskip("torch_pruning")
 
 from hypersan.nn.graph import GraphError, GraphMasks, find_groups, prune_groups  # noqa: E402
 
-MODELS = {"mobilenet": mobilenet.build, "densenet": densenet.build, "resnet18": resnet18.build}
+MODELS = {"mobilenet": mobilenet.build, "densenet": densenet.build, "resnet18": resnet18.build,
+          # torchvision's layout at a small width, for 1-channel 28 x 28 images: two blocks in the first two stages
+          "resnet50": partial(resnet50.build, num_classes=10, in_channels=1, width=4, layers=(2, 2, 1, 1))}
 
 
 def _randomize(model: nn.Module, seed: int) -> nn.Module:
@@ -54,6 +58,12 @@ def test_the_groups_tie_what_residuals_concatenations_and_depthwise_convs_tie():
     assert stem.outputs["block1.1.bn"] == [(i, i) for i in range(12)]
     late = next(g for g in groups if g.name == "block1.0.conv")
     assert late.outputs["block1.1.bn"] == [(12 + i, i) for i in range(6)]  # shifted by the concatenation
+
+    model, _, groups, head = _groups("resnet50")  # torchvision-style bottlenecks, projected by `downsample`
+    assert head == "fc" and len(groups) == 17  # the stem, 4 residual streams, 2 widths in each of 6 blocks
+    assert set(next(g for g in groups if g.name == "conv1").outputs) == {"conv1", "bn1"}  # projected: its own
+    stream = next(g for g in groups if "layer1.0.downsample.0" in g.outputs)
+    assert stream.size == 16 and {"layer1.0.bn3", "layer1.1.bn3", "layer1.0.downsample.1"} <= set(stream.outputs)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
