@@ -34,6 +34,7 @@ class DataConfig:
     basic_subtasks: str = "classes"  # classes | groups (named groups become the basic subtasks)
     channels: int = 0  # imagefolder: 0 = from the images (grayscale: 1, else RGB: 3), or 1 / 3 to convert
     corrupt_images: str = "error"  # imagefolder: error (refuse a file Pillow cannot decode) | skip (leave out, counted)
+    image_size: int = 0  # imagefolder: 0 = as they are (one size), or N: shorter side resized to N, centre crop
 
 
 @dataclass
@@ -269,6 +270,7 @@ RANGES: dict[str, tuple[str, str]] = {
     "data.val_fraction": ("[0, 1)", "a share of the training images; 0 = none"),
     "data.crop_padding": ("[0, inf)", "0 = no random crop"),
     "data.channels": ("[0, 3]", "0 = from the images; 1 or 3 converts (image folders); 2 is refused"),
+    "data.image_size": ("[0, inf)", "0 = as they are; N: shorter side to N, then the centre N x N crop"),
     "model.widths": ("[1, inf)", "channels per stage"),
     "model.blocks": ("[1, inf)", "blocks (resnet) or convs (vgg) per stage"),
     "generator.phrasings": ("[1, inf)", "training descriptions per combination"),
@@ -374,6 +376,9 @@ def validate(cfg: Config) -> None:
     choice(cfg.data.corrupt_images, ("error", "skip"), "data.corrupt_images")
     if cfg.data.channels == 2:
         raise ConfigError("data.channels = 2; choose 0 (from the images), 1 (grayscale) or 3 (RGB)")
+    if cfg.data.image_size > 0 and cfg.data.dataset != "imagefolder":
+        raise ConfigError(f"data.image_size = {cfg.data.image_size} resizes the images of an image folder (data.dataset "
+                          f"= 'imagefolder'); the {cfg.data.dataset} images are read as they are: remove it")
     choice(cfg.data.basic_subtasks, ("classes", "groups"), "data.basic_subtasks")
     choice(cfg.data.val_split, ("auto", "sample", "dataset"), "data.val_split")
     if cfg.data.val_split == "dataset" and cfg.data.dataset not in ("folder", "imagefolder"):

@@ -61,6 +61,7 @@ NUMERIC_CASES = {
     "data.val_fraction": (0.2, 1.0),
     "data.crop_padding": (0, -1),
     "data.channels": (3, -1),
+    "data.image_size": (0, -1),  # N > 0 needs data.dataset = "imagefolder" (tests/test_imagefolder.py)
     "model.widths": ([8, 8, 8], [8, 0, 8]),
     "model.blocks": ([2, 1, 1], [1, 1, 0]),
     "generator.phrasings": (1, 0),

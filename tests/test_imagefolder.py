@@ -47,6 +47,34 @@ def test_rgb_jpegs_and_a_root_without_split_folders(tmp_path):
     assert tuple(x1.shape[1:]) == (1, 10, 12)
 
 
+def test_photos_of_mixed_sizes_are_brought_to_one_size_as_torchvisions_resize_and_centre_crop(tmp_path):
+    from hypersan.config import ConfigError, load_config
+
+    root = tmp_path / "photos" / "train"
+    for c in CLASSES:
+        (root / c).mkdir(parents=True)
+    cols = np.tile(np.arange(14, dtype=np.uint8) * 10, (8, 1))  # 14 wide, 8 high: its shorter side is the size
+    Image.fromarray(cols, "L").save(root / "cat" / "wide.png")
+    halves = np.zeros((10, 20), np.uint8)
+    halves[:, 10:] = 255  # 20 x 10, dark left half: resized to 16 x 8, then its centre 8 columns
+    Image.fromarray(halves, "L").save(root / "dog" / "halves.png")
+    Image.fromarray(np.full((3, 5), 200, np.uint8), "L").save(root / "fish" / "small.png")  # enlarged
+    with pytest.raises(DatasetError, match="data.image_size = N"):
+        load_dataset("imagefolder", "train", str(root.parent))
+    x, y, info = load_dataset("imagefolder", "train", str(root.parent), image_size=8)
+    assert tuple(x.shape) == (3, 1, 8, 8) and info.input_shape == (1, 8, 8) and y.tolist() == [0, 1, 2]
+    assert np.array_equal(x[0, 0].numpy(), cols[:, 3:11])  # no resize: the centre crop, exactly
+    dog = x[1, 0].numpy()
+    assert (dog[:, :3] == 0).all() and (dog[:, 5:] == 255).all()  # the edge in the middle, blended at most there
+    assert (x[2] == 200).all()
+    assert tuple(load_dataset("imagefolder", "train", str(root.parent), image_size=6)[0].shape) == (3, 1, 6, 6)
+    assert load_config(None, ['data.dataset="imagefolder"', "data.image_size=224"]).data.image_size == 224
+    with pytest.raises(ConfigError, match="data.image_size"):
+        load_config(None, ['data.dataset="imagefolder"', "data.image_size=-1"])
+    with pytest.raises(ConfigError, match="the fashion_mnist images are read as they are: remove it"):
+        load_config(None, ["data.image_size=224"])
+
+
 def test_bad_input_is_a_clear_error_and_corrupt_images_can_be_skipped_and_counted(tmp_path):
     root = _make(tmp_path / "a")
     (root / "train" / "dog" / "3.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
@@ -64,7 +92,10 @@ def test_bad_input_is_a_clear_error_and_corrupt_images_can_be_skipped_and_counte
 
     root = _make(tmp_path / "c")
     Image.fromarray(np.zeros((20, 20), np.uint8), "L").save(root / "train" / "fish" / "big.png")
-    with pytest.raises(DatasetError, match="big.png is 20x20 .* same size"):
+    with pytest.raises(DatasetError, match=r"big.png is 20x20 .* same size and channels; set data.image_size = N"):
+        load_dataset("imagefolder", "train", str(root))
+    Image.fromarray(np.zeros((10, 12, 3), np.uint8), "RGB").save(root / "train" / "fish" / "big.png")
+    with pytest.raises(DatasetError, match=r"big.png is 12x10 with 3 channel\(s\).* set data.channels = 1 or 3"):
         load_dataset("imagefolder", "train", str(root))
 
     root = _make(tmp_path / "d")

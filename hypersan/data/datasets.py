@@ -299,9 +299,9 @@ def load_folder_dataset(split: str, data_dir: str | os.PathLike | None) -> tuple
 
 
 def load_dataset(name: str, split: str, data_dir: str | None = None, channels: int = 0,
-                 corrupt: str = "error") -> tuple[torch.Tensor, torch.Tensor, DatasetInfo]:
-    """(images uint8 NCHW, labels int64, vocabulary) of a named dataset split. `channels`, `corrupt`: for image
-    folders (data.channels, data.corrupt_images; see hypersan.data.imagefolder)."""
+                 corrupt: str = "error", image_size: int = 0) -> tuple[torch.Tensor, torch.Tensor, DatasetInfo]:
+    """(images uint8 NCHW, labels int64, vocabulary) of a named dataset split. `channels`, `corrupt`, `image_size`:
+    for image folders (data.channels, data.corrupt_images, data.image_size; see hypersan.data.imagefolder)."""
     if name == "fashion_mnist":
         return (*load_fashion_mnist(split, data_dir), FASHION_MNIST)
     if name == "cifar10":
@@ -314,14 +314,15 @@ def load_dataset(name: str, split: str, data_dir: str | None = None, channels: i
     if name == "imagefolder":
         from .imagefolder import load_image_folder
 
-        return load_image_folder(split, data_dir, channels, corrupt)
+        return load_image_folder(split, data_dir, channels, corrupt, image_size)
     raise ValueError(f"unknown dataset {name!r}; choose fashion_mnist, cifar10, cifar100, folder or imagefolder")
 
 
 def load_split(data, split: str, data_dir: str | None = None) -> tuple[torch.Tensor, torch.Tensor, DatasetInfo]:
     """(images, labels, vocabulary) of one split of the data set a [data] section (a DataConfig) names: its
     dataset, its folder (`data_dir` overrides it) and its image-folder options."""
-    return load_dataset(data.dataset, split, data_dir or data.data_dir or None, data.channels, data.corrupt_images)
+    return load_dataset(data.dataset, split, data_dir or data.data_dir or None, data.channels, data.corrupt_images,
+                        data.image_size)
 
 
 # ---------------------------------------------------------------- validation split

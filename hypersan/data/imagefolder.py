@@ -6,9 +6,11 @@ Pillow.
     ROOT/test/<class>/...             optional: the test split (hypersan eval, the ablation, the demo)
 
 Class names are the training split's folder names, sorted; the other splits must use the same names (a class
-may be absent from them, never unknown). Every image must have the same size; grayscale ("L") images give one
-channel, everything else is converted to RGB (three channels; alpha is dropped) unless `channels` says
-otherwise. The per-channel mean and std that the net normalizes with are computed from the training images.
+may be absent from them, never unknown). Every image must have the same size, or `image_size` (data.image_size)
+makes them so: each image's shorter side is resized to it (bilinear, antialiased), then its centre square is cut
+out, as torchvision's Resize(N) + CenterCrop(N) do. Grayscale ("L") images give one channel, everything else is
+converted to RGB (three channels; alpha is dropped) unless `channels` says otherwise. The per-channel mean and
+std that the net normalizes with are computed from the training images.
 
 Errors name the file and the fix: an empty class folder, a file that is not an image (by extension: hidden
 files and other extensions are refused, never skipped silently), a mixed size. A corrupt image (its extension
@@ -53,10 +55,25 @@ def _class_dirs(folder: Path) -> list[Path]:
     return dirs
 
 
+def fit_size(im, size: int):
+    """A Pillow image with its shorter side resized to `size` (bilinear, antialiased; the longer side in
+    proportion, rounded) and then cut to its centre `size` x `size` square."""
+    from PIL import Image
+
+    w, h = im.size
+    if min(w, h) != size:
+        scale = size / min(w, h)
+        w, h = max(size, round(w * scale)), max(size, round(h * scale))
+        im = im.resize((w, h), Image.Resampling.BILINEAR)
+    left, top = (w - size) // 2, (h - size) // 2
+    return im.crop((left, top, left + size, top + size))
+
+
 def read_split(root: str | os.PathLike, split: str, channels: int = 0, corrupt: str = "error",
-               classes: Optional[list[str]] = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+               classes: Optional[list[str]] = None, image_size: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(images uint8 (N, C, H, W), labels int64 (N,), class names) of one split. `classes`: the training split's
-    names, which this split's folders must be among (None for the training split itself)."""
+    names, which this split's folders must be among (None for the training split itself). `image_size`: 0, or
+    the side every image is brought to (`fit_size`)."""
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError:
@@ -66,6 +83,8 @@ def read_split(root: str | os.PathLike, split: str, channels: int = 0, corrupt: 
         raise ValueError(f"corrupt must be one of {', '.join(CORRUPT_MODES)}, got {corrupt!r}")
     if channels not in (0, 1, 3):
         raise ValueError(f"channels must be 0 (from the images), 1 or 3, got {channels}")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 0:
+        raise ValueError(f"image_size must be 0 (the images as they are) or a side in pixels, got {image_size!r}")
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"image folder {root} does not exist; give data.data_dir = the folder that holds train/ "
@@ -96,7 +115,8 @@ def read_split(root: str | os.PathLike, split: str, channels: int = 0, corrupt: 
                     im.load()
                     mode = "L" if (channels == 1 or (channels == 0 and im.mode in ("L", "1", "I;16", "I"))) \
                         else "RGB"
-                    arr = np.asarray(im.convert(mode), dtype=np.uint8)
+                    im = im.convert(mode)
+                    arr = np.asarray(fit_size(im, image_size) if image_size else im, dtype=np.uint8)
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
                 if corrupt == "skip":
                     skipped.append(str(p))
@@ -107,9 +127,11 @@ def read_split(root: str | os.PathLike, split: str, channels: int = 0, corrupt: 
             if size is None:
                 size, first = arr.shape, p
             elif arr.shape != size:
+                fix = ("set data.image_size = N to make each N x N (its shorter side resized to N, then the "
+                       "centre crop)" if arr.shape[1:] != size[1:] else "set data.channels = 1 or 3 to convert them")
                 raise DatasetError(f"{p} is {arr.shape[2]}x{arr.shape[1]} with {arr.shape[0]} channel(s), but {first} "
                                    f"is {size[2]}x{size[1]} with {size[0]}: every image of an image folder has the "
-                                   "same size and channels; resize them first (or set data.channels)")
+                                   f"same size and channels; {fix}")
             images.append(arr)
             labels.append(index[d.name])
             count += 1
@@ -125,7 +147,7 @@ def read_split(root: str | os.PathLike, split: str, channels: int = 0, corrupt: 
 
 
 def load_image_folder(split: str, data_dir: str | os.PathLike | None, channels: int = 0,
-                      corrupt: str = "error"):
+                      corrupt: str = "error", image_size: int = 0):
     """(images, labels, DatasetInfo) of one split, as load_dataset gives them; the vocabulary is the training
     split's folder names, and the normalization its images' per-channel mean and std."""
     import torch
@@ -135,11 +157,11 @@ def load_image_folder(split: str, data_dir: str | os.PathLike | None, channels: 
     if data_dir is None or not str(data_dir).strip():
         raise DatasetError("data.dataset = 'imagefolder' needs data.data_dir: the folder holding train/ (or the "
                            "class folders)")
-    tx, ty, names = _cached(str(data_dir), "train", channels, corrupt, None)
+    tx, ty, names = _cached(str(data_dir), "train", channels, corrupt, None, image_size)
     if split == "train":
         x, y = tx, ty
     else:
-        x, y, _ = _cached(str(data_dir), split, channels, corrupt, tuple(names))
+        x, y, _ = _cached(str(data_dir), split, channels, corrupt, tuple(names), image_size)
     if tx.shape[1:] != x.shape[1:]:
         raise DatasetError(f"the {split} images of {data_dir} are {x.shape[1:]}, the training images {tx.shape[1:]}; "
                            "every split has the same size and channels")
@@ -160,15 +182,15 @@ def _signature(root: str, split: str) -> tuple:
     return tuple((name, st.st_size, st.st_mtime_ns) for name, st in stats if stat.S_ISREG(st.st_mode))
 
 
-def _cached(root: str, split: str, channels: int, corrupt: str, classes: Optional[tuple]):
+def _cached(root: str, split: str, channels: int, corrupt: str, classes: Optional[tuple], image_size: int = 0):
     """read_split, kept in memory per process while the files are unchanged (calibration and training read the
     training split more than once)."""
-    key = (os.path.abspath(root), split, channels, corrupt, classes)
+    key = (os.path.abspath(root), split, channels, corrupt, classes, image_size)
     sig = _signature(root, split)
     hit = _CACHE.get(key)
     if hit is not None and hit[0] == sig:
         return hit[1]
-    out = read_split(root, split, channels, corrupt, None if classes is None else list(classes))
+    out = read_split(root, split, channels, corrupt, None if classes is None else list(classes), image_size)
     if len(_CACHE) >= 8:
         _CACHE.pop(next(iter(_CACHE)))
     _CACHE[key] = (sig, out)
