@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from hypersan.config import ConfigError, load_config
-from hypersan.data.datasets import save_folder_dataset
+from hypersan.data.datasets import DatasetError, save_folder_dataset
 
 from .conftest import PATTERN_CLASSES as CLASSES
 from .conftest import ROOT
@@ -208,7 +208,8 @@ def test_a_custom_model_is_served(trained, tmp_path):
         assert c.get(f"/v1/subnets/{info['id']}/model.onnx").status_code == 200
 
 
-def _image_folder(root, n: int = 48):
+def _image_folder(root, n: int = 48, mixed: bool = False):
+    """12 x 12 PNGs; `mixed`: every third one enlarged to 18 x 15, as photos come in sizes of their own."""
     from PIL import Image
 
     x, y = _images(n, 5)
@@ -216,7 +217,8 @@ def _image_folder(root, n: int = 48):
         for i, (img, c) in enumerate(zip(x, y)):
             d = root / split / CLASSES[c]
             d.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(img.transpose(1, 2, 0)).save(d / f"{i}.png")
+            im = Image.fromarray(img.transpose(1, 2, 0))
+            (im.resize((18, 15)) if mixed and i % 3 == 0 else im).save(d / f"{i}.png")
     return root
 
 
@@ -224,11 +226,16 @@ def test_adapt_trains_a_factory_on_an_image_folder(tmp_path):
     import hypersan
     from tests.models import densenet
 
-    folder = _image_folder(tmp_path / "images")
+    folder = _image_folder(tmp_path / "images", mixed=True)  # photos of two sizes: data.image_size brings them to one
     tiny = ["data.val_size=8", "generator.hidden=16", "train.epochs=1", "train.batch_size=16", "train.eval_every=0",
             "train.progress=false", "calib.batches=1", "calib.batch_size=16", "subtasks.size_weights=[1, 1]"]
+    with pytest.raises(DatasetError, match="data.image_size = N"):
+        hypersan.adapt(densenet.build, folder, tmp_path / "run", kwargs={"growth": 4, "in_channels": 3},
+                       overrides=tiny, log=lambda m: None)
+    assert not (tmp_path / "run").exists()  # refused before anything is written
     engine = hypersan.adapt(densenet.build, folder, tmp_path / "run", kwargs={"growth": 4, "in_channels": 3},
-                            overrides=tiny, log=lambda m: None)
+                            overrides=tiny + ["data.image_size=12"], log=lambda m: None)
+    assert engine.model.config.data.image_size == 12 and tuple(engine.model.info.input_shape) == (3, 12, 12)
     assert engine.model.config.model.factory == "tests.models.densenet:build"
     assert engine.model.config.model.kwargs == {"growth": 4, "in_channels": 3}
     assert engine.model.classes == sorted(CLASSES)  # the class folders, in order
