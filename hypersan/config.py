@@ -45,6 +45,7 @@ class ModelConfig:
     factory: str = ""  # custom: "package.module:function" returning the nn.Module; called with kwargs, num_classes
     kwargs: dict[str, Any] = field(default_factory=dict)  # custom: keyword arguments of the factory
     weights: str = ""  # custom: your trained weights (.safetensors, or a state_dict file) that start training
+    new_head: bool = False  # custom: the head starts afresh, not from model.weights (trained on other classes)
     scaling: bool = True  # custom: a scaling mask per channel group, as the built-in backbones have (always)
 
 
@@ -399,6 +400,9 @@ def validate(cfg: Config) -> None:
     if cfg.model.weights and cfg.model.arch != "custom":
         raise ConfigError("model.weights loads your own network's trained weights (model.arch = 'custom'); a built-in "
                           "backbone starts from another hypersan run with train.init_from")
+    if cfg.model.new_head and not cfg.model.weights:
+        raise ConfigError("model.new_head = true starts the head afresh where model.weights loads the rest of the "
+                          "network; set model.weights, or remove new_head")
     choice(cfg.generator.kind, ("hypernet", "pertask"), "generator.kind")
     choice(cfg.generator.conditioning, ("multihot", "text"), "generator.conditioning")
     if cfg.generator.budget and cfg.generator.kind != "hypernet":

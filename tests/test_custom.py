@@ -304,6 +304,15 @@ def test_training_starts_from_the_users_trained_weights(tmp_path, fmt):
     for k, v in mine.state_dict().items():
         if not k.endswith(("running_mean", "running_var", "num_batches_tracked")):  # BN statistics move in training
             assert torch.allclose(got[k], v, atol=1e-4), k
+    # weights trained on 7 classes start a run on these 4 with model.new_head: the head is the factory's own
+    other = make_network(factory, {"in_channels": 3, "width": 4}, 7)
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(tmp_path / "seven.safetensors"))
+    lines = []
+    cfg = _config(tmp_path, "resnet18", f'model.weights="{tmp_path / "seven.safetensors"}"', "model.new_head=true",
+                  "train.lr=1e-9", "train.generator_lr=1e-9")
+    got = train(cfg, tmp_path / "run7", log=lines.append).backbone.net.state_dict()
+    assert any("the head (linear.weight, linear.bias) starts afresh for 4 classes" in m for m in lines), lines[:3]
+    assert got["linear.weight"].shape == (4, 32) and torch.allclose(got["conv1.weight"], other.conv1.weight, atol=1e-4)
 
 
 def test_user_weights_that_do_not_fit_are_named(tmp_path):
@@ -314,8 +323,13 @@ def test_user_weights_that_do_not_fit_are_named(tmp_path):
     net = make_network(factory, {"in_channels": 3, "width": 4}, len(CLASSES))
     other = make_network(factory, {"in_channels": 3, "width": 4}, 7)  # a head of 7 classes
     save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(tmp_path / "w.safetensors"))
-    with pytest.raises(ConfigError, match=r"is \(7, .*\) in .* but \(4, .*\)"):
+    with pytest.raises(ConfigError, match=r"is \(7, .*\) in .* but \(4, .*\).*model.new_head = true"):
         load_user_weights(net, str(tmp_path / "w.safetensors"))
+    # trained on other classes: every tensor but the head's is loaded, the head stays as the factory built it
+    head = {k: v.clone() for k, v in net.state_dict().items() if k.startswith("linear.")}
+    assert load_user_weights(net, str(tmp_path / "w.safetensors"), new_head="linear") == list(head)
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, head[k] if k in head else other.state_dict()[k]), k
     sd = net.state_dict()
     first = next(iter(sd))
     save_file({k: v.contiguous() for k, v in sd.items() if k != first}, str(tmp_path / "m.safetensors"))
@@ -328,6 +342,8 @@ def test_user_weights_that_do_not_fit_are_named(tmp_path):
         load_user_weights(net, str(tmp_path / "bad.pt"))
     with pytest.raises(ConfigError, match="train.init_from"):
         load_config(None, ['model.weights="w.pt"'])
+    with pytest.raises(ConfigError, match="model.new_head = true starts the head afresh where model.weights"):
+        load_config(None, ['model.arch="custom"', 'model.factory="tests.models.resnet18:build"', "model.new_head=true"])
 
 
 @pytest.mark.parametrize("model", list(FACTORIES))

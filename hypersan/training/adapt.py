@@ -45,7 +45,8 @@ def factory_name(factory: str | Callable[..., nn.Module]) -> str:
 def adapt(factory: str | Callable[..., nn.Module], data_dir: Optional[str | os.PathLike], out: str | os.PathLike,
           *, kwargs: Optional[dict] = None, config: Optional[str | os.PathLike] = None,
           overrides: Sequence[str] = (), resume: bool = False, force: bool = False,
-          weights: Optional[str | os.PathLike] = None, log: Callable[[str], None] = print) -> PruningEngine:
+          weights: Optional[str | os.PathLike] = None, new_head: bool = False,
+          log: Callable[[str], None] = print) -> PruningEngine:
     """Train your network subtask-adaptively on an image folder and return its PruningEngine.
 
     `factory`: the function that builds the network (or its name, "package.module:function"), called with
@@ -55,10 +56,13 @@ def adapt(factory: str | Callable[..., nn.Module], data_dir: Optional[str | os.P
     after every epoch; `resume` continues it, `force` replaces an earlier run there (never another folder).
     `weights`: your network's trained weights (.safetensors, or a state_dict file read with weights_only=True),
     loaded before joint training starts (`[model] weights`); the network sees images normalized with the data
-    set's mean and std, so weights trained on other normalization start off, and a short run re-learns it."""
+    set's mean and std, so weights trained on other normalization start off, and a short run re-learns it.
+    `new_head`: the weights were trained on other classes (ImageNet's 1,000, say): every tensor but the head's is
+    loaded, and the head starts afresh for the folder's classes (`[model] new_head`)."""
     base = [] if data_dir is None else ['data.dataset="imagefolder"', f"data.data_dir={str(data_dir)!r}"]
     cfg = load_config(config, [*base, 'model.arch="custom"', f"model.factory={factory_name(factory)!r}",
-                               *overrides, *([] if weights is None else [f"model.weights={str(weights)!r}"])])
+                               *overrides, *([] if weights is None else [f"model.weights={str(weights)!r}"]),
+                               *(["model.new_head=true"] if new_head else [])])
     if kwargs is not None:
         if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
             raise ConfigError(f"kwargs must be a dict of keyword arguments, not {kwargs!r}")

@@ -5,7 +5,7 @@ import json
 import random
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -84,26 +84,34 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     return sd
 
 
-def load_user_weights(net: nn.Module, path: str) -> None:
+def load_user_weights(net: nn.Module, path: str, new_head: Optional[str] = None) -> list[str]:
     """Load the user's trained weights into their network (the factory's, built for this data set's classes),
-    naming the first missing, unexpected or mis-shaped tensor when they do not fit."""
+    naming the first missing, unexpected or mis-shaped tensor when they do not fit. `new_head`: the name of the
+    head module, whose tensors are left as the factory built them and not read from the file (weights trained on
+    other classes: model.new_head); the names left are returned."""
     sd = read_state_dict(path)
     ours = net.state_dict()
+    fresh = [] if new_head is None else [k for k in ours if k.startswith(new_head + ".")]
+    if fresh:
+        sd = {k: v for k, v in sd.items() if not k.startswith(new_head + ".")}
+        ours = {k: v for k, v in ours.items() if k not in fresh}
     missing = [k for k in ours if k not in sd]
     unexpected = [k for k in sd if k not in ours]
     shapes = [k for k in ours if k in sd and sd[k].shape != ours[k].shape]
     if shapes:
         k = shapes[0]
+        fix = ("build it with the same kwargs as the trained one, and a head of as many classes as the data set has "
+               "(weights trained on other classes: model.new_head = true starts the head afresh)")
         raise ConfigError(f"model.weights: {k} is {tuple(sd[k].shape)} in {path} but {tuple(ours[k].shape)} in the "
                           f"network the factory builds for {getattr(net, 'num_classes', None) or 'these'} classes"
-                          f"{f' ({len(shapes)} such tensors)' if len(shapes) > 1 else ''}; build it with the same "
-                          "kwargs as the trained one, and a head of as many classes as the data set has")
+                          f"{f' ({len(shapes)} such tensors)' if len(shapes) > 1 else ''}; {fix}")
     if missing or unexpected:
         what = (f"{len(missing)} tensor(s) of the network missing from the file, first {missing[0]!r}" if missing
                 else f"{len(unexpected)} tensor(s) in the file the network does not have, first {unexpected[0]!r}")
         raise ConfigError(f"model.weights: {path} does not fit the network the factory builds: {what}; save "
                           "net.state_dict() of the same architecture")
-    net.load_state_dict({k: v.to(ours[k].dtype) for k, v in sd.items()})
+    net.load_state_dict({k: v.to(ours[k].dtype) for k, v in sd.items()}, strict=not fresh)
+    return fresh
 
 
 def resolve_device(name: str) -> torch.device:
@@ -427,8 +435,10 @@ def _train(cfg: Config, out: Path, resume: bool, log: Callable[[str], None], sto
         _init_backbone(model, t.init_from)
         log(f"backbone initialized from {t.init_from}")
     if cfg.model.weights and not resume:
-        load_user_weights(model.backbone.net, cfg.model.weights)
-        log(f"network weights loaded from {cfg.model.weights}")
+        head = model.backbone.head_name if cfg.model.new_head else None
+        fresh = load_user_weights(model.backbone.net, cfg.model.weights, head)
+        log(f"network weights loaded from {cfg.model.weights}"
+            + (f"; the head ({', '.join(fresh)}) starts afresh for {len(model.classes)} classes" if fresh else ""))
     if resume:
         saved_cfg = read_json(out / "config.json")
         for section, added in ADDED_KEYS.items():  # a run saved before these keys existed ran with these values
