@@ -11,8 +11,10 @@ WITH_DATA = if [ ! -f $(SYSTEM_DATA)/train-images-idx3-ubyte.gz ] && [ -f $(LOCA
 
 .PHONY: test demo setup data glyphs clean
 
+# One pytest-xdist worker per core (at most 4), each on its share of the cores (tests/conftest.py); idle workers
+# take tests queued for the others (worksteal). Plain `pytest` runs the same tests in one process.
 test: setup data
-	@$(WITH_DATA) $(BIN)/python -m pytest -q
+	@$(WITH_DATA) $(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist worksteal
 
 demo: setup data
 	@$(WITH_DATA) $(BIN)/hypersan demo --force

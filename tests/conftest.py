@@ -20,10 +20,20 @@ needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not ins
                                   "`apt-get install dataset-fashion-mnist` (CI installs it)")
 
 
+# `make test` runs the suite in one pytest-xdist worker per core. Each worker gets its share of the cores
+# (THREADS), and torch.set_num_threads is held to that share in the worker, so the configs' `train.threads = 2`
+# never puts two threads of each worker on one core. Run alone (plain `pytest`), a test has 2 threads as before.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, (os.cpu_count() or 1) // WORKERS)) if WORKERS > 1 else 2
+set_threads_uncapped = torch.set_num_threads
+if WORKERS > 1:
+    torch.set_num_threads = lambda n: set_threads_uncapped(min(int(n), THREADS))
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
 
 
 @pytest.fixture

@@ -13,6 +13,8 @@ from hypersan.data.datasets import FASHION_MNIST, DatasetInfo
 from hypersan.language.grounding import Grounder, GroundingError, Vocabulary, extend_vocabulary, ground, lemma
 from hypersan.language.text import Encoder, EncoderError, default_encoder
 
+from .conftest import set_threads_uncapped
+
 DATA = Path(__file__).parent / "data"
 TUNING = DATA / "fmnist_requests.jsonl"
 HELDOUT = DATA / "fmnist_requests_heldout.jsonl"
@@ -58,7 +60,8 @@ def test_encoder_shapes_norms_and_cache(encoder):
         encoder.encode("a pair of sneakers")
 
 
-def test_encoder_threads_are_restored(encoder):
+def test_encoder_threads_are_restored(encoder, monkeypatch):
+    monkeypatch.setattr(torch, "set_num_threads", set_threads_uncapped)  # two threads, even in a test worker
     torch.set_num_threads(2)
     assert encoder.threads == 1  # the shared grounding encoder works on one thread...
     encoder.encode(["a thread-count check that is not cached yet"])
