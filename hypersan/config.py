@@ -35,6 +35,10 @@ class DataConfig:
     channels: int = 0  # imagefolder: 0 = from the images (grayscale: 1, else RGB: 3), or 1 / 3 to convert
     corrupt_images: str = "error"  # imagefolder: error (refuse a file Pillow cannot decode) | skip (leave out, counted)
     image_size: int = 0  # imagefolder: 0 = as they are (one size), or N: shorter side resized to N, centre crop
+    # the net's input normalization, per channel of pixels in [0, 1]: [] = the training images' own (computed);
+    # give the one your weights were trained with, e.g. ImageNet's [0.485, 0.456, 0.406] and [0.229, 0.224, 0.225]
+    mean: list[float] = field(default_factory=list)  # per-channel mean subtracted; [] = the training images' mean
+    std: list[float] = field(default_factory=list)  # per-channel std divided by; [] = the training images' std
 
 
 @dataclass
@@ -272,6 +276,8 @@ RANGES: dict[str, tuple[str, str]] = {
     "data.crop_padding": ("[0, inf)", "0 = no random crop"),
     "data.channels": ("[0, 3]", "0 = from the images; 1 or 3 converts (image folders); 2 is refused"),
     "data.image_size": ("[0, inf)", "0 = as they are; N: shorter side to N, then the centre N x N crop"),
+    "data.mean": ("[0, 1]", "per-channel mean of pixels in [0, 1]; [] = the training images' own"),
+    "data.std": ("(0, inf)", "per-channel std of pixels in [0, 1]; [] = the training images' own"),
     "model.widths": ("[1, inf)", "channels per stage"),
     "model.blocks": ("[1, inf)", "blocks (resnet) or convs (vgg) per stage"),
     "generator.phrasings": ("[1, inf)", "training descriptions per combination"),

@@ -130,6 +130,43 @@ def test_a_model_trains_on_an_image_folder_and_prunes_to_named_classes(tmp_path)
     assert net.classes == ["dog", "fish"]
 
 
+def test_the_normalization_your_weights_were_trained_with_replaces_the_folders_own(tmp_path):
+    import torch
+
+    from hypersan.config import ConfigError, load_config
+    from hypersan.data.datasets import load_split
+    from hypersan.prune.engine import PruningEngine
+    from hypersan.training.train import train
+
+    root = _make(tmp_path / "pets", per_class=8, size=(16, 16), mode="RGB")
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]  # ImageNet's, as torchvision's weights expect
+    base = ['data.dataset="imagefolder"', f'data.data_dir="{root}"']
+    cfg = load_config(None, [*base, f"data.mean={mean}", f"data.std={std}", "data.val_size=6",
+                             "model.widths=[4, 8]", "model.blocks=[1, 1]", "generator.hidden=16", "train.epochs=1",
+                             "train.batch_size=8", "train.eval_every=0", "calib.batches=1", "calib.batch_size=8",
+                             "subtasks.size_weights=[1, 1]", "train.progress=false"])
+    own = load_dataset("imagefolder", "train", str(root))[2]
+    for split in ("train", "test"):
+        info = load_split(cfg.data, split)[2]
+        assert info.mean == tuple(mean) and info.std == tuple(std) and info.classes == CLASSES
+    assert own.mean != tuple(mean)
+    train(cfg, tmp_path / "run", log=lambda m: None)
+    engine = PruningEngine.from_pretrained(tmp_path / "run")  # the checkpoint keeps it, and so does every subnet
+    for net in (engine.model.backbone, engine.subnet(["cat", "dog"])):
+        assert torch.allclose(net.norm.mean.flatten(), torch.tensor(mean))
+        assert torch.allclose(net.norm.std.flatten(), torch.tensor(std))
+    # either alone: the other stays the folder's own
+    info = load_split(load_config(None, [*base, "data.mean=[0.5, 0.5, 0.5]"]).data, "train")[2]
+    assert info.mean == (0.5, 0.5, 0.5) and info.std == own.std
+    gray = _make(tmp_path / "gray", splits=("train",))
+    with pytest.raises(DatasetError, match=r"data.std has 3 value\(s\) and the images have 1 channel.*"
+                                           r"data.channels = 3"):
+        load_split(load_config(None, ['data.dataset="imagefolder"', f'data.data_dir="{gray}"',
+                                      f"data.std={std}"]).data, "train")
+    with pytest.raises(ConfigError, match=r"data.std\[1\] must be > 0"):
+        load_config(None, ["data.std=[0.2, 0.0, 0.2]"])
+
+
 @needs_fmnist
 def test_fashion_mnist_written_as_an_image_folder_reads_back_the_same_pixels(tmp_path):
     pytest.importorskip("PIL")

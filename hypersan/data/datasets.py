@@ -1,6 +1,7 @@
 """Datasets: Fashion-MNIST (IDX) and CIFAR-10/100 readers, class vocabularies, groups, augmentation."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import io
@@ -320,9 +321,27 @@ def load_dataset(name: str, split: str, data_dir: str | None = None, channels: i
 
 def load_split(data, split: str, data_dir: str | None = None) -> tuple[torch.Tensor, torch.Tensor, DatasetInfo]:
     """(images, labels, vocabulary) of one split of the data set a [data] section (a DataConfig) names: its
-    dataset, its folder (`data_dir` overrides it) and its image-folder options."""
-    return load_dataset(data.dataset, split, data_dir or data.data_dir or None, data.channels, data.corrupt_images,
-                        data.image_size)
+    dataset, its folder (`data_dir` overrides it), its image-folder options, and the normalization it asks for
+    (data.mean, data.std) in place of the data set's own."""
+    x, y, info = load_dataset(data.dataset, split, data_dir or data.data_dir or None, data.channels,
+                              data.corrupt_images, data.image_size)
+    return x, y, with_normalization(info, data.mean, data.std)
+
+
+def with_normalization(info: DatasetInfo, mean=(), std=()) -> DatasetInfo:
+    """`info` with its per-channel mean and/or std replaced where given (non-empty): the normalization a user's
+    weights were trained with, such as ImageNet's, in place of the one computed from the training images. Each
+    needs one value per channel of the images."""
+    channels = info.input_shape[0]
+    for key, values in (("mean", mean), ("std", std)):
+        if values and len(values) != channels:
+            convert = f", or convert the images with data.channels = {len(values)}" if len(values) in (1, 3) else ""
+            raise DatasetError(f"data.{key} has {len(values)} value(s) and the images have {channels} channel(s): "
+                               f"give one value per channel{convert}")
+    if not mean and not std:
+        return info
+    return dataclasses.replace(info, mean=tuple(float(v) for v in mean) if mean else info.mean,
+                               std=tuple(float(v) for v in std) if std else info.std)
 
 
 # ---------------------------------------------------------------- validation split

@@ -46,6 +46,7 @@ def adapt(factory: str | Callable[..., nn.Module], data_dir: Optional[str | os.P
           *, kwargs: Optional[dict] = None, config: Optional[str | os.PathLike] = None,
           overrides: Sequence[str] = (), resume: bool = False, force: bool = False,
           weights: Optional[str | os.PathLike] = None, new_head: bool = False,
+          mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
           log: Callable[[str], None] = print) -> PruningEngine:
     """Train your network subtask-adaptively on an image folder and return its PruningEngine.
 
@@ -55,13 +56,16 @@ def adapt(factory: str | Callable[..., nn.Module], data_dir: Optional[str | os.P
     defaults otherwise); `overrides`: "section.key=value" strings on top. `out`: the checkpoint folder, written
     after every epoch; `resume` continues it, `force` replaces an earlier run there (never another folder).
     `weights`: your network's trained weights (.safetensors, or a state_dict file read with weights_only=True),
-    loaded before joint training starts (`[model] weights`); the network sees images normalized with the data
-    set's mean and std, so weights trained on other normalization start off, and a short run re-learns it.
-    `new_head`: the weights were trained on other classes (ImageNet's 1,000, say): every tensor but the head's is
-    loaded, and the head starts afresh for the folder's classes (`[model] new_head`)."""
+    loaded before joint training starts (`[model] weights`). `new_head`: the weights were trained on other
+    classes (ImageNet's 1,000, say): every tensor but the head's is loaded, and the head starts afresh for the
+    folder's classes (`[model] new_head`). `mean`, `std`: the per-channel normalization the weights were trained
+    with, for pixels in [0, 1] (torchvision's ImageNet weights: [0.485, 0.456, 0.406] and [0.229, 0.224, 0.225];
+    `[data] mean`, `std`); by default the network sees images normalized with the folder's own mean and std."""
+    norm = [f"data.{key}={[float(v) for v in values]}" for key, values in (("mean", mean), ("std", std))
+            if values is not None]
     base = [] if data_dir is None else ['data.dataset="imagefolder"', f"data.data_dir={str(data_dir)!r}"]
     cfg = load_config(config, [*base, 'model.arch="custom"', f"model.factory={factory_name(factory)!r}",
-                               *overrides, *([] if weights is None else [f"model.weights={str(weights)!r}"]),
+                               *overrides, *norm, *([] if weights is None else [f"model.weights={str(weights)!r}"]),
                                *(["model.new_head=true"] if new_head else [])])
     if kwargs is not None:
         if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):

@@ -33,7 +33,7 @@ from ..data.subtasks import SubtaskSampler, microbatch_sizes, sample_combination
 # [train] settings that change how a run executes, not what it computes: a resumed run may change them
 EXECUTION_KEYS = ("progress", "threads", "device", "dist_timeout")
 # config keys added after runs were saved, with the value that describes those runs (a resume compares configs)
-ADDED_KEYS = {"data": {"val_split": "sample", "val_fraction": 0.1, "image_size": 0},
+ADDED_KEYS = {"data": {"val_split": "sample", "val_fraction": 0.1, "image_size": 0, "mean": [], "std": []},
               "model": {"weights": "", "scaling": None, "new_head": False},
               "train": {"bf16": False, "dist_timeout": 1800.0, "init_from": "", "sandwich": False},
               "loss": {"subset_share": 0.0, "sparsity_price": "uniform", "distill_over": "all",
