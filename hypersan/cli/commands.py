@@ -154,6 +154,7 @@ def _sweep(args) -> int:
 
 
 def _eval(args) -> int:
+    tune_allocator()  # before any large allocation: the passes over the test images reuse the heap
     from ..data.datasets import load_split
     from ..info import MissingSplitError
     from ..training.evaluate import evaluate, parse_subtasks
@@ -339,7 +340,8 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
 def tune_allocator() -> str:
     """Keep freed memory in the process instead of handing it back to the OS (glibc only; process-wide).
 
-    The benchmark's entry point calls it before anything is allocated; the library never does. With glibc's
+    The entry points that time nets or pass over a whole test set (bench, demo, eval) call it before anything is
+    allocated; the library never does. With glibc's
     defaults, large activations are mapped afresh and page-faulted on every forward, or not, depending on the
     heap's history: the same net's latency ratio then varies by up to 1.4x from one process to the next
     (`tools/bench_allocator.py`). Raising the mmap threshold to its maximum (32 MiB) and the trim threshold to
