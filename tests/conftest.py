@@ -24,7 +24,8 @@ needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not ins
 # (THREADS), and torch.set_num_threads is held to that share in the worker, so the configs' `train.threads = 2`
 # never puts two threads of each worker on one core. Run alone (plain `pytest`), a test has 2 threads as before.
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-THREADS = max(1, min(2, (os.cpu_count() or 1) // WORKERS)) if WORKERS > 1 else 2
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)  # as xdist counts
+THREADS = max(1, min(2, CORES // WORKERS)) if WORKERS > 1 else 2
 set_threads_uncapped = torch.set_num_threads
 if WORKERS > 1:
     torch.set_num_threads = lambda n: set_threads_uncapped(min(int(n), THREADS))
