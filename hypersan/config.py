@@ -31,6 +31,9 @@ class DataConfig:
     val_split: str = "auto"
     crop_padding: int = 2  # training augmentation: random crops after zero padding by this many pixels
     hflip: bool = True  # training augmentation: random horizontal flips
+    # training augmentation for photos: > 0 = random resized crops in place of crop_padding's (torchvision's
+    # RandomResizedCrop: an area of U(crop_scale, 1) of the image's, aspect 3/4 to 4/3, resized back); 0 = none
+    crop_scale: float = 0.0  # > 0: random resized crops of at least this share of the area (e.g. 0.08); 0 = none
     basic_subtasks: str = "classes"  # classes | groups (named groups become the basic subtasks)
     channels: int = 0  # imagefolder: 0 = from the images (grayscale: 1, else RGB: 3), or 1 / 3 to convert
     corrupt_images: str = "error"  # imagefolder: error (refuse a file Pillow cannot decode) | skip (leave out, counted)
@@ -274,6 +277,7 @@ RANGES: dict[str, tuple[str, str]] = {
     "data.val_seed": ("[0, inf)", "seed of the validation split"),
     "data.val_fraction": ("[0, 1)", "a share of the training images; 0 = none"),
     "data.crop_padding": ("[0, inf)", "0 = no random crop"),
+    "data.crop_scale": ("[0, 1]", "the least share of the image a random resized crop keeps; 0 = none"),
     "data.channels": ("[0, 3]", "0 = from the images; 1 or 3 converts (image folders); 2 is refused"),
     "data.image_size": ("[0, inf)", "0 = as they are; N: shorter side to N, then the centre N x N crop"),
     "data.mean": ("[0, 1]", "per-channel mean of pixels in [0, 1]; [] = the training images' own"),

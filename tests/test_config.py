@@ -94,6 +94,7 @@ NUMERIC_CASES = {
     "train.threads": (0, -1),
     "train.dist_timeout": (60.0, 0.0),
     "data.mean": ([0.5], [1.5]),
+    "data.crop_scale": (0.08, 1.5),
     "data.std": ([0.25], [0.0]),
     "calib.batches": (1, 0),
     "calib.batch_size": (1, 0),

@@ -121,6 +121,31 @@ def test_augment_crops_and_flips_within_padding():
         assert any(torch.equal(out[b], c) or torch.equal(out[b], c.flip(2)) for c in crops)
 
 
+def test_random_resized_crops_draw_torchvisions_boxes_and_resize_them_as_a_crop_resized():
+    from hypersan.data.datasets import crop_boxes, resize_boxes
+
+    gen = torch.Generator().manual_seed(0)
+    boxes = crop_boxes(4000, 24, 32, 0.08, gen)
+    x0, y0, w, h = boxes.unbind(1)
+    area = w * h / (24 * 32)
+    assert (x0 >= 0).all() and (y0 >= 0).all() and (x0 + w <= 32 + 1e-4).all() and (y0 + h <= 24 + 1e-4).all()
+    assert area.min() >= 0.08 - 1e-6 and area.max() <= 1 + 1e-6 and 0.35 < area.median() < 0.6
+    unclipped = (w < 32) & (h < 24)  # where no side was cut to the image, the aspect ratio lies in [3/4, 4/3]
+    assert (w / h)[unclipped].min() >= 0.75 - 1e-4 and (w / h)[unclipped].max() <= 4 / 3 + 1e-4
+    x = torch.rand(3, 2, 12, 16)
+    whole = torch.tensor([[0.0, 0.0, 16.0, 12.0]] * 3)
+    assert torch.allclose(resize_boxes(x, whole), x, atol=1e-6)  # the whole image: itself
+    box = torch.tensor([[2.0, 4.0, 8.0, 6.0]] * 3)  # a quarter of the image, twice as large again
+    want = torch.nn.functional.interpolate(x[:, :, 4:10, 2:10], size=(12, 16), mode="bilinear", align_corners=False)
+    got = resize_boxes(x, box)
+    assert torch.allclose(got[..., 1:-1, 1:-1], want[..., 1:-1, 1:-1], atol=1e-5)  # the edge reads one pixel beyond
+    out = augment(x, 2, False, torch.Generator().manual_seed(1), crop_scale=0.5)
+    assert out.shape == x.shape and not torch.allclose(out, x) and out.is_contiguous()
+    assert torch.equal(out, augment(x, 2, False, torch.Generator().manual_seed(1), crop_scale=0.5))  # seeded
+    flat = torch.full((2, 1, 8, 8), 0.3)
+    assert torch.allclose(augment(flat, 0, True, gen, crop_scale=0.08), flat)  # values are only resampled
+
+
 # ---------------------------------------------------------------- vocabulary records
 
 def test_dataset_info_round_trips():

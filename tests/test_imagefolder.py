@@ -130,7 +130,9 @@ def test_a_model_trains_on_an_image_folder_and_prunes_to_named_classes(tmp_path)
     assert net.classes == ["dog", "fish"]
 
 
-def test_the_normalization_your_weights_were_trained_with_replaces_the_folders_own(tmp_path):
+def test_photo_settings_the_normalization_your_weights_expect_and_random_resized_crops(tmp_path):
+    import dataclasses
+
     import torch
 
     from hypersan.config import ConfigError, load_config
@@ -141,7 +143,7 @@ def test_the_normalization_your_weights_were_trained_with_replaces_the_folders_o
     root = _make(tmp_path / "pets", per_class=8, size=(16, 16), mode="RGB")
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]  # ImageNet's, as torchvision's weights expect
     base = ['data.dataset="imagefolder"', f'data.data_dir="{root}"']
-    cfg = load_config(None, [*base, f"data.mean={mean}", f"data.std={std}", "data.val_size=6",
+    cfg = load_config(None, [*base, f"data.mean={mean}", f"data.std={std}", "data.val_size=6", "data.crop_scale=0.35",
                              "model.widths=[4, 8]", "model.blocks=[1, 1]", "generator.hidden=16", "train.epochs=1",
                              "train.batch_size=8", "train.eval_every=0", "calib.batches=1", "calib.batch_size=8",
                              "subtasks.size_weights=[1, 1]", "train.progress=false"])
@@ -152,6 +154,9 @@ def test_the_normalization_your_weights_were_trained_with_replaces_the_folders_o
     assert own.mean != tuple(mean)
     train(cfg, tmp_path / "run", log=lambda m: None)
     engine = PruningEngine.from_pretrained(tmp_path / "run")  # the checkpoint keeps it, and so does every subnet
+    spec = engine.calib_spec()  # BN calibrates on images augmented as in training: random resized crops here
+    assert spec.crop_scale == 0.35
+    assert spec.fingerprint() != dataclasses.replace(spec, crop_scale=0.0).fingerprint()
     for net in (engine.model.backbone, engine.subnet(["cat", "dog"])):
         assert torch.allclose(net.norm.mean.flatten(), torch.tensor(mean))
         assert torch.allclose(net.norm.std.flatten(), torch.tensor(std))

@@ -179,11 +179,13 @@ def test_text_conditioned_training_and_requests(tmp_path, capsys):
 
 def test_resume_of_a_run_saved_before_the_scaling_keys(tmp_path):
     # runs saved before train.bf16 / train.dist_timeout existed resume as runs without bf16 (e.g. an ablation's);
-    # before data.image_size and model.new_head, as runs that read images as they are and loaded no weights
+    # before data.image_size, model.new_head, data.mean / std and data.crop_scale, as runs that read images as they
+    # are, loaded no weights, normalized with the training images' statistics and cropped after padding
     train(_cfg("train.epochs=2"), tmp_path / "run", log=lambda m: None, stop_after_epoch=1)
     path = tmp_path / "run" / "config.json"
     saved = json.loads(path.read_text())
     del saved["train"]["bf16"], saved["train"]["dist_timeout"], saved["data"]["image_size"], saved["model"]["new_head"]
+    del saved["data"]["mean"], saved["data"]["std"], saved["data"]["crop_scale"]
     path.write_text(json.dumps(saved))
     state = json.loads((tmp_path / "run" / "train_state.json").read_text())
     assert state["world_size"] == 1

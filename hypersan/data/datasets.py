@@ -5,6 +5,7 @@ import dataclasses
 import functools
 import gzip
 import io
+import math
 import os
 import pickle
 import struct
@@ -466,10 +467,44 @@ def validation_split(labels: torch.Tensor, size: int, seed: int) -> tuple[torch.
 
 # ---------------------------------------------------------------- augmentation
 
-def augment(x: torch.Tensor, padding: int, hflip: bool, gen: torch.Generator) -> torch.Tensor:
-    """Random crop with zero padding and random horizontal flip of a float batch (B, C, H, W)."""
+CROP_RATIO = (3 / 4, 4 / 3)  # aspect ratios of a random resized crop, as torchvision's RandomResizedCrop draws them
+
+
+def crop_boxes(b: int, h: int, w: int, scale_min: float, gen: torch.Generator,
+               ratio: tuple[float, float] = CROP_RATIO) -> torch.Tensor:
+    """(b, 4) random boxes (x0, y0, width, height) in pixels of an h x w image, drawn as torchvision's
+    RandomResizedCrop draws them: an area of U(scale_min, 1) of the image's, an aspect ratio log-uniform in
+    `ratio`, a uniform position. A side longer than the image's is cut to it, where torchvision draws again (up to
+    ten times) and then takes the centre."""
+    area = (torch.rand(b, generator=gen) * (1 - scale_min) + scale_min) * (h * w)
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    r = torch.exp(torch.rand(b, generator=gen) * (hi - lo) + lo)
+    cw, ch = torch.sqrt(area * r).clamp(max=w), torch.sqrt(area / r).clamp(max=h)
+    x0, y0 = torch.rand(b, generator=gen) * (w - cw), torch.rand(b, generator=gen) * (h - ch)
+    return torch.stack([x0, y0, cw, ch], 1)
+
+
+def resize_boxes(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Each image's box (x0, y0, width, height in pixels) resized to the image's size, bilinear: output pixel i
+    reads x0 + (i + 0.5) * width / W - 0.5, as resizing the cropped box does (F.interpolate, align_corners=False),
+    except that at the box's edge the pixels just outside it take part, where a crop repeats its edge."""
     b, c, h, w = x.shape
-    if padding > 0:
+    x0, y0, cw, ch = boxes.to(x.dtype).unbind(1)
+    theta = torch.zeros(b, 2, 3, dtype=x.dtype)
+    theta[:, 0, 0], theta[:, 0, 2] = cw / w, (2 * x0 + cw) / w - 1
+    theta[:, 1, 1], theta[:, 1, 2] = ch / h, (2 * y0 + ch) / h - 1
+    grid = torch.nn.functional.affine_grid(theta.to(x.device), [b, c, h, w], align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def augment(x: torch.Tensor, padding: int, hflip: bool, gen: torch.Generator, crop_scale: float = 0.0) -> torch.Tensor:
+    """Random crop and random horizontal flip of a float batch (B, C, H, W). The crop: with `crop_scale` > 0 a
+    random resized crop (crop_boxes, resize_boxes: data.crop_scale), else a crop after zero padding by `padding`
+    pixels (data.crop_padding)."""
+    b, c, h, w = x.shape
+    if crop_scale > 0:
+        x = resize_boxes(x, crop_boxes(b, h, w, crop_scale, gen))
+    elif padding > 0:
         padded = torch.nn.functional.pad(x, (padding,) * 4)
         oy = torch.randint(0, 2 * padding + 1, (b,), generator=gen)
         ox = torch.randint(0, 2 * padding + 1, (b,), generator=gen)

@@ -269,7 +269,8 @@ class PruningEngine:
             source = f"images:{images_fingerprint(images)}"
         else:
             source = self._calibration_source()
-        return CalibSpec(c.batches, c.batch_size, self.seed if seed is None else seed, source, d.crop_padding, d.hflip)
+        return CalibSpec(c.batches, c.batch_size, self.seed if seed is None else seed, source, d.crop_padding, d.hflip,
+                         d.crop_scale)
 
     def round_multiple(self, round_to: RoundTo = None) -> int:
         """The width multiple a build rounds to: an integer as given (0 or 1: none); "auto": the CPU's vector

@@ -141,6 +141,7 @@ class CalibSpec:
     source: str  # e.g. "fashion_mnist:train:val5000@0", or "images:<hash>" for user-supplied images
     crop_padding: int
     hflip: bool
+    crop_scale: float = 0.0  # > 0: random resized crops in place of the padded ones (data.crop_scale)
 
     def __post_init__(self):
         if self.batches < 1 or self.batch_size < 1:
@@ -149,8 +150,10 @@ class CalibSpec:
 
     def fingerprint(self) -> str:
         """Short hash of every field."""
-        return _sha(repr((self.batches, self.batch_size, self.seed, self.source, self.crop_padding,
-                          self.hflip)).encode(), 12)
+        fields = (self.batches, self.batch_size, self.seed, self.source, self.crop_padding, self.hflip)
+        if self.crop_scale:  # only where set: the statistics cached (and shipped) before it keep their keys
+            fields += (self.crop_scale,)
+        return _sha(repr(fields).encode(), 12)
 
     def count(self, n_images: int) -> int:
         """Batches drawn from n_images: `batches`, but no more than about four draws of each image (at least
@@ -162,7 +165,7 @@ class CalibSpec:
         gen = torch.Generator().manual_seed(self.seed)
         for _ in range(self.count(len(images))):
             idx = torch.randint(0, len(images), (self.batch_size,), generator=gen)
-            yield augment(to_float(images[idx]), self.crop_padding, self.hflip, gen).to(device)
+            yield augment(to_float(images[idx]), self.crop_padding, self.hflip, gen, self.crop_scale).to(device)
 
 
 @dataclass(frozen=True)

@@ -478,7 +478,7 @@ class Ablation:
         dense_macs = plain_cost(dense, None)["dense_macs"]
         d = self.base.data
         ft_args = dict(lr=b.finetune_lr, seed=seed, beta=self.base.loss.beta, crop_padding=d.crop_padding,
-                       hflip=d.hflip)
+                       hflip=d.hflip, crop_scale=d.crop_scale)
 
         def finish(net, t0, ft=None, prune_seen=0) -> tuple:
             baselines.recalibrate_bn(net, spec.stream(tx, torch.device("cpu")))
@@ -759,7 +759,7 @@ def train_scratch(arch: dict, classes: Subtask, target_mac_ratio: float, images,
     net.input_shape = list(input_shape)
     t, d = base.train, base.data
     per_epoch = max(1, -(-len(images) // t.batch_size))
-    log = sgd_steps(net, subset_loss(net, images, labels, cls, base.loss.beta, d.crop_padding, d.hflip),
+    log = sgd_steps(net, subset_loss(net, images, labels, cls, base.loss.beta, d.crop_padding, d.hflip, d.crop_scale),
                     len(images), epochs * per_epoch, t.lr, t.batch_size, seed, momentum=t.momentum,
                     weight_decay=t.weight_decay, warmup=per_epoch // 2)
     net.site_widths_kept = widths

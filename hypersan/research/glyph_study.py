@@ -268,7 +268,8 @@ def peer_objective(dense, seed: int = 0) -> dict:
     """The peer's fine-tuning settings (baselines.finetune): every net fine-tuned in the study, the peer's and the
     hypernetwork's alike, trains with exactly these."""
     cfg = dense.model.config
-    return dict(lr=0.01, seed=seed, beta=cfg.loss.beta, crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip)
+    return dict(lr=0.01, seed=seed, beta=cfg.loss.beta, crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip,
+                crop_scale=cfg.data.crop_scale)
 
 
 def run_hypernet_ft(engine, dense, picks: list[int], subtasks: list[dict], data: dict, train: tuple,
@@ -331,7 +332,7 @@ def run_specialists(dense, picks: list[int], subtasks: list[dict], data: dict, t
             net = build_plain(dict(arch, site_widths=widths, num_classes=len(t)), [str(c) for c in t])
 
             def batch_loss(idx, gen, net=net, images=images, labels=labels):
-                xb = augment(to_float(images[idx]), cfg.data.crop_padding, cfg.data.hflip, gen)
+                xb = augment(to_float(images[idx]), cfg.data.crop_padding, cfg.data.hflip, gen, cfg.data.crop_scale)
                 return F.cross_entropy(net(xb), labels[idx])
 
             fit = sgd_steps(net, batch_loss, len(labels), epochs * per_epoch, cfg.train.lr, cfg.train.batch_size, seed,

@@ -33,7 +33,8 @@ from ..data.subtasks import SubtaskSampler, microbatch_sizes, sample_combination
 # [train] settings that change how a run executes, not what it computes: a resumed run may change them
 EXECUTION_KEYS = ("progress", "threads", "device", "dist_timeout")
 # config keys added after runs were saved, with the value that describes those runs (a resume compares configs)
-ADDED_KEYS = {"data": {"val_split": "sample", "val_fraction": 0.1, "image_size": 0, "mean": [], "std": []},
+ADDED_KEYS = {"data": {"val_split": "sample", "val_fraction": 0.1, "image_size": 0, "mean": [], "std": [],
+                       "crop_scale": 0.0},
               "model": {"weights": "", "scaling": None, "new_head": False},
               "train": {"bf16": False, "dist_timeout": 1800.0, "init_from": "", "sandwich": False},
               "loss": {"subset_share": 0.0, "sparsity_price": "uniform", "distill_over": "all",
@@ -536,11 +537,11 @@ def _train(cfg: Config, out: Path, resume: bool, log: Callable[[str], None], sto
                 parts = []
                 for r in ranks_here:
                     idx = orders[r][i * local_bs:(i + 1) * local_bs]
-                    x = augment(to_float(train_x[idx]), d.crop_padding, d.hflip, gens[r])
+                    x = augment(to_float(train_x[idx]), d.crop_padding, d.hflip, gens[r], d.crop_scale)
                     parts.append(draw(idx, gens[r], x, dense))
             else:
                 idx = perm[i * t.batch_size:(i + 1) * t.batch_size]
-                x = augment(to_float(train_x[idx]), d.crop_padding, d.hflip, gen)
+                x = augment(to_float(train_x[idx]), d.crop_padding, d.hflip, gen, d.crop_scale)
                 dense = torch.rand((), generator=gen).item() < s.dense_share
                 parts = [draw(idx, gen, x, dense)]
             f = lr_factor(epoch * steps + i, total, warmup)
