@@ -341,12 +341,13 @@ def tune_allocator() -> str:
     """Keep freed memory in the process instead of handing it back to the OS (glibc only; process-wide).
 
     The entry points that time nets or pass over a whole test set (bench, demo, eval) call it before anything is
-    allocated; the library never does. With glibc's
-    defaults, large activations are mapped afresh and page-faulted on every forward, or not, depending on the
-    heap's history: the same net's latency ratio then varies by up to 1.4x from one process to the next
-    (`tools/bench_allocator.py`). Raising the mmap threshold to its maximum (32 MiB) and the trim threshold to
-    1 GiB makes every forward reuse the heap, as a tuned allocator (jemalloc, tcmalloc) would, for every
-    buffer under 32 MiB (at batch 256 on 28x28 images the largest activation is 25.7 MB). Returns what was done.
+    allocated; the library never does. With glibc's defaults, large activations are mapped afresh and
+    page-faulted on every forward, or not, depending on the heap's history: the same net's latency ratio then
+    varies by up to 1.4x from one process to the next (`tools/bench_allocator.py`), and an eval's pass over the
+    test images ran 1.2-1.8x slower (docs/RESULTS.md). Raising the mmap threshold to its maximum (32 MiB) and the
+    trim threshold to 1 GiB makes every forward reuse the heap, as a tuned allocator (jemalloc, tcmalloc) would,
+    for every buffer under 32 MiB (at batch 256 on 28x28 images the largest activation is 25.7 MB). Returns what
+    was done.
     """
     import ctypes
     import ctypes.util
