@@ -344,7 +344,7 @@ def tune_allocator() -> str:
     allocated; the library never does. With glibc's defaults, large activations are mapped afresh and
     page-faulted on every forward, or not, depending on the heap's history: the same net's latency ratio then
     varies by up to 1.4x from one process to the next (`tools/bench_allocator.py`), and an eval's pass over the
-    test images ran 1.2-1.8x slower (docs/RESULTS.md). Raising the mmap threshold to its maximum (32 MiB) and the
+    test images ran 1.1-1.8x slower (docs/RESULTS.md). Raising the mmap threshold to its maximum (32 MiB) and the
     trim threshold to 1 GiB makes every forward reuse the heap, as a tuned allocator (jemalloc, tcmalloc) would,
     for every buffer under 32 MiB (at batch 256 on 28x28 images the largest activation is 25.7 MB). Returns what
     was done.
