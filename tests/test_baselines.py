@@ -4,11 +4,14 @@ import math
 import pytest
 import torch
 
+from hypersan.data.datasets import Augmentation
 from hypersan.nn.backbones import build_backbone
 from hypersan.prune.metrics import count_macs
 from hypersan.prune.surgery import prune_backbone
 
 from .test_surgery import ARCHS, _randomize
+
+NO_AUGMENTATION = Augmentation(crop_padding=0, hflip=False)
 
 tp = pytest.importorskip("torch_pruning")
 
@@ -74,7 +77,7 @@ def test_finetune_lowers_the_loss_and_reports_its_cost():
     x = (torch.rand(len(y), 1, 12, 12, generator=g) * 60).to(torch.uint8)
     x[y == 2, :, :6] += 150  # learnable: class 2 bright on top, class 5 bright at the bottom
     x[y == 5, :, 6:] += 150
-    r = finetune(pruned, x, y, CLASSES, steps=30, lr=0.05, batch_size=32, crop_padding=0, hflip=False)
+    r = finetune(pruned, x, y, CLASSES, steps=30, lr=0.05, batch_size=32, augmentation=NO_AUGMENTATION)
     assert r["steps"] == 30 and r["wall_s"] > 0
     assert sum(r["loss"][-5:]) / 5 < sum(r["loss"][:5]) / 5
     with pytest.raises(ValueError, match="no training image"):
@@ -98,7 +101,7 @@ def test_finetune_trains_a_single_class_against_other_classes_images():
     bb = _randomize(build_backbone(dict(ARCHS["resnet"], widths=[16, 24]))).eval()
     net = prune_backbone(bb, None, [2], input_shape=SHAPES["resnet"])  # one logit: softmax CE would be 0
     x, y = _learnable()
-    r = finetune(net, x, y, [2], steps=40, lr=0.05, batch_size=32, crop_padding=0, hflip=False)
+    r = finetune(net, x, y, [2], steps=40, lr=0.05, batch_size=32, augmentation=NO_AUGMENTATION)
     assert min(r["loss"]) > 0  # a real loss: other classes' images are its negatives
     assert sum(r["loss"][-5:]) / 5 < 0.7 * sum(r["loss"][:5]) / 5
     assert r["images_seen"] == 40 * 32
@@ -113,7 +116,7 @@ def test_subset_prune_sees_the_subset_and_meets_its_budget():
     for classes in ([0, 1], [4, 5]):
         net = prune_backbone(bb, None, classes, input_shape=SHAPES["resnet"])
         pruned = subset_prune(net, classes, x, y, 0.3, dense_macs, stages=2, stage_steps=2, batch_size=32,
-                              crop_padding=0, hflip=False)
+                              augmentation=NO_AUGMENTATION)
         macs = count_macs(pruned, SHAPES["resnet"])
         assert macs == pruned.macs and macs <= 0.3 * dense_macs * 1.02  # never over budget
         assert macs >= 0.3 * dense_macs * 0.85

@@ -238,7 +238,7 @@ def test_adapt_trains_a_factory_on_an_image_folder(tmp_path):
                             mean=[0.485, 0.456, 0.406], std=(0.229, 0.224, 0.225))  # ImageNet's, as weights expect
     assert engine.model.config.data.image_size == 12 and tuple(engine.model.info.input_shape) == (3, 12, 12)
     assert engine.model.info.mean == (0.485, 0.456, 0.406) and engine.model.config.data.std == [0.229, 0.224, 0.225]
-    assert engine.calib_spec().crop_scale == 0.5  # random resized crops, in training and calibration
+    assert engine.calib_spec().augmentation.crop_scale == 0.5  # random resized crops, in training and calibration
     assert engine.model.config.model.factory == "tests.models.densenet:build"
     assert engine.model.config.model.kwargs == {"growth": 4, "in_channels": 3}
     assert engine.model.classes == sorted(CLASSES)  # the class folders, in order

@@ -155,8 +155,9 @@ def test_photo_settings_the_normalization_your_weights_expect_and_random_resized
     train(cfg, tmp_path / "run", log=lambda m: None)
     engine = PruningEngine.from_pretrained(tmp_path / "run")  # the checkpoint keeps it, and so does every subnet
     spec = engine.calib_spec()  # BN calibrates on images augmented as in training: random resized crops here
-    assert spec.crop_scale == 0.35
-    assert spec.fingerprint() != dataclasses.replace(spec, crop_scale=0.0).fingerprint()
+    assert spec.augmentation.crop_scale == 0.35
+    padded = dataclasses.replace(spec, augmentation=dataclasses.replace(spec.augmentation, crop_scale=0.0))
+    assert spec.fingerprint() != padded.fingerprint()
     for net in (engine.model.backbone, engine.subnet(["cat", "dog"])):
         assert torch.allclose(net.norm.mean.flatten(), torch.tensor(mean))
         assert torch.allclose(net.norm.std.flatten(), torch.tensor(std))

@@ -519,6 +519,24 @@ def augment(x: torch.Tensor, padding: int, hflip: bool, gen: torch.Generator, cr
     return torch.empty(x.shape, dtype=x.dtype, device=x.device).copy_(x)
 
 
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """How training images are augmented (data.crop_padding, data.hflip, data.crop_scale; see augment): training,
+    fine-tuning and BN calibration draw their batches alike. Called on a float batch and a generator."""
+
+    crop_padding: int = 2
+    hflip: bool = True
+    crop_scale: float = 0.0
+
+    @classmethod
+    def of(cls, data) -> "Augmentation":
+        """The augmentation a [data] section (a DataConfig) asks for."""
+        return cls(data.crop_padding, data.hflip, data.crop_scale)
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        return augment(x, self.crop_padding, self.hflip, gen, self.crop_scale)
+
+
 def to_float(x: torch.Tensor) -> torch.Tensor:
     """uint8 images to float32 in [0, 1]."""
     return x.float().div_(255.0)

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ..config import parse_round_to
 from ..nn.checkpoint import CHECKPOINT_KIND, resolve_checkpoint
-from ..data.datasets import DatasetError, split_train_val, validation_images, validation_rule
+from ..data.datasets import Augmentation, DatasetError, split_train_val, validation_images, validation_rule
 from ..deploy.export import DEFAULT_FORMATS, parse_formats, save_subnet
 from ..deploy.quantize import check_weight_bits
 from ..io import atomic_dir
@@ -269,8 +269,7 @@ class PruningEngine:
             source = f"images:{images_fingerprint(images)}"
         else:
             source = self._calibration_source()
-        return CalibSpec(c.batches, c.batch_size, self.seed if seed is None else seed, source, d.crop_padding, d.hflip,
-                         d.crop_scale)
+        return CalibSpec(c.batches, c.batch_size, self.seed if seed is None else seed, source, Augmentation.of(d))
 
     def round_multiple(self, round_to: RoundTo = None) -> int:
         """The width multiple a build rounds to: an integer as given (0 or 1: none); "auto": the CPU's vector

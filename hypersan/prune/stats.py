@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from ..nn.bn import BNStats, bn_modules, get_bn_stats, set_bn_stats  # noqa: F401 (re-exported)
 from ..nn.subnet import weights_layout
 from ..nn.checkpoint import parse_subtask_key, subtask_key
-from ..data.datasets import augment, to_float
+from ..data.datasets import Augmentation, to_float
 from ..io import ArtifactError, load_tensors, save_tensors
 from ..data.subtasks import Subtask
 
@@ -139,9 +139,7 @@ class CalibSpec:
     batch_size: int
     seed: int
     source: str  # e.g. "fashion_mnist:train:val5000@0", or "images:<hash>" for user-supplied images
-    crop_padding: int
-    hflip: bool
-    crop_scale: float = 0.0  # > 0: random resized crops in place of the padded ones (data.crop_scale)
+    augmentation: Augmentation
 
     def __post_init__(self):
         if self.batches < 1 or self.batch_size < 1:
@@ -150,9 +148,10 @@ class CalibSpec:
 
     def fingerprint(self) -> str:
         """Short hash of every field."""
-        fields = (self.batches, self.batch_size, self.seed, self.source, self.crop_padding, self.hflip)
-        if self.crop_scale:  # only where set: the statistics cached (and shipped) before it keep their keys
-            fields += (self.crop_scale,)
+        a = self.augmentation
+        fields = (self.batches, self.batch_size, self.seed, self.source, a.crop_padding, a.hflip)
+        if a.crop_scale:  # only where set: the statistics cached (and shipped) before it keep their keys
+            fields += (a.crop_scale,)
         return _sha(repr(fields).encode(), 12)
 
     def count(self, n_images: int) -> int:
@@ -165,7 +164,7 @@ class CalibSpec:
         gen = torch.Generator().manual_seed(self.seed)
         for _ in range(self.count(len(images))):
             idx = torch.randint(0, len(images), (self.batch_size,), generator=gen)
-            yield augment(to_float(images[idx]), self.crop_padding, self.hflip, gen, self.crop_scale).to(device)
+            yield self.augmentation(to_float(images[idx]), gen).to(device)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from ..config import Config, ConfigError, build_section, load_config, read_toml
-from ..data.datasets import load_split
+from ..data.datasets import Augmentation, load_split
 from ..language.descriptions import describe
 from ..prune.engine import PruningEngine, labelled_sample
 from ..training.evaluate import calibrated_threshold, evaluate, plain_logits, subtask_metrics
@@ -477,8 +477,7 @@ class Ablation:
         spec = dense.calib_spec(seed)
         dense_macs = plain_cost(dense, None)["dense_macs"]
         d = self.base.data
-        ft_args = dict(lr=b.finetune_lr, seed=seed, beta=self.base.loss.beta, crop_padding=d.crop_padding,
-                       hflip=d.hflip, crop_scale=d.crop_scale)
+        ft_args = dict(lr=b.finetune_lr, seed=seed, beta=self.base.loss.beta, augmentation=Augmentation.of(d))
 
         def finish(net, t0, ft=None, prune_seen=0) -> tuple:
             baselines.recalibrate_bn(net, spec.stream(tx, torch.device("cpu")))
@@ -759,7 +758,7 @@ def train_scratch(arch: dict, classes: Subtask, target_mac_ratio: float, images,
     net.input_shape = list(input_shape)
     t, d = base.train, base.data
     per_epoch = max(1, -(-len(images) // t.batch_size))
-    log = sgd_steps(net, subset_loss(net, images, labels, cls, base.loss.beta, d.crop_padding, d.hflip, d.crop_scale),
+    log = sgd_steps(net, subset_loss(net, images, labels, cls, base.loss.beta, Augmentation.of(d)),
                     len(images), epochs * per_epoch, t.lr, t.batch_size, seed, momentum=t.momentum,
                     weight_decay=t.weight_decay, warmup=per_epoch // 2)
     net.site_widths_kept = widths

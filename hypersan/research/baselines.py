@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..training.finetune import finetune, recalibrate_bn, subset_loss, subset_targets  # noqa: F401
+from ..data.datasets import Augmentation
 from ..training.optim import sgd_steps
 from ..prune.metrics import MacCounter, count_macs, output_pixels
 from ..prune.surgery import layer_plan
@@ -229,8 +230,8 @@ def next_ratio(p: float, macs: float, slope: float, goal: float, coarse: float =
 def subset_prune(net: nn.Module, classes: Sequence[int], images: Tensor, labels: Tensor, mac_ratio: float,
                  dense_macs: int, stages: int = 5, stage_steps: int = 50, lr: float = 0.01, importance: str = "taylor",
                  max_pruning_ratio: float = 0.95, max_steps: int = 400, grad_batches: int = 4,
-                 batch_size: int = 128, beta: float = 1.0, seed: int = 0, crop_padding: int = 2, hflip: bool = True,
-                 tolerance: float = MAC_TOLERANCE, crop_scale: float = 0.0) -> nn.Module:
+                 batch_size: int = 128, beta: float = 1.0, seed: int = 0, augmentation: Augmentation = Augmentation(),
+                 tolerance: float = MAC_TOLERANCE) -> nn.Module:
     """Torch-Pruning as its own benchmarks use it, on the subset: a copy of a plain net of `classes` (BN kept)
     pruned with `MetaPruner` to at most `mac_ratio * dense_macs` MACs (+ `tolerance`), counted on the pruned net.
     A single step can remove a costly channel and land a few percent below the budget; `macs` says where.
@@ -270,7 +271,7 @@ def subset_prune(net: nn.Module, classes: Sequence[int], images: Tensor, labels:
                                   pruning_ratio=max_pruning_ratio, max_pruning_ratio=max_pruning_ratio,
                                   iterative_steps=max_steps, iterative_pruning_ratio_scheduler=schedule,
                                   ignored_layers=[cand.head])
-    loss_fn = subset_loss(cand, images, labels, classes, beta, crop_padding, hflip, crop_scale)
+    loss_fn = subset_loss(cand, images, labels, classes, beta, augmentation)
     gen = torch.Generator().manual_seed(seed)
     target = mac_ratio * dense_macs
     counter = MacCounter(cand, shape)

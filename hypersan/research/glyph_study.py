@@ -267,9 +267,10 @@ def tuned_row(dense, net, i: int, s: dict, n_steps: int, base_s: float, train: t
 def peer_objective(dense, seed: int = 0) -> dict:
     """The peer's fine-tuning settings (baselines.finetune): every net fine-tuned in the study, the peer's and the
     hypernetwork's alike, trains with exactly these."""
+    from ..data.datasets import Augmentation
+
     cfg = dense.model.config
-    return dict(lr=0.01, seed=seed, beta=cfg.loss.beta, crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip,
-                crop_scale=cfg.data.crop_scale)
+    return dict(lr=0.01, seed=seed, beta=cfg.loss.beta, augmentation=Augmentation.of(cfg.data))
 
 
 def run_hypernet_ft(engine, dense, picks: list[int], subtasks: list[dict], data: dict, train: tuple,
@@ -310,12 +311,13 @@ def run_specialists(dense, picks: list[int], subtasks: list[dict], data: dict, t
     import torch
     import torch.nn.functional as F
 
-    from ..data.datasets import augment, to_float
+    from ..data.datasets import Augmentation, to_float
     from ..nn.subnet import build_plain
     from ..prune.metrics import count_macs, plain_accuracy
     from ..training.optim import sgd_steps
 
     cfg = dense.model.config
+    augmentation = Augmentation.of(cfg.data)
     arch = dense.model.backbone.arch
     shape = tuple(dense.model.info.input_shape)
     tx, ty = train
@@ -332,7 +334,7 @@ def run_specialists(dense, picks: list[int], subtasks: list[dict], data: dict, t
             net = build_plain(dict(arch, site_widths=widths, num_classes=len(t)), [str(c) for c in t])
 
             def batch_loss(idx, gen, net=net, images=images, labels=labels):
-                xb = augment(to_float(images[idx]), cfg.data.crop_padding, cfg.data.hflip, gen, cfg.data.crop_scale)
+                xb = augmentation(to_float(images[idx]), gen)
                 return F.cross_entropy(net(xb), labels[idx])
 
             fit = sgd_steps(net, batch_loss, len(labels), epochs * per_epoch, cfg.train.lr, cfg.train.batch_size, seed,

@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..data.datasets import augment, to_float
+from ..data.datasets import Augmentation, to_float
 from ..prune.stats import recalibrate
 from .optim import sgd_steps
 
@@ -40,8 +40,7 @@ def subset_targets(labels: Tensor, classes: Sequence[int]) -> tuple[Tensor, Tens
 
 
 def subset_loss(net: nn.Module, images: Tensor, labels: Tensor, classes: Sequence[int], beta: float = 1.0,
-                crop_padding: int = 2, hflip: bool = True,
-                crop_scale: float = 0.0) -> Callable[[Tensor, torch.Generator], Tensor]:
+                augmentation: Augmentation = Augmentation()) -> Callable[[Tensor, torch.Generator], Tensor]:
     """The hypernetwork's objective on a |T|-logit net: sigmoid BCE over the subset's logits, summed over them,
     on images of every class (other classes' images are negatives: every logit's target is 0). The subset's
     own images weigh `beta` (losses.subtask_weighted_bce weighs the subtask's classes so; on a net whose logits
@@ -55,20 +54,20 @@ def subset_loss(net: nn.Module, images: Tensor, labels: Tensor, classes: Sequenc
     device = next(net.parameters()).device
 
     def batch_loss(idx: Tensor, gen: torch.Generator) -> Tensor:
-        xb = augment(to_float(images[idx]), crop_padding, hflip, gen, crop_scale)  # on the CPU, with the generator
+        xb = augmentation(to_float(images[idx]), gen)  # on the CPU, where the generator is
         return head_bce(net(xb.to(device)), pos[idx].to(device), beta)
 
     return batch_loss
 
 
 def finetune(net: nn.Module, images: Tensor, labels: Tensor, classes: Sequence[int], steps: int,
-             lr: float = FINETUNE_LR, batch_size: int = 128, seed: int = 0, crop_padding: int = 2, hflip: bool = True,
-             beta: float = 1.0, schedule: str = "cosine", log: Optional[Callable[[str], None]] = None,
-             crop_scale: float = 0.0) -> dict:
+             lr: float = FINETUNE_LR, batch_size: int = 128, seed: int = 0,
+             augmentation: Augmentation = Augmentation(), beta: float = 1.0, schedule: str = "cosine",
+             log: Optional[Callable[[str], None]] = None) -> dict:
     """Fine-tune a plain net of `classes` (its logits in ascending class order) for `steps` SGD steps with the
     hypernetwork's objective (subset_loss: BCE, every training image, other classes' as negatives), in place.
     Single classes train too. Returns {"steps", "images_seen", "wall_s", "loss"}."""
-    fn = subset_loss(net, images, labels, classes, beta, crop_padding, hflip, crop_scale)
+    fn = subset_loss(net, images, labels, classes, beta, augmentation)
     out = sgd_steps(net, fn, len(images), steps, lr, batch_size, seed, schedule=schedule)
     if log is not None and steps:
         log(f"fine-tuned {steps} steps in {out['wall_s']:.1f} s, loss {out['loss'][0]:.4f} -> {out['loss'][-1]:.4f}")
@@ -109,7 +108,7 @@ def finetune_subnet(engine, classes, steps: int, lr: float = FINETUNE_LR, batch_
     subtask = [engine.model.classes.index(c) for c in net.classes]
     cfg = engine.model.config
     fit = finetune(net, x, y, subtask, steps, lr=lr, batch_size=batch_size, seed=seed, beta=cfg.loss.beta,
-                   crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip, crop_scale=cfg.data.crop_scale, log=log)
+                   augmentation=Augmentation.of(cfg.data), log=log)
     device = next(net.parameters()).device
     recalibrate_bn(net, engine.calib_spec(seed).stream(x, device))
     if fold_bn:

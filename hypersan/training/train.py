@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from ..nn.checkpoint import CHECKPOINT_KIND
 from ..config import Config, ConfigError
-from ..data.datasets import augment, split_train_val, to_float
+from ..data.datasets import Augmentation, split_train_val, to_float
 from ..language.descriptions import describe
 from .distributed import Context, DistributedError, is_peer_failure, setup, shard, stream_seed
 from ..prune.budget import MacModel
@@ -409,7 +409,8 @@ def train(cfg: Config, out: str | Path, resume: bool = False, log: Callable[[str
 def _train(cfg: Config, out: Path, resume: bool, log: Callable[[str], None], stop_after_epoch: int | None,
            allow_config_change: bool, provenance: dict | None, ctx: Context | None,
            emulate_ranks: int) -> SubtaskAdaptiveNet:
-    t, d, s = cfg.train, cfg.data, cfg.subtasks
+    t, s = cfg.train, cfg.subtasks
+    augmentation = Augmentation.of(cfg.data)
     world = ctx.world_size if ctx is not None else max(1, emulate_ranks)
     sharded = world > 1  # otherwise the one-process path, unchanged: its runs stay bit-identical
     if sharded and t.batch_size % world:
@@ -537,11 +538,11 @@ def _train(cfg: Config, out: Path, resume: bool, log: Callable[[str], None], sto
                 parts = []
                 for r in ranks_here:
                     idx = orders[r][i * local_bs:(i + 1) * local_bs]
-                    x = augment(to_float(train_x[idx]), d.crop_padding, d.hflip, gens[r], d.crop_scale)
+                    x = augmentation(to_float(train_x[idx]), gens[r])
                     parts.append(draw(idx, gens[r], x, dense))
             else:
                 idx = perm[i * t.batch_size:(i + 1) * t.batch_size]
-                x = augment(to_float(train_x[idx]), d.crop_padding, d.hflip, gen, d.crop_scale)
+                x = augmentation(to_float(train_x[idx]), gen)
                 dense = torch.rand((), generator=gen).item() < s.dense_share
                 parts = [draw(idx, gen, x, dense)]
             f = lr_factor(epoch * steps + i, total, warmup)
