@@ -113,6 +113,7 @@ class SubtaskConfig:
 class TrainConfig:
     seed: int = 0  # seeds initialization, data order, subtask sampling and augmentation
     epochs: int = 10  # passes over the training images
+    min_steps: int = 0  # at least this many steps: a small data set trains ceil(min_steps / steps an epoch) epochs
     batch_size: int = 128  # images per step
     optimizer: str = "sgd"  # sgd | adamw
     lr: float = 0.1  # backbone learning rate (peak of the cosine schedule)
@@ -312,6 +313,7 @@ RANGES: dict[str, tuple[str, str]] = {
     "subtasks.holdout_seed": ("[0, inf)", "seed of the hashed holdout"),
     "train.seed": ("[0, inf)", "training seed"),
     "train.epochs": ("[1, inf)", "training epochs"),
+    "train.min_steps": ("[0, inf)", "0 = exactly train.epochs"),
     "train.batch_size": ("[1, inf)", "training images per step"),
     "train.lr": ("(0, inf)", "backbone learning rate"),
     "train.generator_lr": ("(0, inf)", "generator learning rate"),

@@ -83,6 +83,7 @@ NUMERIC_CASES = {
     "subtasks.holdout_seed": (3, -1),
     "train.seed": (3, -1),
     "train.epochs": (1, 0),
+    "train.min_steps": (500, -1),
     "train.batch_size": (1, 0),
     "train.lr": (0.01, 0.0),
     "train.generator_lr": (1e-4, -1e-3),

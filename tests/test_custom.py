@@ -227,8 +227,8 @@ def test_adapt_trains_a_factory_on_an_image_folder(tmp_path):
     from tests.models import densenet
 
     folder = _image_folder(tmp_path / "images", mixed=True)  # photos of two sizes: data.image_size brings them to one
-    tiny = ["data.val_size=8", "generator.hidden=16", "train.epochs=1", "train.batch_size=16", "train.eval_every=0",
-            "train.progress=false", "calib.batches=1", "calib.batch_size=16", "subtasks.size_weights=[1, 1]"]
+    tiny = ["data.val_size=8", "generator.hidden=16", "train.epochs=1", "train.min_steps=0", "train.batch_size=16",
+            "train.eval_every=0", "train.progress=false", "calib.batches=1", "calib.batch_size=16", "subtasks.size_weights=[1, 1]"]
     with pytest.raises(DatasetError, match="data.image_size = N"):
         hypersan.adapt(densenet.build, folder, tmp_path / "run", kwargs={"growth": 4, "in_channels": 3},
                        overrides=tiny, log=lambda m: None)
@@ -240,6 +240,14 @@ def test_adapt_trains_a_factory_on_an_image_folder(tmp_path):
     assert engine.model.info.mean == (0.485, 0.456, 0.406) and engine.model.config.data.std == [0.229, 0.224, 0.225]
     assert engine.calib_spec().augmentation.crop_scale == 0.5  # random resized crops, in training and calibration
     assert engine.model.config.model.factory == "tests.models.densenet:build"
+    assert engine.model.config.train.min_steps == 0  # overrides replace adapt's defaults (tiny asks for 0)
+    from hypersan.config import load_config
+    from hypersan.training.adapt import DEFAULTS
+    from .conftest import ROOT
+
+    # with no config, adapt trains as many steps as configs/folder.toml, however small the folder
+    folder_cfg = load_config(ROOT / "configs" / "folder.toml").train.min_steps
+    assert load_config(None, list(DEFAULTS)).train.min_steps == folder_cfg >= 300
     assert engine.model.config.model.kwargs == {"growth": 4, "in_channels": 3}
     assert engine.model.classes == sorted(CLASSES)  # the class folders, in order
     net = engine.subnet(["cross", "circle"])

@@ -1,6 +1,8 @@
 """Image folders (data.dataset = "imagefolder"): PNG and JPEG class folders decoded with Pillow, the vocabulary
 from the folder names, normalization from the training images, and a clear error (or a counted skip) for every
 kind of bad input."""
+import json
+
 import numpy as np
 import pytest
 
@@ -202,14 +204,23 @@ def _folder_config(root, *extra):
 
 
 def test_a_small_folder_trains_with_the_documented_config(tmp_path, capsys):
+    from hypersan.config import load_config
     from hypersan.training.train import split_training_data, train
+    from .conftest import ROOT
 
     root = _make(tmp_path / "pets", splits=("train",), per_class=30, size=(16, 16))  # 3 x 30 images, no val/, test/
-    cfg = _folder_config(root, "train.epochs=1")  # the documented config; one epoch keeps the test short
+    # the documented config; one epoch and 4 steps keep the test short (the config asks for train.min_steps)
+    assert load_config(ROOT / "configs" / "folder.toml").train.min_steps >= 300
+    cfg = _folder_config(root, "train.epochs=1", "train.min_steps=4")
     tx, ty, vx, vy, _ = split_training_data(cfg)
     assert (len(tx), len(vx)) == (81, 9) and sorted(vy.tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # a tenth, stratified
-    model = train(cfg, tmp_path / "run", log=lambda m: None)
+    lines = []
+    model = train(cfg, tmp_path / "run", log=lines.append)
     assert model.classes == CLASSES
+    # 81 images at 64 a batch make 2 steps an epoch: 2 epochs take the 4 steps asked for, and the run says so
+    assert [h["epoch"] for h in model.meta["history"]] == [1, 2]
+    assert any("training 2 epochs, not 1" in m and "train.min_steps = 4" in m for m in lines), lines
+    assert json.loads((tmp_path / "run" / "train_state.json").read_text())["epochs"] == 2
     # the documented config builds widths in the CPU's vector blocks (free widths run slower than their MACs say)
     from hypersan.prune.engine import PruningEngine, vector_block
 

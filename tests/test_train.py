@@ -26,14 +26,19 @@ def _cfg(*extra):
 
 
 def test_resume_equals_uninterrupted_run(tmp_path):
-    full = train(_cfg(), tmp_path / "full", log=lambda m: None)
-    train(_cfg(), tmp_path / "part", log=lambda m: None, stop_after_epoch=1)
-    resumed = train(_cfg(), tmp_path / "part", resume=True, log=lambda m: None)
+    # 384 training images at 128 a batch: 3 steps an epoch, so train.min_steps = 9 makes the one epoch asked three
+    cfg = _cfg("train.epochs=1", "train.min_steps=9")
+    full = train(cfg, tmp_path / "full", log=lambda m: None)
+    train(cfg, tmp_path / "part", log=lambda m: None, stop_after_epoch=1)
+    with pytest.raises(OutputExistsError, match=r"\(epoch 1 of 3\)"):
+        train(cfg, tmp_path / "part", log=lambda m: None)
+    resumed = train(cfg, tmp_path / "part", resume=True, log=lambda m: None)
     a, b = full.state_dict(), resumed.state_dict()
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert json.loads((tmp_path / "part" / "train_state.json").read_text())["epoch"] == 3
+    assert [h["epoch"] for h in resumed.meta["history"]] == [1, 2, 3]
 
 
 def test_resume_refuses_a_different_config(tmp_path):

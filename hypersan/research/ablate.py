@@ -264,7 +264,8 @@ class Ablation:
         cfg = self.method_config(method, seed, gamma)
         folder = self.model_dir(method, seed, gamma)
         state = folder / "train_state.json"
-        finished = state.is_file() and read_json(state)["epoch"] >= cfg.train.epochs
+        done = read_json(state) if state.is_file() else None  # "epochs": the run's own count (train.min_steps)
+        finished = done is not None and done["epoch"] >= done.get("epochs", cfg.train.epochs)
         if not finished:
             self.log(f"training {name}")
             t0 = time.perf_counter()
