@@ -121,7 +121,7 @@ class TrainConfig:
     momentum: float = 0.9  # sgd only
     weight_decay: float = 5e-4  # backbone only
     warmup_epochs: float = 0.5  # linear warm-up before the cosine decay
-    eval_every: int = 1  # epochs between evaluations (0: only at the end)
+    eval_every: int = 1  # epochs between evaluations (0: only at the end); scaled as min_steps stretches a run
     eval_subtasks: int = 8  # random subtasks checked at each periodic evaluation
     threads: int = 0  # torch threads; 0 leaves the default
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: auto or cuda give each process cuda:LOCAL_RANK)

@@ -41,6 +41,15 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     assert [h["epoch"] for h in resumed.meta["history"]] == [1, 2, 3]
 
 
+def test_evaluating_more_or_less_often_trains_the_same_weights(tmp_path):
+    # train.min_steps scales eval_every with the epochs it adds: the weights must not depend on it
+    often = train(_cfg("train.epochs=2", "train.eval_every=1"), tmp_path / "often", log=lambda m: None)
+    never = train(_cfg("train.epochs=2"), tmp_path / "never", log=lambda m: None)
+    assert "val_dense_acc" in often.meta["history"][0] and "val_dense_acc" not in never.meta["history"][0]
+    a, b = often.state_dict(), never.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_resume_refuses_a_different_config(tmp_path):
     train(_cfg(), tmp_path / "run", log=lambda m: None, stop_after_epoch=1)
     with pytest.raises(ConfigError, match="config differs.*loss.beta"):

@@ -530,9 +530,12 @@ def _train(cfg: Config, out: Path, resume: bool, log: Callable[[str], None], sto
     per_rank = -(-n // world)  # DistributedSampler pads every shard to ceil(n / world)
     steps = _batches(per_rank if sharded else n, local_bs)
     epochs = planned_epochs(t.epochs, t.min_steps, steps)
+    # a run that min_steps stretches evaluates as often as planned: every eval_every of the epochs asked for
+    eval_every = max(1, round(t.eval_every * epochs / t.epochs)) if t.eval_every else 0
     if epochs > t.epochs and start_epoch == 0:
         log(f"{n} training images make {steps} step(s) an epoch: training {epochs} epochs, not {t.epochs}, to take "
-            f"train.min_steps = {t.min_steps} steps (set it to 0 for exactly train.epochs)")
+            f"train.min_steps = {t.min_steps} steps (set it to 0 for exactly train.epochs)"
+            + (f"; evaluating every {eval_every} epochs" if eval_every else ""))
     total, warmup = epochs * steps, int(t.warmup_epochs * steps)
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
@@ -617,7 +620,7 @@ def _train(cfg: Config, out: Path, resume: bool, log: Callable[[str], None], sto
                "seconds": time.perf_counter() - t0}
         if main:  # rank 0 alone evaluates and writes; the others wait at the barrier below
             last = epoch + 1 == epochs
-            if len(val_y) and ((t.eval_every and (epoch + 1) % t.eval_every == 0) or last):
+            if len(val_y) and ((eval_every and (epoch + 1) % eval_every == 0) or last):
                 rec.update(_quick_eval(model, cfg, val_x, val_y, train_x, epoch))  # no validation split: no figures
             history.append(rec)
             log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in rec.items()}))
