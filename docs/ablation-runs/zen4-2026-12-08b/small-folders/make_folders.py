@@ -20,3 +20,10 @@ def cut(dst: str, classes: list[str], n: int) -> None:
 
 cut("v3x30", ["Bag", "Sneaker", "Trouser"], 30)
 cut("v10x30", sorted(os.listdir(SRC / "train")), 30)
+# fm10x300: 300 training images a class and no val/ (training holds out a tenth), test/ as above
+for c in sorted(os.listdir(SRC / "train")):
+    for split, n in (("train", 300), ("test", 100)):
+        d = Path("fm10x300") / split / c
+        d.mkdir(parents=True, exist_ok=True)
+        for f in sorted(os.listdir(SRC / split / c))[:n]:
+            shutil.copy(SRC / split / c / f, d / f)

@@ -15,3 +15,6 @@ for e in 30 125 250 500 1000; do cd_run v3x30 e$e --set train.epochs=$e --set tr
 for e in 30 100 200 400; do cd_run v10x30 e$e --set train.epochs=$e --set train.eval_every=0 --set train.min_steps=0; done
 SPLIT=test
 for f in v3x30 v10x30; do cd_run $f before --set train.min_steps=0; cd_run $f after; done
+# a 3,000-image folder, 30 and 60 epochs (val: the tenth held out of train/)
+SPLIT=val
+for e in 30 60; do cd_run fm10x300 e$e --set train.epochs=$e --set train.eval_every=0; done
