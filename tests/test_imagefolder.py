@@ -269,3 +269,29 @@ def test_a_training_limit_keeps_every_class_of_a_folder_read_class_by_class():
     pick = limit_indices(by_class, 6)
     assert pick.tolist() == [0, 1, 2, 6, 7, 9, 10]  # each class its share (6 x 6/12, 6 x 3/12 rounded), in order
     assert limit_indices(by_class, 50).tolist() == list(range(12))
+
+
+def test_a_val_or_test_folder_without_a_class_trains_and_scores_the_others(tmp_path, capsys):
+    import shutil
+
+    from hypersan.cli import main
+    from hypersan.training.train import train
+
+    root = _make(tmp_path / "pets", splits=("train", "val", "test"), per_class=6, size=(16, 16))
+    shutil.rmtree(root / "val" / "fish")  # val/ and test/ without fish: allowed, and said so
+    shutil.rmtree(root / "test" / "fish")
+    lines = []
+    train(_folder_config(root, "train.epochs=1", "train.min_steps=0", "train.eval_subtasks=6"), tmp_path / "run",
+          log=lines.append)
+    assert any("validation split has no images of 1 class(es) (fish)" in m for m in lines), lines
+    last = json.loads([m for m in lines if m.startswith("{")][-1])
+    assert 0 <= last["val_dense_acc"] <= 1 and 0 <= last["val_sub_acc"] <= 1  # cat-dog scored; no set with fish
+    run = str(tmp_path / "run")
+    assert main(["eval", "--checkpoint", run, "--subtasks", "cat,fish"]) == 2  # nothing to score fish on
+    err = capsys.readouterr().err
+    assert "hold no image of 'fish'" in err and "add images of that class" in err
+    assert main(["eval", "--checkpoint", run, "--subtasks", "cat,dog", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["absent_classes"] == ["fish"] and 0 <= r["dense"]["map"] <= 1 and r["subtasks"][0]["classes"] == ["cat", "dog"]
+    assert main(["eval", "--checkpoint", run, "--subtasks", "cat,dog"]) == 0
+    assert "no images of 1 class(es) (fish): the dense mAP averages the others" in capsys.readouterr().out

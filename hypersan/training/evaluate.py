@@ -161,16 +161,29 @@ def evaluate(engine: PruningEngine, test_x: Tensor, test_y: Tensor, subtasks: Se
     model = engine.model
     info = model.info
     n_cls = len(info.classes)
+    all_cls = list(range(n_cls))
+    if len(test_y) == 0:
+        raise ValueError("no evaluation images: the split is empty")
+    present = set(torch.unique(test_y).tolist())
+    absent = [c for c in all_cls if c not in present]  # a folder's val/ or test/ may lack a class
+    lacking = sorted({c for t in subtasks for c in t if c not in present})
+    if lacking:  # refused before any pass: such a class set has nothing to be scored on there
+        names = ", ".join(repr(info.classes[c]) for c in lacking[:5]) + (" ..." if len(lacking) > 5 else "")
+        raise ValueError(f"the {len(test_y):,} evaluation images hold no image of {names}: a class set with "
+                         f"{'it' if len(lacking) == 1 else 'them'} cannot be scored on them; add images of "
+                         f"{'that class' if len(lacking) == 1 else 'those classes'} to the split, or ask for "
+                         "class sets without them")
     dense = engine.subnet(None, fold_bn=True, seed=seed, images=images)
     dense_logits, hit = dense_logits_cached(engine, dense, test_x, seed, images, cache_dir)
     if log is not None:
         log(f"dense pass over {len(test_x):,} images: {time.perf_counter() - t0:.1f} s{' (cached)' if hit else ''}")
-    all_cls = list(range(n_cls))
     d_cost = engine.cost(dense)
     result = {"dense": {"acc": subset_accuracy(dense_logits, test_y, all_cls),
-                        "map": mean_average_precision(dense_logits, test_y, all_cls),
+                        "map": mean_average_precision(dense_logits, test_y, sorted(present)),
                         "macs": d_cost["macs"], "params": d_cost["params"]},
               "subtasks": [], "metric_notes": "single-class acc: one-vs-rest accuracy (logit > 0) on all test images"}
+    if absent:  # the dense mAP averages the classes that have images here
+        result["absent_classes"] = [info.classes[c] for c in absent]
     calib = None
     if threshold_images and any(len(t) == 1 for t in subtasks):
         try:

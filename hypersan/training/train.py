@@ -438,6 +438,11 @@ def _train(cfg: Config, out: Path, resume: bool, log: Callable[[str], None], sto
     if t.threads:
         torch.set_num_threads(t.threads)
     train_x, train_y, val_x, val_y, info = split_training_data(cfg)
+    lacking = sorted(set(train_y.tolist()) - set(val_y.tolist())) if len(val_y) else []
+    if lacking:  # a folder's val/ without some class: evaluated on the others, and said so
+        log(f"the validation split has no images of {len(lacking)} class(es) "
+            f"({', '.join(info.classes[c] for c in lacking[:5])}{', ...' if len(lacking) > 5 else ''}): the "
+            "periodic evaluation scores class sets of the other classes")
 
     torch.manual_seed(t.seed)
     model = SubtaskAdaptiveNet(cfg, info).to(device)
@@ -663,10 +668,14 @@ def _quick_eval(model: SubtaskAdaptiveNet, cfg: Config, val_x, val_y, train_x, e
     for size in sorted({2, min(k, 5)}):
         n = max(1, cfg.train.eval_subtasks // 2)
         subtasks += [model.classes_of(b) for b in sample_combinations(k, size, n, epoch, model.holdout, seen=True)]
+    present = set(val_y.tolist())
+    subtasks = [t for t in subtasks if present.issuperset(t)]  # a val/ without some class: the others' sets
     engine = PruningEngine(model, images=train_x)
     r = evaluate(engine, val_x, val_y, subtasks, progress=False, seed=epoch)
     model.train()
     sub = r["subtasks"]
+    if not sub:
+        return {"val_dense_acc": r["dense"]["acc"]}
     return {"val_dense_acc": r["dense"]["acc"],
             "val_sub_acc": sum(x["acc"] for x in sub) / len(sub),
             "val_sub_dense_acc": sum(x["dense_acc"] for x in sub) / len(sub),
