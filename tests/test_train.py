@@ -25,10 +25,15 @@ def _cfg(*extra):
     return load_config(ROOT / "configs" / "tiny.toml", TINY + list(extra))
 
 
-def test_resume_equals_uninterrupted_run(tmp_path):
+def test_resume_equals_uninterrupted_run(tmp_path, monkeypatch):
     # 384 training images at 128 a batch: 3 steps an epoch, so train.min_steps = 9 makes the one epoch asked three
     cfg = _cfg("train.epochs=1", "train.min_steps=9")
+    saved = []
+    real_save = SubtaskAdaptiveNet.save_pretrained
+    monkeypatch.setattr(SubtaskAdaptiveNet, "save_pretrained",
+                        lambda self, *a, **k: (saved.append(self.meta["epoch"]), real_save(self, *a, **k))[1])
     full = train(cfg, tmp_path / "full", log=lambda m: None)
+    assert saved == [3]  # a stretched run saves as often as the run asked for: once, at its end
     train(cfg, tmp_path / "part", log=lambda m: None, stop_after_epoch=1)
     with pytest.raises(OutputExistsError, match=r"\(epoch 1 of 3\)"):
         train(cfg, tmp_path / "part", log=lambda m: None)
