@@ -1,7 +1,7 @@
 """hypersan.adapt without a config on v3x30 (make_folders.py): the test MobileNetV2-style net (width 16), with
 adapt's default train.min_steps (1,000) or, given "0", the 10 epochs as they are. Prints the last epoch's
 validation figures (the training log) and the wall time. Run from the repository root:
-    python docs/ablation-runs/zen4-2026-12-08b/small-folders/adapt_small.py /tmp/small-folders/v3x30 [0]"""
+    PYTHONPATH=. python docs/ablation-runs/zen4-2026-12-08b/small-folders/adapt_small.py /tmp/small-folders/v3x30 [0]"""
 import sys
 import time
 
