@@ -295,3 +295,6 @@ def test_a_val_or_test_folder_without_a_class_trains_and_scores_the_others(tmp_p
     assert r["absent_classes"] == ["fish"] and 0 <= r["dense"]["map"] <= 1 and r["subtasks"][0]["classes"] == ["cat", "dog"]
     assert main(["eval", "--checkpoint", run, "--subtasks", "cat,dog"]) == 0
     assert "no images of 1 class(es) (fish): the dense mAP averages the others" in capsys.readouterr().out
+    # a single class: the footnote names the decision rule its acc used (a threshold calibrated on training images)
+    assert main(["eval", "--checkpoint", run, "--subtasks", "cat"]) == 0
+    assert "every test image, at a logit threshold calibrated on labelled training images" in capsys.readouterr().out
