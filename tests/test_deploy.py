@@ -192,3 +192,19 @@ def test_cli_bench_refuses_best_threads_it_cannot_honour(capsys):
     assert "add --runtime onnxruntime" in capsys.readouterr().err
     assert main(["bench", "--checkpoint", "fmnist_b16", "--runtime", "onnxruntime", "--best-threads", "1,x"]) != 0
     assert "comma-separated thread counts" in capsys.readouterr().err
+
+
+def test_the_runtime_bench_counts_the_readmes_speed_goal():
+    from hypersan.research.bench import format_runtime_table, runtime_summary, speed_goal_met
+
+    # the goal: onnxruntime at batch 256, pruned / dense <= 1.15 r + 0.03 (r = 0.177: 0.23355)
+    assert speed_goal_met("onnxruntime", 256, 0.233, 0.177) is True
+    assert speed_goal_met("onnxruntime", 256, 0.234, 0.177) is False
+    assert speed_goal_met("onnxruntime", 64, 0.2, 0.177) is None and speed_goal_met("eager", 256, 0.2, 0.177) is None
+    rows = [{"runtime": "onnxruntime", "batch": 256, "latency_ratio": lat, "mac_ratio": 0.177, "dense_ms": 40.0,
+             "pruned_ms": 40.0 * lat, "bound_met": True, "max_abs_diff_to_eager": 1e-6, "classes": ["a"],
+             "speed_goal_met": speed_goal_met("onnxruntime", 256, lat, 0.177)} for lat in (0.22, 0.25)]
+    summary = runtime_summary(rows)
+    assert summary[0]["speed_goal_met"] == "1/2" and summary[0]["bound_met"] == "2/2"
+    table = format_runtime_table({"threads": 1, "repeats": 1, "warmup": 0, "summary": summary, "subtasks": rows})
+    assert "goal met" in table and " 1/2 " in table and "1.15 x MAC ratio + 0.03" in table
