@@ -202,9 +202,11 @@ def test_the_runtime_bench_counts_the_readmes_speed_goal():
     assert speed_goal_met("onnxruntime", 256, 0.234, 0.177) is False
     assert speed_goal_met("onnxruntime", 64, 0.2, 0.177) is None and speed_goal_met("eager", 256, 0.2, 0.177) is None
     rows = [{"runtime": "onnxruntime", "batch": 256, "latency_ratio": lat, "mac_ratio": 0.177, "dense_ms": 40.0,
-             "pruned_ms": 40.0 * lat, "bound_met": True, "max_abs_diff_to_eager": 1e-6, "classes": ["a"],
-             "speed_goal_met": speed_goal_met("onnxruntime", 256, lat, 0.177)} for lat in (0.22, 0.25)]
+             "pruned_ms": 40.0 * lat, "bound_met": True, "max_abs_diff_to_eager": 1e-6, "classes": [name],
+             "speed_goal": 1.15 * 0.177 + 0.03, "speed_goal_met": speed_goal_met("onnxruntime", 256, lat, 0.177)}
+            for lat, name in ((0.22, "fast"), (0.25, "slow"))]
     summary = runtime_summary(rows)
     assert summary[0]["speed_goal_met"] == "1/2" and summary[0]["bound_met"] == "2/2"
     table = format_runtime_table({"threads": 1, "repeats": 1, "warmup": 0, "summary": summary, "subtasks": rows})
     assert "goal met" in table and " 1/2 " in table and "1.15 x MAC ratio + 0.03" in table
+    assert "goal missed: onnxruntime batch 256 slow: 0.250 > 0.234" in table and "fast:" not in table

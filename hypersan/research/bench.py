@@ -529,6 +529,9 @@ def format_runtime_table(result: dict) -> str:
         if r["bound_met"] is False:
             lines.append(f"  bound missed: {r['runtime']} batch {r['batch']} {','.join(r['classes'])}: "
                          f"{r['latency_ratio']:.3f} > {r['latency_bound']:.3f}")
+        if r.get("speed_goal_met") is False:
+            lines.append(f"  goal missed: {r['runtime']} batch {r['batch']} {','.join(r['classes'])}: "
+                         f"{r['latency_ratio']:.3f} > {r['speed_goal']:.3f}")
     warn = busy_warning(result.get("load_average"), result["threads"])
     if warn:
         lines.append(warn)
