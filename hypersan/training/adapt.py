@@ -57,11 +57,12 @@ def adapt(factory: str | Callable[..., nn.Module], data_dir: Optional[str | os.P
           log: Callable[[str], None] = print) -> PruningEngine:
     """Train your network subtask-adaptively on an image folder and return its PruningEngine.
 
-    `factory`: the function that builds the network (or its name, "package.module:function"), called with
-    `kwargs` and `num_classes`. `data_dir`: the image folder (`train/<class>/*.png|jpg`, optionally `val/` and
-    `test/`; docs/DATA.md), or None to keep the config's data. `config`: a TOML config to start from (the
-    defaults otherwise, and `DEFAULTS`: at least 1,000 training steps, however small the folder); `overrides`: "section.key=value" strings on top. `out`: the checkpoint folder, written
-    after every epoch; `resume` continues it, `force` replaces an earlier run there (never another folder).
+    `factory`: the function that builds the network (or its name, "package.module:function"), called with `kwargs`
+    and `num_classes`. `data_dir`: the image folder (`train/<class>/*.png|jpg`, optionally `val/` and `test/`;
+    docs/DATA.md), or None to keep the config's data. `config`: a TOML config to start from (the defaults
+    otherwise, and `DEFAULTS`: at least 1,000 training steps, however small the folder); `overrides`:
+    "section.key=value" strings on top. `out`: the checkpoint folder, written after every epoch; `resume`
+    continues it, `force` replaces an earlier run there (never another folder).
     `weights`: your network's trained weights (.safetensors, or a state_dict file read with weights_only=True),
     loaded before joint training starts (`[model] weights`). `new_head`: the weights were trained on other
     classes (ImageNet's 1,000, say): every tensor but the head's is loaded, and the head starts afresh for the
@@ -72,7 +73,8 @@ def adapt(factory: str | Callable[..., nn.Module], data_dir: Optional[str | os.P
             if values is not None]
     base = [] if data_dir is None else ['data.dataset="imagefolder"', f"data.data_dir={str(data_dir)!r}"]
     cfg = load_config(config, [*base, 'model.arch="custom"', f"model.factory={factory_name(factory)!r}",
-                               *(DEFAULTS if config is None else ()), *overrides, *norm, *([] if weights is None else [f"model.weights={str(weights)!r}"]),
+                               *(DEFAULTS if config is None else ()), *overrides, *norm,
+                               *([] if weights is None else [f"model.weights={str(weights)!r}"]),
                                *(["model.new_head=true"] if new_head else [])])
     if kwargs is not None:
         if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
