@@ -626,20 +626,20 @@ def _train(cfg: Config, out: Path, resume: bool, log: Callable[[str], None], sto
                "mean_utility": sums["mean_utility"] / mb if mb else None,
                "kept_fraction": sums["kept"] / mb if mb else None, "kept_mac_ratio": sums["macs"] / mb if mb else None,
                "seconds": time.perf_counter() - t0}
+        stopping = stop_after_epoch is not None and epoch + 1 >= stop_after_epoch
         if main:  # rank 0 alone evaluates and writes; the others wait at the barrier below
             last = epoch + 1 == epochs
             if len(val_y) and ((eval_every and (epoch + 1) % eval_every == 0) or last):
                 rec.update(_quick_eval(model, cfg, val_x, val_y, train_x, epoch))  # no validation split: no figures
             history.append(rec)
             log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in rec.items()}))
-            stopping = stop_after_epoch is not None and epoch + 1 >= stop_after_epoch
             if last or stopping or (epoch + 1) % save_every == 0:
                 _save_epoch(model, out, opts, epoch + 1, epochs, history, changes, world, run_numerics, provenance)
         else:
             history.append(rec)
         if ctx is not None:
             ctx.barrier()
-        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+        if stopping:
             break
     return model
 
