@@ -632,8 +632,10 @@ def _train(cfg: Config, out: Path, resume: bool, log: Callable[[str], None], sto
             if len(val_y) and ((eval_every and (epoch + 1) % eval_every == 0) or last):
                 rec.update(_quick_eval(model, cfg, val_x, val_y, train_x, epoch))  # no validation split: no figures
             history.append(rec)
-            log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in rec.items()}))
-            if last or stopping or (epoch + 1) % save_every == 0:
+            save = last or stopping or (epoch + 1) % save_every == 0
+            if save or "val_dense_acc" in rec:  # a stretched run prints a line per epoch asked for; history: all
+                log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in rec.items()}))
+            if save:
                 _save_epoch(model, out, opts, epoch + 1, epochs, history, changes, world, run_numerics, provenance)
         else:
             history.append(rec)
