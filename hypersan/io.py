@@ -85,6 +85,46 @@ def _first_entries(path: Path, n: int = 3) -> list[str]:
     return out
 
 
+@contextlib.contextmanager
+def writer_lock(path: str | os.PathLike, what: str = "writing") -> Iterator[None]:
+    """Hold an exclusive lock on `path` for as long as one process writes it: a second writer (a `--resume`
+    started while the run still trains, say) is refused at once with OutputExistsError naming the first one's
+    pid, instead of both replacing the same checkpoint in turn. The lock is a file beside `path`
+    (`.NAME.lock`, removed on exit); where the platform has no flock it is not taken."""
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks here: one writer per folder is then the user's to keep
+        yield
+        return
+    p = Path(path)
+    lock = p.parent / f".{p.name}.lock"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise OutputExistsError(f"another process (pid {holder}) is {what} {p}; wait for it to finish, or "
+                                    "write to another folder") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino  # not a file its last holder just removed
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
+
+
 def check_output_dir(path: str | os.PathLike, kind: str, force: bool = False) -> None:
     """Raise OutputExistsError unless `atomic_dir(path, kind, force)` may write `path` (the same check, up front).
 

@@ -55,6 +55,18 @@ def test_evaluating_more_or_less_often_trains_the_same_weights(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_second_writer_of_a_run_folder_is_refused_while_the_first_trains(tmp_path):
+    from hypersan.io import writer_lock
+
+    train(_cfg("train.epochs=2"), tmp_path / "run", log=lambda m: None, stop_after_epoch=1)
+    assert not (tmp_path / ".run.lock").exists()  # the lock goes with the run that held it
+    with writer_lock(tmp_path / "run", "training into"):  # a run still training there (this process stands in)
+        with pytest.raises(OutputExistsError, match=r"another process \(pid \d+\) is training into .*run"):
+            train(_cfg("train.epochs=2"), tmp_path / "run", resume=True, log=lambda m: None)
+    # once it is done, the resume goes ahead
+    assert train(_cfg("train.epochs=2"), tmp_path / "run", resume=True, log=lambda m: None).meta["epoch"] == 2
+
+
 def test_resume_refuses_a_different_config(tmp_path):
     train(_cfg(), tmp_path / "run", log=lambda m: None, stop_after_epoch=1)
     with pytest.raises(ConfigError, match="config differs.*loss.beta"):

@@ -1,6 +1,7 @@
 """Joint training of backbone and mask generator, with atomic checkpoints and exact resume."""
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import time
@@ -22,7 +23,8 @@ from ..prune.budget import MacModel
 from ..prune.engine import PruningEngine
 from .evaluate import evaluate
 from ..nn.generators import mean_utility
-from ..io import ArtifactError, OutputExistsError, check_output_dir, is_hypersan_dir, load_tensors, read_json
+from ..io import (ArtifactError, OutputExistsError, check_output_dir, is_hypersan_dir, load_tensors, read_json,
+                  writer_lock)
 from ..nn.losses import (agreement, budget_loss, larger_budgets, monotone_hinge, sample_budgets, sparsity_weights,
                          subtask_weighted_bce)
 from ..nn.graph import GraphError
@@ -401,7 +403,10 @@ def train(cfg: Config, out: str | Path, resume: bool = False, log: Callable[[str
                          f"group of {ctx.world_size}")
     finished = False
     try:
-        model = _train(cfg, out, resume, log, stop_after_epoch, allow_config_change, provenance, ctx, emulate_ranks)
+        # one writer per run folder: rank 0 (or the only process) holds the lock while it trains
+        with writer_lock(out, "training into") if ctx is None or ctx.rank == 0 else contextlib.nullcontext():
+            model = _train(cfg, out, resume, log, stop_after_epoch, allow_config_change, provenance, ctx,
+                           emulate_ranks)
         finished = True
         return model
     except BaseException as e:
