@@ -164,6 +164,12 @@ LIST_LIMIT = 12  # names an error message lists in full; past that, a few and LI
 LIST_HINT = "list them all with `hypersan resolve --list` (add --checkpoint for another model)"
 
 
+def few_names(names, limit: int = 5) -> str:
+    """"a, b, c" for up to `limit` names, "a, b, c, d, e, ..." past it: a list a message names, kept to a line."""
+    names = list(names)
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
+
+
 def known_names(names, what: str = "classes", near: str | None = None, limit: int = LIST_LIMIT,
                 hint: bool = True) -> str:
     """"known classes: a, b, c" for a short list; for a long one, the 5 names nearest to `near` (or the first 5),

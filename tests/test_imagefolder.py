@@ -300,3 +300,10 @@ def test_a_val_or_test_folder_without_a_class_trains_and_scores_the_others(tmp_p
     # a single class: the footnote names the decision rule its acc used (a threshold calibrated on training images)
     assert main(["eval", "--checkpoint", run, "--subtasks", "cat"]) == 0
     assert "every test image, at a logit threshold calibrated on labelled training images" in capsys.readouterr().out
+
+
+def test_a_message_names_at_most_five_classes():
+    from hypersan.info import few_names
+
+    assert few_names(["fish"]) == "fish" and few_names("abcde") == "a, b, c, d, e"
+    assert few_names("abcdefg") == "a, b, c, d, e, ..."

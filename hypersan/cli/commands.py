@@ -156,7 +156,7 @@ def _sweep(args) -> int:
 def _eval(args) -> int:
     tune_allocator()  # before any large allocation: the passes over the test images reuse the heap
     from ..data.datasets import load_split
-    from ..info import MissingSplitError
+    from ..info import MissingSplitError, few_names
     from ..training.evaluate import evaluate, parse_subtasks
 
     if args.limit is not None and args.limit < 1:
@@ -222,8 +222,8 @@ def _eval(args) -> int:
     print(f"dense: acc {r['dense']['acc']:.4f}  mAP {r['dense']['map']:.4f}  MACs {r['dense']['macs']:,}")
     if r.get("absent_classes"):
         gone = r["absent_classes"]
-        print(f"the {args.split} split has no images of {len(gone)} class(es) ({', '.join(gone[:5])}"
-              f"{', ...' if len(gone) > 5 else ''}): the dense mAP averages the others")
+        print(f"the {args.split} split has no images of {len(gone)} class(es) ({few_names(gone)}): the dense mAP "
+              "averages the others")
     print(f"{'classes':<44} {'seen':>5}{' budget' if budgets and not args.guard else ''}"
           f"{'guarded b'.rjust(10) if args.guard else ''} {'acc':>7} {'dense acc':>9} {'mAP':>7} "
           f"{'dense mAP':>9} {'MAC ratio':>9} {'param ratio':>11}")

@@ -30,6 +30,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ..data.datasets import DatasetError
+from ..info import few_names
 from ..io import ArtifactError, atomic_save_tensors, load_tensors
 from ..prune.stats import images_fingerprint
 from ..prune.engine import PruningEngine
@@ -168,8 +169,8 @@ def evaluate(engine: PruningEngine, test_x: Tensor, test_y: Tensor, subtasks: Se
     absent = [c for c in all_cls if c not in present]  # a folder's val/ or test/ may lack a class
     lacking = sorted({c for t in subtasks for c in t if c not in present})
     if lacking:  # refused before any pass: such a class set has nothing to be scored on there
-        names = ", ".join(repr(info.classes[c]) for c in lacking[:5]) + (" ..." if len(lacking) > 5 else "")
-        raise ValueError(f"the {len(test_y):,} evaluation images hold no image of {names}: a class set with "
+        raise ValueError(f"the {len(test_y):,} evaluation images hold no image of "
+                         f"{few_names(repr(info.classes[c]) for c in lacking)}: a class set with "
                          f"{'it' if len(lacking) == 1 else 'them'} cannot be scored on them; add images of "
                          f"{'that class' if len(lacking) == 1 else 'those classes'} to the split, or ask for "
                          "class sets without them")

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from ..nn.checkpoint import CHECKPOINT_KIND
 from ..config import Config, ConfigError
+from ..info import few_names
 from ..data.datasets import Augmentation, split_train_val, to_float
 from ..language.descriptions import describe
 from .distributed import Context, DistributedError, is_peer_failure, setup, shard, stream_seed
@@ -446,7 +447,7 @@ def _train(cfg: Config, out: Path, resume: bool, log: Callable[[str], None], sto
     lacking = sorted(set(train_y.tolist()) - set(val_y.tolist())) if len(val_y) else []
     if lacking:  # a folder's val/ without some class: evaluated on the others, and said so
         log(f"the validation split has no images of {len(lacking)} class(es) "
-            f"({', '.join(info.classes[c] for c in lacking[:5])}{', ...' if len(lacking) > 5 else ''}): the "
+            f"({few_names(info.classes[c] for c in lacking)}): the "
             "periodic evaluation scores class sets of the other classes")
 
     torch.manual_seed(t.seed)
