@@ -241,11 +241,39 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
-    """The tables of a TOML file; a missing file or invalid TOML is a ConfigError naming the file."""
+def shipped_configs() -> Path | None:
+    """hypersan's own `configs/` folder: the one beside the package in the checkout it runs from (`make setup`
+    installs the checkout in place); None where the package was installed without it."""
+    d = Path(__file__).resolve().parent.parent / "configs"
+    return d if d.is_dir() else None
+
+
+def find_config(path: str | Path, what: str = "config file") -> Path:
+    """The TOML file `path` names: the path itself where it exists, else one of hypersan's own configs, so that
+    `folder`, `folder.toml`, `configs/folder.toml` and `sweeps/glyphs` work from any folder. A name found
+    nowhere is a ConfigError naming the nearest shipped configs."""
     p = Path(path)
-    if not p.is_file():
+    if p.is_file():
+        return p
+    d = shipped_configs()
+    if d is None or p.is_absolute():
         raise ConfigError(f"{what} {str(p)!r} not found")
+    rel = Path(*p.parts[1:]) if len(p.parts) > 1 and p.parts[0] == "configs" else p
+    for c in (d / rel, d / rel.parent / f"{rel.name}.toml"):
+        if c.is_file():
+            return c
+    from .info import known_names
+
+    names = sorted(x.relative_to(d).with_suffix("").as_posix() for x in d.rglob("*.toml"))
+    raise ConfigError(f"{what} {str(p)!r} not found, here or among hypersan's configs in {d} "
+                      f"({known_names(names, 'configs', near=rel.with_suffix('').as_posix(), hint=False)}); "
+                      "give a path to a TOML file or one of those names")
+
+
+def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """The tables of a TOML file (a path, or a name of hypersan's own configs: `find_config`); a missing file or
+    invalid TOML is a ConfigError naming the file."""
+    p = find_config(path, what)
     try:
         return tomllib.loads(p.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
@@ -467,15 +495,22 @@ def reference_markdown() -> str:
     lines = ["# Config reference", "",
              "Generated from the dataclasses in `hypersan/config.py` by `python tools/config_reference.py`; a test "
              "fails when it is out of date. Every key can be set in a TOML config (`[section]` then `key = value`) "
-             "or on the command line with `--set section.key=value`. Unknown keys and wrong types are errors.", ""]
+             "or on the command line with `--set section.key=value`. Unknown keys and wrong types are errors. "
+             "`--config` takes a path, or from any folder the name of one of hypersan's own configs in `configs/` "
+             "(`--config folder` is `configs/folder.toml`).", ""]
     hints = typing.get_type_hints(Config)
     for f in dataclasses.fields(Config):
         cls = hints[f.name]
-        comments = {}
+        comments, above = {}, []  # a key's inline comment, else the comment lines just above it
         for line in inspect.getsource(cls).splitlines():
-            m = re.match(r"\s+(\w+):[^#]*#\s*(.*)$", line)
-            if m:
-                comments[m.group(1)] = m.group(2).strip()
+            m = re.match(r"\s+(\w+):[^#]*(?:#\s*(.*))?$", line)
+            if re.match(r"\s+#", line):
+                above.append(line.strip()[1:].strip())
+            elif m:
+                comments[m.group(1)] = (m.group(2) or " ".join(above)).strip()
+                above = []
+            else:
+                above = []
         doc = (cls.__doc__ or "").strip()
         lines += [f"## [{f.name}]", ""]
         if doc and not doc.startswith(cls.__name__ + "("):

@@ -1,9 +1,10 @@
 import math
 import re
+from pathlib import Path
 
 import pytest
 
-from hypersan.config import RANGES, ConfigError, config_from_dict, load_config, numeric_fields
+from hypersan.config import RANGES, ConfigError, config_from_dict, find_config, load_config, numeric_fields, shipped_configs
 
 
 def test_unknown_key_is_a_clear_error(tmp_path):
@@ -33,6 +34,23 @@ def test_overrides_and_roundtrip(tmp_path):
 def test_missing_file():
     with pytest.raises(ConfigError, match="not found"):
         load_config("/nonexistent/x.toml")
+
+
+def test_shipped_configs_are_found_by_name_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # outside the checkout: configs/folder.toml is not here
+    d = shipped_configs()
+    assert d is not None and (d / "folder.toml").is_file()
+    for name in ("folder", "folder.toml", "configs/folder.toml"):
+        assert find_config(name) == d / "folder.toml"
+    assert find_config("sweeps/glyph_warm") == d / "sweeps" / "glyph_warm.toml"
+    assert load_config("folder").train.min_steps == 1000
+    (tmp_path / "folder.toml").write_text("[train]\nepochs = 3\n")  # a file of the user's own wins over the name
+    assert find_config("folder.toml") == Path("folder.toml")
+    assert load_config("folder.toml").train.epochs == 3
+    with pytest.raises(ConfigError, match=r"'fmnst' not found, here or among hypersan's configs .*nearest: fmnist"):
+        find_config("fmnst")
+    with pytest.raises(ConfigError, match="not found$"):  # an absolute path is taken as it is
+        find_config(tmp_path / "none.toml")
 
 
 def test_keep_rule_values_are_checked():

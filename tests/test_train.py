@@ -46,6 +46,17 @@ def test_resume_equals_uninterrupted_run(tmp_path, monkeypatch):
     assert [h["epoch"] for h in resumed.meta["history"]] == [1, 2, 3]
 
 
+def test_a_stretched_run_shows_one_bar_over_all_its_steps(tmp_path, capsys):
+    # min_steps makes many short epochs: one bar over the run's 9 steps, its epoch in the description; a run of
+    # the epochs asked for keeps a bar an epoch (3 steps each)
+    train(_cfg("train.epochs=1", "train.min_steps=9", "train.progress=true"), tmp_path / "long", log=print)
+    err = capsys.readouterr().err
+    assert "9/9 [" in err and "epoch 3/3" in err and "3/3 [" not in err
+    train(_cfg("train.epochs=2", "train.progress=true"), tmp_path / "plain", log=print)
+    err = capsys.readouterr().err
+    assert "epoch 2/2" in err and "3/3 [" in err and "/6 [" not in err
+
+
 def test_evaluating_more_or_less_often_trains_the_same_weights(tmp_path):
     # train.min_steps scales eval_every with the epochs it adds: the weights must not depend on it
     often = train(_cfg("train.epochs=2", "train.eval_every=1"), tmp_path / "often", log=lambda m: None)

@@ -246,10 +246,14 @@ def _eval(args) -> int:
 
 
 def _train(args) -> int:
-    from ..config import load_config
+    from ..config import find_config, load_config
     from ..training.train import train
 
-    cfg = load_config(args.config, args.set)
+    path = find_config(args.config)
+    if path != Path(args.config):  # a name of hypersan's own configs: say which file it is
+        print(f"config: {path}", flush=True)
+        args.config = str(path)
+    cfg = load_config(path, args.set)
     if args.device:
         cfg.train.device = check_device(args.device)
     provenance = {"command": "hypersan " + " ".join(sys.argv[1:]) if sys.argv[1:] else None,
@@ -520,7 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a base net jointly with its mask generator")
-    t.add_argument("--config", required=True, help="TOML experiment config")
+    t.add_argument("--config", required=True,
+                   help="TOML experiment config: a path, or a name of hypersan's configs/ (e.g. folder, fmnist_b16)")
     t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
     t.add_argument("--out", required=True, help="checkpoint directory")
     t.add_argument("--resume", action="store_true", help="continue the run whose checkpoint is in --out")

@@ -72,7 +72,8 @@ def run_demo(out: str | os.PathLike, requests: Optional[Sequence[str]] = None, c
             subtasks.append(t)
             budgets.append(b)
             log(f'"{r}" -> {", ".join(model.classes[i] for i in t)}' + ("" if b is None else f" at budget {b:g}"))
-        log(f"building and evaluating {len(subtasks)} subnets on {len(x):,} test images (BN statistics are "
+        nets = f"{len(subtasks)} subnet" + ("s" if len(subtasks) != 1 else "")
+        log(f"building and evaluating {nets} on {len(x):,} test images (BN statistics are "
             "calibrated on training images the first time a class set is asked for)")
         ev = [None] * len(subtasks)
         for b in dict.fromkeys(budgets):  # one evaluation (one dense pass) per distinct budget

@@ -38,7 +38,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from ..config import Config, ConfigError, build_section, load_config, read_toml
+from ..config import Config, ConfigError, build_section, find_config, load_config, read_toml
 from ..data.datasets import Augmentation, load_split
 from ..language.descriptions import describe
 from ..prune.engine import PruningEngine, labelled_sample
@@ -803,8 +803,8 @@ def run_ablation(config: str | os.PathLike, out: str | os.PathLike, quick: bool 
                  threads: Optional[int] = None) -> dict:
     """Run (or resume) an ablation; `quick` uses configs/ablation_tiny.toml instead of `config`; `seed` runs one
     seed's steps only (see `Ablation.run`); `threads` sets torch's threads for every step."""
-    root = Path(config).resolve().parent.parent if not quick else Path(__file__).resolve().parents[2]
-    path = root / "configs" / "ablation_tiny.toml" if quick else Path(config)
+    path = find_config("ablation_tiny" if quick else config, "ablation config")  # a path, or a shipped name
+    root = path.resolve().parent.parent  # the base configs it names are relative to the folder above configs/
     cfg = load_ablation_config(path)
     ab = Ablation(cfg, out, log=log, root=root, threads=threads)
     ab.prepare(force=force)

@@ -551,6 +551,13 @@ def _train(cfg: Config, out: Path, resume: bool, log: Callable[[str], None], sto
             f"train.min_steps = {t.min_steps} steps (set it to 0 for exactly train.epochs)"
             + (f"; evaluating every {eval_every} epochs" if eval_every else ""))
     total, warmup = epochs * steps, int(t.warmup_epochs * steps)
+    show = bool(t.progress and main)
+    # the many short epochs of a stretched run get one bar over all the run's steps (its time left is the run's),
+    # not a bar an epoch
+    run_bar = (tqdm(total=(epochs - start_epoch) * steps, desc=f"epoch {start_epoch + 1}/{epochs}", disable=not show,
+                    leave=False, unit="step")
+               if epochs > t.epochs else None)
+    macs_kept = "—"  # until a masked batch has run
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
         if sharded:
@@ -562,8 +569,9 @@ def _train(cfg: Config, out: Path, resume: bool, log: Callable[[str], None], sto
             perm = torch.randperm(n, generator=gen)
         model.train()
         sums = {"loss": 0.0, "mean_utility": 0.0, "kept": 0.0, "macs": 0.0, "masked_batches": 0}
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{epochs}", disable=not (t.progress and main), leave=False)
-        for i in bar:
+        bar = run_bar if run_bar is not None else tqdm(total=steps, disable=not show, leave=False)
+        bar.set_description(f"epoch {epoch + 1}/{epochs}", refresh=False)
+        for i in range(steps):
             if sharded:
                 dense = torch.rand((), generator=shared).item() < s.dense_share
                 parts = []
@@ -615,10 +623,13 @@ def _train(cfg: Config, out: Path, resume: bool, log: Callable[[str], None], sto
                 sums["mean_utility"] += mu
                 sums["kept"] += kept
                 sums["masked_batches"] += 1
-            if i % 20 == 0:  # the subnets' kept share of the dense net's MACs, once a masked batch ran
-                mb_ = sums["masked_batches"]
-                bar.set_postfix(loss=f"{sums['loss'] / (i + 1):.4f}",
-                                macs_kept="—" if not mb_ else f"{sums['macs'] / mb_:.2f}")
+            if i % 20 == 0:  # the subnets' kept share of the dense net's MACs: this epoch's, else the last known
+                if sums["masked_batches"]:
+                    macs_kept = f"{sums['macs'] / sums['masked_batches']:.2f}"
+                bar.set_postfix(loss=f"{sums['loss'] / (i + 1):.4f}", macs_kept=macs_kept, refresh=False)
+            bar.update()
+        if run_bar is None:
+            bar.close()
         if ctx is not None:
             # the epoch's figures over every rank's batches; every rank takes rank 0's BN buffers
             total_sums = ctx.all_sum([sums["loss"], sums["mean_utility"], sums["kept"], sums["macs"]])
@@ -640,7 +651,8 @@ def _train(cfg: Config, out: Path, resume: bool, log: Callable[[str], None], sto
             history.append(rec)
             save = last or stopping or (epoch + 1) % save_every == 0
             if save or "val_dense_acc" in rec:  # a stretched run prints a line per epoch asked for; history: all
-                log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in rec.items()}))
+                with tqdm.external_write_mode():  # the run's bar, where one is shown, steps aside for the line
+                    log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in rec.items()}))
             if save:
                 _save_epoch(model, out, opts, epoch + 1, epochs, history, changes, world, run_numerics, provenance)
         else:
@@ -649,6 +661,8 @@ def _train(cfg: Config, out: Path, resume: bool, log: Callable[[str], None], sto
             ctx.barrier()
         if stopping:
             break
+    if run_bar is not None:
+        run_bar.close()
     return model
 
 
