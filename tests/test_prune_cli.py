@@ -56,6 +56,28 @@ def test_prune_round_to_gives_multiples(tmp_path, capsys, checkpoint):
     assert all(w % 4 == 0 for w in json.loads(out)["widths"].values())  # tiny widths are multiples of 4
 
 
+@needs_fmnist
+def test_eval_takes_the_round_mode_prune_takes(capsys, checkpoint):
+    # eval scores the nets prune would build: --round-to 4 --round-mode nearest may round widths down
+    args = ["eval", "--checkpoint", str(checkpoint), "--subtasks", "Sneaker,Bag", "--limit", "64", "--round-to", "4",
+            "--json"]
+    ratios = {}
+    for mode in ("up", "nearest"):
+        rc, out, err = _run(capsys, *args, "--round-mode", mode)
+        assert rc == 0, err
+        ratios[mode] = json.loads(out)["subtasks"][0]["mac_ratio"]
+    from hypersan.prune.engine import PruningEngine
+
+    engine = PruningEngine.from_pretrained(checkpoint)
+    for mode, ratio in ratios.items():
+        net = engine.subnet(["Sneaker", "Bag"], fold_bn=True, round_to=4, round_mode=mode)
+        assert engine.cost(net)["mac_ratio"] == pytest.approx(ratio)
+    assert ratios["nearest"] <= ratios["up"]
+    with pytest.raises(SystemExit):  # argparse: an unknown mode is a usage error
+        main([*args, "--round-mode", "down"])
+    assert "invalid choice: 'down'" in capsys.readouterr().err
+
+
 def test_bench_reports_every_interface_field():
     engine = _engine()
     t = engine.model.resolve(["Sneaker", "Bag"])

@@ -213,7 +213,7 @@ def _eval(args) -> int:
     r = evaluate(engine, x, y, subtasks, progress=not args.json and tty, seed=args.seed,
                  log=None if tty else (lambda m: print(m, file=sys.stderr, flush=True)), budgets=budgets,
                  guard=args.guard, cache_dir=None if args.no_cache else user_cache_dir(), round_to=args.round_to,
-                 finetune_steps=args.finetune)
+                 round_mode=args.round_mode, finetune_steps=args.finetune)
     r = {"checkpoint": str(model.source), "split": args.split, **r}
     if args.json:
         print(json.dumps(r))
@@ -569,6 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score nets with every kept width rounded up to a multiple of N (0: the exact widths); "
                         "default: as prune builds them (the model's generator.round_to; unset: auto for a custom "
                         "network, none for the built-in ones)")
+    e.add_argument("--round-mode", choices=["up", "nearest"], default="up", help="see hypersan prune --help")
     e.add_argument("--data-dir", default=None, help="Fashion-MNIST folder, if not the system one or $HYPERSAN_DATA (training images: BN calibration)")
     e.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     e.add_argument("--no-cache", action="store_true", help="compute the dense net's logits again instead of reading "

@@ -144,7 +144,7 @@ def evaluate(engine: PruningEngine, test_x: Tensor, test_y: Tensor, subtasks: Se
              progress: bool = True, seed: int = 0, images: Optional[Tensor] = None,
              log: Optional[Callable[[str], None]] = None, budgets: Optional[Sequence[float]] = None,
              guard: bool = False, threshold_images: int = 4096, cache_dir: Optional[str | Path] = None,
-             round_to=None, finetune_steps: int = 0) -> dict:
+             round_to=None, round_mode: str = "up", finetune_steps: int = 0) -> dict:
     """Per-subtask acc / mAP / mac_ratio / param_ratio, beside the dense net restricted to each subtask.
 
     Statistics are recalibrated per subtask with `seed` on the engine's calibration images (or `images`).
@@ -154,7 +154,8 @@ def evaluate(engine: PruningEngine, test_x: Tensor, test_y: Tensor, subtasks: Se
     `threshold_images`: labelled training images a single class's threshold is calibrated on (0: logit 0).
     `cache_dir`: a folder where the dense net's logits on these images are kept (dense_logits_cached), so that the
     next evaluation of other class sets on the same data skips the dense pass.
-    `round_to`: the widths each net is built with (PruningEngine.round_multiple: None, as `subnet` builds it).
+    `round_to`, `round_mode`: the widths each net is built with (PruningEngine.round_multiple: None, as `subnet`
+    builds it; `round_mode` as `subnet` takes it: up, or nearest).
     `finetune_steps`: each net fine-tuned so many steps first (training.finetune.finetune_subnet); each entry then
     records its "finetuned" steps and seconds.
     """
@@ -202,9 +203,11 @@ def evaluate(engine: PruningEngine, test_x: Tensor, test_y: Tensor, subtasks: Se
         if finetune_steps:
             from .finetune import finetune_subnet
 
-            net = finetune_subnet(engine, t, finetune_steps, seed=seed, budget=b, guard=guard, round_to=round_to)
+            net = finetune_subnet(engine, t, finetune_steps, seed=seed, budget=b, guard=guard, round_to=round_to,
+                                  round_mode=round_mode)
         else:
-            net = engine.subnet(t, fold_bn=True, seed=seed, images=images, budget=b, guard=guard, round_to=round_to)
+            net = engine.subnet(t, fold_bn=True, seed=seed, images=images, budget=b, guard=guard, round_to=round_to,
+                                round_mode=round_mode)
         logits = torch.full((len(test_x), n_cls), float("-inf"))
         logits[:, list(t)] = plain_logits(net, test_x)
         cost = engine.cost(net)
