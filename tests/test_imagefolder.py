@@ -197,6 +197,31 @@ def test_fashion_mnist_written_as_an_image_folder_reads_back_the_same_pixels(tmp
     assert x.shape == (40, 1, 28, 28) and (x.numpy() == want_x[order].numpy()).all()
 
 
+@needs_fmnist
+def test_a_small_fashion_mnist_folder_per_class_with_its_own_val(tmp_path):
+    pytest.importorskip("PIL")
+    from hypersan.data.datasets import load_dataset, write_fashion_mnist_folder
+    from hypersan.data.imagefolder import load_image_folder
+
+    counts = write_fashion_mnist_folder(tmp_path / "f", per_class=3, classes=["bag", "Sneaker "], val_per_class=2)
+    assert counts == {"train": 6, "val": 4, "test": 6}
+    train_x, train_y, fm = load_dataset("fashion_mnist", "train")
+    for split, want in (("train", 3), ("val", 2), ("test", 3)):
+        x, y, info = load_image_folder(split, tmp_path / "f")
+        assert info.classes == ["Bag", "Sneaker"] and np.bincount(y.numpy()).tolist() == [want, want]
+    files = {split: {p.name for p in (tmp_path / "f" / split).rglob("*.png")} for split in ("train", "val")}
+    assert not files["train"] & files["val"]  # val/ never repeats a training image
+    bags = [i for i in range(len(train_y)) if train_y[i] == fm.classes.index("Bag")]
+    assert sorted(p.name for p in (tmp_path / "f" / "val" / "Bag").glob("*.png")) == [f"{i:05d}.png" for i in bags[3:5]]
+    x, _, _ = load_image_folder("val", tmp_path / "f")
+    assert (x[0].numpy() == train_x[bags[3]].numpy()).all()  # the same pixels as the built-in loader's
+    with pytest.raises(ValueError, match="needs a training cut"):
+        write_fashion_mnist_folder(tmp_path / "g", val_per_class=2)
+    with pytest.raises(ValueError, match="unknown Fashion-MNIST class 'shoes'"):
+        write_fashion_mnist_folder(tmp_path / "g", per_class=2, classes=["shoes"])
+    assert not (tmp_path / "g").exists()
+
+
 def _folder_config(root, *extra):
     from hypersan.config import load_config
     from .conftest import ROOT

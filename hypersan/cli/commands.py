@@ -466,8 +466,11 @@ def _data_fmnist_png(args) -> int:
 
     if Path(args.out).exists():
         raise ValueError(f"{args.out} exists; it is left as it is: choose a new --out folder")
-    counts = write_fashion_mnist_folder(args.out, args.limit, args.data_dir)
-    print(f"wrote {counts['train']:,} training and {counts['test']:,} test images to {args.out}")
+    classes = [c for c in args.classes.split(",") if c.strip()] if args.classes else None
+    counts = write_fashion_mnist_folder(args.out, args.limit, args.data_dir, per_class=args.per_class,
+                                        classes=classes, val_per_class=args.val_per_class)
+    print(f"wrote {counts['train']:,} training" + (f", {counts['val']:,} validation" if "val" in counts else "")
+          + f" and {counts['test']:,} test images to {args.out}")
     return 0
 
 
@@ -722,6 +725,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "*.png, OUT/test/...): the layout data.dataset = 'imagefolder' reads")
     fm.add_argument("--out", required=True, help="the image folder to write (must not exist)")
     fm.add_argument("--limit", type=int, default=0, help="the first N images of each split (0: all)")
+    fm.add_argument("--per-class", type=int, default=0, metavar="N",
+                    help="the first N images of each class in each split (0: all): a small folder, such as 30")
+    fm.add_argument("--classes", default=None, help='only these classes, comma-separated: "Sneaker,Bag,Trouser"')
+    fm.add_argument("--val-per-class", type=int, default=0, metavar="N",
+                    help="also write val/: the next N training images of each class (needs --per-class)")
     fm.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX folder, if not the system one")
     fm.set_defaults(func=_data_fmnist_png)
 

@@ -10,6 +10,7 @@ import os
 import pickle
 import struct
 from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -547,33 +548,61 @@ def folder_name(cls: str) -> str:
     return cls.replace("/", "-").replace(os.sep, "-")
 
 
-def write_fashion_mnist_folder(out: str | os.PathLike, limit: int = 0, data_dir: str | None = None) -> dict:
+def write_fashion_mnist_folder(out: str | os.PathLike, limit: int = 0, data_dir: str | None = None,
+                               per_class: int = 0, classes: Optional[Sequence[str]] = None,
+                               val_per_class: int = 0) -> dict:
     """Fashion-MNIST written out as an image folder, OUT/train/<class>/*.png and OUT/test/<class>/*.png (the
-    layout `data.dataset = "imagefolder"` reads): the same data as the built-in loader, for comparisons. Class
-    folders are the class names with "/" written "-"; files are 8-bit grayscale PNGs named by their index in the
-    split. Written under a temporary name and renamed into place; an existing `out` is never touched. Returns
-    {split: images written}."""
+    layout `data.dataset = "imagefolder"` reads): the same data as the built-in loader, for comparisons, or cut to a
+    small folder such as a user brings. `limit`: the first N images of each split; `per_class`: the first N of each
+    class in each split; `classes`: only these classes (names, any case); `val_per_class`: also OUT/val/, the next
+    N training images of each class after those in train/ (`per_class` is then required: val/ never repeats a
+    training image). Class folders are the class names with "/" written "-"; files are 8-bit grayscale PNGs named
+    by their index in the split they come from. Written under a temporary name and renamed into place; an existing
+    `out` is never touched. Returns {split: images written}."""
     import shutil
 
     from PIL import Image
 
-
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out} exists; it is left as it is: choose a new folder")
+    if min(limit, per_class, val_per_class) < 0:
+        raise ValueError("limit, per_class and val_per_class count images: give 0 (all / none) or more")
+    if val_per_class and not per_class:
+        raise ValueError("a val/ split (val_per_class, --val-per-class) needs a training cut as well (per_class, "
+                         "--per-class): val/ takes the training images after the first per_class of each class, so "
+                         "it never repeats one")
+    keep = list(range(len(FASHION_MNIST.classes)))
+    if classes:
+        lower = {c.lower(): i for i, c in enumerate(FASHION_MNIST.classes)}
+        unknown = [c for c in classes if c.strip().lower() not in lower]
+        if unknown:
+            raise ValueError(f"unknown Fashion-MNIST class {unknown[0]!r}; "
+                             f"known classes: {', '.join(FASHION_MNIST.classes)}")
+        keep = sorted({lower[c.strip().lower()] for c in classes})
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     counts = {}
+    plan = [("train", "train", 0, per_class), ("test", "test", 0, per_class)]
+    if val_per_class:
+        plan.insert(1, ("val", "train", per_class, per_class + val_per_class))
     try:
-        for split in ("train", "test"):
-            x, y, info = load_dataset("fashion_mnist", split, data_dir)
+        for split, source, lo, hi in plan:
+            x, y, info = load_dataset("fashion_mnist", source, data_dir)
+            index = torch.arange(len(y))
             if limit:
-                x, y = x[:limit], y[:limit]
-            for c in info.classes:
-                (tmp / split / folder_name(c)).mkdir(parents=True, exist_ok=True)
-            for i, (img, label) in enumerate(zip(x.numpy(), y.tolist())):
-                Image.fromarray(img[0], mode="L").save(tmp / split / folder_name(info.classes[label]) / f"{i:05d}.png")
-            counts[split] = len(y)
+                index = index[:limit]
+            picked = []
+            for c in keep:
+                of_c = index[y[index] == c]
+                picked.append(of_c[lo:hi] if hi else of_c)
+            index = torch.sort(torch.cat(picked)).values
+            for c in keep:
+                (tmp / split / folder_name(info.classes[c])).mkdir(parents=True, exist_ok=True)
+            for i in index.tolist():
+                Image.fromarray(x[i, 0].numpy(), mode="L").save(
+                    tmp / split / folder_name(info.classes[int(y[i])]) / f"{i:05d}.png")
+            counts[split] = len(index)
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
