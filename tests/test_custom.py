@@ -248,6 +248,8 @@ def test_adapt_trains_a_factory_on_an_image_folder(tmp_path):
     # with no config, adapt trains as many steps as configs/folder.toml, however small the folder
     folder_cfg = load_config(ROOT / "configs" / "folder.toml").train.min_steps
     assert load_config(None, list(DEFAULTS)).train.min_steps == folder_cfg >= 300
+    # and in blocks of 16 channels, as configs/folder.toml: the overrides above leave that default in place
+    assert engine.model.config.generator.keep_multiple == 16 == load_config(ROOT / "configs" / "folder.toml").generator.keep_multiple
     assert engine.model.config.model.kwargs == {"growth": 4, "in_channels": 3}
     assert engine.model.classes == sorted(CLASSES)  # the class folders, in order
     net = engine.subnet(["cross", "circle"])
