@@ -29,6 +29,9 @@ PYTHONPATH=. python adapt_run.py $U/v10x30 $W/runs/adapt_v10x30_k16 16 0.05
 PYTHONPATH=. python adapt_run.py $U/v10x30 $W/runs/adapt_v10x30_k16g0.02 16 0.02
 for r in adapt_v10x30_k1 adapt_v10x30_k16 adapt_v10x30_k16g0.02; do ev $r val > $r.val.json; done
 for r in adapt_v10x30_k1 adapt_v10x30_k16g0.02; do ev $r test > $r.test.json; done
+# the 3-class folder with the config as it ships (test/; before: ../../zen4-2026-12-08b/small-folders/test/)
+hypersan train --config folder --set data.data_dir=$U/v3x30 --set train.progress=false --out $W/runs/v3x30_k16
+ev v3x30_k16 test > v3x30_k16.test.json
 # latency, each alone: onnxruntime, 2 threads, three pairs
 for r in fm10x300_k1 fm10x300_k16 adapt_v10x30_k1 adapt_v10x30_k16g0.02; do
   PYTHONPATH=. hypersan bench --checkpoint $W/runs/$r --runtime onnxruntime --batches 1,256 --threads 2 \
