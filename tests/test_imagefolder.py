@@ -217,7 +217,7 @@ def test_a_small_fashion_mnist_folder_per_class_with_its_own_val(tmp_path):
     assert (x[0].numpy() == train_x[bags[3]].numpy()).all()  # the same pixels as the built-in loader's
     with pytest.raises(ValueError, match="needs a training cut"):
         write_fashion_mnist_folder(tmp_path / "g", val_per_class=2)
-    with pytest.raises(ValueError, match="unknown Fashion-MNIST class 'shoes'"):
+    with pytest.raises(ValueError, match="Fashion-MNIST: unknown class 'shoes'; known classes: T-shirt/top"):
         write_fashion_mnist_folder(tmp_path / "g", per_class=2, classes=["shoes"])
     assert not (tmp_path / "g").exists()
 

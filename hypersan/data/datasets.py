@@ -574,12 +574,10 @@ def write_fashion_mnist_folder(out: str | os.PathLike, limit: int = 0, data_dir:
                          "it never repeats one")
     keep = list(range(len(FASHION_MNIST.classes)))
     if classes:
-        lower = {c.lower(): i for i, c in enumerate(FASHION_MNIST.classes)}
-        unknown = [c for c in classes if c.strip().lower() not in lower]
-        if unknown:
-            raise ValueError(f"unknown Fashion-MNIST class {unknown[0]!r}; "
-                             f"known classes: {', '.join(FASHION_MNIST.classes)}")
-        keep = sorted({lower[c.strip().lower()] for c in classes})
+        try:
+            keep = sorted({FASHION_MNIST.index(c) for c in classes})
+        except KeyError as e:  # names the class and the nearest known one
+            raise ValueError(f"Fashion-MNIST: {e.args[0]}") from None
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     counts = {}
