@@ -29,6 +29,12 @@ PYTHONPATH=. python adapt_run.py $U/v10x30 $W/runs/adapt_v10x30_k16 16 0.05
 PYTHONPATH=. python adapt_run.py $U/v10x30 $W/runs/adapt_v10x30_k16g0.02 16 0.02
 for r in adapt_v10x30_k1 adapt_v10x30_k16 adapt_v10x30_k16g0.02; do ev $r val > $r.val.json; done
 for r in adapt_v10x30_k1 adapt_v10x30_k16g0.02; do ev $r test > $r.test.json; done
+# a second seed on v10x30
+for km in 1 16; do
+  hypersan train --config folder --set data.data_dir=$U/v10x30 --set train.progress=false --set train.seed=1 \
+    --set generator.keep_multiple=$km --out $W/runs/v10x30_k${km}_s1
+  ev v10x30_k${km}_s1 val > v10x30_k${km}_s1.val.json; ev v10x30_k${km}_s1 test > v10x30_k${km}_s1.test.json
+done
 # the 3-class folder with the config as it ships (test/; before: ../../zen4-2026-12-08b/small-folders/test/)
 hypersan train --config folder --set data.data_dir=$U/v3x30 --set train.progress=false --out $W/runs/v3x30_k16
 ev v3x30_k16 test > v3x30_k16.test.json
