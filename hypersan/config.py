@@ -243,9 +243,10 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
 
 def shipped_configs() -> Path | None:
     """hypersan's own `configs/` folder: the one beside the package in the checkout it runs from (`make setup`
-    installs the checkout in place); None where the package was installed without it."""
-    d = Path(__file__).resolve().parent.parent / "configs"
-    return d if d.is_dir() else None
+    installs the checkout in place); None where the package was installed without it (a `configs` folder beside
+    an installed package, in site-packages, is not hypersan's: the checkout's pyproject.toml marks it)."""
+    root = Path(__file__).resolve().parent.parent
+    return root / "configs" if (root / "configs").is_dir() and (root / "pyproject.toml").is_file() else None
 
 
 def find_config(path: str | Path, what: str = "config file") -> Path:
