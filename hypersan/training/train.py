@@ -549,7 +549,8 @@ def _train(cfg: Config, out: Path, resume: bool, log: Callable[[str], None], sto
     if epochs > t.epochs and start_epoch == 0:
         log(f"{n} training images make {steps} step(s) an epoch: training {epochs} epochs, not {t.epochs}, to take "
             f"train.min_steps = {t.min_steps} steps (set it to 0 for exactly train.epochs)"
-            + (f"; evaluating every {eval_every} epochs" if eval_every else ""))
+            + (f"; evaluating every {eval_every} epochs" if 0 < eval_every < epochs
+               else "; evaluating at its end" if eval_every else ""))
     total, warmup = epochs * steps, int(t.warmup_epochs * steps)
     show = bool(t.progress and main)
     # the many short epochs of a stretched run get one bar over all the run's steps (its time left is the run's),
