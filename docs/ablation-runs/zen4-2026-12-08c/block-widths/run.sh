@@ -43,4 +43,8 @@ for r in fm10x300_k1 fm10x300_k16 adapt_v10x30_k1 adapt_v10x30_k16g0.02; do
   PYTHONPATH=. hypersan bench --checkpoint $W/runs/$r --runtime onnxruntime --batches 1,256 --threads 2 \
     --subtasks "Sneaker,Bag" "Coat,Shirt" "Sandal,Ankle boot" > $r.bench.txt
 done
+for r in fm10x300_k1 fm10x300_k16; do
+  hypersan bench --isa avx2 --checkpoint $W/runs/$r --runtime onnxruntime --batches 1,256 --threads 2 \
+    --subtasks "Sneaker,Bag" "Coat,Shirt" "Sandal,Ankle boot" > $r.avx2.bench.txt
+done
 python summ.py *.val.json; python summ.py *.test.json
