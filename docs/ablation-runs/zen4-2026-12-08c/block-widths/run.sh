@@ -29,6 +29,19 @@ PYTHONPATH=. python adapt_run.py $U/v10x30 $W/runs/adapt_v10x30_k16 16 0.05
 PYTHONPATH=. python adapt_run.py $U/v10x30 $W/runs/adapt_v10x30_k16g0.02 16 0.02
 for r in adapt_v10x30_k1 adapt_v10x30_k16 adapt_v10x30_k16g0.02; do ev $r val > $r.val.json; done
 for r in adapt_v10x30_k1 adapt_v10x30_k16g0.02; do ev $r test > $r.test.json; done
+# a second seed of the small CNN, and the MobileNetV2-style test net at width 32 (adapt_any.py: FACTORY FOLDER OUT
+# KEEP_MULTIPLE GAMMA SEED KWARGS; PYTHONPATH holds this folder and the checkout, for tests.models)
+for a in "adapt_v10x30_k1_s1 mynets:build 1 0.05 1 {}" "adapt_v10x30_k16g0.02_s1 mynets:build 16 0.02 1 {}" \
+         "mobilenet32_k1 tests.models.mobilenet:build 1 0.05 0 {\"width\":32}" \
+         "mobilenet32_k16g0.02 tests.models.mobilenet:build 16 0.02 0 {\"width\":32}"; do
+  set -- $a; n=$1; shift
+  PYTHONPATH=.:../../../.. python adapt_any.py $1 $U/v10x30 $W/runs/$n $2 $3 $4 "$5"
+  PYTHONPATH=.:../../../.. ev $n val > $n.val.json; PYTHONPATH=.:../../../.. ev $n test > $n.test.json
+done
+for r in mobilenet32_k1 mobilenet32_k16g0.02; do
+  PYTHONPATH=.:../../../.. hypersan bench --checkpoint $W/runs/$r --runtime onnxruntime --batches 1,256 --threads 2 \
+    --subtasks "Sneaker,Bag" "Coat,Shirt" "Sandal,Ankle boot" > $r.bench.txt
+done
 # a second seed on v10x30
 for km in 1 16; do
   hypersan train --config folder --set data.data_dir=$U/v10x30 --set train.progress=false --set train.seed=1 \
