@@ -585,8 +585,11 @@ def write_fashion_mnist_folder(out: str | os.PathLike, limit: int = 0, data_dir:
     if val_per_class:
         plan.insert(1, ("val", "train", per_class, per_class + val_per_class))
     try:
+        loaded = {}  # each source split read once (val/ cuts the training images again)
         for split, source, lo, hi in plan:
-            x, y, info = load_dataset("fashion_mnist", source, data_dir)
+            if source not in loaded:
+                loaded[source] = load_dataset("fashion_mnist", source, data_dir)
+            x, y, info = loaded[source]
             index = torch.arange(len(y))
             if limit:
                 index = index[:limit]
